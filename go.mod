@@ -1,0 +1,3 @@
+module github.com/clinkme/clinkd
+
+go 1.26
