@@ -1,0 +1,395 @@
+package component
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	xcomponent "mellium.im/xmpp/component"
+	"mellium.im/xmpp/disco"
+	"mellium.im/xmpp/disco/items"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
+	"mellium.im/xmpp/stanza"
+	"mellium.im/xmpp/stream"
+)
+
+// LinkState is the state of the link to the XMPP server.
+type LinkState int32
+
+// Link states. A Component starts Down, goes Connecting on each attempt and
+// Linked once the handshake succeeded.
+const (
+	Down LinkState = iota
+	Connecting
+	Linked
+)
+
+func (s LinkState) String() string {
+	switch s {
+	case Down:
+		return "down"
+	case Connecting:
+		return "connecting"
+	case Linked:
+		return "linked"
+	}
+	return fmt.Sprintf("LinkState(%d)", int32(s))
+}
+
+// A Component is clinkd's link to one XMPP server. Register handlers, then
+// call Run; Send methods may be called from any goroutine at any time.
+type Component struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+	mux     *mux
+	started atomic.Bool
+
+	mu      sync.Mutex
+	sess    *xmpp.Session // nil unless Linked
+	state   LinkState
+	changed chan struct{} // closed and replaced on every state change
+	links   int           // links established so far
+
+	pendingMu sync.Mutex
+	pending   map[string]chan *Stanza // our own IQs awaiting a reply, by id
+
+	// lastRead is when the read loop last got input (UnixNano); blocked is
+	// true while it waits for a worker queue. Together they tell a dead
+	// link from one that is only busy.
+	lastRead atomic.Int64
+	blocked  atomic.Bool
+}
+
+// New makes a Component. A nil logger discards; nil metrics are made and
+// left unregistered.
+func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	c := &Component{
+		cfg:     cfg,
+		log:     log,
+		metrics: m,
+		mux:     newMux(cfg.Identity),
+		changed: make(chan struct{}),
+		pending: make(map[string]chan *Stanza),
+	}
+	c.mux.handleIQ(xml.Name{Space: disco.NSInfo, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoInfo)))
+	c.mux.handleIQ(xml.Name{Space: disco.NSItems, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoItems)))
+	c.mux.handleIQ(xml.Name{Space: ping.NS, Local: "ping"}, getOnly(IQHandlerFunc(pingHandler)))
+	return c, nil
+}
+
+func getOnly(h IQHandler) IQHandler {
+	return IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
+		if iq.Type != string(stanza.GetIQ) {
+			return nil, Error(stanza.ServiceUnavailable, "only get is served for this payload")
+		}
+		return h.HandleIQ(ctx, iq)
+	})
+}
+
+func (c *Component) mustNotBeStarted() {
+	if c.started.Load() {
+		panic("component: handlers must be registered before Run")
+	}
+}
+
+// HandleIQ routes IQ get and set requests whose payload is name to h, and
+// advertises name's namespace in disco#info. It panics after Run started or
+// when name already has a handler: both are programming errors.
+func (c *Component) HandleIQ(name xml.Name, h IQHandler) {
+	c.mustNotBeStarted()
+	c.mux.handleIQ(name, h)
+}
+
+// HandleMessage routes messages to h when the first of their top-level
+// payloads that has a handler is in namespace ns, and advertises ns.
+func (c *Component) HandleMessage(ns string, h MessageHandler) {
+	c.mustNotBeStarted()
+	c.mux.handleMessage(ns, h)
+}
+
+// HandlePresence has h see every presence stanza, in arrival order per
+// sender.
+func (c *Component) HandlePresence(h PresenceHandler) {
+	c.mustNotBeStarted()
+	c.mux.presence = append(c.mux.presence, h)
+}
+
+// AddFeature advertises features served by handlers registered under
+// another namespace (e.g. urn:xmpp:receipts carried in messages).
+func (c *Component) AddFeature(ns ...string) {
+	c.mustNotBeStarted()
+	c.mux.addFeature(ns...)
+}
+
+// AddItem lists an item in disco#items.
+func (c *Component) AddItem(it items.Item) {
+	c.mustNotBeStarted()
+	c.mux.items = append(c.mux.items, it)
+}
+
+// Features returns the advertised features, in registration order.
+func (c *Component) Features() []string { return append([]string(nil), c.mux.features...) }
+
+// Domain returns the component's domain.
+func (c *Component) Domain() jid.JID { return c.cfg.Domain }
+
+// State returns the link's current state.
+func (c *Component) State() LinkState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// WaitState blocks until the link is in state s or ctx ends.
+func (c *Component) WaitState(ctx context.Context, s LinkState) error {
+	for {
+		c.mu.Lock()
+		st, ch := c.state, c.changed
+		c.mu.Unlock()
+		if st == s {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("component: waiting for link %s (now %s): %w", s, st, ctx.Err())
+		}
+	}
+}
+
+func (c *Component) setState(s LinkState, sess *xmpp.Session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state, c.sess = s, sess
+	close(c.changed)
+	c.changed = make(chan struct{})
+	if s == Linked {
+		c.links++
+		if c.links > 1 {
+			c.metrics.Reconnects.Inc()
+		}
+		c.metrics.LinkUp.Set(1)
+	} else {
+		c.metrics.LinkUp.Set(0)
+	}
+}
+
+func (c *Component) session() *xmpp.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sess
+}
+
+// Run links to the server and serves until ctx ends, re-linking whenever
+// the link is lost. On return every handler call has finished and the
+// stream is closed. It returns nil after ctx ends; it never gives up on the
+// server by itself.
+func (c *Component) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("component: Run called twice")
+	}
+	// Handlers may outlive ctx by up to HandlerTimeout while in-flight work
+	// drains at shutdown; they must not be cancelled halfway.
+	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.handle)
+	defer work.stop()
+
+	bo := backoff{min: c.cfg.BackoffMin, max: c.cfg.BackoffMax}
+	for {
+		up, err := c.link(ctx, work)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if up >= c.cfg.BackoffMax {
+			bo.reset() // the link worked; a new loss starts a new backoff
+		}
+		wait := bo.next()
+		c.log.Warn("xmpp link lost; re-linking", "addr", c.cfg.Addr, "up", up.Round(time.Millisecond), "retry_in", wait.Round(time.Millisecond), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// link makes one connection, serves it until it ends and reports how long
+// it was up and why it ended.
+func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err error) {
+	c.setState(Connecting, nil)
+	d := net.Dialer{
+		Timeout: c.cfg.DialTimeout,
+		// The kernel notices a silent peer even when no ping is configured.
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
+	}
+	conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	if err != nil {
+		c.setState(Down, nil)
+		c.metrics.LinkFailures.WithLabelValues("dial").Inc()
+		return 0, fmt.Errorf("component: dial %s: %w", c.cfg.Addr, err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, c.cfg.Secret, conn)
+	cancel()
+	if err != nil {
+		conn.Close()
+		c.setState(Down, nil)
+		c.metrics.LinkFailures.WithLabelValues("handshake").Inc()
+		return 0, fmt.Errorf("component: handshake as %s: %w", c.cfg.Domain, err)
+	}
+	since := time.Now()
+	c.lastRead.Store(since.UnixNano())
+	c.setState(Linked, sess)
+	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String())
+
+	linkCtx, stopLink := context.WithCancel(ctx)
+	var aux sync.WaitGroup
+	aux.Go(func() { c.keepalive(linkCtx, sess, conn) })
+	aux.Go(func() {
+		<-linkCtx.Done()
+		if ctx.Err() != nil {
+			// Shutting down: stop reading; in-flight replies still go out.
+			conn.SetReadDeadline(time.Now())
+		}
+	})
+
+	err = c.readLoop(ctx, sess, work)
+	if ctx.Err() != nil {
+		// Graceful stop: let queued stanzas be answered on this link first.
+		work.drain(c.cfg.HandlerTimeout)
+	} else {
+		c.metrics.LinkFailures.WithLabelValues("stream").Inc()
+	}
+	c.setState(Down, nil)
+	stopLink()
+	aux.Wait()
+	c.failPending()
+	// Close sends </stream:stream>; then give the server a moment to
+	// answer before the socket goes.
+	sess.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	conn.Close()
+	return time.Since(since), err
+}
+
+// readLoop reads stanzas whole and hands them to the workers. It returns
+// when the stream ends: io.EOF for a graceful close, a stream.Error, or the
+// network error.
+func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool) error {
+	r := sess.TokenReader()
+	defer r.Close()
+	for {
+		tok, err := r.Token()
+		if err != nil {
+			return err
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		switch t := tok.(type) {
+		case xml.EndElement:
+			// Only </stream:stream> can end at depth 0.
+			return io.EOF
+		case xml.StartElement:
+			if t.Name.Space == stream.NS {
+				if t.Name.Local == "error" {
+					var se stream.Error
+					if err := xml.NewTokenDecoder(r).DecodeElement(&se, &t); err != nil {
+						return fmt.Errorf("component: reading stream error: %w", err)
+					}
+					return se
+				}
+				if err := xmlstream.Skip(r); err != nil {
+					return err
+				}
+				continue
+			}
+			if !isStanza(t.Name) {
+				if err := xmlstream.Skip(r); err != nil {
+					return err
+				}
+				continue
+			}
+			s, oversized, err := readStanza(r, t, c.cfg.MaxStanzaBytes)
+			if err != nil {
+				return err
+			}
+			c.metrics.StanzasIn.WithLabelValues(string(s.Kind)).Inc()
+			if s.Kind == KindIQ && (s.Type == string(stanza.ResultIQ) || s.Type == string(stanza.ErrorIQ)) && c.deliverPending(s) {
+				continue
+			}
+			// An oversized stanza lost its payload; the worker answers it
+			// with policy-violation.
+			s.oversized = oversized
+			c.blocked.Store(true)
+			err = work.dispatch(ctx, s.From.Bare().String(), s)
+			c.blocked.Store(false)
+			if err != nil {
+				return err
+			}
+		}
+		// Whitespace between stanzas is a keepalive; nothing to do.
+	}
+}
+
+// keepalive pings the server when the link has been silent for
+// PingInterval and closes the connection when, PingTimeout later, nothing
+// has arrived. A read loop that is waiting for a worker queue is busy, not
+// dead, so silence then does not count.
+func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.Conn) {
+	if c.cfg.ServerDomain.Domainpart() == "" {
+		return
+	}
+	tick := min(max(c.cfg.PingTimeout/4, 50*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var lastPing time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if c.blocked.Load() {
+				continue
+			}
+			idle := now.Sub(time.Unix(0, c.lastRead.Load()))
+			switch {
+			case idle >= c.cfg.PingInterval+c.cfg.PingTimeout:
+				c.log.Warn("xmpp link silent; closing it", "idle", idle.Round(time.Millisecond))
+				c.metrics.LinkFailures.WithLabelValues("keepalive").Inc()
+				conn.Close()
+				return
+			case idle >= c.cfg.PingInterval && now.Sub(lastPing) >= c.cfg.PingInterval:
+				lastPing = now
+				// The reply is any input at all; it is read and dropped
+				// like any unsolicited result.
+				sctx, cancel := context.WithTimeout(ctx, c.cfg.SendTimeout)
+				err := c.sendStanza(sctx, sess, KindIQ, stanza.IQ{
+					Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.cfg.Domain,
+					ID: "keepalive-" + randomID(),
+				}.StartElement(), pingPayload{})
+				cancel()
+				if err != nil {
+					c.log.Debug("keepalive ping not sent", "err", err)
+				}
+			}
+		}
+	}
+}

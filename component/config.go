@@ -1,0 +1,95 @@
+package component
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"mellium.im/xmpp/jid"
+)
+
+// Config is what a Component needs to link. The zero values of the tuning
+// fields take the defaults given in their comments.
+type Config struct {
+	// Addr is the host:port of the XMPP server's component listener.
+	Addr string
+	// Domain is the component's domain, as the server's config names it.
+	Domain jid.JID
+	// Secret is the shared secret of the XEP-0114 handshake.
+	Secret []byte
+	// ServerDomain is the XMPP server's own domain; keepalive pings go there.
+	// Empty disables application-level pings (TCP keepalive still runs).
+	ServerDomain jid.JID
+
+	// Identity is announced in disco#info. Default: category "component",
+	// type "generic", name "clinkd".
+	Identity Identity
+
+	// Workers is the number of handler goroutines (default 4×GOMAXPROCS,
+	// at least 8). QueueDepth is each worker's queue (default 64). When a
+	// queue is full the read loop waits: backpressure, not more goroutines.
+	Workers    int
+	QueueDepth int
+	// HandlerTimeout bounds one handler call (default 10s), so a stuck
+	// store cannot hold a worker for ever.
+	HandlerTimeout time.Duration
+	// MaxStanzaBytes is the largest stanza handled (default 256 KiB); a
+	// larger one is consumed and answered with policy-violation.
+	MaxStanzaBytes int
+
+	// BackoffMin and BackoffMax bound the jittered exponential wait between
+	// link attempts (defaults 100ms and 5s: a restarted server is back in
+	// seconds, and a capped wait keeps the outage short without hammering
+	// a server that is down).
+	BackoffMin, BackoffMax time.Duration
+	// DialTimeout bounds the TCP connect and the handshake (default 10s).
+	DialTimeout time.Duration
+	// PingInterval is how long the link may be silent before clinkd pings
+	// ServerDomain (default 30s); PingTimeout how long it then waits for
+	// any input before it declares the link dead and re-links (default
+	// 10s). They catch a peer that vanished without closing TCP.
+	PingInterval, PingTimeout time.Duration
+	// SendTimeout bounds one write to the server (default 10s).
+	SendTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Addr == "" {
+		return errors.New("component: no server address")
+	}
+	if c.Domain.Domainpart() == "" || c.Domain.Localpart() != "" || c.Domain.Resourcepart() != "" {
+		return fmt.Errorf("component: domain %q is not a bare domain", c.Domain)
+	}
+	if len(c.Secret) == 0 {
+		return errors.New("component: empty secret")
+	}
+	if c.Identity.Category == "" {
+		c.Identity = Identity{Category: "component", Type: "generic", Name: "clinkd"}
+	}
+	if c.Workers <= 0 {
+		c.Workers = max(8, 4*runtime.GOMAXPROCS(0))
+	}
+	if c.QueueDepth <= 0 {
+		c.QueueDepth = 64
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.HandlerTimeout, 10*time.Second)
+	def(&c.BackoffMin, 100*time.Millisecond)
+	def(&c.BackoffMax, 5*time.Second)
+	def(&c.DialTimeout, 10*time.Second)
+	def(&c.PingInterval, 30*time.Second)
+	def(&c.PingTimeout, 10*time.Second)
+	def(&c.SendTimeout, 10*time.Second)
+	if c.MaxStanzaBytes <= 0 {
+		c.MaxStanzaBytes = 256 << 10
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = c.BackoffMin
+	}
+	return nil
+}

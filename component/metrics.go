@@ -1,0 +1,63 @@
+package component
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the component's Prometheus instruments. Names follow the
+// Prometheus conventions: clinkd_ prefix, _total for counters, base units.
+type Metrics struct {
+	LinkUp         prometheus.Gauge
+	Reconnects     prometheus.Counter
+	LinkFailures   *prometheus.CounterVec // by stage: dial, handshake, stream
+	StanzasIn      *prometheus.CounterVec // by kind
+	StanzasOut     *prometheus.CounterVec // by kind
+	HandlerSeconds *prometheus.HistogramVec
+	Errors         *prometheus.CounterVec // stanza errors sent, by condition
+	Panics         prometheus.Counter
+}
+
+// NewMetrics makes the instruments and registers them with reg, which may be
+// nil for instruments that nobody scrapes (tests, benchmarks).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		LinkUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "clinkd_link_up",
+			Help: "1 while the XEP-0114 link to the XMPP server is established, else 0.",
+		}),
+		Reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinkd_link_reconnects_total",
+			Help: "Times the link was established again after it had been lost.",
+		}),
+		LinkFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_link_failures_total",
+			Help: "Link attempts or links that ended in failure, by stage (dial, handshake, stream).",
+		}, []string{"stage"}),
+		StanzasIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_stanzas_in_total",
+			Help: "Stanzas received from the XMPP server, by kind.",
+		}, []string{"kind"}),
+		StanzasOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_stanzas_out_total",
+			Help: "Stanzas sent to the XMPP server, by kind.",
+		}, []string{"kind"}),
+		HandlerSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "clinkd_handler_duration_seconds",
+			Help:    "Time a feature handler took for one stanza, by handler.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs .. 26s
+		}, []string{"handler"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_stanza_errors_total",
+			Help: "Stanza errors sent in reply, by condition.",
+		}, []string{"condition"}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinkd_handler_panics_total",
+			Help: "Handler panics recovered (each is a bug).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.LinkUp, m.Reconnects, m.LinkFailures, m.StanzasIn,
+			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics)
+	}
+	return m
+}

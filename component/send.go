@@ -1,0 +1,140 @@
+package component
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/xml"
+	"fmt"
+
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/stanza"
+)
+
+type pingPayload struct {
+	XMLName xml.Name `xml:"urn:xmpp:ping ping"`
+}
+
+// payloads is the body of an outgoing stanza: each element is encoded by
+// encoding/xml under its own XMLName.
+type payloads struct {
+	P []any
+}
+
+func randomID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// SendMessage sends a message with the payloads as its children. m.From
+// must be set (ejabberd refuses a component stanza without one); it is
+// usually the component's domain or an address at it.
+func (c *Component) SendMessage(ctx context.Context, m stanza.Message, payload ...any) error {
+	if m.ID == "" {
+		m.ID = randomID()
+	}
+	return c.send(ctx, KindMessage, m.StartElement(), payload...)
+}
+
+// SendPresence sends a presence stanza with the payloads as its children.
+func (c *Component) SendPresence(ctx context.Context, p stanza.Presence, payload ...any) error {
+	if p.ID == "" {
+		p.ID = randomID()
+	}
+	return c.send(ctx, KindPresence, p.StartElement(), payload...)
+}
+
+// SendIQ sends an IQ get or set and waits for its result or error, which
+// it returns; an error reply is returned as the Stanza and as a
+// stanza.Error. The reply route is in place before the request leaves, so
+// a fast reply cannot be lost. If the link drops first the wait ends with
+// ErrNotLinked.
+func (c *Component) SendIQ(ctx context.Context, iq stanza.IQ, payload any) (*Stanza, error) {
+	if iq.ID == "" {
+		iq.ID = randomID()
+	}
+	ch := make(chan *Stanza, 1)
+	c.pendingMu.Lock()
+	if _, dup := c.pending[iq.ID]; dup {
+		c.pendingMu.Unlock()
+		return nil, fmt.Errorf("component: IQ id %q already awaits a reply", iq.ID)
+	}
+	c.pending[iq.ID] = ch
+	c.pendingMu.Unlock()
+	defer func() {
+		c.pendingMu.Lock()
+		delete(c.pending, iq.ID)
+		c.pendingMu.Unlock()
+	}()
+	var p []any
+	if payload != nil {
+		p = []any{payload}
+	}
+	if err := c.send(ctx, KindIQ, iq.StartElement(), p...); err != nil {
+		return nil, err
+	}
+	select {
+	case reply := <-ch:
+		if reply == nil {
+			return nil, ErrNotLinked
+		}
+		if reply.Type == string(stanza.ErrorIQ) {
+			se, ok := reply.StanzaError()
+			if !ok {
+				se = stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
+			}
+			return reply, se
+		}
+		return reply, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("component: waiting for reply to %s: %w", iq.ID, ctx.Err())
+	}
+}
+
+// deliverPending hands a result or error to the SendIQ waiting for it and
+// reports whether one was.
+func (c *Component) deliverPending(s *Stanza) bool {
+	c.pendingMu.Lock()
+	ch, ok := c.pending[s.ID]
+	if ok {
+		delete(c.pending, s.ID)
+	}
+	c.pendingMu.Unlock()
+	if ok {
+		ch <- s // buffered, and each channel gets at most one send
+	}
+	return ok
+}
+
+// failPending ends every wait when the link goes down: a reply can no
+// longer arrive on it.
+func (c *Component) failPending() {
+	c.pendingMu.Lock()
+	defer c.pendingMu.Unlock()
+	for id, ch := range c.pending {
+		ch <- nil
+		delete(c.pending, id)
+	}
+}
+
+func (c *Component) send(ctx context.Context, kind Kind, start xml.StartElement, payload ...any) error {
+	sess := c.session()
+	if sess == nil {
+		return ErrNotLinked
+	}
+	return c.sendStanza(ctx, sess, kind, start, payload...)
+}
+
+func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, kind Kind, start xml.StartElement, payload ...any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
+		defer cancel()
+	}
+	if err := sess.EncodeElement(ctx, payloads{P: payload}, start); err != nil {
+		return fmt.Errorf("component: send %s: %w", kind, err)
+	}
+	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()
+	return nil
+}

@@ -1,0 +1,238 @@
+package component
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+)
+
+// Kind is the kind of a stanza: iq, message or presence.
+type Kind string
+
+// The three stanza kinds of RFC 6120 §8.
+const (
+	KindIQ       Kind = "iq"
+	KindMessage  Kind = "message"
+	KindPresence Kind = "presence"
+)
+
+// A Stanza is one stanza as received from the server, read whole before it
+// reaches a handler, so a handler never touches the connection.
+//
+// From is the address the server stamped on the stanza; XEP-0114 servers
+// rewrite it for stanzas from their own users, so features may trust it.
+type Stanza struct {
+	Kind Kind
+	ID   string
+	Type string
+	From jid.JID
+	To   jid.JID
+	Lang string
+
+	start     xml.StartElement
+	tokens    []xml.Token // the stanza's inner tokens, copied
+	children  []span      // top-level child elements, in order
+	size      int         // approximate serialized size in bytes
+	oversized bool        // over MaxStanzaBytes: tokens and children dropped
+}
+
+type span struct {
+	name   xml.Name
+	lo, hi int // tokens[lo] is the child's start element, tokens[hi-1] its end
+}
+
+// Payloads returns the names of the stanza's top-level child elements, in
+// document order.
+func (s *Stanza) Payloads() []xml.Name {
+	names := make([]xml.Name, len(s.children))
+	for i, c := range s.children {
+		names[i] = c.name
+	}
+	return names
+}
+
+// Has reports whether the stanza has a top-level child with this name.
+func (s *Stanza) Has(name xml.Name) bool {
+	_, ok := s.child(name)
+	return ok
+}
+
+// HasNS reports whether the stanza has a top-level child in namespace ns.
+func (s *Stanza) HasNS(ns string) bool {
+	for _, c := range s.children {
+		if c.name.Space == ns {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Stanza) child(name xml.Name) (span, bool) {
+	for _, c := range s.children {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return span{}, false
+}
+
+// Payload returns the tokens of the first top-level child with this name,
+// start and end element included, or nil if there is none.
+func (s *Stanza) Payload(name xml.Name) xml.TokenReader {
+	c, ok := s.child(name)
+	if !ok {
+		return nil
+	}
+	return &sliceReader{toks: s.tokens[c.lo:c.hi]}
+}
+
+// ErrNoPayload is returned by Decode when the stanza lacks the payload.
+var ErrNoPayload = errors.New("component: no such payload")
+
+// Decode unmarshals the first top-level child with this name into v using
+// encoding/xml. A missing child gives ErrNoPayload; a malformed one an error
+// that the router turns into bad-request when a handler returns it.
+func (s *Stanza) Decode(name xml.Name, v any) error {
+	r := s.Payload(name)
+	if r == nil {
+		return fmt.Errorf("%w: %s %s", ErrNoPayload, name.Space, name.Local)
+	}
+	if err := xml.NewTokenDecoder(r).Decode(v); err != nil {
+		return BadRequest(fmt.Sprintf("malformed %s payload: %v", name.Local, err))
+	}
+	return nil
+}
+
+// TokenReader returns the whole stanza, outer element included.
+func (s *Stanza) TokenReader() xml.TokenReader {
+	return xmlstream.Wrap(&sliceReader{toks: s.tokens}, s.start.Copy())
+}
+
+// Size is the approximate serialized size of the stanza in bytes.
+func (s *Stanza) Size() int { return s.size }
+
+type sliceReader struct {
+	toks []xml.Token
+	i    int
+}
+
+func (r *sliceReader) Token() (xml.Token, error) {
+	if r.i >= len(r.toks) {
+		return nil, io.EOF
+	}
+	t := r.toks[r.i]
+	r.i++
+	return xml.CopyToken(t), nil
+}
+
+// tokenSize estimates how many bytes a token took on the wire. It need not
+// be exact: it bounds memory and enforces the stanza size limit the same way
+// whatever buffering the decoder does.
+func tokenSize(t xml.Token) int {
+	switch t := t.(type) {
+	case xml.StartElement:
+		n := 2 + len(t.Name.Local)
+		for _, a := range t.Attr {
+			n += 4 + len(a.Name.Local) + len(a.Value)
+			if a.Name.Space != "" {
+				n += 1 + len(a.Name.Space)
+			}
+		}
+		return n
+	case xml.EndElement:
+		return 3 + len(t.Name.Local)
+	case xml.CharData:
+		return len(t)
+	case xml.Comment:
+		return 7 + len(t)
+	case xml.ProcInst:
+		return 4 + len(t.Target) + len(t.Inst)
+	case xml.Directive:
+		return 3 + len(t)
+	}
+	return 0
+}
+
+// readStanza reads the rest of the stanza whose start element was already
+// read from r. Past max bytes it stops keeping tokens but still consumes the
+// element, so the stream stays in step; the caller checks oversized.
+func readStanza(r xml.TokenReader, start xml.StartElement, max int) (s *Stanza, oversized bool, err error) {
+	s = &Stanza{
+		Kind:  Kind(start.Name.Local),
+		start: start.Copy(),
+		size:  tokenSize(start),
+	}
+	for _, a := range start.Attr {
+		if a.Name.Space != "" && a.Name.Space != "xml" && a.Name.Space != "http://www.w3.org/XML/1998/namespace" {
+			continue
+		}
+		switch a.Name.Local {
+		case "id":
+			s.ID = a.Value
+		case "type":
+			s.Type = a.Value
+		case "lang":
+			s.Lang = a.Value
+		case "from":
+			// A malformed address is kept as the zero JID; handlers that need
+			// a sender refuse the stanza.
+			s.From, _ = jid.Parse(a.Value)
+		case "to":
+			s.To, _ = jid.Parse(a.Value)
+		}
+	}
+	depth := 1
+	childStart := -1
+	for depth > 0 {
+		tok, err := r.Token()
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, false, err
+		}
+		s.size += tokenSize(tok)
+		if s.size > max {
+			oversized = true
+		}
+		switch tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth == 2 {
+				childStart = len(s.tokens)
+			}
+		case xml.EndElement:
+			depth--
+			if depth == 0 {
+				continue // the stanza's own end element is not kept
+			}
+		}
+		if oversized {
+			s.tokens, s.children = nil, nil
+			continue
+		}
+		s.tokens = append(s.tokens, xml.CopyToken(tok))
+		if e, ok := tok.(xml.EndElement); ok && depth == 1 && childStart >= 0 {
+			s.children = append(s.children, span{name: e.Name, lo: childStart, hi: len(s.tokens)})
+			childStart = -1
+		}
+	}
+	return s, oversized, nil
+}
+
+// isStanza reports whether name is one of the three stanza elements in the
+// component stream's namespace.
+func isStanza(name xml.Name) bool {
+	switch name.Local {
+	case "iq", "message", "presence":
+		return name.Space == nsAccept || name.Space == stanza.NSClient || name.Space == ""
+	}
+	return false
+}
+
+const nsAccept = "jabber:component:accept"
