@@ -1,12 +1,14 @@
 package component
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/xml"
 	"fmt"
 
+	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/stanza"
 )
@@ -15,10 +17,21 @@ type pingPayload struct {
 	XMLName xml.Name `xml:"urn:xmpp:ping ping"`
 }
 
-// payloads is the body of an outgoing stanza: each element is encoded by
-// encoding/xml under its own XMLName.
-type payloads struct {
-	P []any
+// payloadReader returns the tokens of one outgoing payload: its own
+// tokens when it is an xmlstream.Marshaler or a TokenReader, else what
+// encoding/xml makes of it.
+func payloadReader(p any) (xml.TokenReader, error) {
+	switch p := p.(type) {
+	case xmlstream.Marshaler:
+		return p.TokenReader(), nil
+	case xml.TokenReader:
+		return p, nil
+	}
+	b, err := xml.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	return xml.NewDecoder(bytes.NewReader(b)), nil
 }
 
 func randomID() string {
@@ -132,7 +145,15 @@ func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, kind Kin
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
 		defer cancel()
 	}
-	if err := sess.EncodeElement(ctx, payloads{P: payload}, start); err != nil {
+	readers := make([]xml.TokenReader, 0, len(payload))
+	for _, p := range payload {
+		r, err := payloadReader(p)
+		if err != nil {
+			return fmt.Errorf("component: encode %T: %w", p, err)
+		}
+		readers = append(readers, r)
+	}
+	if err := sess.SendElement(ctx, xmlstream.MultiReader(readers...), start); err != nil {
 		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
 	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()

@@ -1,0 +1,314 @@
+package component
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+)
+
+const testNS = "urn:clinkme:test:0"
+
+type echoPayload struct {
+	XMLName xml.Name `xml:"urn:clinkme:test:0 echo"`
+	Text    string   `xml:"text,attr"`
+}
+
+// newTestComponent starts a Component against a fake server and returns
+// the server side of its first connection.
+func newTestComponent(t *testing.T, tune func(*Config), register func(*Component)) (*Component, *fakeServer, *fakeConn) {
+	t.Helper()
+	f := startFake(t, "s3cret")
+	cfg := Config{
+		Addr:       f.ln.Addr().String(),
+		Domain:     jid.MustParse("clink.example"),
+		Secret:     []byte("s3cret"),
+		BackoffMin: 10 * time.Millisecond,
+		BackoffMax: 50 * time.Millisecond,
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	c, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if register != nil {
+		register(c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run = %v, want nil", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	conn := f.next(t)
+	if err := c.WaitState(context.Background(), Linked); err != nil {
+		t.Fatal(err)
+	}
+	return c, f, conn
+}
+
+func echoHandler(ctx context.Context, iq *Stanza) (any, error) {
+	var p echoPayload
+	if err := iq.Decode(xml.Name{Space: testNS, Local: "echo"}, &p); err != nil {
+		return nil, err
+	}
+	if p.Text == "panic" {
+		panic("asked to")
+	}
+	if p.Text == "refuse" {
+		return nil, Error(stanza.NotAcceptable, "refused as asked")
+	}
+	return p, nil
+}
+
+func registerEcho(c *Component) {
+	c.HandleIQ(xml.Name{Space: testNS, Local: "echo"}, IQHandlerFunc(echoHandler))
+}
+
+func TestRouting(t *testing.T) {
+	t.Parallel()
+	_, _, conn := newTestComponent(t, func(c *Config) { c.MaxStanzaBytes = 4096 }, registerEcho)
+
+	tests := []struct {
+		name      string
+		in        string
+		wantType  string
+		wantInner string // substring of the reply's inner XML
+	}{
+		{"disco info", `<iq type='get' id='1' from='u@example/r' to='clink.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+			"result", `<identity xmlns="http://jabber.org/protocol/disco#info" category="component" type="generic" name="clinkd">`},
+		{"disco lists handler", `<iq type='get' id='2' from='u@example/r' to='clink.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+			"result", `var="` + testNS + `"`},
+		{"disco node", `<iq type='get' id='3' from='u@example/r' to='clink.example'><query xmlns='http://jabber.org/protocol/disco#info' node='x'/></iq>`,
+			"error", `<item-not-found`},
+		{"disco items", `<iq type='get' id='4' from='u@example/r' to='clink.example'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>`,
+			"result", `<query xmlns="http://jabber.org/protocol/disco#items">`},
+		{"ping", `<iq type='get' id='5' from='u@example/r' to='clink.example'><ping xmlns='urn:xmpp:ping'/></iq>`,
+			"result", ``},
+		{"ping set", `<iq type='set' id='6' from='u@example/r' to='clink.example'><ping xmlns='urn:xmpp:ping'/></iq>`,
+			"error", `<service-unavailable`},
+		{"unknown payload", `<iq type='get' id='7' from='u@example/r' to='clink.example'><x xmlns='urn:nobody'/></iq>`,
+			"error", `<service-unavailable`},
+		{"no payload", `<iq type='get' id='8' from='u@example/r' to='clink.example'/>`,
+			"error", `<bad-request`},
+		{"two payloads", `<iq type='get' id='9' from='u@example/r' to='clink.example'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>`,
+			"error", `<bad-request`},
+		{"handler error", `<iq type='set' id='11' from='u@example/r' to='clink.example'><echo xmlns='` + testNS + `' text='refuse'/></iq>`,
+			"error", `refused as asked`},
+		{"handler panic", `<iq type='set' id='12' from='u@example/r' to='clink.example'><echo xmlns='` + testNS + `' text='panic'/></iq>`,
+			"error", `<internal-server-error`},
+		{"echo", `<iq type='set' id='13' from='u@example/r' to='clink.example'><echo xmlns='` + testNS + `' text='hi'/></iq>`,
+			"result", `text="hi"`},
+		{"oversized", `<iq type='set' id='14' from='u@example/r' to='clink.example'><echo xmlns='` + testNS + `' text='` + strings.Repeat("a", 5000) + `'/></iq>`,
+			"error", `<policy-violation`},
+		{"message without handler", `<message id='15' from='u@example/r' to='clink.example'><body>hi</body></message>`,
+			"error", `<service-unavailable`},
+	}
+	for _, tt := range tests {
+		conn.send(t, tt.in)
+		g := conn.read(t)
+		id := tt.in[strings.Index(tt.in, "id='")+4:]
+		id = id[:strings.Index(id, "'")]
+		if g.ID != id || g.Type != tt.wantType || !strings.Contains(g.Inner, tt.wantInner) {
+			t.Errorf("%s: reply id=%q type=%q inner=%s; want id=%q type=%q containing %q", tt.name, g.ID, g.Type, g.Inner, id, tt.wantType, tt.wantInner)
+		}
+		if g.To != "u@example/r" || g.From != "clink.example" {
+			t.Errorf("%s: reply from=%q to=%q, want from clink.example to u@example/r", tt.name, g.From, g.To)
+		}
+	}
+}
+
+func TestNeverAnswersErrorsOrResults(t *testing.T) {
+	t.Parallel()
+	_, _, conn := newTestComponent(t, nil, registerEcho)
+	for i, in := range []string{
+		`<iq type='error' id='e1' from='u@example/r' to='clink.example'><ping xmlns='urn:xmpp:ping'/><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`,
+		`<iq type='result' id='e2' from='u@example/r' to='clink.example'/>`,
+		`<message type='error' id='e3' from='u@example/r' to='clink.example'><body>x</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`,
+		`<presence type='error' id='e4' from='u@example/r' to='clink.example'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>`,
+		`<iq type='error' id='e5' from='u@example/r' to='clink.example'><echo xmlns='` + testNS + `' text='` + strings.Repeat("a", 300000) + `'/></iq>`,
+		`<iq type='get' id='e6' to='clink.example'><ping xmlns='urn:xmpp:ping'/></iq>`, // no from: nobody to answer
+		`<unknown xmlns='urn:nobody'><child/></unknown>`,
+	} {
+		conn.send(t, in)
+		conn.pingRoundTrip(t, fmt.Sprintf("after-%d", i))
+	}
+}
+
+func TestSendIQ(t *testing.T) {
+	t.Parallel()
+	c, _, conn := newTestComponent(t, nil, nil)
+	got := make(chan error, 1)
+	go func() {
+		reply, err := c.SendIQ(context.Background(), stanza.IQ{ID: "q1", Type: stanza.GetIQ, To: jid.MustParse("example"), From: c.Domain()}, pingPayload{})
+		if err == nil && reply.ID != "q1" {
+			err = fmt.Errorf("reply id %q", reply.ID)
+		}
+		got <- err
+	}()
+	req := conn.read(t)
+	if req.ID != "q1" || !strings.Contains(req.Inner, "urn:xmpp:ping") {
+		t.Fatalf("request = %+v", req)
+	}
+	conn.send(t, `<iq type='result' id='q1' from='example' to='clink.example'/>`)
+	if err := <-got; err != nil {
+		t.Fatalf("SendIQ = %v", err)
+	}
+
+	go func() {
+		_, err := c.SendIQ(context.Background(), stanza.IQ{ID: "q2", Type: stanza.GetIQ, To: jid.MustParse("example"), From: c.Domain()}, pingPayload{})
+		got <- err
+	}()
+	conn.read(t)
+	conn.send(t, `<iq type='error' id='q2' from='example' to='clink.example'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`)
+	if err := <-got; err == nil || !strings.Contains(err.Error(), "item-not-found") {
+		t.Fatalf("SendIQ error reply = %v, want item-not-found", err)
+	}
+}
+
+func TestRelinks(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		cut  func(*fakeConn)
+	}{
+		{"stream close", func(c *fakeConn) { c.Write([]byte(`</stream:stream>`)) }},
+		{"stream error", func(c *fakeConn) {
+			c.Write([]byte(`<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>`))
+		}},
+		{"tcp drop", func(c *fakeConn) { c.Close() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, f, conn := newTestComponent(t, nil, nil)
+			tt.cut(conn)
+			conn2 := f.next(t)
+			if err := c.WaitState(context.Background(), Linked); err != nil {
+				t.Fatal(err)
+			}
+			conn2.pingRoundTrip(t, "after-relink")
+			if n := testutil.ToFloat64(c.metrics.Reconnects); n != 1 {
+				t.Errorf("reconnects = %v, want 1", n)
+			}
+		})
+	}
+}
+
+func TestKeepaliveDetectsSilentPeer(t *testing.T) {
+	t.Parallel()
+	c, f, conn := newTestComponent(t, func(c *Config) {
+		c.ServerDomain = jid.MustParse("example")
+		c.PingInterval = 200 * time.Millisecond
+		c.PingTimeout = 300 * time.Millisecond
+	}, nil)
+	// The fake reads (so the component's writes succeed) but never
+	// answers: a peer that vanished behind a middlebox.
+	ping := conn.read(t)
+	if !strings.Contains(ping.Inner, "urn:xmpp:ping") || ping.To != "example" {
+		t.Fatalf("first stanza after silence = %+v, want a ping to example", ping)
+	}
+	go func() { discardInput(conn) }()
+	f.next(t)
+	if err := c.WaitState(context.Background(), Linked); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(c.metrics.LinkFailures.WithLabelValues("keepalive")); n < 1 {
+		t.Errorf("keepalive failures = %v, want ≥ 1", n)
+	}
+}
+
+func discardInput(c *fakeConn) {
+	buf := make([]byte, 4096)
+	for {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+// TestBackpressure shows that a slow handler stops the read loop instead
+// of starting goroutines, and that every stanza still gets its answer.
+func TestBackpressure(t *testing.T) {
+	t.Parallel()
+	var release = make(chan struct{})
+	var handled atomic.Int32
+	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 2; c.QueueDepth = 2 }, func(c *Component) {
+		c.HandleIQ(xml.Name{Space: testNS, Local: "slow"}, IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
+			<-release
+			handled.Add(1)
+			return nil, nil
+		}))
+	})
+	before := runtime.NumGoroutine()
+	const n = 200
+	go func() {
+		for i := range n {
+			conn.send(t, fmt.Sprintf(`<iq type='set' id='s%d' from='u%d@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, i, i, testNS))
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if g := runtime.NumGoroutine(); g > before+5 {
+		t.Errorf("goroutines grew from %d to %d while the pool was full", before, g)
+	}
+	if h := handled.Load(); h != 0 {
+		t.Fatalf("handled %d before release", h)
+	}
+	close(release)
+	seen := map[string]bool{}
+	for range n {
+		g := conn.read(t)
+		if g.Type != "result" {
+			t.Fatalf("reply %+v, want result", g)
+		}
+		seen[g.ID] = true
+	}
+	if len(seen) != n {
+		t.Errorf("got %d distinct replies, want %d", len(seen), n)
+	}
+}
+
+func TestRegisterAfterRunPanics(t *testing.T) {
+	t.Parallel()
+	c, _, _ := newTestComponent(t, nil, nil)
+	defer func() {
+		if recover() == nil {
+			t.Error("HandleIQ after Run did not panic")
+		}
+	}()
+	registerEcho(c)
+}
+
+func TestBackoff(t *testing.T) {
+	b := backoff{min: 100 * time.Millisecond, max: 2 * time.Second}
+	want := []time.Duration{100, 200, 400, 800, 1600, 2000, 2000}
+	for i, w := range want {
+		w *= time.Millisecond
+		got := b.next()
+		if got < w/2 || got > w {
+			t.Errorf("wait %d = %v, want in [%v, %v]", i, got, w/2, w)
+		}
+	}
+	b.reset()
+	if got := b.next(); got > 100*time.Millisecond {
+		t.Errorf("after reset: %v, want ≤ 100ms", got)
+	}
+}
