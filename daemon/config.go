@@ -1,0 +1,214 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is clinkd's configuration, read from YAML. Every key can be
+// overridden by an environment variable named CLINKD_ plus the key's path in
+// upper case with dots as underscores: link.secret is CLINKD_LINK_SECRET.
+// docs/config.md lists every key; a test keeps the two in step.
+type Config struct {
+	Log      LogConfig      `yaml:"log"`
+	Link     LinkConfig     `yaml:"link"`
+	Database DatabaseConfig `yaml:"database"`
+	Admin    AdminConfig    `yaml:"admin"`
+}
+
+// LogConfig selects the log format and level.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error (default info)
+	Format string `yaml:"format"` // text or json (default text)
+}
+
+// LinkConfig is the XEP-0114 link to the XMPP server.
+type LinkConfig struct {
+	Addr         string `yaml:"addr"`          // host:port of the component listener
+	Domain       string `yaml:"domain"`        // the component's domain
+	Secret       string `yaml:"secret"`        // the shared secret; prefer secret_file
+	SecretFile   string `yaml:"secret_file"`   // a file holding the secret
+	ServerDomain string `yaml:"server_domain"` // the users' domain on that server
+
+	Workers        int           `yaml:"workers"`
+	QueueDepth     int           `yaml:"queue_depth"`
+	MaxStanzaBytes int           `yaml:"max_stanza_bytes"`
+	HandlerTimeout time.Duration `yaml:"handler_timeout"`
+	BackoffMin     time.Duration `yaml:"backoff_min"`
+	BackoffMax     time.Duration `yaml:"backoff_max"`
+	PingInterval   time.Duration `yaml:"ping_interval"`
+	PingTimeout    time.Duration `yaml:"ping_timeout"`
+}
+
+// DatabaseConfig is the PostgreSQL store.
+type DatabaseConfig struct {
+	URL     string `yaml:"url"`      // postgres://...; may hold a password, so prefer url_file
+	URLFile string `yaml:"url_file"` // a file holding the URL
+	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+}
+
+// AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
+type AdminConfig struct {
+	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless you firewall it
+}
+
+// Defaults returns the configuration used where the file is silent.
+func Defaults() Config {
+	return Config{
+		Log:   LogConfig{Level: "info", Format: "text"},
+		Admin: AdminConfig{Listen: "127.0.0.1:9465"},
+	}
+}
+
+// LoadConfig reads the YAML file at path (none if path is empty) over the
+// defaults, then applies environment overrides from env (os.Environ form),
+// then resolves the *_file secrets. Unknown keys are errors: a typo must not
+// silently leave a default in force.
+func LoadConfig(path string, env []string) (Config, error) {
+	cfg := Defaults()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		// An empty file (io.EOF) stands for "all defaults".
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return cfg, fmt.Errorf("config: %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, env); err != nil {
+		return cfg, err
+	}
+	if err := cfg.resolveFiles(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) resolveFiles() error {
+	read := func(dst *string, file, key string) error {
+		if file == "" {
+			return nil
+		}
+		if *dst != "" {
+			return fmt.Errorf("config: both %s and %s_file are set", key, key)
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("config: %s_file: %w", key, err)
+		}
+		*dst = strings.TrimSpace(string(b))
+		return nil
+	}
+	if err := read(&c.Link.Secret, c.Link.SecretFile, "link.secret"); err != nil {
+		return err
+	}
+	return read(&c.Database.URL, c.Database.URLFile, "database.url")
+}
+
+// EnvName is the environment variable that overrides a config key.
+func EnvName(key string) string {
+	return "CLINKD_" + strings.ToUpper(strings.NewReplacer(".", "_").Replace(key))
+}
+
+// Keys returns every config key in dotted form, in declaration order.
+func Keys() []string {
+	var keys []string
+	walk(reflect.ValueOf(&Config{}).Elem(), "", func(key string, _ reflect.Value) { keys = append(keys, key) })
+	return keys
+}
+
+func walk(v reflect.Value, prefix string, f func(key string, field reflect.Value)) {
+	t := v.Type()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		key := name
+		if prefix != "" {
+			key = prefix + "." + name
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeFor[time.Duration]() {
+			walk(fv, key, f)
+			continue
+		}
+		f(key, fv)
+	}
+}
+
+func applyEnv(cfg *Config, env []string) error {
+	vars := make(map[string]string)
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "CLINKD_") {
+			vars[k] = v
+		}
+	}
+	var errs []error
+	walk(reflect.ValueOf(cfg).Elem(), "", func(key string, fv reflect.Value) {
+		name := EnvName(key)
+		s, ok := vars[name]
+		if !ok {
+			return
+		}
+		if err := setFromString(fv, s); err != nil {
+			// The value is not echoed: it may be a secret.
+			errs = append(errs, fmt.Errorf("config: %s: %w", name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func setFromString(fv reflect.Value, s string) error {
+	switch {
+	case fv.Type() == reflect.TypeFor[time.Duration]():
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return errors.New("not a duration (e.g. 10s)")
+		}
+		fv.SetInt(int64(d))
+	case fv.Kind() == reflect.String:
+		fv.SetString(s)
+	case fv.Kind() == reflect.Int || fv.Kind() == reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		fv.SetInt(n)
+	case fv.Kind() == reflect.Float64:
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return errors.New("not a number")
+		}
+		fv.SetFloat(n)
+	case fv.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("not a boolean")
+		}
+		fv.SetBool(b)
+	case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+		var parts []string
+		for p := range strings.SplitSeq(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
+	default:
+		return fmt.Errorf("unsupported type %s", fv.Type())
+	}
+	return nil
+}

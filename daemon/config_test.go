@@ -1,0 +1,102 @@
+package daemon_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clinkme/clinkd/daemon"
+)
+
+func TestLoadConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	os.WriteFile(secretFile, []byte("from-file\n"), 0o600)
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", "link:\n  addr: 127.0.0.1:5347\n  domain: clink.example\n  secret_file: "+secretFile+"\n  ping_interval: 3s\n")
+
+	tests := []struct {
+		name    string
+		path    string
+		env     []string
+		check   func(daemon.Config) string
+		wantErr string
+	}{
+		{"file", good, nil, func(c daemon.Config) string {
+			if c.Link.Secret != "from-file" || c.Link.PingInterval != 3*time.Second || c.Admin.Listen != "127.0.0.1:9465" {
+				return "file values or defaults not applied"
+			}
+			return ""
+		}, ""},
+		{"env overrides file", good, []string{"CLINKD_LINK_ADDR=10.0.0.1:1", "CLINKD_LINK_PING_INTERVAL=1m", "CLINKD_LOG_LEVEL=debug", "OTHER=x"}, func(c daemon.Config) string {
+			if c.Link.Addr != "10.0.0.1:1" || c.Link.PingInterval != time.Minute || c.Log.Level != "debug" {
+				return "env not applied"
+			}
+			return ""
+		}, ""},
+		{"empty file is defaults", write("empty.yaml", ""), nil, func(c daemon.Config) string {
+			if c.Log.Format != "text" {
+				return "defaults lost"
+			}
+			return ""
+		}, ""},
+		{"unknown key", write("typo.yaml", "link:\n  adr: x\n"), nil, nil, "field adr not found"},
+		{"bad duration env", good, []string{"CLINKD_LINK_PING_INTERVAL=soon"}, nil, "CLINKD_LINK_PING_INTERVAL: not a duration"},
+		{"secret twice", good, []string{"CLINKD_LINK_SECRET=x"}, nil, "both link.secret and link.secret_file"},
+		{"missing file", filepath.Join(dir, "nope.yaml"), nil, nil, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := daemon.LoadConfig(tt.path, tt.env)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("LoadConfig = %v, want error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tt.check(cfg); msg != "" {
+				t.Error(msg)
+			}
+		})
+	}
+}
+
+// TestSecretsNotEchoed: a bad value in an environment variable must not be
+// quoted back, since the variable may hold a secret.
+func TestSecretsNotEchoed(t *testing.T) {
+	t.Parallel()
+	_, err := daemon.LoadConfig("", []string{"CLINKD_LINK_WORKERS=hunter2"})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("LoadConfig = %v; want an error that does not quote the value", err)
+	}
+}
+
+// TestConfigDocumented keeps docs/config.md in step with the Config type:
+// every key and its environment variable must be documented there.
+func TestConfigDocumented(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range daemon.Keys() {
+		if !strings.Contains(string(doc), "`"+key+"`") {
+			t.Errorf("docs/config.md does not document `%s`", key)
+		}
+		if !strings.Contains(string(doc), daemon.EnvName(key)) {
+			t.Errorf("docs/config.md does not name %s", daemon.EnvName(key))
+		}
+	}
+}

@@ -1,0 +1,223 @@
+// Package daemon assembles clinkd from its configuration (the XMPP link, the
+// feature handlers, the PostgreSQL store and the admin HTTP listener) and
+// runs it until shutdown. cmd/clinkd is a thin main around it; tests and
+// `clinkd lab` run it in-process.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/component"
+)
+
+// Version is set at build time with -ldflags "-X github.com/clinkme/clinkd/daemon.Version=...".
+var Version = "devel"
+
+// A Daemon is one clinkd: built by New, run by Run.
+type Daemon struct {
+	cfg      Config
+	log      *slog.Logger
+	registry *prometheus.Registry
+	comp     *component.Component
+	db       *pgxpool.Pool // nil when no database is configured
+	admin    net.Listener
+	closers  []func()
+}
+
+// NewLogger makes the process logger from the log config.
+func NewLogger(cfg LogConfig, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
+		return nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(cfg.Format) {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
+}
+
+// New checks the configuration and builds everything Run needs: it
+// connects the database pool, applies migrations when configured, and binds
+// the admin listener, so that errors show before anything is served.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+
+	compCfg, err := componentConfig(cfg.Link)
+	if err != nil {
+		return nil, err
+	}
+	d.comp, err = component.New(compCfg, log.With("part", "link"), component.NewMetrics(d.registry))
+	if err != nil {
+		return nil, err
+	}
+
+	if cfg.Database.URL != "" {
+		d.db, err = OpenDatabase(ctx, cfg.Database)
+		if err != nil {
+			return nil, err
+		}
+		d.closers = append(d.closers, d.db.Close)
+		if cfg.Database.Migrate {
+			if err := Migrate(ctx, d.db, log); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	if err := d.registerFeatures(ctx); err != nil {
+		return nil, err
+	}
+
+	d.admin, err = net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin: listen: %w", err)
+	}
+	d.closers = append(d.closers, func() { d.admin.Close() })
+	ok = true
+	return d, nil
+}
+
+func componentConfig(c LinkConfig) (component.Config, error) {
+	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
+		return component.Config{}, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required")
+	}
+	domain, err := jid.Parse(c.Domain)
+	if err != nil {
+		return component.Config{}, fmt.Errorf("config: link.domain: %w", err)
+	}
+	var server jid.JID
+	if c.ServerDomain != "" {
+		if server, err = jid.Parse(c.ServerDomain); err != nil {
+			return component.Config{}, fmt.Errorf("config: link.server_domain: %w", err)
+		}
+	}
+	return component.Config{
+		Addr:           c.Addr,
+		Domain:         domain,
+		Secret:         []byte(c.Secret),
+		ServerDomain:   server,
+		Workers:        c.Workers,
+		QueueDepth:     c.QueueDepth,
+		MaxStanzaBytes: c.MaxStanzaBytes,
+		HandlerTimeout: c.HandlerTimeout,
+		BackoffMin:     c.BackoffMin,
+		BackoffMax:     c.BackoffMax,
+		PingInterval:   c.PingInterval,
+		PingTimeout:    c.PingTimeout,
+	}, nil
+}
+
+// registerFeatures wires the feature handlers into the component. Each
+// feature package adds itself here.
+func (d *Daemon) registerFeatures(ctx context.Context) error {
+	return nil
+}
+
+// Component is the XMPP link, for tests and the lab.
+func (d *Daemon) Component() *component.Component { return d.comp }
+
+// AdminAddr is the bound address of the admin listener.
+func (d *Daemon) AdminAddr() string { return d.admin.Addr().String() }
+
+// Run serves until ctx ends, then shuts down gracefully: the admin
+// listener stops, in-flight stanzas are answered, the stream is closed.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.Close()
+	srv := &http.Server{
+		Handler: d.adminHandler(),
+		// The admin listener answers probes and scrapes; slow clients get
+		// cut off rather than holding connections.
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(d.admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("admin listener", "err", err)
+		}
+	})
+	d.log.Info("clinkd serving", "version", Version, "component", d.cfg.Link.Domain, "server", d.cfg.Link.Addr, "admin", d.AdminAddr())
+	err := d.comp.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	wg.Wait()
+	d.log.Info("clinkd stopped")
+	return err
+}
+
+// Close releases what New acquired. Run calls it; call it yourself only if
+// Run is never called.
+func (d *Daemon) Close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.closers = nil
+}
+
+func (d *Daemon) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		checks := d.readiness(r.Context())
+		status := http.StatusOK
+		for _, v := range checks {
+			if v != "ok" {
+				status = http.StatusServiceUnavailable
+			}
+		}
+		writeJSON(w, status, checks)
+	})
+	return mux
+}
+
+// readiness reports each dependency: ready means linked to the XMPP server
+// and the store reachable.
+func (d *Daemon) readiness(ctx context.Context) map[string]string {
+	checks := map[string]string{"link": "ok"}
+	if s := d.comp.State(); s != component.Linked {
+		checks["link"] = s.String()
+	}
+	if d.db != nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		checks["database"] = "ok"
+		if err := d.db.Ping(ctx); err != nil {
+			checks["database"] = "unreachable"
+		}
+	}
+	return checks
+}
