@@ -1,37 +1,20 @@
 package component
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/xml"
 	"fmt"
 
-	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
 type pingPayload struct {
 	XMLName xml.Name `xml:"urn:xmpp:ping ping"`
-}
-
-// payloadReader returns the tokens of one outgoing payload: its own
-// tokens when it is an xmlstream.Marshaler or a TokenReader, else what
-// encoding/xml makes of it.
-func payloadReader(p any) (xml.TokenReader, error) {
-	switch p := p.(type) {
-	case xmlstream.Marshaler:
-		return p.TokenReader(), nil
-	case xml.TokenReader:
-		return p, nil
-	}
-	b, err := xml.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	return xml.NewDecoder(bytes.NewReader(b)), nil
 }
 
 func randomID() string {
@@ -145,15 +128,11 @@ func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, kind Kin
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
 		defer cancel()
 	}
-	readers := make([]xml.TokenReader, 0, len(payload))
-	for _, p := range payload {
-		r, err := payloadReader(p)
-		if err != nil {
-			return fmt.Errorf("component: encode %T: %w", p, err)
-		}
-		readers = append(readers, r)
+	r, err := xmlpayload.Readers(payload...)
+	if err != nil {
+		return fmt.Errorf("component: %w", err)
 	}
-	if err := sess.SendElement(ctx, xmlstream.MultiReader(readers...), start); err != nil {
+	if err := sess.SendElement(ctx, r, start); err != nil {
 		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
 	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()

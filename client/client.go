@@ -1,0 +1,351 @@
+// Package client is the reference ClinkMe device SDK: it logs in to the XMPP
+// server over TLS, talks to clinkd, and does what the ClinkMe app does with
+// keys and envelopes. The project's end-to-end tests and benchmarks use it
+// as a real device would, and clinkctl is a thin CLI over it.
+//
+// This file holds the XMPP connection; the envelope crypto, the device key
+// store and device-to-device sync live in sub-packages.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/disco"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/internal/xmlpayload"
+)
+
+// Config is what a device needs to log in.
+type Config struct {
+	// Addr is the server's c2s host:port.
+	Addr string
+	// JID is the account (user@domain); a resource is chosen by the server.
+	JID jid.JID
+	// Password is the account's password or, with ClinkID, an app token.
+	Password string
+	// TLS verifies the server; its ServerName defaults to JID's domain.
+	// TLS is always required: the SDK refuses a server without StartTLS.
+	TLS *tls.Config
+	// Timeout bounds dialing and login (default 15s).
+	Timeout time.Duration
+}
+
+// A Client is one logged-in device. Its methods are safe for concurrent
+// use.
+type Client struct {
+	sess *xmpp.Session
+	conn net.Conn
+	jid  jid.JID
+
+	inbox   inbox
+	serveMu sync.Mutex
+	served  chan struct{} // closed when the read loop ends
+	err     error         // why it ended; read after served is closed
+}
+
+// mechanisms in order of preference: mellium takes the first one that the
+// server offers. PLAIN comes last and only ever runs inside TLS; it is what
+// the ClinkID auth bridges offer, since they must see the password to check
+// it.
+var mechanisms = []sasl.Mechanism{sasl.ScramSha256, sasl.ScramSha1, sasl.Plain}
+
+// Dial connects, secures the stream with StartTLS, authenticates and binds
+// a resource.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.TLS == nil {
+		return nil, errors.New("client: a TLS config is required")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	tlsCfg := cfg.TLS.Clone()
+	if tlsCfg.ServerName == "" {
+		tlsCfg.ServerName = cfg.JID.Domainpart()
+	}
+	if tlsCfg.MinVersion < tls.VersionTLS12 {
+		tlsCfg.MinVersion = tls.VersionTLS12
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
+	}
+	sess, err := xmpp.NewClientSession(ctx, cfg.JID.Bare(), conn,
+		xmpp.StartTLS(tlsCfg),
+		xmpp.SASL("", cfg.Password, mechanisms...),
+		xmpp.BindResource(),
+	)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("client: login as %s: %w", cfg.JID.Bare(), err)
+	}
+	if sess.State()&xmpp.Secure == 0 {
+		sess.Close()
+		conn.Close()
+		return nil, errors.New("client: the stream is not encrypted")
+	}
+	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{})}
+	c.inbox.init()
+	go c.serve()
+	return c, nil
+}
+
+// JID returns the full address the server bound for this device.
+func (c *Client) JID() jid.JID { return c.jid }
+
+// TLSState returns the TLS state of the link to the server.
+func (c *Client) TLSState() tls.ConnectionState { return c.sess.ConnectionState() }
+
+// Close ends the session gracefully.
+func (c *Client) Close() error {
+	err := c.sess.Close()
+	select {
+	case <-c.served:
+	case <-time.After(3 * time.Second):
+	}
+	c.conn.Close()
+	return err
+}
+
+// Done is closed when the session has ended.
+func (c *Client) Done() <-chan struct{} { return c.served }
+
+func (c *Client) serve() {
+	err := c.sess.Serve(xmpp.HandlerFunc(c.handle))
+	c.err = err
+	c.inbox.close()
+	close(c.served)
+}
+
+// handle runs on the session's read loop: it records messages and
+// presences for Next, and leaves IQ requests to the session's default
+// service-unavailable answer.
+func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+	if start.Name.Local != "message" && start.Name.Local != "presence" {
+		return nil
+	}
+	var buf bytes.Buffer
+	enc := xml.NewEncoder(&buf)
+	if err := enc.EncodeToken(start.Copy()); err != nil {
+		return nil
+	}
+	if _, err := xmlstream.Copy(enc, t); err != nil {
+		return err
+	}
+	enc.EncodeToken(start.End())
+	enc.Flush()
+	var hdr struct {
+		ID   string  `xml:"id,attr"`
+		Type string  `xml:"type,attr"`
+		From jid.JID `xml:"from,attr"`
+		To   jid.JID `xml:"to,attr"`
+	}
+	if err := xml.Unmarshal(buf.Bytes(), &hdr); err != nil {
+		return nil // a stanza we cannot read is dropped, not fatal
+	}
+	c.inbox.push(&Stanza{Kind: start.Name.Local, ID: hdr.ID, Type: hdr.Type, From: hdr.From, To: hdr.To, Raw: buf.Bytes()})
+	return nil
+}
+
+// A Stanza is a message or presence the device received.
+type Stanza struct {
+	Kind     string // message or presence
+	ID, Type string
+	From, To jid.JID
+	Raw      []byte // the whole stanza as received
+}
+
+// Decode unmarshals the first child element named name into v.
+func (s *Stanza) Decode(name xml.Name, v any) error {
+	d := xml.NewDecoder(bytes.NewReader(s.Raw))
+	depth := 0
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			if err == io.EOF {
+				return fmt.Errorf("client: %s has no %s payload", s.Kind, name.Local)
+			}
+			return err
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth == 2 && t.Name == name {
+				return d.DecodeElement(v, &t)
+			}
+		case xml.EndElement:
+			depth--
+		}
+	}
+}
+
+// Has reports whether the stanza has a child element named name.
+func (s *Stanza) Has(name xml.Name) bool {
+	var discard struct{}
+	return s.Decode(name, &discard) == nil
+}
+
+// Next returns the next received stanza for which match returns true (any
+// stanza if match is nil), waiting until ctx ends. Stanzas that do not match
+// stay queued for later calls.
+func (c *Client) Next(ctx context.Context, match func(*Stanza) bool) (*Stanza, error) {
+	return c.inbox.next(ctx, match)
+}
+
+// IQ sends an IQ of type typ with the payload to to and decodes the
+// result's payload into result (which may be nil). An error reply is
+// returned as a stanza.Error.
+func (c *Client) IQ(ctx context.Context, typ stanza.IQType, to jid.JID, payload, result any) error {
+	r, err := c.sess.EncodeIQElement(ctx, payload, stanza.IQ{Type: typ, To: to})
+	if err != nil {
+		return fmt.Errorf("client: iq to %s: %w", to, err)
+	}
+	defer r.Close()
+	d := xml.NewTokenDecoder(r)
+	tok, err := d.Token()
+	if err != nil {
+		return fmt.Errorf("client: iq reply from %s: %w", to, err)
+	}
+	start, ok := tok.(xml.StartElement)
+	if !ok {
+		return fmt.Errorf("client: iq reply from %s is not an element", to)
+	}
+	iq, err := stanza.NewIQ(start)
+	if err != nil {
+		return err
+	}
+	if iq.Type == stanza.ErrorIQ {
+		se, err := stanza.UnmarshalError(d)
+		if err != nil {
+			return fmt.Errorf("client: iq error from %s: %w", to, err)
+		}
+		return se
+	}
+	if result == nil {
+		return nil
+	}
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return fmt.Errorf("client: iq result from %s has no payload", to)
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			return d.DecodeElement(result, &se)
+		}
+	}
+}
+
+type pingPayload struct {
+	XMLName xml.Name `xml:"urn:xmpp:ping ping"`
+}
+
+// Ping sends an XEP-0199 ping to to and waits for the answer.
+func (c *Client) Ping(ctx context.Context, to jid.JID) error {
+	return c.IQ(ctx, stanza.GetIQ, to, pingPayload{}, nil)
+}
+
+// DiscoInfo asks to for its XEP-0030 identities and features.
+func (c *Client) DiscoInfo(ctx context.Context, to jid.JID) (disco.Info, error) {
+	var info disco.Info
+	err := c.IQ(ctx, stanza.GetIQ, to, disco.InfoQuery{}, &info)
+	return info, err
+}
+
+// SendMessage sends a message with the payloads as its children.
+func (c *Client) SendMessage(ctx context.Context, m stanza.Message, payload ...any) error {
+	return c.send(ctx, m.StartElement(), payload)
+}
+
+// SendPresence sends a presence with the payloads as its children;
+// with To set it is directed presence.
+func (c *Client) SendPresence(ctx context.Context, p stanza.Presence, payload ...any) error {
+	return c.send(ctx, p.StartElement(), payload)
+}
+
+func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any) error {
+	r, err := xmlpayload.Readers(payload...)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	if err := c.sess.SendElement(ctx, r, start); err != nil {
+		return fmt.Errorf("client: send %s: %w", start.Name.Local, err)
+	}
+	return nil
+}
+
+// SendRaw writes a stanza as given: tests use it to send what a correct
+// client never would.
+func (c *Client) SendRaw(ctx context.Context, r xml.TokenReader) error {
+	return c.sess.Send(ctx, r)
+}
+
+// inbox holds received stanzas until Next takes them. It is unbounded on
+// purpose: the read loop must never block on a slow consumer, or IQ replies
+// behind it would stall.
+type inbox struct {
+	mu     sync.Mutex
+	queue  []*Stanza
+	signal chan struct{} // closed and replaced when the queue changes
+	closed bool
+}
+
+func (b *inbox) init() { b.signal = make(chan struct{}) }
+
+func (b *inbox) push(s *Stanza) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.queue = append(b.queue, s)
+	close(b.signal)
+	b.signal = make(chan struct{})
+}
+
+func (b *inbox) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	close(b.signal)
+	b.signal = make(chan struct{})
+}
+
+// ErrClosed is returned by Next once the session has ended and nothing
+// matching is queued.
+var ErrClosed = errors.New("client: session ended")
+
+func (b *inbox) next(ctx context.Context, match func(*Stanza) bool) (*Stanza, error) {
+	for {
+		b.mu.Lock()
+		for i, s := range b.queue {
+			if match == nil || match(s) {
+				b.queue = append(b.queue[:i], b.queue[i+1:]...)
+				b.mu.Unlock()
+				return s, nil
+			}
+		}
+		closed, sig := b.closed, b.signal
+		b.mu.Unlock()
+		if closed {
+			return nil, ErrClosed
+		}
+		select {
+		case <-sig:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
