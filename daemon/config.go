@@ -23,6 +23,7 @@ type Config struct {
 	Link     LinkConfig     `yaml:"link"`
 	Database DatabaseConfig `yaml:"database"`
 	Admin    AdminConfig    `yaml:"admin"`
+	TURN     TURNConfig     `yaml:"turn"`
 }
 
 // LogConfig selects the log format and level.
@@ -59,6 +60,16 @@ type DatabaseConfig struct {
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
 type AdminConfig struct {
 	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless you firewall it
+}
+
+// TURNConfig is XEP-0215 service discovery with TURN REST credentials.
+type TURNConfig struct {
+	Services   []string      `yaml:"services"`    // stun:, turn:, turns: URIs; empty turns the feature off
+	Secret     string        `yaml:"secret"`      // coturn's static-auth-secret; prefer secret_file
+	SecretFile string        `yaml:"secret_file"` // a file holding it
+	Lifetime   time.Duration `yaml:"lifetime"`    // credential lifetime (default 1h)
+	PerMinute  float64       `yaml:"per_minute"`  // requests per user per minute (default 30)
+	Burst      int           `yaml:"burst"`       // default 10
 }
 
 // Defaults returns the configuration used where the file is silent.
@@ -114,7 +125,10 @@ func (c *Config) resolveFiles() error {
 	if err := read(&c.Link.Secret, c.Link.SecretFile, "link.secret"); err != nil {
 		return err
 	}
-	return read(&c.Database.URL, c.Database.URLFile, "database.url")
+	if err := read(&c.Database.URL, c.Database.URLFile, "database.url"); err != nil {
+		return err
+	}
+	return read(&c.TURN.Secret, c.TURN.SecretFile, "turn.secret")
 }
 
 // EnvName is the environment variable that overrides a config key.

@@ -23,6 +23,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/turncred"
 )
 
 // Version is set at build time with -ldflags "-X github.com/clinkme/clinkd/daemon.Version=...".
@@ -139,6 +140,23 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 // registerFeatures wires the feature handlers into the component. Each
 // feature package adds itself here.
 func (d *Daemon) registerFeatures(ctx context.Context) error {
+	if t := d.cfg.TURN; len(t.Services) > 0 {
+		if d.cfg.Link.ServerDomain == "" {
+			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
+		}
+		svc, err := turncred.New(turncred.Config{
+			Secret:      []byte(t.Secret),
+			Lifetime:    t.Lifetime,
+			Services:    t.Services,
+			LocalDomain: d.cfg.Link.ServerDomain,
+			PerMinute:   t.PerMinute,
+			Burst:       t.Burst,
+		}, d.log.With("part", "turn"), d.registry)
+		if err != nil {
+			return fmt.Errorf("config: turn: %w", err)
+		}
+		svc.Register(d.comp)
+	}
 	return nil
 }
 
