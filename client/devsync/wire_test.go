@@ -1,0 +1,136 @@
+package devsync
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestReadFrame(t *testing.T) {
+	commit := appendFrame(nil, typeCommit, hello{version1, "dev-a", [32]byte{1}}.marshal())
+	tests := []struct {
+		name    string
+		in      []byte
+		wantErr error // nil: success
+	}{
+		{"commit", commit, nil},
+		{"empty input", nil, io.EOF},
+		{"short header", []byte{0x01, 0, 0}, ErrProtocol},
+		{"unknown type", []byte{0x47, 0, 0, 0, 0}, ErrProtocol},
+		{"http request", []byte("GET / HTTP/1.1\r\n\r\n"), ErrProtocol},
+		{"huge length", []byte{byte(typeKey), 0xff, 0xff, 0xff, 0xff}, ErrTooLarge},
+		{"reveal one over", append([]byte{byte(typeReveal), 0, 0, 0, 33}, make([]byte, 33)...), ErrTooLarge},
+		{"payload over max", []byte{byte(typePayload), 0x00, 0x40, 0x00, 0x11}, ErrTooLarge},
+		{"truncated body", commit[:len(commit)-1], ErrProtocol},
+		{"empty abort body", []byte{byte(typePlainAbort), 0, 0, 0, 0}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := readFrame(bytes.NewReader(tt.in))
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("readFrame(%x) = %v, want success", tt.in, err)
+				}
+				if !bytes.Equal(f.raw, tt.in) {
+					t.Fatalf("readFrame(%x).raw = %x, want input", tt.in, f.raw)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("readFrame(%x) = %v, want %v", tt.in, err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseHello(t *testing.T) {
+	good := hello{version1, "phone-1", [32]byte{9, 9}}
+	tests := []struct {
+		name    string
+		body    []byte
+		want    hello
+		wantErr bool
+	}{
+		{"good", good.marshal(), good, false},
+		{"future version is not parsed further", []byte{2, 0xff}, hello{version: 2}, false},
+		{"empty", nil, hello{}, true},
+		{"no id length", []byte{1}, hello{version: 1}, true},
+		{"zero-length id", append([]byte{1, 0}, make([]byte, 32)...), hello{version: 1}, true},
+		{"id too long", append([]byte{1, 65}, make([]byte, 65+32)...), hello{version: 1}, true},
+		{"short value", good.marshal()[:len(good.marshal())-1], hello{version: 1}, true},
+		{"trailing byte", append(good.marshal(), 0), hello{version: 1}, true},
+		{"id not utf-8", append([]byte{1, 1, 0xff}, make([]byte, 32)...), hello{version: 1}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseHello(tt.body)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("parseHello(%x) error = %v, want error %v", tt.body, err, tt.wantErr)
+			}
+			if err == nil && got != tt.want {
+				t.Fatalf("parseHello(%x) = %+v, want %+v", tt.body, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCode(t *testing.T) {
+	// Fixed vector, computed independently (Python hashlib); docs/devsync.md
+	// quotes the same input and output.
+	th1 := bytes.Repeat([]byte{0xab}, 32)
+	if got, want := codeFor(th1), codeFor(th1); got != want || len(got) != CodeDigits {
+		t.Fatalf("codeFor = %q, %q; want one %d-digit value", got, want, CodeDigits)
+	}
+	if got, want := codeFor(th1), "015812"; got != want {
+		t.Errorf("codeFor(ab*32) = %q, want %q", got, want)
+	}
+	seen := map[string]bool{}
+	for i := range 256 {
+		th := []byte{byte(i)}
+		c := codeFor(th)
+		if len(c) != CodeDigits || strings.Trim(c, "0123456789") != "" {
+			t.Fatalf("codeFor(%x) = %q, want %d digits", th, c, CodeDigits)
+		}
+		seen[c] = true
+	}
+	if len(seen) < 250 {
+		t.Errorf("256 transcripts gave only %d distinct codes", len(seen))
+	}
+}
+
+func TestCodesEqual(t *testing.T) {
+	tests := []struct {
+		typed string
+		want  bool
+	}{
+		{"012345", true},
+		{"012 345", true},
+		{"012-345", true},
+		{" 0 1 2 3 4 5 ", true},
+		{"012346", false},
+		{"12345", false},
+		{"0123456", false},
+		{"01234a", false},
+		{"０12345", false}, // fullwidth digit
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := codesEqual(tt.typed, "012345"); got != tt.want {
+			t.Errorf("codesEqual(%q, 012345) = %v, want %v", tt.typed, got, tt.want)
+		}
+	}
+}
+
+func TestCommitmentVector(t *testing.T) {
+	// Pins the commitment layout of docs/devsync.md: a change here is a
+	// wire change and needs a new version.
+	c := commitment("dev-a", bytes.Repeat([]byte{0x01}, 32))
+	got := hex.EncodeToString(c[:])
+	want := "b7feff70077a075abe53ee9a17e834b66c049fd80248d3d788b5159da087c1e0"
+	if got != want {
+		t.Errorf("commitment(dev-a, 01*32) = %s, want %s", got, want)
+	}
+}
