@@ -26,7 +26,7 @@ func AttackerAccept(ctx context.Context, addr, deviceID, account string, payload
 	if _, err := acceptHandshake(s, deviceID, account); err != nil {
 		return err
 	}
-	if err := s.write(s.seal(typePayload, payload)); err != nil {
+	if err := s.write(s.seal(typePayload, padPayload(payload))); err != nil {
 		return err
 	}
 	f, err := s.read("done", time.Minute)

@@ -76,7 +76,7 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 	s.setKeys(hk.a2b, hk.b2a)
-	accountA := s.seal(typeAccount, []byte(account))
+	accountA := s.seal(typeAccount, padAccount(account))
 	if err := s.write(append(revealFrame, accountA...)); err != nil {
 		return handshake{}, err
 	}
@@ -182,7 +182,7 @@ func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 	s.setKeys(hk.b2a, hk.a2b)
-	accountB := s.seal(typeAccount, []byte(account))
+	accountB := s.seal(typeAccount, padAccount(account))
 	if err := s.write(accountB); err != nil {
 		return handshake{}, err
 	}
@@ -270,7 +270,11 @@ func offer(s *session, cfg *OfferConfig, userTimeout time.Duration) (*Received, 
 	default:
 		return nil, unexpected(f, "PAYLOAD")
 	}
-	payload, err := s.open(f)
+	plain, err := s.open(f)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := parsePayload(plain)
 	if err != nil {
 		return nil, err
 	}
@@ -279,11 +283,11 @@ func offer(s *session, cfg *OfferConfig, userTimeout time.Duration) (*Received, 
 	err = cfg.Confirm(cctx)
 	cancel()
 	if err != nil {
-		clear(payload)
+		clear(plain)
 		return nil, fmt.Errorf("devsync: confirm: %w: %w", ErrRejected, err)
 	}
 	if err := s.write(s.seal(typeDone, nil)); err != nil {
-		clear(payload)
+		clear(plain)
 		return nil, err
 	}
 	return &Received{Payload: payload, PeerDeviceID: h.peerID}, nil
@@ -339,7 +343,10 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 		return ErrWrongCode
 	}
 
-	if err := s.write(s.seal(typePayload, cfg.Payload)); err != nil {
+	padded := padPayload(cfg.Payload)
+	sealed := s.seal(typePayload, padded)
+	clear(padded) // best effort: the caller still holds cfg.Payload
+	if err := s.write(sealed); err != nil {
 		return err
 	}
 	// Now the offering device's user confirms: a person's pace again, plus

@@ -28,9 +28,20 @@ const (
 	MaxDeviceID = 64
 	// MaxAccount is the longest account name, in bytes.
 	MaxAccount = 1024
-	// MaxPayload is the largest payload Accept sends, in bytes. A key store
-	// with an RSA key and ten thousand contact keys is well under 1 MiB.
-	MaxPayload = 4 << 20
+	// MaxPayload is the largest payload Accept sends, in bytes: 4 MiB less
+	// the 4-byte length that pads it (see padPayload). A key store with an
+	// RSA key and ten thousand contact keys is well under 1 MiB.
+	MaxPayload = maxPadded - 4
+
+	// accountPlainLen is the fixed size of an ACCOUNT plaintext: a 2-byte
+	// length, the name, zeros. Every ACCOUNT frame has the same length, so
+	// the wire does not tell how long the account name is.
+	accountPlainLen = 2 + MaxAccount
+	// minPadded and maxPadded bound a PAYLOAD plaintext, which is padded to
+	// a power of two so that the wire tells the key store's size only
+	// within a factor of two.
+	minPadded = 4 << 10
+	maxPadded = 4 << 20
 )
 
 type frameType byte
@@ -55,9 +66,9 @@ func maxBody(t frameType) (int, bool) {
 	case typeReveal:
 		return keyLen, true
 	case typeAccount:
-		return MaxAccount + tagLen, true
+		return accountPlainLen + tagLen, true
 	case typePayload:
-		return MaxPayload + tagLen, true
+		return maxPadded + tagLen, true
 	case typeDone:
 		return tagLen, true
 	case typePlainAbort:
@@ -177,12 +188,71 @@ func parseReveal(body []byte) ([keyLen]byte, error) {
 	return pk, nil
 }
 
-// parseAccount checks a decrypted ACCOUNT plaintext.
+// padAccount encodes an ACCOUNT plaintext. The caller checked the name's
+// length.
+func padAccount(name string) []byte {
+	b := make([]byte, accountPlainLen)
+	binary.BigEndian.PutUint16(b, uint16(len(name)))
+	copy(b[2:], name)
+	return b
+}
+
+// parseAccount decodes an ACCOUNT plaintext: exactly accountPlainLen bytes,
+// a length of 1..MaxAccount, zeros after the name.
 func parseAccount(plain []byte) (string, error) {
-	if len(plain) == 0 || len(plain) > MaxAccount {
-		return "", fmt.Errorf("devsync: account name of %d bytes: %w", len(plain), ErrProtocol)
+	if len(plain) != accountPlainLen {
+		return "", fmt.Errorf("devsync: account plaintext of %d bytes, want %d: %w", len(plain), accountPlainLen, ErrProtocol)
 	}
-	return string(plain), nil
+	n := int(binary.BigEndian.Uint16(plain))
+	if n == 0 || n > MaxAccount {
+		return "", fmt.Errorf("devsync: account name of %d bytes: %w", n, ErrProtocol)
+	}
+	if !allZero(plain[2+n:]) {
+		return "", fmt.Errorf("devsync: account padding is not zero: %w", ErrProtocol)
+	}
+	return string(plain[2 : 2+n]), nil
+}
+
+// paddedLen is the PAYLOAD plaintext length for an n-byte payload: the
+// smallest power of two that holds the 4-byte length and the payload, at
+// least minPadded.
+func paddedLen(n int) int {
+	p := minPadded
+	for p < 4+n {
+		p <<= 1
+	}
+	return p
+}
+
+// padPayload encodes a PAYLOAD plaintext. The caller checked n <= MaxPayload.
+func padPayload(payload []byte) []byte {
+	b := make([]byte, paddedLen(len(payload)))
+	binary.BigEndian.PutUint32(b, uint32(len(payload)))
+	copy(b[4:], payload)
+	return b
+}
+
+// parsePayload decodes a PAYLOAD plaintext; the payload aliases plain.
+func parsePayload(plain []byte) ([]byte, error) {
+	if len(plain) < 4 {
+		return nil, fmt.Errorf("devsync: payload plaintext of %d bytes: %w", len(plain), ErrProtocol)
+	}
+	n := binary.BigEndian.Uint32(plain)
+	if uint64(n) > uint64(len(plain)-4) || len(plain) != paddedLen(int(n)) {
+		return nil, fmt.Errorf("devsync: payload length %d in %d padded bytes: %w", n, len(plain), ErrProtocol)
+	}
+	if !allZero(plain[4+n:]) {
+		return nil, fmt.Errorf("devsync: payload padding is not zero: %w", ErrProtocol)
+	}
+	return plain[4 : 4+n], nil
+}
+
+func allZero(b []byte) bool {
+	var acc byte
+	for _, c := range b {
+		acc |= c
+	}
+	return acc == 0
 }
 
 // parseAbort decodes an ABORT plaintext (or a plaintext ABORT body).

@@ -134,3 +134,54 @@ func TestCommitmentVector(t *testing.T) {
 		t.Errorf("commitment(dev-a, 01*32) = %s, want %s", got, want)
 	}
 }
+
+func TestAccountPadding(t *testing.T) {
+	for _, name := range []string{"a", "alice@clink.example", strings.Repeat("x", MaxAccount)} {
+		b := padAccount(name)
+		if len(b) != accountPlainLen {
+			t.Fatalf("len(padAccount(%d bytes)) = %d, want %d", len(name), len(b), accountPlainLen)
+		}
+		if got, err := parseAccount(b); err != nil || got != name {
+			t.Fatalf("parseAccount(padAccount(%q)) = %q, %v", name, got, err)
+		}
+	}
+	bad := map[string][]byte{
+		"short":          padAccount("a")[:accountPlainLen-1],
+		"zero length":    make([]byte, accountPlainLen),
+		"length too big": append([]byte{0x04, 0x01}, make([]byte, MaxAccount)...),
+		"dirty padding":  func() []byte { b := padAccount("a"); b[100] = 1; return b }(),
+	}
+	for name, b := range bad {
+		if _, err := parseAccount(b); !errors.Is(err, ErrProtocol) {
+			t.Errorf("parseAccount(%s) = %v, want ErrProtocol", name, err)
+		}
+	}
+}
+
+func TestPayloadPadding(t *testing.T) {
+	tests := []struct{ n, padded int }{
+		{0, 4096}, {1, 4096}, {4092, 4096}, {4093, 8192}, {64 << 10, 128 << 10}, {MaxPayload, 4 << 20},
+	}
+	for _, tt := range tests {
+		p := bytes.Repeat([]byte{0xa5}, tt.n)
+		b := padPayload(p)
+		if len(b) != tt.padded {
+			t.Errorf("len(padPayload(%d bytes)) = %d, want %d", tt.n, len(b), tt.padded)
+		}
+		if got, err := parsePayload(b); err != nil || !bytes.Equal(got, p) {
+			t.Errorf("parsePayload(padPayload(%d bytes)) = %d bytes, %v", tt.n, len(got), err)
+		}
+	}
+	bad := map[string][]byte{
+		"empty":            nil,
+		"length past end":  append([]byte{0, 0, 0x10, 0}, make([]byte, 4092)...),
+		"not a power of 2": append([]byte{0, 0, 0, 1}, make([]byte, 5000)...),
+		"oversized bucket": append([]byte{0, 0, 0, 1}, make([]byte, 8188)...),
+		"dirty padding":    func() []byte { b := padPayload([]byte("x")); b[4000] = 1; return b }(),
+	}
+	for name, b := range bad {
+		if _, err := parsePayload(b); !errors.Is(err, ErrProtocol) {
+			t.Errorf("parsePayload(%s) = %v, want ErrProtocol", name, err)
+		}
+	}
+}
