@@ -94,6 +94,13 @@ type AcceptConfig struct {
 	// MaxPayload bytes. Accept does not keep or change it.
 	Payload []byte
 
+	// OnCodeAccepted, if set, is called once the typed code matched, just
+	// before the payload is sent. Use it to tell the user "code accepted:
+	// now confirm on the other device"; that message is what the other
+	// device's user checks before confirming (OfferConfig.Confirm). It must
+	// return promptly.
+	OnCodeAccepted func()
+
 	// IOTimeout, UserTimeout, Logger: as in OfferConfig.
 	IOTimeout   time.Duration
 	UserTimeout time.Duration

@@ -29,7 +29,7 @@ func AttackerAccept(ctx context.Context, addr, deviceID, account string, payload
 	if err := s.write(s.seal(typePayload, padPayload(payload))); err != nil {
 		return err
 	}
-	f, err := s.read("done", time.Minute)
+	f, err := s.read("done", time.Minute, typeDone, typeAbort)
 	if err != nil {
 		return err
 	}

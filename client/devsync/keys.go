@@ -132,15 +132,25 @@ func expandKeys(prk []byte, labelA2B, labelB2A string) (directionKeys, error) {
 }
 
 func expandAEAD(prk []byte, label string) (cipher.AEAD, error) {
-	k, err := hkdf.Expand(sha256.New, prk, label, 32)
+	k, err := expandKey(prk, label)
 	if err != nil {
-		return nil, fmt.Errorf("devsync: derive key: %w", err)
+		return nil, err
 	}
 	block, err := aes.NewCipher(k) // 32-byte key: AES-256
+	clear(k)
 	if err != nil {
 		return nil, fmt.Errorf("devsync: derive key: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// expandKey is HKDF-Expand(prk, label, 32).
+func expandKey(prk []byte, label string) ([]byte, error) {
+	k, err := hkdf.Expand(sha256.New, prk, label, 32)
+	if err != nil {
+		return nil, fmt.Errorf("devsync: derive key: %w", err)
+	}
+	return k, nil
 }
 
 // nonce is 4 zero bytes and the 64-bit big-endian frame counter of the

@@ -31,6 +31,7 @@ import (
 //	@@ listen ADDR        offerer or mitm is listening
 //	@@ code NNNNNN        offerer shows a code
 //	@@ code?              accepter asks for the code (parent answers a line)
+//	@@ code accepted      accepter: the typed code matched
 //	@@ confirm?           offerer asks for confirmation (parent answers yes/no)
 //	@@ result ok          the role succeeded
 //	@@ result ERRNAME     the role failed with that sentinel
@@ -158,11 +159,12 @@ func runHelper(role string) int {
 		err = devsync.Accept(ctx, env("DEVSYNC_ADDR"), func(ctx context.Context) (string, error) {
 			return ask(ctx, "code?")
 		}, devsync.AcceptConfig{
-			DeviceID:    env("DEVSYNC_DEVICE"),
-			Account:     env("DEVSYNC_ACCOUNT"),
-			Payload:     payload,
-			IOTimeout:   childIO,
-			UserTimeout: childUser,
+			DeviceID:       env("DEVSYNC_DEVICE"),
+			Account:        env("DEVSYNC_ACCOUNT"),
+			Payload:        payload,
+			OnCodeAccepted: func() { say("code accepted") },
+			IOTimeout:      childIO,
+			UserTimeout:    childUser,
 		})
 		say("result %s", errName(err))
 	case "mitm-naive", "mitm-smart":
@@ -418,6 +420,7 @@ func TestTwoProcesses(t *testing.T) {
 				code := a.expect("code")
 				b.expect("code?")
 				b.send(code)
+				b.expect("code accepted")
 				a.expect("confirm?")
 				a.send("yes")
 				if got := a.expect("result"); got != "ok" {

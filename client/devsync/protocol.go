@@ -38,7 +38,7 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err := s.read("key", s.io)
+	f, err := s.read("key", s.io, typeKey, typePlainAbort)
 	if err != nil {
 		return handshake{}, err
 	}
@@ -81,7 +81,7 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err = s.read("account", s.io)
+	f, err = s.read("account", s.io, typeAccount, typePlainAbort)
 	if err != nil {
 		return handshake{}, err
 	}
@@ -114,7 +114,7 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 
 // acceptHandshake is the accepter's (B's) side of offerHandshake.
 func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
-	f, err := s.read("commit", s.io)
+	f, err := s.read("commit", s.io, typeCommit, typePlainAbort)
 	if err != nil {
 		return handshake{}, err
 	}
@@ -148,7 +148,7 @@ func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err = s.read("reveal", s.io)
+	f, err = s.read("reveal", s.io, typeReveal, typePlainAbort)
 	if err != nil {
 		return handshake{}, err
 	}
@@ -187,7 +187,7 @@ func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err = s.read("account", s.io)
+	f, err = s.read("account", s.io, typeAccount)
 	if err != nil {
 		return handshake{}, err
 	}
@@ -259,7 +259,7 @@ func offer(s *session, cfg *OfferConfig, userTimeout time.Duration) (*Received, 
 	}
 
 	// B's user reads the code here and types it there: a person's pace.
-	f, err := s.read("payload", userTimeout)
+	f, err := s.read("payload", userTimeout, typePayload, typeAbort)
 	if err != nil {
 		return nil, err
 	}
@@ -318,7 +318,7 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 	codeCtx, cancel := context.WithTimeout(s.ctx, userTimeout)
 	defer cancel()
 	go func() {
-		f, err := readFrame(s.conn)
+		f, err := readFrame(s.conn, typeDone, typeAbort)
 		next <- result{f, err}
 		cancel()
 	}()
@@ -341,6 +341,9 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 	}
 	if !codesEqual(typed, h.code) {
 		return ErrWrongCode
+	}
+	if cfg.OnCodeAccepted != nil {
+		cfg.OnCodeAccepted()
 	}
 
 	padded := padPayload(cfg.Payload)

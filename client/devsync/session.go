@@ -58,17 +58,12 @@ func (s *session) write(raw []byte) error {
 	return nil
 }
 
-// read reads one frame, waiting at most d.
-func (s *session) read(what string, d time.Duration) (frame, error) {
+// read reads one frame of one of the wanted types, waiting at most d.
+func (s *session) read(what string, d time.Duration, want ...frameType) (frame, error) {
 	if err := s.conn.SetReadDeadline(time.Now().Add(d)); err != nil {
 		return frame{}, s.netErr("read "+what, err)
 	}
-	return s.readNoDeadline(what)
-}
-
-// readNoDeadline reads one frame under whatever read deadline is set.
-func (s *session) readNoDeadline(what string) (frame, error) {
-	f, err := readFrame(s.conn)
+	f, err := readFrame(s.conn, want...)
 	if err != nil {
 		return frame{}, s.readErr(what, err)
 	}

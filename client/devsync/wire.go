@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -87,13 +88,16 @@ type frame struct {
 	body []byte
 }
 
-// readFrame reads one frame from r. It never allocates more than the type's
-// largest body plus the header, and it reports:
+// readFrame reads one frame from r. If want is not empty, only those types
+// are accepted: any other is refused from its header, before its body is
+// read, so that a peer cannot make us allocate a large frame in a state
+// where only small ones are expected. It never allocates more than the
+// type's largest body plus the header, and it reports:
 //   - io.EOF, unwrapped, when r ends before the first header byte;
-//   - ErrProtocol for a truncated frame or an unknown type;
+//   - ErrProtocol for a truncated frame, an unknown type or one not in want;
 //   - ErrTooLarge for a length prefix over the type's maximum;
 //   - any other error of r, wrapped.
-func readFrame(r io.Reader) (frame, error) {
+func readFrame(r io.Reader, want ...frameType) (frame, error) {
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if err == io.EOF {
@@ -105,6 +109,9 @@ func readFrame(r io.Reader) (frame, error) {
 	limit, ok := maxBody(t)
 	if !ok {
 		return frame{}, fmt.Errorf("devsync: unknown frame type 0x%02x: %w", byte(t), ErrProtocol)
+	}
+	if len(want) > 0 && !slices.Contains(want, t) {
+		return frame{}, fmt.Errorf("devsync: unexpected frame type 0x%02x: %w", byte(t), ErrProtocol)
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if uint64(n) > uint64(limit) {

@@ -185,3 +185,56 @@ func TestPayloadPadding(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyScheduleVector pins the key schedule of docs/devsync.md ("Test
+// vectors"); the expected values were computed independently with Python's
+// hmac module.
+func TestKeyScheduleVector(t *testing.T) {
+	dh := bytes.Repeat([]byte{0x11}, 32)
+	th1 := bytes.Repeat([]byte{0xab}, 32)
+	th2 := bytes.Repeat([]byte{0xcd}, 32)
+	hs, err := handshakeSecret(dh, th1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := dataSecret(hs, th2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hex.EncodeToString(hs), "6d2b333d155a1647e9fd80add75c49acc573452cd625b590184ccaf52f418dbc"; got != want {
+		t.Errorf("handshakeSecret = %s, want %s", got, want)
+	}
+	tests := []struct {
+		prk   []byte
+		label string
+		want  string
+	}{
+		{hs, labelHsA2B, "2424289d10095697b7d968b6c54c59ce07bfea88a99117793b880c6979a1f2e2"},
+		{hs, labelHsB2A, "667889a71e8daa93544e9816c658a617070b3936356bdbbe151697ee036058c3"},
+		{ds, labelDataA2B, "4d952021acbb94d182a92e3f4b6b1d5cdfb29a7a49a9d05f13db6b9bd5062058"},
+		{ds, labelDataB2A, "3f8a44c74f6b5cc58c5cdb02b919ae0ad073d7f7af2f42fc16f0315601cd8cdc"},
+	}
+	for _, tt := range tests {
+		k, err := expandKey(tt.prk, tt.label)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(k); got != tt.want {
+			t.Errorf("expandKey(%q) = %s, want %s", tt.label, got, tt.want)
+		}
+	}
+}
+
+func TestReadFrameUnexpectedTypeRefusedFromHeader(t *testing.T) {
+	// A PAYLOAD header claiming 4 MiB while a KEY is expected: refused from
+	// the header alone, before the body is read or allocated.
+	hdr := []byte{byte(typePayload), 0x00, 0x40, 0x00, 0x10}
+	r := bytes.NewReader(append(hdr, make([]byte, 100)...))
+	_, err := readFrame(r, typeKey, typePlainAbort)
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("readFrame(PAYLOAD header, want KEY) = %v, want ErrProtocol", err)
+	}
+	if read := int(r.Size()) - r.Len(); read != headerLen {
+		t.Errorf("readFrame consumed %d bytes, want only the %d-byte header", read, headerLen)
+	}
+}
