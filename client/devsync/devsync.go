@@ -136,9 +136,10 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 // connection, whatever the outcome; to try again, call Offer again (which
 // shows a new code). Offer does not close ln.
 //
-// Offer returns an error wrapping ErrWrongCode, ErrDifferentAccount,
-// ErrRejected, ErrAborted, ErrVersion, ErrSameDevice, ErrProtocol,
-// ErrTooLarge, ErrTimeout, ErrConfig, or the context's error.
+// Once a device connected, Offer's error wraps one of ErrWrongCode,
+// ErrDifferentAccount, ErrRejected, ErrAborted, ErrVersion, ErrSameDevice,
+// ErrProtocol, ErrTooLarge, ErrTimeout, or the context's error; before
+// that, ErrConfig, the context's error or the listener's error.
 func Offer(ctx context.Context, ln net.Listener, cfg OfferConfig) (*Received, error) {
 	if err := checkIdentity(cfg.DeviceID, cfg.Account); err != nil {
 		return nil, err
@@ -171,7 +172,9 @@ func Offer(ctx context.Context, ln net.Listener, cfg OfferConfig) (*Received, er
 // code, and sends cfg.Payload if it matches. It returns nil once the
 // offering device confirmed receipt.
 //
-// Accept returns an error wrapping the same sentinels as Offer.
+// Once connected, Accept's error wraps the same sentinels as Offer's;
+// before that, ErrConfig, ErrTooLarge (payload), the context's error or the
+// dial error.
 func Accept(ctx context.Context, addr string, code CodeFunc, cfg AcceptConfig) error {
 	if err := checkIdentity(cfg.DeviceID, cfg.Account); err != nil {
 		return err

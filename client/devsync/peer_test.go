@@ -427,3 +427,64 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("Accept(%d-byte payload) = %v, want ErrTooLarge", len(big), err)
 	}
 }
+
+// TestUserSlowOrGone covers the steps that wait for a person: each ends on
+// its own, and both sides report it.
+func TestUserSlowOrGone(t *testing.T) {
+	tests := []struct {
+		name             string
+		confirmNever     bool
+		cancelDuringCode bool
+		wantOffer        error
+		wantAccept       error
+	}{
+		{name: "code never typed", wantOffer: ErrAborted, wantAccept: ErrTimeout},
+		{name: "never confirmed", confirmNever: true, wantOffer: ErrRejected, wantAccept: ErrRejected},
+		{name: "accepting app canceled", cancelDuringCode: true, wantOffer: ErrAborted, wantAccept: context.Canceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ln := listen(t)
+			ctx, cancel := context.WithTimeout(context.Background(), noHang)
+			defer cancel()
+			codes := make(chan string, 1)
+			oc := offerCfg("dev-a", "a@x")
+			oc.ShowCode = func(_ context.Context, c string) error { codes <- c; return nil }
+			if tt.confirmNever {
+				oc.UserTimeout = 300 * time.Millisecond
+				oc.Confirm = func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+			}
+			offerErr := make(chan error, 1)
+			go func() {
+				_, err := Offer(ctx, ln, oc)
+				offerErr <- err
+			}()
+			actx, acancel := context.WithCancel(ctx)
+			defer acancel()
+			ac := acceptCfg("dev-b", "a@x", []byte("secret"))
+			code := func(ctx context.Context) (string, error) {
+				c := <-codes
+				switch {
+				case tt.confirmNever:
+					return c, nil
+				case tt.cancelDuringCode:
+					acancel()
+				}
+				<-ctx.Done()
+				return "", ctx.Err()
+			}
+			if !tt.confirmNever {
+				ac.UserTimeout = 300 * time.Millisecond
+			}
+			aerr := Accept(actx, ln.Addr().String(), code, ac)
+			oerr := <-offerErr
+			if !errors.Is(aerr, tt.wantAccept) || !errors.Is(oerr, tt.wantOffer) {
+				t.Fatalf("Accept = %v, Offer = %v; want %v, %v", aerr, oerr, tt.wantAccept, tt.wantOffer)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("ran into the test's own deadline")
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -312,7 +313,9 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 		err error
 	}
 	next := make(chan result, 1)
-	if err := s.conn.SetReadDeadline(time.Now().Add(userTimeout)); err != nil {
+	// The prompt's own timeout ends code entry; the read deadline is one
+	// network step later, so that it does not race the prompt.
+	if err := s.conn.SetReadDeadline(time.Now().Add(userTimeout + s.io)); err != nil {
 		return s.netErr("read", err)
 	}
 	codeCtx, cancel := context.WithTimeout(s.ctx, userTimeout)
@@ -337,6 +340,9 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 	default:
 	}
 	if codeErr != nil {
+		if s.ctx.Err() == nil && errors.Is(codeCtx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("devsync: read code: %w", ErrTimeout)
+		}
 		return fmt.Errorf("devsync: read code: %w: %w", ErrAborted, codeErr)
 	}
 	if !codesEqual(typed, h.code) {

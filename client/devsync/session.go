@@ -75,8 +75,8 @@ func (s *session) readErr(what string, err error) error {
 	if errors.Is(err, ErrProtocol) || errors.Is(err, ErrTooLarge) {
 		return fmt.Errorf("devsync: read %s: %w", what, err)
 	}
-	s.peerGone = true
 	if err == io.EOF {
+		s.peerGone = true
 		if cerr := s.ctx.Err(); cerr != nil {
 			return fmt.Errorf("devsync: read %s: %w", what, cerr)
 		}
@@ -87,14 +87,13 @@ func (s *session) readErr(what string, err error) error {
 
 // netErr turns a network error into ours: the context's error if it ended
 // (cancellation works by moving the deadline to the past), ErrTimeout for a
-// deadline, ErrProtocol for an early close.
+// deadline, ErrProtocol for an early close. After a timeout or cancellation
+// the peer may still be there, so abort will still try to tell it.
 func (s *session) netErr(what string, err error) error {
 	if cerr := s.ctx.Err(); cerr != nil {
-		s.peerGone = true
 		return fmt.Errorf("devsync: %s: %w", what, cerr)
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		s.peerGone = true
 		return fmt.Errorf("devsync: %s: %w", what, ErrTimeout)
 	}
 	if errors.Is(err, ErrProtocol) {

@@ -239,7 +239,8 @@ func padPayload(payload []byte) []byte {
 	return b
 }
 
-// parsePayload decodes a PAYLOAD plaintext; the payload aliases plain.
+// parsePayload decodes a PAYLOAD plaintext; the payload aliases plain but
+// has no capacity beyond its length.
 func parsePayload(plain []byte) ([]byte, error) {
 	if len(plain) < 4 {
 		return nil, fmt.Errorf("devsync: payload plaintext of %d bytes: %w", len(plain), ErrProtocol)
@@ -251,7 +252,7 @@ func parsePayload(plain []byte) ([]byte, error) {
 	if !allZero(plain[4+n:]) {
 		return nil, fmt.Errorf("devsync: payload padding is not zero: %w", ErrProtocol)
 	}
-	return plain[4 : 4+n], nil
+	return plain[4 : 4+n : 4+n], nil
 }
 
 func allZero(b []byte) bool {
