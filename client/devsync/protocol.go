@@ -271,7 +271,7 @@ func offer(s *session, cfg *OfferConfig, userTimeout time.Duration) (*Received, 
 	default:
 		return nil, unexpected(f, "PAYLOAD")
 	}
-	plain, err := s.open(f)
+	plain, err := s.openInPlace(f)
 	if err != nil {
 		return nil, err
 	}
@@ -352,10 +352,9 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 		cfg.OnCodeAccepted()
 	}
 
-	padded := padPayload(cfg.Payload)
-	sealed := s.seal(typePayload, padded)
-	clear(padded) // best effort: the caller still holds cfg.Payload
-	if err := s.write(sealed); err != nil {
+	buf := newSealBuf(paddedLen(len(cfg.Payload)))
+	putPayload(buf[headerLen:], cfg.Payload)
+	if err := s.write(s.sealInPlace(typePayload, buf)); err != nil {
 		return err
 	}
 	// Now the offering device's user confirms: a person's pace again, plus

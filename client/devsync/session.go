@@ -105,25 +105,50 @@ func (s *session) netErr(what string, err error) error {
 
 // seal encrypts plain as a frame of type t with the send key.
 func (s *session) seal(t frameType, plain []byte) []byte {
+	buf := newSealBuf(len(plain))
+	copy(buf[headerLen:], plain)
+	return s.sealInPlace(t, buf)
+}
+
+// newSealBuf returns a frame buffer for an n-byte plaintext, which the
+// caller writes at buf[headerLen:]; its capacity leaves room for the tag.
+func newSealBuf(n int) []byte {
+	return make([]byte, headerLen+n, headerLen+n+tagLen)
+}
+
+// sealInPlace writes the header into buf[:headerLen] and encrypts
+// buf[headerLen:] in place, so no plaintext copy outlives the call.
+func (s *session) sealInPlace(t frameType, buf []byte) []byte {
 	if s.send == nil {
 		panic("devsync: seal before keys") // internal impossibility
 	}
-	n := len(plain) + tagLen
-	out := make([]byte, 0, headerLen+n)
-	out = append(out, byte(t))
-	out = binary.BigEndian.AppendUint32(out, uint32(n))
-	out = s.send.Seal(out, nonce(s.sendSeq), plain, out[:headerLen])
+	plain := buf[headerLen:]
+	buf[0] = byte(t)
+	binary.BigEndian.PutUint32(buf[1:headerLen], uint32(len(plain)+tagLen))
+	ct := s.send.Seal(plain[:0], nonce(s.sendSeq), plain, buf[:headerLen])
 	s.sendSeq++
-	return out
+	return buf[:headerLen+len(ct)]
 }
 
-// open decrypts f with the receive key; the header is the associated data,
-// so a changed type or length fails authentication.
+// open decrypts f with the receive key into a new buffer, leaving f.raw as
+// it was on the wire (ACCOUNT frames are hashed into the transcript after
+// they are opened). The header is the associated data, so a changed type
+// or length fails authentication.
 func (s *session) open(f frame) ([]byte, error) {
+	return s.openTo(nil, f)
+}
+
+// openInPlace decrypts f over its own ciphertext; f.raw is no longer the
+// wire bytes afterwards. Used for PAYLOAD, the one large frame.
+func (s *session) openInPlace(f frame) ([]byte, error) {
+	return s.openTo(f.body[:0], f)
+}
+
+func (s *session) openTo(dst []byte, f frame) ([]byte, error) {
 	if s.recv == nil {
 		return nil, fmt.Errorf("devsync: encrypted frame type 0x%02x before keys: %w", byte(f.typ), ErrProtocol)
 	}
-	plain, err := s.recv.Open(nil, nonce(s.recvSeq), f.body, f.raw[:headerLen])
+	plain, err := s.recv.Open(dst, nonce(s.recvSeq), f.body, f.raw[:headerLen])
 	if err != nil {
 		return nil, fmt.Errorf("devsync: frame type 0x%02x failed authentication: %w", byte(f.typ), ErrProtocol)
 	}

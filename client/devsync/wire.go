@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"slices"
 	"unicode/utf8"
 )
@@ -38,9 +39,9 @@ const (
 	// length, the name, zeros. Every ACCOUNT frame has the same length, so
 	// the wire does not tell how long the account name is.
 	accountPlainLen = 2 + MaxAccount
-	// minPadded and maxPadded bound a PAYLOAD plaintext, which is padded to
-	// a power of two so that the wire tells the key store's size only
-	// within a factor of two.
+	// minPadded and maxPadded bound a PAYLOAD plaintext, which is padded
+	// to its Padmé length (see paddedLen), so that the wire tells the key
+	// store's size only roughly.
 	minPadded = 4 << 10
 	maxPadded = 4 << 20
 )
@@ -221,21 +222,34 @@ func parseAccount(plain []byte) (string, error) {
 }
 
 // paddedLen is the PAYLOAD plaintext length for an n-byte payload: the
-// smallest power of two that holds the 4-byte length and the payload, at
-// least minPadded.
+// Padmé length of 4+n (the length field and the payload), at least
+// minPadded. Padmé (Nikitin et al., "Reducing Metadata Leakage from
+// Encrypted Files and Communication with PURBs", PETS 2019) rounds a length
+// L with floor(log2 L) = E up to a multiple of 2^(E - floor(log2 E) - 1):
+// at most 12% overhead, and the padded length reveals O(log log L) bits.
+// For n <= MaxPayload the result is at most maxPadded.
 func paddedLen(n int) int {
-	p := minPadded
-	for p < 4+n {
-		p <<= 1
+	l := 4 + n
+	if l <= minPadded {
+		return minPadded
 	}
-	return p
+	e := bits.Len(uint(l)) - 1
+	lastBits := e - bits.Len(uint(e))
+	mask := 1<<lastBits - 1
+	return (l + mask) &^ mask
+}
+
+// putPayload writes a PAYLOAD plaintext into b, which is paddedLen(n) bytes
+// and zero.
+func putPayload(b, payload []byte) {
+	binary.BigEndian.PutUint32(b, uint32(len(payload)))
+	copy(b[4:], payload)
 }
 
 // padPayload encodes a PAYLOAD plaintext. The caller checked n <= MaxPayload.
 func padPayload(payload []byte) []byte {
 	b := make([]byte, paddedLen(len(payload)))
-	binary.BigEndian.PutUint32(b, uint32(len(payload)))
-	copy(b[4:], payload)
+	putPayload(b, payload)
 	return b
 }
 

@@ -160,7 +160,7 @@ func TestAccountPadding(t *testing.T) {
 
 func TestPayloadPadding(t *testing.T) {
 	tests := []struct{ n, padded int }{
-		{0, 4096}, {1, 4096}, {4092, 4096}, {4093, 8192}, {64 << 10, 128 << 10}, {MaxPayload, 4 << 20},
+		{0, 4096}, {1, 4096}, {4092, 4096}, {4093, 4352}, {64 << 10, 67584}, {1 << 20, 1081344}, {MaxPayload, 4 << 20},
 	}
 	for _, tt := range tests {
 		p := bytes.Repeat([]byte{0xa5}, tt.n)
@@ -173,11 +173,11 @@ func TestPayloadPadding(t *testing.T) {
 		}
 	}
 	bad := map[string][]byte{
-		"empty":            nil,
-		"length past end":  append([]byte{0, 0, 0x10, 0}, make([]byte, 4092)...),
-		"not a power of 2": append([]byte{0, 0, 0, 1}, make([]byte, 5000)...),
-		"oversized bucket": append([]byte{0, 0, 0, 1}, make([]byte, 8188)...),
-		"dirty padding":    func() []byte { b := padPayload([]byte("x")); b[4000] = 1; return b }(),
+		"empty":             nil,
+		"length past end":   append([]byte{0, 0, 0x10, 0}, make([]byte, 4092)...),
+		"not a padded size": append([]byte{0, 0, 0, 1}, make([]byte, 5000)...),
+		"oversized bucket":  append([]byte{0, 0, 0, 1}, make([]byte, 8188)...),
+		"dirty padding":     func() []byte { b := padPayload([]byte("x")); b[4000] = 1; return b }(),
 	}
 	for name, b := range bad {
 		if _, err := parsePayload(b); !errors.Is(err, ErrProtocol) {
@@ -236,5 +236,23 @@ func TestReadFrameUnexpectedTypeRefusedFromHeader(t *testing.T) {
 	}
 	if read := int(r.Size()) - r.Len(); read != headerLen {
 		t.Errorf("readFrame consumed %d bytes, want only the %d-byte header", read, headerLen)
+	}
+}
+
+func TestPaddedLen(t *testing.T) {
+	// Every size up to the maximum: never smaller than needed, never more
+	// than 12% (or the 4 KiB floor) larger, never above the frame limit,
+	// and idempotent (a padded size pads to itself).
+	for n := 0; n <= MaxPayload; n += 1 + n/64 {
+		p := paddedLen(n)
+		if p < 4+n || p > maxPadded || (p > minPadded && float64(p) > 1.12*float64(4+n)) {
+			t.Fatalf("paddedLen(%d) = %d", n, p)
+		}
+		if p > minPadded && paddedLen(p-4) != p {
+			t.Fatalf("paddedLen(paddedLen(%d)-4) = %d, want %d", n, paddedLen(p-4), p)
+		}
+	}
+	if got := paddedLen(MaxPayload); got != maxPadded {
+		t.Errorf("paddedLen(MaxPayload) = %d, want %d", got, maxPadded)
 	}
 }
