@@ -91,26 +91,24 @@ func errForReason(reason byte, authenticated bool) error {
 	return ErrProtocol
 }
 
-// reasonFor is the reason we send when we stop with err; ok is false when the
-// error is one the peer learns on its own (or cannot be told about).
-func reasonFor(err error) (reason byte, ok bool) {
+// reasonFor is the reason we send when we stop with err.
+func reasonFor(err error) byte {
 	switch {
 	case errors.Is(err, ErrWrongCode):
-		return reasonWrongCode, true
+		return reasonWrongCode
 	case errors.Is(err, ErrDifferentAccount):
-		return reasonDifferentAccount, true
+		return reasonDifferentAccount
 	case errors.Is(err, ErrRejected):
-		return reasonRejected, true
+		return reasonRejected
 	case errors.Is(err, ErrVersion):
-		return reasonVersion, true
+		return reasonVersion
 	case errors.Is(err, ErrSameDevice):
-		return reasonSameDevice, true
+		return reasonSameDevice
 	case errors.Is(err, ErrTooLarge):
-		return reasonTooLarge, true
+		return reasonTooLarge
 	case errors.Is(err, ErrProtocol):
-		return reasonProtocol, true
-	case errors.Is(err, ErrTimeout):
-		return reasonCanceled, true
+		return reasonProtocol
 	}
-	return reasonCanceled, true
+	// Timeouts, cancellation, a failed callback.
+	return reasonCanceled
 }

@@ -6,18 +6,24 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
 
 // Short timeouts: every hostile case must end by itself well within the
-// test's own bound.
+// test's own bound. testIO is generous because the race detector on a
+// loaded 2-core machine has made a plain loopback step take over 300 ms.
 const (
-	testIO   = 300 * time.Millisecond
-	testUser = 2 * time.Second
-	noHang   = 5 * time.Second
+	testIO   = 2 * time.Second
+	testUser = 4 * time.Second
+	noHang   = 20 * time.Second
+	// userGone is the user timeout in cases where a person never answers.
+	userGone = time.Second
 )
 
 func listen(t *testing.T) net.Listener {
@@ -452,7 +458,7 @@ func TestUserSlowOrGone(t *testing.T) {
 			oc := offerCfg("dev-a", "a@x")
 			oc.ShowCode = func(_ context.Context, c string) error { codes <- c; return nil }
 			if tt.confirmNever {
-				oc.UserTimeout = 300 * time.Millisecond
+				oc.UserTimeout = userGone
 				oc.Confirm = func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
 			}
 			offerErr := make(chan error, 1)
@@ -475,7 +481,7 @@ func TestUserSlowOrGone(t *testing.T) {
 				return "", ctx.Err()
 			}
 			if !tt.confirmNever {
-				ac.UserTimeout = 300 * time.Millisecond
+				ac.UserTimeout = userGone
 			}
 			aerr := Accept(actx, ln.Addr().String(), code, ac)
 			oerr := <-offerErr
@@ -487,4 +493,79 @@ func TestUserSlowOrGone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNoSecretsInLogsOrErrors runs sessions that succeed and fail with all
+// logging on, and looks for the code, the account names and the payload in
+// the log records and the errors.
+func TestNoSecretsInLogsOrErrors(t *testing.T) {
+	payload := []byte("PAYLOAD-SECRET-0123456789abcdef")
+	for _, tt := range []struct {
+		name          string
+		acceptAccount string
+		typo          bool
+	}{
+		{name: "ok"},
+		{name: "wrong code", typo: true},
+		{name: "different account", acceptAccount: "bob-secret-account@clink.example"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			// No timestamps: their digits could match the six-digit code.
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{
+				Level: slog.LevelDebug,
+				ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+					if a.Key == slog.TimeKey {
+						return slog.Attr{}
+					}
+					return a
+				},
+			}))
+			ln := listen(t)
+			ctx, cancel := context.WithTimeout(context.Background(), noHang)
+			defer cancel()
+			codes := make(chan string, 1)
+			var shown string
+			oc := offerCfg("dev-a", "alice-secret-account@clink.example")
+			oc.Logger = logger
+			oc.ShowCode = func(_ context.Context, c string) error { shown = c; codes <- c; return nil }
+			oerrc := make(chan error, 1)
+			go func() {
+				_, err := Offer(ctx, ln, oc)
+				oerrc <- err
+			}()
+			account := "alice-secret-account@clink.example"
+			if tt.acceptAccount != "" {
+				account = tt.acceptAccount
+			}
+			ac := acceptCfg("dev-b", account, payload)
+			ac.Logger = logger
+			aerr := Accept(ctx, ln.Addr().String(), func(ctx context.Context) (string, error) {
+				c := <-codes
+				if tt.typo {
+					return otherCodeOf(c), nil
+				}
+				return c, nil
+			}, ac)
+			oerr := <-oerrc
+			all := logs.String() + "\n" + fmt.Sprint(aerr) + "\n" + fmt.Sprint(oerr)
+			secrets := []string{"alice-secret-account", "bob-secret-account", string(payload)}
+			if shown != "" {
+				secrets = append(secrets, shown)
+			}
+			for _, s := range secrets {
+				if strings.Contains(all, s) {
+					t.Errorf("logs or errors contain %q:\n%s", s, all)
+				}
+			}
+			if logs.Len() == 0 {
+				t.Error("no log records at all; the test would prove nothing")
+			}
+		})
+	}
+}
+
+func otherCodeOf(code string) string {
+	last := code[len(code)-1]
+	return code[:len(code)-1] + string('0'+(last-'0'+1)%10)
 }

@@ -10,13 +10,12 @@ import (
 	"time"
 )
 
-// handshake is what both sides know once the key exchange and the account
-// check are done: the code this side computed, the peer's device id, and
-// (inside the session) the data keys.
+// handshake is what one side knows once the key exchange and the account
+// check are done: the code it computed and the peer's device id (the data
+// keys are in the session).
 type handshake struct {
-	code     string
-	peerID   string
-	transcr2 []byte // for tests that check both ends agree
+	code   string
+	peerID string
 }
 
 // offerHandshake runs the offerer's (A's) part of the exchange:
@@ -110,7 +109,7 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		s.peerGone = true
 		return handshake{}, ErrDifferentAccount
 	}
-	return handshake{code: codeFor(th1), peerID: hb.deviceID, transcr2: th2}, nil
+	return handshake{code: codeFor(th1), peerID: hb.deviceID}, nil
 }
 
 // acceptHandshake is the accepter's (B's) side of offerHandshake.
@@ -211,7 +210,7 @@ func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
 		s.peerGone = true
 		return handshake{}, ErrDifferentAccount
 	}
-	return handshake{code: codeFor(th1), peerID: ha.deviceID, transcr2: th2}, nil
+	return handshake{code: codeFor(th1), peerID: ha.deviceID}, nil
 }
 
 func sharedSecret(priv *ecdh.PrivateKey, peer []byte) ([]byte, error) {

@@ -189,10 +189,7 @@ func (s *session) abort(err error) error {
 	if s.peerGone {
 		return err
 	}
-	reason, ok := reasonFor(err)
-	if !ok {
-		return err
-	}
+	reason := reasonFor(err)
 	var raw []byte
 	if s.send == nil {
 		raw = appendFrame(nil, typePlainAbort, []byte{reason})
