@@ -54,7 +54,7 @@ type OfferConfig struct {
 
 	// Confirm asks the user whether the other device reported that it
 	// accepted the code and sent the data. It is called once, after the
-	// payload arrived and before Offer returns it; nil means yes. Anything
+	// payload arrived and before Offer returns it; it is required. Anything
 	// else (including ctx ending) discards the payload and ends the session
 	// with ErrRejected on both devices. This step is what stops a man in the
 	// middle from planting its own keys on this device: see
