@@ -197,3 +197,7 @@ func (e *ejabberd) logFiles() []string {
 		filepath.Join(e.cfg.LogDir, "ejabberd.log"),
 	}
 }
+
+func (e *ejabberd) ports() []string {
+	return []string{loopback(e.cfg.DistPort), loopback(e.cfg.APIPort)}
+}

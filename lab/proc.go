@@ -331,6 +331,19 @@ func freePort() (int, error) {
 	return 0, errors.New("no free loopback port")
 }
 
+// portFree checks that nothing listens on the TCP address addr ("" is
+// free).
+func portFree(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return fmt.Errorf("port %s is in use: %w", addr, err)
+	}
+	return l.Close()
+}
+
 // waitReady polls probe until it succeeds, the process exits, or ctx ends.
 func waitReady(ctx context.Context, p *process, probe func(context.Context) error) error {
 	var last error

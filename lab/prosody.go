@@ -96,3 +96,5 @@ func (p *prosody) dumpStorage(ctx context.Context) ([]byte, error) {
 func (p *prosody) logFiles() []string {
 	return []string{filepath.Join(p.cfg.Dir, "console.log"), filepath.Join(p.cfg.Dir, "prosody.log")}
 }
+
+func (p *prosody) ports() []string { return nil }

@@ -96,6 +96,9 @@ type xmppImpl interface {
 	register(ctx context.Context, user, password string) error
 	dumpStorage(ctx context.Context) ([]byte, error)
 	logFiles() []string
+	// ports lists the loopback addresses it binds besides c2s and
+	// component.
+	ports() []string
 }
 
 // StartXMPP writes the configuration for opts.Kind and starts the server,
@@ -187,6 +190,14 @@ func (s *XMPPServer) Start(ctx context.Context) error {
 	}
 	if s.proc != nil {
 		return fmt.Errorf("lab: start %s: already running", s.Kind)
+	}
+	// A taken port would not stop Prosody from running (it logs the
+	// failure and serves the rest), so a start would only time out:
+	// check first and say which port.
+	for _, addr := range append([]string{s.C2SAddr, s.ComponentAddr}, s.impl.ports()...) {
+		if err := portFree(addr); err != nil {
+			return fmt.Errorf("lab: start %s: %w", s.Kind, err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
