@@ -376,4 +376,3 @@ func assertNoProcesses(t *testing.T, pgid int, dir string) {
 		}
 	}
 }
-
