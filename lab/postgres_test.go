@@ -72,18 +72,22 @@ func checkCreateDrop(t *testing.T, pg *lab.Postgres) {
 // TestPostgresThrowaway proves the initdb mode: a private cluster starts,
 // serves databases, and Close stops every postgres process.
 func TestPostgresThrowaway(t *testing.T) {
-	t.Parallel()
 	if testing.Short() {
 		t.Skip("real server")
 	}
-	pg, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir(), AdminURL: ""})
+	if os.Getenv(lab.DatabaseURLEnv) != "" {
+		t.Setenv(lab.DatabaseURLEnv, "") // force the throwaway mode
+	} else {
+		t.Parallel()
+	}
+	pg, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pg.Dir == "" && os.Getenv(lab.DatabaseURLEnv) != "" {
-		t.Skipf("%s is set: the throwaway mode is tested by TestPostgresEnvURL's cluster", lab.DatabaseURLEnv)
-	}
 	defer pg.Close()
+	if pg.Dir == "" {
+		t.Fatal("StartPostgres without an admin URL started no cluster")
+	}
 	checkCreateDrop(t, pg)
 	pid := pg.PostmasterPID()
 	if pid == 0 {
@@ -100,23 +104,16 @@ func TestPostgresThrowaway(t *testing.T) {
 
 // TestPostgresEnvURL proves the CLINK_TEST_DATABASE_URL mode: the lab uses
 // the server the variable names, starts nothing and stops nothing. The
-// server here is a throwaway cluster, so the test needs no outside
-// server; labtest's shared server covers a real CLINK_TEST_DATABASE_URL.
+// server is labtest's shared one (itself a throwaway cluster unless the
+// variable was set for the whole run).
 func TestPostgresEnvURL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("real server")
-	}
-	owner, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir(), AdminURL: os.Getenv(lab.DatabaseURLEnv)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer owner.Close()
-	t.Setenv(lab.DatabaseURLEnv, owner.AdminURL)
+	shared := labtest.Postgres(t)
+	t.Setenv(lab.DatabaseURLEnv, shared.AdminURL)
 	pg, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pg.AdminURL != owner.AdminURL || pg.Dir != "" {
+	if pg.AdminURL != shared.AdminURL || pg.Dir != "" {
 		t.Errorf("StartPostgres with %s set = %s in %q, want that server and no dir", lab.DatabaseURLEnv, pg.AdminURL, pg.Dir)
 	}
 	checkCreateDrop(t, pg)
@@ -124,7 +121,7 @@ func TestPostgresEnvURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close must not have stopped the server it did not start.
-	conn, err := pgx.Connect(t.Context(), owner.AdminURL)
+	conn, err := pgx.Connect(t.Context(), shared.AdminURL)
 	if err != nil {
 		t.Fatalf("after Close of the env-URL Postgres the server is gone: %v", err)
 	}

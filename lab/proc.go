@@ -3,10 +3,12 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -309,26 +311,82 @@ func Processes() []ProcInfo {
 	return ps
 }
 
+// errPortInUse marks a start that failed because a port picked for the
+// server was taken before the server could bind it; the caller picks new
+// ports and tries again.
+var errPortInUse = errors.New("port in use")
+
 // freePort returns a loopback port that is free for TCP and UDP at the
-// moment of the call. The kernel picks it, so parallel callers get
-// different ports; the small window before the server binds it is
-// accepted.
+// moment of the call, chosen at random below the kernel's ephemeral range.
+// Ports from the ephemeral range (what ":0" gives) are also handed out as
+// the local end of outgoing connections: on a machine where another job
+// opens thousands of connections, one of them took a port the lab had
+// picked before the server bound it. Below the range only listeners
+// compete, and the bind test sees them.
 func freePort() (int, error) {
+	lo, hi := 10000, ephemeralLow()-1
+	if hi-lo < 1000 { // an unusual ephemeral range: let the kernel choose
+		return kernelPort()
+	}
+	for range 100 {
+		n, err := rand.Int(rand.Reader, big.NewInt(int64(hi-lo+1)))
+		if err != nil {
+			return 0, err
+		}
+		port := lo + int(n.Int64())
+		if bindable(port) {
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free loopback port")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
+}
+
+func kernelPort() (int, error) {
 	for range 20 {
 		l, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
 			return 0, err
 		}
 		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		l.Close()
-		if err != nil {
-			continue // UDP side taken: try another
+		if bindable(port) {
+			return port, nil
 		}
-		u.Close()
-		return port, nil
 	}
 	return 0, errors.New("no free loopback port")
+}
+
+// bindable reports whether 127.0.0.1:port can be bound for TCP and UDP.
+func bindable(port int) bool {
+	addr := loopback(port)
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return false
+	}
+	u.Close()
+	return true
 }
 
 // portFree checks that nothing listens on the TCP address addr ("" is
@@ -339,7 +397,7 @@ func portFree(addr string) error {
 	}
 	l, err := net.Listen("tcp4", addr)
 	if err != nil {
-		return fmt.Errorf("port %s is in use: %w", addr, err)
+		return fmt.Errorf("%w: %s: %w", errPortInUse, addr, err)
 	}
 	return l.Close()
 }
