@@ -135,6 +135,7 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		"--auth-local=trust", "--auth-host=trust", "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8")); err != nil {
 		return nil, fmt.Errorf("initdb: %w", err)
 	}
+	log.Debug("lab: initdb done", "took", time.Since(t0).Round(time.Millisecond))
 	conf := fmt.Sprintf(`
 # Added by the clinkd lab (lab/postgres.go): loopback only, on a free port,
 # the unix socket in the lab dir (not /var/run/postgresql, which the
@@ -164,6 +165,7 @@ max_connections = 200
 	if _, err := runOutput(ctx, p.cmd("pg_ctl", "start", "-w", "-t", "60", "-D", p.data, "-l", p.logFile())); err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.logFile()))
 	}
+	log.Debug("lab: pg_ctl start done", "took", time.Since(t0).Round(time.Millisecond))
 	if err := p.ping(ctx); err != nil {
 		_ = p.Close()
 		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.logFile()))
