@@ -18,6 +18,8 @@
 //   - is stopped by whoever started it (Close), which waits until no
 //     process of its group is left and kills what remains after a grace
 //     period. Pid files left by a crash are removed before the next start.
+//     If the owner itself dies, the kernel kills its direct children, and
+//     ReapOrphans (run by labtest.Main) kills the rest on the next run.
 //
 // A throwaway CA (NewCA) issues the server certificates; clients verify
 // them with CA.Pool and the server's name, as in production.

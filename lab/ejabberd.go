@@ -71,6 +71,9 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 		return nil, err
 	}
 	e.cfg = cfg
+	if err := writeOwner(cfg.Dir); err != nil {
+		return nil, err
+	}
 	for name, tmpl := range map[string]string{"ejabberd.yml": "ejabberd.yml.tmpl", "ejabberdctl.cfg": "ejabberdctl.cfg.tmpl"} {
 		data, err := render(tmpl, cfg)
 		if err != nil {

@@ -115,6 +115,9 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	if err := makeOwnedDir(dir, acct); err != nil {
 		return nil, err
 	}
+	if err := writeOwner(dir); err != nil {
+		return nil, err
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err

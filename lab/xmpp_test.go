@@ -7,6 +7,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -374,5 +375,47 @@ func assertNoProcesses(t *testing.T, pgid int, dir string) {
 		if p.PGID == pgid || (dir != "" && strings.Contains(p.Cmdline, dir)) {
 			t.Errorf("process left behind: %s", fmt.Sprintf("pid %d pgid %d %q", p.PID, p.PGID, p.Cmdline))
 		}
+	}
+}
+
+// TestFast proves that Fast lifts the c2s shapers and rate limits in the
+// generated configs (and only then), and that a Fast server still serves
+// logins.
+func TestFast(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		kind       lab.ServerKind
+		file       string
+		slow, fast string // present only without Fast, only with Fast
+	}{
+		{lab.Prosody, "prosody.cfg.lua", `rate = "10kb/s"`, ""},
+		{lab.Ejabberd, "ejabberd.yml", "c2s_shaper: normal", "c2s_shaper: none"},
+	} {
+		t.Run(string(tc.kind), func(t *testing.T) {
+			t.Parallel()
+			shared, err := os.ReadFile(filepath.Join(labtest.Server(t, tc.kind).Dir, tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := labtest.NewXMPP(t, lab.XMPPOptions{Kind: tc.kind, Fast: true})
+			fast, err := os.ReadFile(filepath.Join(srv.Dir, tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(shared, []byte(tc.slow)) || bytes.Contains(fast, []byte(tc.slow)) {
+				t.Errorf("%q: in the default config = %v, in the Fast one = %v; want true, false",
+					tc.slow, bytes.Contains(shared, []byte(tc.slow)), bytes.Contains(fast, []byte(tc.slow)))
+			}
+			if tc.fast != "" && (!bytes.Contains(fast, []byte(tc.fast)) || bytes.Contains(shared, []byte(tc.fast))) {
+				t.Errorf("%q: in the Fast config = %v, in the default one = %v; want true, false",
+					tc.fast, bytes.Contains(fast, []byte(tc.fast)), bytes.Contains(shared, []byte(tc.fast)))
+			}
+			user, pass := labtest.NewUser(t, srv)
+			s, err := login(ctxFor(t, 30*time.Second), srv, user, pass)
+			if err != nil {
+				t.Fatalf("login on a Fast server = %v", err)
+			}
+			closeSession(s)
+		})
 	}
 }

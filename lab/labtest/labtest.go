@@ -102,6 +102,7 @@ func Main(m *testing.M, need Need) int {
 		log:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		leases: make(map[*lab.XMPPServer]chan lab.Component),
 	}
+	lab.ReapOrphans(e.log)
 	if err := e.start(); err != nil {
 		fmt.Fprintf(os.Stderr, "labtest: %v\n", err)
 		if cerr := e.close(); cerr != nil {
