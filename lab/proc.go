@@ -217,29 +217,24 @@ func (p *process) signal(sig syscall.Signal) {
 
 // stop asks the group to stop with sig (if non-zero), then waits until the
 // direct child has exited and no process of the group is left, up to
-// grace; what is left then is killed. It returns how long it took.
-func (p *process) stop(sig syscall.Signal, grace time.Duration) time.Duration {
-	start := time.Now()
+// grace; what is left then is killed.
+func (p *process) stop(sig syscall.Signal, grace time.Duration) {
 	if sig != 0 {
 		p.signal(sig)
 	}
 	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
-	select {
-	case <-p.done:
-	case <-deadline.C:
-	}
-	for !groupEmpty(p.pgid) || !p.exited() {
+	done := p.done // set to nil once closed, so the select below polls
+	for !p.exited() || !groupEmpty(p.pgid) {
 		select {
 		case <-deadline.C:
-			p.signal(syscall.SIGKILL)
-			<-p.done
-			waitGroupEmpty(p.pgid, 5*time.Second)
-			return time.Since(start)
+			p.kill()
+			return
+		case <-done:
+			done = nil
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return time.Since(start)
 }
 
 // kill ends the group at once, as a crash would.
