@@ -162,7 +162,10 @@ func (e *ejabberd) register(ctx context.Context, user, password string) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	// No keep-alive: an idle connection would outlive a restart of the
+	// server, and registrations are rare enough not to need one.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -201,6 +204,6 @@ func (e *ejabberd) logFiles() []string {
 	}
 }
 
-func (e *ejabberd) ports() []string {
-	return []string{loopback(e.cfg.DistPort), loopback(e.cfg.APIPort)}
+func (e *ejabberd) ports() map[string]string {
+	return map[string]string{"erlang-dist": loopback(e.cfg.DistPort), "http-api": loopback(e.cfg.APIPort)}
 }

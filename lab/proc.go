@@ -384,18 +384,29 @@ func bindable(port int) bool {
 	return true
 }
 
-// portFree checks that nothing listens on the TCP address addr ("" is
-// free).
-func portFree(addr string) error {
+// waitPortFree waits until nothing listens on the TCP address addr ("" is
+// free), for at most portWait: a restarted server's ports can be held for
+// a moment by sockets of its previous run. A port still taken after that
+// belongs to someone else.
+func waitPortFree(ctx context.Context, addr string) error {
 	if addr == "" {
 		return nil
 	}
-	l, err := net.Listen("tcp4", addr)
-	if err != nil {
-		return fmt.Errorf("%w: %s: %w", errPortInUse, addr, err)
+	deadline := time.Now().Add(portWait)
+	for {
+		l, err := net.Listen("tcp4", addr)
+		if err == nil {
+			return l.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%w: %s: %w", errPortInUse, addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return l.Close()
 }
+
+// portWait bounds waitPortFree.
+const portWait = 5 * time.Second
 
 // waitReady polls probe until it succeeds, the process exits, or ctx ends.
 func waitReady(ctx context.Context, p *process, probe func(context.Context) error) error {

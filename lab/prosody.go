@@ -97,4 +97,4 @@ func (p *prosody) logFiles() []string {
 	return []string{filepath.Join(p.cfg.Dir, "console.log"), filepath.Join(p.cfg.Dir, "prosody.log")}
 }
 
-func (p *prosody) ports() []string { return nil }
+func (p *prosody) ports() map[string]string { return nil }

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,9 +98,9 @@ type xmppImpl interface {
 	register(ctx context.Context, user, password string) error
 	dumpStorage(ctx context.Context) ([]byte, error)
 	logFiles() []string
-	// ports lists the loopback addresses it binds besides c2s and
-	// component.
-	ports() []string
+	// ports names the loopback addresses it binds besides c2s and
+	// component, by role.
+	ports() map[string]string
 }
 
 // StartXMPP writes the configuration for opts.Kind and starts the server,
@@ -212,16 +214,18 @@ func (s *XMPPServer) Start(ctx context.Context) error {
 	if s.proc != nil {
 		return fmt.Errorf("lab: start %s: already running", s.Kind)
 	}
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
 	// A taken port would not stop Prosody from running (it logs the
 	// failure and serves the rest), so a start would only time out:
 	// check first and say which port.
-	for _, addr := range append([]string{s.C2SAddr, s.ComponentAddr}, s.impl.ports()...) {
-		if err := portFree(addr); err != nil {
-			return fmt.Errorf("lab: start %s: %w", s.Kind, err)
+	ports := map[string]string{"c2s": s.C2SAddr, "component": s.ComponentAddr}
+	maps.Copy(ports, s.impl.ports())
+	for _, role := range slices.Sorted(maps.Keys(ports)) {
+		if err := waitPortFree(ctx, ports[role]); err != nil {
+			return fmt.Errorf("lab: start %s: %s %w", s.Kind, role, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
 	t0 := time.Now()
 	p, err := s.impl.start(ctx)
 	if err != nil {
