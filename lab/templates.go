@@ -14,6 +14,8 @@ import (
 //go:embed templates/*.tmpl
 var templateFS embed.FS
 
+// templates is parsed once at init and only executed afterwards, which is
+// safe for concurrent use.
 var templates = template.Must(template.New("").Funcs(template.FuncMap{
 	// q quotes a string for Lua, YAML (double-quoted) and coturn's
 	// config alike: all three accept Go's escapes for printable ASCII.

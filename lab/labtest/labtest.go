@@ -77,7 +77,8 @@ type environment struct {
 
 // env is set once by Main before any test runs and only read afterwards:
 // the accessors take nothing but t, so the package state has to live
-// here. It is the one package-level variable of lab and labtest.
+// here. It is the only package-level mutable state in lab and labtest
+// (the others are parsed templates, regexps and an error value).
 var env *environment
 
 // Main starts the servers need asks for (in parallel), runs the tests,
