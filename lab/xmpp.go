@@ -1,0 +1,423 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ServerKind names an XMPP server implementation.
+type ServerKind string
+
+// The servers clinkd supports, each tested against for real.
+const (
+	Prosody  ServerKind = "prosody"
+	Ejabberd ServerKind = "ejabberd"
+)
+
+// Kinds lists every ServerKind, for tables that run a test on each.
+func Kinds() []ServerKind { return []ServerKind{Prosody, Ejabberd} }
+
+// Component is an XEP-0114 external component the server accepts.
+type Component struct {
+	Domain string // e.g. "c1.clink.lab.localhost"
+	Secret string // the handshake secret; never logged
+}
+
+// ProsodyAuth plugs a custom authentication provider into Prosody, for the
+// ClinkID auth bridge.
+type ProsodyAuth struct {
+	Module    string   // provider name: `authentication = "Module"` loads mod_auth_Module
+	PluginDir string   // added to plugin_paths; must be readable by the prosody user
+	Config    []string // extra Lua lines placed in the VirtualHost section
+}
+
+// XMPPOptions configures StartXMPP. Only Kind, Dir, Domain and CA are
+// required.
+type XMPPOptions struct {
+	Kind   ServerKind
+	Dir    string // everything the server writes goes under Dir/<kind>; Dir may be a t.TempDir()
+	Domain string // the user domain, e.g. "lab.localhost"
+	// Components are accepted on ComponentAddr. Prosody allows one
+	// connection per component domain at a time, ejabberd several.
+	Components []Component
+	CA         *CA // issues the certificate for Domain
+	// Fast lifts the c2s shapers and rate limits, for benchmarks; tests
+	// run with the limits a production server would have.
+	Fast bool
+
+	// ExtAuthProgram, if set, makes ejabberd authenticate through this
+	// external program (path, then arguments) instead of its own
+	// database. Ignored by Prosody.
+	ExtAuthProgram []string
+	// ProsodyAuth, if set, replaces Prosody's internal_hashed provider.
+	// Ignored by ejabberd.
+	ProsodyAuth *ProsodyAuth
+
+	Logger *slog.Logger // nil discards
+}
+
+// XMPPServer is a running Prosody or ejabberd. Its ports and data survive
+// Stop and Start, so restart tests see the same server come back.
+type XMPPServer struct {
+	Kind          ServerKind
+	Domain        string
+	C2SAddr       string // 127.0.0.1:port, StartTLS required
+	ComponentAddr string // 127.0.0.1:port, XEP-0114; empty without Components
+	Components    []Component
+	CA            *CA
+	Dir           string // the server's own directory, Dir/<kind> of the options
+
+	impl xmppImpl
+	log  *slog.Logger
+
+	mu     sync.Mutex // serialises Start, Stop, Kill and Close
+	proc   *process   // nil while stopped
+	closed bool
+}
+
+// xmppImpl is what differs between Prosody and ejabberd.
+type xmppImpl interface {
+	// start launches the server; it need not wait for readiness.
+	start(ctx context.Context) (*process, error)
+	// stop stops p gracefully.
+	stop(ctx context.Context, p *process) error
+	register(ctx context.Context, user, password string) error
+	dumpStorage(ctx context.Context) ([]byte, error)
+	logFiles() []string
+	// ports names the loopback addresses it binds besides c2s and
+	// component, by role.
+	ports() map[string]string
+}
+
+// StartXMPP writes the configuration for opts.Kind and starts the server,
+// returning once it answers a stream header on every port it serves.
+func StartXMPP(ctx context.Context, opts XMPPOptions) (*XMPPServer, error) {
+	if opts.Dir == "" || opts.Domain == "" || opts.CA == nil {
+		return nil, fmt.Errorf("lab: start %s: Dir, Domain and CA are required", opts.Kind)
+	}
+	dir, err := filepath.Abs(filepath.Join(opts.Dir, string(opts.Kind)))
+	if err != nil {
+		return nil, fmt.Errorf("lab: start %s: %w", opts.Kind, err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return nil, fmt.Errorf("lab: start %s: %s already exists", opts.Kind, dir)
+	}
+	// A port picked as free can be taken by someone else before the
+	// server binds it; then start over with new ports.
+	for attempt := 1; ; attempt++ {
+		s, err := newXMPP(opts, dir)
+		if err != nil {
+			return nil, fmt.Errorf("lab: start %s: %w", opts.Kind, err)
+		}
+		err = s.Start(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, errPortInUse) || attempt == 3 {
+			return nil, err
+		}
+		s.log.Warn("lab: port taken before start; retrying with new ports", "err", err)
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("lab: start %s: %w", opts.Kind, err)
+		}
+	}
+}
+
+// newXMPP picks ports and writes the configuration in dir.
+func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
+	s := &XMPPServer{
+		Kind:       opts.Kind,
+		Domain:     opts.Domain,
+		Components: append([]Component(nil), opts.Components...),
+		CA:         opts.CA,
+		Dir:        dir,
+		log:        discard(opts.Logger).With("server", string(opts.Kind)),
+	}
+	c2s, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.C2SAddr = loopback(c2s)
+	compPort := 0
+	if len(opts.Components) > 0 {
+		if compPort, err = freePort(); err != nil {
+			return nil, err
+		}
+		s.ComponentAddr = loopback(compPort)
+	}
+	cfg := xmppConfig{
+		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
+		Components: opts.Components, Fast: opts.Fast,
+		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
+		CAFile: opts.CA.CertFile,
+	}
+	switch opts.Kind {
+	case Prosody:
+		s.impl, err = newProsody(cfg, opts.CA)
+	case Ejabberd:
+		s.impl, err = newEjabberd(cfg, opts.CA)
+	default:
+		err = fmt.Errorf("unknown kind %q", opts.Kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// xmppConfig is what the templates render.
+type xmppConfig struct {
+	Dir            string
+	Domain         string
+	C2SPort        int
+	ComponentPort  int
+	Components     []Component
+	Fast           bool
+	ExtAuthProgram string
+	ProsodyAuth    *ProsodyAuth
+	// Set by the implementation:
+	CertFile, KeyFile string
+	CAFile            string
+	DataDir, LogDir   string
+	DistPort          int // ejabberd's Erlang distribution port
+	APIPort           int // ejabberd's loopback HTTP API, for register
+}
+
+func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// startTimeout bounds one start. ejabberd needs 2-4 s on an idle
+// 2-core machine, but took 55 s (Prosody 45 s) while other jobs held the
+// load average at 16; a server that exits early fails at once anyway.
+const startTimeout = 3 * time.Minute
+
+// Start starts a stopped server on the same ports and data.
+func (s *XMPPServer) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("lab: start %s: server closed", s.Kind)
+	}
+	if s.proc != nil {
+		return fmt.Errorf("lab: start %s: already running", s.Kind)
+	}
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	// A taken port would not stop Prosody from running (it logs the
+	// failure and serves the rest), so a start would only time out:
+	// check first and say which port.
+	ports := map[string]string{"c2s": s.C2SAddr, "component": s.ComponentAddr}
+	maps.Copy(ports, s.impl.ports())
+	for _, role := range slices.Sorted(maps.Keys(ports)) {
+		if err := waitPortFree(ctx, ports[role]); err != nil {
+			return fmt.Errorf("lab: start %s: %s %w", s.Kind, role, err)
+		}
+	}
+	t0 := time.Now()
+	p, err := s.impl.start(ctx)
+	if err != nil {
+		return fmt.Errorf("lab: start %s: %w\n%s", s.Kind, err, s.logTail())
+	}
+	if err := waitReady(ctx, p, s.probe); err != nil {
+		p.stop(syscall.SIGKILL, 5*time.Second)
+		return fmt.Errorf("lab: start %s: %w\n%s", s.Kind, err, s.logTail())
+	}
+	s.proc = p
+	s.log.Info("lab: started", "c2s", s.C2SAddr, "component", s.ComponentAddr, "dir", s.Dir, "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// probe is the readiness signal: the c2s port answers a stream header with
+// stream features offering StartTLS, and the component port (if any)
+// answers a component stream header with a stream id. A port that merely
+// accepts is not enough: both servers bind before their hosts are loaded.
+func (s *XMPPServer) probe(ctx context.Context) error {
+	c2s := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", s.Domain)
+	if err := probeStream(ctx, s.C2SAddr, c2s, "urn:ietf:params:xml:ns:xmpp-tls"); err != nil {
+		return fmt.Errorf("c2s %s: %w", s.C2SAddr, err)
+	}
+	if s.ComponentAddr == "" {
+		return nil
+	}
+	comp := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>", s.Components[0].Domain)
+	if err := probeStream(ctx, s.ComponentAddr, comp, "id="); err != nil {
+		return fmt.Errorf("component %s: %w", s.ComponentAddr, err)
+	}
+	return nil
+}
+
+// probeStream sends header and reads until want appears in the reply.
+func probeStream(ctx context.Context, addr, header, want string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(conn, header); err != nil {
+		return err
+	}
+	var got []byte
+	buf := make([]byte, 4096)
+	for len(got) < 64<<10 {
+		n, err := conn.Read(buf)
+		got = append(got, buf[:n]...)
+		if bytes.Contains(got, []byte(want)) {
+			_, _ = io.WriteString(conn, "</stream:stream>")
+			return nil
+		}
+		if bytes.Contains(got, []byte("<stream:error")) {
+			return fmt.Errorf("stream error: %s", got)
+		}
+		if err != nil {
+			return fmt.Errorf("reply %q: %w", got, err)
+		}
+	}
+	return fmt.Errorf("no %q in reply", want)
+}
+
+// Stop stops the server gracefully, keeping its ports and data for Start.
+// Stopping a stopped server is a no-op.
+func (s *XMPPServer) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopLocked(ctx)
+}
+
+func (s *XMPPServer) stopLocked(ctx context.Context) error {
+	if s.proc == nil {
+		return nil
+	}
+	t0 := time.Now()
+	p := s.proc
+	s.proc = nil
+	if err := s.impl.stop(ctx, p); err != nil {
+		return fmt.Errorf("lab: stop %s: %w\n%s", s.Kind, err, s.logTail())
+	}
+	s.log.Info("lab: stopped", "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// Restart is Stop then Start.
+func (s *XMPPServer) Restart(ctx context.Context) error {
+	if err := s.Stop(ctx); err != nil {
+		return err
+	}
+	return s.Start(ctx)
+}
+
+// Kill ends the server with SIGKILL, as a crash would: no graceful close of
+// streams, no flush. Start brings it back on the same data.
+func (s *XMPPServer) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	s.proc.kill()
+	s.proc = nil
+	s.log.Info("lab: killed")
+}
+
+// Close stops the server for good. It is idempotent; the directory is
+// left for the caller (t.TempDir) to remove.
+func (s *XMPPServer) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	return s.stopLocked(ctx)
+}
+
+// Running reports whether the server was started and not stopped since.
+func (s *XMPPServer) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil
+}
+
+// PGID is the process group of the running server (0 when stopped), so a
+// test can prove that no process of it is left.
+func (s *XMPPServer) PGID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.pgid
+}
+
+// stopTimeout bounds a graceful stop before the group is killed: ejabberd
+// takes up to 4 s, more on a loaded machine.
+const stopTimeout = 30 * time.Second
+
+// Register creates an account user@Domain with password on the running
+// server, through the server's own admin tool.
+func (s *XMPPServer) Register(ctx context.Context, user, password string) error {
+	if err := s.impl.register(ctx, user, password); err != nil {
+		return fmt.Errorf("lab: register %s@%s on %s: %w", user, s.Domain, s.Kind, err)
+	}
+	return nil
+}
+
+// DumpStorage returns, as text, everything the server keeps about accounts
+// and messages: for Prosody every file under its data_path, for ejabberd a
+// dump of its whole Mnesia database. Tests grep it to prove what is, and
+// is not, stored.
+func (s *XMPPServer) DumpStorage(ctx context.Context) ([]byte, error) {
+	b, err := s.impl.dumpStorage(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lab: dump storage of %s: %w", s.Kind, err)
+	}
+	return b, nil
+}
+
+// LogTail returns the last lines of the server's logs.
+func (s *XMPPServer) LogTail() string { return s.logTail() }
+
+func (s *XMPPServer) logTail() string { return tailFiles(40, s.impl.logFiles()...) }
+
+// dumpDir concatenates every regular file under dir, sorted by path, each
+// headed by its path relative to dir.
+func dumpDir(dir string) ([]byte, error) {
+	var out bytes.Buffer
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fmt.Fprintf(&out, "==> %s <==\n%s\n", rel, data)
+		return nil
+	})
+	return out.Bytes(), err
+}
