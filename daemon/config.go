@@ -23,6 +23,7 @@ type Config struct {
 	Link     LinkConfig     `yaml:"link"`
 	Database DatabaseConfig `yaml:"database"`
 	Admin    AdminConfig    `yaml:"admin"`
+	Public   PublicConfig   `yaml:"public"`
 	TURN     TURNConfig     `yaml:"turn"`
 }
 
@@ -60,6 +61,15 @@ type DatabaseConfig struct {
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
 type AdminConfig struct {
 	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless you firewall it
+}
+
+// PublicConfig is the public HTTPS listener that serves the ClinkID API and
+// the key transparency log. TLS is required unless it listens on loopback
+// only (behind a TLS-terminating proxy on the same host, or in the lab).
+type PublicConfig struct {
+	Listen   string `yaml:"listen"`    // host:port; empty means no public listener
+	CertFile string `yaml:"cert_file"` // PEM certificate chain
+	KeyFile  string `yaml:"key_file"`  // PEM private key
 }
 
 // TURNConfig is XEP-0215 service discovery with TURN REST credentials.

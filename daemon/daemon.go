@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/turncred"
 )
 
@@ -37,6 +39,9 @@ type Daemon struct {
 	comp     *component.Component
 	db       *pgxpool.Pool // nil when no database is configured
 	admin    net.Listener
+	public   *http.ServeMux // features mount their HTTP handlers here
+	publicLn net.Listener   // nil when no public listener is configured
+	tlsCfg   *tls.Config    // nil when the public listener is plain (loopback)
 	closers  []func()
 }
 
@@ -63,7 +68,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry()}
+	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry(), public: http.NewServeMux()}
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ok := false
 	defer func() {
@@ -103,6 +108,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("admin: listen: %w", err)
 	}
 	d.closers = append(d.closers, func() { d.admin.Close() })
+	if err := d.listenPublic(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return d, nil
 }
@@ -160,6 +168,58 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 	return nil
 }
 
+// listenPublic binds the public listener, refusing plain HTTP anywhere but
+// on loopback: account passwords and tokens cross it.
+func (d *Daemon) listenPublic() error {
+	c := d.cfg.Public
+	if c.Listen == "" {
+		return nil
+	}
+	if c.CertFile == "" || c.KeyFile == "" {
+		if !isLoopback(c.Listen) {
+			return fmt.Errorf("config: public.listen %s is not loopback, so public.cert_file and public.key_file are required", c.Listen)
+		}
+	} else {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return fmt.Errorf("config: public TLS certificate: %w", err)
+		}
+		d.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fmt.Errorf("public: listen: %w", err)
+	}
+	d.publicLn = ln
+	d.closers = append(d.closers, func() { ln.Close() })
+	return nil
+}
+
+// isLoopback reports whether a listen address binds loopback only.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// PublicURL is the base URL of the public listener ("" when there is none).
+func (d *Daemon) PublicURL() string {
+	if d.publicLn == nil {
+		return ""
+	}
+	scheme := "http"
+	if d.tlsCfg != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + d.publicLn.Addr().String()
+}
+
 // Component is the XMPP link, for tests and the lab.
 func (d *Daemon) Component() *component.Component { return d.comp }
 
@@ -184,11 +244,37 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Error("admin listener", "err", err)
 		}
 	})
-	d.log.Info("clinkd serving", "version", Version, "component", d.cfg.Link.Domain, "server", d.cfg.Link.Addr, "admin", d.AdminAddr())
+	var pub *http.Server
+	if d.publicLn != nil {
+		pub = &http.Server{
+			Handler:   securityHeaders(d.public, d.tlsCfg != nil),
+			TLSConfig: d.tlsCfg,
+			// Timeouts bound what one slow or malicious client can hold.
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       15 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+		}
+		ln := d.publicLn
+		if d.tlsCfg != nil {
+			ln = tls.NewListener(ln, d.tlsCfg)
+		}
+		wg.Go(func() {
+			if err := pub.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("public listener", "err", err)
+			}
+		})
+	}
+	d.log.Info("clinkd serving", "version", Version, "component", d.cfg.Link.Domain, "server", d.cfg.Link.Addr, "admin", d.AdminAddr(), "public", d.PublicURL())
 	err := d.comp.Run(ctx)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	if pub != nil {
+		pub.Shutdown(sctx)
+	}
 	wg.Wait()
 	d.log.Info("clinkd stopped")
 	return err
@@ -207,7 +293,7 @@ func (d *Daemon) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		checks := d.readiness(r.Context())
@@ -217,7 +303,7 @@ func (d *Daemon) adminHandler() http.Handler {
 				status = http.StatusServiceUnavailable
 			}
 		}
-		writeJSON(w, status, checks)
+		httpjson.Write(w, status, checks)
 	})
 	return mux
 }
@@ -238,4 +324,15 @@ func (d *Daemon) readiness(ctx context.Context) map[string]string {
 		}
 	}
 	return checks
+}
+
+// securityHeaders sets the headers every public answer carries.
+func securityHeaders(h http.Handler, tls bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tls {
+			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+		}
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		h.ServeHTTP(w, r)
+	})
 }
