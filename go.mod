@@ -1,3 +1,5 @@
 module github.com/clinkme/clinkd
 
-go 1.26
+go 1.26.0
+
+require golang.org/x/crypto v0.59.0 // indirect
