@@ -96,7 +96,7 @@ const (
 const timeLayout = "2006-01-02T15:04:05Z"
 
 // ErrInvalid is wrapped by every error about a malformed envelope.
-var ErrInvalid = errors.New("envelope: invalid envelope")
+var ErrInvalid = errors.New("envelope: invalid")
 
 // ErrUnsupportedVersion is returned when unmarshalling an envelope of another
 // format version (an element envelope in a namespace urn:clinkme:envelope:N
@@ -232,11 +232,19 @@ func (e *Envelope) validate() error {
 	return nil
 }
 
-// checkJID checks the shape of a bare JID: [localpart@]domainpart, no
-// resource, each part 1 to 1023 bytes of UTF-8 with no space, control
-// character or any of "&'/:<>@. It does not apply the PRECIS profiles: the
-// sender must send JIDs already in canonical form, since they are signed
-// byte for byte.
+// CheckJID reports whether s has the shape of a bare JID that Validate
+// accepts in From and To: [localpart@]domainpart, no resource, each part 1
+// to 1023 bytes of UTF-8 with no space, control character or any of
+// "&'/:<>@. It does not apply the PRECIS profiles: JIDs are signed byte for
+// byte, so the sender must use them in canonical form. The error wraps
+// ErrInvalid.
+func CheckJID(s string) error {
+	if err := checkJID(s); err != nil {
+		return fmt.Errorf("%w: %s", ErrInvalid, err)
+	}
+	return nil
+}
+
 func checkJID(s string) error {
 	if len(s) == 0 || len(s) > MaxJIDLen {
 		return fmt.Errorf("JID of %d bytes, want 1 to %d", len(s), MaxJIDLen)
