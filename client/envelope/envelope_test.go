@@ -109,8 +109,10 @@ func TestRoundTrip(t *testing.T) {
 		openers []opener
 	}{
 		{
-			name:    "standard to one",
-			seal:    func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("1"), text("hi")) },
+			name: "standard to one",
+			seal: func() (*extenv.Envelope, error) {
+				return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("1"), text("hi"))
+			},
 			sender:  alice,
 			content: text("hi"),
 			openers: []opener{{me: bob}, {me: alice}},
@@ -126,8 +128,10 @@ func TestRoundTrip(t *testing.T) {
 			openers: []opener{{me: bob}, {me: carol}, {me: dave}, {me: alice}},
 		},
 		{
-			name:    "standard from 4096 bits",
-			seal:    func() (*extenv.Envelope, error) { return envelope.SealStandard(dave, []envelope.Recipient{recipient(alice)}, header("3"), text("hello")) },
+			name: "standard from 4096 bits",
+			seal: func() (*extenv.Envelope, error) {
+				return envelope.SealStandard(dave, []envelope.Recipient{recipient(alice)}, header("3"), text("hello"))
+			},
 			sender:  dave,
 			content: text("hello"),
 			openers: []opener{{me: alice}, {me: dave}},
@@ -140,8 +144,10 @@ func TestRoundTrip(t *testing.T) {
 			openers: []opener{{me: alice}},
 		},
 		{
-			name:    "largest text",
-			seal:    func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("5"), text(strings.Repeat("é", envelope.MaxTextSize/2)+"x")) },
+			name: "largest text",
+			seal: func() (*extenv.Envelope, error) {
+				return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("5"), text(strings.Repeat("é", envelope.MaxTextSize/2)+"x"))
+			},
 			sender:  alice,
 			content: text(strings.Repeat("é", envelope.MaxTextSize/2) + "x"),
 			openers: []opener{{me: bob}},
@@ -156,8 +162,10 @@ func TestRoundTrip(t *testing.T) {
 			openers: []opener{{me: bob}, {me: alice}},
 		},
 		{
-			name:    "enhanced",
-			seal:    func() (*extenv.Envelope, error) { return envelope.SealEnhanced(alice, bob.JID(), k, header("7"), text("secure")) },
+			name: "enhanced",
+			seal: func() (*extenv.Envelope, error) {
+				return envelope.SealEnhanced(alice, bob.JID(), k, header("7"), text("secure"))
+			},
 			sender:  alice,
 			content: text("secure"),
 			openers: []opener{{me: bob, keys: bobKeys}, {me: alice, keys: aliceKeys}},
@@ -499,11 +507,15 @@ func TestSealArguments(t *testing.T) {
 			return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob), recipient(carol)}, header("a"), share)
 		}, envelope.ErrBadContent},
 		{"key-share to self", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, nil, header("a"), share) }, envelope.ErrBadContent},
-		{"key-share enhanced", func() (*extenv.Envelope, error) { return envelope.SealEnhanced(alice, bob.JID(), k, header("a"), share) }, envelope.ErrBadContent},
+		{"key-share enhanced", func() (*extenv.Envelope, error) {
+			return envelope.SealEnhanced(alice, bob.JID(), k, header("a"), share)
+		}, envelope.ErrBadContent},
 		{"key-share of zero key", func() (*extenv.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), envelope.Content{Kind: envelope.KindKeyShare})
 		}, envelope.ErrBadContent},
-		{"text not UTF-8", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, toBob, header("a"), text("\xff")) }, envelope.ErrBadContent},
+		{"text not UTF-8", func() (*extenv.Envelope, error) {
+			return envelope.SealStandard(alice, toBob, header("a"), text("\xff"))
+		}, envelope.ErrBadContent},
 		{"text too large", func() (*extenv.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), text(strings.Repeat("a", envelope.MaxTextSize+1)))
 		}, envelope.ErrTooLarge},
@@ -521,7 +533,9 @@ func TestSealArguments(t *testing.T) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org/phone", Key: bob.PublicKey()}}, header("a"), text("a"))
 		}, envelope.ErrInvalid},
 		{"too many recipients", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, many, header("a"), text("a")) }, envelope.ErrInvalid},
-		{"enhanced to self", func() (*extenv.Envelope, error) { return envelope.SealEnhanced(alice, alice.JID(), k, header("a"), text("a")) }, envelope.ErrInvalid},
+		{"enhanced to self", func() (*extenv.Envelope, error) {
+			return envelope.SealEnhanced(alice, alice.JID(), k, header("a"), text("a"))
+		}, envelope.ErrInvalid},
 		{"small recipient key", func() (*extenv.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: fakeKey(2048)}}, header("a"), text("a"))
 		}, envelope.ErrKeySize},
