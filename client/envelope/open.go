@@ -18,9 +18,8 @@ import (
 //
 // Open checks, in this order, and returns the first error:
 //
-//  1. me is usable and senderKey has MinKeyBits to MaxKeyBits, else
-//     ErrKeySize;
-//  2. e is structurally valid, else ErrInvalid;
+//  1. e is structurally valid, else ErrInvalid;
+//  2. senderKey has MinKeyBits to MaxKeyBits, else ErrKeySize;
 //  3. the signature verifies with senderKey, else ErrBadSignature: nothing
 //     is decrypted before this step passes;
 //  4. me is the sender or one of the recipients, and for a standard envelope
@@ -28,10 +27,14 @@ import (
 //  5. for an enhanced envelope, keys holds the named key for the contact
 //     (e.To[0] if me sent it, e.From otherwise), else ErrNoContactKey;
 //  6. the payload key unwraps and the payload decrypts, else ErrTampered;
-//  7. the content is of a known version and kind, else
-//     ErrUnsupportedVersion or ErrUnsupportedContent, and well formed, else
-//     ErrBadContent; a KindKeyShare content is only accepted in a standard
+//  7. the content is of a known version, else ErrUnsupportedVersion; its
+//     lengths and padding are right, else ErrBadContent; its kind is known,
+//     else ErrUnsupportedContent; its body is right for the kind, else
+//     ErrBadContent. A KindKeyShare content is only accepted in a standard
 //     envelope to exactly one contact other than the sender.
+//
+// The order is that of docs/envelope.md, "Outcomes of opening"; a zero me
+// is an error before all of them.
 //
 // On success the envelope's header (From, To, ID, Time, Expires) is
 // authenticated too. A KindKeyShare content is the key shared between e.From
@@ -40,13 +43,13 @@ func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys Contac
 	if err := me.check(); err != nil {
 		return Content{}, err
 	}
-	if err := checkKeySize(senderKey, "sender key"); err != nil {
-		return Content{}, err
-	}
 	if e == nil {
-		return Content{}, fmt.Errorf("%w: nil", ErrInvalid)
+		return Content{}, fmt.Errorf("%w: nil envelope", ErrInvalid)
 	}
 	if err := e.Validate(); err != nil {
+		return Content{}, err
+	}
+	if err := checkKeySize(senderKey, "sender key"); err != nil {
 		return Content{}, err
 	}
 

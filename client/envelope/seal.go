@@ -221,9 +221,9 @@ func sign(r io.Reader, from Identity, e *extenv.Envelope) error {
 }
 
 // header appends the signed encoding of the header fields of e: every field
-// but the nonce, the payload and the signature. See docs/envelope.md.
+// but the nonce, the payload and the signature. The format version is in the
+// label that comes first. See docs/envelope.md, "Signed encoding".
 func header(b []byte, e *extenv.Envelope) []byte {
-	b = appendStr(b, extenv.NS)
 	b = appendStr(b, e.Kind)
 	b = appendStr(b, e.From)
 	b = appendUint32(b, len(e.To))
