@@ -24,11 +24,14 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -187,28 +190,23 @@ func (c *contents) marshal() ([]byte, error) {
 	return b, nil
 }
 
-// parseContents decodes what marshal encodes, and checks it: a valid
-// identity, valid contact JIDs and keys, nothing left over.
-func parseContents(b []byte) (*contents, error) {
-	jid, b, ok := readStr(b, extenv.MaxJIDLen)
-	if !ok {
+// rawContents is contents with the identity not parsed yet.
+type rawContents struct {
+	jid, der []byte
+	contacts []contactEntry
+}
+
+// decodeContents decodes the framing of what marshal encodes and checks the
+// contacts: bare JIDs, valid keys, nothing left over. It is cheap; the
+// identity key is parsed by parseContents.
+func decodeContents(b []byte) (*rawContents, error) {
+	var r rawContents
+	var ok bool
+	if r.jid, b, ok = readStr(b, extenv.MaxJIDLen); !ok {
 		return nil, fmt.Errorf("%w: identity JID", ErrCorrupt)
 	}
-	der, b, ok := readStr(b, maxKeyDER)
-	if !ok {
+	if r.der, b, ok = readStr(b, maxKeyDER); !ok {
 		return nil, fmt.Errorf("%w: identity key", ErrCorrupt)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: identity key: %v", ErrCorrupt, err)
-	}
-	rk, ok := k.(*rsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("%w: identity key is not RSA", ErrCorrupt)
-	}
-	id, err := envelope.NewIdentity(string(jid), rk)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	if len(b) < 4 {
 		return nil, fmt.Errorf("%w: contact count", ErrCorrupt)
@@ -218,7 +216,7 @@ func parseContents(b []byte) (*contents, error) {
 	if n > maxContactKeys || uint64(n)*(4+1+4+envelope.ContactKeySize) > uint64(len(b)) {
 		return nil, fmt.Errorf("%w: contact count %d", ErrCorrupt, n)
 	}
-	c := &contents{id: id, contacts: make([]contactEntry, 0, n)}
+	r.contacts = make([]contactEntry, 0, n)
 	for range n {
 		var contact, key []byte
 		if contact, b, ok = readStr(b, extenv.MaxJIDLen); !ok {
@@ -234,12 +232,70 @@ func parseContents(b []byte) (*contents, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
-		c.contacts = append(c.contacts, newEntry(string(contact), ck))
+		r.contacts = append(r.contacts, newEntry(string(contact), ck))
 	}
 	if len(b) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b))
 	}
-	return c, nil
+	return &r, nil
+}
+
+// parseContents decodes what marshal encodes and checks it: decodeContents,
+// then a valid identity.
+func parseContents(b []byte) (*contents, error) {
+	r, err := decodeContents(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKeySizes(r.der); err != nil {
+		return nil, fmt.Errorf("%w: identity key: %v", ErrCorrupt, err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(r.der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: identity key: %v", ErrCorrupt, err)
+	}
+	rk, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: identity key is not RSA", ErrCorrupt)
+	}
+	id, err := envelope.NewIdentity(string(r.jid), rk)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return &contents{id: id, contacts: r.contacts}, nil
+}
+
+// checkKeySizes bounds the numbers of a PKCS #8 RSA private key before
+// crypto/x509 checks it: the checks are constant-time and cost the cube of a
+// prime's size, so a prime of tens of thousands of bits would take minutes.
+func checkKeySizes(der []byte) error {
+	var p8 struct {
+		Version    int
+		Algo       pkix.AlgorithmIdentifier
+		PrivateKey []byte
+		Attributes asn1.RawValue `asn1:"optional,tag:0"`
+	}
+	if rest, err := asn1.Unmarshal(der, &p8); err != nil || len(rest) != 0 {
+		return errors.New("malformed PKCS #8")
+	}
+	var p1 struct {
+		Version                     int
+		N, E, D, P, Q, Dp, Dq, Qinv *big.Int
+		AdditionalPrimes            []asn1.RawValue `asn1:"optional,omitempty"`
+	}
+	if rest, err := asn1.Unmarshal(p8.PrivateKey, &p1); err != nil || len(rest) != 0 {
+		return errors.New("malformed PKCS #1")
+	}
+	n := p1.N.BitLen()
+	if n < envelope.MinKeyBits || n > envelope.MaxKeyBits || p1.E.BitLen() > 32 || len(p1.AdditionalPrimes) != 0 {
+		return fmt.Errorf("RSA key of %d bits, exponent of %d bits, %d extra primes", n, p1.E.BitLen(), len(p1.AdditionalPrimes))
+	}
+	for _, x := range []*big.Int{p1.D, p1.P, p1.Q, p1.Dp, p1.Dq, p1.Qinv} {
+		if x.BitLen() > n {
+			return errors.New("RSA key number larger than its modulus")
+		}
+	}
+	return nil
 }
 
 func appendStr(b, s []byte) []byte {
