@@ -22,72 +22,84 @@ const keyIDLabel = "urn:clinkme:envelope:0 contact key id"
 // users, which seals the enhanced envelopes between them in both directions.
 //
 // The zero ContactKey is not a key: the Seal and Open functions refuse it.
-// Formatting a ContactKey with the fmt package prints only its ID.
+// Formatting a ContactKey with the fmt package prints only its ID. The key
+// is reached through a function value, which fmt prints as an address, so
+// that even a struct holding a ContactKey in an unexported field (which fmt
+// prints field by field, without calling methods) never shows the key,
+// whatever the verb.
 type ContactKey struct {
-	k     [ContactKeySize]byte
-	valid bool
+	k func() *[ContactKeySize]byte // nil for the zero ContactKey; the array is never modified
+}
+
+func newKey(k *[ContactKeySize]byte) ContactKey {
+	return ContactKey{func() *[ContactKeySize]byte { return k }}
 }
 
 // NewContactKey returns a fresh random contact key.
 func NewContactKey() ContactKey {
-	var k ContactKey
-	rand.Read(k.k[:]) // never fails (crypto/rand, Go 1.24 and later)
-	k.valid = true
-	return k
+	k := new([ContactKeySize]byte)
+	rand.Read(k[:]) // never fails (crypto/rand, Go 1.24 and later)
+	return newKey(k)
 }
 
 func newContactKey(r io.Reader) (ContactKey, error) {
-	var k ContactKey
-	if _, err := io.ReadFull(r, k.k[:]); err != nil {
+	k := new([ContactKeySize]byte)
+	if _, err := io.ReadFull(r, k[:]); err != nil {
 		return ContactKey{}, err
 	}
-	k.valid = true
-	return k, nil
+	return newKey(k), nil
 }
+
+func (k ContactKey) valid() bool { return k.k != nil }
+
+// key returns the key's bytes; k must be valid.
+func (k ContactKey) key() []byte { return k.k()[:] }
 
 // ParseContactKey returns the contact key whose bytes (as from Bytes) are b.
 // It fails unless b is ContactKeySize bytes, not all zero.
 func ParseContactKey(b []byte) (ContactKey, error) {
-	var k ContactKey
 	if len(b) != ContactKeySize {
 		return ContactKey{}, fmt.Errorf("envelope: contact key of %d bytes, want %d", len(b), ContactKeySize)
 	}
-	copy(k.k[:], b)
-	if subtle.ConstantTimeCompare(k.k[:], make([]byte, ContactKeySize)) == 1 {
+	if subtle.ConstantTimeCompare(b, make([]byte, ContactKeySize)) == 1 {
 		return ContactKey{}, fmt.Errorf("envelope: all-zero contact key")
 	}
-	k.valid = true
-	return k, nil
+	k := new([ContactKeySize]byte)
+	copy(k[:], b)
+	return newKey(k), nil
 }
 
 // Bytes returns a copy of the secret key, for storing it encrypted.
 func (k ContactKey) Bytes() []byte {
-	if !k.valid {
+	if !k.valid() {
 		return nil
 	}
-	return append([]byte(nil), k.k[:]...)
+	return append([]byte(nil), k.key()...)
 }
 
 // ID returns the key's public identifier, which enhanced envelopes carry:
 // the first KeyIDSize bytes of HMAC-SHA256(key, "urn:clinkme:envelope:0
 // contact key id"). It is nil for the zero ContactKey.
 func (k ContactKey) ID() []byte {
-	if !k.valid {
+	if !k.valid() {
 		return nil
 	}
-	m := hmac.New(sha256.New, k.k[:])
+	m := hmac.New(sha256.New, k.key())
 	m.Write([]byte(keyIDLabel))
 	return m.Sum(nil)[:extenv.KeyIDSize]
 }
 
 // Equal reports, in constant time, whether k and o are the same key.
 func (k ContactKey) Equal(o ContactKey) bool {
-	return k.valid == o.valid && subtle.ConstantTimeCompare(k.k[:], o.k[:]) == 1
+	if !k.valid() || !o.valid() {
+		return k.valid() == o.valid()
+	}
+	return subtle.ConstantTimeCompare(k.key(), o.key()) == 1
 }
 
 // String returns the key's ID, never the key.
 func (k ContactKey) String() string {
-	if !k.valid {
+	if !k.valid() {
 		return "envelope.ContactKey(zero)"
 	}
 	return "envelope.ContactKey(id=" + base64.StdEncoding.EncodeToString(k.ID()) + ")"

@@ -76,10 +76,10 @@ func (c Content) marshal() ([]byte, error) {
 		}
 		body = []byte(c.Text)
 	case KindKeyShare:
-		if !c.Key.valid {
+		if !c.Key.valid() {
 			return nil, fmt.Errorf("%w: key-share of the zero ContactKey", ErrBadContent)
 		}
-		body = c.Key.k[:]
+		body = c.Key.key()
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnsupportedContent, string(c.Kind))
 	}

@@ -625,7 +625,11 @@ func TestNoSecretsPrinted(t *testing.T) {
 		d.String()[:20], d.Text(16)[:20], hex.EncodeToString(der[40:60]), base64.StdEncoding.EncodeToString(der[40:60]),
 		"top secret", hex.EncodeToString([]byte("top secret")),
 	}
-	for _, v := range []any{alice, &alice, k, &k, c, &c, share, []any{alice, k, c}, struct{ A envelope.Identity }{alice}} {
+	type hidden struct { // unexported fields: fmt prints them without their methods
+		id envelope.Identity
+		k  envelope.ContactKey
+	}
+	for _, v := range []any{alice, &alice, k, &k, c, &c, share, []any{alice, k, c}, struct{ A envelope.Identity }{alice}, hidden{alice, k}, &hidden{alice, k}} {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T"} {
 			out := fmt.Sprintf(verb, v)
 			for _, s := range secrets {

@@ -12,7 +12,12 @@ import (
 // FuzzOpen parses and opens arbitrary envelopes as bob, with alice's key as
 // the sender's and a contact key held for alice. Open must not panic, must
 // fail with one of its sentinels, and may only succeed on an envelope that
-// alice signed. The seed corpus is the test vectors' envelopes.
+// alice signed. The seed corpus is the test vectors' envelopes. Run it with
+//
+//	go test ./client/envelope -run '^$' -fuzz '^FuzzOpen$' -fuzztime 60s -fuzzminimizetime 10s
+//
+// (the default minimization budget, 60 s, can spend a whole short run on
+// one large input).
 func FuzzOpen(f *testing.F) {
 	id := ids(f)
 	alice, bob := id["alice"], id["bob"]

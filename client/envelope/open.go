@@ -88,11 +88,11 @@ func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys Contac
 		if !ok {
 			return Content{}, fmt.Errorf("%w: none for %s with this id", ErrNoContactKey, contact)
 		}
-		if !k.valid || subtle.ConstantTimeCompare(k.ID(), e.KeyID) != 1 {
+		if !k.valid() || subtle.ConstantTimeCompare(k.ID(), e.KeyID) != 1 {
 			return Content{}, fmt.Errorf("%w: ContactKeys returned a key with another id", ErrNoContactKey)
 		}
 		var err error
-		plain, err = newGCM(k.k[:]).Open(nil, e.Nonce, e.Payload, aad(e))
+		plain, err = newGCM(k.key()).Open(nil, e.Nonce, e.Payload, aad(e))
 		if err != nil {
 			return Content{}, ErrTampered
 		}

@@ -122,7 +122,7 @@ func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind Con
 	e.Payload = make([]byte, len(plain)+extenv.TagSize)
 	e.Signature = make([]byte, from.key.Size())
 	if err := e.Validate(); err != nil {
-		return nil, fmt.Errorf("envelope: seal: %w", err)
+		return nil, err
 	}
 
 	for i, k := range keys {
@@ -165,7 +165,7 @@ func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header,
 	if err := from.check(); err != nil {
 		return nil, err
 	}
-	if !k.valid {
+	if !k.valid() {
 		return nil, fmt.Errorf("envelope: seal: zero ContactKey")
 	}
 	if kind == KindKeyShare {
@@ -180,9 +180,9 @@ func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header,
 	e.Payload = make([]byte, len(plain)+extenv.TagSize)
 	e.Signature = make([]byte, from.key.Size())
 	if err := e.Validate(); err != nil {
-		return nil, fmt.Errorf("envelope: seal: %w", err)
+		return nil, err
 	}
-	e.Payload = newGCM(k.k[:]).Seal(nil, e.Nonce, plain, aad(e))
+	e.Payload = newGCM(k.key()).Seal(nil, e.Nonce, plain, aad(e))
 	return e, nil
 }
 
