@@ -706,3 +706,20 @@ func TestFingerprint(t *testing.T) {
 // testdata/keys/alice.pem -pubout -outform DER | openssl dgst -sha256
 // -binary | base64`.
 const aliceFingerprint = "49RzB7mI3u2hlNfXKiP/HvXe6TG0kn+QAlmlPVvWqxY="
+
+func TestGenerateIdentity(t *testing.T) {
+	t.Parallel()
+	if _, err := envelope.GenerateIdentity("alice@example.org/phone"); !errors.Is(err, envelope.ErrInvalid) {
+		t.Errorf("GenerateIdentity(full JID) = %v, want ErrInvalid", err)
+	}
+	id, err := envelope.GenerateIdentity("erin@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.JID() != "erin@example.org" || id.PublicKey().N.BitLen() != envelope.MinKeyBits {
+		t.Fatalf("GenerateIdentity() = %v, want erin@example.org with RSA-%d", id, envelope.MinKeyBits)
+	}
+	if got, want := fmt.Sprint(id), "envelope.Identity(erin@example.org, RSA-3072)"; got != want {
+		t.Errorf("Sprint(identity) = %q, want %q", got, want)
+	}
+}
