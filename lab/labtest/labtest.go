@@ -42,6 +42,9 @@ type Need struct {
 	Prosody  bool
 	Ejabberd bool
 	Coturn   bool
+	// Fast starts the shared XMPP servers without c2s shapers and rate
+	// limits (lab.XMPPOptions.Fast), for packages that flood or measure.
+	Fast bool
 }
 
 // Names of the shared servers' domains.
@@ -165,7 +168,7 @@ func (e *environment) start() error {
 		}
 		run(func() (err error) {
 			servers[i], err = lab.StartXMPP(ctx, lab.XMPPOptions{
-				Kind: kind, Dir: e.dir, Domain: Domain, CA: e.ca,
+				Kind: kind, Dir: e.dir, Domain: Domain, CA: e.ca, Fast: e.need.Fast,
 				Components: NewComponents(ComponentPool), Logger: e.log,
 			})
 			return err
