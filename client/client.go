@@ -133,11 +133,17 @@ func (c *Client) serve() {
 	close(c.served)
 }
 
-// handle runs on the session's read loop: it records messages and
-// presences for Next, and leaves IQ requests to the session's default
-// service-unavailable answer.
+// handle runs on the session's read loop: it records messages, presences
+// and IQ results nobody waits for (replies to SendRaw) for Next, and leaves
+// IQ requests to the session's default service-unavailable answer.
 func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
-	if start.Name.Local != "message" && start.Name.Local != "presence" {
+	switch start.Name.Local {
+	case "message", "presence":
+	case "iq":
+		if typ := attrValue(start.Attr, "type"); typ != "result" && typ != "error" {
+			return nil
+		}
+	default:
 		return nil
 	}
 	var buf bytes.Buffer
@@ -163,9 +169,19 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 	return nil
 }
 
-// A Stanza is a message or presence the device received.
+func attrValue(attrs []xml.Attr, name string) string {
+	for _, a := range attrs {
+		if a.Name.Local == name {
+			return a.Value
+		}
+	}
+	return ""
+}
+
+// A Stanza is a message, a presence or an unawaited IQ result the device
+// received.
 type Stanza struct {
-	Kind     string // message or presence
+	Kind     string // message, presence or iq
 	ID, Type string
 	From, To jid.JID
 	Raw      []byte // the whole stanza as received

@@ -8,5 +8,5 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(labtest.Main(m, labtest.Need{Prosody: true, Ejabberd: true, Postgres: true}))
+	os.Exit(labtest.Main(m, labtest.Need{Prosody: true, Ejabberd: true, Postgres: true, Fast: true}))
 }
