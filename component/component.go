@@ -57,9 +57,14 @@ type Component struct {
 
 	mu      sync.Mutex
 	sess    *xmpp.Session // nil unless Linked
+	conn    net.Conn      // sess's connection
 	state   LinkState
 	changed chan struct{} // closed and replaced on every state change
 	links   int           // links established so far
+
+	// sendSem serializes writes so that each gets its own write deadline
+	// (see sendStanza).
+	sendSem chan struct{}
 
 	pendingMu sync.Mutex
 	pending   map[string]chan *Stanza // our own IQs awaiting a reply, by id
@@ -90,6 +95,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		mux:     newMux(cfg.Identity),
 		changed: make(chan struct{}),
 		pending: make(map[string]chan *Stanza),
+		sendSem: make(chan struct{}, 1),
 	}
 	c.mux.handleIQ(xml.Name{Space: disco.NSInfo, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoInfo)))
 	c.mux.handleIQ(xml.Name{Space: disco.NSItems, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoItems)))
@@ -177,10 +183,10 @@ func (c *Component) WaitState(ctx context.Context, s LinkState) error {
 	}
 }
 
-func (c *Component) setState(s LinkState, sess *xmpp.Session) {
+func (c *Component) setState(s LinkState, sess *xmpp.Session, conn net.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.state, c.sess = s, sess
+	c.state, c.sess, c.conn = s, sess, conn
 	close(c.changed)
 	c.changed = make(chan struct{})
 	if s == Linked {
@@ -194,10 +200,10 @@ func (c *Component) setState(s LinkState, sess *xmpp.Session) {
 	}
 }
 
-func (c *Component) session() *xmpp.Session {
+func (c *Component) session() (*xmpp.Session, net.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.sess
+	return c.sess, c.conn
 }
 
 // Run links to the server and serves until ctx ends, re-linking whenever
@@ -235,7 +241,7 @@ func (c *Component) Run(ctx context.Context) error {
 // link makes one connection, serves it until it ends and reports how long
 // it was up and why it ended.
 func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err error) {
-	c.setState(Connecting, nil)
+	c.setState(Connecting, nil, nil)
 	d := net.Dialer{
 		Timeout: c.cfg.DialTimeout,
 		// The kernel notices a silent peer even when no ping is configured.
@@ -243,7 +249,7 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 	}
 	conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
 	if err != nil {
-		c.setState(Down, nil)
+		c.setState(Down, nil, nil)
 		c.metrics.LinkFailures.WithLabelValues("dial").Inc()
 		return 0, fmt.Errorf("component: dial %s: %w", c.cfg.Addr, err)
 	}
@@ -252,13 +258,13 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 	cancel()
 	if err != nil {
 		conn.Close()
-		c.setState(Down, nil)
+		c.setState(Down, nil, nil)
 		c.metrics.LinkFailures.WithLabelValues("handshake").Inc()
 		return 0, fmt.Errorf("component: handshake as %s: %w", c.cfg.Domain, err)
 	}
 	since := time.Now()
 	c.lastRead.Store(since.UnixNano())
-	c.setState(Linked, sess)
+	c.setState(Linked, sess, conn)
 	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String())
 
 	linkCtx, stopLink := context.WithCancel(ctx)
@@ -279,7 +285,7 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 	} else {
 		c.metrics.LinkFailures.WithLabelValues("stream").Inc()
 	}
-	c.setState(Down, nil)
+	c.setState(Down, nil, nil)
 	stopLink()
 	aux.Wait()
 	c.failPending()
@@ -381,7 +387,7 @@ func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.
 				// The reply is any input at all; it is read and dropped
 				// like any unsolicited result.
 				sctx, cancel := context.WithTimeout(ctx, c.cfg.SendTimeout)
-				err := c.sendStanza(sctx, sess, KindIQ, stanza.IQ{
+				err := c.sendStanza(sctx, sess, conn, KindIQ, stanza.IQ{
 					Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.cfg.Domain,
 					ID: "keepalive-" + randomID(),
 				}.StartElement(), pingPayload{})

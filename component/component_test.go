@@ -312,3 +312,31 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("after reset: %v, want ≤ 100ms", got)
 	}
 }
+
+// TestWriteTimeoutRelinks: when the server stops reading, a write times out
+// within SendTimeout and the link is re-made instead of lingering as a
+// session that can read but never write.
+func TestWriteTimeoutRelinks(t *testing.T) {
+	t.Parallel()
+	c, f, _ := newTestComponent(t, func(c *Config) { c.SendTimeout = 300 * time.Millisecond }, nil)
+	big := strings.Repeat("x", 64<<10)
+	var err error
+	start := time.Now()
+	for range 1000 {
+		err = c.SendMessage(context.Background(), stanza.Message{To: jid.MustParse("u@example"), From: c.Domain()}, echoPayload{Text: big})
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		t.Fatal("64 MB sent to a server that reads nothing")
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the blocked write took %v to fail, want about SendTimeout", d)
+	}
+	conn2 := f.next(t)
+	if err := c.WaitState(context.Background(), Linked); err != nil {
+		t.Fatal(err)
+	}
+	conn2.pingRoundTrip(t, "after-write-timeout")
+}

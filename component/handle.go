@@ -82,7 +82,9 @@ func (c *Component) handleIQ(ctx context.Context, s *Stanza) {
 		p = []any{res}
 	}
 	reply := stanza.IQ{ID: s.ID, To: s.From, From: s.To, Type: stanza.ResultIQ}
-	if err := c.send(ctx, KindIQ, reply.StartElement(), p...); err != nil {
+	// The reply goes out even if the handler used up its time: the
+	// requester is still waiting. sendStanza bounds the write itself.
+	if err := c.send(context.WithoutCancel(ctx), KindIQ, reply.StartElement(), p...); err != nil {
 		c.log.Debug("reply not sent", "err", err)
 	}
 }
@@ -142,7 +144,7 @@ func (c *Component) replyError(ctx context.Context, s *Stanza, err error) {
 	case KindPresence:
 		start = stanza.Presence{ID: s.ID, To: s.From, From: s.To, Type: stanza.ErrorPresence}.StartElement()
 	}
-	if err := c.send(ctx, s.Kind, start, se); err != nil {
+	if err := c.send(context.WithoutCancel(ctx), s.Kind, start, se); err != nil {
 		c.log.Debug("error reply not sent", "err", err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/xml"
 	"fmt"
+	"net"
+	"time"
 
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/stanza"
@@ -115,24 +117,38 @@ func (c *Component) failPending() {
 }
 
 func (c *Component) send(ctx context.Context, kind Kind, start xml.StartElement, payload ...any) error {
-	sess := c.session()
+	sess, conn := c.session()
 	if sess == nil {
 		return ErrNotLinked
 	}
-	return c.sendStanza(ctx, sess, kind, start, payload...)
+	return c.sendStanza(ctx, sess, conn, kind, start, payload...)
 }
 
-func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, kind Kind, start xml.StartElement, payload ...any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.SendTimeout)
-		defer cancel()
-	}
+// sendStanza writes one stanza. Writes are serialized here, each under its
+// own write deadline on the connection, and any write error closes the
+// connection so the link is re-made. Both guard against mellium.im/xmpp
+// v0.22.0: a Send's context does not reliably bound a blocked write (its
+// deadline goroutine sets and at once clears the deadline), and after a
+// failed write its buffered writer keeps the error, leaving a session
+// that reads but can never write again (docs/xmpp-library.md).
+func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, conn net.Conn, kind Kind, start xml.StartElement, payload ...any) error {
 	r, err := xmlpayload.Readers(payload...)
 	if err != nil {
 		return fmt.Errorf("component: %w", err)
 	}
-	if err := sess.SendElement(ctx, r, start); err != nil {
+	select {
+	case c.sendSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("component: send %s: %w", kind, ctx.Err())
+	}
+	defer func() { <-c.sendSem }()
+	deadline := time.Now().Add(c.cfg.SendTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn.SetWriteDeadline(deadline)
+	if err := sess.SendElement(context.Background(), r, start); err != nil {
+		conn.Close()
 		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
 	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()
