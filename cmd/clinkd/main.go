@@ -35,6 +35,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
+		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/lab"
+	"github.com/clinkme/clinkd/lab/deploy"
+)
+
+// TestLabCommand runs `clinkd lab` as a user would, as a child process:
+// it must come up, write lab.json, let a demo user log in over TLS and
+// reach clinkd, and on SIGTERM stop every process it started.
+func TestLabCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real servers")
+	}
+	t.Parallel()
+	for _, kind := range lab.Kinds() {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "lab", "--server", string(kind), "--dir", dir)
+			cmd.Env = append(os.Environ(), "CLINKD_TEST_MAIN=1")
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+			// The summary ends with the "Stop with Ctrl-C" line.
+			sc := bufio.NewScanner(stdout)
+			var summary strings.Builder
+			for sc.Scan() {
+				summary.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), "Stop with Ctrl-C") {
+					break
+				}
+			}
+			if !strings.Contains(summary.String(), "ClinkMe lab is up") {
+				t.Fatalf("no summary; stdout %q; stderr:\n%s", summary.String(), stderr.String())
+			}
+			go io.Copy(io.Discard, stdout)
+
+			info, err := deploy.ReadInfo(filepath.Join(dir, "lab.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "lab.json")); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("lab.json mode = %v, %v; want 0600 (it holds passwords)", fi.Mode().Perm(), err)
+			}
+			if !info.LoopbackOnly() || len(info.Users) != 2 || info.Server != kind {
+				t.Fatalf("lab.json = %+v", info)
+			}
+			caPEM, err := os.ReadFile(info.CAFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(caPEM)
+			dev, err := client.Dial(ctx, client.Config{
+				Addr: info.C2S, JID: jid.MustParse(info.Users[0].JID), Password: info.Users[0].Password,
+				TLS: &tls.Config{RootCAs: pool},
+			})
+			if err != nil {
+				t.Fatalf("alice cannot log in: %v", err)
+			}
+			if err := dev.Ping(ctx, jid.MustParse(info.Component)); err != nil {
+				t.Errorf("ping clinkd: %v", err)
+			}
+			dev.Close()
+
+			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("clinkd lab exit: %v; stderr:\n%s", err, stderr.String())
+			}
+			for _, p := range lab.Processes() {
+				if strings.Contains(p.Cmdline, dir) {
+					t.Errorf("left running after clinkd lab stopped: pid %d %s", p.PID, p.Cmdline)
+				}
+			}
+		})
+	}
+}

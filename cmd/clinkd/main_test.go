@@ -1,0 +1,47 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestMain lets tests run this binary's main as a child process: with
+// CLINKD_TEST_MAIN=1 the test binary is clinkd.
+func TestMain(m *testing.M) {
+	if os.Getenv("CLINKD_TEST_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args     []string
+		code     int
+		stderr   string
+		noStderr string
+	}{
+		{nil, 2, "usage: clinkd", ""},
+		{[]string{"bogus"}, 2, "clinkd: error: unknown command \"bogus\"", ""},
+		{[]string{"serve", "--nope"}, 2, "hint: run 'clinkd serve -h'", ""},
+		{[]string{"serve", "extra"}, 2, "unexpected argument", ""},
+		{[]string{"serve"}, 1, "link.addr, link.domain and link.secret", ""},
+		{[]string{"serve", "--config", "/nonexistent.yaml"}, 1, "no such file", ""},
+		{[]string{"lab", "--server", "openfire"}, 2, "want prosody or ejabberd", ""},
+		{[]string{"migrate"}, 2, "no database configured", ""},
+		{[]string{"version"}, 0, "", "error"},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		code := run(tt.args, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stderr.String(), tt.stderr) {
+			t.Errorf("clinkd %q = %d, stderr %q; want %d and %q", tt.args, code, stderr.String(), tt.code, tt.stderr)
+		}
+		if tt.noStderr != "" && strings.Contains(stderr.String(), tt.noStderr) {
+			t.Errorf("clinkd %q: stderr %q", tt.args, stderr.String())
+		}
+	}
+}

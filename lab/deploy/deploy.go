@@ -1,0 +1,308 @@
+// Package deploy brings up a whole local ClinkMe deployment from real
+// programs: PostgreSQL, Prosody or ejabberd with clinkd attached, and
+// coturn, all on loopback with generated configs and a private CA. It is
+// what `clinkd lab` runs, and what a newcomer tries first.
+package deploy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/daemon"
+	"github.com/clinkme/clinkd/lab"
+)
+
+// Options configures Start.
+type Options struct {
+	Server lab.ServerKind // prosody (default) or ejabberd
+	// Dir holds everything the deployment writes, lab.json included.
+	Dir string
+	// DatabaseURL is an admin URL of an existing PostgreSQL server; empty
+	// means CLINK_TEST_DATABASE_URL, else a throwaway cluster in Dir.
+	DatabaseURL string
+	Logger      *slog.Logger // the servers' progress; nil discards
+	// ClinkdLogger is clinkd's own log; nil discards.
+	ClinkdLogger *slog.Logger
+}
+
+// The lab's names. Everything resolves to loopback: *.localhost names are
+// reserved for it (RFC 6761).
+const (
+	Domain          = "lab.localhost"
+	ComponentDomain = "clink.lab.localhost"
+	TURNRealm       = "turn.lab.localhost"
+)
+
+// User is a demo account.
+type User struct {
+	JID      string `json:"jid"`
+	Password string `json:"password"`
+}
+
+// Info is what lab.json holds: everything a device or an operator needs to
+// use the deployment. It holds passwords, so the file is 0600.
+type Info struct {
+	Server    lab.ServerKind `json:"server"`
+	Domain    string         `json:"domain"`
+	C2S       string         `json:"c2s"`
+	Component string         `json:"component"`
+	CAFile    string         `json:"ca_file"`
+	AdminURL  string         `json:"admin_url"`
+	PublicURL string         `json:"public_url"`
+	TURN      TURNInfo       `json:"turn"`
+	Users     []User         `json:"users"`
+}
+
+// TURNInfo locates coturn.
+type TURNInfo struct {
+	Realm string `json:"realm"`
+	UDP   string `json:"udp"`
+	TCP   string `json:"tcp"`
+	TLS   string `json:"tls"`
+}
+
+// A Deployment is a running lab. Close stops it.
+type Deployment struct {
+	Info   Info
+	CA     *lab.CA
+	PG     *lab.Postgres
+	XMPP   *lab.XMPPServer
+	Coturn *lab.Coturn
+	Daemon *daemon.Daemon
+
+	stop    context.CancelFunc
+	done    chan error
+	closers []func() error
+	once    sync.Once
+}
+
+func randomSecret() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Start brings everything up, registers alice and bob, and writes
+// Dir/lab.json. On error, whatever started is stopped again.
+func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
+	if opts.Server == "" {
+		opts.Server = lab.Prosody
+	}
+	if opts.Server != lab.Prosody && opts.Server != lab.Ejabberd {
+		return nil, fmt.Errorf("deploy: unknown server %q (want prosody or ejabberd)", opts.Server)
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("deploy: no directory")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
+	}
+	d := &Deployment{}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	log := opts.Logger
+
+	if d.CA, err = lab.NewCA(opts.Dir); err != nil {
+		return nil, fmt.Errorf("deploy: CA: %w", err)
+	}
+	comp := lab.Component{Domain: ComponentDomain, Secret: randomSecret()}
+	turnSecret := randomSecret()
+
+	// The three servers are independent; start them together.
+	var wg sync.WaitGroup
+	var pgErr, xmppErr, turnErr error
+	wg.Go(func() {
+		d.PG, pgErr = lab.StartPostgres(ctx, lab.PostgresOptions{Dir: opts.Dir, AdminURL: opts.DatabaseURL, Logger: log})
+	})
+	wg.Go(func() {
+		d.XMPP, xmppErr = lab.StartXMPP(ctx, lab.XMPPOptions{
+			Kind: opts.Server, Dir: opts.Dir, Domain: Domain, CA: d.CA,
+			Components: []lab.Component{comp}, Logger: log,
+		})
+	})
+	wg.Go(func() {
+		d.Coturn, turnErr = lab.StartCoturn(ctx, lab.CoturnOptions{
+			Dir: opts.Dir, Realm: TURNRealm, Secret: turnSecret, CA: d.CA,
+			AllowLoopbackPeers: true, Logger: log,
+		})
+	})
+	wg.Wait()
+	if d.PG != nil {
+		d.closers = append(d.closers, d.PG.Close)
+	}
+	if d.XMPP != nil {
+		d.closers = append(d.closers, d.XMPP.Close)
+	}
+	if d.Coturn != nil {
+		d.closers = append(d.closers, d.Coturn.Close)
+	}
+	if err := errors.Join(pgErr, xmppErr, turnErr); err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
+	}
+
+	dbURL, err := d.PG.CreateDatabase(ctx, "clinkd_lab")
+	if err != nil {
+		return nil, fmt.Errorf("deploy: database: %w", err)
+	}
+	d.closers = append(d.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return d.PG.DropDatabase(ctx, dbURL)
+	})
+
+	certFile, keyFile, err := d.CA.Issue(opts.Dir, "clinkd-public", "localhost", "127.0.0.1")
+	if err != nil {
+		return nil, fmt.Errorf("deploy: certificate: %w", err)
+	}
+	cfg := daemon.Defaults()
+	cfg.Link = daemon.LinkConfig{
+		Addr: d.XMPP.ComponentAddr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
+	}
+	cfg.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Public = daemon.PublicConfig{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile}
+	cfg.TURN = daemon.TURNConfig{
+		Secret: turnSecret,
+		Services: []string{
+			"stun:" + d.Coturn.UDPAddr,
+			"turn:" + d.Coturn.UDPAddr + "?transport=udp",
+			"turn:" + d.Coturn.TCPAddr + "?transport=tcp",
+			"turns:" + d.Coturn.TLSAddr + "?transport=tcp",
+		},
+	}
+	if d.Daemon, err = daemon.New(ctx, cfg, opts.ClinkdLogger); err != nil {
+		return nil, fmt.Errorf("deploy: clinkd: %w", err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	d.stop, d.done = stop, make(chan error, 1)
+	go func() { d.done <- d.Daemon.Run(runCtx) }()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.Daemon.Component().WaitState(wctx, component.Linked); err != nil {
+		return nil, fmt.Errorf("deploy: clinkd did not link to %s: %w", opts.Server, err)
+	}
+
+	users := []User{{JID: "alice@" + Domain, Password: randomSecret()[:20]}, {JID: "bob@" + Domain, Password: randomSecret()[:20]}}
+	for _, u := range users {
+		local, _, _ := strings.Cut(u.JID, "@")
+		if err := d.XMPP.Register(ctx, local, u.Password); err != nil {
+			return nil, fmt.Errorf("deploy: register %s: %w", u.JID, err)
+		}
+	}
+	d.Info = Info{
+		Server:    opts.Server,
+		Domain:    Domain,
+		C2S:       d.XMPP.C2SAddr,
+		Component: comp.Domain,
+		CAFile:    d.CA.CertFile,
+		AdminURL:  "http://" + d.Daemon.AdminAddr(),
+		PublicURL: d.Daemon.PublicURL(),
+		TURN:      TURNInfo{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:     users,
+	}
+	if err := writeInfo(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func writeInfo(path string, info Info) error {
+	b, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("deploy: write lab.json: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadInfo reads a lab.json written by Start.
+func ReadInfo(path string) (Info, error) {
+	var info Info
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, fmt.Errorf("%s: %w", path, err)
+	}
+	return info, nil
+}
+
+// Close stops clinkd, then the servers, and drops the database. It is
+// idempotent.
+func (d *Deployment) Close() error {
+	var errs []error
+	d.once.Do(func() {
+		if d.stop != nil {
+			d.stop()
+			select {
+			case err := <-d.done:
+				errs = append(errs, err)
+			case <-time.After(30 * time.Second):
+				errs = append(errs, errors.New("deploy: clinkd did not stop"))
+			}
+		} else if d.Daemon != nil {
+			d.Daemon.Close()
+		}
+		// The database goes before the server it lives on.
+		for i := len(d.closers) - 1; i >= 0; i-- {
+			errs = append(errs, d.closers[i]())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Summary is the short text `clinkd lab` prints.
+func (d *Deployment) Summary(labJSON string) string {
+	i := d.Info
+	s := fmt.Sprintf(`ClinkMe lab is up (%s with clinkd attached, PostgreSQL, coturn).
+
+  XMPP c2s        %s   domain %s   (StartTLS required; CA %s)
+  clinkd          component %s
+  admin           %s/metrics  /healthz  /readyz
+  public HTTPS    %s
+  TURN            udp %s  tcp %s  tls %s   realm %s
+  demo users      %s, %s   (passwords in %s)
+
+Try it:  clinkctl --lab %s ...   Stop with Ctrl-C.
+`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL,
+		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON)
+	return s
+}
+
+// LoopbackOnly reports whether every address in the deployment is on
+// loopback, as the lab promises.
+func (i Info) LoopbackOnly() bool {
+	for _, a := range []string{i.C2S, i.TURN.UDP, i.TURN.TCP, i.TURN.TLS} {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return false
+		}
+		ip := net.ParseIP(host)
+		if ip == nil || !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
