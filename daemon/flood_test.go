@@ -176,4 +176,3 @@ func caseOf(id string) string {
 	fmt.Sscanf(id, "f%d-%d", &ci, &i)
 	return floodCases[ci].name
 }
-

@@ -56,3 +56,22 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fmt.Fprintln(stderr, "clinkd lab: stopped")
 	return nil
 }
+
+func runLabInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("lab-init", stderr)
+	dir := fs.String("dir", "", "`directory` to fill (the container lab's volume)")
+	domain := fs.String("domain", deploy.Domain, "XMPP user domain")
+	component := fs.String("component", deploy.ComponentDomain, "clinkd's component domain")
+	realm := fs.String("turn-realm", deploy.TURNRealm, "coturn realm")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{"--dir is required"}
+	}
+	if err := deploy.InitDir(*dir, *domain, *component, *realm); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "lab secrets and certificates in %s\n", *dir)
+	return nil
+}

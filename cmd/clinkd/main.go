@@ -36,6 +36,7 @@ func commands() []command {
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
+		{"lab-init", "write the container lab's CA, certificates and secrets (docker/compose.yaml)", runLabInit},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -1,0 +1,196 @@
+package lab
+
+import (
+	"maps"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// TestDockerConfigsMatchLab keeps the server configs that docker/ ships
+// equivalent to the ones the lab generates (and every test runs against):
+// every setting must be the same on both sides, except those that only say
+// where this deployment keeps its files, which ports and addresses it
+// uses, and where its secrets come from. A setting added to one side and
+// not the other fails here.
+func TestDockerConfigsMatchLab(t *testing.T) {
+	t.Parallel()
+	cfg := xmppConfig{
+		Dir: "/lab-dir", Domain: "lab.localhost", C2SPort: 5222, ComponentPort: 5347,
+		Components: []Component{{Domain: "clink.lab.localhost", Secret: "s"}},
+		CertFile:   "/c.pem", KeyFile: "/c.key", CAFile: "/ca.pem", DataDir: "/data", LogDir: "/log",
+		DistPort: 1, APIPort: 2,
+	}
+	t.Run("prosody", func(t *testing.T) {
+		lab := mustRender(t, "prosody.cfg.lua.tmpl", cfg)
+		shipped := mustRead(t, "../docker/prosody/prosody.cfg.lua")
+		// Where files live, which ports and interfaces clients use: the
+		// deployment's own business.
+		skip := []string{"pidfile", "data_path", "log", "interfaces", "c2s_ports", "c2s_interfaces", "component_ports", "certificates", "ssl"}
+		compare(t, prosodySettings(t, lab, skip), prosodySettings(t, shipped, skip))
+	})
+	t.Run("ejabberd", func(t *testing.T) {
+		lab := ejabberdSettings(t, mustRender(t, "ejabberd.yml.tmpl", cfg), true)
+		shipped := ejabberdSettings(t, mustRead(t, "../docker/ejabberd/ejabberd.yml"), false)
+		compare(t, lab, shipped)
+	})
+	t.Run("coturn", func(t *testing.T) {
+		lab := mustRender(t, "turnserver.conf.tmpl", map[string]any{
+			"Port": 3478, "TLSPort": 5349, "Realm": "r", "Secret": "s", "CertFile": "/c", "KeyFile": "/k",
+			"AllowLoopbackPeers": false, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u",
+		})
+		shipped := mustRead(t, "../docker/coturn/turnserver.conf")
+		skip := []string{"listening-ip", "relay-ip", "listening-port", "tls-listening-port", "realm",
+			"static-auth-secret", "userdb", "cert", "pkey", "pidfile", "log-file", "no-stdout-log"}
+		compare(t, coturnSettings(lab, skip), coturnSettings(shipped, skip))
+	})
+}
+
+func mustRender(t *testing.T, name string, data any) string {
+	t.Helper()
+	b, err := render(name, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func compare(t *testing.T, lab, shipped map[string]any) {
+	t.Helper()
+	for _, k := range slices.Sorted(maps.Keys(lab)) {
+		if _, ok := shipped[k]; !ok {
+			t.Errorf("%s: set by the lab (%v), missing from docker/", k, lab[k])
+		} else if !reflect.DeepEqual(lab[k], shipped[k]) {
+			t.Errorf("%s: lab %v, docker/ %v", k, lab[k], shipped[k])
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(shipped)) {
+		if _, ok := lab[k]; !ok {
+			t.Errorf("%s: set in docker/ (%v), missing from the lab", k, shipped[k])
+		}
+	}
+	if len(lab) < 5 {
+		t.Errorf("only %d settings compared; the parser lost the config", len(lab))
+	}
+}
+
+var luaComment = regexp.MustCompile(`--[^\n]*`)
+
+// prosodySettings reads the global section of a Prosody config (up to the
+// first VirtualHost) as key = value statements; a value may be a table
+// spanning lines. Whitespace and comments do not count, and the order of
+// list entries in modules_enabled does not either.
+func prosodySettings(t *testing.T, conf string, skip []string) map[string]any {
+	t.Helper()
+	conf = luaComment.ReplaceAllString(conf, "")
+	global, _, _ := strings.Cut(conf, "\nVirtualHost ")
+	out := map[string]any{}
+	var key, val string
+	depth := 0
+	for _, line := range strings.Split(global, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if depth == 0 {
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("prosody: cannot read %q", line)
+			}
+			key, val = strings.TrimSpace(k), strings.TrimSpace(v)
+		} else {
+			val += " " + line
+		}
+		depth += strings.Count(line, "{") - strings.Count(line, "}")
+		if depth > 0 {
+			continue
+		}
+		if !slices.Contains(skip, key) {
+			out[key] = normalizeLua(key, val)
+		}
+	}
+	return out
+}
+
+func normalizeLua(key, val string) any {
+	val = strings.Join(strings.Fields(val), " ")
+	if key == "modules_enabled" || key == "modules_disabled" {
+		var mods []string
+		for _, m := range regexp.MustCompile(`"([^"]+)"`).FindAllStringSubmatch(val, -1) {
+			mods = append(mods, m[1])
+		}
+		slices.Sort(mods)
+		return mods
+	}
+	return val
+}
+
+// ejabberdSettings reads an ejabberd config and drops what only locates
+// the deployment (hosts, certificate paths, ports, listen addresses of the
+// client port) and, on the lab side, what only the lab has: the loopback
+// HTTP API it registers test accounts through.
+func ejabberdSettings(t *testing.T, conf string, lab bool) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := yaml.Unmarshal([]byte(conf), &m); err != nil {
+		t.Fatalf("ejabberd: %v", err)
+	}
+	for _, k := range []string{"hosts", "certfiles", "ca_file", "log_rotate_count", "include_config_file"} {
+		delete(m, k)
+	}
+	var listeners []any
+	for _, l := range m["listen"].([]any) {
+		l := l.(map[string]any)
+		switch l["module"] {
+		case "ejabberd_http":
+			if lab {
+				continue // lab-only registration API
+			}
+		case "ejabberd_c2s":
+			delete(l, "ip")
+		case "ejabberd_service":
+			// The component secret: a macro from the lab volume in docker/,
+			// a literal in the lab.
+			l["hosts"] = len(l["hosts"].(map[string]any))
+		}
+		delete(l, "port")
+		listeners = append(listeners, l)
+	}
+	m["listen"] = listeners
+	if lab {
+		delete(m["api_permissions"].(map[string]any), "lab registration")
+		delete(m["modules"].(map[string]any), "mod_http_api")
+	}
+	return m
+}
+
+// coturnSettings reads coturn's key[=value] lines as a set.
+func coturnSettings(conf string, skip []string) map[string]any {
+	out := map[string]any{}
+	for _, line := range strings.Split(conf, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, _, _ := strings.Cut(line, "=")
+		if slices.Contains(skip, k) {
+			continue
+		}
+		out[line] = true
+	}
+	return out
+}
