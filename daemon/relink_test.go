@@ -131,12 +131,12 @@ func TestRelinkAfterCut(t *testing.T) {
 		for _, how := range []string{"reset", "stall"} {
 			t.Run(fmt.Sprintf("%s/%s", srv.Kind, how), func(t *testing.T) {
 				t.Parallel()
-				proxy := clinkdtest.NewProxy(t, srv.ComponentAddr)
-				d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
-					c.Link.Addr = proxy.Addr()
-					c.Link.PingInterval = 500 * time.Millisecond
-					c.Link.PingTimeout = time.Second
-				})
+				cfg := clinkdtest.Config(t, srv)
+				proxy := clinkdtest.NewProxy(t, cfg.Link.Addr)
+				cfg.Link.Addr = proxy.Addr()
+				cfg.Link.PingInterval = 500 * time.Millisecond
+				cfg.Link.PingTimeout = time.Second
+				d := clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t))
 				pingThrough(t, srv, d)
 				switch how {
 				case "reset":

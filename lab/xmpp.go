@@ -35,6 +35,13 @@ func Kinds() []ServerKind { return []ServerKind{Prosody, Ejabberd} }
 type Component struct {
 	Domain string // e.g. "c1.clink.lab.localhost"
 	Secret string // the handshake secret; never logged
+	// Addr is where this component connects, set by StartXMPP. Prosody
+	// serves every component on one port. ejabberd gets one
+	// ejabberd_service listener per component, because a connection
+	// authenticated for any host of a listener is routed the traffic of
+	// all the listener's hosts.
+	Addr string
+	Port int
 }
 
 // ProsodyAuth plugs a custom authentication provider into Prosody, for the
@@ -76,7 +83,7 @@ type XMPPServer struct {
 	Kind          ServerKind
 	Domain        string
 	C2SAddr       string // 127.0.0.1:port, StartTLS required
-	ComponentAddr string // 127.0.0.1:port, XEP-0114; empty without Components
+	ComponentAddr string // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
 	Components    []Component
 	CA            *CA
 	Dir           string // the server's own directory, Dir/<kind> of the options
@@ -153,15 +160,21 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	}
 	s.C2SAddr = loopback(c2s)
 	compPort := 0
-	if len(opts.Components) > 0 {
-		if compPort, err = freePort(); err != nil {
-			return nil, err
+	for i := range s.Components {
+		if i == 0 || opts.Kind == Ejabberd {
+			if compPort, err = freePort(); err != nil {
+				return nil, err
+			}
 		}
-		s.ComponentAddr = loopback(compPort)
+		s.Components[i].Port, s.Components[i].Addr = compPort, loopback(compPort)
+	}
+	if len(s.Components) > 0 {
+		s.ComponentAddr = s.Components[0].Addr
+		compPort = s.Components[0].Port
 	}
 	cfg := xmppConfig{
 		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
-		Components: opts.Components, Fast: opts.Fast,
+		Components: s.Components, Fast: opts.Fast,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
 		CAFile: opts.CA.CertFile,
 	}
@@ -219,7 +232,10 @@ func (s *XMPPServer) Start(ctx context.Context) error {
 	// A taken port would not stop Prosody from running (it logs the
 	// failure and serves the rest), so a start would only time out:
 	// check first and say which port.
-	ports := map[string]string{"c2s": s.C2SAddr, "component": s.ComponentAddr}
+	ports := map[string]string{"c2s": s.C2SAddr}
+	for _, c := range s.Components {
+		ports["component "+c.Domain] = c.Addr
+	}
 	maps.Copy(ports, s.impl.ports())
 	for _, role := range slices.Sorted(maps.Keys(ports)) {
 		if err := waitPortFree(ctx, ports[role]); err != nil {

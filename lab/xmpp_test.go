@@ -52,7 +52,7 @@ func login(ctx context.Context, srv *lab.XMPPServer, user, password string) (*xm
 // connectComponent completes the XEP-0114 handshake for c.
 func connectComponent(ctx context.Context, srv *lab.XMPPServer, c lab.Component) (*xmpp.Session, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", srv.ComponentAddr)
+	conn, err := d.DialContext(ctx, "tcp", c.Addr)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func Config(t testing.TB, srv *lab.XMPPServer) daemon.Config {
 	cfg := daemon.Defaults()
 	cfg.Log.Level = "debug"
 	cfg.Link = daemon.LinkConfig{
-		Addr:         srv.ComponentAddr,
+		Addr:         comp.Addr,
 		Domain:       comp.Domain,
 		Secret:       comp.Secret,
 		ServerDomain: srv.Domain,

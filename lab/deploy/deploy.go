@@ -174,7 +174,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	}
 	cfg := daemon.Defaults()
 	cfg.Link = daemon.LinkConfig{
-		Addr: d.XMPP.ComponentAddr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
+		Addr: d.XMPP.Components[0].Addr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
 	}
 	cfg.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
 	cfg.Admin.Listen = "127.0.0.1:0"
