@@ -25,6 +25,26 @@ type Config struct {
 	Admin    AdminConfig    `yaml:"admin"`
 	Public   PublicConfig   `yaml:"public"`
 	TURN     TURNConfig     `yaml:"turn"`
+	Expiry   ExpiryConfig   `yaml:"expiry"`
+	Receipts ReceiptsConfig `yaml:"receipts"`
+}
+
+// ExpiryConfig is the timed-message relay (docs/expiry.md).
+type ExpiryConfig struct {
+	Disabled        bool          `yaml:"disabled"`
+	MinPeriod       time.Duration `yaml:"min_period"`
+	MaxPeriod       time.Duration `yaml:"max_period"`
+	PerUserMessages int           `yaml:"per_user_messages"`
+	PerUserBytes    int64         `yaml:"per_user_bytes"`
+	TotalBytes      int64         `yaml:"total_bytes"`
+	DevicesPerUser  int           `yaml:"devices_per_user"`
+	LockMemory      bool          `yaml:"lock_memory"`
+}
+
+// ReceiptsConfig is delivery and read receipts (docs/receipts.md).
+type ReceiptsConfig struct {
+	Retention   time.Duration `yaml:"retention"`
+	PerUserHeld int           `yaml:"per_user_held"`
 }
 
 // LogConfig selects the log format and level.

@@ -24,6 +24,9 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/devices"
+	"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/turncred"
 )
@@ -37,12 +40,19 @@ type Daemon struct {
 	log      *slog.Logger
 	registry *prometheus.Registry
 	comp     *component.Component
+	relay    *expiry.Relay
+	// entitlements answers whether an account has ClinkMe Secure; nil
+	// lets every account send timed messages.
+	entitlements expiry.Entitlements
 	db       *pgxpool.Pool // nil when no database is configured
 	admin    net.Listener
 	public   *http.ServeMux // features mount their HTTP handlers here
 	publicLn net.Listener   // nil when no public listener is configured
 	tlsCfg   *tls.Config    // nil when the public listener is plain (loopback)
 	closers  []func()
+	// runners are features' background loops (expiry timers, sweeps),
+	// run beside the link for as long as Run runs.
+	runners []func(context.Context) error
 }
 
 // NewLogger makes the process logger from the log config.
@@ -148,6 +158,11 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 // registerFeatures wires the feature handlers into the component. Each
 // feature package adds itself here.
 func (d *Daemon) registerFeatures(ctx context.Context) error {
+	if !d.cfg.Expiry.Disabled {
+		if err := d.registerRelay(); err != nil {
+			return err
+		}
+	}
 	if t := d.cfg.TURN; len(t.Services) > 0 {
 		if d.cfg.Link.ServerDomain == "" {
 			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
@@ -220,6 +235,46 @@ func (d *Daemon) PublicURL() string {
 	return scheme + "://" + d.publicLn.Addr().String()
 }
 
+// registerRelay wires the devices registry, the timed-message relay and
+// the receipts tracker together.
+func (d *Daemon) registerRelay() error {
+	if err := protectMemory(d.cfg.Expiry.LockMemory); err != nil {
+		return err
+	}
+	domain := d.comp.Domain()
+	devs := devices.New(d.cfg.Expiry.DevicesPerUser, d.log.With("part", "devices"), d.registry)
+	// The tracker and the relay each need the other through a narrow
+	// interface; the relay is made second and handed in after.
+	var lookup lateTimedLookup
+	tracker := receipts.New(receipts.Config{
+		Retention: d.cfg.Receipts.Retention, PerUserHeld: d.cfg.Receipts.PerUserHeld,
+	}, domain, d.db, d.comp, devs, &lookup, d.log.With("part", "receipts"), d.registry)
+	var ordinary expiry.Ordinary
+	if d.db != nil {
+		ordinary = tracker
+	}
+	relay := expiry.New(expiry.Config{
+		MinPeriod: d.cfg.Expiry.MinPeriod, MaxPeriod: d.cfg.Expiry.MaxPeriod,
+		PerUserMessages: d.cfg.Expiry.PerUserMessages, PerUserBytes: d.cfg.Expiry.PerUserBytes,
+		TotalBytes: d.cfg.Expiry.TotalBytes,
+	}, domain, d.comp, devs, d.entitlements, ordinary, d.log.With("part", "expiry"), d.registry)
+	lookup.Relay = relay
+	devs.OnOnline(relay.OnOnline)
+	devs.OnOnline(tracker.OnOnline)
+	devs.Register(d.comp)
+	relay.Register(d.comp)
+	tracker.Register(d.comp)
+	d.relay = relay
+	d.runners = append(d.runners, relay.Run, tracker.Run)
+	return nil
+}
+
+// lateTimedLookup lets the tracker ask the relay, which is built after it.
+type lateTimedLookup struct{ *expiry.Relay }
+
+// Relay is the timed-message relay (nil when disabled), for tests.
+func (d *Daemon) Relay() *expiry.Relay { return d.relay }
+
 // Component is the XMPP link, for tests and the lab.
 func (d *Daemon) Component() *component.Component { return d.comp }
 
@@ -268,7 +323,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	d.log.Info("clinkd serving", "version", Version, "component", d.cfg.Link.Domain, "server", d.cfg.Link.Addr, "admin", d.AdminAddr(), "public", d.PublicURL())
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(ctx)
+	for _, run := range d.runners {
+		bg.Go(func() {
+			if err := run(bgCtx); err != nil {
+				d.log.Error("background task failed", "err", err)
+			}
+		})
+	}
 	err := d.comp.Run(ctx)
+	stopBG()
+	bg.Wait()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)

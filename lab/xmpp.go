@@ -66,6 +66,12 @@ type XMPPOptions struct {
 	// run with the limits a production server would have.
 	Fast bool
 
+	// Balancing, if above 1, has ejabberd expect that many connections per
+	// component domain and route by the destination's bare JID
+	// (domain_balancing bare_destination, component_number). Ignored by
+	// Prosody, which takes one connection per domain.
+	Balancing int
+
 	// ExtAuthProgram, if set, makes ejabberd authenticate through this
 	// external program (path, then arguments) instead of its own
 	// database. Ignored by Prosody.
@@ -174,7 +180,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	}
 	cfg := xmppConfig{
 		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
-		Components: s.Components, Fast: opts.Fast,
+		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
 		CAFile: opts.CA.CertFile,
 	}
@@ -200,6 +206,7 @@ type xmppConfig struct {
 	ComponentPort  int
 	Components     []Component
 	Fast           bool
+	Balancing      int
 	ExtAuthProgram string
 	ProsodyAuth    *ProsodyAuth
 	// Set by the implementation:

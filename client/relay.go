@@ -1,0 +1,146 @@
+package client
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/address"
+	"github.com/clinkme/clinkd/extensions/carbons"
+	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	extexp "github.com/clinkme/clinkd/extensions/expiry"
+	"github.com/clinkme/clinkd/extensions/hints"
+	"github.com/clinkme/clinkd/extensions/markers"
+	"github.com/clinkme/clinkd/extensions/receipts"
+	"github.com/clinkme/clinkd/extensions/receiptstate"
+)
+
+// Announce tells clinkd (at component) that this device is online, with
+// directed presence to the user's own address there, so that it gets the
+// timed messages and receipts held for it. The XMPP server tells clinkd
+// when the device goes.
+func (c *Client) Announce(ctx context.Context, component jid.JID) error {
+	own, err := address.AtComponent(c.jid, component)
+	if err != nil {
+		return err
+	}
+	return c.SendPresence(ctx, stanza.Presence{To: own})
+}
+
+// storeless are the hints on everything a device sends that no server may
+// keep: no archive, no offline store, no carbon copy.
+func storeless() []any {
+	return []any{hints.NoStore{}, hints.NoPermanentStore{}, carbons.Private{}}
+}
+
+// SendEnvelope sends an envelope to the user to through clinkd. A timed
+// envelope (Expires set) goes as a headline with no-store hints and no
+// carbon copy, so that the sender's own server keeps nothing either; clinkd
+// refuses it otherwise. An ordinary envelope goes as chat, and clinkd
+// tracks its receipts.
+func (c *Client) SendEnvelope(ctx context.Context, component, to jid.JID, env *extenv.Envelope) error {
+	addr, err := address.AtComponent(to, component)
+	if err != nil {
+		return err
+	}
+	if env.Expires.IsZero() {
+		return c.SendMessage(ctx, stanza.Message{ID: env.ID, To: addr, Type: stanza.ChatMessage}, env)
+	}
+	return c.SendMessage(ctx, stanza.Message{ID: env.ID, To: addr, Type: stanza.HeadlineMessage}, append([]any{env}, storeless()...)...)
+}
+
+// ReceiptKind is a delivery receipt or a read (displayed) marker.
+type ReceiptKind int
+
+// The two receipts a recipient's device sends.
+const (
+	Delivered ReceiptKind = iota // XEP-0184 received
+	Displayed                    // XEP-0333 displayed
+)
+
+// SendReceipt tells the sender of message id, through clinkd, that it was
+// delivered or displayed. Receipts for timed messages go with no-store
+// hints (Prosody archives bodyless receipts otherwise).
+func (c *Client) SendReceipt(ctx context.Context, component, sender jid.JID, id string, kind ReceiptKind, timed bool) error {
+	addr, err := address.AtComponent(sender, component)
+	if err != nil {
+		return err
+	}
+	var payload any = receipts.Received{ID: id}
+	if kind == Displayed {
+		payload = markers.Displayed{ID: id}
+	}
+	m := stanza.Message{To: addr, Type: stanza.ChatMessage}
+	p := []any{payload}
+	if timed {
+		m.Type = stanza.HeadlineMessage
+		p = append(p, storeless()...)
+	}
+	return c.SendMessage(ctx, m, p...)
+}
+
+// ReceiptStatus asks clinkd for the receipt state of ordinary messages
+// this user sent through it.
+func (c *Client) ReceiptStatus(ctx context.Context, component jid.JID, ids ...string) ([]receiptstate.MessageRef, error) {
+	own, err := address.AtComponent(c.jid, component)
+	if err != nil {
+		return nil, err
+	}
+	q := receiptstate.Status{}
+	for _, id := range ids {
+		q.Messages = append(q.Messages, receiptstate.MessageRef{ID: id})
+	}
+	var res receiptstate.Status
+	if err := c.IQ(ctx, stanza.GetIQ, own, q, &res); err != nil {
+		return nil, err
+	}
+	return res.Messages, nil
+}
+
+// What the relay sends devices.
+var (
+	EnvelopeName  = xml.Name{Space: extenv.NS, Local: "envelope"}
+	ExpiredName   = xml.Name{Space: extexp.NS, Local: "expired"}
+	SentName      = xml.Name{Space: extexp.NS, Local: "sent"}
+	ReceivedName  = xml.Name{Space: receipts.NS, Local: "received"}
+	DisplayedName = xml.Name{Space: markers.NS, Local: "displayed"}
+)
+
+// Envelope returns the envelope a message carries.
+func (s *Stanza) Envelope() (*extenv.Envelope, error) {
+	var env extenv.Envelope
+	if err := s.Decode(EnvelopeName, &env); err != nil {
+		return nil, fmt.Errorf("client: envelope: %w", err)
+	}
+	return &env, nil
+}
+
+// Peer returns the user a message from clinkd is about: the other party
+// of the conversation, whose address at the component sent it.
+func (s *Stanza) Peer() (jid.JID, error) { return address.User(s.From) }
+
+// ExpiredID returns the id of the message an expiry notice is for.
+func (s *Stanza) ExpiredID() (string, bool) {
+	var e extexp.Expired
+	if s.Decode(ExpiredName, &e) != nil {
+		return "", false
+	}
+	return e.ID, true
+}
+
+// ReceiptFor returns the message id and kind of a receipt passed on by
+// clinkd.
+func (s *Stanza) ReceiptFor() (string, ReceiptKind, bool) {
+	var r receipts.Received
+	if s.Decode(ReceivedName, &r) == nil {
+		return r.ID, Delivered, true
+	}
+	var d markers.Displayed
+	if s.Decode(DisplayedName, &d) == nil {
+		return d.ID, Displayed, true
+	}
+	return "", 0, false
+}
