@@ -26,8 +26,8 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/devices"
 	"github.com/clinkme/clinkd/expiry"
-	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/internal/httpjson"
+	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/turncred"
 )
 
@@ -44,12 +44,12 @@ type Daemon struct {
 	// entitlements answers whether an account has ClinkMe Secure; nil
 	// lets every account send timed messages.
 	entitlements expiry.Entitlements
-	db       *pgxpool.Pool // nil when no database is configured
-	admin    net.Listener
-	public   *http.ServeMux // features mount their HTTP handlers here
-	publicLn net.Listener   // nil when no public listener is configured
-	tlsCfg   *tls.Config    // nil when the public listener is plain (loopback)
-	closers  []func()
+	db           *pgxpool.Pool // nil when no database is configured
+	admin        net.Listener
+	public       *http.ServeMux // features mount their HTTP handlers here
+	publicLn     net.Listener   // nil when no public listener is configured
+	tlsCfg       *tls.Config    // nil when the public listener is plain (loopback)
+	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
 	runners []func(context.Context) error
