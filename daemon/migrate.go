@@ -9,11 +9,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/internal/migrate"
+	"github.com/clinkme/clinkd/keydir"
 )
 
 // MigrationSets lists every package's migrations, in dependency order.
 func MigrationSets() []migrate.Set {
-	return nil
+	return []migrate.Set{keydir.Migrations()}
 }
 
 // Migrate applies every pending migration of every feature.

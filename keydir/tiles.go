@@ -106,7 +106,7 @@ func ParseTilePath(p string) (tlog.Tile, error) {
 			return bad()
 		}
 		d, err := strconv.Atoi(e)
-		if err != nil || d < 0 || strconv.Itoa(d+1000)[1:] != e {
+		if err != nil || d < 0 || strconv.Itoa(d + 1000)[1:] != e {
 			return bad()
 		}
 		if n > (1<<62)/1000 {
