@@ -3,6 +3,9 @@
 //
 //	clinkd serve --config FILE      run the component
 //	clinkd migrate --config FILE    apply database migrations and exit
+//	clinkd keys genkey|reset|audit|monitor
+//	                                key directory: signing key, operator
+//	                                reset, independent audit and monitor
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
 //	clinkd version
@@ -35,6 +38,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
+		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"version", "print the version", runVersion},
 	}
 }
