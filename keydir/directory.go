@@ -16,7 +16,6 @@ package keydir
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/xml"
@@ -216,14 +215,9 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	return sc, nil
 }
 
-// emptyRoot is RFC 6962's hash of the empty tree, SHA-256 of nothing;
-// tlog.TreeHash returns zeros for it instead.
-var emptyRoot = tlog.Hash(sha256.Sum256(nil))
-
+// treeHash is tlog.TreeHash, which gives the empty tree RFC 6962's root,
+// SHA-256 of nothing (a test checks it).
 func treeHash(size int64, r tlog.HashReader) (tlog.Hash, error) {
-	if size == 0 {
-		return emptyRoot, nil
-	}
 	return tlog.TreeHash(size, r)
 }
 
@@ -232,11 +226,11 @@ func treeHash(size int64, r tlog.HashReader) (tlog.Hash, error) {
 // the database is suspect until a check passes, and a device must never
 // be handed a proof that fails.
 func (d *Directory) prove(ctx context.Context, idx int64, rec Record, cp Checkpoint) (tlog.RecordProof, error) {
-	p, err := tlog.ProveRecord(idx, cp.Size, d.store.HashReader(ctx))
+	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
-	if err := tlog.CheckRecord(p, idx, cp.Hash, cp.Size, tlog.RecordHash(rec.Marshal())); err != nil {
+	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec.Marshal())); err != nil {
 		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil

@@ -47,7 +47,7 @@ type Record struct {
 
 const recordHeader = "clinkme-keydir v0\n"
 
-// MaxRecordSize bounds a record's text; the longest valid one is 177
+// MaxRecordSize bounds a record's text; the longest valid one is 204
 // bytes.
 const MaxRecordSize = 256
 
