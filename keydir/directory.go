@@ -197,9 +197,22 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	if cur != nil && cur.cp.Size == size {
 		return cur, nil
 	}
-	root, err := treeHash(size, d.store.HashReader(ctx))
+	hr := d.store.HashReader(ctx)
+	root, err := treeHash(size, hr)
 	if err != nil {
 		return nil, fmt.Errorf("keydir: tree hash at %d: %w", size, err)
+	}
+	// Never sign a tree that does not extend the last one signed: stored
+	// hashes changed under a running server must not turn into a signed
+	// fork. (After a restart the auditors' stored checkpoints catch it.)
+	if cur != nil && cur.cp.Size > 0 && size > cur.cp.Size {
+		p, err := tlog.ProveTree(size, cur.cp.Size, hr)
+		if err == nil {
+			err = tlog.CheckTree(p, size, root, cur.cp.Size, cur.cp.Hash)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", ErrCorrupt, size, cur.cp.Size, err)
+		}
 	}
 	cp := Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
 	msg, err := SignCheckpoint(cp, d.cfg.Signer)

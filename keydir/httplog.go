@@ -67,7 +67,8 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 	}
 	var data []byte
 	if t.L == EntriesLevel {
-		recs, err := d.store.ReadRecords(ctx, start, t.W)
+		var recs [][]byte
+		recs, err = d.store.ReadRecords(ctx, start, t.W)
 		if err == nil {
 			data = AppendEntryBundle(make([]byte, 0, t.W*180), recs...)
 		}
