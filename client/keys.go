@@ -36,25 +36,31 @@ const MinKeyBits = 3072
 
 // A PinStore keeps what a device has seen of the directory: the last
 // checkpoint it accepted (every later one must be proven to extend it) and
-// the key fingerprint it last saw for each JID. The device key store will
-// implement it; MemoryPins is for tests and short-lived tools.
+// the key it last saw for each JID. The device key store will implement
+// it; MemoryPins is for tests and short-lived tools.
 type PinStore interface {
 	// Checkpoint returns the last accepted signed checkpoint of the log
 	// named origin, or nil.
 	Checkpoint(origin string) ([]byte, error)
 	SetCheckpoint(origin string, signed []byte) error
-	// Key returns the fingerprint last seen for a bare JID.
-	Key(bare string) (fp [32]byte, ok bool, err error)
-	SetKey(bare string, fp [32]byte) error
-	// DeleteKey forgets a JID's fingerprint (its binding ended).
-	DeleteKey(bare string) error
+	// Key returns the pin of a bare JID.
+	Key(bare string) (pin KeyPin, ok bool, err error)
+	SetKey(bare string, pin KeyPin) error
+}
+
+// A KeyPin is the key a device last saw bound to a JID. It outlives the
+// binding (Ended), so that a key published after a reset is still
+// compared with the one seen before it.
+type KeyPin struct {
+	Fingerprint [32]byte
+	Ended       bool // the directory since answered that no key is bound
 }
 
 // MemoryPins is a PinStore in memory. The zero value is ready.
 type MemoryPins struct {
 	mu   sync.Mutex
 	cps  map[string][]byte
-	keys map[string][32]byte
+	keys map[string]KeyPin
 }
 
 // Checkpoint implements PinStore.
@@ -76,29 +82,21 @@ func (m *MemoryPins) SetCheckpoint(origin string, signed []byte) error {
 }
 
 // Key implements PinStore.
-func (m *MemoryPins) Key(bare string) ([32]byte, bool, error) {
+func (m *MemoryPins) Key(bare string) (KeyPin, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	fp, ok := m.keys[bare]
-	return fp, ok, nil
+	p, ok := m.keys[bare]
+	return p, ok, nil
 }
 
 // SetKey implements PinStore.
-func (m *MemoryPins) SetKey(bare string, fp [32]byte) error {
+func (m *MemoryPins) SetKey(bare string, pin KeyPin) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.keys == nil {
-		m.keys = map[string][32]byte{}
+		m.keys = map[string]KeyPin{}
 	}
-	m.keys[bare] = fp
-	return nil
-}
-
-// DeleteKey implements PinStore.
-func (m *MemoryPins) DeleteKey(bare string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.keys, bare)
+	m.keys[bare] = pin
 	return nil
 }
 
@@ -122,8 +120,9 @@ type KeyChange struct {
 }
 
 // KeyChangeError is returned alongside verified results when keys
-// changed; the results are valid, and the pins already hold the new
-// fingerprints, so each change is reported once.
+// changed: the results are valid and the pins already hold them, so each
+// change is reported once. The app must show it (a contact's new key may
+// be a new phone, or someone else's key).
 type KeyChangeError struct{ Changes []KeyChange }
 
 func (e *KeyChangeError) Error() string {
@@ -220,7 +219,7 @@ func (d *KeyDirectory) PublishKey(ctx context.Context, pub *rsa.PublicKey) (*Ver
 	if !bytes.Equal(vk.DER, der) {
 		return nil, fmt.Errorf("%w: the directory answered with another key", ErrBadAnswer)
 	}
-	if err := d.pins.SetKey(vk.JID, vk.Fingerprint); err != nil {
+	if err := d.pins.SetKey(vk.JID, KeyPin{Fingerprint: vk.Fingerprint}); err != nil {
 		return nil, err
 	}
 	return vk, nil
@@ -284,24 +283,30 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 	return out, nil
 }
 
-// pinKey records what was seen for bare and reports a change.
+// pinKey records what was seen for bare and reports a change: another
+// key than the one last seen (even across a reset), or no key where one
+// was seen. Each change is reported once.
 func (d *KeyDirectory) pinKey(bare string, k *VerifiedKey) (*KeyChange, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old, had, err := d.pins.Key(bare)
+	pin, had, err := d.pins.Key(bare)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case k == nil && had:
-		return &KeyChange{JID: bare, Old: old}, d.pins.DeleteKey(bare)
 	case k == nil:
+		if had && !pin.Ended {
+			return &KeyChange{JID: bare, Old: pin.Fingerprint}, d.pins.SetKey(bare, KeyPin{Fingerprint: pin.Fingerprint, Ended: true})
+		}
 		return nil, nil
-	case had && old != k.Fingerprint:
-		fp := k.Fingerprint
-		return &KeyChange{JID: bare, Old: old, New: &fp}, d.pins.SetKey(bare, fp)
 	case !had:
-		return nil, d.pins.SetKey(bare, k.Fingerprint)
+		return nil, d.pins.SetKey(bare, KeyPin{Fingerprint: k.Fingerprint})
+	case pin.Fingerprint != k.Fingerprint:
+		fp := k.Fingerprint
+		return &KeyChange{JID: bare, Old: pin.Fingerprint, New: &fp}, d.pins.SetKey(bare, KeyPin{Fingerprint: fp})
+	case pin.Ended:
+		// The same key bound again: nothing changed for a sender.
+		return nil, d.pins.SetKey(bare, KeyPin{Fingerprint: k.Fingerprint})
 	}
 	return nil, nil
 }
