@@ -109,31 +109,31 @@ func TestAuditCatchesTampering(t *testing.T) {
 		{"entry row", func(ctx context.Context, t *testing.T, l *testLog) {
 			// Point entry 3 at another fingerprint: what a server that
 			// swapped a key would have to do.
-			exec(ctx, t, l, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 3`)
+			mustExec(ctx, t, l, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 3`)
 		}, "do not hash to the signed checkpoint"},
 		{"leaf hash row", func(ctx context.Context, t *testing.T, l *testLog) {
-			exec(ctx, t, l, `UPDATE keydir_hashes SET hash = sha256(hash) WHERE idx = $1`, tlog.StoredHashIndex(0, 5))
+			mustExec(ctx, t, l, `UPDATE keydir_hashes SET hash = sha256(hash) WHERE idx = $1`, tlog.StoredHashIndex(0, 5))
 		}, "hash tile tile/0/000.p/9 differs"},
 		{"inner hash row", func(ctx context.Context, t *testing.T, l *testLog) {
 			// Level 3 is in no tile (tiles hold levels 0, 8, 16, ...):
 			// the change shows once the hash feeds a new root. The
 			// running server then refuses to sign a tree that does not
 			// extend the one it signed before.
-			exec(ctx, t, l, `UPDATE keydir_hashes SET hash = sha256(hash) WHERE idx = $1`, tlog.StoredHashIndex(3, 0))
+			mustExec(ctx, t, l, `UPDATE keydir_hashes SET hash = sha256(hash) WHERE idx = $1`, tlog.StoredHashIndex(3, 0))
 			if _, _, err := l.store.Publish(ctx, mustJID(t, "late@lab.localhost"), fakeRSAKey(t, 3072), time.Unix(1795640000, 0)); err != nil {
 				t.Fatal(err)
 			}
 		}, "checkpoint: 500 Internal Server Error"},
 		{"entry deleted", func(ctx context.Context, t *testing.T, l *testLog) {
-			exec(ctx, t, l, `DELETE FROM keydir_events WHERE idx = 8`)
-			exec(ctx, t, l, `DELETE FROM keydir_bindings WHERE idx = 8`)
-			exec(ctx, t, l, `DELETE FROM keydir_entries WHERE idx = 8`)
+			mustExec(ctx, t, l, `DELETE FROM keydir_events WHERE idx = 8`)
+			mustExec(ctx, t, l, `DELETE FROM keydir_bindings WHERE idx = 8`)
+			mustExec(ctx, t, l, `DELETE FROM keydir_entries WHERE idx = 8`)
 		}, "tile/entries/000.p/9: 500 Internal Server Error"},
 		{"history rewritten", func(ctx context.Context, t *testing.T, l *testLog) {
 			// Change entry 2, then recompute every hash so that the log
 			// is self-consistent again: only the checkpoint the auditor
 			// kept shows the rewrite.
-			exec(ctx, t, l, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 2`)
+			mustExec(ctx, t, l, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 2`)
 			recs, err := l.store.ReadRecords(ctx, 0, 9)
 			if err != nil {
 				t.Fatal(err)
@@ -154,7 +154,7 @@ func TestAuditCatchesTampering(t *testing.T) {
 				hs = append(hs, h...)
 			}
 			for i, h := range hs {
-				exec(ctx, t, l, `UPDATE keydir_hashes SET hash = $2 WHERE idx = $1`, i, h[:])
+				mustExec(ctx, t, l, `UPDATE keydir_hashes SET hash = $2 WHERE idx = $1`, i, h[:])
 			}
 			l.restart(t)
 		}, "history was rewritten"},
@@ -182,7 +182,7 @@ func TestAuditCatchesTampering(t *testing.T) {
 	}
 }
 
-func exec(ctx context.Context, t *testing.T, l *testLog, sql string, args ...any) {
+func mustExec(ctx context.Context, t *testing.T, l *testLog, sql string, args ...any) {
 	t.Helper()
 	tag, err := l.db.Exec(ctx, sql, args...)
 	if err != nil {
@@ -272,7 +272,7 @@ func TestAuditPolicyViolation(t *testing.T) {
 	}
 	// The dishonest server: drop the binding row without a log entry,
 	// then publish its own key.
-	exec(ctx, t, l, `DELETE FROM keydir_bindings WHERE idx = 0`)
+	mustExec(ctx, t, l, `DELETE FROM keydir_bindings WHERE idx = 0`)
 	if _, _, err := l.store.Publish(ctx, alice, fakeRSAKey(t, 3072), time.Unix(1795636900, 0)); err != nil {
 		t.Fatal(err)
 	}
