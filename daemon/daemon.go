@@ -204,6 +204,9 @@ func (d *Daemon) registerKeyDir() error {
 		return fmt.Errorf("config: keydir: %w", err)
 	}
 	dir.Register(d.comp)
+	if d.cfg.Public.Listen == "" {
+		d.log.Warn("keydir: public.listen is not set, so the log is not served to auditors")
+	}
 	d.public.Handle("GET "+KeyDirLogPrefix+"/", http.StripPrefix(KeyDirLogPrefix, dir.LogHandler()))
 	d.keydir = dir
 	return nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/mod/sumdb/tlog"
+	"mellium.im/xmpp/disco/info"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
@@ -128,6 +129,10 @@ func TestDirectory(t *testing.T) {
 			aliceJID, bobJID := alice.JID().Bare().String(), bob.JID().Bare().String()
 			kA, kB, kA2 := rsaKey(t, 3072), rsaKey(t, 4096), rsaKey(t, 3072)
 
+			di, err := alice.DiscoInfo(ctx, dep.d.Component().Domain())
+			if err != nil || !slices.ContainsFunc(di.Features, func(f info.Feature) bool { return f.Var == xkeydir.NS }) {
+				t.Errorf("disco#info = %+v, %v; want feature %s", di.Features, err, xkeydir.NS)
+			}
 			pa, err := aliceKD.PublishKey(ctx, kA)
 			if err != nil {
 				t.Fatalf("alice PublishKey = %v", err)
