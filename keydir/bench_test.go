@@ -32,7 +32,8 @@ import (
 // Every benchmark here reports against a baseline measured in the same
 // run, never alone:
 //
-//	go test -run '^$' -bench . -benchtime 1x -timeout 30m ./keydir/
+//	go test -run '^$' -bench LookupVsPing -benchtime 2000x -timeout 30m ./keydir/
+//	go test -run '^$' -bench 'StoreVsPgbench|Proof1M' -benchtime 1x -timeout 30m ./keydir/
 //
 // Nothing asserts on timing.
 
@@ -72,7 +73,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // Private servers with their shapers off (lab Fast), so the numbers are
 // clinkd's, not the c2s rate limit's. Reports lookups/s and p50/p99 of
 // both, and lookup/ping ratios. The device-side verification cost is
-// BenchmarkVerifyLookup's.
+// client.BenchmarkVerifyLookup's.
 func BenchmarkLookupVsPing(b *testing.B) {
 	for _, kind := range lab.Kinds() {
 		b.Run(string(kind), func(b *testing.B) {
