@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/mod/sumdb/tlog"
 	"mellium.im/xmpp/disco/info"
 	"mellium.im/xmpp/jid"
@@ -31,11 +32,12 @@ import (
 // deployment is clinkd with the key directory on, linked to a real
 // server, with a database of its own and the log on a loopback listener.
 type deployment struct {
-	d      *daemon.Daemon
-	srv    *lab.XMPPServer
-	vkey   string
-	dbURL  string
-	logURL string
+	d       *daemon.Daemon
+	srv     *lab.XMPPServer
+	vkey    string
+	keyFile string
+	dbURL   string
+	logURL  string
 }
 
 func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config)) *deployment {
@@ -57,7 +59,7 @@ func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config
 			tune(cfg)
 		}
 	})
-	return &deployment{d: d, srv: srv, vkey: vkey, dbURL: dbURL, logURL: d.PublicURL() + daemon.KeyDirLogPrefix}
+	return &deployment{d: d, srv: srv, vkey: vkey, keyFile: keyFile, dbURL: dbURL, logURL: d.PublicURL() + daemon.KeyDirLogPrefix}
 }
 
 // device logs a new user in and gives it a directory client with pins of
@@ -320,6 +322,96 @@ func TestDirectoryErrors(t *testing.T) {
 			}
 			if condition(err) != stanza.ResourceConstraint {
 				t.Errorf("lookups past the burst = %v, want resource-constraint", err)
+			}
+		})
+	}
+}
+
+// TestDeviceRefusesRewrittenLog: someone with the database rewrites the
+// log's past (an entry changed and every hash recomputed, so the log is
+// self-consistent) and a restarted clinkd, with no memory of what it
+// signed, signs the rewritten tree. A device that pinned a checkpoint
+// before refuses every answer from it with ErrLogInconsistent: the
+// consistency proof to the new tree does not start from the pinned root.
+func TestDeviceRefusesRewrittenLog(t *testing.T) {
+	t.Parallel()
+	for _, srv := range labtest.Servers(t) {
+		t.Run(string(srv.Kind), func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			dep := startDeployment(t, srv, nil)
+			pins := &client.MemoryPins{}
+			alice := clinkdtest.NewDevice(t, srv)
+			kd, err := alice.NewKeyDirectory(dep.d.Component().Domain(), dep.vkey, pins)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, bobKD := dep.device(t)
+			if _, err := bobKD.PublishKey(ctx, rsaKey(t, 3072)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kd.PublishKey(ctx, rsaKey(t, 3072)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kd.Checkpoint(ctx); err != nil { // pins the tree of 2
+				t.Fatal(err)
+			}
+
+			// Rewrite entry 0 (bob's) and recompute every hash.
+			dep.exec(ctx, t, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 0`)
+			db, err := pgxpool.New(ctx, dep.dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			recs, err := keydir.NewStore(db).ReadRecords(ctx, 0, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hs []tlog.Hash
+			r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+				out := make([]tlog.Hash, len(idx))
+				for i, x := range idx {
+					out[i] = hs[x]
+				}
+				return out, nil
+			})
+			for i, rec := range recs {
+				h, err := tlog.StoredHashes(int64(i), rec, r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				hs = append(hs, h...)
+			}
+			for i, h := range hs {
+				dep.exec(ctx, t, `UPDATE keydir_hashes SET hash = $2 WHERE idx = $1`, i, h[:])
+			}
+
+			// A second clinkd over the same database and key: a restart.
+			d2 := clinkdtest.Start(t, srv, func(cfg *daemon.Config) {
+				cfg.Database.URL = dep.dbURL
+				cfg.KeyDir.SignerKeyFile = dep.keyFile
+			})
+			kd2, err := alice.NewKeyDirectory(d2.Component().Domain(), dep.vkey, pins)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Same size, another root: a fork.
+			if _, err := kd2.Checkpoint(ctx); !errors.Is(err, client.ErrLogInconsistent) {
+				t.Fatalf("Checkpoint(rewritten log, same size) = %v, want ErrLogInconsistent", err)
+			}
+			// The log grows (carol publishes through the restarted
+			// clinkd; her device pinned nothing before, so it trusts
+			// what it first sees): the consistency proof from alice's
+			// pinned tree to the new one fails.
+			c := clinkdtest.NewDevice(t, srv)
+			ckd, _ := c.NewKeyDirectory(d2.Component().Domain(), dep.vkey, &client.MemoryPins{})
+			if _, err := ckd.PublishKey(ctx, rsaKey(t, 3072)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kd2.LookupKeys(ctx, c.JID().Bare().String()); !errors.Is(err, client.ErrLogInconsistent) {
+				t.Fatalf("LookupKeys(rewritten log, grown) = %v, want ErrLogInconsistent", err)
 			}
 		})
 	}
