@@ -289,12 +289,30 @@ func TestCheckpoint(t *testing.T) {
 	if _, err := keydir.OpenCheckpoint(msg, renamed); err == nil {
 		t.Errorf("OpenCheckpoint(key of another origin) = nil, want error")
 	}
-	// Every flipped bit of the body or the signature fails.
-	for i := range msg {
+	// Every flipped bit of the body, and of the signature bytes, fails.
+	// (Not of the signature's base64 text: note decodes it leniently, so
+	// the unused low bits of its last character can change without
+	// changing the signature.)
+	body := cp.Marshal()
+	for i := range body {
 		bad := bytes.Clone(msg)
 		bad[i] ^= 0x01
 		if c, err := keydir.OpenCheckpoint(bad, verifier); err == nil {
-			t.Fatalf("OpenCheckpoint(bit flipped at %d) = %+v, nil; want error", i, c)
+			t.Fatalf("OpenCheckpoint(body bit flipped at %d) = %+v, nil; want error", i, c)
+		}
+	}
+	sigLine := bytes.TrimSuffix(msg[len(body)+1:], []byte("\n"))
+	prefix := []byte("— clink.example.org/keydir ")
+	sig, err := base64.StdEncoding.DecodeString(string(bytes.TrimPrefix(sigLine, prefix)))
+	if err != nil || !bytes.HasPrefix(sigLine, prefix) || len(sig) != 68 {
+		t.Fatalf("signature line %q: %v", sigLine, err)
+	}
+	for i := range sig {
+		bad := bytes.Clone(sig)
+		bad[i] ^= 0x01
+		forged := append(append(append(bytes.Clone(body), '\n'), prefix...), base64.StdEncoding.EncodeToString(bad)+"\n"...)
+		if c, err := keydir.OpenCheckpoint(forged, verifier); err == nil {
+			t.Fatalf("OpenCheckpoint(signature bit flipped at %d) = %+v, nil; want error", i, c)
 		}
 	}
 	h := base64.StdEncoding.EncodeToString(cp.Hash[:])

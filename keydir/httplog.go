@@ -60,11 +60,13 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 	} else {
 		avail = size >> (TileHeight * uint(t.L))
 	}
-	start := t.N * TileWidth
-	if start+int64(t.W) > avail || t.N > avail/TileWidth {
+	// Compare N first: N·256 overflows int64 for the largest N a path
+	// can spell.
+	if t.N > avail/TileWidth || t.N*TileWidth+int64(t.W) > avail {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "the log has not reached this tile")
 		return
 	}
+	start := t.N * TileWidth
 	var data []byte
 	if t.L == EntriesLevel {
 		var recs [][]byte

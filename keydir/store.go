@@ -250,9 +250,6 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrConflict) {
-			return Binding{}, false, fmt.Errorf("keydir: publish %s: %w", bare, err)
-		}
 		return Binding{}, false, fmt.Errorf("keydir: publish %s: %w", bare, err)
 	}
 	return b, created, nil
