@@ -25,6 +25,7 @@ type Config struct {
 	Admin    AdminConfig    `yaml:"admin"`
 	Public   PublicConfig   `yaml:"public"`
 	TURN     TURNConfig     `yaml:"turn"`
+	KeyDir   KeyDirConfig   `yaml:"keydir"`
 	Expiry   ExpiryConfig   `yaml:"expiry"`
 	Receipts ReceiptsConfig `yaml:"receipts"`
 }
@@ -100,6 +101,17 @@ type TURNConfig struct {
 	Lifetime   time.Duration `yaml:"lifetime"`    // credential lifetime (default 1h)
 	PerMinute  float64       `yaml:"per_minute"`  // requests per user per minute (default 30)
 	Burst      int           `yaml:"burst"`       // default 10
+}
+
+// KeyDirConfig is the verifiable public-key directory (docs/keydir.md).
+type KeyDirConfig struct {
+	SignerKeyFile    string  `yaml:"signer_key_file"`    // note signer key from `clinkd keys genkey`; empty turns the feature off
+	Origin           string  `yaml:"origin"`             // the log's origin; must be the signer key's name (default: that name)
+	LookupPerMinute  float64 `yaml:"lookup_per_minute"`  // per requester (default 600)
+	LookupBurst      int     `yaml:"lookup_burst"`       // default 100; at least max_batch
+	PublishPerMinute float64 `yaml:"publish_per_minute"` // per requester (default 6)
+	PublishBurst     int     `yaml:"publish_burst"`      // default 3
+	MaxBatch         int     `yaml:"max_batch"`          // JIDs per lookup (default 20)
 }
 
 // Defaults returns the configuration used where the file is silent.

@@ -27,6 +27,7 @@ import (
 	"github.com/clinkme/clinkd/devices"
 	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/internal/httpjson"
+	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/turncred"
 )
@@ -46,9 +47,10 @@ type Daemon struct {
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool // nil when no database is configured
 	admin        net.Listener
-	public       *http.ServeMux // features mount their HTTP handlers here
-	publicLn     net.Listener   // nil when no public listener is configured
-	tlsCfg       *tls.Config    // nil when the public listener is plain (loopback)
+	public       *http.ServeMux    // features mount their HTTP handlers here
+	publicLn     net.Listener      // nil when no public listener is configured
+	tlsCfg       *tls.Config       // nil when the public listener is plain (loopback)
+	keydir       *keydir.Directory // nil when the feature is off
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -180,8 +182,54 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		}
 		svc.Register(d.comp)
 	}
+	if d.cfg.KeyDir.SignerKeyFile != "" {
+		if err := d.registerKeyDir(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// KeyDirLogPrefix is where the public listener serves the key
+// directory's log (C2SP tlog-tiles): PREFIX/checkpoint, PREFIX/tile/...
+const KeyDirLogPrefix = "/keydir/log"
+
+func (d *Daemon) registerKeyDir() error {
+	c := d.cfg.KeyDir
+	if d.db == nil {
+		return errors.New("config: keydir needs a database (database.url)")
+	}
+	signer, err := keydir.LoadSigner(c.SignerKeyFile)
+	if err != nil {
+		return fmt.Errorf("config: keydir.signer_key_file: %w", err)
+	}
+	if c.Origin != "" && c.Origin != signer.Name() {
+		return fmt.Errorf("config: keydir.origin %q is not the signer key's name %q", c.Origin, signer.Name())
+	}
+	dir, err := keydir.New(keydir.Config{
+		Signer:           signer,
+		LocalDomain:      d.cfg.Link.ServerDomain,
+		LookupPerMinute:  c.LookupPerMinute,
+		LookupBurst:      c.LookupBurst,
+		PublishPerMinute: c.PublishPerMinute,
+		PublishBurst:     c.PublishBurst,
+		MaxBatch:         c.MaxBatch,
+	}, keydir.NewStore(d.db), d.log.With("part", "keydir"), d.registry)
+	if err != nil {
+		return fmt.Errorf("config: keydir: %w", err)
+	}
+	dir.Register(d.comp)
+	if d.cfg.Public.Listen == "" {
+		d.log.Warn("keydir: public.listen is not set, so the log is not served to auditors")
+	}
+	d.public.Handle("GET "+KeyDirLogPrefix+"/", http.StripPrefix(KeyDirLogPrefix, dir.LogHandler()))
+	d.keydir = dir
+	return nil
+}
+
+// KeyDir is the key directory, nil when it is not configured. The ClinkID
+// service ends bindings through it when an account is deleted.
+func (d *Daemon) KeyDir() *keydir.Directory { return d.keydir }
 
 // listenPublic binds the public listener, refusing plain HTTP anywhere but
 // on loopback: account passwords and tokens cross it.

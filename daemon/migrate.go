@@ -9,12 +9,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/internal/migrate"
+	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/receipts"
 )
 
 // MigrationSets lists every package's migrations, in dependency order.
 func MigrationSets() []migrate.Set {
-	return []migrate.Set{receipts.Migrations()}
+	return []migrate.Set{keydir.Migrations(), receipts.Migrations()}
 }
 
 // Migrate applies every pending migration of every feature.

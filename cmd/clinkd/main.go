@@ -3,6 +3,9 @@
 //
 //	clinkd serve --config FILE      run the component
 //	clinkd migrate --config FILE    apply database migrations and exit
+//	clinkd keys genkey|reset|audit|monitor
+//	                                key directory: signing key, operator
+//	                                reset, independent audit and monitor
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
 //	clinkd version
@@ -37,6 +40,7 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
 		{"lab-init", "write the container lab's CA, certificates and secrets (docker/compose.yaml)", runLabInit},
+		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"version", "print the version", runVersion},
 	}
 }

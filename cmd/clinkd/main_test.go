@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/clinkme/clinkd/lab/labtest"
 )
 
 // TestMain lets tests run this binary's main as a child process: with
@@ -13,7 +15,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CLINKD_TEST_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	os.Exit(labtest.Main(m, labtest.Need{Postgres: true}))
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -1,0 +1,507 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+)
+
+// This file is the device side of the key directory (docs/protocol.md).
+// It verifies every answer itself, with code that shares nothing with the
+// server's package keydir beyond the wire types: the leaf record and the
+// label are rebuilt here, inclusion and consistency proofs are checked
+// with github.com/transparency-dev/merkle (RFC 6962), and checkpoints
+// with golang.org/x/mod/sumdb/note.
+
+// MinKeyBits is the smallest RSA key a device accepts from the directory.
+const MinKeyBits = 3072
+
+// A PinStore keeps what a device has seen of the directory: the last
+// checkpoint it accepted (every later one must be proven to extend it) and
+// the key it last saw for each JID. The device key store will implement
+// it; MemoryPins is for tests and short-lived tools.
+type PinStore interface {
+	// Checkpoint returns the last accepted signed checkpoint of the log
+	// named origin, or nil.
+	Checkpoint(origin string) ([]byte, error)
+	SetCheckpoint(origin string, signed []byte) error
+	// Key returns the pin of a bare JID.
+	Key(bare string) (pin KeyPin, ok bool, err error)
+	SetKey(bare string, pin KeyPin) error
+}
+
+// A KeyPin is the key a device last saw bound to a JID. It outlives the
+// binding (Ended), so that a key published after a reset is still
+// compared with the one seen before it.
+type KeyPin struct {
+	Fingerprint [32]byte
+	Ended       bool // the directory since answered that no key is bound
+}
+
+// MemoryPins is a PinStore in memory. The zero value is ready.
+type MemoryPins struct {
+	mu   sync.Mutex
+	cps  map[string][]byte
+	keys map[string]KeyPin
+}
+
+// Checkpoint implements PinStore.
+func (m *MemoryPins) Checkpoint(origin string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.cps[origin]), nil
+}
+
+// SetCheckpoint implements PinStore.
+func (m *MemoryPins) SetCheckpoint(origin string, signed []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cps == nil {
+		m.cps = map[string][]byte{}
+	}
+	m.cps[origin] = bytes.Clone(signed)
+	return nil
+}
+
+// Key implements PinStore.
+func (m *MemoryPins) Key(bare string) (KeyPin, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.keys[bare]
+	return p, ok, nil
+}
+
+// SetKey implements PinStore.
+func (m *MemoryPins) SetKey(bare string, pin KeyPin) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys == nil {
+		m.keys = map[string]KeyPin{}
+	}
+	m.keys[bare] = pin
+	return nil
+}
+
+// Errors of the key directory client. Each means the answer must not be
+// used; ErrLogInconsistent and ErrBadProof mean the server (or someone in
+// front of it) presented a log other than the one the device saw before,
+// which the app must show loudly, never retry silently.
+var (
+	ErrBadCheckpoint   = errors.New("client: keydir checkpoint is invalid or not signed by the log's key")
+	ErrLogInconsistent = errors.New("client: keydir log is not consistent with the checkpoint seen before")
+	ErrBadProof        = errors.New("client: keydir inclusion proof does not verify")
+	ErrBadAnswer       = errors.New("client: keydir answer is malformed")
+)
+
+// A KeyChange reports that the key the directory binds to a JID is not
+// the one this device saw before. New is nil when the binding ended.
+type KeyChange struct {
+	JID string
+	Old [32]byte
+	New *[32]byte
+}
+
+// KeyChangeError is returned alongside verified results when keys
+// changed: the results are valid and the pins already hold them, so each
+// change is reported once. The app must show it (a contact's new key may
+// be a new phone, or someone else's key).
+type KeyChangeError struct{ Changes []KeyChange }
+
+func (e *KeyChangeError) Error() string {
+	var b strings.Builder
+	b.WriteString("client: keydir key changed for")
+	for _, c := range e.Changes {
+		b.WriteString(" " + c.JID)
+	}
+	return b.String()
+}
+
+// A VerifiedCheckpoint is a checkpoint whose signature was verified.
+type VerifiedCheckpoint struct {
+	Origin string
+	Size   int64
+	Hash   [32]byte
+	Signed []byte // the signed note as received
+}
+
+// A VerifiedKey is a binding whose inclusion in the log was proven.
+type VerifiedKey struct {
+	JID         string // canonical bare JID
+	DER         []byte // SubjectPublicKeyInfo
+	Key         *rsa.PublicKey
+	Fingerprint [32]byte
+	Index       int64
+	Time        time.Time
+}
+
+// A KeyResult is the answer for one looked-up JID: Key is nil when the
+// JID has no binding. (Absence is not provable in this log: see
+// docs/protocol.md.)
+type KeyResult struct {
+	JID string
+	Key *VerifiedKey
+}
+
+// A HistoryEntry is one verified log entry of the device's own JID.
+type HistoryEntry struct {
+	Index       int64
+	Kind        string // publish, reset or delete
+	Fingerprint [32]byte
+	Time        time.Time
+}
+
+// KeyDirectory talks to the key directory at a clinkd component and
+// verifies what it answers.
+type KeyDirectory struct {
+	c        *Client
+	service  jid.JID
+	verifier note.Verifier
+	pins     PinStore
+	mu       sync.Mutex // serialises pin updates
+}
+
+// NewKeyDirectory returns a directory client for the component at service
+// whose checkpoints verify with vkey (the log's verifier key, shipped with
+// the app). pins keeps state between calls; nil keeps it in memory.
+func (c *Client) NewKeyDirectory(service jid.JID, vkey string, pins PinStore) (*KeyDirectory, error) {
+	v, err := note.NewVerifier(strings.TrimSpace(vkey))
+	if err != nil {
+		return nil, fmt.Errorf("client: keydir verifier key: %w", err)
+	}
+	if pins == nil {
+		pins = &MemoryPins{}
+	}
+	return &KeyDirectory{c: c, service: service, verifier: v, pins: pins}, nil
+}
+
+// PublishKey publishes the device account's public key and verifies that
+// the answer proves it is in the log. Publishing the key already bound is
+// harmless; a different key fails with a stanza.Error whose condition is
+// conflict.
+func (d *KeyDirectory) PublishKey(ctx context.Context, pub *rsa.PublicKey) (*VerifiedKey, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("client: keydir publish: %w", err)
+	}
+	var res xkeydir.Publish
+	if err := d.c.IQ(ctx, stanza.SetIQ, d.service, xkeydir.Publish{Key: base64.StdEncoding.EncodeToString(der)}, &res); err != nil {
+		return nil, err
+	}
+	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
+	if err != nil {
+		return nil, err
+	}
+	if res.Entry == nil {
+		return nil, fmt.Errorf("%w: publish result has no entry", ErrBadAnswer)
+	}
+	vk, err := verifyEntry(*res.Entry, d.c.JID().Bare().String(), cp)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(vk.DER, der) {
+		return nil, fmt.Errorf("%w: the directory answered with another key", ErrBadAnswer)
+	}
+	if err := d.pins.SetKey(vk.JID, KeyPin{Fingerprint: vk.Fingerprint}); err != nil {
+		return nil, err
+	}
+	return vk, nil
+}
+
+// LookupKeys looks up the keys of up to the server's batch bound of bare
+// JIDs and verifies each binding's inclusion in a checkpoint that is
+// consistent with the one pinned. Results come in the order asked, one per
+// distinct JID. When a key differs from the one pinned for its JID, the
+// results come with a *KeyChangeError.
+func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyResult, error) {
+	want := make([]string, 0, len(jids))
+	seen := map[string]bool{}
+	for _, s := range jids {
+		j, err := canonicalBare(s)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[j] {
+			seen[j] = true
+			want = append(want, j)
+		}
+	}
+	var res xkeydir.Lookup
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Lookup{JIDs: want}, &res); err != nil {
+		return nil, err
+	}
+	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Entries) != len(want) {
+		return nil, fmt.Errorf("%w: %d entries for %d JIDs", ErrBadAnswer, len(res.Entries), len(want))
+	}
+	out := make([]KeyResult, len(want))
+	var changes []KeyChange
+	for i, e := range res.Entries {
+		if e.JID != want[i] {
+			return nil, fmt.Errorf("%w: entry %d is for %q, asked %q", ErrBadAnswer, i, e.JID, want[i])
+		}
+		out[i].JID = want[i]
+		if err := e.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
+		}
+		if e.Status == xkeydir.StatusFound {
+			if out[i].Key, err = verifyEntry(e, want[i], cp); err != nil {
+				return nil, err
+			}
+		}
+		ch, err := d.pinKey(want[i], out[i].Key)
+		if err != nil {
+			return nil, err
+		}
+		if ch != nil {
+			changes = append(changes, *ch)
+		}
+	}
+	if len(changes) > 0 {
+		return out, &KeyChangeError{Changes: changes}
+	}
+	return out, nil
+}
+
+// pinKey records what was seen for bare and reports a change: another
+// key than the one last seen (even across a reset), or no key where one
+// was seen. Each change is reported once.
+func (d *KeyDirectory) pinKey(bare string, k *VerifiedKey) (*KeyChange, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pin, had, err := d.pins.Key(bare)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case k == nil:
+		if had && !pin.Ended {
+			return &KeyChange{JID: bare, Old: pin.Fingerprint}, d.pins.SetKey(bare, KeyPin{Fingerprint: pin.Fingerprint, Ended: true})
+		}
+		return nil, nil
+	case !had:
+		return nil, d.pins.SetKey(bare, KeyPin{Fingerprint: k.Fingerprint})
+	case pin.Fingerprint != k.Fingerprint:
+		fp := k.Fingerprint
+		return &KeyChange{JID: bare, Old: pin.Fingerprint, New: &fp}, d.pins.SetKey(bare, KeyPin{Fingerprint: fp})
+	case pin.Ended:
+		// The same key bound again: nothing changed for a sender.
+		return nil, d.pins.SetKey(bare, KeyPin{Fingerprint: k.Fingerprint})
+	}
+	return nil, nil
+}
+
+// Checkpoint fetches the latest checkpoint, checks that it extends the
+// pinned one and pins it.
+func (d *KeyDirectory) Checkpoint(ctx context.Context) (*VerifiedCheckpoint, error) {
+	var res xkeydir.Checkpoint
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Checkpoint{}, &res); err != nil {
+		return nil, err
+	}
+	return d.acceptCheckpoint(ctx, []byte(res.Text))
+}
+
+// History fetches and verifies every log entry of the device's own JID,
+// for the owner to see every key ever bound to it.
+func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
+	var res xkeydir.History
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.History{}, &res); err != nil {
+		return nil, err
+	}
+	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
+	if err != nil {
+		return nil, err
+	}
+	me := d.c.JID().Bare().String()
+	if res.JID != me {
+		return nil, fmt.Errorf("%w: history of %q, not %q", ErrBadAnswer, res.JID, me)
+	}
+	label := jidLabel(me)
+	out := make([]HistoryEntry, 0, len(res.Records))
+	for _, r := range res.Records {
+		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
+		}
+		fp, _ := xkeydir.DecodeFingerprint(r.Fingerprint)
+		if err := verifyInclusion(leafRecord(label, r.Kind, fp, r.Time), r.Index, r.Proof, cp); err != nil {
+			return nil, err
+		}
+		out = append(out, HistoryEntry{Index: r.Index, Kind: r.Kind, Fingerprint: fp, Time: time.Unix(r.Time, 0)})
+	}
+	return out, nil
+}
+
+// acceptCheckpoint verifies a signed checkpoint, proves it consistent with
+// the pinned one (asking the server for a consistency proof) and pins the
+// larger of the two.
+func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*VerifiedCheckpoint, error) {
+	cp, err := openCheckpoint(signed, d.verifier)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prevMsg, err := d.pins.Checkpoint(cp.Origin)
+	if err != nil {
+		return nil, err
+	}
+	if prevMsg == nil {
+		// Trust on first use: nothing to compare with yet.
+		return cp, d.pins.SetCheckpoint(cp.Origin, signed)
+	}
+	prev, err := openCheckpoint(prevMsg, d.verifier)
+	if err != nil {
+		return nil, fmt.Errorf("client: keydir pinned checkpoint: %w", err)
+	}
+	older, newer := prev, cp
+	if cp.Size < prev.Size {
+		older, newer = cp, prev
+	}
+	switch {
+	case older.Size == newer.Size:
+		if older.Hash != newer.Hash {
+			return nil, fmt.Errorf("%w: two different trees of %d entries (a forked log)", ErrLogInconsistent, cp.Size)
+		}
+	case older.Size == 0:
+		// Every tree extends the empty one.
+	default:
+		var res xkeydir.Consistency
+		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Consistency{Old: older.Size, New: newer.Size}, &res); err != nil {
+			return nil, fmt.Errorf("client: keydir consistency %d→%d: %w", older.Size, newer.Size, err)
+		}
+		if res.Old != older.Size || res.New != newer.Size {
+			return nil, fmt.Errorf("%w: consistency proof for the wrong sizes", ErrBadAnswer)
+		}
+		hs, err := xkeydir.DecodeHashes(res.Hashes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
+		}
+		if err := proof.VerifyConsistency(rfc6962.DefaultHasher, uint64(older.Size), uint64(newer.Size), toSlices(hs), older.Hash[:], newer.Hash[:]); err != nil {
+			return nil, fmt.Errorf("%w: %d→%d: %v", ErrLogInconsistent, older.Size, newer.Size, err)
+		}
+	}
+	if cp.Size > prev.Size {
+		if err := d.pins.SetCheckpoint(cp.Origin, signed); err != nil {
+			return nil, err
+		}
+	}
+	return cp, nil
+}
+
+func toSlices(hs [][32]byte) [][]byte {
+	out := make([][]byte, len(hs))
+	for i := range hs {
+		out[i] = hs[i][:]
+	}
+	return out
+}
+
+// verifyEntry checks a found entry: the key is an acceptable RSA key with
+// the stated fingerprint, and the publish record rebuilt from the JID, the
+// fingerprint and the time is in the checkpoint's tree at the index.
+func verifyEntry(e xkeydir.Entry, bare string, cp *VerifiedCheckpoint) (*VerifiedKey, error) {
+	if err := e.Validate(); err != nil || e.Status != xkeydir.StatusFound {
+		return nil, fmt.Errorf("%w: entry for %s: %v", ErrBadAnswer, bare, err)
+	}
+	if e.JID != bare {
+		return nil, fmt.Errorf("%w: entry for %q, want %q", ErrBadAnswer, e.JID, bare)
+	}
+	der, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(e.Key))
+	if err != nil {
+		return nil, fmt.Errorf("%w: key of %s is not base64", ErrBadAnswer, bare)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	rk, ok := pub.(*rsa.PublicKey)
+	if err != nil || !ok || rk.N.BitLen() < MinKeyBits {
+		return nil, fmt.Errorf("%w: key of %s is not an RSA key of at least %d bits", ErrBadAnswer, bare, MinKeyBits)
+	}
+	fp := sha256.Sum256(der)
+	if hex.EncodeToString(fp[:]) != e.Fingerprint {
+		return nil, fmt.Errorf("%w: key of %s does not have the stated fingerprint", ErrBadAnswer, bare)
+	}
+	if err := verifyInclusion(leafRecord(jidLabel(bare), xkeydir.KindPublish, fp, e.Time), e.Index, e.Proof, cp); err != nil {
+		return nil, fmt.Errorf("%w (%s)", err, bare)
+	}
+	return &VerifiedKey{JID: bare, DER: der, Key: rk, Fingerprint: fp, Index: e.Index, Time: time.Unix(e.Time, 0)}, nil
+}
+
+func verifyInclusion(record []byte, index int64, p *xkeydir.Proof, cp *VerifiedCheckpoint) error {
+	if p == nil || index < 0 || index >= cp.Size {
+		return fmt.Errorf("%w: leaf %d is outside the tree of %d", ErrBadProof, index, cp.Size)
+	}
+	hs, err := xkeydir.DecodeHashes(p.Hashes)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadAnswer, err)
+	}
+	leaf := rfc6962.DefaultHasher.HashLeaf(record)
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, uint64(index), uint64(cp.Size), leaf, toSlices(hs), cp.Hash[:]); err != nil {
+		return fmt.Errorf("%w: leaf %d: %v", ErrBadProof, index, err)
+	}
+	return nil
+}
+
+// leafRecord is the record text of docs/protocol.md, built here rather
+// than taken from the server's package so that the two are checked
+// against each other (and against the spec's vectors) by tests.
+func leafRecord(label [32]byte, kind string, fp [32]byte, t int64) []byte {
+	return fmt.Appendf(nil, "clinkme-keydir v0\nlabel %x\nkind %s\nfingerprint %x\ntime %d\n", label[:], kind, fp[:], t)
+}
+
+// jidLabel is SHA-256("clinkme-keydir label v0\n" || canonical bare JID).
+func jidLabel(bare string) [32]byte {
+	return sha256.Sum256([]byte("clinkme-keydir label v0\n" + bare))
+}
+
+// canonicalBare returns the canonical (PRECIS) form of a user's bare JID.
+func canonicalBare(s string) (string, error) {
+	j, err := jid.Parse(s)
+	if err != nil || j.Localpart() == "" || j.Resourcepart() != "" {
+		return "", fmt.Errorf("client: keydir: %q is not a bare user JID", s)
+	}
+	return j.String(), nil
+}
+
+// openCheckpoint verifies a signed checkpoint with v and parses its body:
+// origin (v's name), size, base64 root hash; extension lines are ignored.
+func openCheckpoint(signed []byte, v note.Verifier) (*VerifiedCheckpoint, error) {
+	if len(signed) == 0 || len(signed) > xkeydir.MaxCheckpoint {
+		return nil, fmt.Errorf("%w: empty or oversized", ErrBadCheckpoint)
+	}
+	n, err := note.Open(signed, note.VerifierList(v))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCheckpoint, err)
+	}
+	lines := strings.SplitN(n.Text, "\n", 4)
+	if len(lines) < 4 || lines[0] != v.Name() {
+		return nil, fmt.Errorf("%w: body does not start with origin %q, size and hash", ErrBadCheckpoint, v.Name())
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
+		return nil, fmt.Errorf("%w: bad size", ErrBadCheckpoint)
+	}
+	h, err := base64.StdEncoding.Strict().DecodeString(lines[2])
+	if err != nil || len(h) != 32 {
+		return nil, fmt.Errorf("%w: bad root hash", ErrBadCheckpoint)
+	}
+	return &VerifiedCheckpoint{Origin: lines[0], Size: size, Hash: [32]byte(h), Signed: signed}, nil
+}

@@ -1,0 +1,68 @@
+package keydir_test
+
+import (
+	"encoding/xml"
+	"testing"
+
+	"github.com/clinkme/clinkd/extensions/keydir"
+)
+
+// FuzzDecode feeds arbitrary XML to every payload type the server or the
+// device decodes, then to its structural check. Nothing may panic, and a
+// payload that decodes must survive a marshal and decode round trip with
+// the same verdict from Validate.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`<publish xmlns='urn:clinkme:keydir:0'><key>MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA</key></publish>`,
+		`<lookup xmlns='urn:clinkme:keydir:0'><jid>alice@example.org</jid><jid>bob@example.org</jid></lookup>`,
+		`<lookup xmlns='urn:clinkme:keydir:0'><checkpoint>o&#xA;1&#xA;h&#xA;</checkpoint><entry jid='a@b' status='found' index='0' time='1' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020'><key>AAAA</key><proof><hash>AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=</hash></proof></entry><entry jid='c@d' status='none'/></lookup>`,
+		`<consistency xmlns='urn:clinkme:keydir:0' old='3' new='7'><hash>AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=</hash></consistency>`,
+		`<history xmlns='urn:clinkme:keydir:0' jid='a@b'><record index='0' kind='reset' time='5' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020'><proof/></record></history>`,
+		`<checkpoint xmlns='urn:clinkme:keydir:0'/>`,
+		`<entry xmlns='urn:clinkme:keydir:0' jid='a@b' status='found' index='-1'/>`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		check := func(v any, validate func() error) {
+			if err := xml.Unmarshal(in, v); err != nil {
+				return
+			}
+			first := validate()
+			out, err := xml.Marshal(v)
+			if err != nil {
+				return // e.g. invalid characters kept in a string field
+			}
+			if err := xml.Unmarshal(out, v); err != nil {
+				t.Fatalf("re-decoding %q: %v", out, err)
+			}
+			if second := validate(); (first == nil) != (second == nil) {
+				t.Fatalf("Validate changed verdict after a round trip: %v, then %v (%q)", first, second, out)
+			}
+		}
+		var p keydir.Publish
+		check(&p, p.Validate)
+		var l keydir.Lookup
+		check(&l, func() error { return l.Validate(20) })
+		var c keydir.Consistency
+		check(&c, c.Validate)
+		var h keydir.History
+		check(&h, func() error {
+			for i := range h.Records {
+				if err := h.Records[i].Validate(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		var lr keydir.Lookup
+		check(&lr, func() error {
+			for i := range lr.Entries {
+				if err := lr.Entries[i].Validate(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+}

@@ -1,0 +1,142 @@
+package keydir_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"testing"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/clinkme/clinkd/keydir"
+)
+
+// FuzzParseRecord: a record that parses marshals back to the same bytes
+// (one encoding per record, so one preimage per leaf hash).
+func FuzzParseRecord(f *testing.F) {
+	f.Add([]byte(keydir.Record{Kind: keydir.KindPublish, Time: 1795636800}.Marshal()))
+	f.Add([]byte(keydir.Record{Kind: keydir.KindReset, Time: 0}.Marshal()))
+	f.Add([]byte("clinkme-keydir v0\nlabel 00\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := keydir.ParseRecord(in)
+		if err != nil {
+			if !errors.Is(err, keydir.ErrBadRecord) {
+				t.Fatalf("ParseRecord error %v does not wrap ErrBadRecord", err)
+			}
+			return
+		}
+		if out := r.Marshal(); !bytes.Equal(out, in) {
+			t.Fatalf("ParseRecord(%q).Marshal() = %q", in, out)
+		}
+	})
+}
+
+// FuzzParseCheckpoint: the auditor's checkpoint parsing, body and signed
+// note. A body without extension lines marshals back to itself; a note
+// opens only with the one key that signed it.
+func FuzzParseCheckpoint(f *testing.F) {
+	skey, vkey, _ := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	cp := keydir.Checkpoint{Origin: "clink.example.org/keydir", Size: 7, Hash: tlog.RecordHash(nil)}
+	signed, _ := keydir.SignCheckpoint(cp, s)
+	f.Add(cp.Marshal())
+	f.Add(signed)
+	f.Add([]byte("o\n1\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\next\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if c, err := keydir.ParseCheckpoint(in); err == nil {
+			if c.Size < 0 || c.Origin == "" {
+				t.Fatalf("ParseCheckpoint(%q) = %+v", in, c)
+			}
+			if out := c.Marshal(); bytes.Count(in, []byte("\n")) == 3 && !bytes.Equal(out, in) {
+				t.Fatalf("ParseCheckpoint(%q).Marshal() = %q", in, out)
+			}
+		}
+		if c, err := keydir.OpenCheckpoint(in, v); err == nil && !bytes.Equal(in, signed) {
+			// Another valid signature would be a forgery; any other
+			// accepted message must at least carry the same body.
+			if !bytes.HasPrefix(in, cp.Marshal()) || c != cp {
+				t.Fatalf("OpenCheckpoint accepted %q as %+v", in, c)
+			}
+		}
+	})
+}
+
+// FuzzParseEntryBundle: what parses re-encodes to the same bytes.
+func FuzzParseEntryBundle(f *testing.F) {
+	f.Add(keydir.AppendEntryBundle(nil, []byte("a"), []byte("bc")), 2)
+	f.Add(keydir.AppendEntryBundle(nil, keydir.Record{Kind: keydir.KindPublish}.Marshal()), 1)
+	f.Add([]byte{0, 5, 'a'}, 1)
+	f.Fuzz(func(t *testing.T, in []byte, want int) {
+		entries, err := keydir.ParseEntryBundle(in, want)
+		if err != nil {
+			return
+		}
+		if len(entries) != want {
+			t.Fatalf("ParseEntryBundle = %d entries, want %d", len(entries), want)
+		}
+		if out := keydir.AppendEntryBundle(nil, entries...); !bytes.Equal(out, in) {
+			t.Fatalf("bundle %x re-encodes as %x", in, out)
+		}
+	})
+}
+
+// FuzzParseTilePath: what parses formats back to the same path, and is a
+// tile of height 8 with a sane level and width.
+func FuzzParseTilePath(f *testing.F) {
+	for _, s := range []string{"tile/0/000", "tile/1/x001/x234/067.p/5", "tile/entries/x001/234.p/255", "tile/0/x000/001"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		tile, err := keydir.ParseTilePath(in)
+		if err != nil {
+			return
+		}
+		if tile.H != keydir.TileHeight || tile.L < -1 || tile.L > 7 || tile.W < 1 || tile.W > keydir.TileWidth || tile.N < 0 {
+			t.Fatalf("ParseTilePath(%q) = %+v", in, tile)
+		}
+		if out := keydir.TilePath(tile); out != in {
+			t.Fatalf("ParseTilePath(%q) formats as %q", in, out)
+		}
+	})
+}
+
+// FuzzParsePublicKey: an accepted key is canonical DER of an RSA key in
+// the size bounds; refusals are one of the two sentinel errors.
+func FuzzParsePublicKey(f *testing.F) {
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 3072)))
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 2048)))
+	f.Add("MIIB")
+	f.Fuzz(func(t *testing.T, in string) {
+		der, k, err := keydir.ParsePublicKey(in)
+		if err != nil {
+			if !errors.Is(err, keydir.ErrMalformedKey) && !errors.Is(err, keydir.ErrWeakKey) {
+				t.Fatalf("ParsePublicKey error %v wraps neither sentinel", err)
+			}
+			return
+		}
+		if b := k.N.BitLen(); b < keydir.MinRSABits || b > keydir.MaxRSABits || len(der) == 0 {
+			t.Fatalf("ParsePublicKey accepted a %d-bit key", b)
+		}
+	})
+}
+
+// FuzzParseBareJID: the canonical form is a fixed point, so an address
+// has one label however it is spelled.
+func FuzzParseBareJID(f *testing.F) {
+	for _, s := range []string{"alice@example.org", "Alice@Example.ORG.", "\uff21lice@example.org", "a@b/c", "@x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		j, err := keydir.ParseBareJID(in)
+		if err != nil {
+			return
+		}
+		again, err := keydir.ParseBareJID(j.String())
+		if err != nil || keydir.Label(again) != keydir.Label(j) {
+			t.Fatalf("ParseBareJID(%q) = %q, which re-parses as %q, %v", in, j, again, err)
+		}
+	})
+}

@@ -1,0 +1,58 @@
+package keydir
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+)
+
+// GenerateKey makes a checkpoint signing key named origin (the log's
+// origin line, e.g. "clink.example.org/keydir") and writes the signer key
+// to path, mode 0600, refusing to overwrite an existing file. It returns
+// the verifier key, which devices and auditors are given.
+func GenerateKey(origin, path string) (vkey string, err error) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, origin)
+	if err != nil {
+		return "", fmt.Errorf("keydir: generate key %q: %w", origin, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("keydir: %w", err)
+	}
+	_, err = f.WriteString(skey + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("keydir: write %s: %w", path, err)
+	}
+	return vkey, nil
+}
+
+// LoadSigner reads a signer key written by GenerateKey. The error never
+// quotes the file's content.
+func LoadSigner(path string) (note.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("keydir: %w", err)
+	}
+	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, errors.New("keydir: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
+	}
+	return s, nil
+}
+
+// ParseVerifier parses a verifier key as GenerateKey returns it.
+func ParseVerifier(vkey string) (note.Verifier, error) {
+	v, err := note.NewVerifier(strings.TrimSpace(vkey))
+	if err != nil {
+		return nil, fmt.Errorf("keydir: verifier key: %w", err)
+	}
+	return v, nil
+}
