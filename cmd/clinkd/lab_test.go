@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/deploy"
 )
@@ -89,6 +91,23 @@ func TestLabCommand(t *testing.T) {
 				t.Errorf("ping clinkd: %v", err)
 			}
 			dev.Close()
+
+			// The key directory's log answers over HTTPS with a checkpoint
+			// signed by the key lab.json names.
+			hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+			resp, err := hc.Get(info.KeyLogURL + "/checkpoint")
+			if err != nil {
+				t.Fatalf("key log: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			v, err := keydir.ParseVerifier(info.KeyLogVerifier)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := keydir.OpenCheckpoint(body, v); err != nil {
+				t.Errorf("key log checkpoint does not verify: %v\n%s", err, body)
+			}
 
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
+	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
 )
 
@@ -61,8 +62,12 @@ type Info struct {
 	CAFile    string         `json:"ca_file"`
 	AdminURL  string         `json:"admin_url"`
 	PublicURL string         `json:"public_url"`
-	TURN      TURNInfo       `json:"turn"`
-	Users     []User         `json:"users"`
+	// KeyLogVerifier is the note verifier key of the key directory's log
+	// (clinkd keys audit --key); KeyLogURL is where auditors read it.
+	KeyLogVerifier string   `json:"keylog_verifier"`
+	KeyLogURL      string   `json:"keylog_url"`
+	TURN           TURNInfo `json:"turn"`
+	Users          []User   `json:"users"`
 }
 
 // TURNInfo locates coturn.
@@ -172,7 +177,14 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("deploy: certificate: %w", err)
 	}
+	// The key directory signs its log with a key made for this lab.
+	keyOrigin := ComponentDomain + "/keydir"
+	vkey, err := keydir.GenerateKey(keyOrigin, filepath.Join(opts.Dir, "keydir-signer.key"))
+	if err != nil {
+		return nil, fmt.Errorf("deploy: key directory signer: %w", err)
+	}
 	cfg := daemon.Defaults()
+	cfg.KeyDir.SignerKeyFile = filepath.Join(opts.Dir, "keydir-signer.key")
 	cfg.Link = daemon.LinkConfig{
 		Addr: d.XMPP.Components[0].Addr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
 	}
@@ -208,15 +220,17 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		}
 	}
 	d.Info = Info{
-		Server:    opts.Server,
-		Domain:    Domain,
-		C2S:       d.XMPP.C2SAddr,
-		Component: comp.Domain,
-		CAFile:    d.CA.CertFile,
-		AdminURL:  "http://" + d.Daemon.AdminAddr(),
-		PublicURL: d.Daemon.PublicURL(),
-		TURN:      TURNInfo{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
-		Users:     users,
+		Server:         opts.Server,
+		Domain:         Domain,
+		C2S:            d.XMPP.C2SAddr,
+		Component:      comp.Domain,
+		CAFile:         d.CA.CertFile,
+		AdminURL:       "http://" + d.Daemon.AdminAddr(),
+		PublicURL:      d.Daemon.PublicURL(),
+		KeyLogVerifier: vkey,
+		KeyLogURL:      d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
+		TURN:           TURNInfo{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:          users,
 	}
 	if err := writeInfo(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err
@@ -281,12 +295,12 @@ func (d *Deployment) Summary(labJSON string) string {
   XMPP c2s        %s   domain %s   (StartTLS required; CA %s)
   clinkd          component %s
   admin           %s/metrics  /healthz  /readyz
-  public HTTPS    %s
+  public HTTPS    %s   (key log for auditors: %s)
   TURN            udp %s  tcp %s  tls %s   realm %s
   demo users      %s, %s   (passwords in %s)
 
 Try it:  clinkctl --lab %s ...   Stop with Ctrl-C.
-`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL,
+`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL,
 		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON)
 	return s
 }
