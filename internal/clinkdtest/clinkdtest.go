@@ -8,10 +8,12 @@
 package clinkdtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,4 +130,30 @@ func Login(t testing.TB, srv *lab.XMPPServer, user, pass string) *client.Client 
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// LogBuffer collects a clinkd's log, for tests that prove what it never
+// logs.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything logged so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// CaptureLog returns a debug-level logger that writes into the buffer.
+func CaptureLog() (*slog.Logger, *LogBuffer) {
+	buf := &LogBuffer{}
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
