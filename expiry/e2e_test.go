@@ -44,15 +44,23 @@ func newUser(t *testing.T, srv *lab.XMPPServer, key string) user {
 func online(t *testing.T, srv *lab.XMPPServer, comp jid.JID, u user) *client.Client {
 	t.Helper()
 	dev := clinkdtest.Login(t, srv, u.jid.String(), u.pass)
-	ctx := ctxFor(t, 30*time.Second)
-	if err := dev.Announce(ctx, comp); err != nil {
-		t.Fatal(err)
-	}
+	ctx := ctxFor(t, time.Minute)
 	own, _ := address.AtComponent(u.jid, comp)
-	if err := dev.Ping(ctx, own); err != nil {
-		t.Fatalf("ping own address: %v", err)
+	// While clinkd re-links (after a server restart) both the announcement
+	// and the ping are answered by the server as undeliverable: try again.
+	for {
+		if err := dev.Announce(ctx, comp); err != nil {
+			t.Fatal(err)
+		}
+		err := dev.Ping(ctx, own)
+		if err == nil {
+			return dev
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("ping own address: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return dev
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -272,4 +280,12 @@ func TestTimedMessage(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ownAddr(t *testing.T, comp jid.JID, u user) jid.JID {
+	a, err := address.AtComponent(u.jid, comp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -77,6 +77,15 @@ func Start(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config)) *daemon
 // is linked.
 func StartConfig(t testing.TB, cfg daemon.Config, log *slog.Logger) *daemon.Daemon {
 	t.Helper()
+	d, _ := Run(t, cfg, log)
+	return d
+}
+
+// Run is StartConfig for a test that stops clinkd itself: stop shuts it
+// down gracefully and waits; calling it again, or the test's end, does
+// nothing more.
+func Run(t testing.TB, cfg daemon.Config, log *slog.Logger) (d *daemon.Daemon, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := daemon.New(ctx, cfg, log)
 	if err != nil {
@@ -85,23 +94,27 @@ func StartConfig(t testing.TB, cfg daemon.Config, log *slog.Logger) *daemon.Daem
 	}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("clinkd Run = %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("clinkd Run = %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("clinkd did not stop within 30s")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("clinkd did not stop within 30s")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
 	if err := d.Component().WaitState(wctx, component.Linked); err != nil {
 		t.Fatalf("clinkd did not link to %s: %v", cfg.Link.Addr, err)
 	}
-	return d
+	return d, stop
 }
 
 // TLSConfig trusts the lab's CA for srv's domain.
