@@ -42,6 +42,7 @@ type Daemon struct {
 	registry *prometheus.Registry
 	comp     *component.Component
 	relay    *expiry.Relay
+	devices  *devices.Registry
 	// entitlements answers whether an account has ClinkMe Secure; nil
 	// lets every account send timed messages.
 	entitlements expiry.Entitlements
@@ -312,13 +313,17 @@ func (d *Daemon) registerRelay() error {
 	devs.Register(d.comp)
 	relay.Register(d.comp)
 	tracker.Register(d.comp)
-	d.relay = relay
+	d.relay, d.devices = relay, devs
 	d.runners = append(d.runners, relay.Run, tracker.Run)
 	return nil
 }
 
 // lateTimedLookup lets the tracker ask the relay, which is built after it.
 type lateTimedLookup struct{ *expiry.Relay }
+
+// Devices is the registry of online devices (nil when the relay is
+// disabled), for tests.
+func (d *Daemon) Devices() *devices.Registry { return d.devices }
 
 // Relay is the timed-message relay (nil when disabled), for tests.
 func (d *Daemon) Relay() *expiry.Relay { return d.relay }
