@@ -103,6 +103,13 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{})}
 	c.inbox.init()
 	go c.serve()
+	// Initial presence makes the device available, so that messages to
+	// the user's bare JID reach it (RFC 6121 §8.5.2) instead of offline
+	// storage.
+	if err := c.SendPresence(ctx, stanza.Presence{}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("client: initial presence: %w", err)
+	}
 	return c, nil
 }
 
