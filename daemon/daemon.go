@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"mellium.im/xmpp/jid"
 
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/turncred"
@@ -39,9 +40,10 @@ type Daemon struct {
 	comp     *component.Component
 	db       *pgxpool.Pool // nil when no database is configured
 	admin    net.Listener
-	public   *http.ServeMux // features mount their HTTP handlers here
-	publicLn net.Listener   // nil when no public listener is configured
-	tlsCfg   *tls.Config    // nil when the public listener is plain (loopback)
+	public   *http.ServeMux   // features mount their HTTP handlers here
+	publicLn net.Listener     // nil when no public listener is configured
+	tlsCfg   *tls.Config      // nil when the public listener is plain (loopback)
+	clinkid  *clinkid.Service // nil unless clinkid.enabled
 	closers  []func()
 }
 
@@ -165,6 +167,18 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		}
 		svc.Register(d.comp)
 	}
+	if d.cfg.ClinkID.Enabled {
+		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry)
+		if err != nil {
+			return err
+		}
+		svc.Register(d.comp)
+		d.public.Handle(clinkid.PathPrefix, svc.Handler())
+		if d.cfg.Public.Listen == "" {
+			d.log.Warn("clinkid is enabled but public.listen is not set: the account API is not served")
+		}
+		d.clinkid = svc
+	}
 	return nil
 }
 
@@ -219,6 +233,10 @@ func (d *Daemon) PublicURL() string {
 	}
 	return scheme + "://" + d.publicLn.Addr().String()
 }
+
+// ClinkID is the ClinkID account service (nil unless clinkid.enabled), for
+// features that check entitlements and for tests.
+func (d *Daemon) ClinkID() *clinkid.Service { return d.clinkid }
 
 // Component is the XMPP link, for tests and the lab.
 func (d *Daemon) Component() *component.Component { return d.comp }

@@ -8,12 +8,13 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/internal/migrate"
 )
 
 // MigrationSets lists every package's migrations, in dependency order.
 func MigrationSets() []migrate.Set {
-	return nil
+	return []migrate.Set{clinkid.Migrations()}
 }
 
 // Migrate applies every pending migration of every feature.

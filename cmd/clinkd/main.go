@@ -3,6 +3,9 @@
 //
 //	clinkd serve --config FILE      run the component
 //	clinkd migrate --config FILE    apply database migrations and exit
+//	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
+//	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock ACCOUNT
+//	                                manage ClinkID accounts
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
 //	clinkd version
@@ -35,6 +38,8 @@ func commands() []command {
 	return []command{
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
+		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
+		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
 		{"version", "print the version", runVersion},
 	}
 }
