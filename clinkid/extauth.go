@@ -191,12 +191,14 @@ func (e *Extauth) handle(ctx context.Context, log *slog.Logger, frame []byte) bo
 		ok, err := e.Checker.CheckLogin(ctx, req.User, req.Password, "")
 		if err != nil {
 			log.Error("clinkid extauth: check failed; answered false", "user", req.User, "err", err)
+			return false
 		}
 		return ok
 	case "isuser":
 		ok, err := e.Checker.Exists(ctx, req.User)
 		if err != nil {
 			log.Error("clinkid extauth: lookup failed; answered false", "user", req.User, "err", err)
+			return false
 		}
 		return ok
 	}
