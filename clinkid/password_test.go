@@ -78,7 +78,7 @@ func TestCheckNewPassword(t *testing.T) {
 		{strings.Repeat("a", clinkid.MaxPasswordBytes+1), false},
 		{"ck1_looks-like-a-token", false},
 		{"a\u00a0b c d e f", false}, // non-ASCII space: SASLprep and OpaqueString map it
-		{"ﬁﬁﬁﬁﬁﬁﬁﬁ", false},          // compatibility ligature: NFKC changes it
+		{"ﬁﬁﬁﬁﬁﬁﬁﬁ", false},         // compatibility ligature: NFKC changes it
 		{"a\u00adbcdefgh", false},   // soft hyphen: SASLprep drops it
 		{"abc\x00defgh", false},
 		{"abcdefg\xff", false},
