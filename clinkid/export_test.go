@@ -1,5 +1,7 @@
 package clinkid
 
+import "context"
+
 // Internals exported to the external test package.
 var (
 	DecodePHC        = decodePHC
@@ -8,3 +10,15 @@ var (
 	LockDuration     = lockDuration
 	ErrFrameTooLarge = errFrameTooLarge
 )
+
+// HoldHashSlot takes a hashing slot as a password check would, so a test
+// can fill the semaphore deterministically.
+func (s *Service) HoldHashSlot(ctx context.Context) (release func(), err error) {
+	if err := s.hash.acquire(ctx); err != nil {
+		return nil, err
+	}
+	return s.hash.release, nil
+}
+
+// HashWaiting is how many checks wait for a slot.
+func (s *Service) HashWaiting() int64 { return s.hash.waiting.Load() }
