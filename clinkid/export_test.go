@@ -22,3 +22,6 @@ func (s *Service) HoldHashSlot(ctx context.Context) (release func(), err error) 
 
 // HashWaiting is how many checks wait for a slot.
 func (s *Service) HashWaiting() int64 { return s.hash.waiting.Load() }
+
+// Sweep runs the cleanup of expired rows now.
+func (s *Service) Sweep(ctx context.Context) error { return s.sweep(ctx) }

@@ -15,7 +15,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(labtest.Main(m, labtest.Need{Postgres: true}))
+	code := labtest.Main(m, labtest.Need{Postgres: true})
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 // testDomain is the accounts' domain in tests that need no XMPP server.

@@ -476,8 +476,7 @@ func lockDuration(k int, base, maxLock time.Duration) time.Duration {
 	return min(d, maxLock)
 }
 
-// maybeSweep deletes expired tokens, forgotten failures and ended
-// quarantines, at most every ten minutes, in the background.
+// maybeSweep runs sweep at most every ten minutes, in the background.
 func (s *Service) maybeSweep() {
 	now := time.Now().UnixNano()
 	last := s.lastSweep.Load()
@@ -487,16 +486,27 @@ func (s *Service) maybeSweep() {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, err := s.db.Exec(ctx, `
-			DELETE FROM clinkid_tokens WHERE expires_at < now();
-			DELETE FROM clinkid_failures WHERE last_failure < now() - make_interval(secs => $1)
-				AND (locked_until IS NULL OR locked_until < now());
-			DELETE FROM clinkid_tombstones WHERE deleted_at < now() - make_interval(secs => $2);`,
-			failureWindow.Seconds(), max(s.cfg.NameQuarantine, 0).Seconds())
-		if err != nil {
+		if err := s.sweep(ctx); err != nil {
 			s.log.Warn("clinkid: sweep failed", "err", err)
 		}
 	}()
+}
+
+// sweep deletes expired tokens, failures forgotten after failureWindow
+// (unless still locked) and tombstones past the quarantine.
+func (s *Service) sweep(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_tokens WHERE expires_at < now()`); err != nil {
+		return fmt.Errorf("clinkid: sweep tokens: %w", err)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_failures WHERE last_failure < now() - make_interval(secs => $1)
+		AND (locked_until IS NULL OR locked_until < now())`, failureWindow.Seconds()); err != nil {
+		return fmt.Errorf("clinkid: sweep failures: %w", err)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_tombstones WHERE deleted_at < now() - make_interval(secs => $1)`,
+		max(s.cfg.NameQuarantine, 0).Seconds()); err != nil {
+		return fmt.Errorf("clinkid: sweep tombstones: %w", err)
+	}
+	return nil
 }
 
 // Login checks a password and issues an app token for label (a device

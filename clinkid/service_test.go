@@ -318,3 +318,55 @@ func TestNoExistenceLeak(t *testing.T) {
 		}
 	}
 }
+
+// TestSweep: expired tokens, stale failures and ended quarantines are
+// deleted; live ones stay.
+func TestSweep(t *testing.T) {
+	t.Parallel()
+	svc, db := newService(t, func(c *clinkid.Config) { c.NameQuarantine = time.Hour })
+	ctx := t.Context()
+	if _, err := svc.CreateAccount(ctx, "alice", alicePass, ""); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := svc.Login(ctx, "alice", alicePass, "", "", 0)
+	dead, _ := svc.Login(ctx, "alice", alicePass, "", "", 0)
+	svc.CheckLogin(ctx, "stale", "wrong password", "")
+	svc.CheckLogin(ctx, "fresh", "wrong password", "")
+	for _, q := range []string{
+		`UPDATE clinkid_tokens SET expires_at = now() - interval '1 minute' WHERE created_at = (SELECT max(created_at) FROM clinkid_tokens)`,
+		`UPDATE clinkid_failures SET last_failure = now() - interval '25 hours' WHERE name = 'stale'`,
+		`INSERT INTO clinkid_tombstones (name, deleted_at) VALUES ('old', now() - interval '2 hours'), ('recent', now())`,
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := svc.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(q string) int {
+		var n int
+		if err := db.QueryRow(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(`SELECT count(*) FROM clinkid_tokens`); n != 1 {
+		t.Errorf("%d tokens after the sweep, want 1", n)
+	}
+	if ok, _ := svc.CheckLogin(ctx, "alice", live.Token, ""); !ok {
+		t.Error("the live token was swept")
+	}
+	if ok, _ := svc.CheckLogin(ctx, "alice", dead.Token, ""); ok {
+		t.Error("the expired token still works")
+	}
+	if n := count(`SELECT count(*) FROM clinkid_failures WHERE name = 'stale'`); n != 0 {
+		t.Error("a failure older than a day was kept")
+	}
+	if n := count(`SELECT count(*) FROM clinkid_failures WHERE name = 'fresh'`); n != 1 {
+		t.Error("a fresh failure was swept")
+	}
+	if n := count(`SELECT count(*) FROM clinkid_tombstones`); n != 1 {
+		t.Errorf("%d tombstones after the sweep, want the recent one", n)
+	}
+}
