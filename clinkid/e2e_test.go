@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/daemon"
@@ -251,13 +253,37 @@ func TestXMPPLogin(t *testing.T) {
 				t.Fatalf("Register = %+v, want the JID %s@%s", acct, name, labtest.Domain)
 			}
 
-			// The password logs a device in, which then reads its own
-			// entitlements from clinkd over XMPP.
+			// clinkd writes to the account before it ever logged in: the
+			// server must know the account exists (Prosody asks from
+			// outside a session's thread, ejabberd through isuser) and keep
+			// the message for it instead of bouncing it.
+			comp := e.d.Component().Domain()
+			body := "hello " + randHex(4)
+			if err := e.d.Component().SendMessage(ctx, stanza.Message{To: jid.MustParse(acct.JID), From: comp, Type: stanza.ChatMessage},
+				struct {
+					XMLName xml.Name `xml:"jabber:client body"`
+					Text    string   `xml:",chardata"`
+				}{Text: body}); err != nil {
+				t.Fatal(err)
+			}
+
+			// The password logs a device in, which gets that message and
+			// reads its own entitlements from clinkd over XMPP.
 			dev, err := e.dial(t, acct.JID, password)
 			if err != nil {
 				t.Fatalf("XMPP login with the password = %v", err)
 			}
-			comp := e.d.Component().Domain()
+			if err := dev.SendPresence(ctx, stanza.Presence{}); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			m, err := dev.Next(wctx, func(s *client.Stanza) bool { return s.Kind == "message" && bytes.Contains(s.Raw, []byte(body)) })
+			cancel()
+			if err != nil {
+				t.Errorf("the message clinkd sent before the first login never arrived: %v", err)
+			} else if m.From.String() != comp.String() {
+				t.Errorf("message from %s, want %s", m.From, comp)
+			}
 			if ents, err := dev.Entitlements(ctx, comp); err != nil || len(ents) != 0 {
 				t.Errorf("Entitlements before a grant = %v, %v, want none", ents, err)
 			}
@@ -323,6 +349,9 @@ func TestXMPPLogin(t *testing.T) {
 				t.Errorf("the %s storage has an account record for %s", kind, name)
 			}
 			t.Logf("%s storage: %d bytes, none of them a ClinkID secret", kind, len(dump))
+			if os.Getenv("E2E_DEBUG") != "" {
+				t.Logf("log:\n%s\ndump:\n%s", e.srv.LogTail(), dump)
+			}
 
 			// Deletion ends every way in.
 			if err := e.api.Delete(ctx, sess.Token, password); err != nil {
