@@ -85,6 +85,10 @@ type Config struct {
 	TrustForwardedFor bool
 	// KeyBindings, if set, is told when an account is deleted.
 	KeyBindings KeyBindings
+	// NoSweep leaves the deletion of expired rows to another process:
+	// clinkd extauth sets it, so that its database role needs no right
+	// to delete tokens (docs/clinkid.md lists its grants).
+	NoSweep bool
 }
 
 func (c *Config) setDefaults() error {
@@ -478,6 +482,9 @@ func lockDuration(k int, base, maxLock time.Duration) time.Duration {
 
 // maybeSweep runs sweep at most every ten minutes, in the background.
 func (s *Service) maybeSweep() {
+	if s.cfg.NoSweep {
+		return
+	}
 	now := time.Now().UnixNano()
 	last := s.lastSweep.Load()
 	if now-last < int64(10*time.Minute) || !s.lastSweep.CompareAndSwap(last, now) {

@@ -109,6 +109,8 @@ func Extauth(ctx context.Context, cfg Config, log *slog.Logger) (*clinkid.Extaut
 	// One request at a time: one argon2id at a time, so the memory of
 	// the whole pool is extauth_pool_size × argon2_memory_kib.
 	c.HashConcurrency, c.HashQueue = 1, 1
+	// clinkd serve deletes expired rows; extauth's role need not.
+	c.NoSweep = true
 	svc, err := clinkid.New(db, c, log, nil)
 	if err != nil {
 		db.Close()
