@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,7 +88,23 @@ const e2eArgon2Memory = 1024
 func startE2E(t *testing.T, kind lab.ServerKind) *e2eSetup {
 	t.Helper()
 	ca := labtest.CA(t)
-	e := &e2eSetup{admin: "admin-" + randHex(20), dbURL: labtest.NewDatabase(t)}
+	e := &e2eSetup{admin: "admin-" + randHex(20)}
+	var extauthRole string
+	if kind == lab.Ejabberd {
+		// ejabberd's bridge connects as a role with exactly the grants
+		// docs/clinkid.md lists. Roles outlive databases: this cleanup,
+		// registered first, runs after the database is dropped.
+		extauthRole = "clinkd_extauth_" + randHex(4)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if conn, err := pgx.Connect(ctx, labtest.Postgres(t).AdminURL); err == nil {
+				conn.Exec(ctx, "DROP ROLE IF EXISTS "+extauthRole)
+				conn.Close(ctx)
+			}
+		})
+	}
+	e.dbURL = labtest.NewDatabase(t)
 	port, err := lab.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +140,11 @@ func startE2E(t *testing.T, kind lab.ServerKind) *e2eSetup {
 			`clinkid_ca_file = "files/clinkid-ca.pem"`,
 		}}
 	case lab.Ejabberd:
+		u, err := url.Parse(e.dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User = url.UserPassword(extauthRole, "pw-"+randHex(8))
 		conf := fmt.Sprintf(`log:
   level: debug
 database:
@@ -133,7 +155,7 @@ clinkid:
   argon2_memory_kib: %d
   argon2_iterations: 1
   argon2_parallelism: 1
-`, e.dbURL, labtest.Domain, e2eArgon2Memory)
+`, u.String(), labtest.Domain, e2eArgon2Memory)
 		opts.Files = []lab.File{
 			{Name: "clinkd", Data: clinkdBinary(t), Mode: 0o700},
 			{Name: "extauth.yaml", Data: []byte(conf)},
@@ -153,6 +175,9 @@ clinkid:
 			BridgeSecret: bridgeSecret,
 		}
 	})
+	if kind == lab.Ejabberd {
+		applyExtauthGrants(t, e.dbURL, extauthRole)
+	}
 	e.pubURL = e.d.PublicURL()
 	if !strings.HasPrefix(e.pubURL, "https://") {
 		t.Fatalf("public URL = %s, want https", e.pubURL)
@@ -164,6 +189,48 @@ clinkid:
 		t.Fatal(err)
 	}
 	return e
+}
+
+// applyExtauthGrants creates role with the grants of docs/clinkid.md, on
+// the migrated database.
+func applyExtauthGrants(t *testing.T, dbURL, role string) {
+	t.Helper()
+	doc, err := os.ReadFile("../docs/clinkid.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(doc), "<!-- extauth-grants -->\n```sql\n")
+	sql, _, ok2 := strings.Cut(after, "```")
+	if !ok || !ok2 || !strings.Contains(sql, "GRANT") {
+		t.Fatal("docs/clinkid.md has no extauth-grants SQL block")
+	}
+	sql = strings.ReplaceAll(sql, "clinkd_extauth", role)
+	conn, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for stmt := range strings.SplitSeq(sql, ";") {
+		if stmt = strings.TrimSpace(stmt); stmt != "" {
+			if _, err := conn.Exec(t.Context(), stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+	}
+	// The role is as narrow as documented: it cannot touch tokens or
+	// entitlements.
+	u, _ := url.Parse(dbURL)
+	u.User = url.User(role)
+	rc, err := pgx.Connect(t.Context(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close(context.Background())
+	for _, q := range []string{`DELETE FROM clinkid_tokens`, `INSERT INTO clinkid_entitlements (account_id, name, granted_by) VALUES (1, 'secure', 'x')`} {
+		if _, err := rc.Exec(t.Context(), q); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("%s as the extauth role = %v, want permission denied", q, err)
+		}
+	}
 }
 
 // xmppLogin tries a real XMPP login (StartTLS, then SASL) and closes the
