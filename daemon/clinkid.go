@@ -66,12 +66,12 @@ func (c Config) clinkIDConfig() (clinkid.Config, error) {
 // ClinkIDService builds the ClinkID service from cfg on db, for clinkd
 // serve and the `clinkd accounts` commands. reg may be nil.
 func ClinkIDService(cfg Config, db *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer) (*clinkid.Service, error) {
-	if db == nil {
-		return nil, errors.New("config: clinkid needs database.url")
-	}
 	c, err := cfg.clinkIDConfig()
 	if err != nil {
 		return nil, err
+	}
+	if db == nil {
+		return nil, errors.New("config: clinkid needs database.url")
 	}
 	svc, err := clinkid.New(db, c, log, reg)
 	if err != nil {
