@@ -2,8 +2,10 @@ package clinkid_test
 
 import (
 	"context"
+	"flag"
 	"log/slog"
 	"os"
+	"regexp"
 	"testing"
 	"time"
 
@@ -15,6 +17,15 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	// Fuzzing a target that needs no server (FuzzExtauth,
+	// FuzzNormalizeName) starts none: every fuzz worker is a process that
+	// runs TestMain, and the engine restarts workers.
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		if ok, _ := regexp.MatchString(f.Value.String(), "FuzzHTTP"); !ok {
+			os.Exit(m.Run())
+		}
+	}
 	code := labtest.Main(m, labtest.Need{Postgres: true})
 	if binDir != "" {
 		os.RemoveAll(binDir)
