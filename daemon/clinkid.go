@@ -64,11 +64,17 @@ func (c Config) clinkIDConfig() (clinkid.Config, error) {
 }
 
 // ClinkIDService builds the ClinkID service from cfg on db, for clinkd
-// serve and the `clinkd accounts` commands. reg may be nil.
-func ClinkIDService(cfg Config, db *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer) (*clinkid.Service, error) {
+// serve and the `clinkd accounts` commands. reg may be nil. with adjusts
+// what the YAML cannot say, e.g. the key directory as KeyBindings:
+//
+//	ClinkIDService(cfg, db, log, reg, func(c *clinkid.Config) { c.KeyBindings = keys })
+func ClinkIDService(cfg Config, db *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, with ...func(*clinkid.Config)) (*clinkid.Service, error) {
 	c, err := cfg.clinkIDConfig()
 	if err != nil {
 		return nil, err
+	}
+	for _, f := range with {
+		f(&c)
 	}
 	if db == nil {
 		return nil, errors.New("config: clinkid needs database.url")

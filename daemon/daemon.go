@@ -168,6 +168,9 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		svc.Register(d.comp)
 	}
 	if d.cfg.ClinkID.Enabled {
+		// When the key directory lands, pass it here so that deleting an
+		// account ends its key binding:
+		// func(c *clinkid.Config) { c.KeyBindings = keys }
 		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry)
 		if err != nil {
 			return err
