@@ -28,6 +28,7 @@ type Config struct {
 	KeyDir   KeyDirConfig   `yaml:"keydir"`
 	Expiry   ExpiryConfig   `yaml:"expiry"`
 	Receipts ReceiptsConfig `yaml:"receipts"`
+	ClinkID  ClinkIDConfig  `yaml:"clinkid"`
 }
 
 // ExpiryConfig is the timed-message relay (docs/expiry.md).
@@ -114,6 +115,35 @@ type KeyDirConfig struct {
 	MaxBatch         int     `yaml:"max_batch"`          // JIDs per lookup (default 20)
 }
 
+// ClinkIDConfig is the ClinkID account service (docs/clinkid.md): its
+// HTTPS API on the public listener, the entitlements IQ, and what the auth
+// bridges (`clinkd extauth`, the Prosody module) share. Zero values take
+// the defaults in docs/config.md.
+type ClinkIDConfig struct {
+	Enabled           bool          `yaml:"enabled"`             // serve ClinkID in clinkd serve
+	Argon2MemoryKiB   int           `yaml:"argon2_memory_kib"`   // m (default 65536: 64 MiB)
+	Argon2Iterations  int           `yaml:"argon2_iterations"`   // t (default 3)
+	Argon2Parallelism int           `yaml:"argon2_parallelism"`  // p (default 4)
+	HashConcurrency   int           `yaml:"hash_concurrency"`    // concurrent argon2id computations (default 4)
+	HashQueue         int           `yaml:"hash_queue"`          // checks waiting for one (default 16×concurrency)
+	MinPasswordLength int           `yaml:"min_password_length"` // characters (default 8)
+	TokenLifetime     time.Duration `yaml:"token_lifetime"`      // default 720h
+	MaxTokens         int           `yaml:"max_tokens"`          // live tokens per account (default 20)
+	LockoutThreshold  int           `yaml:"lockout_threshold"`   // default 5
+	LockoutBase       time.Duration `yaml:"lockout_base"`        // default 1m
+	LockoutMax        time.Duration `yaml:"lockout_max"`         // default 1h
+	LoginPerMinute    float64       `yaml:"login_per_minute"`    // per client address (default 20)
+	LoginBurst        int           `yaml:"login_burst"`         // default 10
+	RegisterPerHour   float64       `yaml:"register_per_hour"`   // per client address (default 10)
+	RegisterBurst     int           `yaml:"register_burst"`      // default 5
+	NameQuarantine    time.Duration `yaml:"name_quarantine"`     // default 2160h; negative: none
+	AdminToken        string        `yaml:"admin_token"`         // bearer token of /clinkid/v1/admin/; prefer admin_token_file
+	AdminTokenFile    string        `yaml:"admin_token_file"`
+	BridgeSecret      string        `yaml:"bridge_secret"` // bearer secret of the Prosody module; prefer bridge_secret_file
+	BridgeSecretFile  string        `yaml:"bridge_secret_file"`
+	TrustForwardedFor bool          `yaml:"trust_forwarded_for"` // X-Forwarded-For from a loopback proxy
+}
+
 // Defaults returns the configuration used where the file is silent.
 func Defaults() Config {
 	return Config{
@@ -168,6 +198,12 @@ func (c *Config) resolveFiles() error {
 		return err
 	}
 	if err := read(&c.Database.URL, c.Database.URLFile, "database.url"); err != nil {
+		return err
+	}
+	if err := read(&c.ClinkID.AdminToken, c.ClinkID.AdminTokenFile, "clinkid.admin_token"); err != nil {
+		return err
+	}
+	if err := read(&c.ClinkID.BridgeSecret, c.ClinkID.BridgeSecretFile, "clinkid.bridge_secret"); err != nil {
 		return err
 	}
 	return read(&c.TURN.Secret, c.TURN.SecretFile, "turn.secret")

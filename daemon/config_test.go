@@ -100,3 +100,41 @@ func TestConfigDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestClinkIDConfigErrors: clinkd refuses to start ClinkID without what it
+// needs, saying which key is missing, and the secrets come from files.
+func TestClinkIDConfigErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte("too short\n"), 0o600)
+	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: "s"}
+	tests := []struct {
+		name    string
+		cfg     func(*daemon.Config)
+		wantErr string
+	}{
+		{"no database", func(c *daemon.Config) { c.Link.ServerDomain = "example.org" }, "clinkid needs database.url"},
+		{"no server domain", func(c *daemon.Config) {}, "clinkid needs link.server_domain"},
+		{"bad argon2", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2Parallelism = 300 }, "clinkid.argon2_parallelism out of range"},
+		{"argon2 memory too small", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2MemoryKiB = 16 }, "argon2id memory 16 KiB"},
+	}
+	for _, tt := range tests {
+		cfg := daemon.Defaults()
+		cfg.Link = link
+		cfg.Admin.Listen = "127.0.0.1:0"
+		cfg.ClinkID.Enabled = true
+		tt.cfg(&cfg)
+		_, err := daemon.New(t.Context(), cfg, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: New = %v, want an error with %q", tt.name, err, tt.wantErr)
+		}
+	}
+	cfg, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ENABLED=true"})
+	if err != nil || cfg.ClinkID.AdminToken != "too short" || !cfg.ClinkID.Enabled {
+		t.Fatalf("LoadConfig with clinkid env = %+v, %v", cfg.ClinkID, err)
+	}
+	if _, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ADMIN_TOKEN=x"}); err == nil || !strings.Contains(err.Error(), "both clinkid.admin_token and clinkid.admin_token_file") {
+		t.Errorf("admin token twice = %v", err)
+	}
+}

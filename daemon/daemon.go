@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"mellium.im/xmpp/jid"
 
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/devices"
 	"github.com/clinkme/clinkd/expiry"
@@ -52,6 +53,7 @@ type Daemon struct {
 	publicLn     net.Listener      // nil when no public listener is configured
 	tlsCfg       *tls.Config       // nil when the public listener is plain (loopback)
 	keydir       *keydir.Directory // nil when the feature is off
+	clinkid      *clinkid.Service  // nil unless clinkid.enabled
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -160,12 +162,9 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 
 // registerFeatures wires the feature handlers into the component. Each
 // feature package adds itself here.
+// The order matters: ClinkID ends key bindings in the key directory, and
+// the relay asks ClinkID for entitlements.
 func (d *Daemon) registerFeatures(ctx context.Context) error {
-	if !d.cfg.Expiry.Disabled {
-		if err := d.registerRelay(); err != nil {
-			return err
-		}
-	}
 	if t := d.cfg.TURN; len(t.Services) > 0 {
 		if d.cfg.Link.ServerDomain == "" {
 			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
@@ -188,7 +187,39 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 			return err
 		}
 	}
+	if d.cfg.ClinkID.Enabled {
+		var with []func(*clinkid.Config)
+		if d.keydir != nil {
+			// Deleting an account ends its key binding, visibly, in the log.
+			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{d.keydir} })
+		}
+		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry, with...)
+		if err != nil {
+			return err
+		}
+		svc.Register(d.comp)
+		d.public.Handle(clinkid.PathPrefix, svc.Handler())
+		if d.cfg.Public.Listen == "" {
+			d.log.Warn("clinkid is enabled but public.listen is not set: the account API is not served")
+		}
+		d.clinkid = svc
+		// Timed messages need ClinkMe Secure.
+		d.entitlements = svc
+	}
+	if !d.cfg.Expiry.Disabled {
+		if err := d.registerRelay(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// keyBindings lets ClinkID end an account's binding in the key directory.
+type keyBindings struct{ dir *keydir.Directory }
+
+func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
+	_, err := k.dir.End(ctx, bareJID, keydir.KindDelete, reason)
+	return err
 }
 
 // KeyDirLogPrefix is where the public listener serves the key
@@ -327,6 +358,10 @@ func (d *Daemon) Devices() *devices.Registry { return d.devices }
 
 // Relay is the timed-message relay (nil when disabled), for tests.
 func (d *Daemon) Relay() *expiry.Relay { return d.relay }
+
+// ClinkID is the ClinkID account service (nil unless clinkid.enabled), for
+// features that check entitlements and for tests.
+func (d *Daemon) ClinkID() *clinkid.Service { return d.clinkid }
 
 // Component is the XMPP link, for tests and the lab.
 func (d *Daemon) Component() *component.Component { return d.comp }

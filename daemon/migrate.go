@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/internal/migrate"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/receipts"
@@ -15,7 +16,7 @@ import (
 
 // MigrationSets lists every package's migrations, in dependency order.
 func MigrationSets() []migrate.Set {
-	return []migrate.Set{keydir.Migrations(), receipts.Migrations()}
+	return []migrate.Set{keydir.Migrations(), clinkid.Migrations(), receipts.Migrations()}
 }
 
 // Migrate applies every pending migration of every feature.

@@ -105,6 +105,9 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 	if err := os.Chmod(filepath.Join(e.home, ".erlang.cookie"), 0o400); err != nil {
 		return nil, err
 	}
+	if err := writeFiles(cfg, acct); err != nil {
+		return nil, err
+	}
 	return e, chownTree(cfg.Dir, acct)
 }
 

@@ -311,6 +311,11 @@ func Processes() []ProcInfo {
 // ports and tries again.
 var errPortInUse = errors.New("port in use")
 
+// FreePort returns a free port on 127.0.0.1, picked as the lab picks the
+// servers' ports (below the ephemeral range, free for TCP and UDP), for a
+// listener that a server's config must name before it starts.
+func FreePort() (int, error) { return freePort() }
+
 // freePort returns a loopback port that is free for TCP and UDP at the
 // moment of the call, chosen at random below the kernel's ephemeral range.
 // Ports from the ephemeral range (what ":0" gives) are also handed out as

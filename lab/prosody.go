@@ -49,6 +49,9 @@ func newProsody(cfg xmppConfig, ca *CA) (*prosody, error) {
 	if err := writeOwned(p.configFile, conf, acct); err != nil {
 		return nil, err
 	}
+	if err := writeFiles(cfg, acct); err != nil {
+		return nil, err
+	}
 	return p, chownTree(cfg.Dir, acct)
 }
 

@@ -47,9 +47,25 @@ type Component struct {
 // ProsodyAuth plugs a custom authentication provider into Prosody, for the
 // ClinkID auth bridge.
 type ProsodyAuth struct {
-	Module    string   // provider name: `authentication = "Module"` loads mod_auth_Module
-	PluginDir string   // added to plugin_paths; must be readable by the prosody user
-	Config    []string // extra Lua lines placed in the VirtualHost section
+	Module string // provider name: `authentication = "Module"` loads mod_auth_Module
+	// PluginDir is added to plugin_paths; it must be readable by the
+	// prosody user. Empty means the Files directory, where a module given
+	// in XMPPOptions.Files lands.
+	PluginDir string
+	// Config lines go in the VirtualHost section. Prosody resolves
+	// relative paths from the config file's directory, so a file of
+	// Files is "files/NAME".
+	Config []string
+}
+
+// File is written, owned by the server's user and readable by it only,
+// into the server's files directory before the server starts: an auth
+// module and its secret for Prosody, the extauth program and its config
+// for ejabberd.
+type File struct {
+	Name string      // base name
+	Data []byte      // contents
+	Mode os.FileMode // 0600 if zero; 0700 for a program
 }
 
 // XMPPOptions configures StartXMPP. Only Kind, Dir, Domain and CA are
@@ -79,8 +95,21 @@ type XMPPOptions struct {
 	// ProsodyAuth, if set, replaces Prosody's internal_hashed provider.
 	// Ignored by ejabberd.
 	ProsodyAuth *ProsodyAuth
+	// Files are written before the server starts; FilePath says where.
+	Files []File
 
 	Logger *slog.Logger // nil discards
+}
+
+// FilePath is the absolute path at which the server of these options finds
+// the file name of Files: DIR/<kind>/files/name. ExtAuthProgram and
+// ProsodyAuth.Config name files by it.
+func (o XMPPOptions) FilePath(name string) string {
+	dir, err := filepath.Abs(filepath.Join(o.Dir, string(o.Kind), "files", name))
+	if err != nil {
+		return filepath.Join(o.Dir, string(o.Kind), "files", name)
+	}
+	return dir
 }
 
 // XMPPServer is a running Prosody or ejabberd. Its ports and data survive
@@ -182,7 +211,12 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
 		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
-		CAFile: opts.CA.CertFile,
+		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"),
+	}
+	if pa := opts.ProsodyAuth; pa != nil && pa.PluginDir == "" {
+		c := *pa
+		c.PluginDir = cfg.FilesDir
+		cfg.ProsodyAuth = &c
 	}
 	switch opts.Kind {
 	case Prosody:
@@ -209,6 +243,8 @@ type xmppConfig struct {
 	Balancing      int
 	ExtAuthProgram string
 	ProsodyAuth    *ProsodyAuth
+	Files          []File
+	FilesDir       string
 	// Set by the implementation:
 	CertFile, KeyFile string
 	CAFile            string
@@ -419,6 +455,31 @@ func (s *XMPPServer) DumpStorage(ctx context.Context) ([]byte, error) {
 func (s *XMPPServer) LogTail() string { return s.logTail() }
 
 func (s *XMPPServer) logTail() string { return tailFiles(40, s.impl.logFiles()...) }
+
+// writeFiles writes cfg.Files into cfg.FilesDir for acct.
+func writeFiles(cfg xmppConfig, acct account) error {
+	if len(cfg.Files) == 0 {
+		return nil
+	}
+	if err := os.Mkdir(cfg.FilesDir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range cfg.Files {
+		if f.Name == "" || f.Name != filepath.Base(f.Name) {
+			return fmt.Errorf("file name %q is not a base name", f.Name)
+		}
+		p := filepath.Join(cfg.FilesDir, f.Name)
+		if err := writeOwned(p, f.Data, acct); err != nil {
+			return err
+		}
+		if f.Mode != 0 {
+			if err := os.Chmod(p, f.Mode); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 // dumpDir concatenates every regular file under dir, sorted by path, each
 // headed by its path relative to dir.

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -417,5 +419,46 @@ func TestFast(t *testing.T) {
 			}
 			closeSession(s)
 		})
+	}
+}
+
+// TestFiles: Files land where FilePath says, owned by the server's user
+// and readable by it alone; a name that is not a base name is refused.
+func TestFiles(t *testing.T) {
+	t.Parallel()
+	opts := lab.XMPPOptions{
+		Kind: lab.Prosody, Dir: t.TempDir(),
+		Files: []lab.File{
+			{Name: "secret", Data: []byte("s3cret")},
+			{Name: "program", Data: []byte("#!/bin/sh\n"), Mode: 0o700},
+		},
+	}
+	srv := labtest.NewXMPP(t, opts)
+	want := filepath.Join(srv.Dir, "files", "secret")
+	if got := opts.FilePath("secret"); got != want {
+		t.Errorf("FilePath(secret) = %s, want %s", got, want)
+	}
+	for name, mode := range map[string]os.FileMode{"secret": 0o600, "program": 0o700} {
+		fi, err := os.Stat(opts.FilePath(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s mode = %v, want %v", name, fi.Mode().Perm(), mode)
+		}
+		if os.Geteuid() == 0 {
+			st := fi.Sys().(*syscall.Stat_t)
+			u, err := user.Lookup("prosody")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(st.Uid) != u.Uid {
+				t.Errorf("%s owner uid = %d, want the prosody user's %s", name, st.Uid, u.Uid)
+			}
+		}
+	}
+	bad := lab.XMPPOptions{Kind: lab.Prosody, Dir: t.TempDir(), Domain: labtest.Domain, CA: labtest.CA(t), Files: []lab.File{{Name: "../escape"}}}
+	if _, err := lab.StartXMPP(ctxFor(t, time.Minute), bad); err == nil || !strings.Contains(err.Error(), "not a base name") {
+		t.Errorf("StartXMPP with file ../escape = %v, want a refusal", err)
 	}
 }

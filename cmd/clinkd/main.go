@@ -6,6 +6,9 @@
 //	clinkd keys genkey|reset|audit|monitor
 //	                                key directory: signing key, operator
 //	                                reset, independent audit and monitor
+//	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
+//	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock ACCOUNT
+//	                                manage ClinkID accounts
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
 //	clinkd version
@@ -41,6 +44,8 @@ func commands() []command {
 		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
 		{"lab-init", "write the container lab's CA, certificates and secrets (docker/compose.yaml)", runLabInit},
 		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
+		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
+		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
 		{"version", "print the version", runVersion},
 	}
 }

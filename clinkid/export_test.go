@@ -1,0 +1,27 @@
+package clinkid
+
+import "context"
+
+// Internals exported to the external test package.
+var (
+	DecodePHC        = decodePHC
+	EncodePHC        = encodePHC
+	CheckNewPassword = checkNewPassword
+	LockDuration     = lockDuration
+	ErrFrameTooLarge = errFrameTooLarge
+)
+
+// HoldHashSlot takes a hashing slot as a password check would, so a test
+// can fill the semaphore deterministically.
+func (s *Service) HoldHashSlot(ctx context.Context) (release func(), err error) {
+	if err := s.hash.acquire(ctx); err != nil {
+		return nil, err
+	}
+	return s.hash.release, nil
+}
+
+// HashWaiting is how many checks wait for a slot.
+func (s *Service) HashWaiting() int64 { return s.hash.waiting.Load() }
+
+// Sweep runs the cleanup of expired rows now.
+func (s *Service) Sweep(ctx context.Context) error { return s.sweep(ctx) }

@@ -1,0 +1,380 @@
+package clinkid
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clinkme/clinkd/internal/httpjson"
+)
+
+// PathPrefix is where Handler serves; mount it there on the public mux.
+const PathPrefix = "/clinkid/v1/"
+
+// maxBody bounds every request body: the largest valid one (a password
+// change with two passwords of MaxPasswordBytes, JSON-escaped at six bytes
+// a byte in the worst case) fits well within it.
+const maxBody = 16 << 10
+
+// requestTimeout bounds one request's work, waiting for a hashing slot
+// included, so that a storm cannot hold handlers for ever.
+const requestTimeout = 20 * time.Second
+
+// Handler returns the HTTP API, to be mounted at PathPrefix on a listener
+// that is HTTPS or loopback-only (daemon enforces it). docs/clinkid.md
+// documents every route and error code.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern, method string, h func(http.ResponseWriter, *http.Request)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != method {
+				w.Header().Set("Allow", method)
+				httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+method)
+				return
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+			defer cancel()
+			h(w, r.WithContext(ctx))
+		})
+	}
+	route(PathPrefix+"register", http.MethodPost, s.httpRegister)
+	route(PathPrefix+"login", http.MethodPost, s.httpLogin)
+	route(PathPrefix+"logout", http.MethodPost, s.httpLogout)
+	route(PathPrefix+"password", http.MethodPost, s.httpPassword)
+	route(PathPrefix+"account", http.MethodGet, s.httpAccount)
+	route(PathPrefix+"account/delete", http.MethodPost, s.httpDelete)
+	route(PathPrefix+"bridge/check", http.MethodPost, s.httpBridgeCheck)
+	route(PathPrefix+"bridge/exists", http.MethodPost, s.httpBridgeExists)
+	route(PathPrefix+"admin/accounts/{name}", http.MethodGet, s.httpAdminShow)
+	mux.HandleFunc(PathPrefix+"admin/accounts/{name}/entitlements/{ent}", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPut, http.MethodDelete:
+			ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+			defer cancel()
+			s.httpAdminEntitlement(w, r.WithContext(ctx))
+		default:
+			w.Header().Set("Allow", "PUT, DELETE")
+			httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use PUT to grant or DELETE to revoke")
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httpjson.Error(w, http.StatusNotFound, "not_found", "no such endpoint")
+	})
+	return mux
+}
+
+// clientAddr is the address rate limits count against: the TCP peer, or
+// with TrustForwardedFor and a loopback peer (a proxy on this host), the
+// last X-Forwarded-For entry, which is the one the proxy itself appended.
+func (s *Service) clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if s.cfg.TrustForwardedFor {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+				parts := strings.Split(xff[len(xff)-1], ",")
+				if last := strings.TrimSpace(parts[len(parts)-1]); net.ParseIP(last) != nil {
+					return last
+				}
+			}
+		}
+	}
+	if host == "" {
+		return "unknown"
+	}
+	return host
+}
+
+// decode reads the JSON body into v: application/json only, at most
+// maxBody bytes, no unknown fields, exactly one value. It answers the
+// error itself and reports whether to go on.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		httpjson.Error(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
+		return false
+	}
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err = dec.Decode(v)
+	if err == nil {
+		if _, extra := dec.Token(); extra != io.EOF {
+			err = errors.New("more than one JSON value")
+		}
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			httpjson.Error(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body is too large")
+			return false
+		}
+		httpjson.Error(w, http.StatusBadRequest, "bad_request", "the body is not the JSON object this endpoint takes")
+		return false
+	}
+	return true
+}
+
+// bearer returns the token of an "Authorization: Bearer" header.
+func bearer(r *http.Request) string {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(tok)
+}
+
+// sameSecret compares two secrets in constant time, lengths included
+// (both are hashed first).
+func sameSecret(got, want string) bool {
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
+}
+
+// writeErr maps the service's errors to HTTP errors. Messages never hold a
+// secret or an internal detail; internal errors are logged.
+func (s *Service) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	var locked *LockedError
+	switch {
+	case errors.Is(err, ErrInvalidName):
+		httpjson.Error(w, http.StatusBadRequest, "invalid_name", "the account name is not a valid XMPP localpart of at most 64 bytes (no spaces, \" & ' / : < > @ or \\)")
+	case errors.Is(err, ErrWeakPassword):
+		httpjson.Error(w, http.StatusBadRequest, "weak_password", strings.TrimPrefix(err.Error(), "clinkid: "))
+	case errors.Is(err, ErrNameTaken):
+		httpjson.Error(w, http.StatusConflict, "name_taken", "this account name is taken")
+	case errors.Is(err, ErrInvalidCredentials):
+		httpjson.Error(w, http.StatusUnauthorized, "invalid_credentials", "wrong account name or password")
+	case errors.As(err, &locked):
+		secs := max(1, int(math.Ceil(time.Until(locked.Until).Seconds())))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		httpjson.Error(w, http.StatusTooManyRequests, "account_locked", "too many failed attempts: password login is locked for a while; app tokens still work")
+	case errors.Is(err, ErrRateLimited):
+		w.Header().Set("Retry-After", "60")
+		httpjson.Error(w, http.StatusTooManyRequests, "rate_limited", "too many requests from this address; try again later")
+	case errors.Is(err, ErrBusy):
+		w.Header().Set("Retry-After", "5")
+		httpjson.Error(w, http.StatusServiceUnavailable, "busy", "too many logins in progress; try again in a few seconds")
+	case errors.Is(err, ErrInvalidToken):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="clinkid"`)
+		httpjson.Error(w, http.StatusUnauthorized, "invalid_token", "missing, invalid, expired or revoked token")
+	case errors.Is(err, ErrNoAccount):
+		httpjson.Error(w, http.StatusNotFound, "no_such_account", "no such account")
+	case errors.Is(err, ErrUnknownEntitlement):
+		httpjson.Error(w, http.StatusBadRequest, "unknown_entitlement", "unknown entitlement; known: "+strings.Join(Entitlements(), ", "))
+	case errors.Is(err, ErrKeyBinding):
+		httpjson.Error(w, http.StatusServiceUnavailable, "key_binding_failed", "the account's key binding could not be ended, so the account was not deleted; try again later")
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		httpjson.Error(w, http.StatusServiceUnavailable, "busy", "the request took too long; try again later")
+	default:
+		s.log.Error("clinkid: request failed", "path", r.URL.Path, "err", err)
+		httpjson.Error(w, http.StatusInternalServerError, "internal", "internal error")
+	}
+}
+
+type credentials struct {
+	Name     string `json:"name"`
+	Password string `json:"password"`
+}
+
+func (s *Service) httpRegister(w http.ResponseWriter, r *http.Request) {
+	var req credentials
+	if !decode(w, r, &req) {
+		return
+	}
+	a, err := s.CreateAccount(r.Context(), req.Name, req.Password, s.clientAddr(r))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusCreated, a)
+}
+
+func (s *Service) httpLogin(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name       string `json:"name"`
+		Password   string `json:"password"`
+		Label      string `json:"label"`
+		TTLSeconds int64  `json:"ttl_seconds"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	if len(req.Label) > 64 || req.TTLSeconds < 0 {
+		httpjson.Error(w, http.StatusBadRequest, "bad_request", "label is at most 64 bytes and ttl_seconds is not negative")
+		return
+	}
+	ttl := time.Duration(min(req.TTLSeconds, math.MaxInt64/int64(time.Second))) * time.Second
+	sess, err := s.Login(r.Context(), req.Name, req.Password, s.clientAddr(r), req.Label, ttl)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, sess)
+}
+
+func (s *Service) httpLogout(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		All bool `json:"all"`
+	}
+	// The body is optional: an empty one logs out this token.
+	if r.ContentLength != 0 && !decode(w, r, &req) {
+		return
+	}
+	if err := s.Logout(r.Context(), bearer(r), req.All); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	noContent(w)
+}
+
+func (s *Service) httpPassword(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Password    string `json:"password"`
+		NewPassword string `json:"new_password"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := s.ChangePassword(r.Context(), bearer(r), req.Password, req.NewPassword, s.clientAddr(r)); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	noContent(w)
+}
+
+func (s *Service) httpAccount(w http.ResponseWriter, r *http.Request) {
+	a, err := s.Authenticate(r.Context(), bearer(r))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	a.LockedUntil = nil // the owner has a token; the lock concerns others
+	httpjson.Write(w, http.StatusOK, a)
+}
+
+func (s *Service) httpDelete(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Password string `json:"password"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := s.DeleteAccount(r.Context(), bearer(r), req.Password, s.clientAddr(r)); err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	noContent(w)
+}
+
+// secretOK checks a bearer secret (admin token, bridge secret), with its
+// own per-address limit on failures. An empty configured secret turns the
+// endpoints off: they answer not_found, as if absent.
+func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, want string) bool {
+	if want == "" {
+		httpjson.Error(w, http.StatusNotFound, "not_found", "no such endpoint")
+		return false
+	}
+	addr := s.clientAddr(r)
+	if sameSecret(bearer(r), want) {
+		return true
+	}
+	if !s.secretLimit.Allow(addr) {
+		s.writeErr(w, r, ErrRateLimited)
+		return false
+	}
+	s.log.Warn("clinkid: wrong or missing secret", "path", r.URL.Path, "addr", addr)
+	s.writeErr(w, r, ErrInvalidToken)
+	return false
+}
+
+func (s *Service) httpBridgeCheck(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+		return
+	}
+	var req struct {
+		Name     string `json:"name"`
+		Password string `json:"password"`
+		// Address is the XMPP client's IP address as the server saw it,
+		// for the per-address limit; the bridge secret vouches for it.
+		Address string `json:"address"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	addr := ""
+	if ip := net.ParseIP(req.Address); ip != nil {
+		addr = ip.String()
+	}
+	ok, err := s.CheckLogin(r.Context(), req.Name, req.Password, addr)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, map[string]bool{"ok": ok})
+}
+
+func (s *Service) httpBridgeExists(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+		return
+	}
+	var req struct {
+		Name string `json:"name"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	ok, err := s.Exists(r.Context(), req.Name)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, map[string]bool{"exists": ok})
+}
+
+func (s *Service) httpAdminShow(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.AdminToken) {
+		return
+	}
+	a, err := s.Show(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, a)
+}
+
+func (s *Service) httpAdminEntitlement(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.AdminToken) {
+		return
+	}
+	name, ent := r.PathValue("name"), r.PathValue("ent")
+	by := "admin API from " + s.clientAddr(r)
+	var err error
+	if r.Method == http.MethodPut {
+		err = s.Grant(r.Context(), name, ent, by)
+	} else {
+		err = s.Revoke(r.Context(), name, ent, by)
+	}
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	noContent(w)
+}
+
+func noContent(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}

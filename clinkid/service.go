@@ -1,0 +1,840 @@
+package clinkid
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/internal/ratelimit"
+)
+
+// EntitlementSecure is ClinkMe Secure: timed messages and per-contact keys.
+const EntitlementSecure = "secure"
+
+// Entitlements lists every entitlement name an operator can grant. A name
+// not listed is refused, so a typo cannot grant nothing silently.
+func Entitlements() []string { return []string{EntitlementSecure} }
+
+// KeyBindings ends the binding between an account and its keys in the key
+// directory. Deleting an account calls End before anything is deleted; if
+// End fails the account stays, so a deleted account never keeps a live
+// binding. The key directory records the end in its public log.
+type KeyBindings interface {
+	End(ctx context.Context, bareJID, reason string) error
+}
+
+// Config configures a Service. Zero fields take the defaults named.
+type Config struct {
+	// Domain is the XMPP domain of the accounts (link.server_domain): the
+	// account alice is alice@Domain. Required.
+	Domain string
+	// Params are the argon2id parameters of new hashes (DefaultParams).
+	Params Params
+	// HashConcurrency bounds concurrent argon2id computations (default 4);
+	// their memory is at most HashConcurrency × Params.Memory.
+	HashConcurrency int
+	// HashQueue bounds the checks waiting for a slot; more get ErrBusy
+	// (default 16 × HashConcurrency).
+	HashQueue int
+	// MinPasswordLength is the shortest password, in characters
+	// (default 8, NIST SP 800-63B).
+	MinPasswordLength int
+	// TokenLifetime is the longest life of an app token (default 720h).
+	// A login may ask for less.
+	TokenLifetime time.Duration
+	// MaxTokens is how many live tokens an account keeps; a new login
+	// drops the oldest beyond it (default 20).
+	MaxTokens int
+	// LockoutThreshold consecutive failed password attempts on one name
+	// lock password login for it for LockoutBase, doubled at each further
+	// failure up to LockoutMax (defaults 5, 1m, 1h).
+	LockoutThreshold int
+	LockoutBase      time.Duration
+	LockoutMax       time.Duration
+	// LoginPerMinute and LoginBurst bound password attempts per client
+	// address (defaults 20 and 10).
+	LoginPerMinute float64
+	LoginBurst     int
+	// RegisterPerHour and RegisterBurst bound registrations per client
+	// address (defaults 10 and 5).
+	RegisterPerHour float64
+	RegisterBurst   int
+	// NameQuarantine is how long the name of a deleted account cannot be
+	// registered again (default 2160h, 90 days; negative: no quarantine).
+	NameQuarantine time.Duration
+	// AdminToken is the bearer token of /clinkid/v1/admin/; empty turns
+	// the admin calls off. At least 32 bytes.
+	AdminToken string
+	// BridgeSecret is the bearer secret of /clinkid/v1/bridge/ (the
+	// Prosody module); empty turns the bridge calls off. At least 32
+	// bytes.
+	BridgeSecret string
+	// TrustForwardedFor takes the client address from the last
+	// X-Forwarded-For entry when the request comes from loopback (a
+	// TLS-terminating proxy on the same host).
+	TrustForwardedFor bool
+	// KeyBindings, if set, is told when an account is deleted.
+	KeyBindings KeyBindings
+	// NoSweep leaves the deletion of expired rows to another process:
+	// clinkd extauth sets it, so that its database role needs no right
+	// to delete tokens (docs/clinkid.md lists its grants).
+	NoSweep bool
+}
+
+func (c *Config) setDefaults() error {
+	if c.Domain == "" {
+		return errors.New("clinkid: no domain")
+	}
+	d, err := jid.Parse(c.Domain)
+	if err != nil || d.Localpart() != "" || d.Resourcepart() != "" {
+		return fmt.Errorf("clinkid: domain %q is not an XMPP domain", c.Domain)
+	}
+	c.Domain = d.Domainpart()
+	if c.Params == (Params{}) {
+		c.Params = DefaultParams()
+	}
+	if err := c.Params.Validate(); err != nil {
+		return err
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.HashConcurrency, 4)
+	def(&c.HashQueue, 16*c.HashConcurrency)
+	def(&c.MinPasswordLength, 8)
+	def(&c.MaxTokens, 20)
+	def(&c.LockoutThreshold, 5)
+	def(&c.LoginBurst, 10)
+	def(&c.RegisterBurst, 5)
+	defDur(&c.TokenLifetime, 30*24*time.Hour)
+	defDur(&c.LockoutBase, time.Minute)
+	defDur(&c.LockoutMax, time.Hour)
+	if c.NameQuarantine == 0 {
+		c.NameQuarantine = 90 * 24 * time.Hour
+	}
+	if c.LoginPerMinute <= 0 {
+		c.LoginPerMinute = 20
+	}
+	if c.RegisterPerHour <= 0 {
+		c.RegisterPerHour = 10
+	}
+	if c.LockoutMax < c.LockoutBase {
+		return errors.New("clinkid: lockout_max is shorter than lockout_base")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 32 {
+		return errors.New("clinkid: the admin token must be at least 32 bytes")
+	}
+	if c.BridgeSecret != "" && len(c.BridgeSecret) < 32 {
+		return errors.New("clinkid: the bridge secret must be at least 32 bytes")
+	}
+	return nil
+}
+
+// Errors. Each HTTP error code in docs/clinkid.md maps to one of them.
+var (
+	ErrNameTaken          = errors.New("clinkid: account name taken")
+	ErrInvalidCredentials = errors.New("clinkid: wrong account name or password")
+	ErrRateLimited        = errors.New("clinkid: too many requests from this address")
+	ErrInvalidToken       = errors.New("clinkid: invalid or expired token")
+	ErrNoAccount          = errors.New("clinkid: no such account")
+	ErrUnknownEntitlement = errors.New("clinkid: unknown entitlement")
+	ErrKeyBinding         = errors.New("clinkid: could not end the key binding")
+	ErrLocked             = errors.New("clinkid: too many failed attempts; password login locked")
+)
+
+// LockedError says until when password logins for a name are locked. It
+// matches ErrLocked with errors.Is.
+type LockedError struct{ Until time.Time }
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("%v until %s", ErrLocked, e.Until.UTC().Format(time.RFC3339))
+}
+
+// Is makes errors.Is(err, ErrLocked) true.
+func (e *LockedError) Is(target error) bool { return target == ErrLocked }
+
+// Account is what the service shows of an account.
+type Account struct {
+	Name         string    `json:"account"`
+	JID          string    `json:"jid"`
+	CreatedAt    time.Time `json:"created_at"`
+	Entitlements []string  `json:"entitlements"`
+	// LockedUntil is set while password login is locked (Show only).
+	LockedUntil *time.Time `json:"locked_until,omitempty"`
+}
+
+// Session is the result of a password login: an app token for the HTTPS
+// API and for XMPP login.
+type Session struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Name      string    `json:"account"`
+	JID       string    `json:"jid"`
+}
+
+// Service is the ClinkID account service. Its methods are safe for
+// concurrent use.
+type Service struct {
+	db   *pgxpool.Pool
+	cfg  Config
+	log  *slog.Logger
+	hash *hasher
+
+	loginLimit    *ratelimit.Limiter // password attempts per client address
+	registerLimit *ratelimit.Limiter // registrations per client address
+	secretLimit   *ratelimit.Limiter // wrong admin or bridge secrets per address
+	iqLimit       *ratelimit.Limiter // entitlement IQs per JID
+
+	lastSweep atomic.Int64 // UnixNano of the last cleanup of expired rows
+	m         metrics
+}
+
+type metrics struct {
+	passwordChecks *prometheus.CounterVec
+	tokenChecks    *prometheus.CounterVec
+	hashSeconds    prometheus.Histogram
+	registered     prometheus.Counter
+	deleted        prometheus.Counter
+}
+
+// New checks cfg and builds the service on db, whose schema must include
+// Migrations. reg may be nil.
+func New(db *pgxpool.Pool, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h, err := newHasher(cfg.Params, cfg.HashConcurrency, cfg.HashQueue)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		db:            db,
+		cfg:           cfg,
+		log:           log,
+		hash:          h,
+		loginLimit:    ratelimit.New(cfg.LoginPerMinute/60, cfg.LoginBurst, 100_000),
+		registerLimit: ratelimit.New(cfg.RegisterPerHour/3600, cfg.RegisterBurst, 100_000),
+		secretLimit:   ratelimit.New(10.0/60, 10, 10_000),
+		iqLimit:       ratelimit.New(30.0/60, 10, 100_000),
+		m: metrics{
+			passwordChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "clinkd_clinkid_password_checks_total",
+				Help: "ClinkID password checks (HTTP login, bridges) by result: ok, fail, locked, rate_limited, busy.",
+			}, []string{"result"}),
+			tokenChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "clinkd_clinkid_token_checks_total",
+				Help: "ClinkID app token checks by result: ok, fail.",
+			}, []string{"result"}),
+			hashSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+				Name:    "clinkd_clinkid_argon2id_seconds",
+				Help:    "Time of one argon2id computation with the configured parameters.",
+				Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+			}),
+			registered: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "clinkd_clinkid_accounts_registered_total", Help: "ClinkID accounts registered.",
+			}),
+			deleted: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "clinkd_clinkid_accounts_deleted_total", Help: "ClinkID accounts deleted.",
+			}),
+		},
+	}
+	h.observe = func(d time.Duration) { s.m.hashSeconds.Observe(d.Seconds()) }
+	if reg != nil {
+		reg.MustRegister(s.m.passwordChecks, s.m.tokenChecks, s.m.hashSeconds, s.m.registered, s.m.deleted)
+	}
+	return s, nil
+}
+
+// Domain is the XMPP domain of the accounts.
+func (s *Service) Domain() string { return s.cfg.Domain }
+
+// HashCount returns how many argon2id computations the service has done.
+func (s *Service) HashCount() int64 { return s.hash.computed.Load() }
+
+func (s *Service) jidOf(name string) string { return name + "@" + s.cfg.Domain }
+
+// CreateAccount registers name with password. addr is the client's
+// address for the registration rate limit ("" for none: the CLI).
+func (s *Service) CreateAccount(ctx context.Context, name, password, addr string) (Account, error) {
+	if addr != "" && !s.registerLimit.Allow(addr) {
+		return Account{}, ErrRateLimited
+	}
+	n, err := NormalizeName(name)
+	if err != nil {
+		return Account{}, err
+	}
+	if err := checkNewPassword(password, s.cfg.MinPasswordLength); err != nil {
+		return Account{}, err
+	}
+	// Look before hashing: a taken name should not cost an argon2id.
+	// The insert below decides races.
+	if taken, err := s.nameTaken(ctx, n); err != nil {
+		return Account{}, err
+	} else if taken {
+		return Account{}, ErrNameTaken
+	}
+	phc, err := s.hash.hash(ctx, password)
+	if err != nil {
+		return Account{}, err
+	}
+	a := Account{Name: n, JID: s.jidOf(n), Entitlements: []string{}}
+	err = s.db.QueryRow(ctx, `INSERT INTO clinkid_accounts (name, password_hash) VALUES ($1, $2)
+		ON CONFLICT (name) DO NOTHING RETURNING created_at`, n, phc).Scan(&a.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, ErrNameTaken
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("clinkid: register %s: %w", n, err)
+	}
+	s.m.registered.Inc()
+	s.log.Info("clinkid: account registered", "account", a.JID)
+	return a, nil
+}
+
+func (s *Service) nameTaken(ctx context.Context, n string) (bool, error) {
+	var taken bool
+	err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM clinkid_accounts WHERE name = $1)
+		OR EXISTS (SELECT 1 FROM clinkid_tombstones WHERE name = $1 AND deleted_at > now() - make_interval(secs => $2))`,
+		n, max(s.cfg.NameQuarantine, 0).Seconds()).Scan(&taken)
+	if err != nil {
+		return false, fmt.Errorf("clinkid: look up %s: %w", n, err)
+	}
+	return taken, nil
+}
+
+// checkPassword is every password check: HTTP login, the bridges, and the
+// re-authentication of password change and account deletion. It returns
+// the account's id, or ErrInvalidCredentials for a wrong password and an
+// unknown name alike (after the same argon2id work), a *LockedError,
+// ErrRateLimited or ErrBusy.
+func (s *Service) checkPassword(ctx context.Context, name, password, addr string) (id int64, err error) {
+	defer func() {
+		result := "ok"
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrInvalidCredentials):
+			result = "fail"
+		case errors.Is(err, ErrLocked):
+			result = "locked"
+		case errors.Is(err, ErrRateLimited):
+			result = "rate_limited"
+		case errors.Is(err, ErrBusy):
+			result = "busy"
+		default:
+			result = "error"
+		}
+		s.m.passwordChecks.WithLabelValues(result).Inc()
+	}()
+	if addr != "" && !s.loginLimit.Allow(addr) {
+		return 0, ErrRateLimited
+	}
+	s.maybeSweep()
+	n, err := NormalizeName(name)
+	if err != nil || password == "" || len(password) > MaxPasswordBytes {
+		// Nothing by that name can exist, or no such password can be
+		// right: this says nothing about any account.
+		return 0, ErrInvalidCredentials
+	}
+	// A cheap look first, so that a flood against a locked name neither
+	// waits for nor takes a hashing slot.
+	if until, err := s.lockedUntil(ctx, n); err != nil {
+		return 0, err
+	} else if !until.IsZero() {
+		return 0, &LockedError{Until: until}
+	}
+	if err := s.hash.acquire(ctx); err != nil {
+		return 0, err
+	}
+	defer s.hash.release()
+	// The attempt is counted before the password is checked, under a row
+	// lock, so concurrent guesses cannot slip past the threshold.
+	if until, err := s.beginAttempt(ctx, n); err != nil {
+		return 0, err
+	} else if !until.IsZero() {
+		return 0, &LockedError{Until: until}
+	}
+	var phc string
+	err = s.db.QueryRow(ctx, `SELECT id, password_hash FROM clinkid_accounts WHERE name = $1`, n).Scan(&id, &phc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// The same argon2id work as a real account, then the same error.
+		s.hash.verifyLocked(s.hash.dummy, password)
+		return 0, ErrInvalidCredentials
+	}
+	if err != nil {
+		return 0, fmt.Errorf("clinkid: look up %s: %w", n, err)
+	}
+	ok, rehash, err := s.hash.verifyLocked(phc, password)
+	if err != nil {
+		return 0, fmt.Errorf("clinkid: %s: %w", n, err)
+	}
+	if !ok {
+		return 0, ErrInvalidCredentials
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_failures WHERE name = $1`, n); err != nil {
+		return 0, fmt.Errorf("clinkid: clear failures of %s: %w", n, err)
+	}
+	if rehash {
+		// The parameters were raised since this hash was made; the
+		// password is at hand now and only now.
+		newPHC := s.hash.compute([]byte(password), s.cfg.Params)
+		if _, err := s.db.Exec(ctx, `UPDATE clinkid_accounts SET password_hash = $2 WHERE id = $1 AND password_hash = $3`, id, newPHC, phc); err != nil {
+			s.log.Warn("clinkid: rehash failed", "account", s.jidOf(n), "err", err)
+		}
+	}
+	return id, nil
+}
+
+// failureWindow is how long failed attempts are remembered: a name with no
+// failure for this long starts again from zero.
+const failureWindow = 24 * time.Hour
+
+// lockedUntil returns until when password login for name is locked, or
+// the zero time.
+func (s *Service) lockedUntil(ctx context.Context, name string) (time.Time, error) {
+	var until time.Time
+	err := s.db.QueryRow(ctx, `SELECT locked_until FROM clinkid_failures WHERE name = $1 AND locked_until > now()`, name).Scan(&until)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: lock-out state of %s: %w", name, err)
+	}
+	return until, nil
+}
+
+// beginAttempt counts one password attempt on name. If name is locked it
+// counts nothing and returns until when. Otherwise the attempt proceeds;
+// if it is the LockoutThreshold-th or later consecutive one, the lock is
+// set now, before the password is checked, and a success lifts it. So at
+// most LockoutThreshold guesses are ever checked before the first lock,
+// and one per lock period after it, however many arrive at once.
+func (s *Service) beginAttempt(ctx context.Context, name string) (locked time.Time, err error) {
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: count attempt on %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `INSERT INTO clinkid_failures (name, failures, last_failure) VALUES ($1, 0, now()) ON CONFLICT (name) DO NOTHING`, name); err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: count attempt on %s: %w", name, err)
+	}
+	var (
+		failures  int
+		last, now time.Time
+		until     *time.Time
+	)
+	if err := tx.QueryRow(ctx, `SELECT failures, last_failure, locked_until, now() FROM clinkid_failures WHERE name = $1 FOR UPDATE`, name).
+		Scan(&failures, &last, &until, &now); err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: count attempt on %s: %w", name, err)
+	}
+	if until != nil && until.After(now) {
+		return *until, tx.Commit(ctx)
+	}
+	n := failures + 1
+	if now.Sub(last) > failureWindow {
+		n = 1
+	}
+	var lock *time.Time
+	if n >= s.cfg.LockoutThreshold {
+		t := now.Add(lockDuration(n-s.cfg.LockoutThreshold, s.cfg.LockoutBase, s.cfg.LockoutMax))
+		lock = &t
+	}
+	if _, err := tx.Exec(ctx, `UPDATE clinkid_failures SET failures = $2, last_failure = $3, locked_until = $4 WHERE name = $1`, name, n, now, lock); err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: count attempt on %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("clinkid: count attempt on %s: %w", name, err)
+	}
+	return time.Time{}, nil
+}
+
+// lockDuration is the lock after the k-th failure past the threshold
+// (k = 0 for the first lock): base × 2^k, at most maxLock.
+func lockDuration(k int, base, maxLock time.Duration) time.Duration {
+	d := base
+	for range k {
+		if d >= maxLock/2 {
+			return maxLock
+		}
+		d *= 2
+	}
+	return min(d, maxLock)
+}
+
+// maybeSweep runs sweep at most every ten minutes, in the background.
+func (s *Service) maybeSweep() {
+	if s.cfg.NoSweep {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := s.lastSweep.Load()
+	if now-last < int64(10*time.Minute) || !s.lastSweep.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.sweep(ctx); err != nil {
+			s.log.Warn("clinkid: sweep failed", "err", err)
+		}
+	}()
+}
+
+// sweep deletes expired tokens, failures forgotten after failureWindow
+// (unless still locked) and tombstones past the quarantine.
+func (s *Service) sweep(ctx context.Context) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_tokens WHERE expires_at < now()`); err != nil {
+		return fmt.Errorf("clinkid: sweep tokens: %w", err)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_failures WHERE last_failure < now() - make_interval(secs => $1)
+		AND (locked_until IS NULL OR locked_until < now())`, failureWindow.Seconds()); err != nil {
+		return fmt.Errorf("clinkid: sweep failures: %w", err)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_tombstones WHERE deleted_at < now() - make_interval(secs => $1)`,
+		max(s.cfg.NameQuarantine, 0).Seconds()); err != nil {
+		return fmt.Errorf("clinkid: sweep tombstones: %w", err)
+	}
+	return nil
+}
+
+// Login checks a password and issues an app token for label (a device
+// name, may be empty) that lives ttl, or Config.TokenLifetime if ttl is 0
+// or longer.
+func (s *Service) Login(ctx context.Context, name, password, addr, label string, ttl time.Duration) (Session, error) {
+	id, err := s.checkPassword(ctx, name, password, addr)
+	if err != nil {
+		return Session{}, err
+	}
+	n, _ := NormalizeName(name)
+	return s.issueToken(ctx, id, n, label, ttl)
+}
+
+func (s *Service) issueToken(ctx context.Context, id int64, name, label string, ttl time.Duration) (Session, error) {
+	if ttl <= 0 || ttl > s.cfg.TokenLifetime {
+		ttl = s.cfg.TokenLifetime
+	}
+	tok, h := newToken()
+	sess := Session{Token: tok, Name: name, JID: s.jidOf(name)}
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return Session{}, fmt.Errorf("clinkid: issue token for %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx)
+	if err := tx.QueryRow(ctx, `INSERT INTO clinkid_tokens (hash, account_id, label, expires_at)
+		VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at`,
+		h[:], id, label, ttl.Seconds()).Scan(&sess.ExpiresAt); err != nil {
+		return Session{}, fmt.Errorf("clinkid: issue token for %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM clinkid_tokens WHERE account_id = $1 AND (expires_at < now() OR hash IN (
+		SELECT hash FROM clinkid_tokens WHERE account_id = $1 ORDER BY created_at DESC, hash OFFSET $2))`,
+		id, s.cfg.MaxTokens); err != nil {
+		return Session{}, fmt.Errorf("clinkid: prune tokens of %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Session{}, fmt.Errorf("clinkid: issue token for %s: %w", name, err)
+	}
+	return sess, nil
+}
+
+// tokenOwner returns the account of a live token, or ErrInvalidToken.
+func (s *Service) tokenOwner(ctx context.Context, tok string) (id int64, name string, err error) {
+	defer func() {
+		if err == nil {
+			s.m.tokenChecks.WithLabelValues("ok").Inc()
+		} else if errors.Is(err, ErrInvalidToken) {
+			s.m.tokenChecks.WithLabelValues("fail").Inc()
+		}
+	}()
+	if !IsToken(tok) {
+		return 0, "", ErrInvalidToken
+	}
+	err = s.db.QueryRow(ctx, `SELECT a.id, a.name FROM clinkid_tokens t JOIN clinkid_accounts a ON a.id = t.account_id
+		WHERE t.hash = $1 AND t.expires_at > now()`, tokenHash(tok)).Scan(&id, &name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, "", ErrInvalidToken
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("clinkid: check token: %w", err)
+	}
+	return id, name, nil
+}
+
+// CheckLogin is the auth bridges' check: whether secret is the password
+// of name, or a live app token of name. Tokens are checked first by their
+// shape and never count toward lock-out, so an owner whose password login
+// is locked by someone guessing still logs in with a token. A wrong
+// secret, an unknown or locked name and rate limiting all give false with
+// a nil error; an error means the check could not be made (database,
+// ErrBusy).
+func (s *Service) CheckLogin(ctx context.Context, name, secret, addr string) (bool, error) {
+	if IsToken(secret) {
+		n, err := NormalizeName(name)
+		if err != nil {
+			return false, nil
+		}
+		_, owner, err := s.tokenOwner(ctx, secret)
+		if errors.Is(err, ErrInvalidToken) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return subtle.ConstantTimeCompare([]byte(owner), []byte(n)) == 1, nil
+	}
+	_, err := s.checkPassword(ctx, name, secret, addr)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrInvalidCredentials), errors.Is(err, ErrLocked), errors.Is(err, ErrRateLimited):
+		return false, nil
+	}
+	return false, err
+}
+
+// Exists reports whether an account called name exists.
+func (s *Service) Exists(ctx context.Context, name string) (bool, error) {
+	n, err := NormalizeName(name)
+	if err != nil {
+		return false, nil
+	}
+	var ok bool
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM clinkid_accounts WHERE name = $1)`, n).Scan(&ok); err != nil {
+		return false, fmt.Errorf("clinkid: look up %s: %w", n, err)
+	}
+	return ok, nil
+}
+
+// Authenticate returns the account of a live app token.
+func (s *Service) Authenticate(ctx context.Context, token string) (Account, error) {
+	_, name, err := s.tokenOwner(ctx, token)
+	if err != nil {
+		return Account{}, err
+	}
+	return s.Show(ctx, name)
+}
+
+// ChangePassword sets a new password for the owner of token, who must
+// also give the current one. Every other token of the account is revoked;
+// token itself stays valid.
+func (s *Service) ChangePassword(ctx context.Context, token, current, next, addr string) error {
+	id, name, err := s.tokenOwner(ctx, token)
+	if err != nil {
+		return err
+	}
+	if err := checkNewPassword(next, s.cfg.MinPasswordLength); err != nil {
+		return err
+	}
+	if _, err := s.checkPassword(ctx, name, current, addr); err != nil {
+		return err
+	}
+	phc, err := s.hash.hash(ctx, next)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("clinkid: change password of %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE clinkid_accounts SET password_hash = $2, password_changed_at = now() WHERE id = $1`, id, phc); err != nil {
+		return fmt.Errorf("clinkid: change password of %s: %w", name, err)
+	}
+	tag, err := tx.Exec(ctx, `DELETE FROM clinkid_tokens WHERE account_id = $1 AND hash <> $2`, id, tokenHash(token))
+	if err != nil {
+		return fmt.Errorf("clinkid: revoke tokens of %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("clinkid: change password of %s: %w", name, err)
+	}
+	s.log.Info("clinkid: password changed", "account", s.jidOf(name), "tokens_revoked", tag.RowsAffected())
+	return nil
+}
+
+// Logout revokes token, or every token of its account if all is set.
+func (s *Service) Logout(ctx context.Context, token string, all bool) error {
+	id, name, err := s.tokenOwner(ctx, token)
+	if err != nil {
+		return err
+	}
+	if all {
+		_, err = s.db.Exec(ctx, `DELETE FROM clinkid_tokens WHERE account_id = $1`, id)
+	} else {
+		_, err = s.db.Exec(ctx, `DELETE FROM clinkid_tokens WHERE hash = $1`, tokenHash(token))
+	}
+	if err != nil {
+		return fmt.Errorf("clinkid: log out %s: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteAccount deletes the account of token, whose owner must give the
+// password too. The key binding ends first (KeyBindings); if that fails
+// nothing is deleted and the error wraps ErrKeyBinding. Then the account,
+// its tokens and entitlements go, and the name is quarantined.
+func (s *Service) DeleteAccount(ctx context.Context, token, password, addr string) error {
+	id, name, err := s.tokenOwner(ctx, token)
+	if err != nil {
+		return err
+	}
+	if _, err := s.checkPassword(ctx, name, password, addr); err != nil {
+		return err
+	}
+	return s.deleteAccount(ctx, id, name, "deleted by its owner")
+}
+
+func (s *Service) deleteAccount(ctx context.Context, id int64, name, why string) error {
+	bare := s.jidOf(name)
+	binding := "none (no key directory configured)"
+	if s.cfg.KeyBindings != nil {
+		if err := s.cfg.KeyBindings.End(ctx, bare, "ClinkID account "+why); err != nil {
+			s.log.Error("clinkid: account not deleted: key binding did not end", "account", bare, "err", err)
+			return fmt.Errorf("%w of %s: %w", ErrKeyBinding, bare, err)
+		}
+		binding = "ended"
+	}
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("clinkid: delete %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `DELETE FROM clinkid_accounts WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("clinkid: delete %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO clinkid_tombstones (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET deleted_at = now()`, name); err != nil {
+		return fmt.Errorf("clinkid: delete %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM clinkid_failures WHERE name = $1`, name); err != nil {
+		return fmt.Errorf("clinkid: delete %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("clinkid: delete %s: %w", name, err)
+	}
+	s.m.deleted.Inc()
+	s.log.Info("clinkid: account deleted; its key binding ended", "account", bare, "why", why, "key_binding", binding)
+	return nil
+}
+
+// Grant gives name the entitlement ent; by says who did (for the record).
+// Granting what the account has is not an error.
+func (s *Service) Grant(ctx context.Context, name, ent, by string) error {
+	n, err := s.entitlementArgs(name, ent)
+	if err != nil {
+		return err
+	}
+	tag, err := s.db.Exec(ctx, `INSERT INTO clinkid_entitlements (account_id, name, granted_by)
+		SELECT id, $2, $3 FROM clinkid_accounts WHERE name = $1
+		ON CONFLICT (account_id, name) DO UPDATE SET granted_by = clinkid_entitlements.granted_by`, n, ent, by)
+	if err != nil {
+		return fmt.Errorf("clinkid: grant %s to %s: %w", ent, n, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s", ErrNoAccount, n)
+	}
+	s.log.Info("clinkid: entitlement granted", "account", s.jidOf(n), "entitlement", ent, "by", by)
+	return nil
+}
+
+// Revoke takes the entitlement ent from name. Revoking what the account
+// lacks is not an error.
+func (s *Service) Revoke(ctx context.Context, name, ent, by string) error {
+	n, err := s.entitlementArgs(name, ent)
+	if err != nil {
+		return err
+	}
+	var id int64
+	err = s.db.QueryRow(ctx, `SELECT id FROM clinkid_accounts WHERE name = $1`, n).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: %s", ErrNoAccount, n)
+	}
+	if err == nil {
+		_, err = s.db.Exec(ctx, `DELETE FROM clinkid_entitlements WHERE account_id = $1 AND name = $2`, id, ent)
+	}
+	if err != nil {
+		return fmt.Errorf("clinkid: revoke %s from %s: %w", ent, n, err)
+	}
+	s.log.Info("clinkid: entitlement revoked", "account", s.jidOf(n), "entitlement", ent, "by", by)
+	return nil
+}
+
+func (s *Service) entitlementArgs(name, ent string) (string, error) {
+	if !slices.Contains(Entitlements(), ent) {
+		return "", fmt.Errorf("%w %q (known: %v)", ErrUnknownEntitlement, ent, Entitlements())
+	}
+	n, err := NormalizeName(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %q", ErrNoAccount, name)
+	}
+	return n, nil
+}
+
+// HasEntitlement reports whether the account with the bare JID account
+// (alice@example.org) carries the entitlement ent. A JID of another
+// domain, or of no ClinkID account, has no entitlement (false, nil); an
+// error means the store could not answer, and the caller should refuse
+// rather than grant.
+func (s *Service) HasEntitlement(ctx context.Context, account, ent string) (bool, error) {
+	j, err := jid.Parse(account)
+	if err != nil || j.Domainpart() != s.cfg.Domain || j.Localpart() == "" {
+		return false, nil
+	}
+	var ok bool
+	err = s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM clinkid_entitlements e JOIN clinkid_accounts a ON a.id = e.account_id
+		WHERE a.name = $1 AND e.name = $2)`, j.Localpart(), ent).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("clinkid: entitlement %s of %s: %w", ent, j.Bare(), err)
+	}
+	return ok, nil
+}
+
+// Show returns an account with its entitlements and lock-out state.
+func (s *Service) Show(ctx context.Context, name string) (Account, error) {
+	n, err := NormalizeName(name)
+	if err != nil {
+		return Account{}, fmt.Errorf("%w: %q", ErrNoAccount, name)
+	}
+	a := Account{Name: n, JID: s.jidOf(n)}
+	var ents []string
+	err = s.db.QueryRow(ctx, `SELECT a.created_at,
+		coalesce((SELECT array_agg(e.name ORDER BY e.name) FROM clinkid_entitlements e WHERE e.account_id = a.id), '{}'),
+		(SELECT f.locked_until FROM clinkid_failures f WHERE f.name = a.name AND f.locked_until > now())
+		FROM clinkid_accounts a WHERE a.name = $1`, n).Scan(&a.CreatedAt, &ents, &a.LockedUntil)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, n)
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("clinkid: show %s: %w", n, err)
+	}
+	a.Entitlements = ents
+	return a, nil
+}
+
+// Unlock lifts a lock-out of name and forgets its failed attempts.
+func (s *Service) Unlock(ctx context.Context, name string) error {
+	n, err := NormalizeName(name)
+	if err != nil {
+		return fmt.Errorf("%w: %q", ErrNoAccount, name)
+	}
+	if _, err := s.db.Exec(ctx, `DELETE FROM clinkid_failures WHERE name = $1`, n); err != nil {
+		return fmt.Errorf("clinkid: unlock %s: %w", n, err)
+	}
+	return nil
+}
