@@ -11,12 +11,14 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/carbons"
 	extenv "github.com/clinkme/clinkd/extensions/envelope"
 	extexp "github.com/clinkme/clinkd/extensions/expiry"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
+	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 
@@ -124,3 +126,45 @@ func TestRefusals(t *testing.T) {
 type rawXML string
 
 func (r rawXML) TokenReader() xml.TokenReader { return xml.NewDecoder(strings.NewReader(string(r))) }
+
+// TestEntitlement: with ClinkID accounts, a timed message from an account
+// without ClinkMe Secure is refused with a text that says why, and
+// accepted once an operator has granted it.
+func TestEntitlement(t *testing.T) {
+	t.Parallel()
+	srv := labtest.Server(t, lab.Prosody)
+	dbURL := labtest.NewDatabase(t)
+	d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
+		c.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
+		c.ClinkID.Enabled = true
+		c.ClinkID.Argon2MemoryKiB = 8 << 10 // small: this test is not about hashing
+		c.ClinkID.Argon2Iterations = 1
+	})
+	comp := d.Component().Domain()
+	alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+	ctx := ctxFor(t, time.Minute)
+	// The same account name at ClinkID: entitlements belong to accounts.
+	if _, err := d.ClinkID().CreateAccount(ctx, alice.jid.Localpart(), "a long passphrase", "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	a := online(t, srv, comp, alice)
+	b := online(t, srv, comp, bob)
+
+	m := seal(t, alice, bob, "needs Secure", time.Minute)
+	if err := a.SendEnvelope(ctx, comp, bob.jid, m); err != nil {
+		t.Fatal(err)
+	}
+	if cond, text := errorOf(t, a, m.ID); cond != "forbidden" || !strings.Contains(text, "ClinkMe Secure") {
+		t.Errorf("without the entitlement: %s %q, want forbidden naming ClinkMe Secure", cond, text)
+	}
+	if err := d.ClinkID().Grant(ctx, alice.jid.Localpart(), clinkid.EntitlementSecure, "test"); err != nil {
+		t.Fatal(err)
+	}
+	m2 := seal(t, alice, bob, "has Secure", time.Minute)
+	if err := a.SendEnvelope(ctx, comp, bob.jid, m2); err != nil {
+		t.Fatal(err)
+	}
+	if got := open(t, next(t, b, "the message once granted", envelopeWithID(m2.ID)), bob, alice); got != "has Secure" {
+		t.Errorf("bob reads %q", got)
+	}
+}
