@@ -76,6 +76,13 @@ type environment struct {
 
 	mu     sync.Mutex
 	leases map[*lab.XMPPServer]chan lab.Component // free component domains
+
+	// lazy: a fuzz worker starts the servers only when a fuzz target
+	// first asks for one, so that fuzzing code that needs none costs
+	// nothing per worker.
+	lazy     bool
+	once     sync.Once
+	startErr error
 }
 
 // env is set once by Main before any test runs and only read afterwards:
@@ -107,6 +114,15 @@ func Main(m *testing.M, need Need) int {
 		leases: make(map[*lab.XMPPServer]chan lab.Component),
 	}
 	lab.ReapOrphans(e.log)
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		e.lazy = true
+		env = e
+		code := m.Run()
+		if err := e.close(); err != nil {
+			fmt.Fprintf(os.Stderr, "labtest: %v\n", err)
+		}
+		return code
+	}
 	if err := e.start(); err != nil {
 		fmt.Fprintf(os.Stderr, "labtest: %v\n", err)
 		if cerr := e.close(); cerr != nil {
@@ -249,6 +265,12 @@ func get(t testing.TB, what string, needed func(Need) bool) *environment {
 	}
 	if env.short {
 		t.Skip("labtest: real servers are not started with -short")
+	}
+	if env.lazy {
+		env.once.Do(func() { env.startErr = env.start() })
+		if env.startErr != nil {
+			t.Fatalf("labtest: %v", env.startErr)
+		}
 	}
 	if needed != nil && !needed(env.need) {
 		t.Fatalf("labtest: %s not started: set it in the labtest.Need given to labtest.Main", what)
