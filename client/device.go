@@ -1,0 +1,235 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/address"
+	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/client/keystore"
+	extenv "github.com/clinkme/clinkd/extensions/envelope"
+)
+
+// A Device is a whole ClinkMe device: a logged-in session, the device's
+// key store, and the verified key directory at clinkd. It does what the
+// app does: publish its key, look contacts' keys up with proofs, seal and
+// open envelopes, share per-contact keys, send timed messages.
+type Device struct {
+	c         *Client
+	store     *keystore.Store
+	keys      *KeyDirectory
+	component jid.JID
+	me        string // canonical bare JID
+}
+
+// DeviceConfig assembles a Device.
+type DeviceConfig struct {
+	Client    *Client         // logged in as the store's identity
+	Store     *keystore.Store // the device's private key and contact keys
+	Component jid.JID         // clinkd's domain
+	LogKey    string          // the key directory log's verifier key
+	Pins      PinStore        // what the device saw of the log (nil: memory)
+}
+
+// NewDevice checks that the session and the key store belong to the same
+// account and builds the device.
+func NewDevice(cfg DeviceConfig) (*Device, error) {
+	me := cfg.Client.JID().Bare().String()
+	if cfg.Store.Identity().JID() != me {
+		return nil, fmt.Errorf("client: the key store is %s's, the session %s's", cfg.Store.Identity().JID(), me)
+	}
+	kd, err := cfg.Client.NewKeyDirectory(cfg.Component, cfg.LogKey, cfg.Pins)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me}, nil
+}
+
+// Client is the device's session.
+func (d *Device) Client() *Client { return d.c }
+
+// Keys is the device's key directory client.
+func (d *Device) Keys() *KeyDirectory { return d.keys }
+
+// Start publishes the device's key (harmless when already bound) and
+// announces the device to clinkd.
+func (d *Device) Start(ctx context.Context) error {
+	if _, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey()); err != nil {
+		return fmt.Errorf("client: publish key: %w", err)
+	}
+	return d.c.Announce(ctx, d.component)
+}
+
+// SendOptions choose how a message is protected and kept.
+type SendOptions struct {
+	// Secure seals with the per-contact key (ClinkMe Secure), sharing one
+	// first, inside a standard envelope, if there is none yet.
+	Secure bool
+	// TTL, if set, makes a timed message: deleted on every device after
+	// TTL and never stored by the server.
+	TTL time.Duration
+}
+
+// ErrNoKey is returned when the recipient has published no key.
+var ErrNoKey = errors.New("client: the recipient has no key in the directory")
+
+func newMessageID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// recipientKey looks the recipient's key up with proof. A key that
+// differs from the one seen before is an error (a *KeyChangeError), never
+// silently used.
+func (d *Device) recipientKey(ctx context.Context, to jid.JID) (*VerifiedKey, error) {
+	res, err := d.keys.LookupKeys(ctx, to.Bare().String())
+	if err != nil {
+		return nil, err
+	}
+	if len(res) != 1 || res[0].Key == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNoKey, to.Bare())
+	}
+	return res[0].Key, nil
+}
+
+// Send seals text for to and sends it through clinkd. It returns the
+// message id, which receipts and expiry notices name.
+func (d *Device) Send(ctx context.Context, to jid.JID, text string, o SendOptions) (string, error) {
+	to = to.Bare()
+	key, err := d.recipientKey(ctx, to)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	h := envelope.Header{ID: newMessageID(), Time: now}
+	if o.TTL > 0 {
+		h.Expires = now.Add(o.TTL)
+	}
+	content := envelope.Content{Kind: envelope.KindText, Text: text}
+	var env *extenv.Envelope
+	if o.Secure {
+		ck, err := d.contactKey(ctx, to, key)
+		if err != nil {
+			return "", err
+		}
+		env, err = envelope.SealEnhanced(d.store.Identity(), to.String(), ck, h, content)
+		if err != nil {
+			return "", err
+		}
+	} else {
+		env, err = envelope.SealStandard(d.store.Identity(), []envelope.Recipient{{JID: to.String(), Key: key.Key}}, h, content)
+		if err != nil {
+			return "", err
+		}
+	}
+	if err := d.c.SendEnvelope(ctx, d.component, to, env); err != nil {
+		return "", err
+	}
+	return env.ID, nil
+}
+
+// contactKey returns the current per-contact key for to, creating one and
+// sharing it (as an ordinary standard envelope) if there is none. The key
+// is stored before it leaves, so a crash cannot lose a key the contact
+// has.
+func (d *Device) contactKey(ctx context.Context, to jid.JID, key *VerifiedKey) (envelope.ContactKey, error) {
+	if k, ok := d.store.CurrentContactKey(to.String()); ok {
+		return k, nil
+	}
+	k := envelope.NewContactKey()
+	if err := d.store.AddContactKey(to.String(), k); err != nil {
+		return envelope.ContactKey{}, err
+	}
+	share, err := envelope.SealStandard(d.store.Identity(), []envelope.Recipient{{JID: to.String(), Key: key.Key}},
+		envelope.Header{ID: newMessageID(), Time: time.Now().UTC().Truncate(time.Second)},
+		envelope.Content{Kind: envelope.KindKeyShare, Key: k})
+	if err != nil {
+		return envelope.ContactKey{}, err
+	}
+	if err := d.c.SendEnvelope(ctx, d.component, to, share); err != nil {
+		return envelope.ContactKey{}, fmt.Errorf("client: share the contact key: %w", err)
+	}
+	return k, nil
+}
+
+// A Message is a decrypted message, whose signature was verified against
+// the sender's key from the verified directory.
+type Message struct {
+	ID      string
+	From    jid.JID // the author
+	Peer    jid.JID // the other party of the conversation
+	Text    string
+	Secure  bool      // sealed with the per-contact key
+	Expires time.Time // zero for an ordinary message
+	Sent    bool      // a copy of a message one of this user's devices sent
+}
+
+// Receive returns the next text message, in any conversation. Key shares
+// are stored on the way; a message that fails verification is returned as
+// an error (and dropped), so the caller sees every forgery.
+func (d *Device) Receive(ctx context.Context) (*Message, error) {
+	for {
+		s, err := d.c.Next(ctx, func(s *Stanza) bool {
+			return s.Kind == "message" && s.Type != "error" && s.Has(EnvelopeName) && s.From.Domainpart() == d.component.Domainpart()
+		})
+		if err != nil {
+			return nil, err
+		}
+		m, isText, err := d.open(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		if isText {
+			return m, nil
+		}
+	}
+}
+
+func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {
+	env, err := s.Envelope()
+	if err != nil {
+		return nil, false, err
+	}
+	peer, err := address.User(s.From)
+	if err != nil {
+		return nil, false, err
+	}
+	author, err := jid.Parse(env.From)
+	if err != nil {
+		return nil, false, fmt.Errorf("client: envelope from %q: %w", env.From, err)
+	}
+	// The author is the peer, or this user for a copy of what another of
+	// its devices sent to the peer; anything else is a forgery through a
+	// conversation address.
+	sent := s.Has(SentName)
+	if sent && author.String() != d.me || !sent && !author.Equal(peer) {
+		return nil, false, fmt.Errorf("client: message %s in the conversation with %s claims to be from %s", env.ID, peer, author)
+	}
+	key, err := d.recipientKey(ctx, author)
+	if err != nil {
+		return nil, false, fmt.Errorf("client: sender key for %s: %w", author, err)
+	}
+	c, err := envelope.Open(env, d.store.Identity(), key.Key, d.store)
+	if err != nil {
+		return nil, false, fmt.Errorf("client: message %s from %s: %w", env.ID, author, err)
+	}
+	m := &Message{ID: env.ID, From: author, Peer: peer, Secure: env.Kind == extenv.Enhanced, Expires: env.Expires, Sent: sent}
+	switch c.Kind {
+	case envelope.KindKeyShare:
+		if err := d.store.AddContactKey(peer.String(), c.Key); err != nil {
+			return nil, false, err
+		}
+		return m, false, nil
+	case envelope.KindText:
+		m.Text = c.Text
+		return m, true, nil
+	}
+	return nil, false, nil
+}
