@@ -57,11 +57,32 @@ func (d *Device) Client() *Client { return d.c }
 // Keys is the device's key directory client.
 func (d *Device) Keys() *KeyDirectory { return d.keys }
 
-// Start publishes the device's key (harmless when already bound) and
+// ErrOwnKeyReplaced is returned by Start when the directory binds another
+// key to this account: someone published in its name, or an operator
+// reset it. The device must not go on as if nothing happened.
+var ErrOwnKeyReplaced = errors.New("client: the directory binds another key to this account")
+
+// Start makes sure the directory binds this device's key to the account
+// (publishing it the first time), checking the answer's proof, and
 // announces the device to clinkd.
 func (d *Device) Start(ctx context.Context) error {
-	if _, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey()); err != nil {
-		return fmt.Errorf("client: publish key: %w", err)
+	res, err := d.keys.LookupKeys(ctx, d.me)
+	if err != nil {
+		return fmt.Errorf("client: own key: %w", err)
+	}
+	mine, err := envelope.Fingerprint(d.store.Identity().PublicKey())
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(res) == 1 && res[0].Key != nil && res[0].Key.Fingerprint == mine:
+		// Bound already, proven.
+	case len(res) == 1 && res[0].Key != nil:
+		return fmt.Errorf("%w: SHA256:%x instead of SHA256:%x", ErrOwnKeyReplaced, res[0].Key.Fingerprint, mine)
+	default:
+		if _, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey()); err != nil {
+			return fmt.Errorf("client: publish key: %w", err)
+		}
 	}
 	return d.c.Announce(ctx, d.component)
 }
@@ -171,16 +192,54 @@ type Message struct {
 	Sent    bool      // a copy of a message one of this user's devices sent
 }
 
-// Receive returns the next text message, in any conversation. Key shares
-// are stored on the way; a message that fails verification is returned as
-// an error (and dropped), so the caller sees every forgery.
-func (d *Device) Receive(ctx context.Context) (*Message, error) {
+// An Event is what a device receives from clinkd: a *Message, a *Receipt
+// or an *Expiry.
+type Event interface{ event() }
+
+func (*Message) event() {}
+
+// A Receipt says that the recipient's device got (Delivered) or showed
+// (Displayed) a message this user sent.
+type Receipt struct {
+	ID   string
+	From jid.JID // the recipient who sent it
+	Kind ReceiptKind
+}
+
+func (*Receipt) event() {}
+
+// An Expiry says that a timed message's validity ended: delete it.
+type Expiry struct {
+	ID   string
+	Peer jid.JID // the conversation
+}
+
+func (*Expiry) event() {}
+
+// NextEvent returns the next message, receipt or expiry notice from
+// clinkd. Key shares are stored on the way. A message that fails
+// verification is returned as an error (and dropped), so the caller sees
+// every forgery.
+func (d *Device) NextEvent(ctx context.Context) (Event, error) {
 	for {
 		s, err := d.c.Next(ctx, func(s *Stanza) bool {
-			return s.Kind == "message" && s.Type != "error" && s.Has(EnvelopeName) && s.From.Domainpart() == d.component.Domainpart()
+			return s.Kind == "message" && s.Type != "error" && s.From.Domainpart() == d.component.Domainpart()
 		})
 		if err != nil {
 			return nil, err
+		}
+		peer, err := address.User(s.From)
+		if err != nil {
+			continue // from the component itself: nothing for the app
+		}
+		if id, kind, ok := s.ReceiptFor(); ok {
+			return &Receipt{ID: id, From: peer, Kind: kind}, nil
+		}
+		if id, ok := s.ExpiredID(); ok {
+			return &Expiry{ID: id, Peer: peer}, nil
+		}
+		if !s.Has(EnvelopeName) {
+			continue
 		}
 		m, isText, err := d.open(ctx, s)
 		if err != nil {
@@ -190,6 +249,28 @@ func (d *Device) Receive(ctx context.Context) (*Message, error) {
 			return m, nil
 		}
 	}
+}
+
+// Receive returns the next text message, in any conversation, skipping
+// receipts and expiry notices.
+func (d *Device) Receive(ctx context.Context) (*Message, error) {
+	for {
+		e, err := d.NextEvent(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if m, ok := e.(*Message); ok {
+			return m, nil
+		}
+	}
+}
+
+// Acknowledge sends the sender of m a delivery receipt or a read marker.
+func (d *Device) Acknowledge(ctx context.Context, m *Message, kind ReceiptKind) error {
+	if m.Sent {
+		return nil // our own message, seen on another device
+	}
+	return d.c.SendReceipt(ctx, d.component, m.From, m.ID, kind, !m.Expires.IsZero())
 }
 
 func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {

@@ -1,0 +1,352 @@
+// Package ctl is clinkctl, the reference ClinkMe device on the command
+// line: it logs in, keeps a device key store, publishes and verifies keys,
+// sends and receives end-to-end messages through clinkd, and moves keys
+// between devices over the local network. cmd/clinkctl is its thin main.
+//
+// With --lab lab.json (written by `clinkd lab`) and --as alice it needs no
+// other flag.
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/client/keystore"
+	"github.com/clinkme/clinkd/lab/deploy"
+)
+
+// usageError is a mistake on the command line: exit code 2 and a hint.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// env is what a command may use from the world, so tests run it
+// in-process.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// Run runs clinkctl with args and returns the exit code.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	err := e.run(ctx, args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(stderr, "clinkctl: error: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "hint: run 'clinkctl help' for usage")
+		return 2
+	}
+	var kc *client.KeyChangeError
+	if errors.As(err, &kc) {
+		fmt.Fprintln(stderr, "hint: the contact's key changed in the directory; verify it with them before trusting it (clinkctl keys verify)")
+	}
+	return 1
+}
+
+const usage = `usage: clinkctl [global flags] <command> [flags]
+
+global flags (after --lab lab.json and --as NAME, none is needed):
+  --lab FILE          lab.json written by 'clinkd lab'
+  --as NAME           the demo user of lab.json (alice, bob) or its JID
+  --jid JID           the account (instead of --as)
+  --server ADDR       c2s host:port
+  --component DOMAIN  clinkd's component domain
+  --ca FILE           CA certificate to verify the server (default: system roots)
+  --log-key KEY       the key directory log's verifier key
+  --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
+  The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
+  the key store passphrase from $CLINKCTL_PASSPHRASE or --passphrase-file.
+
+commands:
+  login                              log in; create the key store on first run; publish the key
+  keys publish|show                  publish this device's key; show it and its verified binding
+  keys verify JID                    look a contact's key up and verify its proof
+  send --to JID [--secure] [--ttl D] TEXT
+                                     send an end-to-end message through clinkd
+  listen [--for D] [--count N]       print messages, receipts and expiries as they come
+  sync offer [--listen ADDR]         receive this account's keys from another device (LAN only)
+  sync accept --to ADDR [--code C]   send this device's keys to the offering device
+`
+
+// global are the flags before the command.
+type global struct {
+	lab, as, jid, server, component, ca, logKey, home string
+	passwordFile, passphraseFile                      string
+}
+
+func (e env) run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("clinkctl", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { fmt.Fprint(e.stderr, usage) }
+	var g global
+	fs.StringVar(&g.lab, "lab", "", "")
+	fs.StringVar(&g.as, "as", "", "")
+	fs.StringVar(&g.jid, "jid", "", "")
+	fs.StringVar(&g.server, "server", "", "")
+	fs.StringVar(&g.component, "component", "", "")
+	fs.StringVar(&g.ca, "ca", "", "")
+	fs.StringVar(&g.logKey, "log-key", "", "")
+	fs.StringVar(&g.home, "home", "", "")
+	fs.StringVar(&g.passwordFile, "password-file", "", "")
+	fs.StringVar(&g.passphraseFile, "passphrase-file", "", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() == 0 || fs.Arg(0) == "help" {
+		fmt.Fprint(e.stdout, usage)
+		if fs.NArg() == 0 {
+			return usageError{"no command"}
+		}
+		return nil
+	}
+	p, err := e.profile(g)
+	if err != nil {
+		return err
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "login":
+		return e.login(ctx, p, rest)
+	case "keys":
+		return e.keys(ctx, p, rest)
+	case "send":
+		return e.send(ctx, p, rest)
+	case "listen":
+		return e.listen(ctx, p, rest)
+	case "sync":
+		return e.sync(ctx, p, rest)
+	}
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+// profile is everything needed to be one device of one account.
+type profile struct {
+	jid        jid.JID
+	password   string
+	passphrase string
+	server     string
+	component  jid.JID
+	tls        *tls.Config
+	logKey     string
+	dir        string // this account's state on this device
+}
+
+func (e env) profile(g global) (*profile, error) {
+	p := &profile{}
+	var info *deploy.Info
+	if g.lab != "" {
+		i, err := deploy.ReadInfo(g.lab)
+		if err != nil {
+			return nil, err
+		}
+		info = &i
+		p.server, p.logKey = i.C2S, i.KeyLogVerifier
+		p.component = jid.MustParse(i.Component)
+		if g.ca == "" {
+			g.ca = i.CAFile
+		}
+	}
+	who := g.jid
+	if g.as != "" {
+		if info == nil {
+			return nil, usageError{"--as needs --lab"}
+		}
+		for _, u := range info.Users {
+			if u.JID == g.as || strings.HasPrefix(u.JID, g.as+"@") {
+				who, p.password = u.JID, u.Password
+			}
+		}
+		if who == "" {
+			return nil, usageError{fmt.Sprintf("no user %q in %s", g.as, g.lab)}
+		}
+	}
+	if who == "" {
+		return nil, usageError{"say who you are: --as NAME (with --lab) or --jid JID"}
+	}
+	j, err := jid.Parse(who)
+	if err != nil || j.Localpart() == "" {
+		return nil, usageError{fmt.Sprintf("%q is not a user JID", who)}
+	}
+	p.jid = j.Bare()
+	if g.server != "" {
+		p.server = g.server
+	}
+	if g.component != "" {
+		if p.component, err = jid.Parse(g.component); err != nil {
+			return nil, usageError{fmt.Sprintf("--component: %v", err)}
+		}
+	}
+	if g.logKey != "" {
+		p.logKey = g.logKey
+	}
+	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
+	if g.ca != "" {
+		pem, err := os.ReadFile(g.ca)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no certificate", g.ca)
+		}
+		p.tls.RootCAs = pool
+	}
+	if s := e.getenv("CLINKCTL_PASSWORD"); s != "" {
+		p.password = s
+	}
+	if g.passwordFile != "" {
+		if p.password, err = readSecret(g.passwordFile); err != nil {
+			return nil, err
+		}
+	}
+	p.passphrase = e.getenv("CLINKCTL_PASSPHRASE")
+	if g.passphraseFile != "" {
+		if p.passphrase, err = readSecret(g.passphraseFile); err != nil {
+			return nil, err
+		}
+	}
+	home := g.home
+	if home == "" {
+		home = e.getenv("CLINKCTL_HOME")
+	}
+	if home == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return nil, err
+		}
+		home = filepath.Join(h, ".clinkctl")
+	}
+	p.dir = filepath.Join(home, p.jid.String())
+	return p, nil
+}
+
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+func (p *profile) keystorePath() string { return filepath.Join(p.dir, "keys") }
+
+// need checks that the profile names what a command needs.
+func (p *profile) need(server, component, logKey, passphrase bool) error {
+	switch {
+	case server && p.server == "":
+		return usageError{"no server: --server ADDR or --lab"}
+	case server && p.password == "":
+		return usageError{"no password: $CLINKCTL_PASSWORD, --password-file or --lab"}
+	case component && p.component.Domainpart() == "":
+		return usageError{"no clinkd component: --component DOMAIN or --lab"}
+	case logKey && p.logKey == "":
+		return usageError{"no key directory verifier key: --log-key KEY or --lab"}
+	case passphrase && p.passphrase == "":
+		return usageError{"no key store passphrase: $CLINKCTL_PASSPHRASE or --passphrase-file"}
+	}
+	return nil
+}
+
+// openStore opens this account's key store, or creates it on first run
+// (create), with a fresh RSA-3072 identity; an existing one is never
+// replaced.
+func (p *profile) openStore(create bool) (*keystore.Store, bool, error) {
+	s, err := keystore.Open(p.keystorePath(), []byte(p.passphrase))
+	if err == nil {
+		return s, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) || !create {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, false, errors.New("no key store on this device yet: run 'clinkctl login' (or 'clinkctl sync offer') first")
+		}
+		return nil, false, err
+	}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, false, err
+	}
+	id, err := envelope.GenerateIdentity(p.jid.String())
+	if err != nil {
+		return nil, false, err
+	}
+	s, err = keystore.Create(p.keystorePath(), []byte(p.passphrase), id)
+	return s, true, err
+}
+
+// device logs in and returns the started device.
+func (p *profile) device(ctx context.Context, create bool) (*client.Device, bool, error) {
+	if err := p.need(true, true, true, true); err != nil {
+		return nil, false, err
+	}
+	store, created, err := p.openStore(create)
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := client.Dial(ctx, client.Config{Addr: p.server, JID: p.jid, Password: p.password, TLS: p.tls})
+	if err != nil {
+		return nil, false, err
+	}
+	pins, err := client.OpenFilePins(filepath.Join(p.dir, "pins.json"))
+	if err != nil {
+		c.Close()
+		return nil, false, err
+	}
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, Pins: pins})
+	if err != nil {
+		c.Close()
+		return nil, false, err
+	}
+	if err := d.Start(ctx); err != nil {
+		c.Close()
+		return nil, false, err
+	}
+	return d, created, nil
+}
+
+// deviceID is this device's stable, random, non-secret name for sync.
+func (p *profile) deviceID() (string, error) {
+	path := filepath.Join(p.dir, "device-id")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return "", err
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	id := "clinkctl-" + hex.EncodeToString(b)
+	return id, os.WriteFile(path, []byte(id+"\n"), 0o600)
+}
+
+// prompt reads one line from stdin.
+func (e env) prompt(question string) (string, error) {
+	fmt.Fprint(e.stderr, question)
+	line, err := bufio.NewReader(e.stdin).ReadString('\n')
+	if err != nil && line == "" {
+		return "", fmt.Errorf("no answer: %w", err)
+	}
+	return strings.TrimSpace(line), nil
+}

@@ -1,0 +1,183 @@
+package ctl_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clinkme/clinkd/client/ctl"
+	"github.com/clinkme/clinkd/lab"
+	"github.com/clinkme/clinkd/lab/deploy"
+)
+
+// clinkctl runs the CLI in-process with a home and passphrase of its own.
+type runner struct {
+	t       *testing.T
+	labJSON string
+	home    string
+}
+
+func (r runner) run(ctx context.Context, stdin string, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	env := map[string]string{"CLINKCTL_HOME": r.home, "CLINKCTL_PASSPHRASE": "a device passphrase"}
+	code = ctl.Run(ctx, append([]string{"--lab", r.labJSON}, args...), strings.NewReader(stdin), &out, &errb, func(k string) string { return env[k] })
+	return code, out.String(), errb.String()
+}
+
+// TestCLI drives clinkctl against a whole `clinkd lab` deployment (real
+// Prosody, PostgreSQL, coturn, clinkd), as an operator trying it would:
+// log in, verify keys, send standard, secure and timed messages, listen,
+// move alice's keys to a second device over loopback, and read there.
+func TestCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real servers")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dep, err := deploy.Start(ctx, deploy.Options{Server: lab.Prosody, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dep.Close() })
+	labJSON := filepath.Join(dir, "lab.json")
+	alice := runner{t, labJSON, t.TempDir()}
+	bob := runner{t, labJSON, t.TempDir()}
+
+	for _, r := range []runner{alice, bob} {
+		name := map[string]string{alice.home: "alice", bob.home: "bob"}[r.home]
+		code, out, errs := r.run(ctx, "", "--as", name, "login")
+		if code != 0 || !strings.Contains(out, "created this device's key store") || !strings.Contains(out, "published") {
+			t.Fatalf("login %s = %d\n%s%s", name, code, out, errs)
+		}
+	}
+	bobJID := dep.Info.Users[1].JID
+	if code, out, errs := alice.run(ctx, "", "--as", "alice", "keys", "verify", bobJID); code != 0 || !strings.Contains(out, "proof verified") {
+		t.Fatalf("keys verify = %d\n%s%s", code, out, errs)
+	}
+
+	// bob listens while alice sends three kinds of message.
+	var wg sync.WaitGroup
+	var listenOut string
+	wg.Go(func() {
+		_, listenOut, _ = bob.run(ctx, "", "--as", "bob", "listen", "--count", "3", "--for", "2m")
+	})
+	time.Sleep(2 * time.Second) // bob's listener has announced itself
+	for _, args := range [][]string{
+		{"send", "--to", bobJID, "plain hello"},
+		{"send", "--to", bobJID, "--secure", "secure hello"},
+		{"send", "--to", bobJID, "--secure", "--ttl", "1m", "timed hello"},
+	} {
+		code, out, errs := alice.run(ctx, "", append([]string{"--as", "alice"}, args...)...)
+		if code != 0 || !strings.Contains(out, "sent ") {
+			t.Fatalf("%v = %d\nstdout: %s\nstderr: %s", args, code, out, errs)
+		}
+	}
+	wg.Wait()
+	for _, want := range []string{"plain hello", "[secure]: secure hello", "timed hello"} {
+		if !strings.Contains(listenOut, want) {
+			t.Errorf("bob's listen output lacks %q:\n%s", want, listenOut)
+		}
+	}
+
+	// A second device of alice's receives her keys over loopback.
+	second := runner{t, labJSON, t.TempDir()}
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	pr, pw := io.Pipe()
+	var offerCode int
+	var offerErr string
+	wg.Go(func() {
+		var out bytes.Buffer
+		var errb bytes.Buffer
+		env := map[string]string{"CLINKCTL_HOME": second.home, "CLINKCTL_PASSPHRASE": "a device passphrase"}
+		offerCode = ctl.Run(ctx, []string{"--lab", labJSON, "--as", "alice", "sync", "offer", "--listen", addr, "--yes"},
+			strings.NewReader(""), io.MultiWriter(&out, pw), &errb, func(k string) string { return env[k] })
+		offerErr = errb.String()
+		pw.Close()
+	})
+	// As a user would: accept dials, offer then shows the code, the user
+	// types it on the accepting device.
+	codeIn, typeCode := io.Pipe()
+	var acceptCode int
+	var acceptOut string
+	wg.Go(func() {
+		var out, errb bytes.Buffer
+		env := map[string]string{"CLINKCTL_HOME": alice.home, "CLINKCTL_PASSPHRASE": "a device passphrase"}
+		acceptCode = ctl.Run(ctx, []string{"--lab", labJSON, "--as", "alice", "sync", "accept", "--to", addr}, codeIn, &out, &errb, func(k string) string { return env[k] })
+		acceptOut = out.String() + errb.String()
+	})
+	code := readCode(t, pr)
+	go io.Copy(io.Discard, pr)
+	io.WriteString(typeCode, code+"\n")
+	typeCode.Close()
+	wg.Wait()
+	if offerCode != 0 || acceptCode != 0 {
+		t.Fatalf("sync offer = %d: %s\nsync accept = %d: %s", offerCode, offerErr, acceptCode, acceptOut)
+	}
+	// The second device reads with alice's keys: first the copy of her
+	// timed message, still valid, then what bob writes now.
+	wg.Go(func() {
+		_, listenOut, _ = second.run(ctx, "", "--as", "alice", "listen", "--count", "2", "--for", "2m")
+	})
+	time.Sleep(2 * time.Second)
+	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--secure", "to both of alice's devices"); c != 0 {
+		t.Fatalf("bob send = %d\n%s%s", c, out, errs)
+	}
+	wg.Wait()
+	if !strings.Contains(listenOut, "sent by another of your devices") || !strings.Contains(listenOut, "to both of alice's devices") {
+		t.Errorf("alice's second device did not read bob's message:\n%s", listenOut)
+	}
+
+	// Mistakes get a clear message and a non-zero exit.
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--as", "carol", "login"}, 2, "no user \"carol\""},
+		{[]string{"--as", "alice", "send", "--to", "not a jid", "x"}, 2, "is not a user JID"},
+		{[]string{"--as", "alice", "frobnicate"}, 2, "unknown command"},
+		{[]string{"--as", "alice", "sync", "offer", "--listen", addr, "--yes"}, 1, "never replaced"},
+	} {
+		c, _, errs := second.run(ctx, "", tt.args...)
+		if c != tt.code || !strings.Contains(errs, tt.want) || !strings.HasPrefix(errs, "clinkctl: error: ") {
+			t.Errorf("clinkctl %v = %d, %q; want %d and %q", tt.args, c, errs, tt.code, tt.want)
+		}
+	}
+}
+
+func readCode(t *testing.T, r io.Reader) string {
+	t.Helper()
+	re := regexp.MustCompile(`code: (\d{6})`)
+	var buf []byte
+	b := make([]byte, 256)
+	for {
+		n, err := r.Read(b)
+		buf = append(buf, b[:n]...)
+		if m := re.FindSubmatch(buf); m != nil {
+			return string(m[1])
+		}
+		if err != nil {
+			t.Fatalf("no code from sync offer: %q", buf)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
