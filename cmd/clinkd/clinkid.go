@@ -74,18 +74,7 @@ func runAccounts(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(pos) != subs[sub] {
 		return usageError{fmt.Sprintf("accounts %s takes %d argument(s), got %d", sub, subs[sub], len(pos))}
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	if cfg.Database.URL == "" {
-		return usageError{"no database configured (database.url or CLINKD_DATABASE_URL)"}
-	}
-	log, err := daemon.NewLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	db, err := daemon.OpenDatabase(ctx, cfg.Database)
+	cfg, log, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
 )
 
@@ -116,14 +115,7 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	if cfg.Database.URL == "" {
-		return usageError{"no database configured (database.url or CLINKD_DATABASE_URL)"}
-	}
-	db, err := daemon.OpenDatabase(ctx, cfg.Database)
+	_, _, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
 		return err
 	}

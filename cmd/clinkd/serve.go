@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/internal/migrate"
@@ -12,6 +15,27 @@ import (
 
 func loadConfig(path string) (daemon.Config, error) {
 	return daemon.LoadConfig(path, os.Environ())
+}
+
+// openDatabase loads the config at path and connects to its database, for
+// the commands that work on the store directly. Close the pool when done.
+func openDatabase(ctx context.Context, path string, stderr io.Writer) (daemon.Config, *slog.Logger, *pgxpool.Pool, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	if cfg.Database.URL == "" {
+		return cfg, nil, nil, usageError{"no database configured (database.url or CLINKD_DATABASE_URL)"}
+	}
+	log, err := daemon.NewLogger(cfg.Log, stderr)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	db, err := daemon.OpenDatabase(ctx, cfg.Database)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	return cfg, log, db, nil
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -41,18 +65,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	if cfg.Database.URL == "" {
-		return usageError{"no database configured (database.url or CLINKD_DATABASE_URL)"}
-	}
-	log, err := daemon.NewLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	db, err := daemon.OpenDatabase(ctx, cfg.Database)
+	_, log, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
 		return err
 	}
