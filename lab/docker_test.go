@@ -2,6 +2,7 @@ package lab
 
 import (
 	"maps"
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -224,7 +225,7 @@ func TestCoturnConfigHardened(t *testing.T) {
 		"192.0.0.0-192.0.0.255", "192.0.2.0-192.0.2.255", "192.88.99.0-192.88.99.255",
 		"192.168.0.0-192.168.255.255", "198.18.0.0-198.19.255.255", "198.51.100.0-198.51.100.255",
 		"203.0.113.0-203.0.113.255", "240.0.0.0-255.255.255.255",
-		"::", "::1", "::ffff:0.0.0.0-::ffff:255.255.255.255", "64:ff9b::-64:ff9b::ffff:ffff",
+		"::1", "::ffff:0.0.0.0-::ffff:255.255.255.255", "64:ff9b::-64:ff9b::ffff:ffff",
 		"100::-100::ffff:ffff:ffff:ffff", "2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
 		"2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
 		"fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
@@ -251,6 +252,19 @@ func TestCoturnConfigHardened(t *testing.T) {
 		for _, r := range denied {
 			if !slices.Contains(keys["denied-peer-ip"], r) {
 				t.Errorf("%s: denied-peer-ip=%s missing", name, r)
+			}
+		}
+		// coturn (ioa_addr_in_range) matches every address against a
+		// range whose start and end are all zeros, and every IPv4 address
+		// against an IPv6 range that starts at "::": such a line would
+		// refuse every peer (TestRelayRefusesPrivatePeers in turncred
+		// caught "denied-peer-ip=::" doing exactly that).
+		for _, r := range keys["denied-peer-ip"] {
+			lo, _, _ := strings.Cut(r, "-")
+			if a, err := netip.ParseAddr(lo); err != nil {
+				t.Errorf("%s: denied-peer-ip=%s: %v", name, r, err)
+			} else if a.Is6() && a.IsUnspecified() {
+				t.Errorf("%s: denied-peer-ip=%s starts at ::, which coturn reads as any address", name, r)
 			}
 		}
 		wantAllowed := []string(nil)
