@@ -29,11 +29,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/dtls/v3"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/logging"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"mellium.im/xmpp/jid"
@@ -181,6 +183,7 @@ func (p *Phone) newPeerConnection(servers []webrtc.ICEServer) (*webrtc.PeerConne
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 		se.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
 	}
+	se.LoggerFactory = pionLogs{p.log}
 	if p.opts.Configure != nil {
 		p.opts.Configure(&se)
 	}
@@ -431,6 +434,8 @@ type Call struct {
 	doneOnce  sync.Once
 	endErr    error
 	sendMu    sync.Mutex // one Jingle IQ at a time, in order
+
+	terminating atomic.Bool
 }
 
 // Peer is the other device.
@@ -531,6 +536,10 @@ func (c *Call) setup() error {
 			c.connOnce.Do(func() { close(c.connected) })
 		case webrtc.PeerConnectionStateFailed:
 			go c.terminate(context.Background(), "connectivity-error", errors.New("call: ICE or DTLS failed"))
+		case webrtc.PeerConnectionStateClosed:
+			// The peer's DTLS close_notify closes the connection, often
+			// before its session-terminate arrives.
+			go c.end(fmt.Errorf("%w: media closed", ErrEnded))
 		}
 	})
 	go c.trickle()
@@ -730,10 +739,20 @@ func (c *Call) terminate(ctx context.Context, reason string, why error) error {
 		return nil
 	default:
 	}
-	c.end(why)
+	if !c.terminating.CompareAndSwap(false, true) {
+		return nil // someone else is ending it
+	}
+	// Tell the peer first: closing the media sends a DTLS close_notify,
+	// and a peer that sees it first forgets the session before our
+	// session-terminate arrives.
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return c.send(ctx, &jingle.Jingle{Action: jingle.ActionSessionTerminate, SID: c.sid, Reason: jingle.NewReason(reason, "")})
+	err := c.send(ctx, &jingle.Jingle{Action: jingle.ActionSessionTerminate, SID: c.sid, Reason: jingle.NewReason(reason, "")})
+	c.end(why)
+	if errors.Is(err, stanza.Error{Condition: stanza.ItemNotFound}) {
+		return nil // the peer had ended it already
+	}
+	return err
 }
 
 // end ends the call here: the session is forgotten and the media stops.
@@ -836,3 +855,25 @@ func outOfOrder() error {
 		App: xml.Name{Space: jingle.NSErrors, Local: "out-of-order"},
 	}
 }
+
+// pionLogs routes pion's log into the phone's: its errors as warnings,
+// its info and warnings as debug. Its debug and trace output is dropped:
+// it dumps STUN messages, with ICE usernames in them.
+type pionLogs struct{ log *slog.Logger }
+
+func (f pionLogs) NewLogger(scope string) logging.LeveledLogger {
+	return pionLogger{f.log.With("pion", scope)}
+}
+
+type pionLogger struct{ log *slog.Logger }
+
+func (pionLogger) Trace(string)                   {}
+func (pionLogger) Tracef(string, ...any)          {}
+func (pionLogger) Debug(string)                   {}
+func (pionLogger) Debugf(string, ...any)          {}
+func (l pionLogger) Info(msg string)              { l.log.Debug(msg) }
+func (l pionLogger) Infof(f string, args ...any)  { l.log.Debug(fmt.Sprintf(f, args...)) }
+func (l pionLogger) Warn(msg string)              { l.log.Debug(msg) }
+func (l pionLogger) Warnf(f string, args ...any)  { l.log.Debug(fmt.Sprintf(f, args...)) }
+func (l pionLogger) Error(msg string)             { l.log.Warn(msg) }
+func (l pionLogger) Errorf(f string, args ...any) { l.log.Warn(fmt.Sprintf(f, args...)) }

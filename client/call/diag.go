@@ -84,7 +84,7 @@ func (c *Call) Diagnostics() (Diagnostics, error) {
 	}
 	select {
 	case <-c.connected:
-		d.Connected = c.Err() == nil
+		d.Connected = c.Err() == nil && pc.ConnectionState() == webrtc.PeerConnectionStateConnected
 	default:
 	}
 	d.Code = code(d.LocalFingerprint, d.PeerFingerprint)
@@ -106,21 +106,20 @@ func (c *Call) Diagnostics() (Diagnostics, error) {
 	senders := pc.GetSenders()
 	if len(senders) > 0 && senders[0].Transport() != nil {
 		it := senders[0].Transport().ICETransport()
-		if ps, ok := it.GetSelectedCandidatePairStats(); ok {
-			d.BytesSent, d.BytesReceived = ps.BytesSent, ps.BytesReceived
-			if l, ok := report[ps.LocalCandidateID].(webrtc.ICECandidateStats); ok {
-				d.Local = Candidate{Type: l.CandidateType.String(), Address: net.JoinHostPort(l.IP, fmt.Sprint(l.Port)), RelayProtocol: l.RelayProtocol}
-			}
-			if r, ok := report[ps.RemoteCandidateID].(webrtc.ICECandidateStats); ok {
-				d.Remote = Candidate{Type: r.CandidateType.String(), Address: net.JoinHostPort(r.IP, fmt.Sprint(r.Port))}
+		if pair, err := it.GetSelectedCandidatePair(); err == nil && pair != nil {
+			d.Local = Candidate{Type: pair.Local.Typ.String(), Address: net.JoinHostPort(pair.Local.Address, fmt.Sprint(pair.Local.Port))}
+			d.Remote = Candidate{Type: pair.Remote.Typ.String(), Address: net.JoinHostPort(pair.Remote.Address, fmt.Sprint(pair.Remote.Port))}
+			// How this device reaches its relay is only in the stats of
+			// its local candidates; the relayed address identifies ours.
+			for _, s := range report {
+				if cs, ok := s.(webrtc.ICECandidateStats); ok && cs.Type == webrtc.StatsTypeLocalCandidate &&
+					cs.IP == pair.Local.Address && cs.Port == int32(pair.Local.Port) && cs.CandidateType == pair.Local.Typ {
+					d.Local.RelayProtocol = cs.RelayProtocol
+				}
 			}
 		}
-		if d.Local.Type == "" {
-			// Stats not there yet: the pair itself.
-			if pair, err := it.GetSelectedCandidatePair(); err == nil && pair != nil {
-				d.Local = Candidate{Type: pair.Local.Typ.String(), Address: net.JoinHostPort(pair.Local.Address, fmt.Sprint(pair.Local.Port))}
-				d.Remote = Candidate{Type: pair.Remote.Typ.String(), Address: net.JoinHostPort(pair.Remote.Address, fmt.Sprint(pair.Remote.Port))}
-			}
+		if ps, ok := it.GetSelectedCandidatePairStats(); ok {
+			d.BytesSent, d.BytesReceived = ps.BytesSent, ps.BytesReceived
 		}
 	}
 	d.PeerRelayed = d.Remote.Type == "relay"

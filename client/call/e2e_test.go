@@ -11,6 +11,7 @@ import (
 
 	"github.com/pion/webrtc/v4"
 
+	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/call"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
@@ -176,6 +177,33 @@ func TestCall(t *testing.T) {
 			})
 		}
 	}
+}
+
+// connect has alice call bob and bob answer, and returns both calls.
+func connect(t *testing.T, ctx context.Context, pa, pb *call.Phone, bob *client.Client) (ca, cb *call.Call) {
+	t.Helper()
+	answered := make(chan *call.Call, 1)
+	go func() {
+		in, err := pb.Incoming(ctx)
+		if err != nil {
+			t.Errorf("bob: incoming: %v", err)
+			answered <- nil
+			return
+		}
+		c, err := in.Accept(ctx)
+		if err != nil {
+			t.Errorf("bob: accept: %v", err)
+		}
+		answered <- c
+	}()
+	ca, err := pa.Call(ctx, bob.JID())
+	if err != nil {
+		t.Fatalf("alice calls bob: %v", err)
+	}
+	if cb = <-answered; cb == nil {
+		t.FailNow()
+	}
+	return ca, cb
 }
 
 func checkDiagnostics(t *testing.T, who string, d call.Diagnostics, relayed bool, services []string) {

@@ -107,6 +107,9 @@ func (c *Call) Probe(ctx context.Context, n int, interval time.Duration) (ProbeR
 			res.Sent++
 			mu.Unlock()
 		}
+		if i == n-1 || sendErr != nil {
+			break
+		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():

@@ -52,10 +52,20 @@ func Run(ctx context.Context, dev *client.Client, cfg RunConfig, w io.Writer) (D
 		return Diagnostics{}, err
 	}
 	defer c.Hangup(context.WithoutCancel(ctx))
+	// The route as it is now, in case the peer hangs up before the end of
+	// the probe and there is nothing left to look at.
+	start, err := c.Diagnostics()
+	if err != nil {
+		return start, err
+	}
 	probe, perr := c.Probe(ctx, cfg.Packets, cfg.Interval)
 	d, err := c.Diagnostics()
 	if err != nil {
 		return d, err
+	}
+	if !d.Connected && start.Connected {
+		fmt.Fprintln(w, "(the call ended before the probe did: figures from the start of the call)")
+		d = start
 	}
 	Report(w, d, probe)
 	if perr != nil {
