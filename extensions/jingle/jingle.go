@@ -329,10 +329,12 @@ func (d *Description) validate() error {
 	if len(d.Sources) > MaxSources {
 		return fmt.Errorf("more than %d sources", MaxSources)
 	}
+	ssrcs := map[uint32]bool{}
 	for _, s := range d.Sources {
-		if s.SSRC == 0 {
-			return errors.New("source without ssrc")
+		if s.SSRC == 0 || ssrcs[s.SSRC] {
+			return errors.New("a source needs an ssrc, once")
 		}
+		ssrcs[s.SSRC] = true
 		if len(s.Parameters) > MaxParameters {
 			return fmt.Errorf("source %d: more than %d parameters", s.SSRC, MaxParameters)
 		}
