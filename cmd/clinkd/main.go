@@ -5,6 +5,8 @@
 //	clinkd migrate --config FILE    apply database migrations and exit
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
+//	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
+//	                                check a deployment end to end
 //	clinkd version
 package main
 
@@ -37,6 +39,7 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
 		{"lab-init", "write the container lab's CA, certificates and secrets (docker/compose.yaml)", runLabInit},
+		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
 		{"version", "print the version", runVersion},
 	}
 }
