@@ -74,7 +74,7 @@ type Allocation struct {
 	// address (its LocalAddr).
 	Relay  net.PacketConn
 	client *turn.Client
-	conn   net.PacketConn
+	conn   net.PacketConn // closed by Close unless the caller owns it
 }
 
 // Allocate connects to the TURN server at addr over transport ("udp",
@@ -85,6 +85,21 @@ func Allocate(ctx context.Context, transport, addr string, tlsConfig *tls.Config
 	if err != nil {
 		return nil, fmt.Errorf("turnprobe: %s %s: %w", transport, addr, err)
 	}
+	a, err := AllocateOn(ctx, conn, addr, username, password)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("turnprobe: allocate on %s %s: %w", transport, addr, err)
+	}
+	a.conn = conn
+	return a, nil
+}
+
+// AllocateOn allocates a UDP relay on the TURN server at addr through
+// conn, which the caller owns and closes after Close. A benchmark uses it
+// to keep its sockets open: coturn frees a released allocation about a
+// second later, and a new socket on the same port meanwhile would be the
+// same 5-tuple (437 Allocation Mismatch).
+func AllocateOn(ctx context.Context, conn net.PacketConn, addr, username, password string) (*Allocation, error) {
 	cl, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: addr,
 		TURNServerAddr: addr,
@@ -94,21 +109,18 @@ func Allocate(ctx context.Context, transport, addr string, tlsConfig *tls.Config
 		LoggerFactory:  quiet{},
 	})
 	if err != nil {
-		conn.Close()
 		return nil, fmt.Errorf("turnprobe: %w", err)
 	}
 	if err := cl.Listen(); err != nil {
 		cl.Close()
-		conn.Close()
 		return nil, fmt.Errorf("turnprobe: %w", err)
 	}
 	relay, err := cl.AllocateWithContext(ctx)
 	if err != nil {
 		cl.Close()
-		conn.Close()
-		return nil, fmt.Errorf("turnprobe: allocate on %s %s: %w", transport, addr, err)
+		return nil, fmt.Errorf("turnprobe: allocate on %s: %w", addr, err)
 	}
-	return &Allocation{Relay: relay, client: cl, conn: conn}, nil
+	return &Allocation{Relay: relay, client: cl}, nil
 }
 
 func dial(ctx context.Context, transport, addr string, tlsConfig *tls.Config) (net.PacketConn, error) {
@@ -154,7 +166,9 @@ func (a *Allocation) Permit(peers ...net.Addr) error {
 func (a *Allocation) Close() error {
 	err := a.Relay.Close()
 	a.client.Close()
-	a.conn.Close()
+	if a.conn != nil {
+		a.conn.Close()
+	}
 	return err
 }
 
