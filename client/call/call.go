@@ -306,15 +306,35 @@ func (p *Phone) forget(c *Call) {
 	delete(p.sessions, sessionKey{c.peer.String(), c.sid})
 }
 
-// Incoming waits for the next call to this device.
+// Incoming waits for the next call to this device. Calls the caller gave
+// up on while they waited are skipped.
 func (p *Phone) Incoming(ctx context.Context) (*Incoming, error) {
+	for {
+		select {
+		case in := <-p.incoming:
+			if in.call.Err() != nil {
+				continue
+			}
+			return in, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-p.dev.Done():
+			return nil, client.ErrClosed
+		}
+	}
+}
+
+// ringTimeout ends an incoming call nobody accepted or declined within
+// Options.Timeout, so a caller that vanished leaves no session behind.
+func (c *Call) ringTimeout() {
+	t := time.NewTimer(c.p.opts.Timeout)
+	defer t.Stop()
 	select {
-	case in := <-p.incoming:
-		return in, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-p.dev.Done():
-		return nil, client.ErrClosed
+	case <-t.C:
+		if !c.accepted.Load() {
+			c.terminate(context.Background(), "timeout", fmt.Errorf("%w: not answered", ErrEnded))
+		}
+	case <-c.done:
 	}
 }
 
@@ -338,6 +358,9 @@ func (in *Incoming) Accept(ctx context.Context) (*Call, error) {
 	case <-c.done:
 		return nil, c.err()
 	default:
+	}
+	if !c.accepted.CompareAndSwap(false, true) {
+		return nil, errors.New("call: already answered")
 	}
 	servers, err := p.iceServers(ctx)
 	if err != nil {
@@ -400,6 +423,7 @@ func (c *Call) ring() {
 
 // Decline refuses the call.
 func (in *Incoming) Decline(ctx context.Context) error {
+	in.call.accepted.Store(true)
 	return in.call.terminate(ctx, "decline", ErrDeclined)
 }
 
@@ -436,6 +460,7 @@ type Call struct {
 	sendMu    sync.Mutex // one Jingle IQ at a time, in order
 
 	terminating atomic.Bool
+	accepted    atomic.Bool // an incoming call was answered
 }
 
 // Peer is the other device.
@@ -818,6 +843,7 @@ func (p *Phone) handleJingle(iq *client.Stanza) error {
 		// Candidates before the answer wait in the call.
 		go c.run()
 		go c.ring()
+		go c.ringTimeout()
 		return nil
 	}
 	if !known {

@@ -41,7 +41,8 @@ func rawIQ(t *testing.T, ctx context.Context, from *client.Client, to jid.JID, i
 // another device (even of the same user) cannot end, redirect or inject
 // candidates into it (unknown-session); malformed requests get
 // bad-request; a declined call fails with ErrDeclined; a call to a device
-// that is not online fails at once.
+// that is not online fails at once; a call nobody answers ends with
+// timeout.
 func TestSignalling(t *testing.T) {
 	t.Parallel()
 	for _, srv := range labtest.Servers(t) {
@@ -130,6 +131,17 @@ func TestSignalling(t *testing.T) {
 			}
 			if _, err := pa.Call(ctx, bob.JID().Bare()); err == nil {
 				t.Error("call to a bare JID succeeded, want an error")
+			}
+
+			// Nobody answers carol's device: it gives up after its timeout
+			// and tells the caller.
+			carol := clinkdtest.NewDevice(t, srv)
+			opts := phoneOptions(t, d.Component().Domain())
+			opts.Timeout = 2 * time.Second
+			pc := call.NewPhone(carol, opts)
+			t.Cleanup(func() { pc.Close() })
+			if _, err := pa.Call(ctx, carol.JID()); !errors.Is(err, call.ErrEnded) || !strings.Contains(err.Error(), "timeout") {
+				t.Errorf("unanswered call = %v, want ErrEnded with timeout", err)
 			}
 		})
 	}
