@@ -81,7 +81,9 @@ func FuzzToSDP(f *testing.F) {
 			t.Fatalf("toJingle(toSDP(x)) = %v\n%s", err, out)
 		}
 		if want := normalize(j.Contents); !reflect.DeepEqual(normalize(back), want) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v\n%s", normalize(back), want, out)
+			g, _ := xml.Marshal(normalize(back))
+			w, _ := xml.Marshal(want)
+			t.Fatalf("round trip:\n got %s\nwant %s\n%s", g, w, out)
 		}
 		if !reflect.DeepEqual(backGroup, j.Group) {
 			t.Fatalf("group round trip: %+v, want %+v", backGroup, j.Group)

@@ -338,7 +338,11 @@ func (d *Description) validate() error {
 		if len(s.Parameters) > MaxParameters {
 			return fmt.Errorf("source %d: more than %d parameters", s.SSRC, MaxParameters)
 		}
+		cnames := 0
 		for _, p := range s.Parameters {
+			if p.Name == "cname" {
+				cnames++
+			}
 			if p.Name != "cname" && p.Name != "msid" {
 				return fmt.Errorf("source %d: parameter %q, want cname or msid", s.SSRC, p.Name)
 			}
@@ -352,6 +356,10 @@ func (d *Description) validate() error {
 					return fmt.Errorf("source %d: bad %s", s.SSRC, p.Name)
 				}
 			}
+		}
+		// RFC 5576 §6.1: every source has exactly one CNAME.
+		if cnames != 1 {
+			return fmt.Errorf("source %d: %d cname parameters, want 1", s.SSRC, cnames)
 		}
 	}
 	return nil

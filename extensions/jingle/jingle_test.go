@@ -71,6 +71,7 @@ func TestValidateRefuses(t *testing.T) {
 		{"cname with space", "value='Ux4oNbXkUHsbvL1L'", "value='Ux4o NbX'"},
 		{"msid with three parts", "value='clinkme-a73sjjvk audio'", "value='a b c'"},
 		{"source parameter", "name='cname'", "name='label'"},
+		{"source without cname", "<parameter name='cname' value='Ux4oNbXkUHsbvL1L'/>", ""},
 		{"ssrc zero", "ssrc='3735928559'", "ssrc='0'"},
 		{"group names a missing content", "<content name='0'/>", "<content name='9'/>"},
 		{"group semantics", "semantics='BUNDLE'", "semantics='LS'"},
