@@ -80,18 +80,35 @@ type Allocation struct {
 // Allocate connects to the TURN server at addr over transport ("udp",
 // "tcp" or "tls"; tlsConfig verifies the server for "tls"), authenticates
 // with username and password and allocates a UDP relay.
+//
+// Over UDP a new socket may get the port of one whose allocation coturn
+// has not freed yet (it frees a released allocation about a second
+// later): the server then answers the first request with 437 Allocation
+// Mismatch, which pion reports as a missing attribute. RFC 8656 §7.2 says
+// to try again from another 5-tuple, so Allocate does, twice, opening the
+// new socket before closing the old one.
 func Allocate(ctx context.Context, transport, addr string, tlsConfig *tls.Config, username, password string) (*Allocation, error) {
-	conn, err := dial(ctx, transport, addr, tlsConfig)
-	if err != nil {
-		return nil, fmt.Errorf("turnprobe: %s %s: %w", transport, addr, err)
+	var stale []net.PacketConn
+	defer func() {
+		for _, c := range stale {
+			c.Close()
+		}
+	}()
+	for attempt := 0; ; attempt++ {
+		conn, err := dial(ctx, transport, addr, tlsConfig)
+		if err != nil {
+			return nil, fmt.Errorf("turnprobe: %s %s: %w", transport, addr, err)
+		}
+		a, err := AllocateOn(ctx, conn, addr, username, password)
+		if err == nil {
+			a.conn = conn
+			return a, nil
+		}
+		stale = append(stale, conn)
+		if transport != "udp" || attempt == 2 || !errors.Is(err, stun.ErrAttributeNotFound) || ctx.Err() != nil {
+			return nil, fmt.Errorf("turnprobe: allocate on %s %s: %w", transport, addr, err)
+		}
 	}
-	a, err := AllocateOn(ctx, conn, addr, username, password)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("turnprobe: allocate on %s %s: %w", transport, addr, err)
-	}
-	a.conn = conn
-	return a, nil
 }
 
 // AllocateOn allocates a UDP relay on the TURN server at addr through
