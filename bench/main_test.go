@@ -14,5 +14,5 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	// Fast: no c2s shaper, so clinkd is measured, not the shaper.
-	os.Exit(labtest.Main(m, labtest.Need{Prosody: true, Ejabberd: true, Postgres: true, Fast: true}))
+	os.Exit(labtest.Main(m, labtest.Need{Prosody: true, Ejabberd: true, Postgres: true, Coturn: true, Fast: true}))
 }

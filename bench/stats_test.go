@@ -21,6 +21,30 @@ func (s stats) perSecond() float64 { return float64(s.n) / s.elapsed.Seconds() }
 // share sequentially, and records every call's latency.
 func run(ctx context.Context, tb testing.TB, workers, total int, op func(ctx context.Context, worker int) error) stats {
 	tb.Helper()
+	lat, elapsed := measure(ctx, tb, workers, total, op)
+	return summarize(lat, elapsed)
+}
+
+// runChunked is run in chunks of at most chunk calls with a pause between
+// them that is not counted, for servers that free resources only some
+// time after they are released.
+func runChunked(ctx context.Context, tb testing.TB, workers, total, chunk int, pause time.Duration, op func(ctx context.Context, worker int) error) stats {
+	tb.Helper()
+	var all []time.Duration
+	var elapsed time.Duration
+	for done := 0; done < total; done += chunk {
+		if done > 0 {
+			time.Sleep(pause)
+		}
+		lat, e := measure(ctx, tb, workers, min(chunk, total-done), op)
+		all = append(all, lat...)
+		elapsed += e
+	}
+	return summarize(all, elapsed)
+}
+
+func measure(ctx context.Context, tb testing.TB, workers, total int, op func(ctx context.Context, worker int) error) ([]time.Duration, time.Duration) {
+	tb.Helper()
 	lat := make([][]time.Duration, workers)
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -53,6 +77,10 @@ func run(ctx context.Context, tb testing.TB, workers, total int, op func(ctx con
 	for _, l := range lat {
 		all = append(all, l...)
 	}
+	return all, elapsed
+}
+
+func summarize(all []time.Duration, elapsed time.Duration) stats {
 	slices.Sort(all)
 	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
 	return stats{n: len(all), elapsed: elapsed, p50: q(0.50), p99: q(0.99)}

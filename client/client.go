@@ -26,6 +26,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
+	"github.com/clinkme/clinkd/extensions/extdisco"
 	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
@@ -52,6 +53,8 @@ type Client struct {
 	jid  jid.JID
 
 	inbox   inbox
+	iqMu    sync.RWMutex
+	iqs     map[xml.Name]IQHandler // by payload name
 	serveMu sync.Mutex
 	served  chan struct{} // closed when the read loop ends
 	err     error         // why it ended; read after served is closed
@@ -141,13 +144,24 @@ func (c *Client) serve() {
 }
 
 // handle runs on the session's read loop: it records messages, presences
-// and IQ results nobody waits for (replies to SendRaw) for Next, and leaves
+// and IQ results nobody waits for (replies to SendRaw) for Next, passes IQ
+// requests to the handler registered for their payload, and leaves other
 // IQ requests to the session's default service-unavailable answer.
 func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+	request := false
 	switch start.Name.Local {
 	case "message", "presence":
 	case "iq":
-		if typ := attrValue(start.Attr, "type"); typ != "result" && typ != "error" {
+		switch attrValue(start.Attr, "type") {
+		case "result", "error":
+		case "get", "set":
+			c.iqMu.RLock()
+			request = len(c.iqs) > 0
+			c.iqMu.RUnlock()
+			if !request {
+				return nil
+			}
+		default:
 			return nil
 		}
 	default:
@@ -172,8 +186,95 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 	if err := xml.Unmarshal(buf.Bytes(), &hdr); err != nil {
 		return nil // a stanza we cannot read is dropped, not fatal
 	}
-	c.inbox.push(&Stanza{Kind: start.Name.Local, ID: hdr.ID, Type: hdr.Type, From: hdr.From, To: hdr.To, Raw: buf.Bytes()})
+	s := &Stanza{Kind: start.Name.Local, ID: hdr.ID, Type: hdr.Type, From: hdr.From, To: hdr.To, Raw: buf.Bytes()}
+	if request {
+		return c.answerIQ(t, s)
+	}
+	c.inbox.push(s)
 	return nil
+}
+
+// An IQHandler answers IQ get or set requests sent to this device. It runs
+// on the session's read loop, so it must neither block nor send: it checks
+// the request, hands it on (to a channel, say) and returns. A nil error
+// answers with an empty result, a stanza.Error or an *IQError with that
+// error, any other error with internal-server-error.
+type IQHandler func(iq *Stanza) error
+
+// IQError is an IQ error reply with an application-specific condition
+// (RFC 6120 §8.3.2), e.g. Jingle's <unknown-session/>.
+type IQError struct {
+	Err stanza.Error
+	App xml.Name // the condition element, in its own namespace
+}
+
+func (e *IQError) Error() string { return e.Err.Error() + " (" + e.App.Local + ")" }
+
+// Unwrap returns the stanza error.
+func (e *IQError) Unwrap() error { return e.Err }
+
+// HandleIQ routes IQ get and set requests whose payload is name to h. A
+// request for a payload without a handler is answered service-unavailable.
+func (c *Client) HandleIQ(name xml.Name, h IQHandler) {
+	c.iqMu.Lock()
+	defer c.iqMu.Unlock()
+	if c.iqs == nil {
+		c.iqs = make(map[xml.Name]IQHandler)
+	}
+	c.iqs[name] = h
+}
+
+// answerIQ runs the handler for s's payload and writes its answer.
+func (c *Client) answerIQ(w xmlstream.TokenWriter, s *Stanza) error {
+	names := s.payloads()
+	var h IQHandler
+	if len(names) == 1 {
+		c.iqMu.RLock()
+		h = c.iqs[names[0]]
+		c.iqMu.RUnlock()
+	}
+	if h == nil {
+		return nil // Serve answers service-unavailable
+	}
+	reply := stanza.IQ{ID: s.ID, To: s.From, Type: stanza.ResultIQ}
+	var payload xml.TokenReader
+	if err := h(s); err != nil {
+		reply.Type = stanza.ErrorIQ
+		var ie *IQError
+		var se stanza.Error
+		switch {
+		case errors.As(err, &ie):
+			payload = ie.Err.Wrap(xmlstream.Wrap(nil, xml.StartElement{Name: ie.App}))
+		case errors.As(err, &se):
+			payload = se.TokenReader()
+		default:
+			payload = stanza.Error{Type: stanza.Wait, Condition: stanza.InternalServerError}.TokenReader()
+		}
+	}
+	_, err := xmlstream.Copy(w, reply.Wrap(payload))
+	return err
+}
+
+// payloads returns the names of the stanza's top-level child elements.
+func (s *Stanza) payloads() []xml.Name {
+	var names []xml.Name
+	d := xml.NewDecoder(bytes.NewReader(s.Raw))
+	depth := 0
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return names
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth == 2 {
+				names = append(names, t.Name)
+			}
+		case xml.EndElement:
+			depth--
+		}
+	}
 }
 
 func attrValue(attrs []xml.Attr, name string) string {
@@ -281,6 +382,17 @@ type pingPayload struct {
 // Ping sends an XEP-0199 ping to to and waits for the answer.
 func (c *Client) Ping(ctx context.Context, to jid.JID) error {
 	return c.IQ(ctx, stanza.GetIQ, to, pingPayload{}, nil)
+}
+
+// ExternalServices asks service (clinkd's component domain) for the STUN
+// and TURN servers a call may use, with fresh TURN credentials (XEP-0215).
+// Only users of the server's own domain get them.
+func (c *Client) ExternalServices(ctx context.Context, service jid.JID) ([]extdisco.Service, error) {
+	var res extdisco.Services
+	if err := c.IQ(ctx, stanza.GetIQ, service, extdisco.Services{}, &res); err != nil {
+		return nil, err
+	}
+	return res.Services, nil
 }
 
 // DiscoInfo asks to for its XEP-0030 identities and features.

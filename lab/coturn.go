@@ -88,11 +88,12 @@ func startCoturn(ctx context.Context, opts CoturnOptions) (*Coturn, error) {
 	if err := makeOwnedDir(dir, acct); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	ports := portPicker{}
+	port, err := ports.next()
 	if err != nil {
 		return nil, err
 	}
-	tlsPort, err := freePort()
+	tlsPort, err := ports.next()
 	if err != nil {
 		return nil, err
 	}

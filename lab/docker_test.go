@@ -2,6 +2,7 @@ package lab
 
 import (
 	"maps"
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -193,4 +194,90 @@ func coturnSettings(conf string, skip []string) map[string]any {
 		out[line] = true
 	}
 	return out
+}
+
+// TestCoturnConfigHardened checks what the issue asks of the coturn config
+// we ship and the lab runs: every setting has a comment saying why right
+// above it (coturn reads only whole-line comments), the required settings
+// are there, every private, loopback and special-purpose range is denied,
+// and only the lab, and only when asked, lets the relay reach 127.0.0.1.
+func TestCoturnConfigHardened(t *testing.T) {
+	t.Parallel()
+	data := func(allow bool) map[string]any {
+		return map[string]any{
+			"Port": 3478, "TLSPort": 5349, "Realm": "r", "Secret": "s", "CertFile": "/c", "KeyFile": "/k",
+			"AllowLoopbackPeers": allow, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u",
+		}
+	}
+	configs := map[string]string{
+		"docker/coturn/turnserver.conf": mustRead(t, "../docker/coturn/turnserver.conf"),
+		"lab":                           mustRender(t, "turnserver.conf.tmpl", data(false)),
+		"lab+loopback":                  mustRender(t, "turnserver.conf.tmpl", data(true)),
+	}
+	required := []string{
+		"use-auth-secret", "realm", "tls-listening-port", "cert", "pkey", "fingerprint", "no-cli",
+		"no-multicast-peers", "user-quota", "total-quota", "no-tlsv1", "no-tlsv1_1", "no-tcp-relay",
+		"no-software-attribute", "stale-nonce",
+	}
+	denied := []string{
+		"0.0.0.0-0.255.255.255", "10.0.0.0-10.255.255.255", "100.64.0.0-100.127.255.255",
+		"127.0.0.0-127.255.255.255", "169.254.0.0-169.254.255.255", "172.16.0.0-172.31.255.255",
+		"192.0.0.0-192.0.0.255", "192.0.2.0-192.0.2.255", "192.88.99.0-192.88.99.255",
+		"192.168.0.0-192.168.255.255", "198.18.0.0-198.19.255.255", "198.51.100.0-198.51.100.255",
+		"203.0.113.0-203.0.113.255", "240.0.0.0-255.255.255.255",
+		"::1", "::ffff:0.0.0.0-::ffff:255.255.255.255", "64:ff9b::-64:ff9b::ffff:ffff",
+		"100::-100::ffff:ffff:ffff:ffff", "2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+		"2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+		"fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+	}
+	for name, conf := range configs {
+		lines := strings.Split(conf, "\n")
+		keys := map[string][]string{}
+		for i, line := range lines {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if i == 0 || !strings.HasPrefix(strings.TrimSpace(lines[i-1]), "#") {
+				t.Errorf("%s line %d %q: no comment right above it saying why", name, i+1, line)
+			}
+			k, v, _ := strings.Cut(line, "=")
+			keys[k] = append(keys[k], v)
+		}
+		for _, k := range required {
+			if _, ok := keys[k]; !ok {
+				t.Errorf("%s: %s missing", name, k)
+			}
+		}
+		for _, r := range denied {
+			if !slices.Contains(keys["denied-peer-ip"], r) {
+				t.Errorf("%s: denied-peer-ip=%s missing", name, r)
+			}
+		}
+		// coturn (ioa_addr_in_range) matches every address against a
+		// range whose start and end are all zeros, and every IPv4 address
+		// against an IPv6 range that starts at "::": such a line would
+		// refuse every peer (TestRelayRefusesPrivatePeers in turncred
+		// caught "denied-peer-ip=::" doing exactly that).
+		for _, r := range keys["denied-peer-ip"] {
+			lo, _, _ := strings.Cut(r, "-")
+			if a, err := netip.ParseAddr(lo); err != nil {
+				t.Errorf("%s: denied-peer-ip=%s: %v", name, r, err)
+			} else if a.Is6() && a.IsUnspecified() {
+				t.Errorf("%s: denied-peer-ip=%s starts at ::, which coturn reads as any address", name, r)
+			}
+		}
+		wantAllowed := []string(nil)
+		if name == "lab+loopback" {
+			wantAllowed = []string{"127.0.0.1"}
+			if _, ok := keys["allow-loopback-peers"]; !ok {
+				t.Errorf("%s: allow-loopback-peers missing", name)
+			}
+		} else if _, ok := keys["allow-loopback-peers"]; ok {
+			t.Errorf("%s: allow-loopback-peers set", name)
+		}
+		if got := keys["allowed-peer-ip"]; !slices.Equal(got, wantAllowed) {
+			t.Errorf("%s: allowed-peer-ip = %q, want %q", name, got, wantAllowed)
+		}
+	}
 }

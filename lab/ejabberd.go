@@ -48,10 +48,13 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 			return nil, err
 		}
 	}
-	if cfg.DistPort, err = freePort(); err != nil {
+	if cfg.ports == nil {
+		cfg.ports = portPicker{cfg.C2SPort: true}
+	}
+	if cfg.DistPort, err = cfg.ports.next(); err != nil {
 		return nil, err
 	}
-	if cfg.APIPort, err = freePort(); err != nil {
+	if cfg.APIPort, err = cfg.ports.next(); err != nil {
 		return nil, err
 	}
 	// The CA's own file may sit where the ejabberd user cannot read it.

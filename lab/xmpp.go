@@ -189,7 +189,8 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		Dir:        dir,
 		log:        discard(opts.Logger).With("server", string(opts.Kind)),
 	}
-	c2s, err := freePort()
+	ports := portPicker{}
+	c2s, err := ports.next()
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +198,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	compPort := 0
 	for i := range s.Components {
 		if i == 0 || opts.Kind == Ejabberd {
-			if compPort, err = freePort(); err != nil {
+			if compPort, err = ports.next(); err != nil {
 				return nil, err
 			}
 		}
@@ -211,7 +212,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
 		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
-		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"),
+		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"), ports: ports,
 	}
 	if pa := opts.ProsodyAuth; pa != nil && pa.PluginDir == "" {
 		c := *pa
@@ -251,6 +252,8 @@ type xmppConfig struct {
 	DataDir, LogDir   string
 	DistPort          int // ejabberd's Erlang distribution port
 	APIPort           int // ejabberd's loopback HTTP API, for register
+
+	ports portPicker // the ports already given to this server
 }
 
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }

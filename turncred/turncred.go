@@ -180,16 +180,24 @@ func (s *Service) check(iq *component.Stanza) error {
 	return nil
 }
 
+// Issue returns fresh credentials for user (a bare JID), valid for the
+// configured lifetime from the service's clock, and their expiry.
+func (s *Service) Issue(user string) (username, password string, expires time.Time) {
+	expires = s.cfg.Now().Add(s.cfg.Lifetime).UTC().Truncate(time.Second)
+	username, password = Credential(s.cfg.Secret, user, expires)
+	s.issued.Inc()
+	return username, password, expires
+}
+
 // withCredentials returns svc with fresh credentials for user if it is a
 // TURN service.
 func (s *Service) withCredentials(svc extdisco.Service, user string) extdisco.Service {
 	if svc.Type == "stun" {
 		return svc
 	}
-	exp := s.cfg.Now().Add(s.cfg.Lifetime).UTC().Truncate(time.Second)
-	svc.Username, svc.Password = Credential(s.cfg.Secret, user, exp)
+	var exp time.Time
+	svc.Username, svc.Password, exp = s.Issue(user)
 	svc.Expires = &exp
-	s.issued.Inc()
 	return svc
 }
 

@@ -108,6 +108,16 @@ func TestLabCommand(t *testing.T) {
 			if _, err := keydir.OpenCheckpoint(body, v); err != nil {
 				t.Errorf("key log checkpoint does not verify: %v\n%s", err, body)
 			}
+			// The doctor finds the lab healthy from lab.json alone, and
+			// prints no password.
+			var report, derr strings.Builder
+			if code := run([]string{"doctor", "--lab", filepath.Join(dir, "lab.json")}, &report, &derr); code != 0 ||
+				!strings.Contains(report.String(), "verdict: all checks passed") {
+				t.Errorf("clinkd doctor --lab = %d\n%s%s", code, report.String(), derr.String())
+			}
+			if strings.Contains(report.String(), info.Users[0].Password) {
+				t.Error("clinkd doctor printed the password")
+			}
 
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)

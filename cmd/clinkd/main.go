@@ -11,6 +11,8 @@
 //	                                manage ClinkID accounts
 //	clinkd lab [--server prosody|ejabberd] [--dir DIR]
 //	                                run a whole local deployment
+//	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
+//	                                check a deployment end to end
 //	clinkd version
 package main
 
@@ -46,6 +48,7 @@ func commands() []command {
 		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
 		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
+		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
 		{"version", "print the version", runVersion},
 	}
 }

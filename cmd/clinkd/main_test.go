@@ -34,6 +34,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--config", "/nonexistent.yaml"}, 1, "no such file", ""},
 		{[]string{"lab", "--server", "openfire"}, 2, "want prosody or ejabberd", ""},
 		{[]string{"migrate"}, 2, "no database configured", ""},
+		{[]string{"doctor"}, 2, "give --lab, or --c2s, --user and --component", ""},
+		{[]string{"doctor", "--c2s", "127.0.0.1:1", "--user", "a@example.org", "--component", "c.example.org"}, 2, "no password", ""},
+		{[]string{"doctor", "--lab", "/nonexistent/lab.json"}, 1, "no such file", ""},
 		{[]string{"version"}, 0, "", "error"},
 	}
 	for _, tt := range tests {

@@ -299,9 +299,10 @@ func (d *Deployment) Summary(labJSON string) string {
   TURN            udp %s  tcp %s  tls %s   realm %s
   demo users      %s, %s   (passwords in %s)
 
-Try it:  clinkctl --lab %s ...   Stop with Ctrl-C.
+Check it:  clinkd doctor --lab %s
+Try it:    clinkctl --lab %s ...   Stop with Ctrl-C.
 `, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL,
-		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON)
+		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON, labJSON)
 	return s
 }
 
