@@ -15,6 +15,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/call"
 	"github.com/clinkme/clinkd/client/devsync"
 )
 
@@ -343,4 +344,37 @@ func (e env) sync(ctx context.Context, p *profile, args []string) error {
 		return nil
 	}
 	return usageError{fmt.Sprintf("unknown sync command %q", args[0])}
+}
+
+func (e env) call(ctx context.Context, p *profile, args []string) error {
+	fl := subFlags("call", e)
+	to := fl.String("to", "", "the device to call, a full `JID` (default: wait for a call and answer it)")
+	relayOnly := fl.Bool("relay-only", false, "use only relayed candidates (through coturn)")
+	loopback := fl.Bool("loopback", p.lab, "gather host candidates on 127.0.0.1 (the lab; default on with --lab)")
+	wait := fl.Duration("for", 2*time.Minute, "give up after `duration`")
+	if err := parse(fl, args, 0); err != nil {
+		return err
+	}
+	var peer jid.JID
+	if *to != "" {
+		j, err := jid.Parse(*to)
+		if err != nil || j.Resourcepart() == "" {
+			return usageError{fmt.Sprintf("--to %q: a call goes to one device, a full JID (user@domain/resource)", *to)}
+		}
+		peer = j
+	}
+	if err := p.need(true, true, false, false); err != nil {
+		return err
+	}
+	c, err := client.Dial(ctx, client.Config{Addr: p.server, JID: p.jid, Password: p.password, TLS: p.tls})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, *wait)
+	defer cancel()
+	_, err = call.Run(ctx, c, call.RunConfig{Peer: peer, Options: call.Options{
+		Services: p.component, RelayOnly: *relayOnly, Loopback: *loopback,
+	}}, e.stdout)
+	return err
 }

@@ -87,6 +87,9 @@ commands:
   listen [--for D] [--count N]       print messages, receipts and expiries as they come
   sync offer [--listen ADDR]         receive this account's keys from another device (LAN only)
   sync accept --to ADDR [--code C]   send this device's keys to the offering device
+  call [--to FULL-JID] [--relay-only]
+                                     call a device (or wait for a call), check audio both
+                                     ways, show the call screen: security, direct or relayed
 `
 
 // global are the flags before the command.
@@ -139,6 +142,8 @@ func (e env) run(ctx context.Context, args []string) error {
 		return e.listen(ctx, p, rest)
 	case "sync":
 		return e.sync(ctx, p, rest)
+	case "call":
+		return e.call(ctx, p, rest)
 	}
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
@@ -153,6 +158,7 @@ type profile struct {
 	tls        *tls.Config
 	logKey     string
 	dir        string // this account's state on this device
+	lab        bool   // from lab.json: everything on loopback
 }
 
 func (e env) profile(g global) (*profile, error) {
@@ -164,6 +170,7 @@ func (e env) profile(g global) (*profile, error) {
 			return nil, err
 		}
 		info = &i
+		p.lab = true
 		p.server, p.logKey = i.C2S, i.KeyLogVerifier
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {

@@ -138,6 +138,29 @@ func TestCLI(t *testing.T) {
 		t.Errorf("alice's second device did not read bob's message:\n%s", listenOut)
 	}
 
+	// A call: bob waits, alice calls the device bob's clinkctl names.
+	callR, callW := io.Pipe()
+	var calleeCode int
+	var calleeOut bytes.Buffer
+	wg.Go(func() {
+		var errb bytes.Buffer
+		env := map[string]string{"CLINKCTL_HOME": bob.home, "CLINKCTL_PASSPHRASE": "a device passphrase"}
+		calleeCode = ctl.Run(ctx, []string{"--lab", labJSON, "--as", "bob", "call"}, strings.NewReader(""), io.MultiWriter(&calleeOut, callW), &errb, func(k string) string { return env[k] })
+		callW.Close()
+	})
+	full := readMatch(t, callR, regexp.MustCompile(`waiting for a call to (\S+) `))
+	go io.Copy(io.Discard, callR)
+	c, callerOut, errs := alice.run(ctx, "", "--as", "alice", "call", "--to", full)
+	wg.Wait()
+	if c != 0 || calleeCode != 0 {
+		t.Fatalf("call = %d, %d\ncaller: %s%s\ncallee: %s", c, calleeCode, callerOut, errs, calleeOut.String())
+	}
+	for _, out := range []string{callerOut, calleeOut.String()} {
+		if !strings.Contains(out, "DTLS-SRTP") || !strings.Contains(out, "route") {
+			t.Errorf("call screen lacks the security or the route:\n%s", out)
+		}
+	}
+
 	// Mistakes get a clear message and a non-zero exit.
 	for _, tt := range []struct {
 		args []string
@@ -158,7 +181,12 @@ func TestCLI(t *testing.T) {
 
 func readCode(t *testing.T, r io.Reader) string {
 	t.Helper()
-	re := regexp.MustCompile(`code: (\d{6})`)
+	return readMatch(t, r, regexp.MustCompile(`code: (\d{6})`))
+}
+
+// readMatch reads r until re matches and returns its first group.
+func readMatch(t *testing.T, r io.Reader, re *regexp.Regexp) string {
+	t.Helper()
 	var buf []byte
 	b := make([]byte, 256)
 	for {
@@ -168,7 +196,7 @@ func readCode(t *testing.T, r io.Reader) string {
 			return string(m[1])
 		}
 		if err != nil {
-			t.Fatalf("no code from sync offer: %q", buf)
+			t.Fatalf("%s not found in %q", re, buf)
 		}
 	}
 }
