@@ -10,7 +10,9 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -58,6 +60,10 @@ type Client struct {
 	serveMu sync.Mutex
 	served  chan struct{} // closed when the read loop ends
 	err     error         // why it ended; read after served is closed
+
+	writeSem  chan struct{} // one write at a time, each with its deadline
+	pendingMu sync.Mutex
+	pending   map[string]chan *Stanza // our IQs awaiting a reply, by id
 }
 
 // mechanisms in order of preference: mellium takes the first one that the
@@ -103,7 +109,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		conn.Close()
 		return nil, errors.New("client: the stream is not encrypted")
 	}
-	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{})}
+	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{}), writeSem: make(chan struct{}, 1)}
 	c.inbox.init()
 	go c.serve()
 	// Initial presence makes the device available, so that messages to
@@ -189,6 +195,16 @@ func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) e
 	s := &Stanza{Kind: start.Name.Local, ID: hdr.ID, Type: hdr.Type, From: hdr.From, To: hdr.To, Raw: buf.Bytes()}
 	if request {
 		return c.answerIQ(t, s)
+	}
+	if s.Kind == "iq" {
+		c.pendingMu.Lock()
+		ch, ok := c.pending[s.ID]
+		delete(c.pending, s.ID)
+		c.pendingMu.Unlock()
+		if ok {
+			ch <- s // buffered; one reply per id
+			return nil
+		}
 	}
 	c.inbox.push(s)
 	return nil
@@ -335,44 +351,76 @@ func (c *Client) Next(ctx context.Context, match func(*Stanza) bool) (*Stanza, e
 // IQ sends an IQ of type typ with the payload to to and decodes the
 // result's payload into result (which may be nil). An error reply is
 // returned as a stanza.Error.
+//
+// Replies are matched here rather than by mellium.im/xmpp's SendIQ, whose
+// context also drives its write deadline (see write).
 func (c *Client) IQ(ctx context.Context, typ stanza.IQType, to jid.JID, payload, result any) error {
-	r, err := c.sess.EncodeIQElement(ctx, payload, stanza.IQ{Type: typ, To: to})
-	if err != nil {
+	id := randomID()
+	ch := make(chan *Stanza, 1)
+	c.pendingMu.Lock()
+	if c.pending == nil {
+		c.pending = make(map[string]chan *Stanza)
+	}
+	c.pending[id] = ch
+	c.pendingMu.Unlock()
+	defer func() {
+		c.pendingMu.Lock()
+		delete(c.pending, id)
+		c.pendingMu.Unlock()
+	}()
+	if err := c.send(ctx, stanza.IQ{ID: id, Type: typ, To: to}.StartElement(), []any{payload}); err != nil {
 		return fmt.Errorf("client: iq to %s: %w", to, err)
 	}
-	defer r.Close()
-	d := xml.NewTokenDecoder(r)
-	tok, err := d.Token()
-	if err != nil {
-		return fmt.Errorf("client: iq reply from %s: %w", to, err)
+	var reply *Stanza
+	select {
+	case reply = <-ch:
+	case <-c.served:
+		return fmt.Errorf("client: iq to %s: %w", to, ErrClosed)
+	case <-ctx.Done():
+		return fmt.Errorf("client: iq to %s: %w", to, ctx.Err())
 	}
-	start, ok := tok.(xml.StartElement)
-	if !ok {
-		return fmt.Errorf("client: iq reply from %s is not an element", to)
-	}
-	iq, err := stanza.NewIQ(start)
-	if err != nil {
-		return err
-	}
-	if iq.Type == stanza.ErrorIQ {
-		se, err := stanza.UnmarshalError(d)
-		if err != nil {
-			return fmt.Errorf("client: iq error from %s: %w", to, err)
-		}
-		return se
-	}
-	if result == nil {
+	isError := reply.Type == string(stanza.ErrorIQ)
+	if !isError && result == nil {
 		return nil
 	}
+	d := xml.NewDecoder(bytes.NewReader(reply.Raw))
+	depth := 0
 	for {
 		tok, err := d.Token()
 		if err != nil {
+			if isError {
+				return stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
+			}
 			return fmt.Errorf("client: iq result from %s has no payload", to)
 		}
-		if se, ok := tok.(xml.StartElement); ok {
-			return d.DecodeElement(result, &se)
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth != 2 {
+				continue
+			}
+			if !isError {
+				return d.DecodeElement(result, &t)
+			}
+			if t.Name.Local == "error" {
+				var se stanza.Error
+				if err := d.DecodeElement(&se, &t); err != nil {
+					return fmt.Errorf("client: iq error from %s: %w", to, err)
+				}
+				return se
+			}
+			d.Skip()
+			depth--
+		case xml.EndElement:
+			depth--
 		}
 	}
+}
+
+func randomID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 type pingPayload struct {
@@ -418,7 +466,7 @@ func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
-	if err := c.sess.SendElement(ctx, r, start); err != nil {
+	if err := c.write(ctx, func() error { return c.sess.SendElement(context.Background(), r, start) }); err != nil {
 		return fmt.Errorf("client: send %s: %w", start.Name.Local, err)
 	}
 	return nil
@@ -427,7 +475,30 @@ func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any
 // SendRaw writes a stanza as given: tests use it to send what a correct
 // client never would.
 func (c *Client) SendRaw(ctx context.Context, r xml.TokenReader) error {
-	return c.sess.Send(ctx, r)
+	return c.write(ctx, func() error { return c.sess.Send(context.Background(), r) })
+}
+
+// write runs one write to the server under a write deadline of its own,
+// taken from ctx (at most 30s). mellium.im/xmpp v0.22.0 turns a send's
+// context into a deadline from a goroutine that can wake after the send
+// returned, see both the send finished and the context cancelled, and set
+// a deadline in the past on the connection: a later, unrelated write then
+// fails with i/o timeout (seen here after Dial's context ended). So every
+// write gets context.Background() and its deadline from here.
+func (c *Client) write(ctx context.Context, f func() error) error {
+	select {
+	case c.writeSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.writeSem }()
+	deadline := time.Now().Add(30 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.conn.SetWriteDeadline(deadline)
+	defer c.conn.SetWriteDeadline(time.Time{})
+	return f()
 }
 
 // inbox holds received stanzas until Next takes them. It is unbounded on
