@@ -219,6 +219,9 @@ type keyBindings struct{ dir *keydir.Directory }
 
 func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
 	_, err := k.dir.End(ctx, bareJID, keydir.KindDelete, reason)
+	if errors.Is(err, keydir.ErrNoBinding) {
+		return nil // an account that never published a key
+	}
 	return err
 }
 
