@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -38,28 +39,11 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err := s.read("key", s.io, typeKey, typePlainAbort)
+	f, hb, err := readHello(s, typeKey, "KEY", deviceID)
 	if err != nil {
 		return handshake{}, err
-	}
-	switch f.typ {
-	case typeKey:
-	case typePlainAbort:
-		return handshake{}, s.peerAbort(f)
-	default:
-		return handshake{}, unexpected(f, "KEY")
 	}
 	keyFrame := f.raw
-	hb, err := parseHello(f.body)
-	if err != nil {
-		return handshake{}, err
-	}
-	if hb.version != version1 {
-		return handshake{}, fmt.Errorf("devsync: other device speaks version %d, this one %d: %w", hb.version, version1, ErrVersion)
-	}
-	if hb.deviceID == deviceID {
-		return handshake{}, ErrSameDevice
-	}
 	dh, err := sharedSecret(priv, hb.value[:])
 	if err != nil {
 		return handshake{}, err
@@ -114,28 +98,11 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 
 // acceptHandshake is the accepter's (B's) side of offerHandshake.
 func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
-	f, err := s.read("commit", s.io, typeCommit, typePlainAbort)
+	f, ha, err := readHello(s, typeCommit, "COMMIT", deviceID)
 	if err != nil {
 		return handshake{}, err
-	}
-	switch f.typ {
-	case typeCommit:
-	case typePlainAbort:
-		return handshake{}, s.peerAbort(f)
-	default:
-		return handshake{}, unexpected(f, "COMMIT")
 	}
 	commitFrame := f.raw
-	ha, err := parseHello(f.body)
-	if err != nil {
-		return handshake{}, err
-	}
-	if ha.version != version1 {
-		return handshake{}, fmt.Errorf("devsync: other device speaks version %d, this one %d: %w", ha.version, version1, ErrVersion)
-	}
-	if ha.deviceID == deviceID {
-		return handshake{}, ErrSameDevice
-	}
 
 	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
 	if err != nil {
@@ -380,4 +347,32 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 		return fmt.Errorf("devsync: DONE with %d bytes: %w", len(plain), ErrProtocol)
 	}
 	return nil
+}
+
+// readHello reads the other device's hello (its COMMIT or KEY frame, as
+// want says), or its abort, and checks the version and that it is not
+// this very device.
+func readHello(s *session, want frameType, name, deviceID string) (frame, hello, error) {
+	f, err := s.read(strings.ToLower(name), s.io, want, typePlainAbort)
+	if err != nil {
+		return frame{}, hello{}, err
+	}
+	switch f.typ {
+	case want:
+	case typePlainAbort:
+		return frame{}, hello{}, s.peerAbort(f)
+	default:
+		return frame{}, hello{}, unexpected(f, name)
+	}
+	h, err := parseHello(f.body)
+	if err != nil {
+		return frame{}, hello{}, err
+	}
+	if h.version != version1 {
+		return frame{}, hello{}, fmt.Errorf("devsync: other device speaks version %d, this one %d: %w", h.version, version1, ErrVersion)
+	}
+	if h.deviceID == deviceID {
+		return frame{}, hello{}, ErrSameDevice
+	}
+	return f, h, nil
 }
