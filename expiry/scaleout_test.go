@@ -28,7 +28,10 @@ func TestScaleOut(t *testing.T) {
 	// Sign users up until one is owned by each instance.
 	owned := map[*daemon.Daemon]user{}
 	devs := map[*daemon.Daemon]*client.Client{}
-	keys := []string{"alice", "bob", "carol", "dave", "mallory"}
+	// Only keys that envelopes accept (mallory's 2,048-bit key is refused
+	// when sealing): whichever user ends up owned by an instance must be
+	// able to send.
+	keys := []string{"alice", "bob", "carol", "dave"}
 	for i := 0; len(owned) < 2; i++ {
 		if i == 40 {
 			t.Fatal("40 users, all owned by one instance: is ejabberd balancing?")

@@ -65,16 +65,9 @@ func offerHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err = s.read("account", s.io, typeAccount, typePlainAbort)
+	f, err = s.expect("account", typeAccount)
 	if err != nil {
 		return handshake{}, err
-	}
-	switch f.typ {
-	case typeAccount:
-	case typePlainAbort:
-		return handshake{}, s.peerAbort(f)
-	default:
-		return handshake{}, unexpected(f, "ACCOUNT")
 	}
 	plain, err := s.open(f)
 	if err != nil {
@@ -115,16 +108,9 @@ func acceptHandshake(s *session, deviceID, account string) (handshake, error) {
 		return handshake{}, err
 	}
 
-	f, err = s.read("reveal", s.io, typeReveal, typePlainAbort)
+	f, err = s.expect("reveal", typeReveal)
 	if err != nil {
 		return handshake{}, err
-	}
-	switch f.typ {
-	case typeReveal:
-	case typePlainAbort:
-		return handshake{}, s.peerAbort(f)
-	default:
-		return handshake{}, unexpected(f, "REVEAL")
 	}
 	revealFrame := f.raw
 	pkA, err := parseReveal(f.body)
@@ -353,16 +339,9 @@ func accept(s *session, code CodeFunc, cfg *AcceptConfig, userTimeout time.Durat
 // want says), or its abort, and checks the version and that it is not
 // this very device.
 func readHello(s *session, want frameType, name, deviceID string) (frame, hello, error) {
-	f, err := s.read(strings.ToLower(name), s.io, want, typePlainAbort)
+	f, err := s.expect(strings.ToLower(name), want)
 	if err != nil {
 		return frame{}, hello{}, err
-	}
-	switch f.typ {
-	case want:
-	case typePlainAbort:
-		return frame{}, hello{}, s.peerAbort(f)
-	default:
-		return frame{}, hello{}, unexpected(f, name)
 	}
 	h, err := parseHello(f.body)
 	if err != nil {
@@ -375,4 +354,20 @@ func readHello(s *session, want frameType, name, deviceID string) (frame, hello,
 		return frame{}, hello{}, ErrSameDevice
 	}
 	return f, h, nil
+}
+
+// expect reads the next handshake frame, which must be of type want or
+// the other device's plain abort (returned as its error).
+func (s *session) expect(what string, want frameType) (frame, error) {
+	f, err := s.read(what, s.io, want, typePlainAbort)
+	if err != nil {
+		return frame{}, err
+	}
+	switch f.typ {
+	case want:
+		return f, nil
+	case typePlainAbort:
+		return frame{}, s.peerAbort(f)
+	}
+	return frame{}, unexpected(f, strings.ToUpper(what))
 }
