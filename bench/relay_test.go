@@ -13,7 +13,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/daemon"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
@@ -49,8 +49,8 @@ func BenchmarkRelay(b *testing.B) {
 				b.Fatal(err)
 			}
 			n := max(b.N, 20)
-			sealN := func(tag string) []*extenv.Envelope {
-				envs := make([]*extenv.Envelope, n)
+			sealN := func(tag string) []*envelopexml.Envelope {
+				envs := make([]*envelopexml.Envelope, n)
 				now := time.Now().UTC().Truncate(time.Second)
 				for i := range envs {
 					e, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: bj, Key: bob.PublicKey()}},
@@ -63,15 +63,15 @@ func BenchmarkRelay(b *testing.B) {
 				}
 				return envs
 			}
-			via := func(e *extenv.Envelope) error { return a.SendEnvelope(ctx, comp, jid.MustParse(bj), e) }
-			direct := func(e *extenv.Envelope) error {
+			via := func(e *envelopexml.Envelope) error { return a.SendEnvelope(ctx, comp, jid.MustParse(bj), e) }
+			direct := func(e *envelopexml.Envelope) error {
 				return a.SendMessage(ctx, stanza.Message{ID: e.ID, To: bd.JID(), Type: stanza.HeadlineMessage}, e, hints.NoStore{}, hints.NoPermanentStore{})
 			}
 			arrived := func(id string) error {
 				_, err := bd.Next(ctx, func(s *client.Stanza) bool { return s.ID == id && s.Has(client.EnvelopeName) })
 				return err
 			}
-			oneByOne := func(envs []*extenv.Envelope, send func(*extenv.Envelope) error) stats {
+			oneByOne := func(envs []*envelopexml.Envelope, send func(*envelopexml.Envelope) error) stats {
 				return run(ctx, b, 1, len(envs), func(ctx context.Context, _ int) error {
 					e := envs[0]
 					envs = envs[1:]
@@ -81,7 +81,7 @@ func BenchmarkRelay(b *testing.B) {
 					return arrived(e.ID)
 				})
 			}
-			burst := func(envs []*extenv.Envelope, send func(*extenv.Envelope) error) time.Duration {
+			burst := func(envs []*envelopexml.Envelope, send func(*envelopexml.Envelope) error) time.Duration {
 				t0 := time.Now()
 				for _, e := range envs {
 					if err := send(e); err != nil {

@@ -17,7 +17,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	xclinkid "github.com/clinkme/clinkd/extensions/clinkid"
+	"github.com/clinkme/clinkd/extensions/clinkidxml"
 )
 
 // ClinkID is a client of clinkd's ClinkID account API (docs/clinkid.md):
@@ -200,8 +200,8 @@ func (c *ClinkID) Delete(ctx context.Context, token, password string) error {
 // Entitlements asks the clinkd component for the entitlements of this
 // device's own account over XMPP (urn:clinkme:clinkid:0).
 func (c *Client) Entitlements(ctx context.Context, component jid.JID) ([]string, error) {
-	var res xclinkid.Entitlements
-	if err := c.IQ(ctx, stanza.GetIQ, component, xclinkid.Entitlements{}, &res); err != nil {
+	var res clinkidxml.Entitlements
+	if err := c.IQ(ctx, stanza.GetIQ, component, clinkidxml.Entitlements{}, &res); err != nil {
 		return nil, err
 	}
 	return res.Names(), nil

@@ -13,7 +13,7 @@ import (
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/client/keystore"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // A Device is a whole ClinkMe device: a logged-in session, the device's
@@ -134,7 +134,7 @@ func (d *Device) Send(ctx context.Context, to jid.JID, text string, o SendOption
 		h.Expires = now.Add(o.TTL)
 	}
 	content := envelope.Content{Kind: envelope.KindText, Text: text}
-	var env *extenv.Envelope
+	var env *envelopexml.Envelope
 	if o.Secure {
 		ck, err := d.contactKey(ctx, to, key)
 		if err != nil {
@@ -301,7 +301,7 @@ func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("client: message %s from %s: %w", env.ID, author, err)
 	}
-	m := &Message{ID: env.ID, From: author, Peer: peer, Secure: env.Kind == extenv.Enhanced, Expires: env.Expires, Sent: sent}
+	m := &Message{ID: env.ID, From: author, Peer: peer, Secure: env.Kind == envelopexml.Enhanced, Expires: env.Expires, Sent: sent}
 	switch c.Kind {
 	case envelope.KindKeyShare:
 		if err := d.store.AddContactKey(peer.String(), c.Key); err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 // FuzzOpenCheckpoint: the device's checkpoint parser never panics and
@@ -45,7 +45,7 @@ func FuzzVerifyEntry(f *testing.F) {
 	f.Add(who, "found", int64(0), int64(1795636801), hex.EncodeToString(fp[:]), base64.StdEncoding.EncodeToString(der), "")
 	f.Add(who, "none", int64(1), int64(0), "", "", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
 	f.Fuzz(func(t *testing.T, j, status string, index, tm int64, fps, key, hash string) {
-		e := xkeydir.Entry{JID: j, Status: status, Index: index, Time: tm, Fingerprint: fps, Key: key, Proof: &xkeydir.Proof{}}
+		e := keydirxml.Entry{JID: j, Status: status, Index: index, Time: tm, Fingerprint: fps, Key: key, Proof: &keydirxml.Proof{}}
 		if hash != "" {
 			e.Proof.Hashes = []string{hash}
 		}
@@ -76,8 +76,8 @@ func TestVerifyEntrySeed(t *testing.T) {
 	fp := sha256.Sum256(der)
 	rec := leafRecord(jidLabel("alice@example.org"), "publish", fp, 1795636800)
 	cp := &VerifiedCheckpoint{Size: 1, Hash: sha256.Sum256(append([]byte{0}, rec...))}
-	e := xkeydir.Entry{JID: "alice@example.org", Status: "found", Time: 1795636800, Fingerprint: hex.EncodeToString(fp[:]),
-		Key: base64.StdEncoding.EncodeToString(der), Proof: &xkeydir.Proof{}}
+	e := keydirxml.Entry{JID: "alice@example.org", Status: "found", Time: 1795636800, Fingerprint: hex.EncodeToString(fp[:]),
+		Key: base64.StdEncoding.EncodeToString(der), Proof: &keydirxml.Proof{}}
 	if _, err := verifyEntry(e, "alice@example.org", cp); err != nil {
 		t.Fatalf("verifyEntry(valid) = %v", err)
 	}

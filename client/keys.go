@@ -21,7 +21,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 // This file is the device side of the key directory (docs/protocol.md).
@@ -201,8 +201,8 @@ func (d *KeyDirectory) PublishKey(ctx context.Context, pub *rsa.PublicKey) (*Ver
 	if err != nil {
 		return nil, fmt.Errorf("client: keydir publish: %w", err)
 	}
-	var res xkeydir.Publish
-	if err := d.c.IQ(ctx, stanza.SetIQ, d.service, xkeydir.Publish{Key: base64.StdEncoding.EncodeToString(der)}, &res); err != nil {
+	var res keydirxml.Publish
+	if err := d.c.IQ(ctx, stanza.SetIQ, d.service, keydirxml.Publish{Key: base64.StdEncoding.EncodeToString(der)}, &res); err != nil {
 		return nil, err
 	}
 	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
@@ -243,8 +243,8 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 			want = append(want, j)
 		}
 	}
-	var res xkeydir.Lookup
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Lookup{JIDs: want}, &res); err != nil {
+	var res keydirxml.Lookup
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup{JIDs: want}, &res); err != nil {
 		return nil, err
 	}
 	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
@@ -264,7 +264,7 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 		if err := e.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
 		}
-		if e.Status == xkeydir.StatusFound {
+		if e.Status == keydirxml.StatusFound {
 			if out[i].Key, err = verifyEntry(e, want[i], cp); err != nil {
 				return nil, err
 			}
@@ -314,8 +314,8 @@ func (d *KeyDirectory) pinKey(bare string, k *VerifiedKey) (*KeyChange, error) {
 // Checkpoint fetches the latest checkpoint, checks that it extends the
 // pinned one and pins it.
 func (d *KeyDirectory) Checkpoint(ctx context.Context) (*VerifiedCheckpoint, error) {
-	var res xkeydir.Checkpoint
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Checkpoint{}, &res); err != nil {
+	var res keydirxml.Checkpoint
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Checkpoint{}, &res); err != nil {
 		return nil, err
 	}
 	return d.acceptCheckpoint(ctx, []byte(res.Text))
@@ -324,8 +324,8 @@ func (d *KeyDirectory) Checkpoint(ctx context.Context) (*VerifiedCheckpoint, err
 // History fetches and verifies every log entry of the device's own JID,
 // for the owner to see every key ever bound to it.
 func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
-	var res xkeydir.History
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.History{}, &res); err != nil {
+	var res keydirxml.History
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.History{}, &res); err != nil {
 		return nil, err
 	}
 	cp, err := d.acceptCheckpoint(ctx, []byte(res.Checkpoint))
@@ -342,7 +342,7 @@ func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
 		}
-		fp, _ := xkeydir.DecodeFingerprint(r.Fingerprint)
+		fp, _ := keydirxml.DecodeFingerprint(r.Fingerprint)
 		if err := verifyInclusion(leafRecord(label, r.Kind, fp, r.Time), r.Index, r.Proof, cp); err != nil {
 			return nil, err
 		}
@@ -385,14 +385,14 @@ func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*Ve
 	case older.Size == 0:
 		// Every tree extends the empty one.
 	default:
-		var res xkeydir.Consistency
-		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, xkeydir.Consistency{Old: older.Size, New: newer.Size}, &res); err != nil {
+		var res keydirxml.Consistency
+		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Consistency{Old: older.Size, New: newer.Size}, &res); err != nil {
 			return nil, fmt.Errorf("client: keydir consistency %d→%d: %w", older.Size, newer.Size, err)
 		}
 		if res.Old != older.Size || res.New != newer.Size {
 			return nil, fmt.Errorf("%w: consistency proof for the wrong sizes", ErrBadAnswer)
 		}
-		hs, err := xkeydir.DecodeHashes(res.Hashes)
+		hs, err := keydirxml.DecodeHashes(res.Hashes)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
 		}
@@ -419,8 +419,8 @@ func toSlices(hs [][32]byte) [][]byte {
 // verifyEntry checks a found entry: the key is an acceptable RSA key with
 // the stated fingerprint, and the publish record rebuilt from the JID, the
 // fingerprint and the time is in the checkpoint's tree at the index.
-func verifyEntry(e xkeydir.Entry, bare string, cp *VerifiedCheckpoint) (*VerifiedKey, error) {
-	if err := e.Validate(); err != nil || e.Status != xkeydir.StatusFound {
+func verifyEntry(e keydirxml.Entry, bare string, cp *VerifiedCheckpoint) (*VerifiedKey, error) {
+	if err := e.Validate(); err != nil || e.Status != keydirxml.StatusFound {
 		return nil, fmt.Errorf("%w: entry for %s: %v", ErrBadAnswer, bare, err)
 	}
 	if e.JID != bare {
@@ -439,17 +439,17 @@ func verifyEntry(e xkeydir.Entry, bare string, cp *VerifiedCheckpoint) (*Verifie
 	if hex.EncodeToString(fp[:]) != e.Fingerprint {
 		return nil, fmt.Errorf("%w: key of %s does not have the stated fingerprint", ErrBadAnswer, bare)
 	}
-	if err := verifyInclusion(leafRecord(jidLabel(bare), xkeydir.KindPublish, fp, e.Time), e.Index, e.Proof, cp); err != nil {
+	if err := verifyInclusion(leafRecord(jidLabel(bare), keydirxml.KindPublish, fp, e.Time), e.Index, e.Proof, cp); err != nil {
 		return nil, fmt.Errorf("%w (%s)", err, bare)
 	}
 	return &VerifiedKey{JID: bare, DER: der, Key: rk, Fingerprint: fp, Index: e.Index, Time: time.Unix(e.Time, 0)}, nil
 }
 
-func verifyInclusion(record []byte, index int64, p *xkeydir.Proof, cp *VerifiedCheckpoint) error {
+func verifyInclusion(record []byte, index int64, p *keydirxml.Proof, cp *VerifiedCheckpoint) error {
 	if p == nil || index < 0 || index >= cp.Size {
 		return fmt.Errorf("%w: leaf %d is outside the tree of %d", ErrBadProof, index, cp.Size)
 	}
-	hs, err := xkeydir.DecodeHashes(p.Hashes)
+	hs, err := keydirxml.DecodeHashes(p.Hashes)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadAnswer, err)
 	}
@@ -484,7 +484,7 @@ func canonicalBare(s string) (string, error) {
 // openCheckpoint verifies a signed checkpoint with v and parses its body:
 // origin (v's name), size, base64 root hash; extension lines are ignored.
 func openCheckpoint(signed []byte, v note.Verifier) (*VerifiedCheckpoint, error) {
-	if len(signed) == 0 || len(signed) > xkeydir.MaxCheckpoint {
+	if len(signed) == 0 || len(signed) > keydirxml.MaxCheckpoint {
 		return nil, fmt.Errorf("%w: empty or oversized", ErrBadCheckpoint)
 	}
 	n, err := note.Open(signed, note.VerifierList(v))

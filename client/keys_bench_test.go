@@ -12,7 +12,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 // BenchmarkVerifyLookup: what a device spends verifying one found entry
@@ -55,8 +55,8 @@ func BenchmarkVerifyLookup(b *testing.B) {
 	s, _ := note.NewSigner(skey)
 	v, _ := note.NewVerifier(vkey)
 	signed, _ := note.Sign(&note.Note{Text: fmt.Sprintf("clink.example.org/keydir\n%d\n%s\n", n, base64.StdEncoding.EncodeToString(root[:]))}, s)
-	e := xkeydir.Entry{JID: who, Status: "found", Index: idx, Time: 1795636800, Fingerprint: hex.EncodeToString(fp[:]),
-		Key: base64.StdEncoding.EncodeToString(der), Proof: xkeydir.NewProof(p)}
+	e := keydirxml.Entry{JID: who, Status: "found", Index: idx, Time: 1795636800, Fingerprint: hex.EncodeToString(fp[:]),
+		Key: base64.StdEncoding.EncodeToString(der), Proof: keydirxml.NewProof(p)}
 	measure := func(f func()) time.Duration {
 		const rounds = 3000
 		t := time.Now()

@@ -10,12 +10,12 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/extensions/carbons"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
-	extexp "github.com/clinkme/clinkd/extensions/expiry"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/extensions/markers"
-	"github.com/clinkme/clinkd/extensions/receipts"
 	"github.com/clinkme/clinkd/extensions/receiptstate"
+	"github.com/clinkme/clinkd/extensions/receiptsxml"
 )
 
 // Announce tells clinkd (at component) that this device is online, with
@@ -41,7 +41,7 @@ func storeless() []any {
 // carbon copy, so that the sender's own server keeps nothing either; clinkd
 // refuses it otherwise. An ordinary envelope goes as chat, and clinkd
 // tracks its receipts.
-func (c *Client) SendEnvelope(ctx context.Context, component, to jid.JID, env *extenv.Envelope) error {
+func (c *Client) SendEnvelope(ctx context.Context, component, to jid.JID, env *envelopexml.Envelope) error {
 	addr, err := address.AtComponent(to, component)
 	if err != nil {
 		return err
@@ -69,7 +69,7 @@ func (c *Client) SendReceipt(ctx context.Context, component, sender jid.JID, id 
 	if err != nil {
 		return err
 	}
-	var payload any = receipts.Received{ID: id}
+	var payload any = receiptsxml.Received{ID: id}
 	if kind == Displayed {
 		payload = markers.Displayed{ID: id}
 	}
@@ -102,16 +102,16 @@ func (c *Client) ReceiptStatus(ctx context.Context, component jid.JID, ids ...st
 
 // What the relay sends devices.
 var (
-	EnvelopeName  = xml.Name{Space: extenv.NS, Local: "envelope"}
-	ExpiredName   = xml.Name{Space: extexp.NS, Local: "expired"}
-	SentName      = xml.Name{Space: extexp.NS, Local: "sent"}
-	ReceivedName  = xml.Name{Space: receipts.NS, Local: "received"}
+	EnvelopeName  = xml.Name{Space: envelopexml.NS, Local: "envelope"}
+	ExpiredName   = xml.Name{Space: expiryxml.NS, Local: "expired"}
+	SentName      = xml.Name{Space: expiryxml.NS, Local: "sent"}
+	ReceivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
 	DisplayedName = xml.Name{Space: markers.NS, Local: "displayed"}
 )
 
 // Envelope returns the envelope a message carries.
-func (s *Stanza) Envelope() (*extenv.Envelope, error) {
-	var env extenv.Envelope
+func (s *Stanza) Envelope() (*envelopexml.Envelope, error) {
+	var env envelopexml.Envelope
 	if err := s.Decode(EnvelopeName, &env); err != nil {
 		return nil, fmt.Errorf("client: envelope: %w", err)
 	}
@@ -124,7 +124,7 @@ func (s *Stanza) Peer() (jid.JID, error) { return address.User(s.From) }
 
 // ExpiredID returns the id of the message an expiry notice is for.
 func (s *Stanza) ExpiredID() (string, bool) {
-	var e extexp.Expired
+	var e expiryxml.Expired
 	if s.Decode(ExpiredName, &e) != nil {
 		return "", false
 	}
@@ -134,7 +134,7 @@ func (s *Stanza) ExpiredID() (string, bool) {
 // ReceiptFor returns the message id and kind of a receipt passed on by
 // clinkd.
 func (s *Stanza) ReceiptFor() (string, ReceiptKind, bool) {
-	var r receipts.Received
+	var r receiptsxml.Received
 	if s.Decode(ReceivedName, &r) == nil {
 		return r.ID, Delivered, true
 	}

@@ -8,19 +8,19 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/component"
-	xclinkid "github.com/clinkme/clinkd/extensions/clinkid"
+	"github.com/clinkme/clinkd/extensions/clinkidxml"
 )
 
 // Register routes the entitlements IQ (urn:clinkme:clinkid:0) on c: a
 // device asks for the entitlements of its own account, named by the
 // sender's address, which the XMPP server stamps.
 func (s *Service) Register(c *component.Component) {
-	c.HandleIQ(xml.Name{Space: xclinkid.NS, Local: "entitlements"}, component.IQHandlerFunc(s.handleEntitlements))
+	c.HandleIQ(xml.Name{Space: clinkidxml.NS, Local: "entitlements"}, component.IQHandlerFunc(s.handleEntitlements))
 }
 
 func (s *Service) handleEntitlements(ctx context.Context, iq *component.Stanza) (any, error) {
-	var req xclinkid.Entitlements
-	if err := iq.Decode(xml.Name{Space: xclinkid.NS, Local: "entitlements"}, &req); err != nil {
+	var req clinkidxml.Entitlements
+	if err := iq.Decode(xml.Name{Space: clinkidxml.NS, Local: "entitlements"}, &req); err != nil {
 		return nil, err
 	}
 	if iq.Type != string(stanza.GetIQ) {
@@ -39,9 +39,9 @@ func (s *Service) handleEntitlements(ctx context.Context, iq *component.Stanza) 
 	if err != nil {
 		return nil, err
 	}
-	res := xclinkid.Entitlements{Account: a.Name}
+	res := clinkidxml.Entitlements{Account: a.Name}
 	for _, e := range a.Entitlements {
-		res.Items = append(res.Items, xclinkid.Entitlement{Name: e})
+		res.Items = append(res.Items, clinkidxml.Entitlement{Name: e})
 	}
 	return res, nil
 }

@@ -12,7 +12,7 @@ import (
 
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/daemon"
-	xclinkid "github.com/clinkme/clinkd/extensions/clinkid"
+	"github.com/clinkme/clinkd/extensions/clinkidxml"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
@@ -44,8 +44,8 @@ func TestEntitlementsIQ(t *testing.T) {
 	for _, f := range info.Features {
 		feats = append(feats, f.Var)
 	}
-	if !slices.Contains(feats, xclinkid.NS) {
-		t.Errorf("disco#info features = %v, want %s", feats, xclinkid.NS)
+	if !slices.Contains(feats, clinkidxml.NS) {
+		t.Errorf("disco#info features = %v, want %s", feats, clinkidxml.NS)
 	}
 
 	cond := func(err error) stanza.Condition {
@@ -58,7 +58,7 @@ func TestEntitlementsIQ(t *testing.T) {
 	if _, err := dev.Entitlements(ctx, comp); cond(err) != stanza.ItemNotFound {
 		t.Errorf("Entitlements without a ClinkID account = %v, want item-not-found", err)
 	}
-	if err := dev.IQ(ctx, stanza.SetIQ, comp, xclinkid.Entitlements{}, nil); cond(err) != stanza.BadRequest {
+	if err := dev.IQ(ctx, stanza.SetIQ, comp, clinkidxml.Entitlements{}, nil); cond(err) != stanza.BadRequest {
 		t.Errorf("entitlements IQ set = %v, want bad-request", err)
 	}
 

@@ -16,7 +16,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/daemon"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
@@ -77,7 +77,7 @@ func randomID(t *testing.T) string {
 
 // seal makes a standard envelope from a to b (and a's own key), timed
 // when validity > 0.
-func seal(t *testing.T, from, to user, text string, validity time.Duration) *extenv.Envelope {
+func seal(t *testing.T, from, to user, text string, validity time.Duration) *envelopexml.Envelope {
 	t.Helper()
 	h := envelope.Header{ID: randomID(t), Time: time.Now().UTC().Truncate(time.Second)}
 	if validity > 0 {
@@ -214,7 +214,7 @@ func TestTimedMessage(t *testing.T) {
 			next(t, a1, "m2 delivered", receipt(m2.ID, client.Delivered))
 
 			// 3. At expiry every device is told to delete.
-			for _, m := range []*extenv.Envelope{m1, m2} {
+			for _, m := range []*envelopexml.Envelope{m1, m2} {
 				for _, dev := range []*client.Client{b, a1, a2} {
 					next(t, dev, "expiry of "+m.ID, expired(m.ID))
 				}
@@ -229,7 +229,7 @@ func TestTimedMessage(t *testing.T) {
 				t.Fatal(err)
 			}
 			places := map[string]string{"server storage": string(stored), "database": clinkdtest.DumpDatabase(t, dbURL), "clinkd log": logs.String()}
-			for _, m := range []*extenv.Envelope{m1, m2} {
+			for _, m := range []*envelopexml.Envelope{m1, m2} {
 				for what, needle := range map[string]string{
 					"message id": m.ID, "ciphertext": base64.StdEncoding.EncodeToString(m.Payload)[:60],
 					"signature": base64.StdEncoding.EncodeToString(m.Signature)[:60],

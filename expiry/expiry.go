@@ -42,12 +42,12 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/component"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/extensions/ephemeral"
-	extexp "github.com/clinkme/clinkd/extensions/expiry"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/extensions/markers"
-	"github.com/clinkme/clinkd/extensions/receipts"
+	"github.com/clinkme/clinkd/extensions/receiptsxml"
 )
 
 // Sender sends stanzas to the XMPP server (a *component.Component).
@@ -70,7 +70,7 @@ type Entitlements interface {
 // Ordinary relays envelopes without a validity period, for tracked
 // receipts (package receipts). Nil refuses them.
 type Ordinary interface {
-	RelayOrdinary(ctx context.Context, from, to jid.JID, env *extenv.Envelope) error
+	RelayOrdinary(ctx context.Context, from, to jid.JID, env *envelopexml.Envelope) error
 }
 
 // Entitlement is the entitlement a timed message needs.
@@ -188,16 +188,16 @@ func New(cfg Config, domain jid.JID, send Sender, devs Devices, ents Entitlement
 }
 
 var (
-	envelopeName = xml.Name{Space: extenv.NS, Local: "envelope"}
-	copyName     = xml.Name{Space: extexp.NS, Local: "copy"}
+	envelopeName = xml.Name{Space: envelopexml.NS, Local: "envelope"}
+	copyName     = xml.Name{Space: expiryxml.NS, Local: "copy"}
 	bodyNames    = []xml.Name{{Space: "jabber:component:accept", Local: "body"}, {Space: "jabber:client", Local: "body"}}
 )
 
 // Register routes envelopes and the relay's own payloads to r. Devices
 // must call r.OnOnline when a device announces itself.
 func (r *Relay) Register(c *component.Component) {
-	c.HandleMessage(extenv.NS, component.MessageHandlerFunc(r.HandleMessage))
-	c.HandleMessage(extexp.NS, component.MessageHandlerFunc(r.HandleMessage))
+	c.HandleMessage(envelopexml.NS, component.MessageHandlerFunc(r.HandleMessage))
+	c.HandleMessage(expiryxml.NS, component.MessageHandlerFunc(r.HandleMessage))
 	c.AddFeature(ephemeral.NS)
 }
 
@@ -225,8 +225,8 @@ func (r *Relay) HandleMessage(ctx context.Context, m *component.Stanza) error {
 
 // decodeEnvelope reads and checks the envelope of m: well formed, within
 // bounds, written by from.
-func (r *Relay) decodeEnvelope(m *component.Stanza, from jid.JID) (*extenv.Envelope, []byte, error) {
-	var env extenv.Envelope
+func (r *Relay) decodeEnvelope(m *component.Stanza, from jid.JID) (*envelopexml.Envelope, []byte, error) {
+	var env envelopexml.Envelope
 	if err := m.Decode(envelopeName, &env); err != nil {
 		if errors.Is(err, component.ErrNoPayload) {
 			return nil, nil, r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
@@ -306,7 +306,7 @@ func (r *Relay) handleEnvelope(ctx context.Context, m *component.Stanza) error {
 		return nil
 	}
 	if err := r.send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		extexp.Copy{By: m.From.String()}, decoder(raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+		expiryxml.Copy{By: m.From.String()}, decoder(raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
 	}
 	return nil
@@ -326,7 +326,7 @@ func (r *Relay) handleCopy(ctx context.Context, m *component.Stanza) error {
 	if err != nil {
 		return nil
 	}
-	var c extexp.Copy
+	var c expiryxml.Copy
 	if err := m.Decode(copyName, &c); err != nil {
 		return err
 	}
@@ -421,11 +421,11 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		if remaining <= 0 {
 			return
 		}
-		payload := []any{decoder(h.raw), extexp.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
+		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
 		if h.sent {
-			payload = append([]any{extexp.Sent{By: h.by.String()}}, payload...)
+			payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
 		} else {
-			payload = append(payload, receipts.Request{}, markers.Markable{})
+			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
 		}
 		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
 		if err := r.send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...); err != nil {
@@ -535,7 +535,7 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 			continue
 		}
 		if err := r.send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-			extexp.Expired{ID: h.id}, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
+			expiryxml.Expired{ID: h.id}, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
 			r.log.Debug("expiry: expiry notice not sent", "err", err)
 		}
 	}

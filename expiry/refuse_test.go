@@ -14,8 +14,8 @@ import (
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/carbons"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
-	extexp "github.com/clinkme/clinkd/extensions/expiry"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
@@ -61,7 +61,7 @@ func TestRefusals(t *testing.T) {
 			headline := func(to jid.JID, id string) stanza.Message {
 				return stanza.Message{ID: id, To: to, Type: stanza.HeadlineMessage}
 			}
-			timed := func(from, to user) *extenv.Envelope { return seal(t, from, to, "x", time.Minute) }
+			timed := func(from, to user) *envelopexml.Envelope { return seal(t, from, to, "x", time.Minute) }
 
 			tests := []struct {
 				name     string
@@ -77,7 +77,7 @@ func TestRefusals(t *testing.T) {
 				{"someone else's envelope", headline(bobAddr, "r5"), append([]any{timed(carol, bob)}, safe...), "not-acceptable", "not written by the sender"},
 				{"not for this recipient", headline(bobAddr, "r6"), append([]any{timed(alice, carol)}, safe...), "not-acceptable", "not addressed to"},
 				{"to the component itself", headline(comp, "r7"), append([]any{timed(alice, bob)}, safe...), "bad-request", "recipient's address"},
-				{"forged copy", headline(aliceAddr, "r8"), append([]any{extexp.Copy{By: a.JID().String()}, timed(alice, bob)}, safe...), "forbidden", "only clinkd"},
+				{"forged copy", headline(aliceAddr, "r8"), append([]any{expiryxml.Copy{By: a.JID().String()}, timed(alice, bob)}, safe...), "forbidden", "only clinkd"},
 				{"broken envelope", headline(bobAddr, "r9"), append([]any{rawXML(`<envelope xmlns='urn:clinkme:envelope:0' kind='standard'/>`)}, safe...), "bad-request", ""},
 			}
 			for _, tt := range tests {

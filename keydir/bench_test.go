@@ -22,7 +22,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/daemon"
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/migrate"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
@@ -96,7 +96,7 @@ func BenchmarkLookupVsPing(b *testing.B) {
 			// Warm up both paths (connections, caches) before measuring.
 			for i := range 20 {
 				dev.Ping(ctx, comp)
-				dev.IQ(ctx, stanza.GetIQ, comp, xkeydir.Lookup{JIDs: []string{users[i].String()}}, &xkeydir.Lookup{})
+				dev.IQ(ctx, stanza.GetIQ, comp, keydirxml.Lookup{JIDs: []string{users[i].String()}}, &keydirxml.Lookup{})
 			}
 			b.ResetTimer()
 			for b.Loop() {
@@ -105,12 +105,12 @@ func BenchmarkLookupVsPing(b *testing.B) {
 					b.Fatal(err)
 				}
 				t1 := time.Now()
-				var res xkeydir.Lookup
-				if err := dev.IQ(ctx, stanza.GetIQ, comp, xkeydir.Lookup{JIDs: []string{users[rand.IntN(len(users))].String()}}, &res); err != nil {
+				var res keydirxml.Lookup
+				if err := dev.IQ(ctx, stanza.GetIQ, comp, keydirxml.Lookup{JIDs: []string{users[rand.IntN(len(users))].String()}}, &res); err != nil {
 					b.Fatal(err)
 				}
 				t2 := time.Now()
-				if len(res.Entries) != 1 || res.Entries[0].Status != xkeydir.StatusFound {
+				if len(res.Entries) != 1 || res.Entries[0].Status != keydirxml.StatusFound {
 					b.Fatalf("lookup = %+v", res)
 				}
 				pings, lookups = append(pings, t1.Sub(t0)), append(lookups, t2.Sub(t1))

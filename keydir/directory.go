@@ -32,7 +32,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/component"
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/ratelimit"
 )
 
@@ -98,8 +98,8 @@ func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) 
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
 	}
-	if cfg.MaxBatch > xkeydir.MaxBatchOnWire {
-		return nil, fmt.Errorf("keydir: batch bound %d is over %d", cfg.MaxBatch, xkeydir.MaxBatchOnWire)
+	if cfg.MaxBatch > keydirxml.MaxBatchOnWire {
+		return nil, fmt.Errorf("keydir: batch bound %d is over %d", cfg.MaxBatch, keydirxml.MaxBatchOnWire)
 	}
 	if cfg.LookupBurst < cfg.MaxBatch {
 		// A full batch must be possible at all.
@@ -137,7 +137,7 @@ func (d *Directory) Store() *Store { return d.store }
 // Register routes the directory's payloads on c.
 func (d *Directory) Register(c *component.Component) {
 	h := func(local string, f func(context.Context, *component.Stanza) (any, error)) {
-		c.HandleIQ(xml.Name{Space: xkeydir.NS, Local: local}, component.IQHandlerFunc(func(ctx context.Context, iq *component.Stanza) (any, error) {
+		c.HandleIQ(xml.Name{Space: keydirxml.NS, Local: local}, component.IQHandlerFunc(func(ctx context.Context, iq *component.Stanza) (any, error) {
 			res, err := f(ctx, iq)
 			outcome := "ok"
 			if err != nil {
@@ -277,12 +277,12 @@ func (d *Directory) internal(what string, err error) error {
 	return component.Error(stanza.InternalServerError, "")
 }
 
-func entryFor(b Binding, p tlog.RecordProof) xkeydir.Entry {
-	return xkeydir.Entry{
-		JID: b.JID, Status: xkeydir.StatusFound, Index: b.Index, Time: b.Time,
+func entryFor(b Binding, p tlog.RecordProof) keydirxml.Entry {
+	return keydirxml.Entry{
+		JID: b.JID, Status: keydirxml.StatusFound, Index: b.Index, Time: b.Time,
 		Fingerprint: hex.EncodeToString(b.Fingerprint[:]),
 		Key:         base64.StdEncoding.EncodeToString(b.Key),
-		Proof:       xkeydir.NewProof(p),
+		Proof:       keydirxml.NewProof(p),
 	}
 }
 
@@ -297,8 +297,8 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if d.cfg.LocalDomain != "" && who.Domainpart() != d.cfg.LocalDomain {
 		return nil, component.Errorf(stanza.Forbidden, "only users of %s may publish keys here", d.cfg.LocalDomain)
 	}
-	var req xkeydir.Publish
-	if err := iq.Decode(xml.Name{Space: xkeydir.NS, Local: "publish"}, &req); err != nil {
+	var req keydirxml.Publish
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "publish"}, &req); err != nil {
 		return nil, err
 	}
 	if err := req.Validate(); err != nil {
@@ -339,7 +339,7 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 		return nil, d.internal("prove", err)
 	}
 	e := entryFor(b, p)
-	return xkeydir.Publish{Checkpoint: string(sc.msg), Entry: &e}, nil
+	return keydirxml.Publish{Checkpoint: string(sc.msg), Entry: &e}, nil
 }
 
 // checkpointAtLeast signs the current size, which is at least min once
@@ -363,8 +363,8 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, err
 	}
-	var req xkeydir.Lookup
-	if err := iq.Decode(xml.Name{Space: xkeydir.NS, Local: "lookup"}, &req); err != nil {
+	var req keydirxml.Lookup
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "lookup"}, &req); err != nil {
 		return nil, err
 	}
 	if len(req.JIDs) > d.cfg.MaxBatch {
@@ -402,11 +402,11 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, d.internal("checkpoint", err)
 	}
-	res := xkeydir.Lookup{Checkpoint: string(sc.msg), Entries: make([]xkeydir.Entry, 0, len(jids))}
+	res := keydirxml.Lookup{Checkpoint: string(sc.msg), Entries: make([]keydirxml.Entry, 0, len(jids))}
 	for i, j := range jids {
 		b, ok := found[labels[i]]
 		if !ok {
-			res.Entries = append(res.Entries, xkeydir.Entry{JID: j.String(), Status: xkeydir.StatusNone})
+			res.Entries = append(res.Entries, keydirxml.Entry{JID: j.String(), Status: keydirxml.StatusNone})
 			continue
 		}
 		p, err := d.prove(ctx, b.Index, b.Record(), sc.cp)
@@ -433,7 +433,7 @@ func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza) 
 	if err != nil {
 		return nil, d.internal("checkpoint", err)
 	}
-	return xkeydir.Checkpoint{Text: string(msg)}, nil
+	return keydirxml.Checkpoint{Text: string(msg)}, nil
 }
 
 func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -444,8 +444,8 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err != nil {
 		return nil, err
 	}
-	var req xkeydir.Consistency
-	if err := iq.Decode(xml.Name{Space: xkeydir.NS, Local: "consistency"}, &req); err != nil {
+	var req keydirxml.Consistency
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "consistency"}, &req); err != nil {
 		return nil, err
 	}
 	if err := req.Validate(); err != nil {
@@ -466,9 +466,9 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err != nil {
 		return nil, d.internal("prove tree", err)
 	}
-	res := xkeydir.Consistency{Old: req.Old, New: req.New, Hashes: make([]string, len(p))}
+	res := keydirxml.Consistency{Old: req.Old, New: req.New, Hashes: make([]string, len(p))}
 	for i, h := range p {
-		res.Hashes[i] = xkeydir.EncodeHash(h)
+		res.Hashes[i] = keydirxml.EncodeHash(h)
 	}
 	return res, nil
 }
@@ -481,8 +481,8 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err != nil {
 		return nil, err
 	}
-	var req xkeydir.History
-	if err := iq.Decode(xml.Name{Space: xkeydir.NS, Local: "history"}, &req); err != nil {
+	var req keydirxml.History
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "history"}, &req); err != nil {
 		return nil, err
 	}
 	bare, err := ParseBareJID(who.String())
@@ -501,7 +501,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := d.allowLookups(who, 1); err != nil {
 		return nil, err
 	}
-	entries, size, err := d.store.History(ctx, Label(bare), xkeydir.MaxHistoryItems)
+	entries, size, err := d.store.History(ctx, Label(bare), keydirxml.MaxHistoryItems)
 	if err != nil {
 		return nil, d.internal("history", err)
 	}
@@ -509,16 +509,16 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err != nil {
 		return nil, d.internal("checkpoint", err)
 	}
-	res := xkeydir.History{JID: bare.String(), Checkpoint: string(sc.msg)}
+	res := keydirxml.History{JID: bare.String(), Checkpoint: string(sc.msg)}
 	for _, e := range entries {
 		p, err := d.prove(ctx, e.Index, e.Record, sc.cp)
 		if err != nil {
 			return nil, d.internal("prove", err)
 		}
-		res.Records = append(res.Records, xkeydir.Record{
+		res.Records = append(res.Records, keydirxml.Record{
 			Index: e.Index, Kind: string(e.Record.Kind), Time: e.Record.Time,
 			Fingerprint: hex.EncodeToString(e.Record.Fingerprint[:]),
-			Proof:       xkeydir.NewProof(p),
+			Proof:       keydirxml.NewProof(p),
 		})
 	}
 	return res, nil

@@ -22,7 +22,7 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/daemon"
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
@@ -132,8 +132,8 @@ func TestDirectory(t *testing.T) {
 			kA, kB, kA2 := rsaKey(t, 3072), rsaKey(t, 4096), rsaKey(t, 3072)
 
 			di, err := alice.DiscoInfo(ctx, dep.d.Component().Domain())
-			if err != nil || !slices.ContainsFunc(di.Features, func(f info.Feature) bool { return f.Var == xkeydir.NS }) {
-				t.Errorf("disco#info = %+v, %v; want feature %s", di.Features, err, xkeydir.NS)
+			if err != nil || !slices.ContainsFunc(di.Features, func(f info.Feature) bool { return f.Var == keydirxml.NS }) {
+				t.Errorf("disco#info = %+v, %v; want feature %s", di.Features, err, keydirxml.NS)
 			}
 			pa, err := aliceKD.PublishKey(ctx, kA)
 			if err != nil {
@@ -234,8 +234,8 @@ func TestDirectory(t *testing.T) {
 // keydir.OpenCheckpoint: a second, independent verifier.
 func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *deployment, who string) {
 	t.Helper()
-	var res xkeydir.Lookup
-	if err := c.IQ(ctx, stanza.GetIQ, dep.d.Component().Domain(), xkeydir.Lookup{JIDs: []string{who}}, &res); err != nil {
+	var res keydirxml.Lookup
+	if err := c.IQ(ctx, stanza.GetIQ, dep.d.Component().Domain(), keydirxml.Lookup{JIDs: []string{who}}, &res); err != nil {
 		t.Fatalf("raw lookup = %v", err)
 	}
 	v, _ := keydir.ParseVerifier(dep.vkey)
@@ -244,8 +244,8 @@ func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *de
 		t.Fatalf("OpenCheckpoint = %v", err)
 	}
 	e := res.Entries[0]
-	fp, _ := xkeydir.DecodeFingerprint(e.Fingerprint)
-	hs, err := xkeydir.DecodeHashes(e.Proof.Hashes)
+	fp, _ := keydirxml.DecodeFingerprint(e.Fingerprint)
+	hs, err := keydirxml.DecodeHashes(e.Proof.Hashes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,15 +289,15 @@ func TestDirectoryErrors(t *testing.T) {
 			}{
 				{"weak key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 2048)); return err }(), stanza.NotAcceptable},
 				{"oversized key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 8200)); return err }(), stanza.BadRequest},
-				{"not base64", raw(stanza.SetIQ, xkeydir.Publish{Key: "MIIB!!"}), stanza.BadRequest},
-				{"no key", raw(stanza.SetIQ, xkeydir.Publish{}), stanza.BadRequest},
-				{"publish as get", raw(stanza.GetIQ, xkeydir.Publish{Key: "AAAA"}), stanza.BadRequest},
-				{"batch too large", raw(stanza.GetIQ, xkeydir.Lookup{JIDs: many}), stanza.PolicyViolation},
-				{"empty lookup", raw(stanza.GetIQ, xkeydir.Lookup{}), stanza.BadRequest},
-				{"malformed JID", raw(stanza.GetIQ, xkeydir.Lookup{JIDs: []string{"a@b/c"}}), stanza.JIDMalformed},
-				{"history of another", raw(stanza.GetIQ, xkeydir.History{JID: bob.JID().Bare().String()}), stanza.Forbidden},
-				{"consistency beyond the log", raw(stanza.GetIQ, xkeydir.Consistency{Old: 1, New: 5}), stanza.ItemNotFound},
-				{"consistency backwards", raw(stanza.GetIQ, xkeydir.Consistency{Old: 5, New: 1}), stanza.BadRequest},
+				{"not base64", raw(stanza.SetIQ, keydirxml.Publish{Key: "MIIB!!"}), stanza.BadRequest},
+				{"no key", raw(stanza.SetIQ, keydirxml.Publish{}), stanza.BadRequest},
+				{"publish as get", raw(stanza.GetIQ, keydirxml.Publish{Key: "AAAA"}), stanza.BadRequest},
+				{"batch too large", raw(stanza.GetIQ, keydirxml.Lookup{JIDs: many}), stanza.PolicyViolation},
+				{"empty lookup", raw(stanza.GetIQ, keydirxml.Lookup{}), stanza.BadRequest},
+				{"malformed JID", raw(stanza.GetIQ, keydirxml.Lookup{JIDs: []string{"a@b/c"}}), stanza.JIDMalformed},
+				{"history of another", raw(stanza.GetIQ, keydirxml.History{JID: bob.JID().Bare().String()}), stanza.Forbidden},
+				{"consistency beyond the log", raw(stanza.GetIQ, keydirxml.Consistency{Old: 1, New: 5}), stanza.ItemNotFound},
+				{"consistency backwards", raw(stanza.GetIQ, keydirxml.Consistency{Old: 5, New: 1}), stanza.BadRequest},
 			}
 			for _, tt := range tests {
 				if got := condition(tt.err); got != tt.want {

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"strings"
 
-	xkeydir "github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 // Key size bounds. Below MinRSABits a key is weak (not-acceptable); above
@@ -38,8 +38,8 @@ func ParsePublicKey(b64 string) ([]byte, *rsa.PublicKey, error) {
 	if b64 == "" {
 		return nil, nil, fmt.Errorf("%w: empty", ErrMalformedKey)
 	}
-	if len(b64) > xkeydir.MaxKeyBase64 {
-		return nil, nil, fmt.Errorf("%w: %d characters of base64, more than %d (oversized)", ErrMalformedKey, len(b64), xkeydir.MaxKeyBase64)
+	if len(b64) > keydirxml.MaxKeyBase64 {
+		return nil, nil, fmt.Errorf("%w: %d characters of base64, more than %d (oversized)", ErrMalformedKey, len(b64), keydirxml.MaxKeyBase64)
 	}
 	der, err := base64.StdEncoding.Strict().DecodeString(b64)
 	if err != nil {

@@ -33,11 +33,11 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/component"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/extensions/markers"
-	"github.com/clinkme/clinkd/extensions/receipts"
 	"github.com/clinkme/clinkd/extensions/receiptstate"
+	"github.com/clinkme/clinkd/extensions/receiptsxml"
 	"github.com/clinkme/clinkd/internal/migrate"
 )
 
@@ -98,7 +98,7 @@ type Tracker struct {
 // expires.
 type pending struct {
 	peer    jid.JID // the recipient who sent the receipt
-	payload any     // receipts.Received or markers.Displayed
+	payload any     // receiptsxml.Received or markers.Displayed
 	expires time.Time
 }
 
@@ -133,13 +133,13 @@ func New(cfg Config, domain jid.JID, db *pgxpool.Pool, send Sender, devs Devices
 
 // Register routes receipts, markers and the status query to t.
 func (t *Tracker) Register(c *component.Component) {
-	c.HandleMessage(receipts.NS, component.MessageHandlerFunc(t.HandleMessage))
+	c.HandleMessage(receiptsxml.NS, component.MessageHandlerFunc(t.HandleMessage))
 	c.HandleMessage(markers.NS, component.MessageHandlerFunc(t.HandleMessage))
 	c.HandleIQ(xml.Name{Space: receiptstate.NS, Local: "status"}, component.IQHandlerFunc(t.HandleStatus))
 }
 
 var (
-	receivedName  = xml.Name{Space: receipts.NS, Local: "received"}
+	receivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
 	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
 )
 
@@ -163,11 +163,11 @@ func (t *Tracker) HandleMessage(ctx context.Context, m *component.Stanza) error 
 	)
 	switch {
 	case m.Has(receivedName):
-		var r receipts.Received
+		var r receiptsxml.Received
 		if err := m.Decode(receivedName, &r); err != nil {
 			return err
 		}
-		id, kind, payload = r.ID, "received", receipts.Received{ID: r.ID}
+		id, kind, payload = r.ID, "received", receiptsxml.Received{ID: r.ID}
 	case m.Has(displayedName):
 		var d markers.Displayed
 		if err := m.Decode(displayedName, &d); err != nil {
@@ -177,7 +177,7 @@ func (t *Tracker) HandleMessage(ctx context.Context, m *component.Stanza) error 
 	default:
 		return nil // a request or markable alone asks nothing of clinkd
 	}
-	if id == "" || len(id) > extenv.MaxIDLen {
+	if id == "" || len(id) > envelopexml.MaxIDLen {
 		return component.BadRequest("a receipt names the message id it is for")
 	}
 
@@ -268,7 +268,7 @@ func (t *Tracker) OnOnline(ctx context.Context, user, device jid.JID) {
 // RelayOrdinary records an ordinary message's receipt state and passes
 // the envelope to the recipient as a normal chat message, which the server
 // stores and archives as it does any other.
-func (t *Tracker) RelayOrdinary(ctx context.Context, from, to jid.JID, env *extenv.Envelope) error {
+func (t *Tracker) RelayOrdinary(ctx context.Context, from, to jid.JID, env *envelopexml.Envelope) error {
 	if t.db == nil {
 		return component.Error(stanza.ServiceUnavailable, "this clinkd does not track ordinary messages")
 	}
@@ -282,7 +282,7 @@ func (t *Tracker) RelayOrdinary(ctx context.Context, from, to jid.JID, env *exte
 		return err
 	}
 	return t.send.SendMessage(ctx, stanza.Message{ID: env.ID, To: to, From: addr, Type: stanza.ChatMessage},
-		env, receipts.Request{}, markers.Markable{})
+		env, receiptsxml.Request{}, markers.Markable{})
 }
 
 // HandleStatus answers a device's query for the state of messages its user

@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"io"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // ContactKeySize is the size of a contact key: AES-256.
@@ -86,7 +86,7 @@ func (k ContactKey) ID() []byte {
 	}
 	m := hmac.New(sha256.New, k.key())
 	m.Write([]byte(keyIDLabel))
-	return m.Sum(nil)[:extenv.KeyIDSize]
+	return m.Sum(nil)[:envelopexml.KeyIDSize]
 }
 
 // Equal reports, in constant time, whether k and o are the same key.

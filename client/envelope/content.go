@@ -6,7 +6,7 @@ import (
 	"io"
 	"unicode/utf8"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // ContentKind says what a Content holds. Later versions add kinds; Open
@@ -30,7 +30,7 @@ const contentVersion = 0
 const padBlock = 256
 
 // maxContent is the largest encoded content, padding included.
-const maxContent = extenv.MaxPayloadSize - extenv.TagSize
+const maxContent = envelopexml.MaxPayloadSize - envelopexml.TagSize
 
 // MaxTextSize is the largest text a KindText content can carry, in bytes.
 const MaxTextSize = maxContent - (1 + 4 + len(KindText) + 4)

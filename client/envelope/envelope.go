@@ -1,6 +1,6 @@
 // Package envelope seals and opens ClinkMe end-to-end envelopes, as specified
 // in docs/envelope.md; the wire type is in
-// github.com/clinkme/clinkd/extensions/envelope.
+// github.com/clinkme/clinkd/extensions/envelopexml.
 //
 // A standard envelope ([SealStandard]) carries content sealed with AES-256-GCM
 // under a fresh random key, and that key wrapped with RSA-OAEP-SHA256 for each
@@ -31,7 +31,7 @@ package envelope
 import (
 	"errors"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // Errors. Open returns exactly one of these (possibly wrapped, with detail)
@@ -40,13 +40,13 @@ import (
 // arguments.
 var (
 	// ErrInvalid: the envelope is not structurally valid (see
-	// extenv.Envelope.Validate), or an argument to a Seal function would
-	// make one that is not. It is the same error as extenv.ErrInvalid.
-	ErrInvalid = extenv.ErrInvalid
+	// envelopexml.Envelope.Validate), or an argument to a Seal function would
+	// make one that is not. It is the same error as envelopexml.ErrInvalid.
+	ErrInvalid = envelopexml.ErrInvalid
 	// ErrUnsupportedVersion: the envelope or its content is of a format
 	// version this package does not know; the user should update. It is the
-	// same error as extenv.ErrUnsupportedVersion.
-	ErrUnsupportedVersion = extenv.ErrUnsupportedVersion
+	// same error as envelopexml.ErrUnsupportedVersion.
+	ErrUnsupportedVersion = envelopexml.ErrUnsupportedVersion
 	// ErrKeySize: an RSA key is smaller than MinKeyBits or larger than
 	// MaxKeyBits.
 	ErrKeySize = errors.New("envelope: RSA key size not allowed")

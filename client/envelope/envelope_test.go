@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client/envelope"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // The test identities, from testdata/keys (see docs/envelope.md, "Test
@@ -77,13 +77,13 @@ func (m keyMap) ContactKey(contact string, id []byte) (envelope.ContactKey, bool
 }
 
 // reparse sends e through its XML encoding, as the wire does.
-func reparse(t testing.TB, e *extenv.Envelope) *extenv.Envelope {
+func reparse(t testing.TB, e *envelopexml.Envelope) *envelopexml.Envelope {
 	t.Helper()
 	out, err := xml.Marshal(e)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var back extenv.Envelope
+	var back envelopexml.Envelope
 	if err := xml.Unmarshal(out, &back); err != nil {
 		t.Fatalf("Unmarshal(%s) = %v", out, err)
 	}
@@ -103,14 +103,14 @@ func TestRoundTrip(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		seal    func() (*extenv.Envelope, error)
+		seal    func() (*envelopexml.Envelope, error)
 		sender  envelope.Identity
 		content envelope.Content
 		openers []opener
 	}{
 		{
 			name: "standard to one",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("1"), text("hi"))
 			},
 			sender:  alice,
@@ -119,7 +119,7 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "standard to three, one with 4096 bits, repeated",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				to := []envelope.Recipient{recipient(bob), recipient(carol), recipient(dave), recipient(bob)}
 				return envelope.SealStandard(alice, to, header("2"), text("to all of you"))
 			},
@@ -129,7 +129,7 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "standard from 4096 bits",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				return envelope.SealStandard(dave, []envelope.Recipient{recipient(alice)}, header("3"), text("hello"))
 			},
 			sender:  dave,
@@ -137,15 +137,17 @@ func TestRoundTrip(t *testing.T) {
 			openers: []opener{{me: alice}, {me: dave}},
 		},
 		{
-			name:    "note to self",
-			seal:    func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, nil, header("4"), text("note")) },
+			name: "note to self",
+			seal: func() (*envelopexml.Envelope, error) {
+				return envelope.SealStandard(alice, nil, header("4"), text("note"))
+			},
 			sender:  alice,
 			content: text("note"),
 			openers: []opener{{me: alice}},
 		},
 		{
 			name: "largest text",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("5"), text(strings.Repeat("é", envelope.MaxTextSize/2)+"x"))
 			},
 			sender:  alice,
@@ -154,7 +156,7 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "key share",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("6"), envelope.Content{Kind: envelope.KindKeyShare, Key: k})
 			},
 			sender:  alice,
@@ -163,7 +165,7 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "enhanced",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				return envelope.SealEnhanced(alice, bob.JID(), k, header("7"), text("secure"))
 			},
 			sender:  alice,
@@ -172,7 +174,7 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "enhanced reply with expiry",
-			seal: func() (*extenv.Envelope, error) {
+			seal: func() (*envelopexml.Envelope, error) {
 				h := header("8")
 				h.Expires = now.Add(time.Minute)
 				return envelope.SealEnhanced(bob, alice.JID(), k, h, text("ok"))
@@ -235,8 +237,8 @@ func TestStandardLayout(t *testing.T) {
 	if len(to) != 3 || to[:4][3] != (envelope.Recipient{}) {
 		t.Errorf("SealStandard wrote into the caller's slice: %v", to[:4])
 	}
-	if len(e.Payload) != 256+extenv.TagSize {
-		t.Errorf("len(Payload) = %d, want %d (one padding block)", len(e.Payload), 256+extenv.TagSize)
+	if len(e.Payload) != 256+envelopexml.TagSize {
+		t.Errorf("len(Payload) = %d, want %d (one padding block)", len(e.Payload), 256+envelopexml.TagSize)
 	}
 }
 
@@ -261,14 +263,14 @@ func TestEveryChangeDetected(t *testing.T) {
 	}
 	keys := keyMap{alice.JID(): {k}}
 
-	for _, base := range []*extenv.Envelope{std, enh} {
+	for _, base := range []*envelopexml.Envelope{std, enh} {
 		t.Run(string(base.Kind), func(t *testing.T) {
 			t.Parallel()
 			if _, err := envelope.Open(base, bob, alice.PublicKey(), keys); err != nil {
 				t.Fatalf("Open(unchanged) = %v", err)
 			}
 			n := 0
-			check := func(what string, edit func(e *extenv.Envelope)) {
+			check := func(what string, edit func(e *envelopexml.Envelope)) {
 				t.Helper()
 				e := clone(base)
 				edit(e)
@@ -277,22 +279,22 @@ func TestEveryChangeDetected(t *testing.T) {
 					t.Fatalf("Open(%s) = %v, nil; want an error", what, c)
 				}
 			}
-			flipAll := func(field string, get func(e *extenv.Envelope) []byte) {
+			flipAll := func(field string, get func(e *envelopexml.Envelope) []byte) {
 				for i := range len(get(base)) {
 					for bit := range 8 {
-						check(fmt.Sprintf("%s byte %d bit %d", field, i, bit), func(e *extenv.Envelope) { get(e)[i] ^= 1 << bit })
+						check(fmt.Sprintf("%s byte %d bit %d", field, i, bit), func(e *envelopexml.Envelope) { get(e)[i] ^= 1 << bit })
 					}
 				}
 			}
-			flipBytes := func(field string, get func(e *extenv.Envelope) []byte) {
+			flipBytes := func(field string, get func(e *envelopexml.Envelope) []byte) {
 				for i := range len(get(base)) {
-					check(fmt.Sprintf("%s byte %d bit %d", field, i, i%8), func(e *extenv.Envelope) { get(e)[i] ^= 1 << (i % 8) })
+					check(fmt.Sprintf("%s byte %d bit %d", field, i, i%8), func(e *envelopexml.Envelope) { get(e)[i] ^= 1 << (i % 8) })
 				}
 			}
-			flipString := func(field string, p func(e *extenv.Envelope) *string) {
+			flipString := func(field string, p func(e *envelopexml.Envelope) *string) {
 				for i := range len(*p(base)) {
 					for bit := range 8 {
-						check(fmt.Sprintf("%s byte %d bit %d", field, i, bit), func(e *extenv.Envelope) {
+						check(fmt.Sprintf("%s byte %d bit %d", field, i, bit), func(e *envelopexml.Envelope) {
 							b := []byte(*p(e))
 							b[i] ^= 1 << bit
 							*p(e) = string(b)
@@ -300,39 +302,39 @@ func TestEveryChangeDetected(t *testing.T) {
 					}
 				}
 			}
-			flipString("kind", func(e *extenv.Envelope) *string { return (*string)(&e.Kind) })
-			flipString("from", func(e *extenv.Envelope) *string { return &e.From })
-			flipString("to", func(e *extenv.Envelope) *string { return &e.To[0] })
-			flipString("id", func(e *extenv.Envelope) *string { return &e.ID })
+			flipString("kind", func(e *envelopexml.Envelope) *string { return (*string)(&e.Kind) })
+			flipString("from", func(e *envelopexml.Envelope) *string { return &e.From })
+			flipString("to", func(e *envelopexml.Envelope) *string { return &e.To[0] })
+			flipString("id", func(e *envelopexml.Envelope) *string { return &e.ID })
 			for _, d := range []time.Duration{-time.Hour, -time.Second, time.Second, 24 * time.Hour} {
-				check(fmt.Sprintf("time %+v", d), func(e *extenv.Envelope) { e.Time = e.Time.Add(d) })
-				check(fmt.Sprintf("expires %+v", d), func(e *extenv.Envelope) { e.Expires = e.Expires.Add(d) })
+				check(fmt.Sprintf("time %+v", d), func(e *envelopexml.Envelope) { e.Time = e.Time.Add(d) })
+				check(fmt.Sprintf("expires %+v", d), func(e *envelopexml.Envelope) { e.Expires = e.Expires.Add(d) })
 			}
-			check("expires removed", func(e *extenv.Envelope) { e.Expires = time.Time{} })
-			check("kind swapped", func(e *extenv.Envelope) {
-				if e.Kind == extenv.Standard {
-					e.Kind = extenv.Enhanced
+			check("expires removed", func(e *envelopexml.Envelope) { e.Expires = time.Time{} })
+			check("kind swapped", func(e *envelopexml.Envelope) {
+				if e.Kind == envelopexml.Standard {
+					e.Kind = envelopexml.Enhanced
 				} else {
-					e.Kind = extenv.Standard
+					e.Kind = envelopexml.Standard
 				}
 			})
-			check("recipient added", func(e *extenv.Envelope) { e.To = append(e.To, "carol@example.net") })
-			check("recipient replaced", func(e *extenv.Envelope) { e.To[0] = "carol@example.net" })
+			check("recipient added", func(e *envelopexml.Envelope) { e.To = append(e.To, "carol@example.net") })
+			check("recipient replaced", func(e *envelopexml.Envelope) { e.To[0] = "carol@example.net" })
 			for i := range base.Keys {
-				flipAll(fmt.Sprintf("key %d fingerprint", i), func(e *extenv.Envelope) []byte { return e.Keys[i].Fingerprint })
-				flipBytes(fmt.Sprintf("key %d", i), func(e *extenv.Envelope) []byte { return e.Keys[i].Key })
-				check(fmt.Sprintf("key %d removed", i), func(e *extenv.Envelope) { e.Keys = slices.Delete(e.Keys, i, i+1) })
+				flipAll(fmt.Sprintf("key %d fingerprint", i), func(e *envelopexml.Envelope) []byte { return e.Keys[i].Fingerprint })
+				flipBytes(fmt.Sprintf("key %d", i), func(e *envelopexml.Envelope) []byte { return e.Keys[i].Key })
+				check(fmt.Sprintf("key %d removed", i), func(e *envelopexml.Envelope) { e.Keys = slices.Delete(e.Keys, i, i+1) })
 			}
 			if len(base.Keys) > 1 {
-				check("keys swapped", func(e *extenv.Envelope) { e.Keys[0], e.Keys[1] = e.Keys[1], e.Keys[0] })
+				check("keys swapped", func(e *envelopexml.Envelope) { e.Keys[0], e.Keys[1] = e.Keys[1], e.Keys[0] })
 			}
-			flipAll("keyid", func(e *extenv.Envelope) []byte { return e.KeyID })
-			flipAll("nonce", func(e *extenv.Envelope) []byte { return e.Nonce })
-			flipAll("payload", func(e *extenv.Envelope) []byte { return e.Payload })
-			check("payload truncated", func(e *extenv.Envelope) { e.Payload = e.Payload[:len(e.Payload)-1] })
-			check("payload extended", func(e *extenv.Envelope) { e.Payload = append(e.Payload, 0) })
-			flipBytes("signature", func(e *extenv.Envelope) []byte { return e.Signature })
-			check("signature truncated", func(e *extenv.Envelope) { e.Signature = e.Signature[:len(e.Signature)-1] })
+			flipAll("keyid", func(e *envelopexml.Envelope) []byte { return e.KeyID })
+			flipAll("nonce", func(e *envelopexml.Envelope) []byte { return e.Nonce })
+			flipAll("payload", func(e *envelopexml.Envelope) []byte { return e.Payload })
+			check("payload truncated", func(e *envelopexml.Envelope) { e.Payload = e.Payload[:len(e.Payload)-1] })
+			check("payload extended", func(e *envelopexml.Envelope) { e.Payload = append(e.Payload, 0) })
+			flipBytes("signature", func(e *envelopexml.Envelope) []byte { return e.Signature })
+			check("signature truncated", func(e *envelopexml.Envelope) { e.Signature = e.Signature[:len(e.Signature)-1] })
 			t.Logf("%d changes, all detected", n)
 		})
 	}
@@ -353,7 +355,7 @@ func TestEverySerializedByteChangeDetected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var orig extenv.Envelope
+	var orig envelopexml.Envelope
 	if err := xml.Unmarshal(wire, &orig); err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +364,7 @@ func TestEverySerializedByteChangeDetected(t *testing.T) {
 		b := bytes.Clone(wire)
 		mask := byte(1) << (i % 8)
 		b[i] ^= mask
-		var got extenv.Envelope
+		var got envelopexml.Envelope
 		if err := xml.Unmarshal(b, &got); err != nil {
 			continue
 		}
@@ -378,12 +380,12 @@ func TestEverySerializedByteChangeDetected(t *testing.T) {
 	t.Logf("%d bytes changed: %d parsed to another envelope and failed to open, %d parsed to the same one", len(wire), opened, same)
 }
 
-func clone(e *extenv.Envelope) *extenv.Envelope {
+func clone(e *envelopexml.Envelope) *envelopexml.Envelope {
 	c := *e
 	c.To = slices.Clone(e.To)
 	c.Keys = nil
 	for _, k := range e.Keys {
-		c.Keys = append(c.Keys, extenv.WrappedKey{Fingerprint: bytes.Clone(k.Fingerprint), Key: bytes.Clone(k.Key)})
+		c.Keys = append(c.Keys, envelopexml.WrappedKey{Fingerprint: bytes.Clone(k.Fingerprint), Key: bytes.Clone(k.Key)})
 	}
 	c.KeyID = bytes.Clone(e.KeyID)
 	c.Nonce = bytes.Clone(e.Nonce)
@@ -454,11 +456,11 @@ func TestEqualPlaintextsDiffer(t *testing.T) {
 	id := ids(t)
 	alice, bob := id["alice"], id["bob"]
 	k := envelope.NewContactKey()
-	seals := map[string]func() (*extenv.Envelope, error){
-		"standard": func() (*extenv.Envelope, error) {
+	seals := map[string]func() (*envelopexml.Envelope, error){
+		"standard": func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob)}, header("same"), text("same text"))
 		},
-		"enhanced": func() (*extenv.Envelope, error) {
+		"enhanced": func() (*envelopexml.Envelope, error) {
 			return envelope.SealEnhanced(alice, bob.JID(), k, header("same"), text("same text"))
 		},
 	}
@@ -493,53 +495,57 @@ func TestSealArguments(t *testing.T) {
 	alice, bob, carol := id["alice"], id["bob"], id["carol"]
 	k := envelope.NewContactKey()
 	share := envelope.Content{Kind: envelope.KindKeyShare, Key: k}
-	many := make([]envelope.Recipient, extenv.MaxRecipients+1)
+	many := make([]envelope.Recipient, envelopexml.MaxRecipients+1)
 	for i := range many {
 		many[i] = envelope.Recipient{JID: fmt.Sprintf("u%d@example.org", i), Key: bob.PublicKey()}
 	}
 	toBob := []envelope.Recipient{recipient(bob)}
 	tests := []struct {
 		name string
-		seal func() (*extenv.Envelope, error)
+		seal func() (*envelopexml.Envelope, error)
 		want error
 	}{
-		{"key-share to two", func() (*extenv.Envelope, error) {
+		{"key-share to two", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{recipient(bob), recipient(carol)}, header("a"), share)
 		}, envelope.ErrBadContent},
-		{"key-share to self", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, nil, header("a"), share) }, envelope.ErrBadContent},
-		{"key-share enhanced", func() (*extenv.Envelope, error) {
+		{"key-share to self", func() (*envelopexml.Envelope, error) { return envelope.SealStandard(alice, nil, header("a"), share) }, envelope.ErrBadContent},
+		{"key-share enhanced", func() (*envelopexml.Envelope, error) {
 			return envelope.SealEnhanced(alice, bob.JID(), k, header("a"), share)
 		}, envelope.ErrBadContent},
-		{"key-share of zero key", func() (*extenv.Envelope, error) {
+		{"key-share of zero key", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), envelope.Content{Kind: envelope.KindKeyShare})
 		}, envelope.ErrBadContent},
-		{"text not UTF-8", func() (*extenv.Envelope, error) {
+		{"text not UTF-8", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), text("\xff"))
 		}, envelope.ErrBadContent},
-		{"text too large", func() (*extenv.Envelope, error) {
+		{"text too large", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), text(strings.Repeat("a", envelope.MaxTextSize+1)))
 		}, envelope.ErrTooLarge},
-		{"unknown kind", func() (*extenv.Envelope, error) {
+		{"unknown kind", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, header("a"), envelope.Content{Kind: "poll"})
 		}, envelope.ErrUnsupportedContent},
-		{"no id", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, toBob, header(""), text("a")) }, envelope.ErrInvalid},
-		{"no time", func() (*extenv.Envelope, error) {
+		{"no id", func() (*envelopexml.Envelope, error) {
+			return envelope.SealStandard(alice, toBob, header(""), text("a"))
+		}, envelope.ErrInvalid},
+		{"no time", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, toBob, envelope.Header{ID: "a"}, text("a"))
 		}, envelope.ErrInvalid},
-		{"expires before time", func() (*extenv.Envelope, error) {
+		{"expires before time", func() (*envelopexml.Envelope, error) {
 			return envelope.SealEnhanced(alice, bob.JID(), k, envelope.Header{ID: "a", Time: now, Expires: now.Add(-time.Second)}, text("a"))
 		}, envelope.ErrInvalid},
-		{"full JID recipient", func() (*extenv.Envelope, error) {
+		{"full JID recipient", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org/phone", Key: bob.PublicKey()}}, header("a"), text("a"))
 		}, envelope.ErrInvalid},
-		{"too many recipients", func() (*extenv.Envelope, error) { return envelope.SealStandard(alice, many, header("a"), text("a")) }, envelope.ErrInvalid},
-		{"enhanced to self", func() (*extenv.Envelope, error) {
+		{"too many recipients", func() (*envelopexml.Envelope, error) {
+			return envelope.SealStandard(alice, many, header("a"), text("a"))
+		}, envelope.ErrInvalid},
+		{"enhanced to self", func() (*envelopexml.Envelope, error) {
 			return envelope.SealEnhanced(alice, alice.JID(), k, header("a"), text("a"))
 		}, envelope.ErrInvalid},
-		{"small recipient key", func() (*extenv.Envelope, error) {
+		{"small recipient key", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: fakeKey(2048)}}, header("a"), text("a"))
 		}, envelope.ErrKeySize},
-		{"large recipient key", func() (*extenv.Envelope, error) {
+		{"large recipient key", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: fakeKey(4097)}}, header("a"), text("a"))
 		}, envelope.ErrKeySize},
 	}
@@ -646,8 +652,8 @@ func TestNoSecretsPrinted(t *testing.T) {
 
 func TestContactKey(t *testing.T) {
 	k := envelope.NewContactKey()
-	if len(k.Bytes()) != envelope.ContactKeySize || len(k.ID()) != extenv.KeyIDSize {
-		t.Fatalf("len(Bytes(), ID()) = %d, %d; want %d, %d", len(k.Bytes()), len(k.ID()), envelope.ContactKeySize, extenv.KeyIDSize)
+	if len(k.Bytes()) != envelope.ContactKeySize || len(k.ID()) != envelopexml.KeyIDSize {
+		t.Fatalf("len(Bytes(), ID()) = %d, %d; want %d, %d", len(k.Bytes()), len(k.ID()), envelope.ContactKeySize, envelopexml.KeyIDSize)
 	}
 	back, err := envelope.ParseContactKey(k.Bytes())
 	if err != nil || !back.Equal(k) || !bytes.Equal(back.ID(), k.ID()) {

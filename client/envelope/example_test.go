@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client/envelope"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // exampleIdentity loads a test identity. A device makes its own once with
@@ -46,7 +46,7 @@ func Example() {
 	}
 
 	// Bob's device: parse, look up the key of the envelope's From, open.
-	var got extenv.Envelope
+	var got envelopexml.Envelope
 	if err := xml.Unmarshal(wire, &got); err != nil {
 		log.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/clinkme/clinkd/client/envelope"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // FuzzOpen parses and opens arbitrary envelopes as bob, with alice's key as
@@ -38,7 +38,7 @@ func FuzzOpen(f *testing.F) {
 		envelope.ErrTampered, envelope.ErrBadContent, envelope.ErrUnsupportedContent,
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var e extenv.Envelope
+		var e envelopexml.Envelope
 		if err := xml.Unmarshal(data, &e); err != nil {
 			return
 		}

@@ -30,7 +30,7 @@ import (
 	"testing"
 	"time"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/vectors, the fuzz seed corpora, and missing testdata/keys")
@@ -191,19 +191,19 @@ func (g *gen) encode(c Content) []byte {
 // standard seals plain from the key name from to the names in to, lets
 // edit change the envelope before it is signed, signs it, then lets after
 // change it.
-func (g *gen) standard(r io.Reader, id string, from string, to []Recipient, kind ContentKind, plain []byte, edit, after func(*extenv.Envelope)) []byte {
-	return g.finish(r, g.ids[from], func() (*extenv.Envelope, error) {
+func (g *gen) standard(r io.Reader, id string, from string, to []Recipient, kind ContentKind, plain []byte, edit, after func(*envelopexml.Envelope)) []byte {
+	return g.finish(r, g.ids[from], func() (*envelopexml.Envelope, error) {
 		return sealStandard(r, g.ids[from], to, g.header(id), kind, plain)
 	}, edit, after)
 }
 
-func (g *gen) enhanced(r io.Reader, id string, from, to string, k ContactKey, h Header, plain []byte, edit, after func(*extenv.Envelope)) []byte {
-	return g.finish(r, g.ids[from], func() (*extenv.Envelope, error) {
+func (g *gen) enhanced(r io.Reader, id string, from, to string, k ContactKey, h Header, plain []byte, edit, after func(*envelopexml.Envelope)) []byte {
+	return g.finish(r, g.ids[from], func() (*envelopexml.Envelope, error) {
 		return sealEnhanced(r, g.ids[from], jidOf(to), k, h, KindText, plain)
 	}, edit, after)
 }
 
-func (g *gen) finish(r io.Reader, from Identity, seal func() (*extenv.Envelope, error), edit, after func(*extenv.Envelope)) []byte {
+func (g *gen) finish(r io.Reader, from Identity, seal func() (*envelopexml.Envelope, error), edit, after func(*envelopexml.Envelope)) []byte {
 	e, err := seal()
 	if err != nil {
 		g.t.Fatal(err)
@@ -267,7 +267,7 @@ func (g *gen) vectors() map[string]*vector {
 	r = rng("standard_expires")
 	vs["standard_expires"] = &vector{expect: "success", comments: []string{"a 640-byte text valid for one hour; Open does not look at the clock"},
 		identity: "bob", sender: "alice", content: long,
-		body: g.finish(r, g.ids["alice"], func() (*extenv.Envelope, error) {
+		body: g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
 			h := g.header("standard_expires")
 			h.Expires = h.Time.Add(time.Hour)
 			return sealStandard(r, g.ids["alice"], g.recipients("bob"), h, KindText, g.encode(*long))
@@ -311,29 +311,29 @@ func (g *gen) vectors() map[string]*vector {
 	r = rng("bad_signature_payload_flipped")
 	vs["bad_signature_payload_flipped"] = &vector{expect: "bad signature", comments: []string{"one payload bit flipped after signing"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "bad_signature_payload_flipped", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *extenv.Envelope) { flip(e.Payload) })}
+		body: g.standard(r, "bad_signature_payload_flipped", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *envelopexml.Envelope) { flip(e.Payload) })}
 	r = rng("bad_signature_recipient_added")
 	vs["bad_signature_recipient_added"] = &vector{expect: "bad signature", comments: []string{"carol added to the recipients after signing"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "bad_signature_recipient_added", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *extenv.Envelope) {
+		body: g.standard(r, "bad_signature_recipient_added", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *envelopexml.Envelope) {
 			e.To = append(e.To, jidOf("carol"))
 		})}
 	r = rng("bad_signature_time_changed")
 	vs["bad_signature_time_changed"] = &vector{expect: "bad signature", comments: []string{"time moved one second after signing"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "bad_signature_time_changed", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *extenv.Envelope) {
+		body: g.standard(r, "bad_signature_time_changed", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *envelopexml.Envelope) {
 			e.Time = e.Time.Add(time.Second)
 		})}
 	r = rng("bad_signature_from_changed")
 	vs["bad_signature_from_changed"] = &vector{expect: "bad signature", comments: []string{"from changed to carol after signing; the opener checks it with carol's key, as the directory gives it for the claimed sender"},
 		identity: "bob", sender: "carol",
-		body: g.standard(r, "bad_signature_from_changed", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *extenv.Envelope) {
+		body: g.standard(r, "bad_signature_from_changed", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *envelopexml.Envelope) {
 			e.From = jidOf("carol")
 		})}
 	r = rng("bad_signature_enhanced_nonce")
 	vs["bad_signature_enhanced_nonce"] = &vector{expect: "bad signature", comments: []string{"enhanced_text with its nonce changed after signing"},
 		identity: "bob", sender: "alice", contacts: []contactEntry{{jidOf("alice"), k1}},
-		body: g.enhanced(r, "bad_signature_enhanced_nonce", "alice", "bob", k1, g.header("bad_signature_enhanced_nonce"), g.encode(*secret), nil, func(e *extenv.Envelope) { flip(e.Nonce) })}
+		body: g.enhanced(r, "bad_signature_enhanced_nonce", "alice", "bob", k1, g.header("bad_signature_enhanced_nonce"), g.encode(*secret), nil, func(e *envelopexml.Envelope) { flip(e.Nonce) })}
 
 	vs["not_for_me_other_identity"] = &vector{expect: "not for me", comments: []string{"standard_text opened by carol"},
 		identity: "carol", sender: "alice", body: stdText}
@@ -352,31 +352,31 @@ func (g *gen) vectors() map[string]*vector {
 	r = rng("tampered_payload")
 	vs["tampered_payload"] = &vector{expect: "tampered", comments: []string{"a payload bit flipped before signing: the signature is good, the payload does not decrypt"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "tampered_payload", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *extenv.Envelope) { flip(e.Payload) }, nil)}
+		body: g.standard(r, "tampered_payload", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *envelopexml.Envelope) { flip(e.Payload) }, nil)}
 	r = rng("tampered_wrapped_key")
 	vs["tampered_wrapped_key"] = &vector{expect: "tampered", comments: []string{"bob's wrapped key flipped before signing: RSA-OAEP fails"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "tampered_wrapped_key", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *extenv.Envelope) { flip(e.Keys[0].Key) }, nil)}
+		body: g.standard(r, "tampered_wrapped_key", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *envelopexml.Envelope) { flip(e.Keys[0].Key) }, nil)}
 	r = rng("tampered_header")
 	vs["tampered_header"] = &vector{expect: "tampered", comments: []string{"the id changed after encryption, before signing: the AES-GCM additional data no longer matches"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "tampered_header", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *extenv.Envelope) { e.ID += "x" }, nil)}
+		body: g.standard(r, "tampered_header", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *envelopexml.Envelope) { e.ID += "x" }, nil)}
 	r = rng("tampered_enhanced")
 	vs["tampered_enhanced"] = &vector{expect: "tampered", comments: []string{"an enhanced payload bit flipped before signing"},
 		identity: "bob", sender: "alice", contacts: []contactEntry{{jidOf("alice"), k1}},
-		body: g.enhanced(r, "tampered_enhanced", "alice", "bob", k1, g.header("tampered_enhanced"), g.encode(*secret), func(e *extenv.Envelope) { flip(e.Payload) }, nil)}
+		body: g.enhanced(r, "tampered_enhanced", "alice", "bob", k1, g.header("tampered_enhanced"), g.encode(*secret), func(e *envelopexml.Envelope) { flip(e.Payload) }, nil)}
 
 	r = rng("invalid_nonce_size")
 	vs["invalid_nonce_size"] = &vector{expect: "invalid", comments: []string{"an 11-byte nonce"},
 		identity: "bob", sender: "alice",
-		body: g.standard(r, "invalid_nonce_size", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *extenv.Envelope) { e.Nonce = e.Nonce[1:] })}
+		body: g.standard(r, "invalid_nonce_size", "alice", g.recipients("bob"), KindText, g.encode(*hello), nil, func(e *envelopexml.Envelope) { e.Nonce = e.Nonce[1:] })}
 	vs["invalid_unknown_element"] = &vector{expect: "invalid", comments: []string{"standard_text with an element that version 0 does not have"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte("<nonce>"), []byte("<hint>plain</hint><nonce>"), 1)}
 	vs["invalid_full_jid"] = &vector{expect: "invalid", comments: []string{"standard_text with a resource in from"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(`from="alice@example.org"`), []byte(`from="alice@example.org/phone"`), 1)}
 
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
-		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(extenv.NS), []byte("urn:clinkme:envelope:1"), 1)}
+		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
 	r = rng("unsupported_version_content")
 	vs["unsupported_version_content"] = &vector{expect: "unsupported version", comments: []string{"content of version 1"},
 		identity: "bob", sender: "alice",

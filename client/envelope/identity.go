@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"io"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // Allowed RSA key sizes, for generation, sealing and opening. The upper bound
@@ -28,14 +28,14 @@ const (
 type Identity struct {
 	jid string
 	key *rsa.PrivateKey
-	fp  [extenv.FingerprintSize]byte
+	fp  [envelopexml.FingerprintSize]byte
 }
 
 // NewIdentity returns the identity of jid holding key. It fails with
 // ErrKeySize if the key is smaller than MinKeyBits or larger than
 // MaxKeyBits, and with ErrInvalid if jid is not a bare JID.
 func NewIdentity(jid string, key *rsa.PrivateKey) (Identity, error) {
-	if err := extenv.CheckJID(jid); err != nil {
+	if err := envelopexml.CheckJID(jid); err != nil {
 		return Identity{}, err
 	}
 	if key == nil {
@@ -57,7 +57,7 @@ func NewIdentity(jid string, key *rsa.PrivateKey) (Identity, error) {
 // GenerateIdentity returns a new identity for jid with a fresh RSA key of
 // MinKeyBits. It takes about a second.
 func GenerateIdentity(jid string) (Identity, error) {
-	if err := extenv.CheckJID(jid); err != nil {
+	if err := envelopexml.CheckJID(jid); err != nil {
 		return Identity{}, err
 	}
 	key, err := rsa.GenerateKey(rand.Reader, MinKeyBits)
@@ -112,13 +112,13 @@ type Recipient struct {
 // Fingerprint returns the SHA-256 of the DER SubjectPublicKeyInfo of key,
 // the label of the keys wrapped for it in a standard envelope. It accepts a
 // key of any size.
-func Fingerprint(key *rsa.PublicKey) ([extenv.FingerprintSize]byte, error) {
+func Fingerprint(key *rsa.PublicKey) ([envelopexml.FingerprintSize]byte, error) {
 	if key == nil || key.N == nil || key.N.Sign() <= 0 {
-		return [extenv.FingerprintSize]byte{}, errors.New("envelope: missing RSA public key")
+		return [envelopexml.FingerprintSize]byte{}, errors.New("envelope: missing RSA public key")
 	}
 	der, err := x509.MarshalPKIXPublicKey(key)
 	if err != nil {
-		return [extenv.FingerprintSize]byte{}, fmt.Errorf("envelope: fingerprint: %v", err)
+		return [envelopexml.FingerprintSize]byte{}, fmt.Errorf("envelope: fingerprint: %v", err)
 	}
 	return sha256.Sum256(der), nil
 }

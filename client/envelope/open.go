@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"slices"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // Open authenticates e and returns its content, for the identity me.
@@ -39,7 +39,7 @@ import (
 // On success the envelope's header (From, To, ID, Time, Expires) is
 // authenticated too. A KindKeyShare content is the key shared between e.From
 // and e.To[0]: store it for the one of them who is not me.
-func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys ContactKeys) (Content, error) {
+func Open(e *envelopexml.Envelope, me Identity, senderKey *rsa.PublicKey, keys ContactKeys) (Content, error) {
 	if err := me.check(); err != nil {
 		return Content{}, err
 	}
@@ -63,8 +63,8 @@ func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys Contac
 	}
 	var plain []byte
 	switch e.Kind {
-	case extenv.Standard:
-		i := slices.IndexFunc(e.Keys, func(k extenv.WrappedKey) bool { return bytes.Equal(k.Fingerprint, me.fp[:]) })
+	case envelopexml.Standard:
+		i := slices.IndexFunc(e.Keys, func(k envelopexml.WrappedKey) bool { return bytes.Equal(k.Fingerprint, me.fp[:]) })
 		if i < 0 {
 			return Content{}, fmt.Errorf("%w: no key wrapped for this identity's key", ErrNotForMe)
 		}
@@ -76,7 +76,7 @@ func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys Contac
 		if err != nil {
 			return Content{}, ErrTampered
 		}
-	case extenv.Enhanced:
+	case envelopexml.Enhanced:
 		contact := e.From
 		if e.From == me.jid {
 			contact = e.To[0]
@@ -102,7 +102,7 @@ func Open(e *extenv.Envelope, me Identity, senderKey *rsa.PublicKey, keys Contac
 	if err != nil {
 		return Content{}, err
 	}
-	if c.Kind == KindKeyShare && (e.Kind != extenv.Standard || len(e.To) != 1 || e.To[0] == e.From) {
+	if c.Kind == KindKeyShare && (e.Kind != envelopexml.Standard || len(e.To) != 1 || e.To[0] == e.From) {
 		return Content{}, fmt.Errorf("%w: key-share not in a standard envelope to one contact", ErrBadContent)
 	}
 	return c, nil

@@ -11,7 +11,7 @@ import (
 	"io"
 	"time"
 
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // Labels of docs/envelope.md, "Signed encoding" and "Crypto".
@@ -28,7 +28,7 @@ const payloadKeySize = 32
 // clear and are signed.
 type Header struct {
 	// ID identifies the message among those of its sender: 1 to
-	// extenv.MaxIDLen bytes in 0x21..0x7E. Recipients use (From, ID) to
+	// envelopexml.MaxIDLen bytes in 0x21..0x7E. Recipients use (From, ID) to
 	// reject replays, so it must be unique, for example 16 random bytes
 	// in base64.
 	ID string
@@ -48,7 +48,7 @@ type Header struct {
 // The recipients' JIDs are listed once each, in the order first given;
 // repeated keys are wrapped for once. to may be empty for a note to self.
 // A KindKeyShare content must go to exactly one JID other than from's.
-func SealStandard(from Identity, to []Recipient, h Header, c Content) (*extenv.Envelope, error) {
+func SealStandard(from Identity, to []Recipient, h Header, c Content) (*envelopexml.Envelope, error) {
 	plain, err := c.marshal()
 	if err != nil {
 		return nil, err
@@ -67,16 +67,16 @@ func SealStandard(from Identity, to []Recipient, h Header, c Content) (*extenv.E
 // with plain as the encoded content of kind. The source of randomness is an
 // argument, for the test vectors: it reads the payload key, the nonce, then
 // one OAEP seed for each wrapped key in order.
-func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind ContentKind, plain []byte) (*extenv.Envelope, error) {
+func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind ContentKind, plain []byte) (*envelopexml.Envelope, error) {
 	if err := from.check(); err != nil {
 		return nil, err
 	}
-	e := &extenv.Envelope{Kind: extenv.Standard, From: from.jid}
+	e := &envelopexml.Envelope{Kind: envelopexml.Standard, From: from.jid}
 	setHeader(e, h)
 
 	keys := make([]*rsa.PublicKey, 0, len(to)+1)
 	seenJID := make(map[string]bool)
-	seenFP := make(map[[extenv.FingerprintSize]byte]bool)
+	seenFP := make(map[[envelopexml.FingerprintSize]byte]bool)
 	// The full slice expression makes append copy rather than write into
 	// the caller's array.
 	for _, rc := range append(to[:len(to):len(to)], Recipient{JID: from.jid, Key: from.PublicKey()}) {
@@ -90,7 +90,7 @@ func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind Con
 		if !seenFP[fp] {
 			seenFP[fp] = true
 			keys = append(keys, rc.Key)
-			e.Keys = append(e.Keys, extenv.WrappedKey{Fingerprint: fp[:]})
+			e.Keys = append(e.Keys, envelopexml.WrappedKey{Fingerprint: fp[:]})
 		}
 	}
 	for _, rc := range to {
@@ -110,7 +110,7 @@ func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind Con
 	if _, err := io.ReadFull(r, pk); err != nil {
 		return nil, fmt.Errorf("envelope: random: %v", err)
 	}
-	e.Nonce = make([]byte, extenv.NonceSize)
+	e.Nonce = make([]byte, envelopexml.NonceSize)
 	if _, err := io.ReadFull(r, e.Nonce); err != nil {
 		return nil, fmt.Errorf("envelope: random: %v", err)
 	}
@@ -119,7 +119,7 @@ func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind Con
 	for i := range e.Keys {
 		e.Keys[i].Key = make([]byte, keys[i].Size())
 	}
-	e.Payload = make([]byte, len(plain)+extenv.TagSize)
+	e.Payload = make([]byte, len(plain)+envelopexml.TagSize)
 	e.Signature = make([]byte, from.key.Size())
 	if err := e.Validate(); err != nil {
 		return nil, err
@@ -144,7 +144,7 @@ func sealStandard(r io.Reader, from Identity, to []Recipient, h Header, kind Con
 // A KindKeyShare content goes in a standard envelope, never here. The number
 // of messages sealed under one key, by both users together, must stay well
 // below 2^32 (random 96-bit nonces); replace the key long before.
-func SealEnhanced(from Identity, to string, k ContactKey, h Header, c Content) (*extenv.Envelope, error) {
+func SealEnhanced(from Identity, to string, k ContactKey, h Header, c Content) (*envelopexml.Envelope, error) {
 	plain, err := c.marshal()
 	if err != nil {
 		return nil, err
@@ -161,7 +161,7 @@ func SealEnhanced(from Identity, to string, k ContactKey, h Header, c Content) (
 
 // sealEnhanced returns the envelope of SealEnhanced before it is signed, with
 // plain as the encoded content of kind. It reads the nonce from r.
-func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header, kind ContentKind, plain []byte) (*extenv.Envelope, error) {
+func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header, kind ContentKind, plain []byte) (*envelopexml.Envelope, error) {
 	if err := from.check(); err != nil {
 		return nil, err
 	}
@@ -171,13 +171,13 @@ func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header,
 	if kind == KindKeyShare {
 		return nil, fmt.Errorf("%w: a key-share goes in a standard envelope", ErrBadContent)
 	}
-	e := &extenv.Envelope{Kind: extenv.Enhanced, From: from.jid, To: []string{to}, KeyID: k.ID()}
+	e := &envelopexml.Envelope{Kind: envelopexml.Enhanced, From: from.jid, To: []string{to}, KeyID: k.ID()}
 	setHeader(e, h)
-	e.Nonce = make([]byte, extenv.NonceSize)
+	e.Nonce = make([]byte, envelopexml.NonceSize)
 	if _, err := io.ReadFull(r, e.Nonce); err != nil {
 		return nil, fmt.Errorf("envelope: random: %v", err)
 	}
-	e.Payload = make([]byte, len(plain)+extenv.TagSize)
+	e.Payload = make([]byte, len(plain)+envelopexml.TagSize)
 	e.Signature = make([]byte, from.key.Size())
 	if err := e.Validate(); err != nil {
 		return nil, err
@@ -186,7 +186,7 @@ func sealEnhanced(r io.Reader, from Identity, to string, k ContactKey, h Header,
 	return e, nil
 }
 
-func setHeader(e *extenv.Envelope, h Header) {
+func setHeader(e *envelopexml.Envelope, h Header) {
 	e.ID = h.ID
 	if !h.Time.IsZero() {
 		e.Time = h.Time.Truncate(time.Second).UTC()
@@ -210,7 +210,7 @@ func newGCM(key []byte) cipher.AEAD {
 
 // sign sets the signature of e, made by from with RSA-PSS-SHA256 (salt of
 // 32 bytes read from r) over the signed encoding.
-func sign(r io.Reader, from Identity, e *extenv.Envelope) error {
+func sign(r io.Reader, from Identity, e *envelopexml.Envelope) error {
 	d := sha256.Sum256(signed(e))
 	sig, err := rsa.SignPSS(r, from.key, crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
 	if err != nil {
@@ -223,7 +223,7 @@ func sign(r io.Reader, from Identity, e *extenv.Envelope) error {
 // header appends the signed encoding of the header fields of e: every field
 // but the nonce, the payload and the signature. The format version is in the
 // label that comes first. See docs/envelope.md, "Signed encoding".
-func header(b []byte, e *extenv.Envelope) []byte {
+func header(b []byte, e *envelopexml.Envelope) []byte {
 	b = appendStr(b, e.Kind)
 	b = appendStr(b, e.From)
 	b = appendUint32(b, len(e.To))
@@ -231,11 +231,11 @@ func header(b []byte, e *extenv.Envelope) []byte {
 		b = appendStr(b, to)
 	}
 	b = appendStr(b, e.ID)
-	b = appendStr(b, extenv.FormatTime(e.Time))
+	b = appendStr(b, envelopexml.FormatTime(e.Time))
 	if e.Expires.IsZero() {
 		b = appendStr(b, "")
 	} else {
-		b = appendStr(b, extenv.FormatTime(e.Expires))
+		b = appendStr(b, envelopexml.FormatTime(e.Expires))
 	}
 	b = appendUint32(b, len(e.Keys))
 	for _, k := range e.Keys {
@@ -246,12 +246,12 @@ func header(b []byte, e *extenv.Envelope) []byte {
 }
 
 // aad returns the AES-GCM additional data of e.
-func aad(e *extenv.Envelope) []byte {
+func aad(e *envelopexml.Envelope) []byte {
 	return header(appendStr(nil, aadLabel), e)
 }
 
 // signed returns the bytes that the signature of e covers.
-func signed(e *extenv.Envelope) []byte {
+func signed(e *envelopexml.Envelope) []byte {
 	b := header(appendStr(nil, sigLabel), e)
 	b = appendStr(b, e.Nonce)
 	return appendStr(b, e.Payload)

@@ -16,7 +16,7 @@ import (
 	"testing"
 
 	"github.com/clinkme/clinkd/client/envelope"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // expectations maps the expect: values of docs/envelope.md, "Test vectors",
@@ -185,7 +185,7 @@ func parseVector(data []byte) (*testVector, error) {
 // open is what another implementation does with a vector: unmarshal the
 // envelope and open it.
 func (v *testVector) open() (envelope.Content, error) {
-	var e extenv.Envelope
+	var e envelopexml.Envelope
 	if err := xml.Unmarshal(v.body, &e); err != nil {
 		return envelope.Content{}, err
 	}

@@ -40,7 +40,7 @@ import (
 	"golang.org/x/crypto/argon2"
 
 	"github.com/clinkme/clinkd/client/envelope"
-	extenv "github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 var (
@@ -202,7 +202,7 @@ type rawContents struct {
 func decodeContents(b []byte) (*rawContents, error) {
 	var r rawContents
 	var ok bool
-	if r.jid, b, ok = readStr(b, extenv.MaxJIDLen); !ok {
+	if r.jid, b, ok = readStr(b, envelopexml.MaxJIDLen); !ok {
 		return nil, fmt.Errorf("%w: identity JID", ErrCorrupt)
 	}
 	if r.der, b, ok = readStr(b, maxKeyDER); !ok {
@@ -219,10 +219,10 @@ func decodeContents(b []byte) (*rawContents, error) {
 	r.contacts = make([]contactEntry, 0, n)
 	for range n {
 		var contact, key []byte
-		if contact, b, ok = readStr(b, extenv.MaxJIDLen); !ok {
+		if contact, b, ok = readStr(b, envelopexml.MaxJIDLen); !ok {
 			return nil, fmt.Errorf("%w: contact JID", ErrCorrupt)
 		}
-		if err := extenv.CheckJID(string(contact)); err != nil {
+		if err := envelopexml.CheckJID(string(contact)); err != nil {
 			return nil, fmt.Errorf("%w: contact JID: %w", ErrCorrupt, err)
 		}
 		if key, b, ok = readStr(b, envelope.ContactKeySize); !ok {
@@ -433,7 +433,7 @@ func (s *Store) CurrentContactKey(contact string) (envelope.ContactKey, bool) {
 // become current again. On an error the key is not added in memory, and the
 // file holds either the old contents or the new.
 func (s *Store) AddContactKey(contact string, k envelope.ContactKey) error {
-	if err := extenv.CheckJID(contact); err != nil {
+	if err := envelopexml.CheckJID(contact); err != nil {
 		return fmt.Errorf("keystore: contact: %w", err)
 	}
 	if k.Bytes() == nil {

@@ -1,6 +1,6 @@
 // Package receipts implements the payloads of XEP-0184: Message Delivery
 // Receipts.
-package receipts
+package receiptsxml
 
 import "encoding/xml"
 

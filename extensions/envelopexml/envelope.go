@@ -26,7 +26,7 @@
 // is not canonical padded base64 or a time not in the exact form
 // 2006-01-02T15:04:05Z is an error wrapping [ErrInvalid]. [Envelope.Validate]
 // checks the rest: required fields, counts and sizes.
-package envelope
+package envelopexml
 
 import (
 	"bytes"

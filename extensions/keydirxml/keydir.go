@@ -4,7 +4,7 @@
 // Only the wire types and their structural checks live here: package
 // keydir (the server) answers the requests, package client verifies the
 // answers. Nothing here does I/O or cryptography beyond decoding base64.
-package keydir
+package keydirxml
 
 import (
 	"encoding/base64"

@@ -5,7 +5,7 @@
 // whose signed expires attribute is its validity period; these payloads
 // are what clinkd adds when it relays one, tells devices to delete one, or
 // passes a copy between instances.
-package expiry
+package expiryxml
 
 import (
 	"encoding/xml"

@@ -13,7 +13,7 @@
 // requests. A later, incompatible version of the payload gets a new
 // namespace (urn:clinkme:clinkid:1); new entitlement names are not a new
 // version, and a device ignores names it does not know.
-package clinkid
+package clinkidxml
 
 import "encoding/xml"
 

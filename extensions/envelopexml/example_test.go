@@ -1,4 +1,4 @@
-package envelope_test
+package envelopexml_test
 
 import (
 	"bytes"
@@ -6,23 +6,23 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/clinkme/clinkd/extensions/envelope"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // A server that relays a message checks that it carries a well-formed
 // envelope, without any key. The binary fields here are filler of the right
 // sizes; a device SDK fills them with real ciphertext and a signature.
 func ExampleEnvelope_MarshalXML() {
-	e := envelope.Envelope{
-		Kind:      envelope.Enhanced,
+	e := envelopexml.Envelope{
+		Kind:      envelopexml.Enhanced,
 		From:      "alice@example.org",
 		To:        []string{"bob@example.org"},
 		ID:        "m1",
 		Time:      time.Date(2025, 11, 25, 19, 44, 0, 0, time.UTC),
-		KeyID:     bytes.Repeat([]byte{0x11}, envelope.KeyIDSize),
-		Nonce:     bytes.Repeat([]byte{0x22}, envelope.NonceSize),
+		KeyID:     bytes.Repeat([]byte{0x11}, envelopexml.KeyIDSize),
+		Nonce:     bytes.Repeat([]byte{0x22}, envelopexml.NonceSize),
 		Payload:   bytes.Repeat([]byte{0x33}, 48),
-		Signature: bytes.Repeat([]byte{0x44}, envelope.MinRSASize),
+		Signature: bytes.Repeat([]byte{0x44}, envelopexml.MinRSASize),
 	}
 	if err := e.Validate(); err != nil {
 		fmt.Println(err)
@@ -35,7 +35,7 @@ func ExampleEnvelope_MarshalXML() {
 	}
 	fmt.Println(string(out))
 
-	var back envelope.Envelope
+	var back envelopexml.Envelope
 	if err := xml.Unmarshal(out, &back); err != nil {
 		fmt.Println(err)
 		return

@@ -1,23 +1,23 @@
-package keydir_test
+package keydirxml_test
 
 import (
 	"encoding/xml"
 	"fmt"
 
-	"github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 func ExampleLookup() {
-	req, _ := xml.MarshalIndent(keydir.Lookup{JIDs: []string{"alice@example.org", "bob@example.org"}}, "", "  ")
+	req, _ := xml.MarshalIndent(keydirxml.Lookup{JIDs: []string{"alice@example.org", "bob@example.org"}}, "", "  ")
 	fmt.Println(string(req))
-	res, _ := xml.MarshalIndent(keydir.Lookup{
+	res, _ := xml.MarshalIndent(keydirxml.Lookup{
 		Checkpoint: "clink.example.org/keydir\n2\nq1Y3DSaNRdLBwsLbmUMsT7tGVHKh4r6Wwmh+gKs0VN4=\n\n— clink.example.org/keydir Az3grlbDCp5dT7UN7a7R...\n",
-		Entries: []keydir.Entry{
-			{JID: "alice@example.org", Status: keydir.StatusFound, Index: 0, Time: 1795636800,
+		Entries: []keydirxml.Entry{
+			{JID: "alice@example.org", Status: keydirxml.StatusFound, Index: 0, Time: 1795636800,
 				Fingerprint: "5c9c1d4e0c2b7a0f3d8e6b1a9f4c2e7d8b3a6f1e0d9c8b7a6f5e4d3c2b1a0f9e",
 				Key:         "MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA...",
-				Proof:       &keydir.Proof{Hashes: []string{"3pTLmB8zu3Zk4vLqoGMZX6D1j0Gn0bKx0mMI1cWw8VY="}}},
-			{JID: "bob@example.org", Status: keydir.StatusNone},
+				Proof:       &keydirxml.Proof{Hashes: []string{"3pTLmB8zu3Zk4vLqoGMZX6D1j0Gn0bKx0mMI1cWw8VY="}}},
+			{JID: "bob@example.org", Status: keydirxml.StatusNone},
 		},
 	}, "", "  ")
 	fmt.Println(string(res))
@@ -39,9 +39,9 @@ func ExampleLookup() {
 }
 
 func ExamplePublish() {
-	req, _ := xml.Marshal(keydir.Publish{Key: "MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA..."})
+	req, _ := xml.Marshal(keydirxml.Publish{Key: "MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA..."})
 	fmt.Println(string(req))
-	cons, _ := xml.Marshal(keydir.Consistency{Old: 3, New: 7})
+	cons, _ := xml.Marshal(keydirxml.Consistency{Old: 3, New: 7})
 	fmt.Println(string(cons))
 	// Output:
 	// <publish xmlns="urn:clinkme:keydir:0"><key>MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA...</key></publish>

@@ -1,10 +1,10 @@
-package keydir_test
+package keydirxml_test
 
 import (
 	"encoding/xml"
 	"testing"
 
-	"github.com/clinkme/clinkd/extensions/keydir"
+	"github.com/clinkme/clinkd/extensions/keydirxml"
 )
 
 // FuzzDecode feeds arbitrary XML to every payload type the server or the
@@ -40,13 +40,13 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("Validate changed verdict after a round trip: %v, then %v (%q)", first, second, out)
 			}
 		}
-		var p keydir.Publish
+		var p keydirxml.Publish
 		check(&p, p.Validate)
-		var l keydir.Lookup
+		var l keydirxml.Lookup
 		check(&l, func() error { return l.Validate(20) })
-		var c keydir.Consistency
+		var c keydirxml.Consistency
 		check(&c, c.Validate)
-		var h keydir.History
+		var h keydirxml.History
 		check(&h, func() error {
 			for i := range h.Records {
 				if err := h.Records[i].Validate(); err != nil {
@@ -55,7 +55,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			return nil
 		})
-		var lr keydir.Lookup
+		var lr keydirxml.Lookup
 		check(&lr, func() error {
 			for i := range lr.Entries {
 				if err := lr.Entries[i].Validate(); err != nil {

@@ -1,18 +1,18 @@
-package clinkid_test
+package clinkidxml_test
 
 import (
 	"encoding/xml"
 	"fmt"
 
-	"github.com/clinkme/clinkd/extensions/clinkid"
+	"github.com/clinkme/clinkd/extensions/clinkidxml"
 )
 
 func ExampleEntitlements() {
-	req, _ := xml.Marshal(clinkid.Entitlements{})
+	req, _ := xml.Marshal(clinkidxml.Entitlements{})
 	fmt.Println(string(req))
-	res, _ := xml.MarshalIndent(clinkid.Entitlements{
+	res, _ := xml.MarshalIndent(clinkidxml.Entitlements{
 		Account: "alice",
-		Items:   []clinkid.Entitlement{{Name: "secure"}},
+		Items:   []clinkidxml.Entitlement{{Name: "secure"}},
 	}, "", "  ")
 	fmt.Println(string(res))
 	// Output:
@@ -23,7 +23,7 @@ func ExampleEntitlements() {
 }
 
 func ExampleEntitlements_Has() {
-	var e clinkid.Entitlements
+	var e clinkidxml.Entitlements
 	xml.Unmarshal([]byte(`<entitlements xmlns='urn:clinkme:clinkid:0' account='bob'><entitlement name='secure'/><entitlement name='future'/></entitlements>`), &e)
 	fmt.Println(e.Account, e.Names(), e.Has("secure"))
 	// Output: bob [secure future] true
