@@ -9,7 +9,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

@@ -12,10 +12,10 @@ import (
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/extensions/hints"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

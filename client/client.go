@@ -12,12 +12,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -554,4 +556,19 @@ func (b *inbox) next(ctx context.Context, match func(*Stanza) bool) (*Stanza, er
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// LoadCertPool reads a PEM file of CA certificates into a new pool, for
+// Config.TLS when the server's certificate is not signed by a system CA
+// (a lab, a private CA).
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("client: CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", path)
+	}
+	return pool, nil
 }

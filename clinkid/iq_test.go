@@ -10,10 +10,10 @@ import (
 
 	"mellium.im/xmpp/stanza"
 
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/clinkidxml"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )

@@ -9,7 +9,7 @@ import (
 	"mellium.im/xmpp/disco"
 	"mellium.im/xmpp/ping"
 
-	"github.com/clinkme/clinkd/internal/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )

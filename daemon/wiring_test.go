@@ -11,8 +11,8 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"

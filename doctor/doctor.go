@@ -33,6 +33,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/extensions/extdisco"
 	"github.com/clinkme/clinkd/internal/turnprobe"
 )
@@ -61,6 +62,30 @@ type Config struct {
 	Timeout time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// FromLab returns the Config that checks a lab deployment (lab.json) as
+// its first demo account.
+func FromLab(info labfile.Info) (Config, error) {
+	if len(info.Users) == 0 {
+		return Config{}, errors.New("doctor: lab.json names no user")
+	}
+	u, err := jid.Parse(info.Users[0].JID)
+	if err != nil {
+		return Config{}, fmt.Errorf("doctor: lab.json user: %w", err)
+	}
+	comp, err := jid.Parse(info.Component)
+	if err != nil {
+		return Config{}, fmt.Errorf("doctor: lab.json component: %w", err)
+	}
+	roots, err := client.LoadCertPool(info.CAFile)
+	if err != nil {
+		return Config{}, fmt.Errorf("doctor: %w", err)
+	}
+	return Config{
+		C2S: info.C2S, User: u, Password: info.Users[0].Password, Component: comp,
+		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.KeyLogVerifier,
+	}, nil
 }
 
 // Status is a check's outcome.

@@ -15,9 +15,9 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"mellium.im/xmpp/jid"
 
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/doctor"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )

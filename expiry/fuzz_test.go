@@ -12,9 +12,9 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 )
 
 // recorder stands in for the link and the device registry in unit tests

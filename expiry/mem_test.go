@@ -13,9 +13,9 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 )
 
 // BenchmarkHeldMemory measures what holding a timed message costs in

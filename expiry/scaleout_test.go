@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )

@@ -21,9 +21,9 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"

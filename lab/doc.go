@@ -1,6 +1,6 @@
 // Package lab starts real PostgreSQL, Prosody, ejabberd and coturn
 // processes from generated configurations, for tests, benchmarks and
-// `clinkd lab`. Nothing is mocked: clinkd is tested against the servers it
+// clinklab. Nothing is mocked: clinkd is tested against the servers it
 // runs beside in production.
 //
 // Every server:

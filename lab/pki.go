@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// certLifetime is long enough for any test run or a long `clinkd lab`
+// certLifetime is long enough for any test run or a long clinklab
 // session, short enough that a leaked lab key is soon worthless.
 const certLifetime = 30 * 24 * time.Hour
 

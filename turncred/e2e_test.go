@@ -14,9 +14,9 @@ import (
 
 	"mellium.im/xmpp/stanza"
 
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/extdisco"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
 	"github.com/clinkme/clinkd/internal/turnprobe"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"

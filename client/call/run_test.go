@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client/call"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

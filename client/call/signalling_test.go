@@ -14,7 +14,7 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/call"
-	"github.com/clinkme/clinkd/internal/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

@@ -3,7 +3,7 @@
 // sends and receives end-to-end messages through clinkd, and moves keys
 // between devices over the local network. cmd/clinkctl is its thin main.
 //
-// With --lab lab.json (written by `clinkd lab`) and --as alice it needs no
+// With --lab lab.json (written by clinklab) and --as alice it needs no
 // other flag.
 package ctl
 
@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -28,7 +27,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/client/keystore"
-	"github.com/clinkme/clinkd/lab/deploy"
+	"github.com/clinkme/clinkd/client/labfile"
 )
 
 // usageError is a mistake on the command line: exit code 2 and a hint.
@@ -67,7 +66,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 const usage = `usage: clinkctl [global flags] <command> [flags]
 
 global flags (after --lab lab.json and --as NAME, none is needed):
-  --lab FILE          lab.json written by 'clinkd lab'
+  --lab FILE          lab.json written by clinklab
   --as NAME           the demo user of lab.json (alice, bob) or its JID
   --jid JID           the account (instead of --as)
   --server ADDR       c2s host:port
@@ -163,9 +162,9 @@ type profile struct {
 
 func (e env) profile(g global) (*profile, error) {
 	p := &profile{}
-	var info *deploy.Info
+	var info *labfile.Info
 	if g.lab != "" {
-		i, err := deploy.ReadInfo(g.lab)
+		i, err := labfile.Read(g.lab)
 		if err != nil {
 			return nil, err
 		}
@@ -182,10 +181,8 @@ func (e env) profile(g global) (*profile, error) {
 		if info == nil {
 			return nil, usageError{"--as needs --lab"}
 		}
-		for _, u := range info.Users {
-			if u.JID == g.as || strings.HasPrefix(u.JID, g.as+"@") {
-				who, p.password = u.JID, u.Password
-			}
+		if u, ok := info.User(g.as); ok {
+			who, p.password = u.JID, u.Password
 		}
 		if who == "" {
 			return nil, usageError{fmt.Sprintf("no user %q in %s", g.as, g.lab)}
@@ -212,13 +209,9 @@ func (e env) profile(g global) (*profile, error) {
 	}
 	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
-		pem, err := os.ReadFile(g.ca)
+		pool, err := client.LoadCertPool(g.ca)
 		if err != nil {
 			return nil, err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s holds no certificate", g.ca)
 		}
 		p.tls.RootCAs = pool
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/clinkme/clinkd/client/ctl"
 	"github.com/clinkme/clinkd/lab"
-	"github.com/clinkme/clinkd/lab/deploy"
+	"github.com/clinkme/clinkd/labdeploy"
 )
 
 // clinkctl runs the CLI in-process with a home and passphrase of its own.
@@ -32,7 +32,7 @@ func (r runner) run(ctx context.Context, stdin string, args ...string) (code int
 	return code, out.String(), errb.String()
 }
 
-// TestCLI drives clinkctl against a whole `clinkd lab` deployment (real
+// TestCLI drives clinkctl against a whole clinklab deployment (real
 // Prosody, PostgreSQL, coturn, clinkd), as an operator trying it would:
 // log in, verify keys, send standard, secure and timed messages, listen,
 // move alice's keys to a second device over loopback, and read there.
@@ -44,7 +44,7 @@ func TestCLI(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dep, err := deploy.Start(ctx, deploy.Options{Server: lab.Prosody, Dir: dir})
+	dep, err := labdeploy.Start(ctx, labdeploy.Options{Server: lab.Prosody, Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

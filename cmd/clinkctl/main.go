@@ -1,7 +1,7 @@
 // Command clinkctl is the reference ClinkMe device on the command line:
 // log in, keep a device key store, publish and verify keys, send and
 // receive end-to-end messages through clinkd, move keys between devices.
-// With `clinkd lab` running: clinkctl --lab DIR/lab.json --as alice login.
+// With clinklab running: clinkctl --lab DIR/lab.json --as alice login.
 // See client/ctl and README.md.
 package main
 

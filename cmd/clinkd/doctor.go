@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -12,13 +11,14 @@ import (
 
 	"mellium.im/xmpp/jid"
 
+	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/doctor"
-	"github.com/clinkme/clinkd/lab/deploy"
 )
 
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("doctor", stderr)
-	labFile := fs.String("lab", "", "`lab.json` of `clinkd lab`: takes every setting below from it, as its first demo user")
+	labFile := fs.String("lab", "", "`lab.json` of clinklab: takes every setting below from it, as its first demo user")
 	c2s := fs.String("c2s", "", "the XMPP server's client `host:port`")
 	user := fs.String("user", "", "an account (`JID`) of the server's domain to log in as")
 	passFile := fs.String("password-file", "", "`file` holding its password (or set CLINKD_DOCTOR_PASSWORD)")
@@ -30,57 +30,50 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	password := os.Getenv("CLINKD_DOCTOR_PASSWORD")
+	var cfg doctor.Config
 	if *labFile != "" {
-		info, err := deploy.ReadInfo(*labFile)
+		info, err := labfile.Read(*labFile)
 		if err != nil {
 			return err
 		}
-		if len(info.Users) == 0 {
-			return fmt.Errorf("%s has no user", *labFile)
-		}
-		*c2s, *user, password = info.C2S, info.Users[0].JID, info.Users[0].Password
-		*component, *publicURL, *caFile = info.Component, info.PublicURL, info.CAFile
-		if *keyLogKey == "" {
-			*keyLogKey = info.KeyLogVerifier
-		}
-	}
-	if *passFile != "" {
-		b, err := os.ReadFile(*passFile)
-		if err != nil {
+		if cfg, err = doctor.FromLab(info); err != nil {
 			return err
 		}
-		password = strings.TrimSpace(string(b))
-	}
-	if *c2s == "" || *user == "" || *component == "" {
-		return usageError{"give --lab, or --c2s, --user and --component"}
-	}
-	if password == "" {
-		return usageError{"no password: give --password-file or set CLINKD_DOCTOR_PASSWORD"}
-	}
-	u, err := jid.Parse(*user)
-	if err != nil || u.Localpart() == "" {
-		return usageError{fmt.Sprintf("--user %q is not a user@domain JID", *user)}
-	}
-	comp, err := jid.Parse(*component)
-	if err != nil {
-		return usageError{fmt.Sprintf("--component %q is not a domain", *component)}
-	}
-	cfg := doctor.Config{
-		C2S: *c2s, User: u, Password: password, Component: comp, PublicURL: *publicURL,
-		KeyLogKey: *keyLogKey, Timeout: *timeout,
-	}
-	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
+		if *keyLogKey != "" {
+			cfg.KeyLogKey = *keyLogKey
+		}
+	} else {
+		cfg.Password = os.Getenv("CLINKD_DOCTOR_PASSWORD")
+		if *passFile != "" {
+			b, err := os.ReadFile(*passFile)
+			if err != nil {
+				return err
+			}
+			cfg.Password = strings.TrimSpace(string(b))
+		}
+		if *c2s == "" || *user == "" || *component == "" {
+			return usageError{"give --lab, or --c2s, --user and --component"}
+		}
+		if cfg.Password == "" {
+			return usageError{"no password: give --password-file or set CLINKD_DOCTOR_PASSWORD"}
+		}
+		u, err := jid.Parse(*user)
+		if err != nil || u.Localpart() == "" {
+			return usageError{fmt.Sprintf("--user %q is not a user@domain JID", *user)}
+		}
+		comp, err := jid.Parse(*component)
 		if err != nil {
-			return err
+			return usageError{fmt.Sprintf("--component %q is not a domain", *component)}
 		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--ca %s: no PEM certificate", *caFile)
+		cfg.C2S, cfg.User, cfg.Component, cfg.PublicURL, cfg.KeyLogKey = *c2s, u, comp, *publicURL, *keyLogKey
+		if *caFile != "" {
+			if cfg.RootCAs, err = client.LoadCertPool(*caFile); err != nil {
+				return err
+			}
 		}
 	}
-	fmt.Fprintf(stdout, "clinkd doctor: %s at %s, component %s\n", u.Domainpart(), *c2s, comp)
+	cfg.Timeout = *timeout
+	fmt.Fprintf(stdout, "clinkd doctor: %s at %s, component %s\n", cfg.User.Domainpart(), cfg.C2S, cfg.Component)
 	report := doctor.Run(ctx, cfg)
 	report.WriteTo(stdout)
 	if report.Failed() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/keydir"
 )
 
@@ -179,13 +179,9 @@ func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if *f.ca != "" {
-		pem, err := os.ReadFile(*f.ca)
+		pool, err := client.LoadCertPool(*f.ca)
 		if err != nil {
 			return cfg, err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return cfg, fmt.Errorf("%s holds no PEM certificate", *f.ca)
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}

@@ -9,8 +9,6 @@
 //	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
 //	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock ACCOUNT
 //	                                manage ClinkID accounts
-//	clinkd lab [--server prosody|ejabberd] [--dir DIR]
-//	                                run a whole local deployment
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
 //	clinkd version
@@ -43,8 +41,6 @@ func commands() []command {
 	return []command{
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
-		{"lab", "run a whole local deployment on loopback until Ctrl-C", runLab},
-		{"lab-init", "write the container lab's CA, certificates and secrets (docker/compose.yaml)", runLabInit},
 		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
 		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
@@ -87,6 +83,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stderr, "clinkd: error: unknown command %q\n", args[0])
+	if args[0] == "lab" || args[0] == "lab-init" {
+		// The lab left the production binary (docs/DEVELOPING.md).
+		fmt.Fprintln(stderr, "hint: the lab is its own command: scripts/lab, or go run ./cmd/clinklab")
+		return 2
+	}
 	fmt.Fprintln(stderr, "hint: run 'clinkd help' for the list of commands")
 	return 2
 }

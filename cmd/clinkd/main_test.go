@@ -32,7 +32,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "extra"}, 2, "unexpected argument", ""},
 		{[]string{"serve"}, 1, "link.addr, link.domain and link.secret", ""},
 		{[]string{"serve", "--config", "/nonexistent.yaml"}, 1, "no such file", ""},
-		{[]string{"lab", "--server", "openfire"}, 2, "want prosody or ejabberd", ""},
+		{[]string{"lab"}, 2, "hint: the lab is its own command", ""},
 		{[]string{"migrate"}, 2, "no database configured", ""},
 		{[]string{"doctor"}, 2, "give --lab, or --c2s, --user and --component", ""},
 		{[]string{"doctor", "--c2s", "127.0.0.1:1", "--user", "a@example.org", "--component", "c.example.org"}, 2, "no password", ""},

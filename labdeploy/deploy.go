@@ -1,24 +1,23 @@
 // Package deploy brings up a whole local ClinkMe deployment from real
 // programs: PostgreSQL, Prosody or ejabberd with clinkd attached, and
 // coturn, all on loopback with generated configs and a private CA. It is
-// what `clinkd lab` runs, and what a newcomer tries first.
-package deploy
+// what clinklab runs, and what a newcomer tries first.
+package labdeploy
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
@@ -46,41 +45,9 @@ const (
 	TURNRealm       = "turn.lab.localhost"
 )
 
-// User is a demo account.
-type User struct {
-	JID      string `json:"jid"`
-	Password string `json:"password"`
-}
-
-// Info is what lab.json holds: everything a device or an operator needs to
-// use the deployment. It holds passwords, so the file is 0600.
-type Info struct {
-	Server    lab.ServerKind `json:"server"`
-	Domain    string         `json:"domain"`
-	C2S       string         `json:"c2s"`
-	Component string         `json:"component"`
-	CAFile    string         `json:"ca_file"`
-	AdminURL  string         `json:"admin_url"`
-	PublicURL string         `json:"public_url"`
-	// KeyLogVerifier is the note verifier key of the key directory's log
-	// (clinkd keys audit --key); KeyLogURL is where auditors read it.
-	KeyLogVerifier string   `json:"keylog_verifier"`
-	KeyLogURL      string   `json:"keylog_url"`
-	TURN           TURNInfo `json:"turn"`
-	Users          []User   `json:"users"`
-}
-
-// TURNInfo locates coturn.
-type TURNInfo struct {
-	Realm string `json:"realm"`
-	UDP   string `json:"udp"`
-	TCP   string `json:"tcp"`
-	TLS   string `json:"tls"`
-}
-
 // A Deployment is a running lab. Close stops it.
 type Deployment struct {
-	Info   Info
+	Info   labfile.Info
 	CA     *lab.CA
 	PG     *lab.Postgres
 	XMPP   *lab.XMPPServer
@@ -106,16 +73,16 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		opts.Server = lab.Prosody
 	}
 	if opts.Server != lab.Prosody && opts.Server != lab.Ejabberd {
-		return nil, fmt.Errorf("deploy: unknown server %q (want prosody or ejabberd)", opts.Server)
+		return nil, fmt.Errorf("labdeploy: unknown server %q (want prosody or ejabberd)", opts.Server)
 	}
 	if opts.Dir == "" {
-		return nil, errors.New("deploy: no directory")
+		return nil, errors.New("labdeploy: no directory")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("deploy: %w", err)
+		return nil, fmt.Errorf("labdeploy: %w", err)
 	}
 	d := &Deployment{}
 	defer func() {
@@ -126,7 +93,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	log := opts.Logger
 
 	if d.CA, err = lab.NewCA(opts.Dir); err != nil {
-		return nil, fmt.Errorf("deploy: CA: %w", err)
+		return nil, fmt.Errorf("labdeploy: CA: %w", err)
 	}
 	comp := lab.Component{Domain: ComponentDomain, Secret: randomSecret()}
 	turnSecret := randomSecret()
@@ -160,12 +127,12 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		d.closers = append(d.closers, d.Coturn.Close)
 	}
 	if err := errors.Join(pgErr, xmppErr, turnErr); err != nil {
-		return nil, fmt.Errorf("deploy: %w", err)
+		return nil, fmt.Errorf("labdeploy: %w", err)
 	}
 
 	dbURL, err := d.PG.CreateDatabase(ctx, "clinkd_lab")
 	if err != nil {
-		return nil, fmt.Errorf("deploy: database: %w", err)
+		return nil, fmt.Errorf("labdeploy: database: %w", err)
 	}
 	d.closers = append(d.closers, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -175,13 +142,13 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 
 	certFile, keyFile, err := d.CA.Issue(opts.Dir, "clinkd-public", "localhost", "127.0.0.1")
 	if err != nil {
-		return nil, fmt.Errorf("deploy: certificate: %w", err)
+		return nil, fmt.Errorf("labdeploy: certificate: %w", err)
 	}
 	// The key directory signs its log with a key made for this lab.
 	keyOrigin := ComponentDomain + "/keydir"
 	vkey, err := keydir.GenerateKey(keyOrigin, filepath.Join(opts.Dir, "keydir-signer.key"))
 	if err != nil {
-		return nil, fmt.Errorf("deploy: key directory signer: %w", err)
+		return nil, fmt.Errorf("labdeploy: key directory signer: %w", err)
 	}
 	cfg := daemon.Defaults()
 	cfg.KeyDir.SignerKeyFile = filepath.Join(opts.Dir, "keydir-signer.key")
@@ -201,7 +168,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		},
 	}
 	if d.Daemon, err = daemon.New(ctx, cfg, opts.ClinkdLogger); err != nil {
-		return nil, fmt.Errorf("deploy: clinkd: %w", err)
+		return nil, fmt.Errorf("labdeploy: clinkd: %w", err)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
 	d.stop, d.done = stop, make(chan error, 1)
@@ -209,18 +176,18 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := d.Daemon.Component().WaitState(wctx, component.Linked); err != nil {
-		return nil, fmt.Errorf("deploy: clinkd did not link to %s: %w", opts.Server, err)
+		return nil, fmt.Errorf("labdeploy: clinkd did not link to %s: %w", opts.Server, err)
 	}
 
-	users := []User{{JID: "alice@" + Domain, Password: randomSecret()[:20]}, {JID: "bob@" + Domain, Password: randomSecret()[:20]}}
+	users := []labfile.User{{JID: "alice@" + Domain, Password: randomSecret()[:20]}, {JID: "bob@" + Domain, Password: randomSecret()[:20]}}
 	for _, u := range users {
 		local, _, _ := strings.Cut(u.JID, "@")
 		if err := d.XMPP.Register(ctx, local, u.Password); err != nil {
-			return nil, fmt.Errorf("deploy: register %s: %w", u.JID, err)
+			return nil, fmt.Errorf("labdeploy: register %s: %w", u.JID, err)
 		}
 	}
-	d.Info = Info{
-		Server:         opts.Server,
+	d.Info = labfile.Info{
+		Server:         string(opts.Server),
 		Domain:         Domain,
 		C2S:            d.XMPP.C2SAddr,
 		Component:      comp.Domain,
@@ -229,38 +196,13 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		PublicURL:      d.Daemon.PublicURL(),
 		KeyLogVerifier: vkey,
 		KeyLogURL:      d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
-		TURN:           TURNInfo{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		TURN:           labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
 		Users:          users,
 	}
-	if err := writeInfo(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
+	if err := labfile.Write(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err
 	}
 	return d, nil
-}
-
-func writeInfo(path string, info Info) error {
-	b, err := json.MarshalIndent(info, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("deploy: write lab.json: %w", err)
-	}
-	return os.Rename(tmp, path)
-}
-
-// ReadInfo reads a lab.json written by Start.
-func ReadInfo(path string) (Info, error) {
-	var info Info
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return info, err
-	}
-	if err := json.Unmarshal(b, &info); err != nil {
-		return info, fmt.Errorf("%s: %w", path, err)
-	}
-	return info, nil
 }
 
 // Close stops clinkd, then the servers, and drops the database. It is
@@ -274,7 +216,7 @@ func (d *Deployment) Close() error {
 			case err := <-d.done:
 				errs = append(errs, err)
 			case <-time.After(30 * time.Second):
-				errs = append(errs, errors.New("deploy: clinkd did not stop"))
+				errs = append(errs, errors.New("labdeploy: clinkd did not stop"))
 			}
 		} else if d.Daemon != nil {
 			d.Daemon.Close()
@@ -287,7 +229,7 @@ func (d *Deployment) Close() error {
 	return errors.Join(errs...)
 }
 
-// Summary is the short text `clinkd lab` prints.
+// Summary is the short text clinklab prints.
 func (d *Deployment) Summary(labJSON string) string {
 	i := d.Info
 	s := fmt.Sprintf(`ClinkMe lab is up (%s with clinkd attached, PostgreSQL, coturn).
@@ -304,20 +246,4 @@ Try it:    clinkctl --lab %s ...   Stop with Ctrl-C.
 `, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL,
 		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON, labJSON)
 	return s
-}
-
-// LoopbackOnly reports whether every address in the deployment is on
-// loopback, as the lab promises.
-func (i Info) LoopbackOnly() bool {
-	for _, a := range []string{i.C2S, i.TURN.UDP, i.TURN.TCP, i.TURN.TLS} {
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			return false
-		}
-		ip := net.ParseIP(host)
-		if ip == nil || !ip.IsLoopback() {
-			return false
-		}
-	}
-	return true
 }

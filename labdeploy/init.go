@@ -1,4 +1,4 @@
-package deploy
+package labdeploy
 
 import (
 	"errors"
@@ -21,14 +21,14 @@ const postgresUID = 999
 // the lab keeps its accounts and keys.
 func InitDir(dir, domain, component, turnRealm string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	if exists(filepath.Join(dir, "database.url")) {
 		return nil // done before; the last file written below
 	}
 	ca, err := lab.NewCA(dir)
 	if err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	issue := []struct {
 		name  string
@@ -41,12 +41,12 @@ func InitDir(dir, domain, component, turnRealm string) error {
 	}
 	for _, c := range issue {
 		if _, _, err := ca.Issue(dir, c.name, c.hosts...); err != nil {
-			return fmt.Errorf("lab-init: %s certificate: %w", c.name, err)
+			return fmt.Errorf("clinklab init: %s certificate: %w", c.name, err)
 		}
 	}
 	// Nothing ever needs the CA key again: certificates are issued once.
 	if err := os.Remove(filepath.Join(dir, "ca.key")); err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	componentSecret, turnSecret, pgPass := randomSecret(), randomSecret(), randomSecret()
 	files := []struct{ name, body string }{
@@ -57,7 +57,7 @@ func InitDir(dir, domain, component, turnRealm string) error {
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.body), 0o644); err != nil {
-			return fmt.Errorf("lab-init: %w", err)
+			return fmt.Errorf("clinklab init: %w", err)
 		}
 	}
 	// The services run as different users; in this lab volume they all
@@ -68,20 +68,20 @@ func InitDir(dir, domain, component, turnRealm string) error {
 		}
 		return os.Chmod(p, 0o644)
 	}); err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	pgKey := filepath.Join(dir, "postgres.key")
 	if err := os.Chmod(pgKey, 0o600); err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	if os.Geteuid() == 0 {
 		if err := os.Chown(pgKey, postgresUID, postgresUID); err != nil {
-			return fmt.Errorf("lab-init: %w", err)
+			return fmt.Errorf("clinklab init: %w", err)
 		}
 	}
 	url := fmt.Sprintf("postgres://clinkd:%s@postgres:5432/clinkd?sslmode=verify-full&sslrootcert=%s\n", pgPass, filepath.Join(dir, "ca.pem"))
 	if err := os.WriteFile(filepath.Join(dir, "database.url"), []byte(url), 0o644); err != nil {
-		return fmt.Errorf("lab-init: %w", err)
+		return fmt.Errorf("clinklab init: %w", err)
 	}
 	return nil
 }

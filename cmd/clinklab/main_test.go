@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
@@ -18,12 +17,22 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/labfile"
+	"github.com/clinkme/clinkd/doctor"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/lab"
-	"github.com/clinkme/clinkd/lab/deploy"
 )
 
-// TestLabCommand runs `clinkd lab` as a user would, as a child process:
+// TestMain lets tests run this binary's main as a child process: with
+// CLINKLAB_TEST_MAIN=1 the test binary is clinklab.
+func TestMain(m *testing.M) {
+	if os.Getenv("CLINKLAB_TEST_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// TestLabCommand runs clinklab as a user would, as a child process:
 // it must come up, write lab.json, let a demo user log in over TLS and
 // reach clinkd, and on SIGTERM stop every process it started.
 func TestLabCommand(t *testing.T) {
@@ -37,8 +46,8 @@ func TestLabCommand(t *testing.T) {
 			dir := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, os.Args[0], "lab", "--server", string(kind), "--dir", dir)
-			cmd.Env = append(os.Environ(), "CLINKD_TEST_MAIN=1")
+			cmd := exec.CommandContext(ctx, os.Args[0], "--server", string(kind), "--dir", dir)
+			cmd.Env = append(os.Environ(), "CLINKLAB_TEST_MAIN=1")
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -64,22 +73,20 @@ func TestLabCommand(t *testing.T) {
 			}
 			go io.Copy(io.Discard, stdout)
 
-			info, err := deploy.ReadInfo(filepath.Join(dir, "lab.json"))
+			info, err := labfile.Read(filepath.Join(dir, "lab.json"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if fi, err := os.Stat(filepath.Join(dir, "lab.json")); err != nil || fi.Mode().Perm() != 0o600 {
 				t.Errorf("lab.json mode = %v, %v; want 0600 (it holds passwords)", fi.Mode().Perm(), err)
 			}
-			if !info.LoopbackOnly() || len(info.Users) != 2 || info.Server != kind {
+			if !info.LoopbackOnly() || len(info.Users) != 2 || info.Server != string(kind) {
 				t.Fatalf("lab.json = %+v", info)
 			}
-			caPEM, err := os.ReadFile(info.CAFile)
+			pool, err := client.LoadCertPool(info.CAFile)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pool := x509.NewCertPool()
-			pool.AppendCertsFromPEM(caPEM)
 			dev, err := client.Dial(ctx, client.Config{
 				Addr: info.C2S, JID: jid.MustParse(info.Users[0].JID), Password: info.Users[0].Password,
 				TLS: &tls.Config{RootCAs: pool},
@@ -110,26 +117,53 @@ func TestLabCommand(t *testing.T) {
 			}
 			// The doctor finds the lab healthy from lab.json alone, and
 			// prints no password.
-			var report, derr strings.Builder
-			if code := run([]string{"doctor", "--lab", filepath.Join(dir, "lab.json")}, &report, &derr); code != 0 ||
-				!strings.Contains(report.String(), "verdict: all checks passed") {
-				t.Errorf("clinkd doctor --lab = %d\n%s%s", code, report.String(), derr.String())
+			dcfg, err := doctor.FromLab(info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var report strings.Builder
+			rep := doctor.Run(ctx, dcfg)
+			rep.WriteTo(&report)
+			if rep.Failed() || !strings.Contains(report.String(), "verdict: all checks passed") {
+				t.Errorf("doctor on lab.json failed:\n%s", report.String())
 			}
 			if strings.Contains(report.String(), info.Users[0].Password) {
-				t.Error("clinkd doctor printed the password")
+				t.Error("the doctor printed the password")
 			}
 
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			if err := cmd.Wait(); err != nil {
-				t.Fatalf("clinkd lab exit: %v; stderr:\n%s", err, stderr.String())
+				t.Fatalf("clinklab exit: %v; stderr:\n%s", err, stderr.String())
 			}
 			for _, p := range lab.Processes() {
 				if strings.Contains(p.Cmdline, dir) {
-					t.Errorf("left running after clinkd lab stopped: pid %d %s", p.PID, p.Cmdline)
+					t.Errorf("left running after clinklab stopped: pid %d %s", p.PID, p.Cmdline)
 				}
 			}
 		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"--server", "openfire"}, 2, "want prosody or ejabberd"},
+		{[]string{"extra"}, 2, "unexpected argument"},
+		{[]string{"--nope"}, 2, "hint: run 'clinklab -h'"},
+		{[]string{"init"}, 2, "--dir is required"},
+		{[]string{"init", "--nope"}, 2, "hint: run 'clinklab init -h'"},
+	}
+	for _, tt := range tests {
+		var stdout, stderr strings.Builder
+		code := run(tt.args, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stderr.String(), tt.stderr) {
+			t.Errorf("clinklab %q = %d, stderr %q; want %d and %q", tt.args, code, stderr.String(), tt.code, tt.stderr)
+		}
 	}
 }
