@@ -1,4 +1,4 @@
-// Package clinkid implements the payloads of ClinkID entitlements over
+// Package clinkidxml implements the payloads of ClinkID entitlements over
 // XMPP (urn:clinkme:clinkid:0, specified in docs/clinkid.md): a device asks
 // clinkd which ClinkMe entitlements its own account carries.
 //

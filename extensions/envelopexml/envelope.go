@@ -1,4 +1,4 @@
-// Package envelope implements the ClinkMe end-to-end envelope payload, as
+// Package envelopexml implements the ClinkMe end-to-end envelope payload, as
 // specified in docs/envelope.md.
 //
 // It holds the payload type only: XML marshalling and structural validation,

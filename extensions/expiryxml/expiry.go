@@ -1,7 +1,7 @@
-// Package expiry implements the payloads of clinkd's timed-message relay,
+// Package expiryxml implements the payloads of clinkd's timed-message relay,
 // namespace urn:clinkme:expiry:0, specified in docs/expiry.md.
 //
-// A timed message itself is an end-to-end envelope (extensions/envelope)
+// A timed message itself is an end-to-end envelope (extensions/envelopexml)
 // whose signed expires attribute is its validity period; these payloads
 // are what clinkd adds when it relays one, tells devices to delete one, or
 // passes a copy between instances.

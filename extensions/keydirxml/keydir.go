@@ -1,4 +1,4 @@
-// Package keydir implements the payloads of ClinkMe's verifiable public-key
+// Package keydirxml implements the payloads of ClinkMe's verifiable public-key
 // directory (urn:clinkme:keydir:0), specified in docs/protocol.md.
 //
 // Only the wire types and their structural checks live here: package

@@ -1,4 +1,4 @@
-// Package receipts implements the payloads of XEP-0184: Message Delivery
+// Package receiptsxml implements the payloads of XEP-0184: Message Delivery
 // Receipts.
 package receiptsxml
 
