@@ -22,7 +22,7 @@ import (
 func Identity(t testing.TB, key, jid string) envelope.Identity {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "client", "envelope", "testdata", "keys", key+".pem"))
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "client", "envelope", "testdata", "keys", key+".pem"))
 	if err != nil {
 		t.Fatal(err)
 	}

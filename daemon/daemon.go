@@ -25,8 +25,8 @@ import (
 
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/component"
-	"github.com/clinkme/clinkd/devices"
-	"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/component/dispatch"
+		"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/receipts"
@@ -43,9 +43,8 @@ type Daemon struct {
 	registry *prometheus.Registry
 	comp     *component.Component
 	relay    *expiry.Relay
-	devices  *devices.Registry
-	// entitlements answers whether an account has ClinkMe Secure; nil
-	// lets every account send timed messages.
+	devices  *dispatch.Devices
+	// entitlements answers whether an account has ClinkMe Secure.
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool // nil when no database is configured
 	admin        net.Listener
@@ -83,7 +82,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry(), public: http.NewServeMux()}
+	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry(), public: http.NewServeMux(),
+		entitlements: expiry.NoEntitlementCheck{}}
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ok := false
 	defer func() {
@@ -318,46 +318,60 @@ func (d *Daemon) PublicURL() string {
 	return scheme + "://" + d.publicLn.Addr().String()
 }
 
-// registerRelay wires the devices registry, the timed-message relay and
-// the receipts tracker together.
+// registerRelay wires the envelope router, the registry of online
+// devices, the timed-message relay and the receipts tracker (the drawing
+// is in docs/DEVELOPING.md): the router hands each envelope and receipt to
+// exactly one of the two features and tells the relay of announcements;
+// both features read the registry and send through the link. Without a
+// database ordinary messages are refused: their state lives in PostgreSQL.
 func (d *Daemon) registerRelay() error {
 	if err := protectMemory(d.cfg.Expiry.LockMemory); err != nil {
 		return err
 	}
 	domain := d.comp.Domain()
-	devs := devices.New(d.cfg.Expiry.DevicesPerUser, d.log.With("part", "devices"), d.registry)
-	// The tracker and the relay each need the other through a narrow
-	// interface; the relay is made second and handed in after.
-	var lookup lateTimedLookup
-	tracker := receipts.New(receipts.Config{
-		Retention: d.cfg.Receipts.Retention, PerUserHeld: d.cfg.Receipts.PerUserHeld,
-	}, domain, d.db, d.comp, devs, &lookup, d.log.With("part", "receipts"), d.registry)
-	var ordinary expiry.Ordinary
-	if d.db != nil {
-		ordinary = tracker
-	}
-	relay := expiry.New(expiry.Config{
+	devs := dispatch.NewDevices(dispatch.DevicesConfig{MaxPerUser: d.cfg.Expiry.DevicesPerUser, Registerer: d.registry})
+	relay, err := expiry.New(expiry.Config{
+		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
 		MinPeriod: d.cfg.Expiry.MinPeriod, MaxPeriod: d.cfg.Expiry.MaxPeriod,
 		PerUserMessages: d.cfg.Expiry.PerUserMessages, PerUserBytes: d.cfg.Expiry.PerUserBytes,
-		TotalBytes: d.cfg.Expiry.TotalBytes,
-	}, domain, d.comp, devs, d.entitlements, ordinary, d.log.With("part", "expiry"), d.registry)
-	lookup.Relay = relay
-	devs.OnOnline(relay.OnOnline)
-	devs.OnOnline(tracker.OnOnline)
-	devs.Register(d.comp)
+		TotalBytes: d.cfg.Expiry.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
+		Log: d.log.With("part", "expiry"), Registerer: d.registry,
+	})
+	if err != nil {
+		return fmt.Errorf("config: expiry: %w", err)
+	}
+	var ordinary dispatch.Ordinary = dispatch.Unavailable{Text: "this clinkd relays only timed messages (it has no database to track ordinary ones)"}
+	if d.db != nil {
+		tracker, err := receipts.New(receipts.Config{
+			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
+			Retention: d.cfg.Receipts.Retention,
+			Log:       d.log.With("part", "receipts"), Registerer: d.registry,
+		})
+		if err != nil {
+			return fmt.Errorf("config: receipts: %w", err)
+		}
+		tracker.Register(d.comp)
+		d.runners = append(d.runners, tracker.Run)
+		ordinary = tracker
+	}
+	router, err := dispatch.New(dispatch.Config{
+		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
+		Watchers: []dispatch.Watcher{relay},
+		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
+	})
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	router.Register(d.comp)
 	relay.Register(d.comp)
-	tracker.Register(d.comp)
 	d.relay, d.devices = relay, devs
-	d.runners = append(d.runners, relay.Run, tracker.Run)
+	d.runners = append(d.runners, relay.Run)
 	return nil
 }
 
-// lateTimedLookup lets the tracker ask the relay, which is built after it.
-type lateTimedLookup struct{ *expiry.Relay }
-
 // Devices is the registry of online devices (nil when the relay is
 // disabled), for tests.
-func (d *Daemon) Devices() *devices.Registry { return d.devices }
+func (d *Daemon) Devices() *dispatch.Devices { return d.devices }
 
 // Relay is the timed-message relay (nil when disabled), for tests.
 func (d *Daemon) Relay() *expiry.Relay { return d.relay }

@@ -13,6 +13,15 @@
 // headline, and both drop one for a resource that is offline). A device
 // that announces itself later gets whatever is still valid. At expiry the
 // relay drops the message and tells every device that got it to delete it.
+// Delivery and read receipts of a timed message are held the same way, in
+// memory only and only until the message expires.
+//
+// Everything reaches the relay through the envelope router (package
+// dispatch), which has already checked each envelope's form, author and
+// recipient: HandleTimed, HandleCopy, HandleTimedReceipt and, when a device
+// announces itself, DeviceOnline. The relay reads the router's registry of
+// online devices and calls nothing else but the link (Send) and the
+// entitlement check.
 //
 // Invariants:
 //   - a held message exists only in this process's memory: never in the
@@ -32,7 +41,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
@@ -42,7 +50,7 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/component"
-	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/extensions/ephemeral"
 	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/hints"
@@ -55,29 +63,39 @@ type Sender interface {
 	SendMessage(ctx context.Context, m stanza.Message, payload ...any) error
 }
 
-// Devices knows the online devices of each user (a *devices.Registry).
+// Devices knows the online devices of each user (a *dispatch.Devices).
 type Devices interface {
 	Online(user jid.JID) []jid.JID
-	Gone(device jid.JID)
 }
 
 // Entitlements says whether an account may send timed messages (ClinkMe
-// Secure). Nil means everyone may.
+// Secure): a *clinkid.Service, or NoEntitlementCheck.
 type Entitlements interface {
 	HasEntitlement(ctx context.Context, account, entitlement string) (bool, error)
 }
 
-// Ordinary relays envelopes without a validity period, for tracked
-// receipts (package receipts). Nil refuses them.
-type Ordinary interface {
-	RelayOrdinary(ctx context.Context, from, to jid.JID, env *envelopexml.Envelope) error
+// NoEntitlementCheck is the Entitlements of a clinkd without ClinkID
+// accounts: every sender may send timed messages.
+type NoEntitlementCheck struct{}
+
+// HasEntitlement implements Entitlements.
+func (NoEntitlementCheck) HasEntitlement(context.Context, string, string) (bool, error) {
+	return true, nil
 }
 
 // Entitlement is the entitlement a timed message needs.
 const Entitlement = "secure"
 
-// Config bounds the relay. Zero values take the defaults in the comments.
+// Config is what a Relay needs. Component, Send, Devices and
+// Entitlements are required; zero bounds take the defaults in the comments.
 type Config struct {
+	// Component is the component's domain, whose user addresses the relay
+	// sends from.
+	Component jid.JID
+	Send      Sender
+	Devices   Devices
+	// Entitlements decides who may send timed messages.
+	Entitlements Entitlements
 	// MinPeriod and MaxPeriod bound a message's validity period, counted
 	// from when clinkd receives it (defaults 5s and 7 days).
 	MinPeriod, MaxPeriod time.Duration
@@ -87,16 +105,34 @@ type Config struct {
 	PerUserMessages int
 	PerUserBytes    int64
 	TotalBytes      int64
+	// PerUserReceipts bounds the receipts of timed messages held for one
+	// sender until their message expires (default 1000); past it the
+	// oldest goes.
+	PerUserReceipts int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	Log *slog.Logger
+	// Registerer, if set, gets the relay's metrics.
+	Registerer prometheus.Registerer
 }
 
-func (c *Config) setDefaults() {
+func (c *Config) setDefaults() error {
+	switch {
+	case c.Component.Domainpart() == "":
+		return errors.New("expiry: no component domain")
+	case c.Send == nil || c.Devices == nil:
+		return errors.New("expiry: Send and Devices are required")
+	case c.Entitlements == nil:
+		return errors.New("expiry: no Entitlements (NoEntitlementCheck lets every sender)")
+	}
 	if c.MinPeriod <= 0 {
 		c.MinPeriod = 5 * time.Second
 	}
 	if c.MaxPeriod <= 0 {
 		c.MaxPeriod = 7 * 24 * time.Hour
+	}
+	if c.MinPeriod > c.MaxPeriod {
+		return fmt.Errorf("expiry: min period %v is above max period %v", c.MinPeriod, c.MaxPeriod)
 	}
 	if c.PerUserMessages <= 0 {
 		c.PerUserMessages = 1000
@@ -107,9 +143,16 @@ func (c *Config) setDefaults() {
 	if c.TotalBytes <= 0 {
 		c.TotalBytes = 256 << 20
 	}
+	if c.PerUserReceipts <= 0 {
+		c.PerUserReceipts = 1000
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
 }
 
 // held is one timed message held for one user: either a message sent to
@@ -139,65 +182,68 @@ type ownerState struct {
 	bytes int64
 }
 
-// Relay is the timed-message relay.
-type Relay struct {
-	cfg       Config
-	component jid.JID
-	send      Sender
-	devices   Devices
-	ents      Entitlements
-	ordinary  Ordinary
-	log       *slog.Logger
-	m         metrics
+// pendingReceipt is a receipt for a timed message, held in memory until
+// the message expires, for the sender's devices that come online later.
+type pendingReceipt struct {
+	reader  jid.JID // the recipient who sent the receipt
+	payload any     // receiptsxml.Received or markers.Displayed
+	expires time.Time
+}
 
-	mu     sync.Mutex
-	owners map[string]*ownerState
-	queue  expiryHeap
-	total  int64
-	wake   chan struct{} // the earliest expiry changed
+// Relay is the timed-message relay: the dispatch.Timed feature and a
+// dispatch.Watcher.
+type Relay struct {
+	cfg Config
+	log *slog.Logger
+	m   metrics
+
+	mu       sync.Mutex
+	owners   map[string]*ownerState
+	receipts map[string][]*pendingReceipt // by sender (owner) bare JID
+	queue    expiryHeap
+	total    int64
+	wake     chan struct{} // the earliest expiry changed
 }
 
 type metrics struct {
 	heldMessages, heldBytes prometheus.Gauge
 	relayed, expired        prometheus.Counter
 	refused                 *prometheus.CounterVec
+	receipts                *prometheus.CounterVec
 }
 
-// New returns a relay for the component at domain.
-func New(cfg Config, domain jid.JID, send Sender, devs Devices, ents Entitlements, ordinary Ordinary, log *slog.Logger, reg prometheus.Registerer) *Relay {
-	cfg.setDefaults()
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// New checks cfg and returns a relay.
+func New(cfg Config) (*Relay, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
 	}
 	r := &Relay{
-		cfg: cfg, component: domain, send: send, devices: devs, ents: ents, ordinary: ordinary, log: log,
-		owners: make(map[string]*ownerState),
-		wake:   make(chan struct{}, 1),
+		cfg: cfg, log: cfg.Log,
+		owners:   make(map[string]*ownerState),
+		receipts: make(map[string][]*pendingReceipt),
+		wake:     make(chan struct{}, 1),
 		m: metrics{
 			heldMessages: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_messages", Help: "Timed messages (and sent copies) held in memory."}),
 			heldBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes", Help: "Envelope bytes held in memory, counted against the quotas."}),
 			relayed:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_relayed_total", Help: "Timed messages accepted for relay."}),
 			expired:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_expired_total", Help: "Held messages dropped at expiry."}),
 			refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clinkd_expiry_refused_total", Help: "Timed messages refused, by reason."}, []string{"reason"}),
+			receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "clinkd_expiry_receipts_forwarded_total",
+				Help: "Receipts of timed messages forwarded to senders' devices, by kind (received, displayed).",
+			}, []string{"kind"}),
 		},
 	}
-	if reg != nil {
-		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.relayed, r.m.expired, r.m.refused)
+	if reg := cfg.Registerer; reg != nil {
+		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
-	return r
+	return r, nil
 }
 
-var (
-	envelopeName = xml.Name{Space: envelopexml.NS, Local: "envelope"}
-	copyName     = xml.Name{Space: expiryxml.NS, Local: "copy"}
-	bodyNames    = []xml.Name{{Space: "jabber:component:accept", Local: "body"}, {Space: "jabber:client", Local: "body"}}
-)
-
-// Register routes envelopes and the relay's own payloads to r. Devices
-// must call r.OnOnline when a device announces itself.
+// Register advertises what the relay adds to the component: XEP-0466
+// ephemeral messages. The envelopes themselves reach it through the
+// envelope router (package dispatch).
 func (r *Relay) Register(c *component.Component) {
-	c.HandleMessage(envelopexml.NS, component.MessageHandlerFunc(r.HandleMessage))
-	c.HandleMessage(expiryxml.NS, component.MessageHandlerFunc(r.HandleMessage))
 	c.AddFeature(ephemeral.NS)
 }
 
@@ -207,146 +253,138 @@ func (r *Relay) refuse(reason string, cond stanza.Condition, text string) error 
 	return component.Error(cond, text)
 }
 
-// HandleMessage handles a timed message from a device, or a copy from
-// another clinkd instance.
-func (r *Relay) HandleMessage(ctx context.Context, m *component.Stanza) error {
-	if m.Type == string(stanza.ErrorMessage) {
-		// A delivery of ours bounced: the device is gone.
-		if m.From.Resourcepart() != "" {
-			r.devices.Gone(m.From)
-		}
-		return nil
-	}
-	if m.Has(copyName) {
-		return r.handleCopy(ctx, m)
-	}
-	return r.handleEnvelope(ctx, m)
-}
-
-// decodeEnvelope reads and checks the envelope of m: well formed, within
-// bounds, written by from.
-func (r *Relay) decodeEnvelope(m *component.Stanza, from jid.JID) (*envelopexml.Envelope, []byte, error) {
-	var env envelopexml.Envelope
-	if err := m.Decode(envelopeName, &env); err != nil {
-		if errors.Is(err, component.ErrNoPayload) {
-			return nil, nil, r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
-		}
-		return nil, nil, r.refuse("malformed", stanza.BadRequest, "malformed envelope: "+err.Error())
-	}
-	if err := env.Validate(); err != nil {
-		return nil, nil, r.refuse("invalid", stanza.BadRequest, err.Error())
-	}
-	if !sameJID(env.From, from) {
-		return nil, nil, r.refuse("not-author", stanza.NotAcceptable, "the envelope was not written by the sender")
-	}
-	raw, err := xml.Marshal(env)
-	if err != nil {
-		return nil, nil, fmt.Errorf("expiry: re-encode envelope: %w", err)
-	}
-	return &env, raw, nil
-}
-
-func (r *Relay) handleEnvelope(ctx context.Context, m *component.Stanza) error {
-	recipient, err := address.User(m.To)
-	if err != nil {
-		return r.refuse("address", stanza.BadRequest, "send messages to the recipient's address at this component")
-	}
-	sender := m.From.Bare()
-	for _, b := range bodyNames {
-		if m.Has(b) {
-			return r.refuse("plaintext", stanza.NotAcceptable, "clinkd relays only end-to-end envelopes; a plaintext <body> is refused")
-		}
-	}
-	env, raw, err := r.decodeEnvelope(m, sender)
-	if err != nil {
-		return err
-	}
-	if !slices.ContainsFunc(env.To, func(to string) bool { return sameJID(to, recipient) }) {
-		return r.refuse("not-recipient", stanza.NotAcceptable, "the envelope is not addressed to "+recipient.String())
-	}
-	if env.Expires.IsZero() {
-		if r.ordinary == nil {
-			return r.refuse("ordinary", stanza.ServiceUnavailable, "this clinkd relays only timed messages")
-		}
-		return r.ordinary.RelayOrdinary(ctx, m.From, recipient, env)
-	}
+// HandleTimed holds and delivers a timed message a device sent.
+func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
+	m := e.Stanza
 	if m.Type != string(stanza.HeadlineMessage) || !m.Has(xml.Name{Space: hints.NS, Local: "no-store"}) || !m.Has(xml.Name{Space: hints.NS, Local: "no-permanent-store"}) {
 		// Otherwise the sender's own server archives what it sends.
 		return r.refuse("unsafe-send", stanza.NotAcceptable, `send timed messages as type="headline" with no-store and no-permanent-store hints, or your server keeps a copy`)
 	}
-	if r.ents != nil {
-		ok, err := r.ents.HasEntitlement(ctx, sender.String(), Entitlement)
-		if err != nil {
-			return fmt.Errorf("expiry: entitlement of %s: %w", sender, err)
-		}
-		if !ok {
-			return r.refuse("entitlement", stanza.Forbidden, "timed messages are part of ClinkMe Secure, which this account does not have")
-		}
+	ok, err := r.cfg.Entitlements.HasEntitlement(ctx, e.Sender.String(), Entitlement)
+	if err != nil {
+		return fmt.Errorf("expiry: entitlement of %s: %w", e.Sender, err)
+	}
+	if !ok {
+		return r.refuse("entitlement", stanza.Forbidden, "timed messages are part of ClinkMe Secure, which this account does not have")
 	}
 	now := r.cfg.Now()
-	if period := env.Expires.Sub(now); period < r.cfg.MinPeriod || period > r.cfg.MaxPeriod {
+	if period := e.Body.Expires.Sub(now); period < r.cfg.MinPeriod || period > r.cfg.MaxPeriod {
 		return r.refuse("period", stanza.NotAcceptable, fmt.Sprintf("the validity period must be between %v and %v from now", r.cfg.MinPeriod, r.cfg.MaxPeriod))
 	}
-	h := &held{owner: recipient, peer: sender, id: env.ID, expires: env.Expires, raw: raw, delivered: map[string]struct{}{}}
+	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
 	added, err := r.hold(h)
 	if err != nil || !added {
 		return err // !added: a repeat of a message already held, nothing to do
 	}
 	r.m.relayed.Inc()
-	r.deliver(ctx, h, r.devices.Online(recipient), jid.JID{})
+	r.deliver(ctx, h, r.cfg.Devices.Online(e.Recipient), jid.JID{})
 
 	// The sender's other devices get their copy from the instance that
 	// owns the sender: it goes through the sender's address.
-	from, err := address.AtComponent(recipient, r.component)
+	from, err := address.AtComponent(e.Recipient, r.cfg.Component)
 	if err != nil {
 		return nil
 	}
-	to, err := address.AtComponent(sender, r.component)
+	to, err := address.AtComponent(e.Sender, r.cfg.Component)
 	if err != nil {
 		return nil
 	}
-	if err := r.send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: m.From.String()}, decoder(raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
+		expiryxml.Copy{By: e.Device.String()}, decoder(e.Raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
 	}
 	return nil
 }
 
-// handleCopy holds a copy of a timed message that the owner of this
-// address sent, for the owner's other devices.
-func (r *Relay) handleCopy(ctx context.Context, m *component.Stanza) error {
-	if m.From.Domainpart() != r.component.Domainpart() {
-		return r.refuse("copy-origin", stanza.Forbidden, "only clinkd sends copies")
-	}
-	owner, err := address.User(m.To)
-	if err != nil {
-		return nil
-	}
-	peer, err := address.User(m.From)
-	if err != nil {
-		return nil
-	}
-	var c expiryxml.Copy
-	if err := m.Decode(copyName, &c); err != nil {
-		return err
-	}
-	by, err := jid.Parse(c.By)
-	if err != nil || !by.Bare().Equal(owner) {
-		return r.refuse("copy-origin", stanza.BadRequest, "copy from a device of another user")
-	}
-	env, raw, err := r.decodeEnvelope(m, owner)
-	if err != nil {
-		return err
-	}
-	if !env.Expires.After(r.cfg.Now()) {
+// HandleCopy holds a copy of a timed message that its owner sent, for the
+// owner's other devices.
+func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
+	if !c.Body.Expires.After(r.cfg.Now()) {
 		return nil // expired on the way
 	}
-	h := &held{owner: owner, peer: peer, id: env.ID, sent: true, by: by, expires: env.Expires, raw: raw, delivered: map[string]struct{}{}}
+	h := &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}}
 	if added, err := r.hold(h); err != nil || !added {
 		return err
 	}
-	r.deliver(ctx, h, r.devices.Online(owner), by)
+	r.deliver(ctx, h, r.cfg.Devices.Online(c.Owner), c.By)
 	return nil
+}
+
+// HandleTimedReceipt forwards a receipt for a timed message that its
+// owner sent and this instance holds a copy of, and holds the receipt
+// until the message expires for the owner's devices that come online
+// later. It reports false, doing nothing, for any other receipt.
+func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (bool, error) {
+	expires, ok := r.sentExpiry(rc.Owner, rc.Reader, rc.ID)
+	if !ok {
+		return false, nil
+	}
+	p := &pendingReceipt{reader: rc.Reader, payload: rc.Payload(), expires: expires}
+	r.holdReceipt(rc.Owner, p)
+	r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
+	r.m.receipts.WithLabelValues(string(rc.Kind)).Inc()
+	return true, nil
+}
+
+// sentExpiry reports whether owner sent peer the timed message id that is
+// held here as a copy, and when it expires.
+func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o := r.owners[owner.Bare().String()]
+	if o == nil {
+		return time.Time{}, false
+	}
+	h := &held{peer: peer.Bare(), id: id, sent: true}
+	got, ok := o.msgs[h.key()]
+	if !ok {
+		return time.Time{}, false
+	}
+	return got.expires, true
+}
+
+func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := owner.String()
+	list := r.pruneReceiptsLocked(k)
+	if len(list) >= r.cfg.PerUserReceipts {
+		list = list[1:] // the oldest goes; memory stays bounded
+	}
+	r.receipts[k] = append(list, p)
+}
+
+// pruneReceiptsLocked drops expired receipts of one owner and returns the
+// rest.
+func (r *Relay) pruneReceiptsLocked(k string) []*pendingReceipt {
+	now := r.cfg.Now()
+	list := r.receipts[k][:0]
+	for _, p := range r.receipts[k] {
+		if p.expires.After(now) {
+			list = append(list, p)
+		}
+	}
+	if len(list) == 0 {
+		delete(r.receipts, k)
+		return nil
+	}
+	r.receipts[k] = list
+	return list
+}
+
+// forwardReceipt sends a receipt to the owner's devices, from the
+// reader's address, as a headline the server keeps no copy of.
+func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingReceipt, devices []jid.JID) {
+	from, err := address.AtComponent(p.reader, r.cfg.Component)
+	if err != nil {
+		return
+	}
+	for _, d := range devices {
+		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: d, From: from, Type: stanza.HeadlineMessage},
+			p.payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
+			r.log.Debug("expiry: receipt forward failed", "err", err)
+		}
+	}
 }
 
 // hold adds h under the quotas. It reports false, without error, for a
@@ -409,7 +447,7 @@ func decoder(raw []byte) xml.TokenReader { return xml.NewDecoder(bytes.NewReader
 
 // deliver sends h to each device except skip, and records who got it.
 func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip jid.JID) {
-	from, err := address.AtComponent(h.peer, r.component)
+	from, err := address.AtComponent(h.peer, r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -428,7 +466,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
 		}
 		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
-		if err := r.send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...); err != nil {
+		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...); err != nil {
 			// Still held: the device gets it when it announces itself again.
 			r.log.Debug("expiry: delivery failed; kept for later", "err", err)
 			continue
@@ -439,9 +477,10 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 	}
 }
 
-// OnOnline delivers to a device that just announced itself whatever is
-// held for its user, except the copies of what it sent itself.
-func (r *Relay) OnOnline(ctx context.Context, user, device jid.JID) {
+// DeviceOnline delivers to a device that just announced itself whatever
+// is held for its user (except the copies of what it sent itself), and the
+// held receipts of what its user sent.
+func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 	r.mu.Lock()
 	var hs []*held
 	if o := r.owners[user.String()]; o != nil {
@@ -449,28 +488,14 @@ func (r *Relay) OnOnline(ctx context.Context, user, device jid.JID) {
 			hs = append(hs, h)
 		}
 	}
+	rcs := append([]*pendingReceipt(nil), r.pruneReceiptsLocked(user.String())...)
 	r.mu.Unlock()
 	for _, h := range hs {
 		r.deliver(ctx, h, []jid.JID{device}, h.by)
 	}
-}
-
-// SentExpiry reports whether owner sent peer the timed message id that is
-// held here as a copy, and when it expires. Receipts use it to know how
-// long a receipt for it may be held.
-func (r *Relay) SentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	o := r.owners[owner.Bare().String()]
-	if o == nil {
-		return time.Time{}, false
+	for _, p := range rcs {
+		r.forwardReceipt(ctx, user, p, []jid.JID{device})
 	}
-	h := &held{peer: peer.Bare(), id: id, sent: true}
-	got, ok := o.msgs[h.key()]
-	if !ok {
-		return time.Time{}, false
-	}
-	return got.expires, true
 }
 
 // Held returns how many messages and bytes are held.
@@ -481,7 +506,8 @@ func (r *Relay) Held() (messages int, bytes int64) {
 }
 
 // Run drops messages as they expire and tells the devices that got each
-// one to delete it, until ctx ends.
+// one to delete it, until ctx ends. Receipts held past their message's
+// expiry are dropped on the way.
 func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
@@ -493,6 +519,9 @@ func (r *Relay) Run(ctx context.Context) error {
 			h := r.queue[0]
 			r.drop(h)
 			due = append(due, h)
+		}
+		for k := range r.receipts {
+			r.pruneReceiptsLocked(k)
 		}
 		next := time.Hour
 		if r.queue.Len() > 0 {
@@ -516,7 +545,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // notifyExpired tells every device that got h, and the device that sent
 // it, to delete it.
 func (r *Relay) notifyExpired(ctx context.Context, h *held) {
-	from, err := address.AtComponent(h.peer, r.component)
+	from, err := address.AtComponent(h.peer, r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -534,19 +563,11 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 		if err != nil {
 			continue
 		}
-		if err := r.send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
+		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
 			expiryxml.Expired{ID: h.id}, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
 			r.log.Debug("expiry: expiry notice not sent", "err", err)
 		}
 	}
-}
-
-// sameJID compares a JID written in an envelope with one the server
-// stamped, after normalising both (PRECIS), so case cannot make a
-// difference.
-func sameJID(s string, j jid.JID) bool {
-	p, err := jid.Parse(s)
-	return err == nil && p.Equal(j)
 }
 
 // expiryHeap orders held messages by expiry, earliest first.

@@ -14,6 +14,7 @@ import (
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
 )
 
@@ -34,10 +35,28 @@ func (r *recorder) SendMessage(ctx context.Context, m stanza.Message, payload ..
 func (r *recorder) Online(jid.JID) []jid.JID {
 	return []jid.JID{jid.MustParse("bob@example.org/phone"), jid.MustParse("alice@example.org/laptop")}
 }
-func (r *recorder) Gone(jid.JID) {}
+
+// newRouter returns the relay behind an envelope router, as clinkd wires
+// them: the recorder is the link and says which devices are online.
+func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *dispatch.Router) {
+	t.Helper()
+	cfg.Component, cfg.Send, cfg.Devices, cfg.Entitlements = jid.MustParse("clink.example.org"), rec, rec, expiry.NoEntitlementCheck{}
+	r, err := expiry.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := dispatch.New(dispatch.Config{
+		Component: cfg.Component, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
+		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Watchers: []dispatch.Watcher{r},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, router
+}
 
 // FuzzHandleMessage feeds arbitrary stanzas from a device (and copies from
-// clinkd's own domain) to the relay: no input may panic, hold more than the
+// clinkd's own domain) to the relay, through the envelope router: no input may panic, hold more than the
 // quotas allow, or hold anything that was refused.
 func FuzzHandleMessage(f *testing.F) {
 	for _, s := range []string{
@@ -70,9 +89,8 @@ func FuzzHandleMessage(f *testing.F) {
 			return
 		}
 		rec := &recorder{}
-		r := expiry.New(expiry.Config{PerUserMessages: 2, TotalBytes: 1 << 20, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }},
-			jid.MustParse("clink.example.org"), rec, rec, nil, nil, nil, nil)
-		err = r.HandleMessage(context.Background(), s)
+		r, router := newRouter(t, expiry.Config{PerUserMessages: 2, TotalBytes: 1 << 20, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}, rec)
+		err = router.HandleMessage(context.Background(), s)
 		n, bytes := r.Held()
 		if err != nil && n != 0 {
 			t.Fatalf("refused (%v) but holds %d", err, n)
@@ -105,8 +123,8 @@ func TestSeedsReachTheRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	r := expiry.New(expiry.Config{Now: func() time.Time { return now }}, jid.MustParse("clink.example.org"), rec, rec, nil, nil, nil, nil)
-	if err := r.HandleMessage(context.Background(), s); err != nil {
+	r, router := newRouter(t, expiry.Config{Now: func() time.Time { return now }}, rec)
+	if err := router.HandleMessage(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := r.Held(); n != 1 || rec.sent == 0 {

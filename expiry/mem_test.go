@@ -15,6 +15,7 @@ import (
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
 )
 
@@ -56,11 +57,20 @@ func BenchmarkHeldMemory(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		rec := silent{}
-		r := expiry.New(expiry.Config{PerUserMessages: perUser, TotalBytes: 1 << 34, Now: func() time.Time { return now }},
-			jid.MustParse("clink.example.org"), rec, rec, nil, nil, nil, nil)
+		comp := jid.MustParse("clink.example.org")
+		r, err := expiry.New(expiry.Config{Component: comp, Send: rec, Devices: rec, Entitlements: expiry.NoEntitlementCheck{},
+			PerUserMessages: perUser, TotalBytes: 1 << 34, Now: func() time.Time { return now }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		router, err := dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
+			Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}})
+		if err != nil {
+			b.Fatal(err)
+		}
 		before := heap()
 		for _, s := range stanzas {
-			if err := r.HandleMessage(context.Background(), s); err != nil {
+			if err := router.HandleMessage(context.Background(), s); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -92,4 +102,3 @@ type silent struct{}
 
 func (silent) SendMessage(context.Context, stanza.Message, ...any) error { return nil }
 func (silent) Online(jid.JID) []jid.JID                                  { return nil }
-func (silent) Gone(jid.JID)                                              {}

@@ -1,17 +1,17 @@
-// Package receipts passes delivery receipts (XEP-0184) and read markers
-// (XEP-0333) for messages that went through clinkd from the recipient's
-// devices to the sender's, and keeps the receipt state of ordinary tracked
-// messages so a sender's device can ask for it after reconnecting.
+// Package receipts relays ordinary tracked messages (end-to-end envelopes
+// without a validity period) and their delivery receipts (XEP-0184) and
+// read markers (XEP-0333), and keeps their receipt state so that a
+// sender's device can ask for it after reconnecting (docs/receipts.md).
 //
-// A recipient's device sends its receipt to the sender's address at the
-// component (package address). clinkd forwards it to every online device
-// of the sender as a headline with no-store hints, so the server keeps no
-// copy. For a timed message the receipt is held in memory only, and only
-// until the message expires, for sender devices that come online later.
-// For an ordinary tracked message the state (message id, sender,
-// recipient, timestamps; never content) is kept in PostgreSQL for a
-// configurable retention and can be asked for with the status query of
-// docs/receipts.md.
+// The envelope router (package dispatch) hands it each ordinary envelope
+// (HandleOrdinary), already checked, and each receipt that is not for a
+// timed message (HandleReceipt; package expiry owns those). An envelope is
+// passed to the recipient as a chat message, which the server stores and
+// archives as any other, and its state (message id, sender, recipient,
+// timestamps; never content) is kept in PostgreSQL for a configurable
+// retention. A receipt updates that state and is forwarded to every online
+// device of the sender as a headline with no-store hints, so the server
+// keeps no copy of it.
 package receipts
 
 import (
@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,7 +32,7 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/component"
-	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/extensions/markers"
 	"github.com/clinkme/clinkd/extensions/receiptstate"
@@ -55,234 +54,123 @@ type Sender interface {
 	SendMessage(ctx context.Context, m stanza.Message, payload ...any) error
 }
 
-// Devices knows the online devices of each user (a *devices.Registry).
+// Devices knows the online devices of each user (a *dispatch.Devices).
 type Devices interface {
 	Online(user jid.JID) []jid.JID
-	Gone(device jid.JID)
 }
 
-// TimedLookup tells whether a message is a timed one held by this
-// instance, and until when (an *expiry.Relay).
-type TimedLookup interface {
-	SentExpiry(owner, peer jid.JID, id string) (time.Time, bool)
-}
-
-// Config tunes the tracker.
+// Config is what a Tracker needs. Component, DB, Send and Devices are
+// required.
 type Config struct {
+	// Component is the component's domain, whose user addresses the
+	// tracker sends from.
+	Component jid.JID
+	// DB holds the receipt state (the package's Migrations).
+	DB      *pgxpool.Pool
+	Send    Sender
+	Devices Devices
 	// Retention is how long the state of ordinary tracked messages is kept
 	// (default 30 days).
 	Retention time.Duration
-	// PerUserHeld bounds the receipts of timed messages held in memory for
-	// one user (default 1000).
-	PerUserHeld int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	Log *slog.Logger
+	// Registerer, if set, gets the tracker's metrics.
+	Registerer prometheus.Registerer
 }
 
-// Tracker is the receipts feature.
+// Tracker is the receipts feature: the dispatch.Ordinary of clinkd.
 type Tracker struct {
 	cfg       Config
-	component jid.JID
-	db        *pgxpool.Pool // nil: ordinary messages are not tracked
-	send      Sender
-	devices   Devices
-	timed     TimedLookup
 	log       *slog.Logger
 	forwarded *prometheus.CounterVec
-
-	mu   sync.Mutex
-	held map[string][]*pending // by sender (owner) bare JID
 }
 
-// pending is a receipt for a timed message, held until the message
-// expires.
-type pending struct {
-	peer    jid.JID // the recipient who sent the receipt
-	payload any     // receiptsxml.Received or markers.Displayed
-	expires time.Time
-}
-
-// New returns a tracker. db may be nil (then ordinary messages are not
-// relayed).
-func New(cfg Config, domain jid.JID, db *pgxpool.Pool, send Sender, devs Devices, timed TimedLookup, log *slog.Logger, reg prometheus.Registerer) *Tracker {
+// New checks cfg and returns a tracker.
+func New(cfg Config) (*Tracker, error) {
+	switch {
+	case cfg.Component.Domainpart() == "":
+		return nil, errors.New("receipts: no component domain")
+	case cfg.DB == nil:
+		return nil, errors.New("receipts: no database (ordinary messages are tracked in PostgreSQL)")
+	case cfg.Send == nil || cfg.Devices == nil:
+		return nil, errors.New("receipts: Send and Devices are required")
+	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = 30 * 24 * time.Hour
-	}
-	if cfg.PerUserHeld <= 0 {
-		cfg.PerUserHeld = 1000
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	t := &Tracker{
-		cfg: cfg, component: domain, db: db, send: send, devices: devs, timed: timed, log: log,
-		held: make(map[string][]*pending),
+		cfg: cfg, log: cfg.Log,
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_receipts_forwarded_total",
-			Help: "Receipts forwarded to senders' devices, by kind (received, displayed) and message (timed, ordinary).",
-		}, []string{"kind", "message"}),
+			Help: "Receipts of ordinary tracked messages forwarded to senders' devices, by kind (received, displayed).",
+		}, []string{"kind"}),
 	}
-	if reg != nil {
-		reg.MustRegister(t.forwarded)
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(t.forwarded)
 	}
-	return t
+	return t, nil
 }
 
-// Register routes receipts, markers and the status query to t.
+// Register routes the status query to t. Envelopes and receipts reach it
+// through the envelope router (package dispatch).
 func (t *Tracker) Register(c *component.Component) {
-	c.HandleMessage(receiptsxml.NS, component.MessageHandlerFunc(t.HandleMessage))
-	c.HandleMessage(markers.NS, component.MessageHandlerFunc(t.HandleMessage))
 	c.HandleIQ(xml.Name{Space: receiptstate.NS, Local: "status"}, component.IQHandlerFunc(t.HandleStatus))
 }
 
-var (
-	receivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
-	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
-)
-
-// HandleMessage handles a receipt or marker a recipient's device sent to
-// the sender's address.
-func (t *Tracker) HandleMessage(ctx context.Context, m *component.Stanza) error {
-	if m.Type == string(stanza.ErrorMessage) {
-		if m.From.Resourcepart() != "" {
-			t.devices.Gone(m.From)
-		}
-		return nil
-	}
-	owner, err := address.User(m.To)
-	if err != nil {
-		return component.BadRequest("send receipts to the sender's address at this component")
-	}
-	reader := m.From.Bare()
-	var (
-		id, kind string
-		payload  any
-	)
-	switch {
-	case m.Has(receivedName):
-		var r receiptsxml.Received
-		if err := m.Decode(receivedName, &r); err != nil {
-			return err
-		}
-		id, kind, payload = r.ID, "received", receiptsxml.Received{ID: r.ID}
-	case m.Has(displayedName):
-		var d markers.Displayed
-		if err := m.Decode(displayedName, &d); err != nil {
-			return err
-		}
-		id, kind, payload = d.ID, "displayed", markers.Displayed{ID: d.ID}
-	default:
-		return nil // a request or markable alone asks nothing of clinkd
-	}
-	if id == "" || len(id) > envelopexml.MaxIDLen {
-		return component.BadRequest("a receipt names the message id it is for")
-	}
-
-	if t.timed != nil {
-		if expires, ok := t.timed.SentExpiry(owner, reader, id); ok {
-			t.hold(owner, &pending{peer: reader, payload: payload, expires: expires})
-			t.forward(ctx, owner, reader, payload, t.devices.Online(owner))
-			t.forwarded.WithLabelValues(kind, "timed").Inc()
-			return nil
-		}
-	}
-	if t.db == nil {
-		return nil
-	}
+// HandleReceipt records a receipt or marker for an ordinary tracked
+// message and forwards it to the sender's devices. A receipt for a message
+// that is not tracked for this pair is dropped: the recipient may only mark
+// messages sent to it.
+func (t *Tracker) HandleReceipt(ctx context.Context, rc *dispatch.Receipt) error {
 	col := "delivered_at"
-	if kind == "displayed" {
+	if rc.Kind == dispatch.Displayed {
 		col = "displayed_at"
 	}
-	// The recipient may only mark messages sent to it; coalesce keeps the
-	// first time.
-	tag, err := t.db.Exec(ctx, `UPDATE receipts_tracked SET `+col+` = coalesce(`+col+`, $4)
-		WHERE sender = $1 AND id = $2 AND recipient = $3`, owner.String(), id, reader.String(), t.cfg.Now())
+	// coalesce keeps the first time.
+	tag, err := t.cfg.DB.Exec(ctx, `UPDATE receipts_tracked SET `+col+` = coalesce(`+col+`, $4)
+		WHERE sender = $1 AND id = $2 AND recipient = $3`, rc.Owner.String(), rc.ID, rc.Reader.String(), t.cfg.Now())
 	if err != nil {
-		return fmt.Errorf("receipts: record %s: %w", kind, err)
+		return fmt.Errorf("receipts: record %s: %w", rc.Kind, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return nil // not a tracked message of this pair: nothing to pass on
 	}
-	t.forward(ctx, owner, reader, payload, t.devices.Online(owner))
-	t.forwarded.WithLabelValues(kind, "ordinary").Inc()
-	return nil
-}
-
-// forward sends a receipt to the owner's devices, from the reader's
-// address, as a headline the server keeps no copy of.
-func (t *Tracker) forward(ctx context.Context, owner, reader jid.JID, payload any, devices []jid.JID) {
-	from, err := address.AtComponent(reader, t.component)
+	from, err := address.AtComponent(rc.Reader, t.cfg.Component)
 	if err != nil {
-		return
+		return nil
 	}
-	for _, d := range devices {
-		if err := t.send.SendMessage(ctx, stanza.Message{To: d, From: from, Type: stanza.HeadlineMessage},
+	payload := rc.Payload()
+	for _, d := range t.cfg.Devices.Online(rc.Owner) {
+		if err := t.cfg.Send.SendMessage(ctx, stanza.Message{To: d, From: from, Type: stanza.HeadlineMessage},
 			payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
 			t.log.Debug("receipts: forward failed", "err", err)
 		}
 	}
+	t.forwarded.WithLabelValues(string(rc.Kind)).Inc()
+	return nil
 }
 
-func (t *Tracker) hold(owner jid.JID, p *pending) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	k := owner.String()
-	list := t.pruneLocked(k)
-	if len(list) >= t.cfg.PerUserHeld {
-		list = list[1:] // the oldest goes; memory stays bounded
-	}
-	t.held[k] = append(list, p)
-}
-
-// pruneLocked drops expired receipts of one owner and returns the rest.
-func (t *Tracker) pruneLocked(k string) []*pending {
-	now := t.cfg.Now()
-	list := t.held[k][:0]
-	for _, p := range t.held[k] {
-		if p.expires.After(now) {
-			list = append(list, p)
-		}
-	}
-	if len(list) == 0 {
-		delete(t.held, k)
-		return nil
-	}
-	t.held[k] = list
-	return list
-}
-
-// OnOnline delivers the held receipts of a user to a device that just
-// announced itself.
-func (t *Tracker) OnOnline(ctx context.Context, user, device jid.JID) {
-	t.mu.Lock()
-	list := append([]*pending(nil), t.pruneLocked(user.String())...)
-	t.mu.Unlock()
-	for _, p := range list {
-		t.forward(ctx, user, p.peer, p.payload, []jid.JID{device})
-	}
-}
-
-// RelayOrdinary records an ordinary message's receipt state and passes
+// HandleOrdinary records an ordinary message's receipt state and passes
 // the envelope to the recipient as a normal chat message, which the server
 // stores and archives as it does any other.
-func (t *Tracker) RelayOrdinary(ctx context.Context, from, to jid.JID, env *envelopexml.Envelope) error {
-	if t.db == nil {
-		return component.Error(stanza.ServiceUnavailable, "this clinkd does not track ordinary messages")
-	}
-	sender := from.Bare()
-	if _, err := t.db.Exec(ctx, `INSERT INTO receipts_tracked (sender, id, recipient, sent_at)
-		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, sender.String(), env.ID, to.String(), t.cfg.Now()); err != nil {
+func (t *Tracker) HandleOrdinary(ctx context.Context, e *dispatch.Envelope) error {
+	if _, err := t.cfg.DB.Exec(ctx, `INSERT INTO receipts_tracked (sender, id, recipient, sent_at)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, e.Sender.String(), e.Body.ID, e.Recipient.String(), t.cfg.Now()); err != nil {
 		return fmt.Errorf("receipts: track: %w", err)
 	}
-	addr, err := address.AtComponent(sender, t.component)
+	addr, err := address.AtComponent(e.Sender, t.cfg.Component)
 	if err != nil {
 		return err
 	}
-	return t.send.SendMessage(ctx, stanza.Message{ID: env.ID, To: to, From: addr, Type: stanza.ChatMessage},
-		env, receiptsxml.Request{}, markers.Markable{})
+	return t.cfg.Send.SendMessage(ctx, stanza.Message{ID: e.Body.ID, To: e.Recipient, From: addr, Type: stanza.ChatMessage},
+		e.Body, receiptsxml.Request{}, markers.Markable{})
 }
 
 // HandleStatus answers a device's query for the state of messages its user
@@ -294,9 +182,6 @@ func (t *Tracker) HandleStatus(ctx context.Context, iq *component.Stanza) (any, 
 	owner, err := address.User(iq.To)
 	if err != nil || !iq.From.Bare().Equal(owner) {
 		return nil, component.Error(stanza.Forbidden, "ask at your own address for the state of your own messages")
-	}
-	if t.db == nil {
-		return nil, component.Error(stanza.ServiceUnavailable, "this clinkd does not track ordinary messages")
 	}
 	var q receiptstate.Status
 	if err := iq.Decode(xml.Name{Space: receiptstate.NS, Local: "status"}, &q); err != nil {
@@ -312,10 +197,10 @@ func (t *Tracker) HandleStatus(ctx context.Context, iq *component.Stanza) (any, 
 		for i, m := range q.Messages {
 			ids[i] = m.ID
 		}
-		rows, err = t.db.Query(ctx, `SELECT id, recipient, sent_at, delivered_at, displayed_at FROM receipts_tracked
+		rows, err = t.cfg.DB.Query(ctx, `SELECT id, recipient, sent_at, delivered_at, displayed_at FROM receipts_tracked
 			WHERE sender = $1 AND id = ANY($2) ORDER BY sent_at`, owner.String(), ids)
 	case q.Since != nil:
-		rows, err = t.db.Query(ctx, `SELECT id, recipient, sent_at, delivered_at, displayed_at FROM
+		rows, err = t.cfg.DB.Query(ctx, `SELECT id, recipient, sent_at, delivered_at, displayed_at FROM
 			(SELECT * FROM receipts_tracked WHERE sender = $1 AND sent_at >= $2 ORDER BY sent_at DESC LIMIT $3) latest
 			ORDER BY sent_at`, owner.String(), *q.Since, receiptstate.MaxIDs)
 	default:
@@ -348,23 +233,15 @@ func (t *Tracker) HandleStatus(ctx context.Context, iq *component.Stanza) (any, 
 	return res, nil
 }
 
-// Run deletes tracked state past its retention, and held receipts past
-// their message's expiry, until ctx ends.
+// Run deletes tracked state past its retention, until ctx ends.
 func (t *Tracker) Run(ctx context.Context) error {
 	tick := time.NewTicker(min(time.Hour, t.cfg.Retention/4))
 	defer tick.Stop()
 	for {
-		if t.db != nil {
-			_, err := t.db.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.cfg.Retention))
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.log.Warn("receipts: retention sweep failed", "err", err)
-			}
+		_, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.cfg.Retention))
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.log.Warn("receipts: retention sweep failed", "err", err)
 		}
-		t.mu.Lock()
-		for k := range t.held {
-			t.pruneLocked(k)
-		}
-		t.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil

@@ -1,0 +1,397 @@
+// Package dispatch routes what devices send to user addresses at the
+// component (package address) to the one feature that owns it. It is the
+// envelope router of docs/DEVELOPING.md:
+//
+//		link ─▶ component (router) ─▶ dispatch ─▶ Timed (expiry) | Ordinary (receipts)
+//
+//	  - An end-to-end envelope (docs/envelope.md) is checked here, once, for
+//	    what every feature relies on: it is sent to a user's address at the
+//	    component, carries no plaintext body beside it, is well formed and
+//	    within bounds, was written by the sender the server stamped, and is
+//	    addressed to the user it was sent to. Then it goes to Timed when it
+//	    carries a validity period (expires), else to Ordinary.
+//	  - A copy of a timed message, which a sibling clinkd instance sends to
+//	    the sender's address (docs/expiry.md, scale-out), goes to Timed.
+//	  - A delivery receipt (XEP-0184) or read marker (XEP-0333) goes to Timed
+//	    when Timed holds the message it acknowledges, else to Ordinary.
+//	  - A device's announcement (directed presence to its own user's address)
+//	    updates the registry of online devices (Devices) and is then handed to
+//	    every Watcher; an unavailable presence, or a bounce of anything clinkd
+//	    sent to a device, forgets that device.
+//
+// No feature routes for another or calls another: each receives only what
+// this package hands it, and reads the Devices registry to know where to
+// deliver. Features never call back into the router, so data flows one way.
+package dispatch
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/address"
+	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
+	"github.com/clinkme/clinkd/extensions/markers"
+	"github.com/clinkme/clinkd/extensions/receiptsxml"
+)
+
+// An Envelope is an end-to-end envelope a device sent to a user's address
+// at the component, after the checks every feature relies on.
+type Envelope struct {
+	// Stanza is the message as received, for the checks that depend on
+	// how it was sent (its type, its hints).
+	Stanza *component.Stanza
+	// Device is the sending device: the full JID the server stamped.
+	Device jid.JID
+	// Sender is Device's bare JID, which is the envelope's author (from).
+	Sender jid.JID
+	// Recipient is the bare JID of the user the envelope was sent to; the
+	// envelope lists it among its recipients.
+	Recipient jid.JID
+	// Body is the decoded, validated envelope and Raw its canonical XML,
+	// which is what features relay.
+	Body *envelopexml.Envelope
+	Raw  []byte
+}
+
+// A Copy is a timed message that a sibling clinkd instance accepted from
+// Owner, sent on for Owner's other devices.
+type Copy struct {
+	Owner jid.JID // the sender of the message, whose devices get the copy
+	Peer  jid.JID // the recipient of the message
+	By    jid.JID // Owner's device that sent it
+	Body  *envelopexml.Envelope
+	Raw   []byte
+}
+
+// ReceiptKind says what a receipt acknowledges.
+type ReceiptKind string
+
+// The kinds of receipt.
+const (
+	Delivered ReceiptKind = "received"  // XEP-0184 <received/>
+	Displayed ReceiptKind = "displayed" // XEP-0333 <displayed/>
+)
+
+// A Receipt is a delivery receipt or read marker that a recipient's device
+// sent to the sender's address at the component.
+type Receipt struct {
+	Kind   ReceiptKind
+	ID     string  // the acknowledged message's id
+	Device jid.JID // the reader's device (full JID)
+	Reader jid.JID // Device's bare JID, the message's recipient
+	Owner  jid.JID // the message's sender, whose devices get the receipt
+}
+
+// Payload returns the receipt's XML payload, as forwarded to the owner's
+// devices.
+func (r *Receipt) Payload() any {
+	if r.Kind == Displayed {
+		return markers.Displayed{ID: r.ID}
+	}
+	return receiptsxml.Received{ID: r.ID}
+}
+
+// Timed is the feature that owns messages with a validity period (package
+// expiry).
+type Timed interface {
+	HandleTimed(ctx context.Context, e *Envelope) error
+	HandleCopy(ctx context.Context, c *Copy) error
+	// HandleTimedReceipt handles r and reports true if r acknowledges a
+	// timed message held here; otherwise it does nothing and reports false.
+	HandleTimedReceipt(ctx context.Context, r *Receipt) (bool, error)
+}
+
+// Ordinary is the feature that owns envelopes without a validity period
+// and their receipts (package receipts).
+type Ordinary interface {
+	HandleOrdinary(ctx context.Context, e *Envelope) error
+	HandleReceipt(ctx context.Context, r *Receipt) error
+}
+
+// A Watcher is told when a device announces itself, after the registry has
+// recorded it, so that it can deliver what it holds for the device's user.
+type Watcher interface {
+	DeviceOnline(ctx context.Context, user, device jid.JID)
+}
+
+// Unavailable is a Timed and an Ordinary for a feature that is switched
+// off: it refuses every envelope with service-unavailable and Text, and
+// claims no receipt.
+type Unavailable struct{ Text string }
+
+// HandleTimed implements Timed.
+func (u Unavailable) HandleTimed(context.Context, *Envelope) error {
+	return component.Error(stanza.ServiceUnavailable, u.Text)
+}
+
+// HandleCopy implements Timed.
+func (u Unavailable) HandleCopy(context.Context, *Copy) error {
+	return component.Error(stanza.ServiceUnavailable, u.Text)
+}
+
+// HandleTimedReceipt implements Timed.
+func (u Unavailable) HandleTimedReceipt(context.Context, *Receipt) (bool, error) { return false, nil }
+
+// HandleOrdinary implements Ordinary.
+func (u Unavailable) HandleOrdinary(context.Context, *Envelope) error {
+	return component.Error(stanza.ServiceUnavailable, u.Text)
+}
+
+// HandleReceipt implements Ordinary: there is nothing to pass a receipt on
+// for, so it is dropped without an answer.
+func (u Unavailable) HandleReceipt(context.Context, *Receipt) error { return nil }
+
+// Config is what a Router needs. Every field but Watchers and Log is
+// required.
+type Config struct {
+	// Component is the component's domain: copies are accepted only from
+	// it.
+	Component jid.JID
+	// Devices is the registry the router keeps up to date.
+	Devices *Devices
+	// Timed and Ordinary own the two kinds of envelope. A feature that is
+	// off is Unavailable{Text: why}.
+	Timed    Timed
+	Ordinary Ordinary
+	// Watchers are told of every announcement.
+	Watchers []Watcher
+	Log      *slog.Logger
+	// Registerer, if set, gets the router's metrics.
+	Registerer prometheus.Registerer
+}
+
+// A Router is the envelope router.
+type Router struct {
+	cfg     Config
+	refused *prometheus.CounterVec
+}
+
+// New checks cfg and returns a router.
+func New(cfg Config) (*Router, error) {
+	switch {
+	case cfg.Component.Domainpart() == "":
+		return nil, errors.New("dispatch: no component domain")
+	case cfg.Devices == nil:
+		return nil, errors.New("dispatch: no device registry")
+	case cfg.Timed == nil || cfg.Ordinary == nil:
+		return nil, errors.New("dispatch: Timed and Ordinary are required (use Unavailable for a feature that is off)")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{
+		cfg: cfg,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_dispatch_refused_total",
+			Help: "Envelopes refused before any feature saw them, by reason.",
+		}, []string{"reason"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(r.refused)
+	}
+	return r, nil
+}
+
+// Register routes envelopes, copies, receipts, markers and presence on c.
+func (r *Router) Register(c *component.Component) {
+	h := component.MessageHandlerFunc(r.HandleMessage)
+	c.HandleMessage(envelopexml.NS, h)
+	c.HandleMessage(expiryxml.NS, h)
+	c.HandleMessage(receiptsxml.NS, h)
+	c.HandleMessage(markers.NS, h)
+	c.HandlePresence(component.PresenceHandlerFunc(r.HandlePresence))
+}
+
+var (
+	envelopeName  = xml.Name{Space: envelopexml.NS, Local: "envelope"}
+	copyName      = xml.Name{Space: expiryxml.NS, Local: "copy"}
+	receivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
+	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
+	bodyNames     = []xml.Name{{Space: "jabber:component:accept", Local: "body"}, {Space: "jabber:client", Local: "body"}}
+)
+
+// refuse counts a refusal and returns the stanza error for it.
+func (r *Router) refuse(reason string, cond stanza.Condition, text string) error {
+	r.refused.WithLabelValues(reason).Inc()
+	return component.Error(cond, text)
+}
+
+// HandleMessage routes one message sent to the component.
+func (r *Router) HandleMessage(ctx context.Context, m *component.Stanza) error {
+	switch {
+	case m.Type == string(stanza.ErrorMessage):
+		// A delivery of ours bounced: the device is gone.
+		if m.From.Resourcepart() != "" {
+			r.cfg.Devices.gone(m.From)
+		}
+		return nil
+	case m.Has(copyName):
+		return r.handleCopy(ctx, m)
+	case m.Has(envelopeName):
+		return r.handleEnvelope(ctx, m)
+	case m.Has(receivedName), m.Has(displayedName):
+		return r.handleReceipt(ctx, m)
+	case m.HasNS(envelopexml.NS), m.HasNS(expiryxml.NS):
+		return r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
+	}
+	// A receipt request or a markable alone asks nothing of clinkd.
+	return nil
+}
+
+// decode reads and checks the envelope of m: well formed, within bounds,
+// written by author. Raw is its canonical XML.
+func (r *Router) decode(m *component.Stanza, author jid.JID) (*envelopexml.Envelope, []byte, error) {
+	var env envelopexml.Envelope
+	if err := m.Decode(envelopeName, &env); err != nil {
+		if errors.Is(err, component.ErrNoPayload) {
+			return nil, nil, r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
+		}
+		return nil, nil, r.refuse("malformed", stanza.BadRequest, "malformed envelope: "+err.Error())
+	}
+	if err := env.Validate(); err != nil {
+		return nil, nil, r.refuse("invalid", stanza.BadRequest, err.Error())
+	}
+	if !sameJID(env.From, author) {
+		return nil, nil, r.refuse("not-author", stanza.NotAcceptable, "the envelope was not written by the sender")
+	}
+	raw, err := xml.Marshal(env)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dispatch: re-encode envelope: %w", err)
+	}
+	return &env, raw, nil
+}
+
+func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error {
+	recipient, err := address.User(m.To)
+	if err != nil {
+		return r.refuse("address", stanza.BadRequest, "send messages to the recipient's address at this component")
+	}
+	for _, b := range bodyNames {
+		if m.Has(b) {
+			return r.refuse("plaintext", stanza.NotAcceptable, "clinkd relays only end-to-end envelopes; a plaintext <body> is refused")
+		}
+	}
+	sender := m.From.Bare()
+	env, raw, err := r.decode(m, sender)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(env.To, func(to string) bool { return sameJID(to, recipient) }) {
+		return r.refuse("not-recipient", stanza.NotAcceptable, "the envelope is not addressed to "+recipient.String())
+	}
+	e := &Envelope{Stanza: m, Device: m.From, Sender: sender, Recipient: recipient, Body: env, Raw: raw}
+	if env.Expires.IsZero() {
+		return r.cfg.Ordinary.HandleOrdinary(ctx, e)
+	}
+	return r.cfg.Timed.HandleTimed(ctx, e)
+}
+
+// handleCopy checks a copy's origin and addresses and hands it to Timed.
+func (r *Router) handleCopy(ctx context.Context, m *component.Stanza) error {
+	if m.From.Domainpart() != r.cfg.Component.Domainpart() {
+		return r.refuse("copy-origin", stanza.Forbidden, "only clinkd sends copies")
+	}
+	owner, err := address.User(m.To)
+	if err != nil {
+		return r.refuse("address", stanza.BadRequest, "a copy goes to its sender's address")
+	}
+	peer, err := address.User(m.From)
+	if err != nil {
+		return r.refuse("address", stanza.BadRequest, "a copy comes from its recipient's address")
+	}
+	var c expiryxml.Copy
+	if err := m.Decode(copyName, &c); err != nil {
+		return err
+	}
+	by, err := jid.Parse(c.By)
+	if err != nil || !by.Bare().Equal(owner) {
+		return r.refuse("copy-origin", stanza.BadRequest, "copy from a device of another user")
+	}
+	env, raw, err := r.decode(m, owner)
+	if err != nil {
+		return err
+	}
+	if env.Expires.IsZero() {
+		return r.refuse("invalid", stanza.BadRequest, "a copy carries a timed message")
+	}
+	return r.cfg.Timed.HandleCopy(ctx, &Copy{Owner: owner, Peer: peer, By: by, Body: env, Raw: raw})
+}
+
+// handleReceipt hands a receipt to the feature that holds its message.
+func (r *Router) handleReceipt(ctx context.Context, m *component.Stanza) error {
+	owner, err := address.User(m.To)
+	if err != nil {
+		return component.BadRequest("send receipts to the sender's address at this component")
+	}
+	rc := &Receipt{Device: m.From, Reader: m.From.Bare(), Owner: owner}
+	if m.Has(receivedName) {
+		var v receiptsxml.Received
+		if err := m.Decode(receivedName, &v); err != nil {
+			return err
+		}
+		rc.Kind, rc.ID = Delivered, v.ID
+	} else {
+		var v markers.Displayed
+		if err := m.Decode(displayedName, &v); err != nil {
+			return err
+		}
+		rc.Kind, rc.ID = Displayed, v.ID
+	}
+	if rc.ID == "" || len(rc.ID) > envelopexml.MaxIDLen {
+		return component.BadRequest("a receipt names the message id it is for")
+	}
+	handled, err := r.cfg.Timed.HandleTimedReceipt(ctx, rc)
+	if err != nil || handled {
+		return err
+	}
+	return r.cfg.Ordinary.HandleReceipt(ctx, rc)
+}
+
+// HandlePresence records available and unavailable presence that a
+// user's device sends to that user's own address at the component, and
+// tells the watchers of an announcement. A device may announce itself only
+// at its own user's address.
+func (r *Router) HandlePresence(ctx context.Context, p *component.Stanza) error {
+	user, err := address.User(p.To)
+	if err != nil {
+		return nil // presence to the component itself: nothing to track
+	}
+	switch p.Type {
+	case "", string(stanza.UnavailablePresence):
+	default:
+		return nil // subscriptions, probes and errors are not announcements
+	}
+	if !p.From.Bare().Equal(user) || p.From.Resourcepart() == "" {
+		if p.Type == "" {
+			return component.Error(stanza.Forbidden, "a device announces itself only at its own user's address")
+		}
+		return nil
+	}
+	if p.Type == string(stanza.UnavailablePresence) {
+		r.cfg.Devices.gone(p.From)
+		return nil
+	}
+	r.cfg.Devices.add(user, p.From)
+	for _, w := range r.cfg.Watchers {
+		w.DeviceOnline(ctx, user, p.From)
+	}
+	return nil
+}
+
+// sameJID compares a JID written in an envelope with one the server
+// stamped, after normalising both (PRECIS), so case cannot make a
+// difference.
+func sameJID(s string, j jid.JID) bool {
+	p, err := jid.Parse(s)
+	return err == nil && p.Equal(j)
+}

@@ -1,0 +1,201 @@
+package layering_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/clinkme/clinkd"
+
+// layer is a floor of the house, lowest first. A package may import
+// packages of a lower floor, and of its own floor only where allowed below.
+type layer int
+
+const (
+	ground   layer = iota // payload types, formats, helpers, the lab harness: nothing of ours above
+	routing               // the link and the envelope router
+	feature               // one folder per capability; never imports another feature
+	assembly              // the daemon, which wires the features
+	device                // the device SDK and its CLI: ground only, nothing of the server
+	tools                 // test harnesses, the lab deployment, the doctor, benchmarks
+	mains                 // thin mains
+)
+
+var layerNames = [...]string{"ground", "routing", "feature", "assembly", "device", "tools", "mains"}
+
+func (l layer) String() string { return layerNames[l] }
+
+// folders maps each folder (a module-relative directory; a folder's
+// sub-folders inherit its layer unless listed themselves) to its layer.
+// docs/DEVELOPING.md's layout table is the same map in prose.
+var folders = map[string]layer{
+	"address":    ground,
+	"extensions": ground,
+	"internal":   ground,
+	"keylog":     ground,
+	"lab":        ground,
+	"component":  routing,
+	"keydir":     feature,
+	"expiry":     feature,
+	"receipts":   feature,
+	"clinkid":    feature,
+	"turncred":   feature,
+	"daemon":     assembly,
+	"client":     device,
+	"clinkdtest": tools,
+	"labdeploy":  tools,
+	"doctor":     tools,
+	"bench":      tools,
+	"cmd":        mains,
+}
+
+type pkg struct {
+	ImportPath string
+	Dir        string
+	Imports    []string
+	Deps       []string
+}
+
+// list runs go list over the whole module.
+func list(t *testing.T, patterns ...string) []pkg {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	args := append([]string{"list", "-json=ImportPath,Dir,Imports,Deps"}, patterns...)
+	out, err := exec.Command(goBin, args...).Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func rel(importPath string) string {
+	return strings.TrimPrefix(strings.TrimPrefix(importPath, module), "/")
+}
+
+// folderOf returns the most specific folder of the table that holds the
+// package, and whether there is one.
+func folderOf(relPath string) (string, bool) {
+	for p := relPath; p != "." && p != ""; p = filepath.Dir(p) {
+		if _, ok := folders[p]; ok {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// capability is a package's top-level folder: feature packages may import
+// packages of their own capability (keydir/logdb from keydir), never of
+// another.
+func capability(relPath string) string {
+	top, _, _ := strings.Cut(relPath, "/")
+	return top
+}
+
+func TestLayers(t *testing.T) {
+	for _, p := range list(t, module+"/...") {
+		from := rel(p.ImportPath)
+		folder, ok := folderOf(from)
+		if !ok {
+			t.Errorf("%s is in no folder of the layer table: add it here and to docs/DEVELOPING.md", from)
+			continue
+		}
+		fromLayer := folders[folder]
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			to := rel(imp)
+			toFolder, ok := folderOf(to)
+			if !ok {
+				continue // reported for that package itself
+			}
+			toLayer := folders[toFolder]
+			switch {
+			case capability(from) == capability(to):
+				// Within one capability's folder.
+			case toLayer == device && fromLayer >= tools:
+				// Tools act as devices (the doctor, test harnesses).
+			case toFolder == "lab" && fromLayer < tools:
+				t.Errorf("%s (%v) imports the lab harness %s: only tools, mains and tests start servers", from, fromLayer, to)
+			case fromLayer == device && toLayer != ground:
+				t.Errorf("%s (device) imports %s (%v): the device SDK links nothing of the server", from, to, toLayer)
+			case toLayer == device:
+				t.Errorf("%s (%v) imports %s (device): the server never links the SDK", from, fromLayer, to)
+			case fromLayer == ground && toLayer == ground:
+				// Helpers and payload types may build on one another.
+			case toLayer >= fromLayer:
+				t.Errorf("%s (%v) imports %s (%v): imports go to a lower floor only", from, fromLayer, to, toLayer)
+			}
+			if fromLayer == feature && toLayer == feature && capability(from) != capability(to) {
+				t.Errorf("feature %s imports feature %s: features never import each other (daemon wires them)", from, to)
+			}
+		}
+	}
+}
+
+// TestDeps checks what the shipped binaries link.
+func TestDeps(t *testing.T) {
+	forbidden := map[string][]string{
+		// clinkctl is a device: nothing of the server.
+		"cmd/clinkctl": {module + "/daemon", module + "/component", module + "/keydir", module + "/clinkid", module + "/expiry",
+			module + "/receipts", module + "/turncred", module + "/lab", module + "/labdeploy",
+			"github.com/jackc/pgx", "github.com/prometheus/", "go.yaml.in/yaml"},
+		// The production clinkd starts no lab process.
+		"cmd/clinkd": {module + "/lab", module + "/labdeploy", module + "/clinkdtest"},
+	}
+	for _, p := range list(t, "-deps=false", module+"/cmd/...") {
+		bad, ok := forbidden[rel(p.ImportPath)]
+		if !ok {
+			continue
+		}
+		for _, d := range p.Deps {
+			for _, b := range bad {
+				if d == b || strings.HasPrefix(d, strings.TrimSuffix(b, "/")+"/") {
+					t.Errorf("%s links %s", rel(p.ImportPath), d)
+				}
+			}
+		}
+	}
+}
+
+// TestLayoutDocumented checks that docs/DEVELOPING.md's layout table names
+// every package's folder, so the map a newcomer reads is the whole house.
+func TestLayoutDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "DEVELOPING.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	sc := bufio.NewScanner(bytes.NewReader(doc))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "| `") {
+			rows = append(rows, sc.Text())
+		}
+	}
+	for _, p := range list(t, module+"/...") {
+		r := rel(p.ImportPath)
+		if !slices.ContainsFunc(rows, func(row string) bool { return strings.Contains(row, "`"+r+"/`") }) {
+			t.Errorf("docs/DEVELOPING.md's layout table has no row naming `%s/`", r)
+		}
+	}
+}
