@@ -26,7 +26,7 @@ import (
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
-		"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/receipts"
