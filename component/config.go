@@ -27,10 +27,16 @@ type Config struct {
 	Identity Identity
 
 	// Workers is the number of handler goroutines (default 4×GOMAXPROCS,
-	// at least 8). QueueDepth is each worker's queue (default 64). When a
-	// queue is full the read loop waits: backpressure, not more goroutines.
-	Workers    int
-	QueueDepth int
+	// at least 8). QueueDepth is how many stanzas of one sender may wait
+	// (default 64); MaxQueued and MaxQueuedBytes bound what waits in all
+	// (defaults 64×QueueDepth stanzas and 64 MiB), so that many senders
+	// together cannot exhaust memory while one alone cannot fill the
+	// pool. Past any bound a stanza is refused with resource-constraint at
+	// once: the read loop never waits for one sender.
+	Workers        int
+	QueueDepth     int
+	MaxQueued      int
+	MaxQueuedBytes int
 	// HandlerTimeout bounds one handler call (default 10s), so a stuck
 	// store cannot hold a worker for ever.
 	HandlerTimeout time.Duration
@@ -72,6 +78,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.QueueDepth <= 0 {
 		c.QueueDepth = 64
+	}
+	if c.MaxQueued <= 0 {
+		c.MaxQueued = 64 * c.QueueDepth
+	}
+	if c.MaxQueuedBytes <= 0 {
+		c.MaxQueuedBytes = 64 << 20
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

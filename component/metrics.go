@@ -15,6 +15,11 @@ type Metrics struct {
 	HandlerSeconds *prometheus.HistogramVec
 	Errors         *prometheus.CounterVec // stanza errors sent, by condition
 	Panics         prometheus.Counter
+	// Refused counts stanzas answered resource-constraint before any
+	// handler saw them: "sender" (the sender's queue was full), "total"
+	// (the pool was full), "late" (its deadline passed in the queue),
+	// "dropped" (refused, but the refusal queue was full too).
+	Refused *prometheus.CounterVec
 }
 
 // NewMetrics makes the instruments and registers them with reg, which may be
@@ -54,10 +59,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "clinkd_handler_panics_total",
 			Help: "Handler panics recovered (each is a bug).",
 		}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_stanzas_refused_total",
+			Help: "Stanzas refused with resource-constraint before any handler saw them, by reason (sender, total, late, dropped).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.LinkUp, m.Reconnects, m.LinkFailures, m.StanzasIn,
-			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics)
+			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics, m.Refused)
 	}
 	return m
 }

@@ -65,6 +65,8 @@ type LinkConfig struct {
 
 	Workers        int           `yaml:"workers"`
 	QueueDepth     int           `yaml:"queue_depth"`
+	MaxQueued      int           `yaml:"max_queued"`
+	MaxQueuedBytes int           `yaml:"max_queued_bytes"`
 	MaxStanzaBytes int           `yaml:"max_stanza_bytes"`
 	HandlerTimeout time.Duration `yaml:"handler_timeout"`
 	BackoffMin     time.Duration `yaml:"backoff_min"`

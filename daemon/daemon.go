@@ -151,6 +151,8 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 		ServerDomain:   server,
 		Workers:        c.Workers,
 		QueueDepth:     c.QueueDepth,
+		MaxQueued:      c.MaxQueued,
+		MaxQueuedBytes: c.MaxQueuedBytes,
 		MaxStanzaBytes: c.MaxStanzaBytes,
 		HandlerTimeout: c.HandlerTimeout,
 		BackoffMin:     c.BackoffMin,
