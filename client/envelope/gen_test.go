@@ -470,7 +470,7 @@ func TestVectorsUpToDate(t *testing.T) {
 	}
 	if *update {
 		writeSeeds(t, filepath.Join("testdata", "fuzz", "FuzzOpen"), vs, names)
-		writeSeeds(t, filepath.Join("..", "..", "extensions", "envelope", "testdata", "fuzz", "FuzzParseEnvelope"), vs, names)
+		writeSeeds(t, filepath.Join("..", "..", "extensions", "envelopexml", "testdata", "fuzz", "FuzzParseEnvelope"), vs, names)
 		writeContentSeeds(t, g)
 	}
 }
