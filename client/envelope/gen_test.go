@@ -11,6 +11,7 @@ package envelope
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -374,6 +375,23 @@ func (g *gen) vectors() map[string]*vector {
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte("<nonce>"), []byte("<hint>plain</hint><nonce>"), 1)}
 	vs["invalid_full_jid"] = &vector{expect: "invalid", comments: []string{"standard_text with a resource in from"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(`from="alice@example.org"`), []byte(`from="alice@example.org/phone"`), 1)}
+
+	r = rng("invalid_before_key_size")
+	mallory := loadKey(g.t, "mallory", 2048)
+	vs["invalid_before_key_size"] = &vector{expect: "invalid", comments: []string{
+		"mallory, whose key is 2048 bits, signs a text to bob as such a sender would: the 256-byte signature breaks the bounds of section 3,",
+		"so the envelope is invalid; parsing comes before the key size check"},
+		identity: "bob", sender: "mallory",
+		body: g.standard(r, "invalid_before_key_size", "alice", g.recipients("bob"), KindText, g.encode(*hello),
+			func(e *envelopexml.Envelope) { e.From = jidOf("mallory") },
+			func(e *envelopexml.Envelope) {
+				d := sha256.Sum256(signed(e))
+				sig, err := rsa.SignPSS(r, mallory, crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
+				if err != nil {
+					g.t.Fatal(err)
+				}
+				e.Signature = sig
+			})}
 
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
