@@ -282,6 +282,11 @@ func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	// Structure and canonical JIDs first (docs/envelope.md, section 7):
+	// before the sender's key is looked up by from.
+	if err := env.Validate(); err != nil {
+		return nil, false, fmt.Errorf("client: message in the conversation with %s: %w", peer, err)
+	}
 	author, err := jid.Parse(env.From)
 	if err != nil {
 		return nil, false, fmt.Errorf("client: envelope from %q: %w", env.From, err)

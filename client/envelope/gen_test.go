@@ -227,6 +227,29 @@ func (g *gen) finish(r io.Reader, from Identity, seal func() (*envelopexml.Envel
 
 func flip(b []byte) { b[len(b)/2] ^= 0x01 }
 
+// reseal seals plain again under the header fields e has now, as a sender
+// that wrote those fields would have: for a standard envelope it unwraps the
+// payload key with from's own key, for an enhanced one it uses k. Vectors
+// use it in an edit function to make an envelope whose signature and payload
+// are good and which breaks one rule of section 3 and nothing else, so that
+// the rule alone decides its outcome.
+func (g *gen) reseal(from Identity, k ContactKey, e *envelopexml.Envelope, plain []byte) {
+	var key []byte
+	if e.Kind == envelopexml.Enhanced {
+		key = k.key()
+	} else {
+		i := slices.IndexFunc(e.Keys, func(w envelopexml.WrappedKey) bool { return bytes.Equal(w.Fingerprint, from.fp[:]) })
+		if i < 0 {
+			g.t.Fatal("reseal: no key wrapped for the sender")
+		}
+		var err error
+		if key, err = rsa.DecryptOAEP(sha256.New(), nil, from.key, e.Keys[i].Key, []byte(oaepLabel)); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	e.Payload = newGCM(key).Seal(nil, e.Nonce, plain, aad(e))
+}
+
 // vectors returns every vector by file name.
 func (g *gen) vectors() map[string]*vector {
 	vs := map[string]*vector{}
@@ -392,6 +415,29 @@ func (g *gen) vectors() map[string]*vector {
 				}
 				e.Signature = sig
 			})}
+
+	// Section 2: JIDs in canonical form. Each of these is signed and sealed
+	// by alice as written, so it would open but for the rule.
+	for _, c := range []struct{ name, comment, from, extraTo string }{
+		{"invalid_jid_from_case", "from Alice@example.org: an upper-case localpart is not canonical (alice@example.org is)", "Alice@example.org", ""},
+		{"invalid_jid_from_width", "from \uff21lice@example.org, with a full-width A (U+FF21): not canonical", "\uff21lice@example.org", ""},
+		{"invalid_jid_from_trailing_dot", "from alice@example.org.: a trailing dot on the domain is not canonical", "alice@example.org.", ""},
+		{"invalid_jid_to_domain_case", "to bob@example.org and carol@Example.net: an upper-case domainpart is not canonical", "", "carol@Example.net"},
+	} {
+		r = rng(c.name)
+		plain := g.encode(*hello)
+		vs[c.name] = &vector{expect: "invalid", comments: []string{c.comment + "; signature and payload are good"},
+			identity: "bob", sender: "alice",
+			body: g.standard(r, c.name, "alice", g.recipients("bob"), KindText, plain, func(e *envelopexml.Envelope) {
+				if c.from != "" {
+					e.From = c.from
+				}
+				if c.extraTo != "" {
+					e.To = append(e.To, c.extraTo)
+				}
+				g.reseal(g.ids["alice"], ContactKey{}, e, plain)
+			}, nil)}
+	}
 
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
