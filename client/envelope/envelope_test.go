@@ -542,6 +542,9 @@ func TestSealArguments(t *testing.T) {
 		{"non-canonical contact", func() (*envelopexml.Envelope, error) {
 			return envelope.SealEnhanced(alice, "bob@Example.org", k, header("a"), text("a"))
 		}, envelope.ErrInvalid},
+		{"expires at time", func() (*envelopexml.Envelope, error) {
+			return envelope.SealStandard(alice, toBob, envelope.Header{ID: "a", Time: now, Expires: now}, text("a"))
+		}, envelope.ErrInvalid},
 		{"too many recipients", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, many, header("a"), text("a"))
 		}, envelope.ErrInvalid},

@@ -439,6 +439,24 @@ func (g *gen) vectors() map[string]*vector {
 			}, nil)}
 	}
 
+	// Section 3: expires is strictly after time.
+	r = rng("invalid_expires_equal_time")
+	vs["invalid_expires_equal_time"] = &vector{expect: "invalid", comments: []string{"expires equals time; signature and payload are good"},
+		identity: "bob", sender: "alice",
+		body: g.standard(r, "invalid_expires_equal_time", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *envelopexml.Envelope) {
+			e.Expires = e.Time
+			g.reseal(g.ids["alice"], ContactKey{}, e, g.encode(*hello))
+		}, nil)}
+	brief := text("Gone in a second.")
+	r = rng("standard_expires_one_second")
+	vs["standard_expires_one_second"] = &vector{expect: "success", comments: []string{"expires one second after time, the shortest validity an envelope can state"},
+		identity: "bob", sender: "alice", content: brief,
+		body: g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
+			h := g.header("standard_expires_one_second")
+			h.Expires = h.Time.Add(time.Second)
+			return sealStandard(r, g.ids["alice"], g.recipients("bob"), h, KindText, g.encode(*brief))
+		}, nil, nil)}
+
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
 	r = rng("unsupported_version_content")
