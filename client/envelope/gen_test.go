@@ -95,6 +95,7 @@ type vector struct {
 	sender   string // key name of the sender key given to Open
 	contacts []contactEntry
 	content  *Content // for expect: success
+	padding  *int     // for expect: success, optional: zero bytes after the body
 	body     []byte   // the envelope XML
 }
 
@@ -123,6 +124,9 @@ func (v *vector) marshal() []byte {
 			body = v.content.Key.Bytes()
 		}
 		fmt.Fprintf(&b, "content: %s %s\n", v.content.Kind, base64.StdEncoding.EncodeToString(body))
+	}
+	if v.padding != nil {
+		fmt.Fprintf(&b, "padding: %d\n", *v.padding)
 	}
 	b.WriteString("\n")
 	b.Write(v.body)
@@ -456,6 +460,27 @@ func (g *gen) vectors() map[string]*vector {
 			h.Expires = h.Time.Add(time.Second)
 			return sealStandard(r, g.ids["alice"], g.recipients("bob"), h, KindText, g.encode(*brief))
 		}, nil, nil)}
+
+	// Section 4: padding to a multiple of 256 adds nothing to content whose
+	// length is one already.
+	fox := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 6)
+	pad := func(n int) *int { return &n }
+	aligned := text(fox[:243]) // 1 + 4 + 4 ("text") + 4 + 243 = 256 bytes
+	r = rng("standard_text_aligned")
+	vs["standard_text_aligned"] = &vector{expect: "success", comments: []string{"a 243-byte text: the encoded content is exactly 256 bytes, so a sender adds no padding (payload of 272 bytes)"},
+		identity: "bob", sender: "alice", content: aligned, padding: pad(0),
+		body: g.standard(r, "standard_text_aligned", "alice", g.recipients("bob"), KindText, g.encode(*aligned), nil, nil)}
+	over := text(fox[:244])
+	r = rng("standard_text_aligned_plus_one")
+	vs["standard_text_aligned_plus_one"] = &vector{expect: "success", comments: []string{"a 244-byte text: 257 bytes of content, padded with 255 zero bytes to 512 (payload of 528 bytes)"},
+		identity: "bob", sender: "alice", content: over, padding: pad(255),
+		body: g.standard(r, "standard_text_aligned_plus_one", "alice", g.recipients("bob"), KindText, g.encode(*over), nil, nil)}
+	r = rng("standard_text_extra_padding")
+	vs["standard_text_extra_padding"] = &vector{expect: "success", comments: []string{
+		"the 243-byte text of standard_text_aligned with 256 zero bytes of padding, as a sender that read the rule as \"always add\" would make:",
+		"a conforming sender never does, and a receiver accepts it (any amount of zero padding)"},
+		identity: "bob", sender: "alice", content: aligned, padding: pad(256),
+		body: g.standard(r, "standard_text_extra_padding", "alice", g.recipients("bob"), KindText, append(g.encode(*aligned), make([]byte, 256)...), nil, nil)}
 
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
