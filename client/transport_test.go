@@ -133,8 +133,8 @@ func TestTransportExamples(t *testing.T) {
 		}
 		checked = append(checked, id[1])
 	}
-	if len(checked) < 2 {
-		t.Errorf("checked examples %v, want the ordinary and the timed one", checked)
+	if len(checked) < 3 {
+		t.Errorf("checked examples %v, want the ordinary, the timed and the key-share one", checked)
 	}
 }
 
