@@ -139,6 +139,21 @@ func TestCheckpointChecks(t *testing.T) {
 	if _, err := d.acceptCheckpoint(ctx, sign("clink.example.org/keydir\n5\n"+h2+"\n")); !errors.Is(err, ErrLogInconsistent) {
 		t.Fatalf("acceptCheckpoint(fork) = %v, want ErrLogInconsistent", err)
 	}
+	// An older checkpoint, validly signed, is refused without asking the
+	// server anything (d has no connection), and the pin stays.
+	pinned, _ := d.pins.Checkpoint("clink.example.org/keydir")
+	for _, size := range []string{"4", "1", "0"} {
+		if _, err := d.acceptCheckpoint(ctx, sign("clink.example.org/keydir\n"+size+"\n"+h2+"\n")); !errors.Is(err, ErrStaleCheckpoint) || errors.Is(err, ErrLogInconsistent) {
+			t.Errorf("acceptCheckpoint(size %s after 5) = %v, want ErrStaleCheckpoint", size, err)
+		}
+		if now, _ := d.pins.Checkpoint("clink.example.org/keydir"); !bytes.Equal(now, pinned) {
+			t.Fatalf("acceptCheckpoint(size %s after 5) changed the pin to %q", size, now)
+		}
+	}
+	if _, err := d.acceptCheckpoint(ctx, sign("clink.example.org/keydir\n5\n"+h1+"\n")); err != nil {
+		t.Fatalf("acceptCheckpoint(the pinned one, after refusals) = %v", err)
+	}
+
 	_, otherV, _ := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
 	ov, _ := note.NewVerifier(otherV)
 	if _, err := (&KeyDirectory{verifier: ov, pins: &MemoryPins{}}).acceptCheckpoint(ctx, sign("clink.example.org/keydir\n5\n"+h1+"\n")); !errors.Is(err, ErrBadCheckpoint) {
