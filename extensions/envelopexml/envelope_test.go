@@ -135,6 +135,35 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestCheckJID: CheckJID checks the shape only, CheckCanonicalJID also the
+// canonical form that Validate requires (docs/envelope.md, section 2.1).
+func TestCheckJID(t *testing.T) {
+	for _, tt := range []struct {
+		jid              string
+		shape, canonical bool
+	}{
+		{"alice@example.org", true, true},
+		{"example.org", true, true},
+		{"jürgen@münchen.example", true, true},
+		{"Alice@example.org", true, false},
+		{"alice@EXAMPLE.org", true, false},
+		{"\uff21lice@example.org", true, false},
+		{"alice@example.org.", true, false},
+		{"jürgen@xn--mnchen-3ya.example", true, false},
+		{"ju\u0308rgen@example.org", true, false},
+		{"alice@exa_mple.org", true, false},
+		{"alice@example.org/phone", false, false},
+		{"", false, false},
+	} {
+		if err := envelopexml.CheckJID(tt.jid); (err == nil) != tt.shape || err != nil && !errors.Is(err, envelopexml.ErrInvalid) {
+			t.Errorf("CheckJID(%q) = %v, want ok=%v", tt.jid, err, tt.shape)
+		}
+		if err := envelopexml.CheckCanonicalJID(tt.jid); (err == nil) != tt.canonical || err != nil && !errors.Is(err, envelopexml.ErrInvalid) {
+			t.Errorf("CheckCanonicalJID(%q) = %v, want ok=%v", tt.jid, err, tt.canonical)
+		}
+	}
+}
+
 func jids(n int) []string {
 	var s []string
 	for i := range n {
