@@ -26,27 +26,47 @@ type Config struct {
 	Public   PublicConfig   `yaml:"public"`
 	TURN     TURNConfig     `yaml:"turn"`
 	KeyDir   KeyDirConfig   `yaml:"keydir"`
+	Access   AccessConfig   `yaml:"access"`
+	Relay    RelayConfig    `yaml:"relay"`
 	Expiry   ExpiryConfig   `yaml:"expiry"`
 	Receipts ReceiptsConfig `yaml:"receipts"`
 	ClinkID  ClinkIDConfig  `yaml:"clinkid"`
 }
 
+// AccessConfig says whose users clinkd serves: those of
+// link.server_domain, and of the federated domains listed here.
+type AccessConfig struct {
+	FederatedDomains []string `yaml:"federated_domains"` // remote domains served as local ones (default none)
+}
+
+// RelayConfig bounds what one user hands the relay (envelopes, receipts,
+// announcements), whatever the kind of message.
+type RelayConfig struct {
+	PerMinute float64 `yaml:"per_minute"` // per sender (default 60)
+	Burst     int     `yaml:"burst"`      // default 60
+}
+
 // ExpiryConfig is the timed-message relay (docs/expiry.md).
 type ExpiryConfig struct {
-	Disabled        bool          `yaml:"disabled"`
-	MinPeriod       time.Duration `yaml:"min_period"`
-	MaxPeriod       time.Duration `yaml:"max_period"`
-	PerUserMessages int           `yaml:"per_user_messages"`
-	PerUserBytes    int64         `yaml:"per_user_bytes"`
-	TotalBytes      int64         `yaml:"total_bytes"`
-	DevicesPerUser  int           `yaml:"devices_per_user"`
-	LockMemory      bool          `yaml:"lock_memory"`
+	Disabled          bool          `yaml:"disabled"`
+	MinPeriod         time.Duration `yaml:"min_period"`
+	MaxPeriod         time.Duration `yaml:"max_period"`
+	UnseenMaxPeriod   time.Duration `yaml:"unseen_max_period"`
+	PerUserMessages   int           `yaml:"per_user_messages"`
+	PerUserBytes      int64         `yaml:"per_user_bytes"`
+	PerSenderMessages int           `yaml:"per_sender_messages"`
+	PerSenderBytes    int64         `yaml:"per_sender_bytes"`
+	PerPairMessages   int           `yaml:"per_pair_messages"`
+	TotalBytes        int64         `yaml:"total_bytes"`
+	DevicesPerUser    int           `yaml:"devices_per_user"`
+	LockMemory        bool          `yaml:"lock_memory"`
 }
 
 // ReceiptsConfig is delivery and read receipts (docs/receipts.md).
 type ReceiptsConfig struct {
-	Retention   time.Duration `yaml:"retention"`
-	PerUserHeld int           `yaml:"per_user_held"`
+	Retention        time.Duration `yaml:"retention"`
+	PerUserHeld      int           `yaml:"per_user_held"`
+	PerSenderTracked int           `yaml:"per_sender_tracked"`
 }
 
 // LogConfig selects the log format and level.

@@ -332,11 +332,16 @@ func (d *Daemon) registerRelay() error {
 	}
 	domain := d.comp.Domain()
 	devs := dispatch.NewDevices(dispatch.DevicesConfig{MaxPerUser: d.cfg.Expiry.DevicesPerUser, Registerer: d.registry})
+	if d.cfg.Link.ServerDomain == "" {
+		return errors.New("config: the relay needs link.server_domain (it serves that domain's users only)")
+	}
+	e := d.cfg.Expiry
 	relay, err := expiry.New(expiry.Config{
 		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
-		MinPeriod: d.cfg.Expiry.MinPeriod, MaxPeriod: d.cfg.Expiry.MaxPeriod,
-		PerUserMessages: d.cfg.Expiry.PerUserMessages, PerUserBytes: d.cfg.Expiry.PerUserBytes,
-		TotalBytes: d.cfg.Expiry.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
+		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
+		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
+		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
+		TotalBytes: e.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
 		Log: d.log.With("part", "expiry"), Registerer: d.registry,
 	})
 	if err != nil {
@@ -346,8 +351,8 @@ func (d *Daemon) registerRelay() error {
 	if d.db != nil {
 		tracker, err := receipts.New(receipts.Config{
 			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
-			Retention: d.cfg.Receipts.Retention,
-			Log:       d.log.With("part", "receipts"), Registerer: d.registry,
+			Retention: d.cfg.Receipts.Retention, PerSenderTracked: d.cfg.Receipts.PerSenderTracked,
+			Log: d.log.With("part", "receipts"), Registerer: d.registry,
 		})
 		if err != nil {
 			return fmt.Errorf("config: receipts: %w", err)
@@ -359,7 +364,9 @@ func (d *Daemon) registerRelay() error {
 	router, err := dispatch.New(dispatch.Config{
 		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
 		Watchers: []dispatch.Watcher{relay},
-		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
+		Local:    d.cfg.Link.ServerDomain, Federated: d.cfg.Access.FederatedDomains,
+		PerMinute: d.cfg.Relay.PerMinute, Burst: d.cfg.Relay.Burst,
+		Log: d.log.With("part", "dispatch"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: %w", err)

@@ -66,7 +66,7 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 	if err := writeOwned(cfg.CAFile, caPEM, acct); err != nil {
 		return nil, err
 	}
-	hosts := []string{cfg.Domain}
+	hosts := append([]string{cfg.Domain}, cfg.OtherDomains...)
 	for _, c := range cfg.Components {
 		hosts = append(hosts, c.Domain)
 	}
@@ -157,8 +157,8 @@ func (e *ejabberd) stop(ctx context.Context, p *process) error {
 // register uses ejabberd's register command through the loopback HTTP
 // API (see the template): the same code path as `ejabberdctl register`,
 // a thousand times faster, and the password is not on a command line.
-func (e *ejabberd) register(ctx context.Context, user, password string) error {
-	body, err := json.Marshal(map[string]string{"user": user, "host": e.cfg.Domain, "password": password})
+func (e *ejabberd) register(ctx context.Context, user, domain, password string) error {
+	body, err := json.Marshal(map[string]string{"user": user, "host": domain, "password": password})
 	if err != nil {
 		return err
 	}

@@ -74,6 +74,10 @@ type XMPPOptions struct {
 	Kind   ServerKind
 	Dir    string // everything the server writes goes under Dir/<kind>; Dir may be a t.TempDir()
 	Domain string // the user domain, e.g. "lab.localhost"
+	// OtherDomains are more user domains on the same server, e.g.
+	// "other.localhost": their users stand for another server's, as
+	// clinkd sees them (it serves Domain only unless told otherwise).
+	OtherDomains []string
 	// Components are accepted on ComponentAddr. Prosody allows one
 	// connection per component domain at a time, ejabberd several.
 	Components []Component
@@ -117,8 +121,9 @@ func (o XMPPOptions) FilePath(name string) string {
 type XMPPServer struct {
 	Kind          ServerKind
 	Domain        string
-	C2SAddr       string // 127.0.0.1:port, StartTLS required
-	ComponentAddr string // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
+	OtherDomains  []string // more user domains, as XMPPOptions says
+	C2SAddr       string   // 127.0.0.1:port, StartTLS required
+	ComponentAddr string   // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
 	Components    []Component
 	CA            *CA
 	Dir           string // the server's own directory, Dir/<kind> of the options
@@ -137,7 +142,7 @@ type xmppImpl interface {
 	start(ctx context.Context) (*process, error)
 	// stop stops p gracefully.
 	stop(ctx context.Context, p *process) error
-	register(ctx context.Context, user, password string) error
+	register(ctx context.Context, user, domain, password string) error
 	dumpStorage(ctx context.Context) ([]byte, error)
 	logFiles() []string
 	// ports names the loopback addresses it binds besides c2s and
@@ -182,12 +187,13 @@ func StartXMPP(ctx context.Context, opts XMPPOptions) (*XMPPServer, error) {
 // newXMPP picks ports and writes the configuration in dir.
 func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	s := &XMPPServer{
-		Kind:       opts.Kind,
-		Domain:     opts.Domain,
-		Components: append([]Component(nil), opts.Components...),
-		CA:         opts.CA,
-		Dir:        dir,
-		log:        discard(opts.Logger).With("server", string(opts.Kind)),
+		Kind:         opts.Kind,
+		Domain:       opts.Domain,
+		OtherDomains: append([]string(nil), opts.OtherDomains...),
+		Components:   append([]Component(nil), opts.Components...),
+		CA:           opts.CA,
+		Dir:          dir,
+		log:          discard(opts.Logger).With("server", string(opts.Kind)),
 	}
 	ports := portPicker{}
 	c2s, err := ports.next()
@@ -209,7 +215,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		compPort = s.Components[0].Port
 	}
 	cfg := xmppConfig{
-		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
+		Dir: dir, Domain: opts.Domain, OtherDomains: opts.OtherDomains, C2SPort: c2s, ComponentPort: compPort,
 		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
 		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"), ports: ports,
@@ -237,6 +243,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 type xmppConfig struct {
 	Dir            string
 	Domain         string
+	OtherDomains   []string
 	C2SPort        int
 	ComponentPort  int
 	Components     []Component
@@ -433,10 +440,22 @@ func (s *XMPPServer) PGID() int {
 // takes up to 4 s, more on a loaded machine.
 const stopTimeout = 30 * time.Second
 
+// RegisterAt creates an account user@domain, where domain is Domain or
+// one of OtherDomains, on the running server.
+func (s *XMPPServer) RegisterAt(ctx context.Context, user, domain, password string) error {
+	if domain != s.Domain && !slices.Contains(s.OtherDomains, domain) {
+		return fmt.Errorf("lab: register %s@%s: %s is not a domain of this server", user, domain, domain)
+	}
+	if err := s.impl.register(ctx, user, domain, password); err != nil {
+		return fmt.Errorf("lab: register %s@%s on %s: %w", user, domain, s.Kind, err)
+	}
+	return nil
+}
+
 // Register creates an account user@Domain with password on the running
 // server, through the server's own admin tool.
 func (s *XMPPServer) Register(ctx context.Context, user, password string) error {
-	if err := s.impl.register(ctx, user, password); err != nil {
+	if err := s.impl.register(ctx, user, s.Domain, password); err != nil {
 		return fmt.Errorf("lab: register %s@%s on %s: %w", user, s.Domain, s.Kind, err)
 	}
 	return nil
