@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"strconv"
@@ -62,6 +63,14 @@ type LinkConfig struct {
 	Secret       string `yaml:"secret"`        // the shared secret; prefer secret_file
 	SecretFile   string `yaml:"secret_file"`   // a file holding the secret
 	ServerDomain string `yaml:"server_domain"` // the users' domain on that server
+
+	// The link is the root of all trust: it carries every stanza of the
+	// component. It stays on loopback, or is encrypted, or the operator
+	// says in so many words that the network is trusted.
+	TLS             bool   `yaml:"tls"`              // TLS from the first byte (ejabberd_service `tls: true`)
+	TLSCAFile       string `yaml:"tls_ca_file"`      // PEM CA certificates for the server's; default the system's
+	TLSServerName   string `yaml:"tls_server_name"`  // name the server's certificate must carry; default addr's host
+	InsecureNetwork bool   `yaml:"insecure_network"` // allow a plaintext link to a non-loopback address
 
 	Workers        int           `yaml:"workers"`
 	QueueDepth     int           `yaml:"queue_depth"`
@@ -179,6 +188,45 @@ func LoadConfig(path string, env []string) (Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// Check refuses a configuration that would expose what clinkd guards:
+// a link that leaves this host unencrypted. Each refusal names its key
+// and the key that lifts it. New calls it; docs/operators.md ("Limits and
+// abuse") explains each.
+func (c Config) Check() error {
+	return checkLink(c.Link)
+}
+
+func checkLink(c LinkConfig) error {
+	var errs []error
+	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
+		errs = append(errs, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required"))
+	}
+	if !c.TLS && (c.TLSCAFile != "" || c.TLSServerName != "") {
+		errs = append(errs, errors.New("config: link.tls_ca_file and link.tls_server_name need link.tls: true"))
+	}
+	if c.Addr != "" && !c.TLS && !c.InsecureNetwork && !isLoopback(c.Addr) {
+		errs = append(errs, fmt.Errorf("config: link.addr %s is not loopback and the link is not encrypted: "+
+			"XEP-0114 is plaintext and carries every stanza of the component; set link.tls: true (ejabberd), "+
+			"or tunnel the link to a loopback address (docs/operators.md), or set link.insecure_network: true "+
+			"if every host on the path is yours", c.Addr))
+	}
+	return errors.Join(errs...)
+}
+
+// isLoopback reports whether host:port names loopback only: localhost or
+// a loopback address. An empty host (all interfaces) is not.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *Config) resolveFiles() error {
