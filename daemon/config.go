@@ -191,9 +191,9 @@ func LoadConfig(path string, env []string) (Config, error) {
 }
 
 // Check refuses a configuration that would expose what clinkd guards:
-// a link that leaves this host unencrypted. Each refusal names its key
-// and the key that lifts it. New calls it; docs/operators.md ("Limits and
-// abuse") explains each.
+// a link that leaves this host unencrypted, a weak component secret. Each
+// refusal names its key and the key that lifts it, if any. New calls it;
+// docs/operators.md ("Limits and abuse") explains each.
 func (c Config) Check() error {
 	return checkLink(c.Link)
 }
@@ -202,6 +202,11 @@ func checkLink(c LinkConfig) error {
 	var errs []error
 	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
 		errs = append(errs, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required"))
+	}
+	if c.Secret != "" {
+		if err := CheckLinkSecret(c.Secret); err != nil {
+			errs = append(errs, fmt.Errorf("config: link.secret: %w", err))
+		}
 	}
 	if !c.TLS && (c.TLSCAFile != "" || c.TLSServerName != "") {
 		errs = append(errs, errors.New("config: link.tls_ca_file and link.tls_server_name need link.tls: true"))
@@ -227,6 +232,57 @@ func isLoopback(hostport string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// MinLinkSecretBytes is the shortest component secret clinkd accepts.
+const MinLinkSecretBytes = 32
+
+// CheckLinkSecret says why s will not do as the XEP-0114 secret, or
+// returns nil. The handshake sends SHA-1(stream id + secret), so whoever
+// sees one handshake (or connects once) can guess the secret offline as
+// fast as SHA-1 runs: it must be long and random. The rule is simple on
+// purpose (docs/config.md): at least 32 bytes; at least 8 different
+// bytes (a random 32-character hex string has fewer with a chance of
+// about 4 in 100 million); and not a shorter string repeated ("aaaa…",
+// "passwordpassword…"). It catches the obvious; it does not measure
+// entropy. `clinkd secret` makes one that passes: 256 random bits in hex.
+// The error never quotes the secret.
+func CheckLinkSecret(s string) error {
+	if len(s) < MinLinkSecretBytes {
+		return fmt.Errorf("%d bytes, want at least %d random ones (make one with `clinkd secret`)", len(s), MinLinkSecretBytes)
+	}
+	var seen [256]bool
+	distinct := 0
+	for i := range len(s) {
+		if !seen[s[i]] {
+			seen[s[i]] = true
+			distinct++
+		}
+	}
+	if distinct < 8 {
+		return fmt.Errorf("only %d different bytes, want at least 8: it does not look random (make one with `clinkd secret`)", distinct)
+	}
+	if p := period(s); p <= len(s)/2 {
+		return fmt.Errorf("a %d-byte string repeated: it does not look random (make one with `clinkd secret`)", p)
+	}
+	return nil
+}
+
+// period returns the smallest p > 0 with s[i] == s[i+p] for every i: s is
+// its first p bytes repeated (the last repetition possibly cut short).
+// It is the Knuth–Morris–Pratt failure function's complement.
+func period(s string) int {
+	fail := make([]int, len(s)+1)
+	fail[0] = -1
+	k := -1
+	for i := range len(s) {
+		for k >= 0 && s[k] != s[i] {
+			k = fail[k]
+		}
+		k++
+		fail[i+1] = k
+	}
+	return len(s) - fail[len(s)]
 }
 
 func (c *Config) resolveFiles() error {

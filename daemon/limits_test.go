@@ -18,10 +18,11 @@ func validConfig() daemon.Config {
 	return cfg
 }
 
-// TestCheckRefuses plays each exposure the configuration could open (an
-// unencrypted link off the host) and proves clinkd refuses it with an
-// error naming the key, and the key that lifts the refusal, and never
-// quoting a secret; and that what is safe, or explicitly allowed, passes.
+// TestCheckRefuses plays each exposure the configuration could open
+// (an unencrypted link off the host, a guessable component secret) and
+// proves clinkd refuses it with an error
+// naming the key, and the key that lifts the refusal, and never quoting
+// a secret; and that what is safe, or explicitly allowed, passes.
 func TestCheckRefuses(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -42,6 +43,14 @@ func TestCheckRefuses(t *testing.T) {
 		{"link on 127.0.0.2", func(c *daemon.Config) { c.Link.Addr = "127.0.0.2:5347" }, nil},
 		{"TLS CA without TLS", func(c *daemon.Config) { c.Link.TLSCAFile = "/etc/ca.pem" }, []string{"link.tls_ca_file and link.tls_server_name need link.tls: true"}},
 		{"TLS name without TLS", func(c *daemon.Config) { c.Link.TLSServerName = "example.org" }, []string{"need link.tls: true"}},
+		// The component secret.
+		{"secret short", func(c *daemon.Config) { c.Link.Secret = "0123456789abcdef0123456789abcde" }, []string{"link.secret: 31 bytes, want at least 32", "clinkd secret"}},
+		{"secret one character", func(c *daemon.Config) { c.Link.Secret = strings.Repeat("x", 64) }, []string{"link.secret: only 1 different bytes"}},
+		{"secret word repeated", func(c *daemon.Config) { c.Link.Secret = strings.Repeat("password", 5) }, []string{"link.secret: only 7 different bytes"}},
+		{"secret phrase repeated", func(c *daemon.Config) { c.Link.Secret = strings.Repeat("correct horse ", 3) }, []string{"link.secret: a 14-byte string repeated"}},
+		{"secret keyboard repeated", func(c *daemon.Config) { c.Link.Secret = strings.Repeat("qwertyuiop", 4)[:37] }, []string{"link.secret: a 10-byte string repeated"}},
+		{"secret 32 random hex", func(c *daemon.Config) { c.Link.Secret = goodSecret[:32] }, nil},
+		{"secret base64", func(c *daemon.Config) { c.Link.Secret = "q3Jx0f9Kz2mVb8LwT1sYc4NeH7uAiG6pRd5oZkWl+E=" }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,7 +81,7 @@ func TestCheckRefuses(t *testing.T) {
 	}
 }
 
-// TestNewRefusesInsecure proves the refusal holds where clinkd starts:
+// TestNewRefusesInsecure proves the refusals hold where clinkd starts:
 // daemon.New fails before it binds or dials anything.
 func TestNewRefusesInsecure(t *testing.T) {
 	t.Parallel()
@@ -82,6 +91,7 @@ func TestNewRefusesInsecure(t *testing.T) {
 		want string
 	}{
 		{"link", func(c *daemon.Config) { c.Link.Addr = "192.0.2.10:5347" }, "link.insecure_network"},
+		{"secret", func(c *daemon.Config) { c.Link.Secret = "hunter2" }, "link.secret: 7 bytes"},
 	} {
 		cfg := validConfig()
 		cfg.Admin.Listen = "127.0.0.1:0"
@@ -94,4 +104,63 @@ func TestNewRefusesInsecure(t *testing.T) {
 			t.Errorf("%s: New = %v, want an error with %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// TestCheckLinkSecret is the secret rule alone, on values an operator
+// might write.
+func TestCheckLinkSecret(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{
+		{"", false},
+		{strings.Repeat("ab", 32), false},
+		{strings.Repeat("changeme", 8), false},
+		{strings.Repeat("0123456789", 4), false},       // a run repeated
+		{"0123456789abcdefghijklmnopqrstuvwxyz", true}, // long enough, 36 different bytes: the rule is simple, not an entropy meter
+		{"abcdefgabcdefgabcdefgabcdefgabcdefgX", true}, // not a whole repetition: passes
+		{"abcdefghabcdefghabcdefghabcdefgh", false},    // 8 distinct, period 8
+		{goodSecret, true},
+		{"K7#pL2@vQ9!mX4$rT6&wZ1*yB8^nC3%d", true},
+	} {
+		err := daemon.CheckLinkSecret(tc.secret)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckLinkSecret(%q) = %v, want ok=%v", tc.secret, err, tc.ok)
+		}
+	}
+}
+
+// FuzzCheckLinkSecret checks the rule against a brute-force reading of
+// it: whatever passes has at least 32 bytes, at least 8 different ones,
+// and is not a shorter string repeated; nothing panics; the error never
+// quotes the input.
+func FuzzCheckLinkSecret(f *testing.F) {
+	for _, s := range []string{goodSecret, strings.Repeat("a", 40), strings.Repeat("password", 5), "abcdefgabcdefgabcdefgabcdefgabcdefgX"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		err := daemon.CheckLinkSecret(s)
+		if err != nil {
+			if len(s) >= 4 && strings.Contains(err.Error(), s) {
+				t.Fatalf("CheckLinkSecret(%q) = %q quotes the secret", s, err)
+			}
+			return
+		}
+		if len(s) < 32 {
+			t.Fatalf("CheckLinkSecret(%q) = nil for %d bytes", s, len(s))
+		}
+		distinct := map[byte]bool{}
+		for i := range len(s) {
+			distinct[s[i]] = true
+		}
+		if len(distinct) < 8 {
+			t.Fatalf("CheckLinkSecret(%q) = nil with %d different bytes", s, len(distinct))
+		}
+		for p := 1; p <= len(s)/2; p++ {
+			if s[p:] == s[:len(s)-p] {
+				t.Fatalf("CheckLinkSecret(%q) = nil, but it is its first %d bytes repeated", s, p)
+			}
+		}
+	})
 }
