@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -89,11 +91,17 @@ type DatabaseConfig struct {
 	URL     string `yaml:"url"`      // postgres://...; may hold a password, so prefer url_file
 	URLFile string `yaml:"url_file"` // a file holding the URL
 	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+	// AllowInsecureTLS accepts a URL that reaches a host other than
+	// loopback or a unix socket without sslmode=verify-full.
+	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
 }
 
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
 type AdminConfig struct {
-	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless you firewall it
+	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless allow_remote
+	// AllowRemote accepts a listen address other than loopback. The
+	// listener has no authentication.
+	AllowRemote bool `yaml:"allow_remote"`
 }
 
 // PublicConfig is the public HTTPS listener that serves the ClinkID API and
@@ -187,15 +195,21 @@ func LoadConfig(path string, env []string) (Config, error) {
 	if err := cfg.resolveFiles(); err != nil {
 		return cfg, err
 	}
+	// Every command that reads this file may open the database (serve,
+	// migrate, extauth, accounts), so its URL is checked here.
+	if err := checkDatabase(cfg.Database); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
 // Check refuses a configuration that would expose what clinkd guards:
-// a link that leaves this host unencrypted, a weak component secret. Each
-// refusal names its key and the key that lifts it, if any. New calls it;
-// docs/operators.md ("Limits and abuse") explains each.
+// a link that leaves this host unencrypted, a weak component secret, an
+// admin listener off loopback, a database reached without a verified TLS
+// certificate. Each refusal names its key and the key that lifts it, if
+// any. New calls it; docs/operators.md ("Limits and abuse") explains each.
 func (c Config) Check() error {
-	return checkLink(c.Link)
+	return errors.Join(checkLink(c.Link), checkAdmin(c.Admin), checkDatabase(c.Database))
 }
 
 func checkLink(c LinkConfig) error {
@@ -218,6 +232,55 @@ func checkLink(c LinkConfig) error {
 			"if every host on the path is yours", c.Addr))
 	}
 	return errors.Join(errs...)
+}
+
+func checkAdmin(c AdminConfig) error {
+	if c.AllowRemote || isLoopback(c.Listen) {
+		return nil
+	}
+	return fmt.Errorf("config: admin.listen %q is not loopback: the admin listener has no authentication and "+
+		"tells anyone who reaches it clinkd's traffic, load and link state (/metrics, /readyz); bind it to "+
+		"127.0.0.1, or set admin.allow_remote: true if only your monitoring network can reach it", c.Listen)
+}
+
+// checkDatabase refuses a URL under which pgx would talk to a host other
+// than loopback or a unix socket without verifying its certificate and
+// name: with no sslmode pgx uses "prefer", which takes any certificate
+// and falls back to plaintext. The URL is never quoted: it may hold a
+// password.
+func checkDatabase(c DatabaseConfig) error {
+	if c.URL == "" {
+		return nil
+	}
+	pcfg, err := pgxpool.ParseConfig(c.URL)
+	if err != nil {
+		return errors.New("config: database.url is not a valid PostgreSQL URL")
+	}
+	if c.AllowInsecureTLS {
+		return nil
+	}
+	pc := pcfg.ConnConfig.Config
+	tries := []*pgconn.FallbackConfig{{Host: pc.Host, Port: pc.Port, TLSConfig: pc.TLSConfig}}
+	tries = append(tries, pc.Fallbacks...)
+	for _, f := range tries {
+		if localHost(f.Host) || f.TLSConfig != nil && !f.TLSConfig.InsecureSkipVerify {
+			continue
+		}
+		return fmt.Errorf("config: database.url reaches %s without sslmode=verify-full, so the connection "+
+			"(and the password) could go to whoever answers: add sslmode=verify-full (sslrootcert=FILE for a "+
+			"private CA), or set database.allow_insecure_tls: true if the network to it is yours", f.Host)
+	}
+	return nil
+}
+
+// localHost reports whether a database host is this machine: a unix
+// socket directory, localhost or a loopback address.
+func localHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // isLoopback reports whether host:port names loopback only: localhost or

@@ -101,6 +101,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		log.Warn("the XEP-0114 link leaves this host unencrypted (link.insecure_network is set): "+
 			"whoever is on the path sees every stanza and can guess the secret offline", "addr", c.Addr)
 	}
+	if !isLoopback(cfg.Admin.Listen) {
+		log.Warn("the admin listener is not on loopback (admin.allow_remote is set): it has no authentication", "listen", cfg.Admin.Listen)
+	}
 	compCfg, err := componentConfig(cfg.Link)
 	if err != nil {
 		return nil, err

@@ -19,8 +19,9 @@ func validConfig() daemon.Config {
 }
 
 // TestCheckRefuses plays each exposure the configuration could open
-// (an unencrypted link off the host, a guessable component secret) and
-// proves clinkd refuses it with an error
+// (an unencrypted link off the host, a guessable component secret, the
+// unauthenticated admin listener off loopback, a database reached without
+// a verified certificate) and proves clinkd refuses it with an error
 // naming the key, and the key that lifts the refusal, and never quoting
 // a secret; and that what is safe, or explicitly allowed, passes.
 func TestCheckRefuses(t *testing.T) {
@@ -51,6 +52,32 @@ func TestCheckRefuses(t *testing.T) {
 		{"secret keyboard repeated", func(c *daemon.Config) { c.Link.Secret = strings.Repeat("qwertyuiop", 4)[:37] }, []string{"link.secret: a 10-byte string repeated"}},
 		{"secret 32 random hex", func(c *daemon.Config) { c.Link.Secret = goodSecret[:32] }, nil},
 		{"secret base64", func(c *daemon.Config) { c.Link.Secret = "q3Jx0f9Kz2mVb8LwT1sYc4NeH7uAiG6pRd5oZkWl+E=" }, nil},
+		// The admin listener.
+		{"admin on all interfaces", func(c *daemon.Config) { c.Admin.Listen = ":9465" }, []string{`admin.listen ":9465" is not loopback`, "no authentication", "admin.allow_remote"}},
+		{"admin on 0.0.0.0", func(c *daemon.Config) { c.Admin.Listen = "0.0.0.0:9465" }, []string{"admin.allow_remote"}},
+		{"admin on a private address", func(c *daemon.Config) { c.Admin.Listen = "10.1.2.3:9465" }, []string{"admin.allow_remote"}},
+		{"admin empty", func(c *daemon.Config) { c.Admin.Listen = "" }, []string{"admin.allow_remote"}},
+		{"admin remote, allowed", func(c *daemon.Config) { c.Admin.Listen = ":9465"; c.Admin.AllowRemote = true }, nil},
+		{"admin on localhost", func(c *daemon.Config) { c.Admin.Listen = "localhost:0" }, nil},
+		// The database.
+		{"database remote, no sslmode", func(c *daemon.Config) { c.Database.URL = "postgres://clinkd:hunter2@db.example.org/clinkd" }, []string{"database.url reaches db.example.org without sslmode=verify-full", "database.allow_insecure_tls"}},
+		{"database remote, prefer", func(c *daemon.Config) { c.Database.URL = "postgres://db.example.org/clinkd?sslmode=prefer" }, []string{"without sslmode=verify-full"}},
+		{"database remote, require", func(c *daemon.Config) { c.Database.URL = "postgres://db.example.org/clinkd?sslmode=require" }, []string{"without sslmode=verify-full"}},
+		{"database remote, verify-ca", func(c *daemon.Config) { c.Database.URL = "postgres://db.example.org/clinkd?sslmode=verify-ca" }, []string{"without sslmode=verify-full"}},
+		{"database remote, disable", func(c *daemon.Config) { c.Database.URL = "postgres://10.0.0.5/clinkd?sslmode=disable" }, []string{"reaches 10.0.0.5"}},
+		{"database keyword form, remote", func(c *daemon.Config) { c.Database.URL = "host=db.example.org dbname=clinkd password=hunter2" }, []string{"reaches db.example.org"}},
+		{"database second host remote", func(c *daemon.Config) {
+			c.Database.URL = "postgres://127.0.0.1,db.example.org/clinkd?sslmode=prefer"
+		}, []string{"reaches db.example.org"}},
+		{"database remote, verify-full", func(c *daemon.Config) { c.Database.URL = "postgres://db.example.org/clinkd?sslmode=verify-full" }, nil},
+		{"database remote, allowed", func(c *daemon.Config) {
+			c.Database.URL = "postgres://db.example.org/clinkd"
+			c.Database.AllowInsecureTLS = true
+		}, nil},
+		{"database loopback, no sslmode", func(c *daemon.Config) { c.Database.URL = "postgres://postgres@127.0.0.1:5432/postgres" }, nil},
+		{"database localhost, disable", func(c *daemon.Config) { c.Database.URL = "postgres://localhost/clinkd?sslmode=disable" }, nil},
+		{"database unix socket", func(c *daemon.Config) { c.Database.URL = "host=/var/run/postgresql dbname=clinkd" }, nil},
+		{"database not a URL", func(c *daemon.Config) { c.Database.URL = "postgres://u:hunter2@[bad/x" }, []string{"database.url is not a valid PostgreSQL URL"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,7 +109,9 @@ func TestCheckRefuses(t *testing.T) {
 }
 
 // TestNewRefusesInsecure proves the refusals hold where clinkd starts:
-// daemon.New fails before it binds or dials anything.
+// daemon.New fails before it binds or dials anything, and LoadConfig (every
+// command that may open the database) refuses an unverified remote
+// database.
 func TestNewRefusesInsecure(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -92,6 +121,8 @@ func TestNewRefusesInsecure(t *testing.T) {
 	}{
 		{"link", func(c *daemon.Config) { c.Link.Addr = "192.0.2.10:5347" }, "link.insecure_network"},
 		{"secret", func(c *daemon.Config) { c.Link.Secret = "hunter2" }, "link.secret: 7 bytes"},
+		{"admin", func(c *daemon.Config) { c.Admin.Listen = "0.0.0.0:0" }, "admin.allow_remote"},
+		{"database", func(c *daemon.Config) { c.Database.URL = "postgres://192.0.2.20/clinkd" }, "database.allow_insecure_tls"},
 	} {
 		cfg := validConfig()
 		cfg.Admin.Listen = "127.0.0.1:0"
@@ -103,6 +134,14 @@ func TestNewRefusesInsecure(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: New = %v, want an error with %q", tc.name, err, tc.want)
 		}
+	}
+	_, err := daemon.LoadConfig("", []string{"CLINKD_DATABASE_URL=postgres://clinkd:hunter2@db.example.org/clinkd"})
+	if err == nil || !strings.Contains(err.Error(), "database.allow_insecure_tls") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("LoadConfig with a remote database without sslmode = %v, want a refusal that does not quote the password", err)
+	}
+	cfg, err := daemon.LoadConfig("", []string{"CLINKD_DATABASE_URL=postgres://db.example.org/clinkd", "CLINKD_DATABASE_ALLOW_INSECURE_TLS=true"})
+	if err != nil || !cfg.Database.AllowInsecureTLS {
+		t.Errorf("LoadConfig with database.allow_insecure_tls = %v, want it accepted", err)
 	}
 }
 
