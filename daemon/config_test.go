@@ -108,7 +108,7 @@ func TestClinkIDConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short")
 	os.WriteFile(short, []byte("too short\n"), 0o600)
-	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: "s"}
+	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: goodSecret}
 	tests := []struct {
 		name    string
 		cfg     func(*daemon.Config)

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -86,6 +87,15 @@ type XMPPOptions struct {
 	// run with the limits a production server would have.
 	Fast bool
 
+	// ComponentTLS has every component listener speak TLS from the first
+	// byte (ejabberd_service `tls: true`, TLS 1.2 or newer), with a
+	// certificate of the lab CA for Domain, "localhost" and 127.0.0.1,
+	// so that clinkd's link.tls can be proved against the real server.
+	// Prosody 0.12 has no TLS on component ports (mod_component's
+	// listener declares no encryption and offers no StartTLS), so
+	// StartXMPP refuses it for Prosody.
+	ComponentTLS bool
+
 	// Balancing, if above 1, has ejabberd expect that many connections per
 	// component domain and route by the destination's bare JID
 	// (domain_balancing bare_destination, component_number). Ignored by
@@ -125,6 +135,7 @@ type XMPPServer struct {
 	C2SAddr       string   // 127.0.0.1:port, StartTLS required
 	ComponentAddr string   // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
 	Components    []Component
+	ComponentTLS  bool // the component ports speak TLS first (XMPPOptions.ComponentTLS)
 	CA            *CA
 	Dir           string // the server's own directory, Dir/<kind> of the options
 
@@ -155,6 +166,9 @@ type xmppImpl interface {
 func StartXMPP(ctx context.Context, opts XMPPOptions) (*XMPPServer, error) {
 	if opts.Dir == "" || opts.Domain == "" || opts.CA == nil {
 		return nil, fmt.Errorf("lab: start %s: Dir, Domain and CA are required", opts.Kind)
+	}
+	if opts.ComponentTLS && opts.Kind != Ejabberd {
+		return nil, fmt.Errorf("lab: start %s: ComponentTLS needs ejabberd: %s 0.12 has no TLS on component ports (tunnel the link instead, docs/operators.md)", opts.Kind, opts.Kind)
 	}
 	dir, err := filepath.Abs(filepath.Join(opts.Dir, string(opts.Kind)))
 	if err != nil {
@@ -191,6 +205,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		Domain:       opts.Domain,
 		OtherDomains: append([]string(nil), opts.OtherDomains...),
 		Components:   append([]Component(nil), opts.Components...),
+		ComponentTLS: opts.ComponentTLS,
 		CA:           opts.CA,
 		Dir:          dir,
 		log:          discard(opts.Logger).With("server", string(opts.Kind)),
@@ -216,7 +231,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	}
 	cfg := xmppConfig{
 		Dir: dir, Domain: opts.Domain, OtherDomains: opts.OtherDomains, C2SPort: c2s, ComponentPort: compPort,
-		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
+		Components: s.Components, ComponentTLS: opts.ComponentTLS, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
 		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"), ports: ports,
 	}
@@ -247,6 +262,7 @@ type xmppConfig struct {
 	C2SPort        int
 	ComponentPort  int
 	Components     []Component
+	ComponentTLS   bool
 	Fast           bool
 	Balancing      int
 	ExtAuthProgram string
@@ -256,6 +272,10 @@ type xmppConfig struct {
 	// Set by the implementation:
 	CertFile, KeyFile string
 	CAFile            string
+	// ComponentCertFile holds the component listeners' certificate chain
+	// and key in one PEM file (ejabberd's listener certfile), with
+	// ComponentTLS.
+	ComponentCertFile string
 	DataDir, LogDir   string
 	DistPort          int // ejabberd's Erlang distribution port
 	APIPort           int // ejabberd's loopback HTTP API, for register
@@ -315,23 +335,34 @@ func (s *XMPPServer) Start(ctx context.Context) error {
 // accepts is not enough: both servers bind before their hosts are loaded.
 func (s *XMPPServer) probe(ctx context.Context) error {
 	c2s := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", s.Domain)
-	if err := probeStream(ctx, s.C2SAddr, c2s, "urn:ietf:params:xml:ns:xmpp-tls"); err != nil {
+	if err := probeStream(ctx, s.C2SAddr, nil, c2s, "urn:ietf:params:xml:ns:xmpp-tls"); err != nil {
 		return fmt.Errorf("c2s %s: %w", s.C2SAddr, err)
 	}
 	if s.ComponentAddr == "" {
 		return nil
 	}
 	comp := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>", s.Components[0].Domain)
-	if err := probeStream(ctx, s.ComponentAddr, comp, "id="); err != nil {
+	var tlsCfg *tls.Config
+	if s.ComponentTLS {
+		tlsCfg = &tls.Config{RootCAs: s.CA.Pool, ServerName: s.Domain, MinVersion: tls.VersionTLS12}
+	}
+	if err := probeStream(ctx, s.ComponentAddr, tlsCfg, comp, "id="); err != nil {
 		return fmt.Errorf("component %s: %w", s.ComponentAddr, err)
 	}
 	return nil
 }
 
-// probeStream sends header and reads until want appears in the reply.
-func probeStream(ctx context.Context, addr, header, want string) error {
+// probeStream sends header and reads until want appears in the reply,
+// over TLS verified with tlsCfg when it is not nil.
+func probeStream(ctx context.Context, addr string, tlsCfg *tls.Config, header, want string) error {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = (&tls.Dialer{NetDialer: &d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
+	} else {
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@
 //	                                manage ClinkID accounts
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
+//	clinkd secret [--out FILE]      make a component secret (link.secret)
 //	clinkd version
 package main
 
@@ -45,6 +46,7 @@ func commands() []command {
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
 		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
 		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
+		{"secret", "make a component secret (256 random bits, hex): [--out FILE]", runSecret},
 		{"version", "print the version", runVersion},
 	}
 }

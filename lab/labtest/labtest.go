@@ -449,7 +449,7 @@ func NewXMPP(t testing.TB, opts lab.XMPPOptions) *lab.XMPPServer {
 func NewComponents(n int) []lab.Component {
 	cs := make([]lab.Component, n)
 	for i := range cs {
-		cs[i] = lab.Component{Domain: fmt.Sprintf("c%d.clink.%s", i+1, Domain), Secret: randHex(16)}
+		cs[i] = lab.Component{Domain: fmt.Sprintf("c%d.clink.%s", i+1, Domain), Secret: randHex(32)}
 	}
 	return cs
 }
