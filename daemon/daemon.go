@@ -31,6 +31,7 @@ import (
 	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/turncred"
 )
@@ -255,7 +256,7 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 type keyBindings struct{ dir *keydir.Directory }
 
 func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
-	_, err := k.dir.End(ctx, bareJID, keydir.KindDelete, reason)
+	_, err := k.dir.End(ctx, bareJID, keylog.KindDelete, reason)
 	if errors.Is(err, keydir.ErrNoBinding) {
 		return nil // an account that never published a key
 	}
@@ -271,7 +272,7 @@ func (d *Daemon) registerKeyDir() error {
 	if d.db == nil {
 		return errors.New("config: keydir needs a database (database.url)")
 	}
-	signer, err := keydir.LoadSigner(c.SignerKeyFile)
+	signer, err := keylog.LoadSigner(c.SignerKeyFile)
 	if err != nil {
 		return fmt.Errorf("config: keydir.signer_key_file: %w", err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -25,7 +25,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	t.Parallel()
 	srv := labtest.Server(t, lab.Prosody)
 	keyFile := t.TempDir() + "/signer"
-	vkey, err := keydir.GenerateKey("clink.lab.localhost/keydir", keyFile)
+	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // AuditConfig says which log to audit and how.
@@ -49,13 +51,13 @@ func (f Finding) String() string {
 
 // An AuditReport is what an audit established about a log that passed.
 type AuditReport struct {
-	Checkpoint Checkpoint
-	Previous   *Checkpoint // the state file's checkpoint, if there was one
-	Labels     int         // distinct labels in the log
-	Bindings   int         // labels with a binding in force
-	Counts     map[Kind]int
+	Checkpoint keylog.Checkpoint
+	Previous   *keylog.Checkpoint // the state file's checkpoint, if there was one
+	Labels     int                // distinct labels in the log
+	Bindings   int                // labels with a binding in force
+	Counts     map[keylog.Kind]int
 	Findings   []Finding
-	History    []Entry // the entries of AuditConfig.Label
+	History    []keylog.Entry // the entries of AuditConfig.Label
 }
 
 // ErrAuditFailed is wrapped by every error that means the log is not what
@@ -88,15 +90,15 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 		cfg.Client = http.DefaultClient
 	}
 	base := strings.TrimSuffix(cfg.URL, "/")
-	msg, err := fetch(ctx, cfg.Client, base+"/checkpoint", MaxCheckpointSize)
+	msg, err := fetch(ctx, cfg.Client, base+"/checkpoint", keylog.MaxCheckpointSize)
 	if err != nil {
 		return nil, err
 	}
-	cp, err := OpenCheckpoint(msg, cfg.Verifier)
+	cp, err := keylog.OpenCheckpoint(msg, cfg.Verifier)
 	if err != nil {
 		return nil, auditFailed("checkpoint: %v", err)
 	}
-	rep := &AuditReport{Checkpoint: cp, Counts: map[Kind]int{}}
+	rep := &AuditReport{Checkpoint: cp, Counts: map[keylog.Kind]int{}}
 	if cfg.StateFile != "" {
 		prev, err := loadState(cfg.StateFile, cfg.Verifier)
 		if err != nil {
@@ -123,20 +125,20 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 		return out, nil
 	})
 	pol := newPolicy(cfg.Label)
-	for start := int64(0); start < cp.Size; start += TileWidth {
-		w := int(min(cp.Size-start, TileWidth))
-		t := tlog.Tile{H: TileHeight, L: EntriesLevel, N: start / TileWidth, W: w}
-		data, err := fetch(ctx, cfg.Client, base+"/"+TilePath(t), w*(2+MaxEntrySize))
+	for start := int64(0); start < cp.Size; start += keylog.TileWidth {
+		w := int(min(cp.Size-start, keylog.TileWidth))
+		t := tlog.Tile{H: keylog.TileHeight, L: keylog.EntriesLevel, N: start / keylog.TileWidth, W: w}
+		data, err := fetch(ctx, cfg.Client, base+"/"+keylog.TilePath(t), w*(2+keylog.MaxEntrySize))
 		if err != nil {
 			return rep, err
 		}
-		entries, err := ParseEntryBundle(data, w)
+		entries, err := keylog.ParseEntryBundle(data, w)
 		if err != nil {
-			return rep, auditFailed("%s: %v", TilePath(t), err)
+			return rep, auditFailed("%s: %v", keylog.TilePath(t), err)
 		}
 		for i, e := range entries {
 			n := start + int64(i)
-			rec, err := ParseRecord(e)
+			rec, err := keylog.ParseRecord(e)
 			if err != nil {
 				return rep, auditFailed("entry %d: %v", n, err)
 			}
@@ -148,7 +150,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			pol.add(n, rec)
 		}
 	}
-	root, err := treeHash(cp.Size, mem)
+	root, err := keylog.TreeHash(cp.Size, mem)
 	if err != nil {
 		return rep, fmt.Errorf("keydir: audit: %w", err)
 	}
@@ -156,7 +158,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 		return rep, auditFailed("the entries served do not hash to the signed checkpoint's root (size %d): an entry was changed, added or removed", cp.Size)
 	}
 	if p := rep.Previous; p != nil {
-		old, err := treeHash(p.Size, mem)
+		old, err := keylog.TreeHash(p.Size, mem)
 		if err != nil {
 			return rep, fmt.Errorf("keydir: audit: %w", err)
 		}
@@ -166,13 +168,13 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 	// Every hash tile, level by level, against the recomputation.
 	for level := 0; ; level++ {
-		avail := cp.Size >> (TileHeight * uint(level))
+		avail := cp.Size >> (keylog.TileHeight * uint(level))
 		if avail == 0 {
 			break
 		}
-		for start := int64(0); start < avail; start += TileWidth {
-			t := tlog.Tile{H: TileHeight, L: level, N: start / TileWidth, W: int(min(avail-start, TileWidth))}
-			got, err := fetch(ctx, cfg.Client, base+"/"+TilePath(t), t.W*tlog.HashSize)
+		for start := int64(0); start < avail; start += keylog.TileWidth {
+			t := tlog.Tile{H: keylog.TileHeight, L: level, N: start / keylog.TileWidth, W: int(min(avail-start, keylog.TileWidth))}
+			got, err := fetch(ctx, cfg.Client, base+"/"+keylog.TilePath(t), t.W*tlog.HashSize)
 			if err != nil {
 				return rep, err
 			}
@@ -181,7 +183,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 				return rep, fmt.Errorf("keydir: audit: %w", err)
 			}
 			if !bytes.Equal(got, want) {
-				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", TilePath(t))
+				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", keylog.TilePath(t))
 			}
 		}
 	}
@@ -204,11 +206,11 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 // policy replays the log's entries label by label.
 type policy struct {
 	labels     map[[32]byte]*labelState
-	counts     map[Kind]int
+	counts     map[keylog.Kind]int
 	findings   []Finding
 	violations []Finding
 	watch      *[32]byte
-	history    []Entry
+	history    []keylog.Entry
 }
 
 type labelState struct {
@@ -219,13 +221,13 @@ type labelState struct {
 }
 
 func newPolicy(watch *[32]byte) *policy {
-	return &policy{labels: map[[32]byte]*labelState{}, counts: map[Kind]int{}, watch: watch}
+	return &policy{labels: map[[32]byte]*labelState{}, counts: map[keylog.Kind]int{}, watch: watch}
 }
 
-func (p *policy) add(n int64, r Record) {
+func (p *policy) add(n int64, r keylog.Record) {
 	p.counts[r.Kind]++
 	if p.watch != nil && *p.watch == r.Label {
-		p.history = append(p.history, Entry{Index: n, Record: r})
+		p.history = append(p.history, keylog.Entry{Index: n, Record: r})
 	}
 	s := p.labels[r.Label]
 	if s == nil {
@@ -233,7 +235,7 @@ func (p *policy) add(n int64, r Record) {
 		p.labels[r.Label] = s
 	}
 	switch r.Kind {
-	case KindPublish:
+	case keylog.KindPublish:
 		if s.bound {
 			p.violations = append(p.violations, Finding{Label: r.Label, What: "violation", Indexes: []int64{s.publishes[len(s.publishes)-1], n},
 				Text: fmt.Sprintf("a second key %.16x… was published while key %.16x… was in force", r.Fingerprint[:], s.fp[:])})
@@ -255,13 +257,13 @@ func (p *policy) add(n int64, r Record) {
 					Text: fmt.Sprintf("%d bindings over time", len(s.publishes))})
 			}
 		}
-	case KindReset, KindDelete:
+	case keylog.KindReset, keylog.KindDelete:
 		if !s.bound || s.fp != r.Fingerprint {
 			p.violations = append(p.violations, Finding{Label: r.Label, What: "violation", Indexes: []int64{n},
 				Text: fmt.Sprintf("a %s of key %.16x…, which is not the binding in force", r.Kind, r.Fingerprint[:])})
 		}
 		s.bound = false
-		if r.Kind == KindReset {
+		if r.Kind == keylog.KindReset {
 			p.findings = append(p.findings, Finding{Label: r.Label, What: "reset", Indexes: []int64{n},
 				Text: fmt.Sprintf("an operator ended key %.16x…", r.Fingerprint[:])})
 		}
@@ -304,7 +306,7 @@ func fetch(ctx context.Context, c *http.Client, url string, max int) ([]byte, er
 
 // loadState reads and re-verifies the stored checkpoint; a missing file is
 // a first run.
-func loadState(path string, v note.Verifier) (*Checkpoint, error) {
+func loadState(path string, v note.Verifier) (*keylog.Checkpoint, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -312,7 +314,7 @@ func loadState(path string, v note.Verifier) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keydir: audit state: %w", err)
 	}
-	cp, err := OpenCheckpoint(b, v)
+	cp, err := keylog.OpenCheckpoint(b, v)
 	if err != nil {
 		return nil, fmt.Errorf("keydir: audit state %s: %w", path, err)
 	}
@@ -347,7 +349,7 @@ type MonitorReport struct {
 	JID     string
 	Label   [32]byte
 	Audit   *AuditReport
-	History []Entry
+	History []keylog.Entry
 	// Current is the fingerprint in force, nil when there is none.
 	Current *[32]byte
 }
@@ -361,11 +363,11 @@ var ErrMonitorMismatch = errors.New("keydir: the key in force is not yours")
 // wrapping ErrMonitorMismatch unless the binding in force has that
 // fingerprint. It needs no account: labels are computable from JIDs.
 func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte) (*MonitorReport, error) {
-	j, err := ParseBareJID(bare)
+	j, err := keylog.ParseBareJID(bare)
 	if err != nil {
 		return nil, err
 	}
-	label := Label(j)
+	label := keylog.Label(j)
 	cfg.Label = &label
 	rep := &MonitorReport{JID: j.String(), Label: label}
 	a, err := Audit(ctx, cfg)
@@ -377,7 +379,7 @@ func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte
 		return rep, err
 	}
 	for _, e := range rep.History {
-		if e.Record.Kind == KindPublish {
+		if e.Record.Kind == keylog.KindPublish {
 			fp := e.Record.Fingerprint
 			rep.Current = &fp
 		} else {

@@ -25,6 +25,7 @@ import (
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/migrate"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -161,7 +162,7 @@ func BenchmarkStoreVsPgbench(b *testing.B) {
 	users := publishMany(ctx, b, l.store, 1000, "lab.localhost")
 	labels := make([][32]byte, len(users))
 	for i, u := range users {
-		labels[i] = keydir.Label(u)
+		labels[i] = keylog.Label(u)
 	}
 	size, err := l.store.Size(ctx)
 	if err != nil {
@@ -232,7 +233,7 @@ func BenchmarkProof1M(b *testing.B) {
 	})
 	t0 := time.Now()
 	for i := range int64(n) {
-		rec := keydir.Record{Label: [32]byte{byte(i), byte(i >> 8), byte(i >> 16)}, Kind: keydir.KindPublish, Time: 1795636800 + i}.Marshal()
+		rec := keylog.Record{Label: [32]byte{byte(i), byte(i >> 8), byte(i >> 16)}, Kind: keylog.KindPublish, Time: 1795636800 + i}.Marshal()
 		hs, err := tlog.StoredHashes(i, rec, mem)
 		if err != nil {
 			b.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/ratelimit"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // Config configures a Directory.
@@ -74,7 +75,7 @@ type Directory struct {
 }
 
 type signedCheckpoint struct {
-	cp  Checkpoint
+	cp  keylog.Checkpoint
 	msg []byte
 }
 
@@ -162,8 +163,8 @@ func (d *Directory) Register(c *component.Component) {
 // a deleted account) by appending an entry to the log; reason stays in the
 // database. The ClinkID service calls it with KindDelete when an account
 // is deleted. It returns ErrNoBinding when there is nothing to end.
-func (d *Directory) End(ctx context.Context, bare string, kind Kind, reason string) (int64, error) {
-	j, err := ParseBareJID(bare)
+func (d *Directory) End(ctx context.Context, bare string, kind keylog.Kind, reason string) (int64, error) {
+	j, err := keylog.ParseBareJID(bare)
 	if err != nil {
 		return 0, err
 	}
@@ -176,14 +177,14 @@ func (d *Directory) End(ctx context.Context, bare string, kind Kind, reason stri
 }
 
 // Checkpoint returns the signed checkpoint for the log's current size.
-func (d *Directory) Checkpoint(ctx context.Context) ([]byte, Checkpoint, error) {
+func (d *Directory) Checkpoint(ctx context.Context) ([]byte, keylog.Checkpoint, error) {
 	size, err := d.store.Size(ctx)
 	if err != nil {
-		return nil, Checkpoint{}, err
+		return nil, keylog.Checkpoint{}, err
 	}
 	sc, err := d.checkpointAt(ctx, size)
 	if err != nil {
-		return nil, Checkpoint{}, err
+		return nil, keylog.Checkpoint{}, err
 	}
 	return sc.msg, sc.cp, nil
 }
@@ -198,7 +199,7 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 		return cur, nil
 	}
 	hr := d.store.HashReader(ctx)
-	root, err := treeHash(size, hr)
+	root, err := keylog.TreeHash(size, hr)
 	if err != nil {
 		return nil, fmt.Errorf("keydir: tree hash at %d: %w", size, err)
 	}
@@ -214,8 +215,8 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", ErrCorrupt, size, cur.cp.Size, err)
 		}
 	}
-	cp := Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
-	msg, err := SignCheckpoint(cp, d.cfg.Signer)
+	cp := keylog.Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
+	msg, err := keylog.SignCheckpoint(cp, d.cfg.Signer)
 	if err != nil {
 		return nil, err
 	}
@@ -228,17 +229,11 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	return sc, nil
 }
 
-// treeHash is tlog.TreeHash, which gives the empty tree RFC 6962's root,
-// SHA-256 of nothing (a test checks it).
-func treeHash(size int64, r tlog.HashReader) (tlog.Hash, error) {
-	return tlog.TreeHash(size, r)
-}
-
 // prove returns the inclusion proof of leaf idx, whose record is rec, in
 // the tree of cp. It checks the proof before returning it: data read from
 // the database is suspect until a check passes, and a device must never
 // be handed a proof that fails.
-func (d *Directory) prove(ctx context.Context, idx int64, rec Record, cp Checkpoint) (tlog.RecordProof, error) {
+func (d *Directory) prove(ctx context.Context, idx int64, rec keylog.Record, cp keylog.Checkpoint) (tlog.RecordProof, error) {
 	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
@@ -307,16 +302,16 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if !d.pubs.Allow(who.String()) {
 		return nil, component.Error(stanza.ResourceConstraint, "too many key publishes; try again in a minute")
 	}
-	der, _, err := ParsePublicKey(req.Key)
+	der, _, err := keylog.ParsePublicKey(req.Key)
 	switch {
-	case errors.Is(err, ErrWeakKey):
+	case errors.Is(err, keylog.ErrWeakKey):
 		return nil, component.Error(stanza.NotAcceptable, err.Error())
 	case err != nil:
 		return nil, component.BadRequest(err.Error())
 	}
 	// The JID bound is the one the server stamped, canonicalised; nothing
 	// in the payload names it.
-	bare, err := ParseBareJID(who.String())
+	bare, err := keylog.ParseBareJID(who.String())
 	if err != nil {
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
 	}
@@ -380,11 +375,11 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		seen   = map[[32]byte]bool{}
 	)
 	for _, s := range req.JIDs {
-		j, err := ParseBareJID(s)
+		j, err := keylog.ParseBareJID(s)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", s)
 		}
-		l := Label(j)
+		l := keylog.Label(j)
 		if seen[l] {
 			continue
 		}
@@ -485,12 +480,12 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "history"}, &req); err != nil {
 		return nil, err
 	}
-	bare, err := ParseBareJID(who.String())
+	bare, err := keylog.ParseBareJID(who.String())
 	if err != nil {
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
 	}
 	if req.JID != "" {
-		j, err := ParseBareJID(req.JID)
+		j, err := keylog.ParseBareJID(req.JID)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", req.JID)
 		}
@@ -501,7 +496,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := d.allowLookups(who, 1); err != nil {
 		return nil, err
 	}
-	entries, size, err := d.store.History(ctx, Label(bare), keydirxml.MaxHistoryItems)
+	entries, size, err := d.store.History(ctx, keylog.Label(bare), keydirxml.MaxHistoryItems)
 	if err != nil {
 		return nil, d.internal("history", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -44,7 +45,7 @@ func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config
 	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "keydir.signer")
 	origin := "clink.lab.localhost/keydir"
-	vkey, err := keydir.GenerateKey(origin, keyFile)
+	vkey, err := keylog.GenerateKey(origin, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestDirectory(t *testing.T) {
 
 			state := filepath.Join(t.TempDir(), "audit.checkpoint")
 			audit := func() (*keydir.AuditReport, error) {
-				v, _ := keydir.ParseVerifier(dep.vkey)
+				v, _ := keylog.ParseVerifier(dep.vkey)
 				return keydir.Audit(ctx, keydir.AuditConfig{URL: dep.logURL, Verifier: v, StateFile: state})
 			}
 			if rep, err := audit(); err != nil || rep.Checkpoint.Size != 2 || len(rep.Findings) != 0 {
@@ -175,7 +176,7 @@ func TestDirectory(t *testing.T) {
 			}
 
 			// The operator resets alice.
-			if _, err := dep.d.KeyDir().End(ctx, aliceJID, keydir.KindReset, "lost her phone"); err != nil {
+			if _, err := dep.d.KeyDir().End(ctx, aliceJID, keylog.KindReset, "lost her phone"); err != nil {
 				t.Fatalf("End(reset) = %v", err)
 			}
 			hist, err := aliceKD.History(ctx)
@@ -202,7 +203,7 @@ func TestDirectory(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Audit(after reset) = %v", err)
 			}
-			aliceLabel := keydir.Label(jid.MustParse(aliceJID))
+			aliceLabel := keylog.Label(jid.MustParse(aliceJID))
 			var flagged []string
 			for _, f := range rep.Findings {
 				if f.Label == aliceLabel {
@@ -231,15 +232,15 @@ func TestDirectory(t *testing.T) {
 
 // checkRawLookup looks bob up without the SDK and checks the server's
 // proof with x/mod's tlog.CheckRecord and the checkpoint with
-// keydir.OpenCheckpoint: a second, independent verifier.
+// keylog.OpenCheckpoint: a second, independent verifier.
 func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *deployment, who string) {
 	t.Helper()
 	var res keydirxml.Lookup
 	if err := c.IQ(ctx, stanza.GetIQ, dep.d.Component().Domain(), keydirxml.Lookup{JIDs: []string{who}}, &res); err != nil {
 		t.Fatalf("raw lookup = %v", err)
 	}
-	v, _ := keydir.ParseVerifier(dep.vkey)
-	cp, err := keydir.OpenCheckpoint([]byte(res.Checkpoint), v)
+	v, _ := keylog.ParseVerifier(dep.vkey)
+	cp, err := keylog.OpenCheckpoint([]byte(res.Checkpoint), v)
 	if err != nil {
 		t.Fatalf("OpenCheckpoint = %v", err)
 	}
@@ -253,7 +254,7 @@ func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *de
 	for i := range hs {
 		p[i] = tlog.Hash(hs[i])
 	}
-	rec := keydir.Record{Label: keydir.Label(jid.MustParse(who)), Kind: keydir.KindPublish, Fingerprint: fp, Time: e.Time}
+	rec := keylog.Record{Label: keylog.Label(jid.MustParse(who)), Kind: keylog.KindPublish, Fingerprint: fp, Time: e.Time}
 	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, e.Index, tlog.RecordHash(rec.Marshal())); err != nil {
 		t.Fatalf("tlog.CheckRecord(lookup of %s) = %v", who, err)
 	}

@@ -3,7 +3,10 @@ package keydir_test
 import (
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"log/slog"
+	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -81,4 +84,24 @@ func newTestLog(t *testing.T, cfg keydir.Config) *testLog {
 
 func (l *testLog) audit(ctx context.Context) (*keydir.AuditReport, error) {
 	return keydir.Audit(ctx, keydir.AuditConfig{URL: l.url, Verifier: l.verify, StateFile: l.state})
+}
+
+// fakeRSAKey returns the SubjectPublicKeyInfo DER of an RSA public key
+// with a random odd modulus of exactly bits bits. It is no usable key (no
+// one knows its factors), but the directory never computes with keys: it
+// checks their form and size. Generating real 3072-bit keys takes seconds
+// each; these take microseconds.
+func fakeRSAKey(t testing.TB, bits int) []byte {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits-1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.SetBit(n, bits-1, 1)
+	n.SetBit(n, 0, 1)
+	der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 65537})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }

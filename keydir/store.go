@@ -15,6 +15,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/internal/migrate"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 //go:embed migrations/*.sql
@@ -51,8 +52,8 @@ type Binding struct {
 }
 
 // Record returns the leaf record that published b.
-func (b Binding) Record() Record {
-	return Record{Label: b.Label, Kind: KindPublish, Fingerprint: b.Fingerprint, Time: b.Time}
+func (b Binding) Record() keylog.Record {
+	return keylog.Record{Label: b.Label, Kind: keylog.KindPublish, Fingerprint: b.Fingerprint, Time: b.Time}
 }
 
 // A Store keeps the log and the bindings in PostgreSQL.
@@ -210,15 +211,15 @@ func (s *Store) binding(ctx context.Context, q pgx.Tx, label [32]byte) (Binding,
 }
 
 // Publish binds bare to the key (SubjectPublicKeyInfo DER, already
-// checked by ParsePublicKey). The first key wins: publishing the key in
-// force again returns its binding with created false and writes nothing;
-// another key gets ErrConflict.
+// checked by keylog.ParsePublicKey). The first key wins: publishing the
+// key in force again returns its binding with created false and writes
+// nothing; another key gets ErrConflict.
 //
 // The entry, its hashes, the binding and the new size are written in one
 // transaction under the size row's lock, so concurrent appends are
 // serialized and a failure leaves the log as it was.
 func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.Time) (b Binding, created bool, err error) {
-	label, fp := Label(bare), Fingerprint(der)
+	label, fp := keylog.Label(bare), keylog.Fingerprint(der)
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		size, err := lockTree(ctx, tx)
 		if err != nil {
@@ -237,7 +238,7 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 			b = cur
 			return nil
 		}
-		rec := Record{Label: label, Kind: KindPublish, Fingerprint: fp, Time: now.Unix()}
+		rec := keylog.Record{Label: label, Kind: keylog.KindPublish, Fingerprint: fp, Time: now.Unix()}
 		if err := appendEntry(ctx, tx, size, rec, bare.String(), ""); err != nil {
 			return err
 		}
@@ -259,11 +260,11 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 // ended key's fingerprint, and removes the binding, in one transaction.
 // reason is kept in the database (keydir_events), not in the log. It
 // returns the new entry's index, or ErrNoBinding.
-func (s *Store) End(ctx context.Context, bare jid.JID, kind Kind, reason string, now time.Time) (int64, error) {
-	if kind != KindReset && kind != KindDelete {
+func (s *Store) End(ctx context.Context, bare jid.JID, kind keylog.Kind, reason string, now time.Time) (int64, error) {
+	if kind != keylog.KindReset && kind != keylog.KindDelete {
 		return 0, fmt.Errorf("keydir: end %s: kind %q is not reset or delete", bare, kind)
 	}
-	label := Label(bare)
+	label := keylog.Label(bare)
 	var idx int64
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		size, err := lockTree(ctx, tx)
@@ -281,7 +282,7 @@ func (s *Store) End(ctx context.Context, bare jid.JID, kind Kind, reason string,
 			return err
 		}
 		idx = size
-		return appendEntry(ctx, tx, size, Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, bare.String(), reason)
+		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, bare.String(), reason)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("keydir: %s %s: %w", kind, bare, err)
@@ -299,7 +300,7 @@ func lockTree(ctx context.Context, tx pgx.Tx) (int64, error) {
 
 // appendEntry writes leaf n (the current size) with its hashes and event,
 // and makes the size n+1. The caller holds the size row's lock.
-func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec Record, bare, reason string) error {
+func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec keylog.Record, bare, reason string) error {
 	text := rec.Marshal()
 	hashes, err := tlog.StoredHashes(n, text, hashReader{ctx, tx})
 	if err != nil {
@@ -323,22 +324,16 @@ func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec Record, bare, reas
 	return nil
 }
 
-// An Entry is one leaf of a label's history.
-type Entry struct {
-	Index  int64
-	Record Record
-}
-
 // History returns the log entries of label, oldest first, at most max,
 // and the log size read in the same statement.
-func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, int64, error) {
+func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.Entry, int64, error) {
 	rows, err := s.db.Query(ctx, `SELECT t.size, e.idx, e.record FROM keydir_tree t
 		LEFT JOIN LATERAL (SELECT idx, record FROM keydir_entries WHERE label = $1 ORDER BY idx LIMIT $2) e ON true`, label[:], max)
 	if err != nil {
 		return nil, 0, fmt.Errorf("keydir: history: %w", err)
 	}
 	var (
-		out  []Entry
+		out  []keylog.Entry
 		size int64
 	)
 	for rows.Next() {
@@ -353,12 +348,12 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, 
 		if idx == nil {
 			continue
 		}
-		r, err := ParseRecord(rec)
+		r, err := keylog.ParseRecord(rec)
 		if err != nil || r.Label != label {
 			rows.Close()
 			return nil, 0, fmt.Errorf("%w: record %d: %v", ErrCorrupt, *idx, err)
 		}
-		out = append(out, Entry{Index: *idx, Record: r})
+		out = append(out, keylog.Entry{Index: *idx, Record: r})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, fmt.Errorf("keydir: history: %w", err)
@@ -370,7 +365,7 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, 
 type Event struct {
 	Index  int64
 	JID    string
-	Kind   Kind
+	Kind   keylog.Kind
 	Reason string
 	At     time.Time
 }
@@ -385,7 +380,7 @@ func (s *Store) Events(ctx context.Context, bare jid.JID) ([]Event, error) {
 		var e Event
 		var k string
 		err := r.Scan(&e.Index, &e.JID, &k, &e.Reason, &e.At)
-		e.Kind = Kind(k)
+		e.Kind = keylog.Kind(k)
 		return e, err
 	})
 	if err != nil {

@@ -13,11 +13,12 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 func mustJID(t testing.TB, s string) jid.JID {
 	t.Helper()
-	j, err := keydir.ParseBareJID(s)
+	j, err := keylog.ParseBareJID(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +78,8 @@ func TestConcurrentPublish(t *testing.T) {
 	if size, _ := l.store.Size(ctx); size != 1+others {
 		t.Errorf("Size = %d, want %d", size, 1+others)
 	}
-	found, _, err := l.store.Lookup(ctx, [][32]byte{keydir.Label(alice)})
-	if err != nil || found[keydir.Label(alice)].Fingerprint != winner.Fingerprint {
+	found, _, err := l.store.Lookup(ctx, [][32]byte{keylog.Label(alice)})
+	if err != nil || found[keylog.Label(alice)].Fingerprint != winner.Fingerprint {
 		t.Errorf("Lookup(alice) = %+v, %v; want the winner's key", found, err)
 	}
 	// Publishing the winning key again changes nothing.
@@ -211,19 +212,19 @@ func TestEndAndRepublish(t *testing.T) {
 	if _, _, err := l.store.Publish(ctx, alice, k2, now); !errors.Is(err, keydir.ErrConflict) {
 		t.Fatalf("Publish(second key) = %v, want ErrConflict", err)
 	}
-	if _, err := l.dir.End(ctx, "Alice@lab.localhost", keydir.KindReset, "lost phone"); err != nil {
+	if _, err := l.dir.End(ctx, "Alice@lab.localhost", keylog.KindReset, "lost phone"); err != nil {
 		t.Fatalf("End(reset) = %v", err)
 	}
-	if _, err := l.dir.End(ctx, "alice@lab.localhost", keydir.KindReset, "again"); !errors.Is(err, keydir.ErrNoBinding) {
+	if _, err := l.dir.End(ctx, "alice@lab.localhost", keylog.KindReset, "again"); !errors.Is(err, keydir.ErrNoBinding) {
 		t.Fatalf("End(no binding) = %v, want ErrNoBinding", err)
 	}
 	if _, _, err := l.store.Publish(ctx, alice, k2, now); err != nil {
 		t.Fatalf("Publish(after reset) = %v", err)
 	}
-	if _, err := l.dir.End(ctx, "alice@lab.localhost", keydir.KindDelete, "account deleted"); err != nil {
+	if _, err := l.dir.End(ctx, "alice@lab.localhost", keylog.KindDelete, "account deleted"); err != nil {
 		t.Fatalf("End(delete) = %v", err)
 	}
-	hist, _, err := l.store.History(ctx, keydir.Label(alice), 100)
+	hist, _, err := l.store.History(ctx, keylog.Label(alice), 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +236,7 @@ func TestEndAndRepublish(t *testing.T) {
 		t.Errorf("History = %s(reset of %x), want publish reset publish delete, reset of %x", kinds, hist[1].Record.Fingerprint, b1.Fingerprint)
 	}
 	evs, err := l.store.Events(ctx, alice)
-	if err != nil || len(evs) != 4 || evs[1].Reason != "lost phone" || evs[3].Kind != keydir.KindDelete {
+	if err != nil || len(evs) != 4 || evs[1].Reason != "lost phone" || evs[3].Kind != keylog.KindDelete {
 		t.Errorf("Events = %+v, %v; want 4 with the reset's reason", evs, err)
 	}
 	rep, err := l.audit(ctx)
@@ -244,12 +245,12 @@ func TestEndAndRepublish(t *testing.T) {
 	}
 	var what []string
 	for _, f := range rep.Findings {
-		if f.Label != keydir.Label(alice) {
+		if f.Label != keylog.Label(alice) {
 			t.Errorf("finding for another label: %v", f)
 		}
 		what = append(what, f.What)
 	}
-	if strings.Join(what, ",") != "reset,rebound" || rep.Bindings != 0 || rep.Counts[keydir.KindDelete] != 1 {
+	if strings.Join(what, ",") != "reset,rebound" || rep.Bindings != 0 || rep.Counts[keylog.KindDelete] != 1 {
 		t.Errorf("Audit findings = %v, %d bindings, counts %v; want reset,rebound, 0 bindings, 1 delete", rep.Findings, rep.Bindings, rep.Counts)
 	}
 	mon, err := keydir.Monitor(ctx, keydir.AuditConfig{URL: l.url, Verifier: l.verify}, "alice@lab.localhost", nil)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // httpTiles is a tlog.TileReader over the C2SP tiles a log serves: the
@@ -20,12 +21,12 @@ type httpTiles struct {
 	url string
 }
 
-func (h httpTiles) Height() int { return keydir.TileHeight }
+func (h httpTiles) Height() int { return keylog.TileHeight }
 
 func (h httpTiles) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
-		b, err := get(h.ctx, h.url+"/"+keydir.TilePath(t))
+		b, err := get(h.ctx, h.url+"/"+keylog.TilePath(t))
 		if err != nil {
 			return nil, err
 		}
@@ -70,17 +71,17 @@ func TestTilesReadByTlog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := keydir.OpenCheckpoint(msg, l.verify)
+	cp, err := keylog.OpenCheckpoint(msg, l.verify)
 	if err != nil || cp.Size != n {
 		t.Fatalf("checkpoint = %+v, %v; want %d entries", cp, err, n)
 	}
 	hr := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Hash}, httpTiles{ctx, l.url})
 	for _, bundle := range []tlog.Tile{{H: 8, L: -1, N: 0, W: 256}, {H: 8, L: -1, N: 1, W: n - 256}} {
-		data, err := get(ctx, l.url+"/"+keydir.TilePath(bundle))
+		data, err := get(ctx, l.url+"/"+keylog.TilePath(bundle))
 		if err != nil {
 			t.Fatal(err)
 		}
-		recs, err := keydir.ParseEntryBundle(data, bundle.W)
+		recs, err := keylog.ParseEntryBundle(data, bundle.W)
 		if err != nil {
 			t.Fatal(err)
 		}

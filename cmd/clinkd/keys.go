@@ -17,6 +17,7 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 type subcommand struct {
@@ -91,7 +92,7 @@ func runKeysGenkey(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *name == "" || *out == "" {
 		return usageError{"--name and --out are required"}
 	}
-	vkey, err := keydir.GenerateKey(*name, *out)
+	vkey, err := keylog.GenerateKey(*name, *out)
 	if err != nil {
 		return err
 	}
@@ -111,7 +112,7 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if strings.TrimSpace(*reason) == "" {
 		return usageError{"--reason is required: a reset is visible to every auditor, so record why"}
 	}
-	j, err := keydir.ParseBareJID(pos[0])
+	j, err := keylog.ParseBareJID(pos[0])
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer db.Close()
-	idx, err := keydir.NewStore(db).End(ctx, j, keydir.KindReset, *reason, time.Now())
+	idx, err := keydir.NewStore(db).End(ctx, j, keylog.KindReset, *reason, time.Now())
 	if errors.Is(err, keydir.ErrNoBinding) {
 		return fmt.Errorf("%s has no key bound: nothing to reset", j)
 	}
@@ -164,7 +165,7 @@ func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
 	case vkey == "":
 		return cfg, usageError{"--key or --key-file is required"}
 	}
-	v, err := keydir.ParseVerifier(vkey)
+	v, err := keylog.ParseVerifier(vkey)
 	if err != nil {
 		return cfg, err
 	}
@@ -202,7 +203,7 @@ func printAudit(w io.Writer, rep *keydir.AuditReport, state string) {
 	}
 	if rep.Counts != nil {
 		fmt.Fprintf(w, "%d labels, %d bindings in force; %d publish, %d reset, %d delete entries\n",
-			rep.Labels, rep.Bindings, rep.Counts[keydir.KindPublish], rep.Counts[keydir.KindReset], rep.Counts[keydir.KindDelete])
+			rep.Labels, rep.Bindings, rep.Counts[keylog.KindPublish], rep.Counts[keylog.KindReset], rep.Counts[keylog.KindDelete])
 	}
 	for _, f := range rep.Findings {
 		fmt.Fprintf(w, "finding: %s\n", f)

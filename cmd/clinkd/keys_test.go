@@ -20,6 +20,7 @@ import (
 
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 
@@ -60,7 +61,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatalf("keys genkey = %d, %s", code, stderr)
 	}
 	vkey = strings.TrimSpace(vkey)
-	if _, err := keydir.ParseVerifier(vkey); err != nil || !strings.HasPrefix(vkey, "clink.lab.localhost/keydir+") {
+	if _, err := keylog.ParseVerifier(vkey); err != nil || !strings.HasPrefix(vkey, "clink.lab.localhost/keydir+") {
 		t.Fatalf("keys genkey printed %q (%v), want a verifier key", vkey, err)
 	}
 	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
@@ -88,8 +89,8 @@ func TestKeysCommands(t *testing.T) {
 	}
 	defer db.Close()
 	store := keydir.NewStore(db)
-	alice, _ := keydir.ParseBareJID("alice@lab.localhost")
-	bob, _ := keydir.ParseBareJID("bob@lab.localhost")
+	alice, _ := keylog.ParseBareJID("alice@lab.localhost")
+	bob, _ := keylog.ParseBareJID("bob@lab.localhost")
 	if _, _, err := store.Publish(ctx, alice, fakeKey(t), time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func TestKeysCommands(t *testing.T) {
 	if _, _, err := store.Publish(ctx, bob, bobKey, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	signer, err := keydir.LoadSigner(keyFile)
+	signer, err := keylog.LoadSigner(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestKeysCommands(t *testing.T) {
 
 	// The audit flags the reset and checks the log grew from the 2
 	// entries it kept.
-	label := keydir.Label(alice)
+	label := keylog.Label(alice)
 	code, out, stderr = clinkd(t, audit...)
 	if code != 0 || !strings.Contains(out, "previous checkpoint: 2 entries") || !strings.Contains(out, "finding: reset label "+hex.EncodeToString(label[:])) {
 		t.Fatalf("keys audit after reset = %d\n%s%s", code, out, stderr)
@@ -140,7 +141,7 @@ func TestKeysCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "2 log entries") || !strings.Contains(out, "reset") || !strings.Contains(out, "no key in force") {
 		t.Errorf("keys monitor alice = %d\n%s%s", code, out, stderr)
 	}
-	bobFP := keydir.Fingerprint(bobKey)
+	bobFP := keylog.Fingerprint(bobKey)
 	code, out, stderr = clinkd(t, "keys", "monitor", "bob@lab.localhost", "--url", srv.URL, "--key", vkey, "--state", filepath.Join(dir, "mon"), "--fingerprint", hex.EncodeToString(bobFP[:]))
 	if code != 0 || !strings.Contains(out, "key in force: "+hex.EncodeToString(bobFP[:])) {
 		t.Errorf("keys monitor bob --fingerprint (his) = %d\n%s%s", code, out, stderr)

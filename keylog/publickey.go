@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"bytes"
@@ -24,8 +24,8 @@ const (
 // Errors of ParsePublicKey. ErrMalformedKey is answered with bad-request,
 // ErrWeakKey with not-acceptable; both wrap a text that says why.
 var (
-	ErrMalformedKey = errors.New("keydir: malformed public key")
-	ErrWeakKey      = errors.New("keydir: unacceptable public key")
+	ErrMalformedKey = errors.New("keylog: malformed public key")
+	ErrWeakKey      = errors.New("keylog: unacceptable public key")
 )
 
 // ParsePublicKey decodes and checks a published key: standard base64
