@@ -113,17 +113,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 
 	// Recompute every stored hash from the entries.
-	hashes := make([]tlog.Hash, 0, 2*cp.Size)
-	mem := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			if x < 0 || x >= int64(len(hashes)) {
-				return nil, fmt.Errorf("keydir: hash %d not computed", x)
-			}
-			out[i] = hashes[x]
-		}
-		return out, nil
-	})
+	mem := new(keylog.Hashes)
 	pol := newPolicy(cfg.Label)
 	for start := int64(0); start < cp.Size; start += keylog.TileWidth {
 		w := int(min(cp.Size-start, keylog.TileWidth))
@@ -142,11 +132,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			if err != nil {
 				return rep, auditFailed("entry %d: %v", n, err)
 			}
-			hs, err := tlog.StoredHashes(n, e, mem)
-			if err != nil {
-				return rep, fmt.Errorf("keydir: audit: %w", err)
-			}
-			hashes = append(hashes, hs...)
+			mem.Append(e)
 			pol.add(n, rec)
 		}
 	}

@@ -139,22 +139,11 @@ func TestAuditCatchesTampering(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var hs []tlog.Hash
-			r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-				out := make([]tlog.Hash, len(idx))
-				for i, x := range idx {
-					out[i] = hs[x]
-				}
-				return out, nil
-			})
-			for i, rec := range recs {
-				h, err := tlog.StoredHashes(int64(i), rec, r)
-				if err != nil {
-					t.Fatal(err)
-				}
-				hs = append(hs, h...)
+			var mem keylog.Hashes
+			for _, rec := range recs {
+				mem.Append(rec)
 			}
-			for i, h := range hs {
+			for i, h := range mem.Stored() {
 				mustExec(ctx, t, l, `UPDATE keydir_hashes SET hash = $2 WHERE idx = $1`, i, h[:])
 			}
 			l.restart(t)

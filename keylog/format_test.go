@@ -112,16 +112,12 @@ func TestRecordVectors(t *testing.T) {
 func TestTlogIsRFC6962(t *testing.T) {
 	t.Parallel()
 	h := rfc6962.DefaultHasher
-	var stored []tlog.Hash
-	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			out[i] = stored[x]
-		}
-		return out, nil
-	})
+	r := new(keylog.Hashes)
 	if empty, _ := tlog.TreeHash(0, r); !bytes.Equal(empty[:], h.EmptyRoot()) {
-		t.Errorf("TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
+		t.Errorf("tlog.TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
+	}
+	if empty, _ := keylog.TreeHash(0, r); !bytes.Equal(empty[:], h.EmptyRoot()) {
+		t.Errorf("keylog.TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
 	}
 	a, b := tlog.RecordHash([]byte("a")), tlog.RecordHash([]byte("b"))
 	if !bytes.Equal(a[:], h.HashLeaf([]byte("a"))) {
@@ -133,11 +129,7 @@ func TestTlogIsRFC6962(t *testing.T) {
 	const max = 70
 	roots := make([]tlog.Hash, max+1)
 	for n := int64(0); n < max; n++ {
-		hs, err := tlog.StoredHashes(n, []byte{byte(n)}, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stored = append(stored, hs...)
+		r.Append([]byte{byte(n)})
 		roots[n+1], _ = tlog.TreeHash(n+1, r)
 	}
 	sl := func(p []tlog.Hash) [][]byte {
