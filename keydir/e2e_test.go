@@ -290,6 +290,7 @@ func TestDirectoryErrors(t *testing.T) {
 			}{
 				{"weak key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 2048)); return err }(), stanza.NotAcceptable},
 				{"oversized key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 8200)); return err }(), stanza.BadRequest},
+				{"key over the envelopes' bound", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 4097)); return err }(), stanza.BadRequest},
 				{"not base64", raw(stanza.SetIQ, keydirxml.Publish{Key: "MIIB!!"}), stanza.BadRequest},
 				{"no key", raw(stanza.SetIQ, keydirxml.Publish{}), stanza.BadRequest},
 				{"publish as get", raw(stanza.GetIQ, keydirxml.Publish{Key: "AAAA"}), stanza.BadRequest},

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/keylog"
 )
 
@@ -212,12 +213,13 @@ func TestParsePublicKey(t *testing.T) {
 	}{
 		{"rsa-3072", b64(good), nil},
 		{"rsa-4096", b64(fakeRSAKey(t, 4096)), nil},
-		{"rsa-8192", b64(fakeRSAKey(t, 8192)), nil},
 		{"surrounding whitespace", "\n  " + b64(good) + "\n", nil},
 		{"rsa-2048 weak", b64(fakeRSAKey(t, 2048)), keylog.ErrWeakKey},
 		{"rsa-3071 weak", b64(fakeRSAKey(t, 3071)), keylog.ErrWeakKey},
 		{"ecdsa not rsa", b64(ecDER), keylog.ErrWeakKey},
 		{"even exponent", b64(evenE), keylog.ErrWeakKey},
+		{"rsa-4097 oversized", b64(fakeRSAKey(t, 4097)), keylog.ErrMalformedKey},
+		{"rsa-8192 oversized", b64(fakeRSAKey(t, 8192)), keylog.ErrMalformedKey},
 		{"rsa-8200 oversized", b64(fakeRSAKey(t, 8200)), keylog.ErrMalformedKey},
 		{"empty", "", keylog.ErrMalformedKey},
 		{"not base64", "MIIB!!", keylog.ErrMalformedKey},
@@ -252,6 +254,15 @@ func TestParsePublicKey(t *testing.T) {
 	}
 	if fp := keylog.Fingerprint(der); fp != sha256.Sum256(der) {
 		t.Errorf("Fingerprint = %x, want SHA-256 of the DER", fp)
+	}
+}
+
+// TestKeyBoundsAreEnvelopes: the directory publishes exactly the keys
+// envelopes accept, so every key bound can be used.
+func TestKeyBoundsAreEnvelopes(t *testing.T) {
+	t.Parallel()
+	if keylog.MinRSABits != envelope.MinKeyBits || keylog.MaxRSABits != envelope.MaxKeyBits {
+		t.Errorf("keylog RSA bounds = %d to %d bits, want envelope's %d to %d", keylog.MinRSABits, keylog.MaxRSABits, envelope.MinKeyBits, envelope.MaxKeyBits)
 	}
 }
 

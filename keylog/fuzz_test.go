@@ -108,6 +108,8 @@ func FuzzParseTilePath(f *testing.F) {
 func FuzzParsePublicKey(f *testing.F) {
 	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 3072)))
 	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 2048)))
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 4096)))
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 4097)))
 	f.Add("MIIB")
 	f.Fuzz(func(t *testing.T, in string) {
 		der, k, err := keylog.ParsePublicKey(in)
