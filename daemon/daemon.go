@@ -31,6 +31,7 @@ import (
 	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/turncred"
@@ -257,7 +258,7 @@ type keyBindings struct{ dir *keydir.Directory }
 
 func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
 	_, err := k.dir.End(ctx, bareJID, keylog.KindDelete, reason)
-	if errors.Is(err, keydir.ErrNoBinding) {
+	if errors.Is(err, logdb.ErrNoBinding) {
 		return nil // an account that never published a key
 	}
 	return err
@@ -279,6 +280,10 @@ func (d *Daemon) registerKeyDir() error {
 	if c.Origin != "" && c.Origin != signer.Name() {
 		return fmt.Errorf("config: keydir.origin %q is not the signer key's name %q", c.Origin, signer.Name())
 	}
+	store, err := logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir")})
+	if err != nil {
+		return fmt.Errorf("keydir: %w", err)
+	}
 	dir, err := keydir.New(keydir.Config{
 		Signer:           signer,
 		LocalDomain:      d.cfg.Link.ServerDomain,
@@ -287,7 +292,7 @@ func (d *Daemon) registerKeyDir() error {
 		PublishPerMinute: c.PublishPerMinute,
 		PublishBurst:     c.PublishBurst,
 		MaxBatch:         c.MaxBatch,
-	}, keydir.NewStore(d.db), d.log.With("part", "keydir"), d.registry)
+	}, store, d.log.With("part", "keydir"), d.registry)
 	if err != nil {
 		return fmt.Errorf("config: keydir: %w", err)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/ratelimit"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 )
 
@@ -64,7 +65,7 @@ const DefaultMaxBatch = 20
 // A Directory serves the key directory over XMPP and its log over HTTP.
 type Directory struct {
 	cfg     Config
-	store   *Store
+	store   *logdb.Store
 	log     *slog.Logger
 	lookups *ratelimit.Limiter
 	pubs    *ratelimit.Limiter
@@ -80,7 +81,7 @@ type signedCheckpoint struct {
 }
 
 // New checks cfg and makes a Directory over store. reg may be nil.
-func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
+func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
 	if cfg.Signer == nil {
 		return nil, errors.New("keydir: no checkpoint signer")
 	}
@@ -133,7 +134,7 @@ func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) 
 func (d *Directory) Origin() string { return d.cfg.Signer.Name() }
 
 // Store returns the directory's store.
-func (d *Directory) Store() *Store { return d.store }
+func (d *Directory) Store() *logdb.Store { return d.store }
 
 // Register routes the directory's payloads on c.
 func (d *Directory) Register(c *component.Component) {
@@ -212,7 +213,7 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 			err = tlog.CheckTree(p, size, root, cur.cp.Size, cur.cp.Hash)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", ErrCorrupt, size, cur.cp.Size, err)
+			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", logdb.ErrCorrupt, size, cur.cp.Size, err)
 		}
 	}
 	cp := keylog.Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
@@ -239,7 +240,7 @@ func (d *Directory) prove(ctx context.Context, idx int64, rec keylog.Record, cp 
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
 	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec.Marshal())); err != nil {
-		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", ErrCorrupt, idx, cp.Size, err)
+		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", logdb.ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil
 }
@@ -272,7 +273,7 @@ func (d *Directory) internal(what string, err error) error {
 	return component.Error(stanza.InternalServerError, "")
 }
 
-func entryFor(b Binding, p tlog.RecordProof) keydirxml.Entry {
+func entryFor(b logdb.Binding, p tlog.RecordProof) keydirxml.Entry {
 	return keydirxml.Entry{
 		JID: b.JID, Status: keydirxml.StatusFound, Index: b.Index, Time: b.Time,
 		Fingerprint: hex.EncodeToString(b.Fingerprint[:]),
@@ -316,7 +317,7 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
 	}
 	b, created, err := d.store.Publish(ctx, bare, der, d.cfg.Now())
-	if errors.Is(err, ErrConflict) {
+	if errors.Is(err, logdb.ErrConflict) {
 		return nil, component.Errorf(stanza.Conflict, "%s already has a different key; the first key published stays until an operator reset or the account's deletion", bare)
 	}
 	if err != nil {
@@ -345,7 +346,7 @@ func (d *Directory) checkpointAtLeast(ctx context.Context, min int64) (*signedCh
 		return nil, err
 	}
 	if size < min {
-		return nil, fmt.Errorf("%w: size %d below a committed leaf %d", ErrCorrupt, size, min-1)
+		return nil, fmt.Errorf("%w: size %d below a committed leaf %d", logdb.ErrCorrupt, size, min-1)
 	}
 	return d.checkpointAt(ctx, size)
 }

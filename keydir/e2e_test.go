@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,6 +26,8 @@ import (
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
@@ -90,7 +93,7 @@ func (dep *deployment) exec(ctx context.Context, t testing.TB, sql string, args 
 
 func rsaKey(t testing.TB, bits int) *rsa.PublicKey {
 	t.Helper()
-	pub, err := x509.ParsePKIXPublicKey(fakeRSAKey(t, bits))
+	pub, err := x509.ParsePKIXPublicKey(keydirtest.FakeRSAKey(t, bits))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +370,11 @@ func TestDeviceRefusesRewrittenLog(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			recs, err := keydir.NewStore(db).ReadRecords(ctx, 0, 2)
+			store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs, err := store.ReadRecords(ctx, 0, 2)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/keydirtest"
 	"github.com/clinkme/clinkd/keylog"
 )
 
@@ -58,26 +59,26 @@ func get(ctx context.Context, url string) ([]byte, error) {
 // cache lifetime.
 func TestTilesReadByTlog(t *testing.T) {
 	t.Parallel()
-	l := newTestLog(t, keydir.Config{})
+	l := keydirtest.New(t, keydir.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const n = 300
 	for i := range n {
-		if _, _, err := l.store.Publish(ctx, mustJID(t, fmt.Sprintf("t%d@lab.localhost", i)), fakeRSAKey(t, 3072), time.Unix(1795636800+int64(i), 0)); err != nil {
+		if _, _, err := l.Store.Publish(ctx, keydirtest.MustJID(t, fmt.Sprintf("t%d@lab.localhost", i)), keydirtest.FakeRSAKey(t, 3072), time.Unix(1795636800+int64(i), 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	msg, err := get(ctx, l.url+"/checkpoint")
+	msg, err := get(ctx, l.URL+"/checkpoint")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := keylog.OpenCheckpoint(msg, l.verify)
+	cp, err := keylog.OpenCheckpoint(msg, l.Verifier)
 	if err != nil || cp.Size != n {
 		t.Fatalf("checkpoint = %+v, %v; want %d entries", cp, err, n)
 	}
-	hr := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Hash}, httpTiles{ctx, l.url})
+	hr := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Hash}, httpTiles{ctx, l.URL})
 	for _, bundle := range []tlog.Tile{{H: 8, L: -1, N: 0, W: 256}, {H: 8, L: -1, N: 1, W: n - 256}} {
-		data, err := get(ctx, l.url+"/"+keylog.TilePath(bundle))
+		data, err := get(ctx, l.URL+"/"+keylog.TilePath(bundle))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +111,7 @@ func TestTilesReadByTlog(t *testing.T) {
 		{"/tile/0/x000/001", "", 404},
 		{"/checkpoint", "no-cache", 200},
 	} {
-		resp, err := http.Get(l.url + c.path)
+		resp, err := http.Get(l.URL + c.path)
 		if err != nil {
 			t.Fatal(err)
 		}

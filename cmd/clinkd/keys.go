@@ -17,6 +17,7 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 )
 
@@ -116,13 +117,17 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	_, _, db, err := openDatabase(ctx, *path, stderr)
+	_, log, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	idx, err := keydir.NewStore(db).End(ctx, j, keylog.KindReset, *reason, time.Now())
-	if errors.Is(err, keydir.ErrNoBinding) {
+	store, err := logdb.New(logdb.Config{DB: db, Log: log.With("part", "keydir")})
+	if err != nil {
+		return err
+	}
+	idx, err := store.End(ctx, j, keylog.KindReset, *reason, time.Now())
+	if errors.Is(err, logdb.ErrNoBinding) {
 		return fmt.Errorf("%s has no key bound: nothing to reset", j)
 	}
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/http/httptest"
 	"os"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -88,7 +90,10 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	store := keydir.NewStore(db)
+	store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	alice, _ := keylog.ParseBareJID("alice@lab.localhost")
 	bob, _ := keylog.ParseBareJID("bob@lab.localhost")
 	if _, _, err := store.Publish(ctx, alice, fakeKey(t), time.Now()); err != nil {

@@ -56,6 +56,9 @@ var folders = map[string]layer{
 	"doctor":     tools,
 	"bench":      tools,
 	"cmd":        mains,
+
+	// Sub-folders on another floor than their folder's.
+	"keydir/keydirtest": tools, // a test harness: it starts PostgreSQL through the lab
 }
 
 type pkg struct {

@@ -1,4 +1,15 @@
-package keydir
+// Package logdb keeps the key directory's log in PostgreSQL: the leaf
+// records (keylog.Record), tlog's stored hashes, the binding in force for
+// each label and the operator's account of each entry, in the tables its
+// Migrations make (docs/keydir.md, "Tables"). Each append, a publish or the
+// end of a binding, is one transaction under the lock of the log's size
+// row, so appends are serialized and a failed one leaves the log as it
+// was. What it reads back is checked against the invariants it relies on
+// (ErrCorrupt otherwise), since proofs are built from it.
+//
+// The server (keydir) answers from a Store. The auditor (keydir/audit)
+// never reads the database: it verifies what the server serves.
+package logdb
 
 import (
 	"bytes"
@@ -7,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,7 +33,9 @@ import (
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrations returns the keydir tables' migrations, for daemon.MigrationSets.
+// Migrations returns the key directory's migrations, for
+// daemon.MigrationSets. The set keeps the name "keydir", under which
+// existing databases recorded the ones they applied.
 func Migrations() migrate.Set {
 	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
@@ -33,12 +47,12 @@ func Migrations() migrate.Set {
 // Store errors.
 var (
 	// ErrConflict: the label already has a binding to another key.
-	ErrConflict = errors.New("keydir: a different key is already bound")
+	ErrConflict = errors.New("logdb: a different key is already bound")
 	// ErrNoBinding: the label has no binding to end.
-	ErrNoBinding = errors.New("keydir: no binding")
+	ErrNoBinding = errors.New("logdb: no binding")
 	// ErrCorrupt: what the database returned breaks an invariant (a
 	// missing or malformed hash or record); the log needs an audit.
-	ErrCorrupt = errors.New("keydir: log storage is inconsistent")
+	ErrCorrupt = errors.New("logdb: log storage is inconsistent")
 )
 
 // A Binding is a label's key in force and the leaf that published it.
@@ -58,11 +72,28 @@ func (b Binding) Record() keylog.Record {
 
 // A Store keeps the log and the bindings in PostgreSQL.
 type Store struct {
-	db *pgxpool.Pool
+	db  *pgxpool.Pool
+	log *slog.Logger
 }
 
-// NewStore returns a store over db, whose schema Migrations made.
-func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
+// Config is what a Store needs; every field is required.
+type Config struct {
+	// DB is a pool over the database whose schema Migrations made.
+	DB *pgxpool.Pool
+	// Log gets a line for every binding ended.
+	Log *slog.Logger
+}
+
+// New returns a store over cfg.DB.
+func New(cfg Config) (*Store, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("logdb: no database pool")
+	}
+	if cfg.Log == nil {
+		return nil, errors.New("logdb: no logger: every binding ended is logged")
+	}
+	return &Store{db: cfg.DB, log: cfg.Log}, nil
+}
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -84,7 +115,7 @@ func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	}
 	rows, err := r.q.Query(r.ctx, `SELECT idx, hash FROM keydir_hashes WHERE idx = ANY($1)`, indexes)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read hashes: %w", err)
+		return nil, fmt.Errorf("logdb: read hashes: %w", err)
 	}
 	got := make(map[int64]tlog.Hash, len(indexes))
 	var (
@@ -99,7 +130,7 @@ func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read hashes: %w", err)
+		return nil, fmt.Errorf("logdb: read hashes: %w", err)
 	}
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
@@ -120,7 +151,7 @@ func (s *Store) HashReader(ctx context.Context) tlog.HashReader { return hashRea
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.db.QueryRow(ctx, `SELECT size FROM keydir_tree`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("keydir: read size: %w", err)
+		return 0, fmt.Errorf("logdb: read size: %w", err)
 	}
 	return n, nil
 }
@@ -129,7 +160,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, error) {
 	rows, err := s.db.Query(ctx, `SELECT idx, record FROM keydir_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx`, start, start+int64(n))
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read records: %w", err)
+		return nil, fmt.Errorf("logdb: read records: %w", err)
 	}
 	out := make([][]byte, 0, n)
 	var (
@@ -144,7 +175,7 @@ func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, 
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read records: %w", err)
+		return nil, fmt.Errorf("logdb: read records: %w", err)
 	}
 	if len(out) != n {
 		return nil, fmt.Errorf("%w: %d of %d records from %d", ErrCorrupt, len(out), n, start)
@@ -163,7 +194,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 	rows, err := s.db.Query(ctx, `SELECT t.size, b.label, b.jid, b.public_key, b.fingerprint, b.idx, b.time
 		FROM keydir_tree t LEFT JOIN keydir_bindings b ON b.label = ANY($1)`, ls)
 	if err != nil {
-		return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 	}
 	out := make(map[[32]byte]Binding, len(labels))
 	var size int64
@@ -175,7 +206,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 		)
 		if err := rows.Scan(&size, &label, &j, &key, &fp, &idx, &t); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+			return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 		}
 		if j == nil {
 			continue // no binding matched: the left join's lone row
@@ -187,7 +218,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 		out[[32]byte(label)] = Binding{JID: *j, Label: [32]byte(label), Key: key, Fingerprint: [32]byte(fp), Index: *idx, Time: *t}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 	}
 	return out, size, nil
 }
@@ -251,7 +282,7 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 		return nil
 	})
 	if err != nil {
-		return Binding{}, false, fmt.Errorf("keydir: publish %s: %w", bare, err)
+		return Binding{}, false, fmt.Errorf("logdb: publish %s: %w", bare, err)
 	}
 	return b, created, nil
 }
@@ -262,7 +293,7 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 // returns the new entry's index, or ErrNoBinding.
 func (s *Store) End(ctx context.Context, bare jid.JID, kind keylog.Kind, reason string, now time.Time) (int64, error) {
 	if kind != keylog.KindReset && kind != keylog.KindDelete {
-		return 0, fmt.Errorf("keydir: end %s: kind %q is not reset or delete", bare, kind)
+		return 0, fmt.Errorf("logdb: end %s: kind %q is not reset or delete", bare, kind)
 	}
 	label := keylog.Label(bare)
 	var idx int64
@@ -285,7 +316,7 @@ func (s *Store) End(ctx context.Context, bare jid.JID, kind keylog.Kind, reason 
 		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, bare.String(), reason)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("keydir: %s %s: %w", kind, bare, err)
+		return 0, fmt.Errorf("logdb: %s %s: %w", kind, bare, err)
 	}
 	return idx, nil
 }
@@ -330,7 +361,7 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.
 	rows, err := s.db.Query(ctx, `SELECT t.size, e.idx, e.record FROM keydir_tree t
 		LEFT JOIN LATERAL (SELECT idx, record FROM keydir_entries WHERE label = $1 ORDER BY idx LIMIT $2) e ON true`, label[:], max)
 	if err != nil {
-		return nil, 0, fmt.Errorf("keydir: history: %w", err)
+		return nil, 0, fmt.Errorf("logdb: history: %w", err)
 	}
 	var (
 		out  []keylog.Entry
@@ -343,7 +374,7 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.
 		)
 		if err := rows.Scan(&size, &idx, &rec); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("keydir: history: %w", err)
+			return nil, 0, fmt.Errorf("logdb: history: %w", err)
 		}
 		if idx == nil {
 			continue
@@ -356,7 +387,7 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.
 		out = append(out, keylog.Entry{Index: *idx, Record: r})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("keydir: history: %w", err)
+		return nil, 0, fmt.Errorf("logdb: history: %w", err)
 	}
 	return out, size, nil
 }
@@ -374,7 +405,7 @@ type Event struct {
 func (s *Store) Events(ctx context.Context, bare jid.JID) ([]Event, error) {
 	rows, err := s.db.Query(ctx, `SELECT idx, jid, kind, reason, at FROM keydir_events WHERE jid = $1 ORDER BY idx`, bare.String())
 	if err != nil {
-		return nil, fmt.Errorf("keydir: events: %w", err)
+		return nil, fmt.Errorf("logdb: events: %w", err)
 	}
 	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
 		var e Event
@@ -384,7 +415,7 @@ func (s *Store) Events(ctx context.Context, bare jid.JID) ([]Event, error) {
 		return e, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: events: %w", err)
+		return nil, fmt.Errorf("logdb: events: %w", err)
 	}
 	return evs, nil
 }
