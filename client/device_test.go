@@ -123,7 +123,7 @@ func TestDevices(t *testing.T) {
 
 			// The directory now binds another key to bob's JID (an operator
 			// reset, then a publish). alice refuses and names the change.
-			if _, err := d.KeyDir().End(ctx, bobJID.String(), keylog.KindReset, "test: key swap"); err != nil {
+			if _, err := d.KeyDir().Store().End(ctx, bobJID.String(), keylog.KindReset, "test: key swap", time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			thief, err := bob.Client().NewKeyDirectory(d.Component().Domain(), vkey, nil)

@@ -230,7 +230,7 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		var with []func(*clinkid.Config)
 		if d.keydir != nil {
 			// Deleting an account ends its key binding, visibly, in the log.
-			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{d.keydir} })
+			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{d.keydir.Store()} })
 		}
 		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry, with...)
 		if err != nil {
@@ -253,11 +253,13 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 	return nil
 }
 
-// keyBindings lets ClinkID end an account's binding in the key directory.
-type keyBindings struct{ dir *keydir.Directory }
+// keyBindings lets ClinkID end an account's binding in the key directory,
+// through the store's End like every other end of a binding, so it is
+// logged.
+type keyBindings struct{ store *logdb.Store }
 
 func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
-	_, err := k.dir.End(ctx, bareJID, keylog.KindDelete, reason)
+	_, err := k.store.End(ctx, bareJID, keylog.KindDelete, reason, time.Now())
 	if errors.Is(err, logdb.ErrNoBinding) {
 		return nil // an account that never published a key
 	}
@@ -305,8 +307,8 @@ func (d *Daemon) registerKeyDir() error {
 	return nil
 }
 
-// KeyDir is the key directory, nil when it is not configured. The ClinkID
-// service ends bindings through it when an account is deleted.
+// KeyDir is the key directory, nil when it is not configured. Its store
+// (KeyDir().Store()) is where bindings end.
 func (d *Daemon) KeyDir() *keydir.Directory { return d.keydir }
 
 // listenPublic binds the public listener, refusing plain HTTP anywhere but

@@ -133,7 +133,7 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 // Origin is the log's origin line (the signer's name).
 func (d *Directory) Origin() string { return d.cfg.Signer.Name() }
 
-// Store returns the directory's store.
+// Store returns the directory's store, whose End is how bindings end.
 func (d *Directory) Store() *logdb.Store { return d.store }
 
 // Register routes the directory's payloads on c.
@@ -158,23 +158,6 @@ func (d *Directory) Register(c *component.Component) {
 	h("checkpoint", d.handleCheckpoint)
 	h("consistency", d.handleConsistency)
 	h("history", d.handleHistory)
-}
-
-// End ends bare's binding (kind KindReset for an operator, KindDelete for
-// a deleted account) by appending an entry to the log; reason stays in the
-// database. The ClinkID service calls it with KindDelete when an account
-// is deleted. It returns ErrNoBinding when there is nothing to end.
-func (d *Directory) End(ctx context.Context, bare string, kind keylog.Kind, reason string) (int64, error) {
-	j, err := keylog.ParseBareJID(bare)
-	if err != nil {
-		return 0, err
-	}
-	idx, err := d.store.End(ctx, j, kind, reason, d.cfg.Now())
-	if err != nil {
-		return 0, err
-	}
-	d.log.Info("keydir: binding ended", "kind", kind, "index", idx)
-	return idx, nil
 }
 
 // Checkpoint returns the signed checkpoint for the log's current size.

@@ -179,7 +179,7 @@ func TestDirectory(t *testing.T) {
 			}
 
 			// The operator resets alice.
-			if _, err := dep.d.KeyDir().End(ctx, aliceJID, keylog.KindReset, "lost her phone"); err != nil {
+			if _, err := dep.d.KeyDir().Store().End(ctx, aliceJID, keylog.KindReset, "lost her phone", time.Now()); err != nil {
 				t.Fatalf("End(reset) = %v", err)
 			}
 			hist, err := aliceKD.History(ctx)

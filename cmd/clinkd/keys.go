@@ -113,6 +113,8 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if strings.TrimSpace(*reason) == "" {
 		return usageError{"--reason is required: a reset is visible to every auditor, so record why"}
 	}
+	// Checked before connecting, so that a typo needs no database; the
+	// store's End canonicalises it again.
 	j, err := keylog.ParseBareJID(pos[0])
 	if err != nil {
 		return err
@@ -126,7 +128,7 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	idx, err := store.End(ctx, j, keylog.KindReset, *reason, time.Now())
+	idx, err := store.End(ctx, j.String(), keylog.KindReset, *reason, time.Now())
 	if errors.Is(err, logdb.ErrNoBinding) {
 		return fmt.Errorf("%s has no key bound: nothing to reset", j)
 	}

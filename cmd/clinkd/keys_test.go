@@ -129,6 +129,10 @@ func TestKeysCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "reset alice@lab.localhost: log entry 2 appended") {
 		t.Fatalf("keys reset = %d, %q, %q", code, out, stderr)
 	}
+	// The reset is logged as every end of a binding is, without the JID.
+	if !strings.Contains(stderr, `msg="keydir: binding ended" part=keydir kind=reset index=2`) || strings.Contains(stderr, "alice") {
+		t.Errorf("keys reset logged %q, want the binding ended line without the JID", stderr)
+	}
 	if code, _, stderr := clinkd(t, "keys", "reset", "alice@lab.localhost", "--reason", "again", "--config", cfgFile); code != 1 || stderr != "clinkd: error: alice@lab.localhost has no key bound: nothing to reset\n" {
 		t.Errorf("keys reset (nothing bound) = %d, %q", code, stderr)
 	}

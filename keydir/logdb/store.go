@@ -7,8 +7,10 @@
 // was. What it reads back is checked against the invariants it relies on
 // (ErrCorrupt otherwise), since proofs are built from it.
 //
-// The server (keydir) answers from a Store. The auditor (keydir/audit)
-// never reads the database: it verifies what the server serves.
+// The server (keydir) answers from a Store, and Store.End is the one way
+// a binding ends, for operators and deleted accounts alike. The auditor
+// (keydir/audit) never reads the database: it verifies what the server
+// serves.
 package logdb
 
 import (
@@ -80,7 +82,7 @@ type Store struct {
 type Config struct {
 	// DB is a pool over the database whose schema Migrations made.
 	DB *pgxpool.Pool
-	// Log gets a line for every binding ended.
+	// Log gets a line for every binding ended (see End).
 	Log *slog.Logger
 }
 
@@ -287,17 +289,29 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 	return b, created, nil
 }
 
-// End ends bare's binding with a reset or delete entry that carries the
-// ended key's fingerprint, and removes the binding, in one transaction.
-// reason is kept in the database (keydir_events), not in the log. It
-// returns the new entry's index, or ErrNoBinding.
-func (s *Store) End(ctx context.Context, bare jid.JID, kind keylog.Kind, reason string, now time.Time) (int64, error) {
-	if kind != keylog.KindReset && kind != keylog.KindDelete {
-		return 0, fmt.Errorf("logdb: end %s: kind %q is not reset or delete", bare, kind)
+// End ends the binding of bare (a bare JID, canonicalised by
+// keylog.ParseBareJID) with an entry of kind keylog.KindReset (an
+// operator: clinkd keys reset) or keylog.KindDelete (the account was
+// deleted) that carries the ended key's fingerprint, and removes the
+// binding, in one transaction. reason is kept in the database
+// (keydir_events), not in the log. It returns the new entry's index, or
+// an error wrapping keylog.ErrBadJID or ErrNoBinding.
+//
+// It is the only way a binding ends, and every one it ends is logged
+// ("keydir: binding ended", with kind and index, never the JID): an
+// operator must see each change of a user's key that the log will show
+// every auditor.
+func (s *Store) End(ctx context.Context, bare string, kind keylog.Kind, reason string, now time.Time) (int64, error) {
+	j, err := keylog.ParseBareJID(bare)
+	if err != nil {
+		return 0, fmt.Errorf("logdb: end %q: %w", bare, err)
 	}
-	label := keylog.Label(bare)
+	if kind != keylog.KindReset && kind != keylog.KindDelete {
+		return 0, fmt.Errorf("logdb: end %s: kind %q is not reset or delete", j, kind)
+	}
+	label := keylog.Label(j)
 	var idx int64
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		size, err := lockTree(ctx, tx)
 		if err != nil {
 			return err
@@ -313,11 +327,12 @@ func (s *Store) End(ctx context.Context, bare jid.JID, kind keylog.Kind, reason 
 			return err
 		}
 		idx = size
-		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, bare.String(), reason)
+		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, j.String(), reason)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("logdb: %s %s: %w", kind, bare, err)
+		return 0, fmt.Errorf("logdb: %s %s: %w", kind, j, err)
 	}
+	s.log.Info("keydir: binding ended", "kind", kind, "index", idx)
 	return idx, nil
 }
 

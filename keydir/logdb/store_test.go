@@ -1,13 +1,17 @@
 package logdb_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/keydirtest"
@@ -89,12 +93,27 @@ func TestConcurrentPublish(t *testing.T) {
 
 // TestEndAndRepublish: a reset appends an entry carrying the ended key's
 // fingerprint and frees the JID; the audit flags the reset and, once a new
-// key is published, the label's two bindings. Ending nothing fails.
+// key is published, the label's two bindings. Ending nothing fails, and
+// so do a JID that is not a bare user JID and a kind that ends nothing.
+// Every binding ended, and only those, makes a log line with its kind and
+// index.
 func TestEndAndRepublish(t *testing.T) {
 	t.Parallel()
 	l := keydirtest.New(t, keydir.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	var logs bytes.Buffer
+	store, err := logdb.New(logdb.Config{DB: l.DB, Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	alice := keydirtest.MustJID(t, "alice@lab.localhost")
 	k1, k2 := keydirtest.FakeRSAKey(t, 3072), keydirtest.FakeRSAKey(t, 3072)
 	now := time.Unix(1795636800, 0)
@@ -105,17 +124,29 @@ func TestEndAndRepublish(t *testing.T) {
 	if _, _, err := l.Store.Publish(ctx, alice, k2, now); !errors.Is(err, logdb.ErrConflict) {
 		t.Fatalf("Publish(second key) = %v, want ErrConflict", err)
 	}
-	if _, err := l.Dir.End(ctx, "Alice@lab.localhost", keylog.KindReset, "lost phone"); err != nil {
+	if _, err := store.End(ctx, "alice@lab.localhost/phone", keylog.KindReset, "a resource", now); !errors.Is(err, keylog.ErrBadJID) {
+		t.Fatalf("End(full JID) = %v, want ErrBadJID", err)
+	}
+	if _, err := store.End(ctx, "alice@lab.localhost", keylog.KindPublish, "not an end", now); err == nil {
+		t.Fatalf("End(kind publish) = nil, want an error")
+	}
+	if _, err := store.End(ctx, "Alice@lab.localhost", keylog.KindReset, "lost phone", now); err != nil {
 		t.Fatalf("End(reset) = %v", err)
 	}
-	if _, err := l.Dir.End(ctx, "alice@lab.localhost", keylog.KindReset, "again"); !errors.Is(err, logdb.ErrNoBinding) {
+	if _, err := store.End(ctx, "alice@lab.localhost", keylog.KindReset, "again", now); !errors.Is(err, logdb.ErrNoBinding) {
 		t.Fatalf("End(no binding) = %v, want ErrNoBinding", err)
 	}
 	if _, _, err := l.Store.Publish(ctx, alice, k2, now); err != nil {
 		t.Fatalf("Publish(after reset) = %v", err)
 	}
-	if _, err := l.Dir.End(ctx, "alice@lab.localhost", keylog.KindDelete, "account deleted"); err != nil {
+	if _, err := store.End(ctx, "alice@lab.localhost", keylog.KindDelete, "account deleted", now); err != nil {
 		t.Fatalf("End(delete) = %v", err)
+	}
+	wantLogs := `level=INFO msg="keydir: binding ended" kind=reset index=1
+level=INFO msg="keydir: binding ended" kind=delete index=3
+`
+	if logs.String() != wantLogs {
+		t.Errorf("End logged\n%s\nwant\n%s", logs.String(), wantLogs)
 	}
 	hist, _, err := l.Store.History(ctx, keylog.Label(alice), 100)
 	if err != nil {
@@ -149,5 +180,32 @@ func TestEndAndRepublish(t *testing.T) {
 	mon, err := keydir.Monitor(ctx, keydir.AuditConfig{URL: l.URL, Verifier: l.Verifier}, "alice@lab.localhost", nil)
 	if err != nil || len(mon.History) != 4 || mon.Current != nil {
 		t.Errorf("Monitor = %+v, %v; want 4 entries and no key in force", mon, err)
+	}
+}
+
+// TestNewWantsEverything: a Store is refused without a pool or without a
+// logger; no nil stands for "log nowhere".
+func TestNewWantsEverything(t *testing.T) {
+	t.Parallel()
+	// The pool never dials: it connects on first use.
+	db, err := pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	discard := slog.New(slog.DiscardHandler)
+	for _, tt := range []struct {
+		name string
+		cfg  logdb.Config
+		ok   bool
+	}{
+		{"pool and logger", logdb.Config{DB: db, Log: discard}, true},
+		{"no pool", logdb.Config{Log: discard}, false},
+		{"no logger", logdb.Config{DB: db}, false},
+	} {
+		s, err := logdb.New(tt.cfg)
+		if (err == nil) != tt.ok || (s != nil) != tt.ok {
+			t.Errorf("New(%s) = %v, %v; want ok=%v", tt.name, s, err, tt.ok)
+		}
 	}
 }
