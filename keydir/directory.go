@@ -1,17 +1,21 @@
-// Package keydir is ClinkMe's public-key directory whose every answer can
-// be verified: each binding of a bare JID to a public key is a leaf of an
-// append-only Merkle log (RFC 6962, through golang.org/x/mod/sumdb/tlog)
-// whose signed checkpoints (C2SP tlog-checkpoint, Ed25519 signed notes)
-// let devices and independent auditors prove what the server said.
-// docs/protocol.md specifies the wire protocol and the formats;
-// docs/keydir.md is the operator's guide.
+// Package keydir is the server of ClinkMe's public-key directory, whose
+// every answer can be verified: each binding of a bare JID to a public key
+// is a leaf of an append-only Merkle log (RFC 6962, through
+// golang.org/x/mod/sumdb/tlog) whose signed checkpoints (C2SP
+// tlog-checkpoint, Ed25519 signed notes) let devices and independent
+// auditors prove what the server said. docs/protocol.md specifies the wire
+// protocol and the formats; docs/keydir.md is the operator's guide.
 //
 // The policy: the first key published for a JID wins and cannot be
 // replaced by its owner. Only an operator reset or the account's deletion
-// ends a binding, and both append an entry to the log, which is never
-// rewritten. The log is served read-only over HTTP in the C2SP tlog-tiles
-// layout (LogHandler); Audit and Monitor verify it from there, with no
-// code path shared with the server beyond the formats.
+// ends a binding (logdb.Store.End), and both append an entry to the log,
+// which is never rewritten.
+//
+// A Directory answers the XMPP payloads (Register), signs checkpoints and
+// serves the log read-only over HTTP in the C2SP tlog-tiles layout
+// (LogHandler). The formats are package keylog's; the log lives in
+// PostgreSQL through keydir/logdb; keydir/audit verifies the log from its
+// tiles and links nothing of the server but keylog.
 package keydir
 
 import (

@@ -25,7 +25,7 @@ import (
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/keydir/keydirtest"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
@@ -170,11 +170,11 @@ func TestDirectory(t *testing.T) {
 			}
 
 			state := filepath.Join(t.TempDir(), "audit.checkpoint")
-			audit := func() (*keydir.AuditReport, error) {
+			runAudit := func() (*audit.Report, error) {
 				v, _ := keylog.ParseVerifier(dep.vkey)
-				return keydir.Audit(ctx, keydir.AuditConfig{URL: dep.logURL, Verifier: v, StateFile: state})
+				return audit.Run(ctx, audit.Config{URL: dep.logURL, Verifier: v, StateFile: state})
 			}
-			if rep, err := audit(); err != nil || rep.Checkpoint.Size != 2 || len(rep.Findings) != 0 {
+			if rep, err := runAudit(); err != nil || rep.Checkpoint.Size != 2 || len(rep.Findings) != 0 {
 				t.Fatalf("Audit = %+v, %v; want 2 entries, no findings", rep, err)
 			}
 
@@ -202,7 +202,7 @@ func TestDirectory(t *testing.T) {
 				t.Errorf("bob LookupKeys(alice, third time) = %v; want no second report", err)
 			}
 
-			rep, err := audit()
+			rep, err := runAudit()
 			if err != nil {
 				t.Fatalf("Audit(after reset) = %v", err)
 			}
@@ -219,8 +219,8 @@ func TestDirectory(t *testing.T) {
 
 			// Someone changes bob's entry in PostgreSQL.
 			dep.exec(ctx, t, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 1`)
-			if _, err := audit(); !errors.Is(err, keydir.ErrAuditFailed) {
-				t.Fatalf("Audit(entry tampered) = %v, want ErrAuditFailed", err)
+			if _, err := runAudit(); !errors.Is(err, audit.ErrFailed) {
+				t.Fatalf("Audit(entry tampered) = %v, want audit.ErrFailed", err)
 			}
 			// And the hash of leaf 0, the sibling on bob's (leaf 1's)
 			// proof path: the server's own check fails and it refuses

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 )
@@ -154,8 +154,8 @@ func addLogFlags(fs *flag.FlagSet) logFlags {
 	}
 }
 
-func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
-	var cfg keydir.AuditConfig
+func (f logFlags) config(kind string) (audit.Config, error) {
+	var cfg audit.Config
 	if *f.url == "" {
 		return cfg, usageError{"--url is required"}
 	}
@@ -199,7 +199,7 @@ func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
 	return cfg, nil
 }
 
-func printAudit(w io.Writer, rep *keydir.AuditReport, state string) {
+func printAudit(w io.Writer, rep *audit.Report, state string) {
 	if rep == nil {
 		return
 	}
@@ -227,7 +227,7 @@ func runKeysAudit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	rep, err := keydir.Audit(ctx, cfg)
+	rep, err := audit.Run(ctx, cfg)
 	printAudit(stdout, rep, cfg.StateFile)
 	if err != nil {
 		return err
@@ -256,7 +256,7 @@ func runKeysMonitor(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		expect = (*[32]byte)(b)
 	}
-	rep, err := keydir.Monitor(ctx, cfg, pos[0], expect)
+	rep, err := audit.Monitor(ctx, cfg, pos[0], expect)
 	if rep != nil {
 		printAudit(stdout, rep.Audit, cfg.StateFile)
 		fmt.Fprintf(stdout, "%s (label %x): %d log entries\n", rep.JID, rep.Label[:], len(rep.History))

@@ -163,13 +163,13 @@ func TestKeysCommands(t *testing.T) {
 	// A wrong verifier key, then a tampered row: both fail the audit.
 	other := filepath.Join(dir, "other.key")
 	_, otherV, _ := clinkd(t, "keys", "genkey", "--name", "clink.lab.localhost/keydir", "--out", other)
-	if code, _, stderr := clinkd(t, "keys", "audit", "--url", srv.URL, "--key", strings.TrimSpace(otherV), "--state", state); code != 1 || !strings.Contains(stderr, "clinkd: error: keydir: audit failed: checkpoint") {
+	if code, _, stderr := clinkd(t, "keys", "audit", "--url", srv.URL, "--key", strings.TrimSpace(otherV), "--state", state); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: checkpoint") {
 		t.Errorf("keys audit with another key = %d, %q; want 1", code, stderr)
 	}
 	if _, err := db.Exec(ctx, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 0`); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := clinkd(t, audit...); code != 1 || !strings.Contains(stderr, "clinkd: error: keydir: audit failed: the entries served do not hash") {
+	if code, _, stderr := clinkd(t, audit...); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: the entries served do not hash") {
 		t.Errorf("keys audit after tampering = %d, %q; want 1", code, stderr)
 	}
 }

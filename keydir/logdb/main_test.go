@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/keydir/keydirtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -15,8 +15,8 @@ func TestMain(m *testing.M) {
 	os.Exit(labtest.Main(m, labtest.Need{Postgres: true}))
 }
 
-// audit runs a full audit of l's log as an auditor on its first run
+// auditLog runs a full audit of l's log as an auditor on its first run
 // would (a state file of its own, not yet written).
-func audit(ctx context.Context, t testing.TB, l *keydirtest.Log) (*keydir.AuditReport, error) {
-	return keydir.Audit(ctx, keydir.AuditConfig{URL: l.URL, Verifier: l.Verifier, StateFile: filepath.Join(t.TempDir(), "audit.checkpoint")})
+func auditLog(ctx context.Context, t testing.TB, l *keydirtest.Log) (*audit.Report, error) {
+	return audit.Run(ctx, audit.Config{URL: l.URL, Verifier: l.Verifier, StateFile: filepath.Join(t.TempDir(), "audit.checkpoint")})
 }

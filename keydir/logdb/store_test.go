@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/keydir/keydirtest"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
@@ -81,7 +82,7 @@ func TestConcurrentPublish(t *testing.T) {
 	if err != nil || created || again.Index != winner.Index || again.Time != winner.Time {
 		t.Errorf("Publish(same key again) = %+v, created=%v, %v; want the first binding unchanged", again, created, err)
 	}
-	rep, err := audit(ctx, t, l)
+	rep, err := auditLog(ctx, t, l)
 	if err != nil {
 		t.Fatalf("Audit = %v", err)
 	}
@@ -163,7 +164,7 @@ level=INFO msg="keydir: binding ended" kind=delete index=3
 	if err != nil || len(evs) != 4 || evs[1].Reason != "lost phone" || evs[3].Kind != keylog.KindDelete {
 		t.Errorf("Events = %+v, %v; want 4 with the reset's reason", evs, err)
 	}
-	rep, err := audit(ctx, t, l)
+	rep, err := auditLog(ctx, t, l)
 	if err != nil {
 		t.Fatalf("Audit = %v", err)
 	}
@@ -177,7 +178,7 @@ level=INFO msg="keydir: binding ended" kind=delete index=3
 	if strings.Join(what, ",") != "reset,rebound" || rep.Bindings != 0 || rep.Counts[keylog.KindDelete] != 1 {
 		t.Errorf("Audit findings = %v, %d bindings, counts %v; want reset,rebound, 0 bindings, 1 delete", rep.Findings, rep.Bindings, rep.Counts)
 	}
-	mon, err := keydir.Monitor(ctx, keydir.AuditConfig{URL: l.URL, Verifier: l.Verifier}, "alice@lab.localhost", nil)
+	mon, err := audit.Monitor(ctx, audit.Config{URL: l.URL, Verifier: l.Verifier}, "alice@lab.localhost", nil)
 	if err != nil || len(mon.History) != 4 || mon.Current != nil {
 		t.Errorf("Monitor = %+v, %v; want 4 entries and no key in force", mon, err)
 	}

@@ -1,4 +1,16 @@
-package keydir
+// Package audit verifies a key directory's log from the outside, as an
+// auditor, or a user watching their own JID, does (docs/protocol.md; the
+// operator's side, clinkd keys audit and monitor, is in docs/keydir.md).
+// Run fetches the signed checkpoint and every tile the log serves (C2SP
+// tlog-tiles, keydir's LogHandler), rebuilds the tree from the entries,
+// checks it against the checkpoint and against the last checkpoint it
+// kept, and replays each label's entries against the directory's policy.
+// Monitor does the same for one JID and says which key is in force.
+//
+// An audit must not trust the server's code, so it shares none: audit
+// imports nothing of this module but keylog, the formats (a test holds
+// it to that).
+package audit
 
 import (
 	"bytes"
@@ -18,8 +30,8 @@ import (
 	"github.com/clinkme/clinkd/keylog"
 )
 
-// AuditConfig says which log to audit and how.
-type AuditConfig struct {
+// Config says which log to audit and how.
+type Config struct {
 	// URL is the log's base URL, e.g. https://clink.example.org/keydir/log;
 	// URL/checkpoint and URL/tile/... are fetched.
 	URL string
@@ -49,26 +61,26 @@ func (f Finding) String() string {
 	return fmt.Sprintf("%s label %x: %s (entries %v)", f.What, f.Label, f.Text, f.Indexes)
 }
 
-// An AuditReport is what an audit established about a log that passed.
-type AuditReport struct {
+// A Report is what an audit established about a log that passed.
+type Report struct {
 	Checkpoint keylog.Checkpoint
 	Previous   *keylog.Checkpoint // the state file's checkpoint, if there was one
 	Labels     int                // distinct labels in the log
 	Bindings   int                // labels with a binding in force
 	Counts     map[keylog.Kind]int
 	Findings   []Finding
-	History    []keylog.Entry // the entries of AuditConfig.Label
+	History    []keylog.Entry // the entries of Config.Label
 }
 
-// ErrAuditFailed is wrapped by every error that means the log is not what
-// its signed checkpoints say (as opposed to a network or usage error).
-var ErrAuditFailed = errors.New("keydir: audit failed")
+// ErrFailed is wrapped by every error that means the log is not what its
+// signed checkpoints say (as opposed to a network or usage error).
+var ErrFailed = errors.New("audit: failed")
 
 func auditFailed(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrAuditFailed, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", ErrFailed, fmt.Sprintf(format, args...))
 }
 
-// Audit fetches the log's checkpoint, every entry bundle and every hash
+// Run fetches the log's checkpoint, every entry bundle and every hash
 // tile, and checks, in order:
 //
 //  1. the checkpoint is signed by Verifier and names its origin;
@@ -82,10 +94,10 @@ func auditFailed(format string, args ...any) error {
 //     binding is in force, a reset or delete only of the binding in force.
 //
 // Failures of 1-4 and policy violations of 5 return an error wrapping
-// ErrAuditFailed (the report is still returned for what it holds); labels
+// ErrFailed (the report is still returned for what it holds); labels
 // with more than one binding over time and operator resets are Findings.
 // The state file is updated only when everything passed.
-func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
+func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Client == nil {
 		cfg.Client = http.DefaultClient
 	}
@@ -98,7 +110,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	if err != nil {
 		return nil, auditFailed("checkpoint: %v", err)
 	}
-	rep := &AuditReport{Checkpoint: cp, Counts: map[keylog.Kind]int{}}
+	rep := &Report{Checkpoint: cp, Counts: map[keylog.Kind]int{}}
 	if cfg.StateFile != "" {
 		prev, err := loadState(cfg.StateFile, cfg.Verifier)
 		if err != nil {
@@ -138,7 +150,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 	root, err := keylog.TreeHash(cp.Size, mem)
 	if err != nil {
-		return rep, fmt.Errorf("keydir: audit: %w", err)
+		return rep, fmt.Errorf("audit: %w", err)
 	}
 	if root != cp.Hash {
 		return rep, auditFailed("the entries served do not hash to the signed checkpoint's root (size %d): an entry was changed, added or removed", cp.Size)
@@ -146,7 +158,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	if p := rep.Previous; p != nil {
 		old, err := keylog.TreeHash(p.Size, mem)
 		if err != nil {
-			return rep, fmt.Errorf("keydir: audit: %w", err)
+			return rep, fmt.Errorf("audit: %w", err)
 		}
 		if old != p.Hash {
 			return rep, auditFailed("the log of %d entries is not an extension of the one of %d in %s: its history was rewritten", cp.Size, p.Size, cfg.StateFile)
@@ -166,7 +178,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			}
 			want, err := tlog.ReadTileData(t, mem)
 			if err != nil {
-				return rep, fmt.Errorf("keydir: audit: %w", err)
+				return rep, fmt.Errorf("audit: %w", err)
 			}
 			if !bytes.Equal(got, want) {
 				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", keylog.TilePath(t))
@@ -270,22 +282,22 @@ func (p *policy) bound() int {
 func fetch(ctx context.Context, c *http.Client, url string, max int) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: %w", err)
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: fetch: %w", err)
+		return nil, fmt.Errorf("audit: fetch: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("keydir: GET %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("audit: GET %s: %s", url, resp.Status)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(max)+1))
 	if err != nil {
-		return nil, fmt.Errorf("keydir: GET %s: %w", url, err)
+		return nil, fmt.Errorf("audit: GET %s: %w", url, err)
 	}
 	if len(b) > max {
-		return nil, fmt.Errorf("keydir: GET %s: more than %d bytes", url, max)
+		return nil, fmt.Errorf("audit: GET %s: more than %d bytes", url, max)
 	}
 	return b, nil
 }
@@ -298,11 +310,11 @@ func loadState(path string, v note.Verifier) (*keylog.Checkpoint, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("keydir: audit state: %w", err)
+		return nil, fmt.Errorf("audit: state: %w", err)
 	}
 	cp, err := keylog.OpenCheckpoint(b, v)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: audit state %s: %w", path, err)
+		return nil, fmt.Errorf("audit: state %s: %w", path, err)
 	}
 	return &cp, nil
 }
@@ -310,11 +322,11 @@ func loadState(path string, v note.Verifier) (*keylog.Checkpoint, error) {
 // saveState replaces the state file atomically, mode 0600.
 func saveState(path string, msg []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".keydir-state-*")
 	if err != nil {
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	_, err = tmp.Write(msg)
 	if cerr := tmp.Close(); err == nil {
@@ -325,7 +337,7 @@ func saveState(path string, msg []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	return nil
 }
@@ -334,7 +346,7 @@ func saveState(path string, msg []byte) error {
 type MonitorReport struct {
 	JID     string
 	Label   [32]byte
-	Audit   *AuditReport
+	Audit   *Report
 	History []keylog.Entry
 	// Current is the fingerprint in force, nil when there is none.
 	Current *[32]byte
@@ -342,13 +354,13 @@ type MonitorReport struct {
 
 // ErrMonitorMismatch is returned by Monitor when the key in force is not
 // the one expected.
-var ErrMonitorMismatch = errors.New("keydir: the key in force is not yours")
+var ErrMonitorMismatch = errors.New("audit: the key in force is not yours")
 
-// Monitor audits the log (as Audit does, with the same state rules) and
+// Monitor audits the log (as Run does, with the same state rules) and
 // reports the history of bare's label. With expect set, it returns an error
 // wrapping ErrMonitorMismatch unless the binding in force has that
 // fingerprint. It needs no account: labels are computable from JIDs.
-func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte) (*MonitorReport, error) {
+func Monitor(ctx context.Context, cfg Config, bare string, expect *[32]byte) (*MonitorReport, error) {
 	j, err := keylog.ParseBareJID(bare)
 	if err != nil {
 		return nil, err
@@ -356,7 +368,7 @@ func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte
 	label := keylog.Label(j)
 	cfg.Label = &label
 	rep := &MonitorReport{JID: j.String(), Label: label}
-	a, err := Audit(ctx, cfg)
+	a, err := Run(ctx, cfg)
 	rep.Audit = a
 	if a != nil {
 		rep.History = a.History

@@ -1,4 +1,4 @@
-package keydir_test
+package audit_test
 
 import (
 	"context"
@@ -12,16 +12,17 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/keydir/keydirtest"
 	"github.com/clinkme/clinkd/keylog"
 )
 
 // auditor audits l again and again, as a cron job would, keeping one
 // state file.
-func auditor(t testing.TB, l *keydirtest.Log) func(context.Context) (*keydir.AuditReport, error) {
+func auditor(t testing.TB, l *keydirtest.Log) func(context.Context) (*audit.Report, error) {
 	state := filepath.Join(t.TempDir(), "audit.checkpoint")
-	return func(ctx context.Context) (*keydir.AuditReport, error) {
-		return keydir.Audit(ctx, keydir.AuditConfig{URL: l.URL, Verifier: l.Verifier, StateFile: state})
+	return func(ctx context.Context) (*audit.Report, error) {
+		return audit.Run(ctx, audit.Config{URL: l.URL, Verifier: l.Verifier, StateFile: state})
 	}
 }
 
@@ -81,7 +82,7 @@ func TestAuditCatchesTampering(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			l := keydirtest.New(t, keydir.Config{})
-			audit := auditor(t, l)
+			run := auditor(t, l)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			for i := range 9 {
@@ -89,11 +90,11 @@ func TestAuditCatchesTampering(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := audit(ctx); err != nil {
+			if _, err := run(ctx); err != nil {
 				t.Fatalf("Audit(before tampering) = %v", err)
 			}
 			tt.tamper(ctx, t, l)
-			_, err := audit(ctx)
+			_, err := run(ctx)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Audit(after tampering) = %v, want an error containing %q", err, tt.want)
 			}
@@ -107,7 +108,7 @@ func TestAuditCatchesTampering(t *testing.T) {
 func TestAuditPolicyViolation(t *testing.T) {
 	t.Parallel()
 	l := keydirtest.New(t, keydir.Config{})
-	audit := auditor(t, l)
+	run := auditor(t, l)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	alice := keydirtest.MustJID(t, "alice@lab.localhost")
@@ -120,8 +121,8 @@ func TestAuditPolicyViolation(t *testing.T) {
 	if _, _, err := l.Store.Publish(ctx, alice, keydirtest.FakeRSAKey(t, 3072), time.Unix(1795636900, 0)); err != nil {
 		t.Fatal(err)
 	}
-	_, err := audit(ctx)
-	if !errors.Is(err, keydir.ErrAuditFailed) || !strings.Contains(err.Error(), "second key") {
+	_, err := run(ctx)
+	if !errors.Is(err, audit.ErrFailed) || !strings.Contains(err.Error(), "second key") {
 		t.Fatalf("Audit = %v, want a policy violation", err)
 	}
 }
