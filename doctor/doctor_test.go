@@ -177,6 +177,12 @@ func TestKeyLogAndClinkID(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, otherKey, _ := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
+	// A size with a leading zero: a signed note, but not a checkpoint
+	// (C2SP wants canonical decimal, and auditors refuse it).
+	uncanonical, err := note.Sign(&note.Note{Text: "clink.example.org/keydir\n042\nq1Y3DSaNRdLBwsLbmUMsT7tGVHKh4r6Wwmh+gKs0VN4=\n"}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	serve := func(checkpoint []byte, clinkid bool) *httptest.Server {
 		mux := http.NewServeMux()
@@ -213,6 +219,7 @@ func TestKeyLogAndClinkID(t *testing.T) {
 		{"another key", checkpoint, otherKey, true, doctor.Failed, doctor.OK},
 		{"tampered", bytes.Replace(checkpoint, []byte("\n42\n"), []byte("\n43\n"), 1), vkey, true, doctor.Failed, doctor.OK},
 		{"not a checkpoint", []byte("<html>hello</html>"), vkey, true, doctor.Failed, doctor.OK},
+		{"size not canonical", uncanonical, "", true, doctor.Failed, doctor.OK},
 	}
 	for _, tt := range tests {
 		s := serve(tt.checkpoint, tt.clinkid)
