@@ -161,10 +161,11 @@ func TestDoctorFinds(t *testing.T) {
 	}
 }
 
-// TestKeyLogAndClinkID checks the two HTTPS checks against a stand-in
-// public listener: clinkd's key directory and ClinkID are merged from
-// other branches, so their real endpoints are not in this one yet. The
-// checkpoint is signed with a real note key.
+// TestKeyLogAndClinkID checks the verdicts of the two HTTPS checks on
+// answers a real clinkd never gives (a checkpoint signed by another key, a
+// non-canonical one, a missing endpoint), from a stand-in public listener;
+// the real endpoints pass them end to end in cmd/clinklab's
+// TestLabCommand. The checkpoint is signed with a real note key.
 func TestKeyLogAndClinkID(t *testing.T) {
 	t.Parallel()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "clink.example.org/keydir")

@@ -26,7 +26,7 @@ import (
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"

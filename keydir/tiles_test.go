@@ -11,7 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/keydir"
-	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keylog"
 )
 

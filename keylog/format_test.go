@@ -42,7 +42,7 @@ func loadVectors(t *testing.T) vectors {
 	t.Helper()
 	// The vectors sit beside the server package, where docs/protocol.md
 	// and the device's tests (client/keys_test.go) find them too.
-	b, err := os.ReadFile("../keydir/testdata/vectors.json")
+	b, err := os.ReadFile("testdata/vectors.json")
 	if err != nil {
 		t.Fatal(err)
 	}

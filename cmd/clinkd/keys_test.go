@@ -3,13 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/logdb"
@@ -33,18 +30,6 @@ func clinkd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
 	code = run(args, &out, &errb)
 	return code, out.String(), errb.String()
-}
-
-func fakeKey(t *testing.T) []byte {
-	t.Helper()
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 3071))
-	n.SetBit(n, 3071, 1)
-	n.SetBit(n, 0, 1)
-	der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 65537})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
 }
 
 // TestKeysCommands runs clinkd keys genkey, reset, audit and monitor as an
@@ -96,10 +81,10 @@ func TestKeysCommands(t *testing.T) {
 	}
 	alice, _ := keylog.ParseBareJID("alice@lab.localhost")
 	bob, _ := keylog.ParseBareJID("bob@lab.localhost")
-	if _, _, err := store.Publish(ctx, alice, fakeKey(t), time.Now()); err != nil {
+	if _, _, err := store.Publish(ctx, alice, keydirtest.FakeRSAKey(t, 3072), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	bobKey := fakeKey(t)
+	bobKey := keydirtest.FakeRSAKey(t, 3072)
 	if _, _, err := store.Publish(ctx, bob, bobKey, time.Now()); err != nil {
 		t.Fatal(err)
 	}

@@ -175,7 +175,9 @@ type Config struct {
 	Federated []string
 	// PerMinute and Burst bound the envelopes, receipts and announcements
 	// one sender (bare JID) may hand the router (defaults 60 and 60);
-	// beyond them it is refused with resource-constraint.
+	// beyond them it is refused with resource-constraint. A negative
+	// PerMinute turns the bound off: for measuring what it costs, never
+	// for a server users reach.
 	PerMinute float64
 	Burst     int
 	Log       *slog.Logger
@@ -206,7 +208,7 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.PerMinute <= 0 {
+	if cfg.PerMinute == 0 {
 		cfg.PerMinute = 60
 	}
 	if cfg.Burst <= 0 {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keylog"
 )
 

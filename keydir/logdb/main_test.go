@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/keydir/keydirtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 )
