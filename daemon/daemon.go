@@ -7,14 +7,12 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/internal/certpool"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/logdb"
@@ -187,14 +186,11 @@ func linkTLSConfig(c LinkConfig) (*tls.Config, error) {
 	}
 	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
 	if c.TLSCAFile != "" {
-		pem, err := os.ReadFile(c.TLSCAFile)
+		pool, err := certpool.Load(c.TLSCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("config: link.tls_ca_file: %w", err)
 		}
-		t.RootCAs = x509.NewCertPool()
-		if !t.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("config: link.tls_ca_file %s holds no PEM certificate", c.TLSCAFile)
-		}
+		t.RootCAs = pool
 	}
 	return t, nil
 }
