@@ -196,9 +196,7 @@ func linkTLSConfig(c LinkConfig) (*tls.Config, error) {
 }
 
 // registerFeatures wires the feature handlers into the component. Each
-// feature package adds itself here.
-// The order matters: ClinkID ends key bindings in the key directory, and
-// the relay asks ClinkID for entitlements.
+// feature package adds itself here; docs/DEVELOPING.md draws the calls.
 func (d *Daemon) registerFeatures(ctx context.Context) error {
 	if t := d.cfg.TURN; len(t.Services) > 0 {
 		if d.cfg.Link.ServerDomain == "" {
@@ -217,16 +215,25 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		}
 		svc.Register(d.comp)
 	}
+	// The key log's store comes first: ClinkID ends bindings in it when an
+	// account is deleted, and the directory asks ClinkID which accounts
+	// exist. Both calls go down into a store; neither calls back.
+	var keyStore *logdb.Store
 	if d.cfg.KeyDir.SignerKeyFile != "" {
-		if err := d.registerKeyDir(); err != nil {
-			return err
+		if d.db == nil {
+			return errors.New("config: keydir needs a database (database.url)")
+		}
+		var err error
+		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir")}); err != nil {
+			return fmt.Errorf("keydir: %w", err)
 		}
 	}
+	var accounts keydir.Accounts = keydir.ServerAccounts{}
 	if d.cfg.ClinkID.Enabled {
 		var with []func(*clinkid.Config)
-		if d.keydir != nil {
+		if keyStore != nil {
 			// Deleting an account ends its key binding, visibly, in the log.
-			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{d.keydir.Store()} })
+			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{keyStore} })
 		}
 		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry, with...)
 		if err != nil {
@@ -240,6 +247,12 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		d.clinkid = svc
 		// Timed messages need ClinkMe Secure.
 		d.entitlements = svc
+		accounts = clinkidAccounts{svc: svc, domain: d.cfg.Link.ServerDomain}
+	}
+	if keyStore != nil {
+		if err := d.registerKeyDir(keyStore, accounts); err != nil {
+			return err
+		}
 	}
 	if !d.cfg.Expiry.Disabled {
 		if err := d.registerRelay(); err != nil {
@@ -262,14 +275,28 @@ func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
 	return err
 }
 
+// clinkidAccounts lets the key directory ask ClinkID whether an account
+// exists.
+type clinkidAccounts struct {
+	svc    *clinkid.Service
+	domain string
+}
+
+func (a clinkidAccounts) AccountExists(ctx context.Context, bare jid.JID) (bool, error) {
+	if bare.Domainpart() != a.domain {
+		return false, nil
+	}
+	return a.svc.Exists(ctx, bare.Localpart())
+}
+
 // KeyDirLogPrefix is where the public listener serves the key
 // directory's log (C2SP tlog-tiles): PREFIX/checkpoint, PREFIX/tile/...
 const KeyDirLogPrefix = "/keydir/log"
 
-func (d *Daemon) registerKeyDir() error {
+func (d *Daemon) registerKeyDir(store *logdb.Store, accounts keydir.Accounts) error {
 	c := d.cfg.KeyDir
-	if d.db == nil {
-		return errors.New("config: keydir needs a database (database.url)")
+	if d.cfg.Link.ServerDomain == "" {
+		return errors.New("config: keydir needs link.server_domain (only its users publish keys)")
 	}
 	signer, err := keylog.LoadSigner(c.SignerKeyFile)
 	if err != nil {
@@ -278,13 +305,11 @@ func (d *Daemon) registerKeyDir() error {
 	if c.Origin != "" && c.Origin != signer.Name() {
 		return fmt.Errorf("config: keydir.origin %q is not the signer key's name %q", c.Origin, signer.Name())
 	}
-	store, err := logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir")})
-	if err != nil {
-		return fmt.Errorf("keydir: %w", err)
-	}
 	dir, err := keydir.New(keydir.Config{
 		Signer:           signer,
 		LocalDomain:      d.cfg.Link.ServerDomain,
+		Federated:        d.cfg.Access.FederatedDomains,
+		Accounts:         accounts,
 		LookupPerMinute:  c.LookupPerMinute,
 		LookupBurst:      c.LookupBurst,
 		PublishPerMinute: c.PublishPerMinute,

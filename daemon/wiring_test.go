@@ -49,7 +49,8 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	}
 
 	// The user's device (logged in with the server's own auth under the
-	// same name) publishes its key.
+	// same name) cannot publish before the ClinkID account exists; once
+	// it does, it publishes its key.
 	user, pass := labtest.NewUser(t, srv)
 	name := strings.Split(user, "@")[0]
 	dev := clinkdtest.Login(t, srv, user, pass)
@@ -57,13 +58,18 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err != nil {
-		t.Fatal(err)
+	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err == nil || !strings.Contains(err.Error(), "not an account here") {
+		t.Fatalf("publish for a name ClinkID does not know = %v, want refused", err)
 	}
 	for _, n := range []string{name, name + "-nokey"} {
 		if _, err := api.Register(ctx, n, "a long enough password"); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{name, name + "-nokey"} {
 		sess, err := api.Login(ctx, n, "a long enough password", "test", 0)
 		if err != nil {
 			t.Fatal(err)
@@ -94,5 +100,10 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	}
 	if len(hist) != 2 || hist[0].Kind != "publish" || hist[1].Kind != "delete" {
 		t.Errorf("history = %+v, want publish then delete", hist)
+	}
+	// The session that outlived its account cannot bind a new key (on main
+	// before the fix, keydir accepted a publish from a deleted name).
+	if _, err := fresh.PublishKey(ctx, clinkdtest.Identity(t, "bob", user).PublicKey()); err == nil || !strings.Contains(err.Error(), "not an account here") {
+		t.Errorf("publish from a deleted account's session = %v, want refused", err)
 	}
 }

@@ -46,8 +46,17 @@ import (
 type Config struct {
 	// Signer signs checkpoints; its name is the log's origin.
 	Signer note.Signer
-	// LocalDomain, if set, is the only domain whose users may publish.
+	// LocalDomain is the XMPP server's own domain: only its users may
+	// publish, and they and the users of the Federated domains may look
+	// keys up; the directory serves nobody else. Required.
 	LocalDomain string
+	Federated   []string
+	// Accounts says whether a local account exists: a publish from a name
+	// it does not know is refused, so that a session that outlived its
+	// account's deletion cannot bind a new key. Required: a
+	// *clinkid.Service, or ServerAccounts when the XMPP server alone keeps
+	// the accounts.
+	Accounts Accounts
 	// LookupPerMinute and LookupBurst bound each requester's lookups (a
 	// batch costs one token per JID; checkpoint, consistency and history
 	// requests one each). Defaults 600 and 100.
@@ -63,12 +72,27 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Accounts knows which local accounts exist.
+type Accounts interface {
+	// AccountExists reports whether the local account bare exists.
+	AccountExists(ctx context.Context, bare jid.JID) (bool, error)
+}
+
+// ServerAccounts is the Accounts of a clinkd without ClinkID: the XMPP
+// server authenticated the sender, and there is no account store to ask,
+// so every sender it stamps is taken to exist.
+type ServerAccounts struct{}
+
+// AccountExists implements Accounts.
+func (ServerAccounts) AccountExists(context.Context, jid.JID) (bool, error) { return true, nil }
+
 // DefaultMaxBatch is the default bound on JIDs per lookup.
 const DefaultMaxBatch = 20
 
 // A Directory serves the key directory over XMPP and its log over HTTP.
 type Directory struct {
 	cfg     Config
+	served  map[string]bool // domains whose users the directory serves
 	store   *logdb.Store
 	log     *slog.Logger
 	lookups *ratelimit.Limiter
@@ -88,6 +112,20 @@ type signedCheckpoint struct {
 func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
 	if cfg.Signer == nil {
 		return nil, errors.New("keydir: no checkpoint signer")
+	}
+	if cfg.LocalDomain == "" {
+		return nil, errors.New("keydir: no local domain (whose users it serves)")
+	}
+	if cfg.Accounts == nil {
+		return nil, errors.New("keydir: no Accounts (ServerAccounts when the XMPP server alone keeps them)")
+	}
+	served := map[string]bool{}
+	for _, dom := range append([]string{cfg.LocalDomain}, cfg.Federated...) {
+		j, err := jid.Parse(dom)
+		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
+			return nil, fmt.Errorf("keydir: %q is not a domain", dom)
+		}
+		served[j.Domainpart()] = true
 	}
 	if cfg.LookupPerMinute <= 0 {
 		cfg.LookupPerMinute = 600
@@ -119,6 +157,7 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 	}
 	d := &Directory{
 		cfg:     cfg,
+		served:  served,
 		store:   store,
 		log:     log,
 		lookups: ratelimit.New(cfg.LookupPerMinute/60, cfg.LookupBurst, 100_000),
@@ -232,10 +271,14 @@ func (d *Directory) prove(ctx context.Context, idx int64, rec keylog.Record, cp 
 	return p, nil
 }
 
-// requester returns the sender's bare JID, which must be a user's.
-func requester(iq *component.Stanza) (jid.JID, error) {
+// requester returns the sender's bare JID, which must be a user's of a
+// domain the directory serves.
+func (d *Directory) requester(iq *component.Stanza) (jid.JID, error) {
 	if iq.From.Localpart() == "" {
 		return jid.JID{}, component.Error(stanza.Forbidden, "the key directory serves user accounts only")
+	}
+	if !d.served[iq.From.Domainpart()] {
+		return jid.JID{}, component.Errorf(stanza.Forbidden, "the key directory serves users of %s (and the federated domains its operator lists) only", d.cfg.LocalDomain)
 	}
 	return iq.From.Bare(), nil
 }
@@ -273,11 +316,11 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if err := wantType(iq, stanza.SetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
-	if d.cfg.LocalDomain != "" && who.Domainpart() != d.cfg.LocalDomain {
+	if who.Domainpart() != d.cfg.LocalDomain {
 		return nil, component.Errorf(stanza.Forbidden, "only users of %s may publish keys here", d.cfg.LocalDomain)
 	}
 	var req keydirxml.Publish
@@ -302,6 +345,13 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	bare, err := keylog.ParseBareJID(who.String())
 	if err != nil {
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
+	}
+	exists, err := d.cfg.Accounts.AccountExists(ctx, bare)
+	if err != nil {
+		return nil, d.internal("account", err)
+	}
+	if !exists {
+		return nil, component.Errorf(stanza.Forbidden, "%s is not an account here (deleted?): no key can be bound to it", bare)
 	}
 	b, created, err := d.store.Publish(ctx, bare, der, d.cfg.Now())
 	if errors.Is(err, logdb.ErrConflict) {
@@ -342,7 +392,7 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +455,7 @@ func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza) 
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -423,7 +473,7 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -460,7 +510,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}

@@ -59,6 +59,12 @@ func New(t testing.TB, cfg keydir.Config) *Log {
 	if _, err := migrate.Apply(ctx, db, slog.New(slog.DiscardHandler), logdb.Migrations()); err != nil {
 		t.Fatal(err)
 	}
+	if cfg.LocalDomain == "" {
+		cfg.LocalDomain = "lab.localhost"
+	}
+	if cfg.Accounts == nil {
+		cfg.Accounts = keydir.ServerAccounts{}
+	}
 	skey, vkey, err := note.GenerateKey(rand.Reader, Origin)
 	if err != nil {
 		t.Fatal(err)

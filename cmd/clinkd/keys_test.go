@@ -92,7 +92,7 @@ func TestKeysCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := keydir.New(keydir.Config{Signer: signer}, store, nil, nil)
+	d, err := keydir.New(keydir.Config{Signer: signer, LocalDomain: "lab.localhost", Accounts: keydir.ServerAccounts{}}, store, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
