@@ -11,10 +11,10 @@ var (
 	ErrFrameTooLarge = errFrameTooLarge
 )
 
-// HoldHashSlot takes a hashing slot as a password check would, so a test
-// can fill the semaphore deterministically.
+// HoldHashSlot takes a hashing slot as a password check from a stranger
+// would, so a test can fill the slots deterministically.
 func (s *Service) HoldHashSlot(ctx context.Context) (release func(), err error) {
-	if err := s.hash.acquire(ctx); err != nil {
+	if err := s.hash.acquire(ctx, false); err != nil {
 		return nil, err
 	}
 	return s.hash.release, nil

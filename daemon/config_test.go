@@ -118,6 +118,20 @@ func TestClinkIDConfigErrors(t *testing.T) {
 		{"no server domain", func(c *daemon.Config) {}, "clinkid needs link.server_domain"},
 		{"bad argon2", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2Parallelism = 300 }, "clinkid.argon2_parallelism out of range"},
 		{"argon2 memory too small", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2MemoryKiB = 16 }, "argon2id memory 16 KiB"},
+		{"bad registration", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.ClinkID.Registration = "sometimes"
+		}, "registration \"sometimes\": want closed, invite or open"},
+		{"short password floor", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.ClinkID.MinPasswordLength = 6
+		}, "min_password_length 6 is below 8"},
+		{"bad ejabberd api", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.EjabberdAPIURL = "ftp://x" }, "ejabberd_api_url must be an http:// or https:// URL"},
+		{"admin token on a public admin listener", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.Admin.Listen = "0.0.0.0:0"
+			c.ClinkID.AdminToken = strings.Repeat("t", 43)
+		}, "admin listener serves the ClinkID admin API and must be loopback"},
 	}
 	for _, tt := range tests {
 		cfg := daemon.Defaults()
