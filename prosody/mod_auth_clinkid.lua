@@ -381,7 +381,7 @@ local polling = false;
 local function poll()
 	if polling then return events_interval end
 	polling = true;
-	request("/clinkid/v1/bridge/events", { after = cursor }, function (answer, err)
+	local ok, err = pcall(request, "/clinkid/v1/bridge/events", { after = cursor }, function (answer, err)
 		polling = false;
 		if not answer then
 			module:log("warn", "Could not read ClinkID account events: %s", err);
@@ -393,14 +393,21 @@ local function poll()
 			end
 			recheck();
 		end
-		for _, ev in ipairs(answer.events or {}) do
+		for _, ev in ipairs(type(answer.events) == "table" and answer.events or {}) do
 			if type(ev) == "table" and type(ev.name) == "string" then
-				if ev.kind == "deleted" then
-					account_deleted(ev.name);
-				elseif ev.kind == "password_changed" then
-					password_changed(ev.name);
-				elseif ev.kind == "registered" then
-					missing_cache:set(ev.name, nil);
+				-- A handler that fails (another module's) must not stop the
+				-- events after it, nor the polling.
+				local ok, err = pcall(function ()
+					if ev.kind == "deleted" then
+						account_deleted(ev.name);
+					elseif ev.kind == "password_changed" then
+						password_changed(ev.name);
+					elseif ev.kind == "registered" then
+						missing_cache:set(ev.name, nil);
+					end
+				end);
+				if not ok then
+					module:log("error", "Handling the ClinkID %s event of %s failed: %s", tostring(ev.kind), ev.name, err);
 				end
 			end
 		end
@@ -408,6 +415,11 @@ local function poll()
 			cursor = answer.last;
 		end
 	end);
+	if not ok then
+		polling = false;
+		module:log("error", "Could not ask for ClinkID account events: %s", err);
+	end
+	-- Returning the interval keeps the timer going, whatever happened.
 	return events_interval;
 end
 
