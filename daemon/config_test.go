@@ -144,9 +144,15 @@ func TestClinkIDConfigErrors(t *testing.T) {
 			t.Errorf("%s: New = %v, want an error with %q", tt.name, err, tt.wantErr)
 		}
 	}
-	cfg, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ENABLED=true"})
-	if err != nil || cfg.ClinkID.AdminToken != "too short" || !cfg.ClinkID.Enabled {
+	cfg, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ENABLED=true",
+		"CLINKD_CLINKID_REGISTRATION=invite", "CLINKD_CLINKID_GLOBAL_FAILURES_PER_MINUTE=30", "CLINKD_CLINKID_EJABBERD_API_URL=http://127.0.0.1:5281/api"})
+	if err != nil || cfg.ClinkID.AdminToken != "too short" || !cfg.ClinkID.Enabled || cfg.ClinkID.Registration != "invite" ||
+		cfg.ClinkID.GlobalFailuresPerMinute != 30 || cfg.ClinkID.EjabberdAPIURL != "http://127.0.0.1:5281/api" {
 		t.Fatalf("LoadConfig with clinkid env = %+v, %v", cfg.ClinkID, err)
+	}
+	// Registration is closed unless the config says otherwise.
+	if cfg, _ := daemon.LoadConfig("", nil); cfg.ClinkID.Registration != "" {
+		t.Errorf("default clinkid.registration = %q, want unset (closed)", cfg.ClinkID.Registration)
 	}
 	if _, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ADMIN_TOKEN=x"}); err == nil || !strings.Contains(err.Error(), "both clinkid.admin_token and clinkid.admin_token_file") {
 		t.Errorf("admin token twice = %v", err)
