@@ -250,6 +250,46 @@ func TestAbuseEjabberd(t *testing.T) {
 
 	t.Run("sessions end", func(t *testing.T) { testSessionsEnd(t, e) })
 
+	// What ejabberd kept for a deleted account goes with it: a later
+	// owner of the name (after the quarantine) must not inherit it.
+	t.Run("deleted data", func(t *testing.T) {
+		ctx := t.Context()
+		name, bare, password := e.newAccount(t, "kept")
+		body := "kept for " + randHex(6)
+		comp := e.d.Component()
+		if err := comp.SendMessage(ctx, stanza.Message{To: jid.MustParse(bare), From: comp.Domain(), Type: stanza.ChatMessage},
+			struct {
+				XMLName xml.Name `xml:"jabber:client body"`
+				Text    string   `xml:",chardata"`
+			}{Text: body}); err != nil {
+			t.Fatal(err)
+		}
+		stored := func() bool {
+			dump, err := e.srv.DumpStorage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return bytes.Contains(dump, []byte(body))
+		}
+		for deadline := time.Now().Add(30 * time.Second); !stored(); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the offline message was never stored")
+			}
+		}
+		tok, err := e.api.Login(ctx, name, password, "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.api.Delete(ctx, tok.Token, password); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(30 * time.Second); stored(); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("ejabberd still stores the deleted account's offline message 30 s after the deletion")
+			}
+		}
+	})
+
 	// Many addresses, each below mod_fail2ban's threshold, spraying names:
 	// no per-address limit can see them, so the global budget of failures
 	// from unknown networks, shared by every clinkd extauth process, stops
