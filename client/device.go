@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"mellium.im/xmpp/jid"
@@ -220,6 +221,10 @@ func (*Expiry) event() {}
 // clinkd. Key shares are stored on the way. A message that fails
 // verification is returned as an error (and dropped), so the caller sees
 // every forgery.
+//
+// Only messages from a user's address at the component are read
+// (docs/envelope.md, "Transport"); an envelope that arrives any other way
+// is never opened.
 func (d *Device) NextEvent(ctx context.Context) (Event, error) {
 	for {
 		s, err := d.c.Next(ctx, func(s *Stanza) bool {
@@ -228,8 +233,8 @@ func (d *Device) NextEvent(ctx context.Context) (Event, error) {
 		if err != nil {
 			return nil, err
 		}
-		peer, err := address.User(s.From)
-		if err != nil {
+		peer, ok := relayPeer(s, d.component)
+		if !ok {
 			continue // from the component itself: nothing for the app
 		}
 		if id, kind, ok := s.ReceiptFor(); ok {
@@ -273,25 +278,64 @@ func (d *Device) Acknowledge(ctx context.Context, m *Message, kind ReceiptKind) 
 	return d.c.SendReceipt(ctx, d.component, m.From, m.ID, kind, !m.Expires.IsZero())
 }
 
+// relayPeer returns the user whose address at the component sent s, the
+// other party of the conversation, if s is a message clinkd relayed:
+// not an error, from a user's address at component (docs/envelope.md,
+// "Transport"). Anything else carries nothing for the device.
+func relayPeer(s *Stanza, component jid.JID) (jid.JID, bool) {
+	if s.Kind != "message" || s.Type == "error" || s.From.Domainpart() != component.Domainpart() {
+		return jid.JID{}, false
+	}
+	peer, err := address.User(s.From)
+	if err != nil {
+		return jid.JID{}, false
+	}
+	return peer, true
+}
+
+// ErrWrongAuthor is returned for an envelope whose signed from does not
+// fit the conversation it was relayed in: someone writing through another
+// user's address. The message is dropped.
+var ErrWrongAuthor = errors.New("client: the envelope's author does not fit the conversation it came in")
+
+// checkAuthor applies the receiving rule of docs/envelope.md, "Transport",
+// to a valid envelope relayed from peer's address: its author is the peer;
+// or, in a copy marked sent, this user (me), writing to the peer. JIDs are
+// canonical on both sides (Validate, jid), so they compare byte for byte.
+func checkAuthor(me string, peer jid.JID, sent bool, env *envelopexml.Envelope) error {
+	p := peer.String()
+	switch {
+	case !sent && env.From != p:
+		return fmt.Errorf("%w: message %s in the conversation with %s claims to be from %s", ErrWrongAuthor, env.ID, p, env.From)
+	case sent && env.From != me:
+		return fmt.Errorf("%w: copy %s of a message sent to %s claims to be from %s, not this user", ErrWrongAuthor, env.ID, p, env.From)
+	case sent && !slices.Contains(env.To, p):
+		return fmt.Errorf("%w: copy %s of a message sent to %s does not name %s as a recipient", ErrWrongAuthor, env.ID, p, p)
+	}
+	return nil
+}
+
 func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {
 	env, err := s.Envelope()
 	if err != nil {
 		return nil, false, err
 	}
-	peer, err := address.User(s.From)
-	if err != nil {
+	peer, ok := relayPeer(s, d.component)
+	if !ok {
+		return nil, false, fmt.Errorf("client: envelope not relayed by clinkd (from %s)", s.From)
+	}
+	// Structure and canonical JIDs first (docs/envelope.md, section 7):
+	// before the sender's key is looked up by from.
+	if err := env.Validate(); err != nil {
+		return nil, false, fmt.Errorf("client: message in the conversation with %s: %w", peer, err)
+	}
+	sent := s.Has(SentName)
+	if err := checkAuthor(d.me, peer, sent, env); err != nil {
 		return nil, false, err
 	}
 	author, err := jid.Parse(env.From)
 	if err != nil {
 		return nil, false, fmt.Errorf("client: envelope from %q: %w", env.From, err)
-	}
-	// The author is the peer, or this user for a copy of what another of
-	// its devices sent to the peer; anything else is a forgery through a
-	// conversation address.
-	sent := s.Has(SentName)
-	if sent && author.String() != d.me || !sent && !author.Equal(peer) {
-		return nil, false, fmt.Errorf("client: message %s in the conversation with %s claims to be from %s", env.ID, peer, author)
 	}
 	key, err := d.recipientKey(ctx, author)
 	if err != nil {

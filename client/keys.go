@@ -109,6 +109,14 @@ var (
 	ErrLogInconsistent = errors.New("client: keydir log is not consistent with the checkpoint seen before")
 	ErrBadProof        = errors.New("client: keydir inclusion proof does not verify")
 	ErrBadAnswer       = errors.New("client: keydir answer is malformed")
+	// ErrStaleCheckpoint: the answer came with a validly signed checkpoint
+	// of a smaller tree than the one the device pinned. The answer is
+	// refused and the pin kept (a pin never goes back). It is not proof of
+	// a fork: two requests in flight at once can be answered out of order,
+	// so a retry may succeed. A server that keeps answering this way is
+	// hiding entries newer than the pin (a rollback), which the app must
+	// tell the user.
+	ErrStaleCheckpoint = errors.New("client: keydir checkpoint is older than the one this device already accepted")
 )
 
 // A KeyChange reports that the key the directory binds to a JID is not
@@ -351,9 +359,10 @@ func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
 	return out, nil
 }
 
-// acceptCheckpoint verifies a signed checkpoint, proves it consistent with
-// the pinned one (asking the server for a consistency proof) and pins the
-// larger of the two.
+// acceptCheckpoint verifies a signed checkpoint, refuses one smaller than
+// the pinned one (ErrStaleCheckpoint, asking the server nothing), proves a
+// larger one consistent with the pinned one (asking the server for a
+// consistency proof) and pins it. See docs/protocol.md, "Checkpoints".
 func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*VerifiedCheckpoint, error) {
 	cp, err := openCheckpoint(signed, d.verifier)
 	if err != nil {
@@ -373,10 +382,12 @@ func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*Ve
 	if err != nil {
 		return nil, fmt.Errorf("client: keydir pinned checkpoint: %w", err)
 	}
-	older, newer := prev, cp
 	if cp.Size < prev.Size {
-		older, newer = cp, prev
+		// Never roll the pin back, and never prove answers against a tree
+		// older than one already seen: it could hide a later reset.
+		return nil, fmt.Errorf("%w: %d entries, after %d", ErrStaleCheckpoint, cp.Size, prev.Size)
 	}
+	older, newer := prev, cp
 	switch {
 	case older.Size == newer.Size:
 		if older.Hash != newer.Hash {

@@ -36,20 +36,32 @@ func storeless() []any {
 	return []any{hints.NoStore{}, hints.NoPermanentStore{}, carbons.Private{}}
 }
 
-// SendEnvelope sends an envelope to the user to through clinkd. A timed
-// envelope (Expires set) goes as a headline with no-store hints and no
-// carbon copy, so that the sender's own server keeps nothing either; clinkd
-// refuses it otherwise. An ordinary envelope goes as chat, and clinkd
-// tracks its receipts.
+// SendEnvelope sends an envelope to the user to through clinkd, as
+// docs/envelope.md ("Transport") specifies: to the user's address at the
+// component, with the envelope's id and no <body>. A timed envelope
+// (Expires set) goes as a headline with no-store hints and no carbon copy,
+// so that the sender's own server keeps nothing either; clinkd refuses it
+// otherwise. An ordinary envelope goes as chat, and clinkd tracks its
+// receipts. A device sends one message for each recipient of the envelope.
 func (c *Client) SendEnvelope(ctx context.Context, component, to jid.JID, env *envelopexml.Envelope) error {
-	addr, err := address.AtComponent(to, component)
+	m, payload, err := envelopeMessage(component, to, env)
 	if err != nil {
 		return err
 	}
-	if env.Expires.IsZero() {
-		return c.SendMessage(ctx, stanza.Message{ID: env.ID, To: addr, Type: stanza.ChatMessage}, env)
+	return c.SendMessage(ctx, m, payload...)
+}
+
+// envelopeMessage returns the message that carries env to the user to
+// through the clinkd at component, and its children.
+func envelopeMessage(component, to jid.JID, env *envelopexml.Envelope) (stanza.Message, []any, error) {
+	addr, err := address.AtComponent(to, component)
+	if err != nil {
+		return stanza.Message{}, nil, err
 	}
-	return c.SendMessage(ctx, stanza.Message{ID: env.ID, To: addr, Type: stanza.HeadlineMessage}, append([]any{env}, storeless()...)...)
+	if env.Expires.IsZero() {
+		return stanza.Message{ID: env.ID, To: addr, Type: stanza.ChatMessage}, []any{env}, nil
+	}
+	return stanza.Message{ID: env.ID, To: addr, Type: stanza.HeadlineMessage}, append([]any{env}, storeless()...), nil
 }
 
 // ReceiptKind is a delivery receipt or a read (displayed) marker.

@@ -69,11 +69,9 @@ type Component struct {
 	pendingMu sync.Mutex
 	pending   map[string]chan *Stanza // our own IQs awaiting a reply, by id
 
-	// lastRead is when the read loop last got input (UnixNano); blocked is
-	// true while it waits for a worker queue. Together they tell a dead
-	// link from one that is only busy.
+	// lastRead is when the read loop last got input (UnixNano), which
+	// tells a dead link from a quiet one.
 	lastRead atomic.Int64
-	blocked  atomic.Bool
 }
 
 // New makes a Component. A nil logger discards; nil metrics are made and
@@ -216,12 +214,26 @@ func (c *Component) Run(ctx context.Context) error {
 	}
 	// Handlers may outlive ctx by up to HandlerTimeout while in-flight work
 	// drains at shutdown; they must not be cancelled halfway.
-	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.handle)
+	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.cfg.MaxQueued, c.cfg.MaxQueuedBytes, c.handle)
 	defer work.stop()
+	// Refusals of stanzas the pool had no room for are answered here, off
+	// the read loop, so that answering never makes it wait; when even this
+	// queue is full they are dropped (and counted).
+	refusals := make(chan refusal, 256)
+	var refuser sync.WaitGroup
+	refuser.Go(func() {
+		for r := range refusals {
+			c.replyError(context.WithoutCancel(ctx), r.s, r.err)
+		}
+	})
+	defer func() {
+		close(refusals)
+		refuser.Wait()
+	}()
 
 	bo := backoff{min: c.cfg.BackoffMin, max: c.cfg.BackoffMax}
 	for {
-		up, err := c.link(ctx, work)
+		up, err := c.link(ctx, work, refusals)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -240,18 +252,13 @@ func (c *Component) Run(ctx context.Context) error {
 
 // link makes one connection, serves it until it ends and reports how long
 // it was up and why it ended.
-func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err error) {
+func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusal) (up time.Duration, err error) {
 	c.setState(Connecting, nil, nil)
-	d := net.Dialer{
-		Timeout: c.cfg.DialTimeout,
-		// The kernel notices a silent peer even when no ping is configured.
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
-	}
-	conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	conn, stage, err := c.dial(ctx)
 	if err != nil {
 		c.setState(Down, nil, nil)
-		c.metrics.LinkFailures.WithLabelValues("dial").Inc()
-		return 0, fmt.Errorf("component: dial %s: %w", c.cfg.Addr, err)
+		c.metrics.LinkFailures.WithLabelValues(stage).Inc()
+		return 0, err
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, c.cfg.Secret, conn)
@@ -265,7 +272,7 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 	since := time.Now()
 	c.lastRead.Store(since.UnixNano())
 	c.setState(Linked, sess, conn)
-	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String())
+	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String(), "tls", tlsVersion(conn))
 
 	linkCtx, stopLink := context.WithCancel(ctx)
 	var aux sync.WaitGroup
@@ -278,7 +285,7 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 		}
 	})
 
-	err = c.readLoop(ctx, sess, work)
+	err = c.readLoop(ctx, sess, work, refusals)
 	if ctx.Err() != nil {
 		// Graceful stop: let queued stanzas be answered on this link first.
 		work.drain(c.cfg.HandlerTimeout)
@@ -297,10 +304,19 @@ func (c *Component) link(ctx context.Context, work *pool) (up time.Duration, err
 	return time.Since(since), err
 }
 
-// readLoop reads stanzas whole and hands them to the workers. It returns
-// when the stream ends: io.EOF for a graceful close, a stream.Error, or the
-// network error.
-func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool) error {
+// refusal is a stanza the pool had no room for, and the error to answer
+// it with.
+type refusal struct {
+	s   *Stanza
+	err error
+}
+
+// readLoop reads stanzas whole and hands them to the workers. It never
+// waits for a worker: a stanza its sender's queue (or the pool) has no room
+// for is refused with resource-constraint, so one sender cannot stop the
+// link for everyone. It returns when the stream ends: io.EOF for a
+// graceful close, a stream.Error, or the network error.
+func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool, refusals chan<- refusal) error {
 	r := sess.TokenReader()
 	defer r.Close()
 	for {
@@ -344,11 +360,18 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 			// An oversized stanza lost its payload; the worker answers it
 			// with policy-violation.
 			s.oversized = oversized
-			c.blocked.Store(true)
-			err = work.dispatch(ctx, s.From.Bare().String(), s)
-			c.blocked.Store(false)
-			if err != nil {
-				return err
+			s.arrived = time.Now()
+			if ok, why := work.put(s.From.Bare().String(), s); !ok {
+				c.metrics.Refused.WithLabelValues(why).Inc()
+				text := "clinkd is busy; try again shortly"
+				if why == refusedSender {
+					text = fmt.Sprintf("you have %d requests waiting at clinkd; wait for their answers", c.cfg.QueueDepth)
+				}
+				select {
+				case refusals <- refusal{s, Error(stanza.ResourceConstraint, text)}:
+				default:
+					c.metrics.Refused.WithLabelValues("dropped").Inc()
+				}
 			}
 		}
 		// Whitespace between stanzas is a keepalive; nothing to do.
@@ -357,8 +380,7 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 
 // keepalive pings the server when the link has been silent for
 // PingInterval and closes the connection when, PingTimeout later, nothing
-// has arrived. A read loop that is waiting for a worker queue is busy, not
-// dead, so silence then does not count.
+// has arrived.
 func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.Conn) {
 	if c.cfg.ServerDomain.Domainpart() == "" {
 		return
@@ -372,9 +394,6 @@ func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if c.blocked.Load() {
-				continue
-			}
 			idle := now.Sub(time.Unix(0, c.lastRead.Load()))
 			switch {
 			case idle >= c.cfg.PingInterval+c.cfg.PingTimeout:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -245,13 +246,16 @@ func discardInput(c *fakeConn) {
 	}
 }
 
-// TestBackpressure shows that a slow handler stops the read loop instead
-// of starting goroutines, and that every stanza still gets its answer.
-func TestBackpressure(t *testing.T) {
-	t.Parallel()
+// TestFloodIsRefusedNotQueued: a sender that sends more than its queue
+// holds while its handlers are slow gets resource-constraint at once for
+// the rest, no goroutine is started per stanza, and every stanza gets
+// exactly one answer: a result once the handlers run, or the refusal.
+func TestFloodIsRefusedNotQueued(t *testing.T) {
+	// Not parallel: it counts the process's goroutines, which parallel
+	// tests would change under it.
 	var release = make(chan struct{})
 	var handled atomic.Int32
-	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 2; c.QueueDepth = 2 }, func(c *Component) {
+	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 2; c.QueueDepth = 4 }, func(c *Component) {
 		c.HandleIQ(xml.Name{Space: testNS, Local: "slow"}, IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
 			<-release
 			handled.Add(1)
@@ -262,27 +266,110 @@ func TestBackpressure(t *testing.T) {
 	const n = 200
 	go func() {
 		for i := range n {
-			conn.send(t, fmt.Sprintf(`<iq type='set' id='s%d' from='u%d@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, i, i, testNS))
+			conn.send(t, fmt.Sprintf(`<iq type='set' id='s%d' from='flood@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, i, testNS))
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// One stanza of the sender runs (blocked), at most four wait; every
+	// other is refused without waiting for the handlers.
+	answers := map[string]string{}
+	for len(answers) < n-5 {
+		g := conn.read(t)
+		if g.Type != "error" || !strings.Contains(g.Inner, "resource-constraint") || !strings.Contains(g.Inner, "requests waiting") {
+			t.Fatalf("reply %+v before release, want a resource-constraint refusal", g)
+		}
+		answers[g.ID] = "refused"
+	}
+	time.Sleep(100 * time.Millisecond) // let the writes' own goroutines end
 	if g := runtime.NumGoroutine(); g > before+5 {
-		t.Errorf("goroutines grew from %d to %d while the pool was full", before, g)
+		t.Errorf("goroutines grew from %d to %d under the flood", before, g)
 	}
 	if h := handled.Load(); h != 0 {
 		t.Fatalf("handled %d before release", h)
 	}
 	close(release)
-	seen := map[string]bool{}
-	for range n {
+	results := 0
+	for len(answers) < n {
 		g := conn.read(t)
-		if g.Type != "result" {
-			t.Fatalf("reply %+v, want result", g)
+		if _, dup := answers[g.ID]; dup {
+			t.Fatalf("second answer to %s: %+v", g.ID, g)
 		}
-		seen[g.ID] = true
+		answers[g.ID] = g.Type
+		if g.Type == "result" {
+			results++
+		}
 	}
-	if len(seen) != n {
-		t.Errorf("got %d distinct replies, want %d", len(seen), n)
+	if results < 4 || results > 5 {
+		t.Errorf("%d results, want the 4 or 5 stanzas that fit the sender's queue (and the one running)", results)
+	}
+}
+
+// TestFairness: while one sender keeps every worker's share of its queue
+// busy with slow requests, another sender's ping is answered before the
+// flooding sender's next request, because senders take turns.
+func TestFairness(t *testing.T) {
+	t.Parallel()
+	var release = make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // never leave a handler blocked
+	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 1; c.QueueDepth = 8 }, func(c *Component) {
+		c.HandleIQ(xml.Name{Space: testNS, Local: "slow"}, IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
+			<-release
+			return nil, nil
+		}))
+	})
+	for i := range 8 {
+		conn.send(t, fmt.Sprintf(`<iq type='set' id='f%d' from='flood@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, i, testNS))
+	}
+	conn.send(t, `<iq type='get' id='other' from='quiet@example/r' to='clink.example'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	// Give the read loop time to queue everything, then let one slow
+	// request finish at a time: the quiet sender's ping is next.
+	time.Sleep(100 * time.Millisecond)
+	release <- struct{}{}
+	if g := conn.read(t); g.ID != "f0" {
+		t.Fatalf("first answer %s, want f0", g.ID)
+	}
+	if g := conn.read(t); g.ID != "other" || g.Type != "result" {
+		t.Fatalf("second answer %+v, want the quiet sender's ping before the flood's f1", g)
+	}
+	once.Do(func() { close(release) })
+	for i := 1; i < 8; i++ {
+		if g := conn.read(t); g.ID != fmt.Sprintf("f%d", i) {
+			t.Fatalf("answer %s, want f%d: one sender's requests in order", g.ID, i)
+		}
+	}
+}
+
+// TestDeadlineFromArrival: a request that waited in the queue longer than
+// HandlerTimeout is answered resource-constraint without running the
+// handler, because its requester's time is up.
+func TestDeadlineFromArrival(t *testing.T) {
+	t.Parallel()
+	var release = make(chan struct{})
+	var ran atomic.Int32
+	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 1; c.HandlerTimeout = 200 * time.Millisecond }, func(c *Component) {
+		c.HandleIQ(xml.Name{Space: testNS, Local: "slow"}, IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
+			ran.Add(1)
+			<-release
+			return nil, nil
+		}))
+	})
+	conn.send(t, fmt.Sprintf(`<iq type='set' id='first' from='a@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, testNS))
+	conn.send(t, fmt.Sprintf(`<iq type='set' id='second' from='b@example/r' to='clink.example'><slow xmlns='%s'/></iq>`, testNS))
+	time.Sleep(400 * time.Millisecond) // past the second one's deadline, while it waits
+	close(release)
+	got := map[string]gotStanza{}
+	for range 2 {
+		g := conn.read(t)
+		got[g.ID] = g
+	}
+	if got["first"].Type != "result" {
+		t.Errorf("first = %+v, want result (its handler ran)", got["first"])
+	}
+	if g := got["second"]; g.Type != "error" || !strings.Contains(g.Inner, "resource-constraint") {
+		t.Errorf("second = %+v, want resource-constraint", g)
+	}
+	if n := ran.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1: a request past its deadline is not started", n)
 	}
 }
 

@@ -1,6 +1,7 @@
 package component
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"runtime"
@@ -14,6 +15,13 @@ import (
 type Config struct {
 	// Addr is the host:port of the XMPP server's component listener.
 	Addr string
+	// TLS, if not nil, wraps the link in TLS from the first byte
+	// (ejabberd's ejabberd_service listener with `tls: true`); XEP-0114
+	// itself is plaintext. The server is always verified: a config with
+	// InsecureSkipVerify is refused, MinVersion is raised to TLS 1.2 and
+	// an empty ServerName becomes Addr's host. RootCAs nil means the
+	// system's roots.
+	TLS *tls.Config
 	// Domain is the component's domain, as the server's config names it.
 	Domain jid.JID
 	// Secret is the shared secret of the XEP-0114 handshake.
@@ -27,10 +35,16 @@ type Config struct {
 	Identity Identity
 
 	// Workers is the number of handler goroutines (default 4×GOMAXPROCS,
-	// at least 8). QueueDepth is each worker's queue (default 64). When a
-	// queue is full the read loop waits: backpressure, not more goroutines.
-	Workers    int
-	QueueDepth int
+	// at least 8). QueueDepth is how many stanzas of one sender may wait
+	// (default 64); MaxQueued and MaxQueuedBytes bound what waits in all
+	// (defaults 64×QueueDepth stanzas and 64 MiB), so that many senders
+	// together cannot exhaust memory while one alone cannot fill the
+	// pool. Past any bound a stanza is refused with resource-constraint at
+	// once: the read loop never waits for one sender.
+	Workers        int
+	QueueDepth     int
+	MaxQueued      int
+	MaxQueuedBytes int
 	// HandlerTimeout bounds one handler call (default 10s), so a stuck
 	// store cannot hold a worker for ever.
 	HandlerTimeout time.Duration
@@ -64,6 +78,9 @@ func (c *Config) setDefaults() error {
 	if len(c.Secret) == 0 {
 		return errors.New("component: empty secret")
 	}
+	if err := c.checkTLS(); err != nil {
+		return err
+	}
 	if c.Identity.Category == "" {
 		c.Identity = Identity{Category: "component", Type: "generic", Name: "clinkd"}
 	}
@@ -72,6 +89,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.QueueDepth <= 0 {
 		c.QueueDepth = 64
+	}
+	if c.MaxQueued <= 0 {
+		c.MaxQueued = 64 * c.QueueDepth
+	}
+	if c.MaxQueuedBytes <= 0 {
+		c.MaxQueuedBytes = 64 << 20
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

@@ -16,10 +16,14 @@
 //
 // Invariants the rest of clinkd relies on:
 //   - an IQ get or set always gets exactly one reply: the handler's result,
-//     its error, or service-unavailable when nothing handles the payload;
+//     its error, service-unavailable when nothing handles the payload, or
+//     resource-constraint when it could not be handled in time or its
+//     sender had too much waiting;
 //   - a stanza of type "error" is never answered;
-//   - stanzas from one sender (bare JID) are handled in the order they
-//     arrived, because they always go to the same worker;
-//   - a full worker queue stops the read loop (backpressure reaches the
-//     server through TCP) instead of starting more goroutines.
+//   - stanzas from one sender (bare JID) are handled one at a time, in the
+//     order they arrived;
+//   - senders take turns on the workers, and the read loop never waits for
+//     a worker: a sender over its queue is refused, not waited for, so one
+//     sender cannot hold up the others (and no goroutine is started per
+//     stanza).
 package component

@@ -44,7 +44,18 @@ func (c *Component) handle(ctx context.Context, s *Stanza) {
 		c.replyError(ctx, s, Errorf(stanza.PolicyViolation, "stanza larger than %d bytes", c.cfg.MaxStanzaBytes))
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.HandlerTimeout)
+	// The handler's time counts from the stanza's arrival, not from when
+	// a worker got to it: a requester waits for the whole of it.
+	deadline := s.arrived.Add(c.cfg.HandlerTimeout)
+	if s.arrived.IsZero() {
+		deadline = time.Now().Add(c.cfg.HandlerTimeout)
+	}
+	if time.Until(deadline) <= 0 {
+		c.metrics.Refused.WithLabelValues("late").Inc()
+		c.replyError(ctx, s, Error(stanza.ResourceConstraint, "clinkd was too busy to answer in time; try again"))
+		return
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	switch s.Kind {
 	case KindIQ:

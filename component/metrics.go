@@ -9,12 +9,17 @@ import (
 type Metrics struct {
 	LinkUp         prometheus.Gauge
 	Reconnects     prometheus.Counter
-	LinkFailures   *prometheus.CounterVec // by stage: dial, handshake, stream
+	LinkFailures   *prometheus.CounterVec // by stage: dial, tls, handshake, stream, keepalive
 	StanzasIn      *prometheus.CounterVec // by kind
 	StanzasOut     *prometheus.CounterVec // by kind
 	HandlerSeconds *prometheus.HistogramVec
 	Errors         *prometheus.CounterVec // stanza errors sent, by condition
 	Panics         prometheus.Counter
+	// Refused counts stanzas answered resource-constraint before any
+	// handler saw them: "sender" (the sender's queue was full), "total"
+	// (the pool was full), "late" (its deadline passed in the queue),
+	// "dropped" (refused, but the refusal queue was full too).
+	Refused *prometheus.CounterVec
 }
 
 // NewMetrics makes the instruments and registers them with reg, which may be
@@ -31,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		LinkFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_link_failures_total",
-			Help: "Link attempts or links that ended in failure, by stage (dial, handshake, stream).",
+			Help: "Link attempts or links that ended in failure, by stage (dial, tls, handshake, stream, keepalive).",
 		}, []string{"stage"}),
 		StanzasIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_stanzas_in_total",
@@ -54,10 +59,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "clinkd_handler_panics_total",
 			Help: "Handler panics recovered (each is a bug).",
 		}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinkd_stanzas_refused_total",
+			Help: "Stanzas refused with resource-constraint before any handler saw them, by reason (sender, total, late, dropped).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.LinkUp, m.Reconnects, m.LinkFailures, m.StanzasIn,
-			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics)
+			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics, m.Refused)
 	}
 	return m
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -39,6 +40,7 @@ type Stanza struct {
 	children  []span      // top-level child elements, in order
 	size      int         // approximate serialized size in bytes
 	oversized bool        // over MaxStanzaBytes: tokens and children dropped
+	arrived   time.Time   // when the read loop got it: its deadline counts from here
 }
 
 type span struct {

@@ -108,7 +108,7 @@ func TestClinkIDConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short")
 	os.WriteFile(short, []byte("too short\n"), 0o600)
-	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: "s"}
+	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: goodSecret}
 	tests := []struct {
 		name    string
 		cfg     func(*daemon.Config)
@@ -129,7 +129,7 @@ func TestClinkIDConfigErrors(t *testing.T) {
 		{"bad ejabberd api", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.EjabberdAPIURL = "ftp://x" }, "ejabberd_api_url must be an http:// or https:// URL"},
 		{"admin token on a public admin listener", func(c *daemon.Config) {
 			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
-			c.Admin.Listen = "0.0.0.0:0"
+			c.Admin.Listen, c.Admin.AllowRemote = "0.0.0.0:0", true // even when allowed for metrics
 			c.ClinkID.AdminToken = strings.Repeat("t", 43)
 		}, "admin listener serves the ClinkID admin API and must be loopback"},
 	}

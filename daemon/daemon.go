@@ -7,12 +7,14 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -92,6 +94,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 	}()
 
+	if err := cfg.Check(); err != nil {
+		return nil, err
+	}
+	if c := cfg.Link; c.InsecureNetwork && !c.TLS && !isLoopback(c.Addr) {
+		log.Warn("the XEP-0114 link leaves this host unencrypted (link.insecure_network is set): "+
+			"whoever is on the path sees every stanza and can guess the secret offline", "addr", c.Addr)
+	}
+	if !isLoopback(cfg.Admin.Listen) {
+		log.Warn("the admin listener is not on loopback (admin.allow_remote is set): it has no authentication", "listen", cfg.Admin.Listen)
+	}
 	compCfg, err := componentConfig(cfg.Link)
 	if err != nil {
 		return nil, err
@@ -131,9 +143,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 }
 
 func componentConfig(c LinkConfig) (component.Config, error) {
-	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
-		return component.Config{}, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required")
-	}
 	domain, err := jid.Parse(c.Domain)
 	if err != nil {
 		return component.Config{}, fmt.Errorf("config: link.domain: %w", err)
@@ -144,13 +153,20 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 			return component.Config{}, fmt.Errorf("config: link.server_domain: %w", err)
 		}
 	}
+	linkTLS, err := linkTLSConfig(c)
+	if err != nil {
+		return component.Config{}, err
+	}
 	return component.Config{
 		Addr:           c.Addr,
+		TLS:            linkTLS,
 		Domain:         domain,
 		Secret:         []byte(c.Secret),
 		ServerDomain:   server,
 		Workers:        c.Workers,
 		QueueDepth:     c.QueueDepth,
+		MaxQueued:      c.MaxQueued,
+		MaxQueuedBytes: c.MaxQueuedBytes,
 		MaxStanzaBytes: c.MaxStanzaBytes,
 		HandlerTimeout: c.HandlerTimeout,
 		BackoffMin:     c.BackoffMin,
@@ -158,6 +174,27 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 		PingInterval:   c.PingInterval,
 		PingTimeout:    c.PingTimeout,
 	}, nil
+}
+
+// linkTLSConfig is the link's TLS config, nil without link.tls: TLS 1.2
+// or newer, the server verified against link.tls_ca_file (else the
+// system's roots) for link.tls_server_name (else link.addr's host).
+func linkTLSConfig(c LinkConfig) (*tls.Config, error) {
+	if !c.TLS {
+		return nil, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: link.tls_ca_file: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("config: link.tls_ca_file %s holds no PEM certificate", c.TLSCAFile)
+		}
+	}
+	return t, nil
 }
 
 // registerFeatures wires the feature handlers into the component. Each
@@ -302,19 +339,6 @@ func (d *Daemon) listenPublic() error {
 	return nil
 }
 
-// isLoopback reports whether a listen address binds loopback only.
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // PublicURL is the base URL of the public listener ("" when there is none).
 func (d *Daemon) PublicURL() string {
 	if d.publicLn == nil {
@@ -339,11 +363,16 @@ func (d *Daemon) registerRelay() error {
 	}
 	domain := d.comp.Domain()
 	devs := dispatch.NewDevices(dispatch.DevicesConfig{MaxPerUser: d.cfg.Expiry.DevicesPerUser, Registerer: d.registry})
+	if d.cfg.Link.ServerDomain == "" {
+		return errors.New("config: the relay needs link.server_domain (it serves that domain's users only)")
+	}
+	e := d.cfg.Expiry
 	relay, err := expiry.New(expiry.Config{
 		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
-		MinPeriod: d.cfg.Expiry.MinPeriod, MaxPeriod: d.cfg.Expiry.MaxPeriod,
-		PerUserMessages: d.cfg.Expiry.PerUserMessages, PerUserBytes: d.cfg.Expiry.PerUserBytes,
-		TotalBytes: d.cfg.Expiry.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
+		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
+		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
+		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
+		TotalBytes: e.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
 		Log: d.log.With("part", "expiry"), Registerer: d.registry,
 	})
 	if err != nil {
@@ -353,8 +382,8 @@ func (d *Daemon) registerRelay() error {
 	if d.db != nil {
 		tracker, err := receipts.New(receipts.Config{
 			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
-			Retention: d.cfg.Receipts.Retention,
-			Log:       d.log.With("part", "receipts"), Registerer: d.registry,
+			Retention: d.cfg.Receipts.Retention, PerSenderTracked: d.cfg.Receipts.PerSenderTracked,
+			Log: d.log.With("part", "receipts"), Registerer: d.registry,
 		})
 		if err != nil {
 			return fmt.Errorf("config: receipts: %w", err)
@@ -366,7 +395,9 @@ func (d *Daemon) registerRelay() error {
 	router, err := dispatch.New(dispatch.Config{
 		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
 		Watchers: []dispatch.Watcher{relay},
-		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
+		Local:    d.cfg.Link.ServerDomain, Federated: d.cfg.Access.FederatedDomains,
+		PerMinute: d.cfg.Relay.PerMinute, Burst: d.cfg.Relay.Burst,
+		Log: d.log.With("part", "dispatch"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: %w", err)

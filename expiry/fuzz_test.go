@@ -48,6 +48,7 @@ func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *
 	router, err := dispatch.New(dispatch.Config{
 		Component: cfg.Component, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
 		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Watchers: []dispatch.Watcher{r},
+		Local: "example.org",
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -37,6 +37,12 @@ import (
 
 // Credential returns the TURN REST username and password for user valid
 // until expires.
+//
+// The username is exactly EXPIRY ":" user and must stay so: coturn counts
+// allocations for its user-quota under the username with the all-digit
+// EXPIRY prefix removed, so every credential of a user shares one budget.
+// Anything that varied after the separator would give each credential a
+// budget of its own (TestUserAllocationBudget).
 func Credential(secret []byte, user string, expires time.Time) (username, password string) {
 	username = strconv.FormatInt(expires.Unix(), 10) + ":" + user
 	mac := hmac.New(sha1.New, secret)

@@ -45,6 +45,38 @@ func TestContentEncoding(t *testing.T) {
 	}
 }
 
+// TestContentPadding: the sender pads to the smallest multiple of 256 that
+// holds the content, so content of a multiple of 256 bytes gets no padding
+// (docs/envelope.md, section 4).
+func TestContentPadding(t *testing.T) {
+	k, err := ParseContactKey(bytes.Repeat([]byte{7}, ContactKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := func(n int) Content { return Content{Kind: KindText, Text: string(bytes.Repeat([]byte("a"), n))} }
+	for _, tt := range []struct {
+		name string
+		c    Content
+		want int // encoded size; the unpadded size is 13 + text length
+	}{
+		{"empty text", text(0), 256},
+		{"one byte short of a block", text(242), 256},
+		{"exactly one block", text(243), 256},
+		{"one byte over", text(244), 512},
+		{"exactly two blocks", text(499), 512},
+		{"largest text", text(MaxTextSize), maxContent},
+		{"key-share", Content{Kind: KindKeyShare, Key: k}, 256},
+	} {
+		b, err := tt.c.marshal()
+		if err != nil {
+			t.Fatalf("%s: marshal = %v", tt.name, err)
+		}
+		if len(b) != tt.want {
+			t.Errorf("len(marshal(%s)) = %d, want %d", tt.name, len(b), tt.want)
+		}
+	}
+}
+
 // FuzzUnmarshalContent checks that decoding decrypted content never panics,
 // fails only with the content errors, and that what it accepts encodes back
 // to an equivalent content.

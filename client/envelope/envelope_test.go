@@ -536,6 +536,15 @@ func TestSealArguments(t *testing.T) {
 		{"full JID recipient", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org/phone", Key: bob.PublicKey()}}, header("a"), text("a"))
 		}, envelope.ErrInvalid},
+		{"non-canonical recipient", func() (*envelopexml.Envelope, error) {
+			return envelope.SealStandard(alice, []envelope.Recipient{{JID: "Bob@example.org", Key: bob.PublicKey()}}, header("a"), text("a"))
+		}, envelope.ErrInvalid},
+		{"non-canonical contact", func() (*envelopexml.Envelope, error) {
+			return envelope.SealEnhanced(alice, "bob@Example.org", k, header("a"), text("a"))
+		}, envelope.ErrInvalid},
+		{"expires at time", func() (*envelopexml.Envelope, error) {
+			return envelope.SealStandard(alice, toBob, envelope.Header{ID: "a", Time: now, Expires: now}, text("a"))
+		}, envelope.ErrInvalid},
 		{"too many recipients", func() (*envelopexml.Envelope, error) {
 			return envelope.SealStandard(alice, many, header("a"), text("a"))
 		}, envelope.ErrInvalid},
@@ -715,8 +724,10 @@ const aliceFingerprint = "49RzB7mI3u2hlNfXKiP/HvXe6TG0kn+QAlmlPVvWqxY="
 
 func TestGenerateIdentity(t *testing.T) {
 	t.Parallel()
-	if _, err := envelope.GenerateIdentity("alice@example.org/phone"); !errors.Is(err, envelope.ErrInvalid) {
-		t.Errorf("GenerateIdentity(full JID) = %v, want ErrInvalid", err)
+	for _, bad := range []string{"alice@example.org/phone", "Erin@example.org", "erin@example.org."} {
+		if _, err := envelope.GenerateIdentity(bad); !errors.Is(err, envelope.ErrInvalid) {
+			t.Errorf("GenerateIdentity(%q) = %v, want ErrInvalid", bad, err)
+		}
 	}
 	id, err := envelope.GenerateIdentity("erin@example.org")
 	if err != nil {

@@ -11,6 +11,7 @@ package envelope
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -94,6 +95,7 @@ type vector struct {
 	sender   string // key name of the sender key given to Open
 	contacts []contactEntry
 	content  *Content // for expect: success
+	padding  *int     // for expect: success, optional: zero bytes after the body
 	body     []byte   // the envelope XML
 }
 
@@ -122,6 +124,9 @@ func (v *vector) marshal() []byte {
 			body = v.content.Key.Bytes()
 		}
 		fmt.Fprintf(&b, "content: %s %s\n", v.content.Kind, base64.StdEncoding.EncodeToString(body))
+	}
+	if v.padding != nil {
+		fmt.Fprintf(&b, "padding: %d\n", *v.padding)
 	}
 	b.WriteString("\n")
 	b.Write(v.body)
@@ -225,6 +230,29 @@ func (g *gen) finish(r io.Reader, from Identity, seal func() (*envelopexml.Envel
 }
 
 func flip(b []byte) { b[len(b)/2] ^= 0x01 }
+
+// reseal seals plain again under the header fields e has now, as a sender
+// that wrote those fields would have: for a standard envelope it unwraps the
+// payload key with from's own key, for an enhanced one it uses k. Vectors
+// use it in an edit function to make an envelope whose signature and payload
+// are good and which breaks one rule of section 3 and nothing else, so that
+// the rule alone decides its outcome.
+func (g *gen) reseal(from Identity, k ContactKey, e *envelopexml.Envelope, plain []byte) {
+	var key []byte
+	if e.Kind == envelopexml.Enhanced {
+		key = k.key()
+	} else {
+		i := slices.IndexFunc(e.Keys, func(w envelopexml.WrappedKey) bool { return bytes.Equal(w.Fingerprint, from.fp[:]) })
+		if i < 0 {
+			g.t.Fatal("reseal: no key wrapped for the sender")
+		}
+		var err error
+		if key, err = rsa.DecryptOAEP(sha256.New(), nil, from.key, e.Keys[i].Key, []byte(oaepLabel)); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	e.Payload = newGCM(key).Seal(nil, e.Nonce, plain, aad(e))
+}
 
 // vectors returns every vector by file name.
 func (g *gen) vectors() map[string]*vector {
@@ -375,6 +403,85 @@ func (g *gen) vectors() map[string]*vector {
 	vs["invalid_full_jid"] = &vector{expect: "invalid", comments: []string{"standard_text with a resource in from"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(`from="alice@example.org"`), []byte(`from="alice@example.org/phone"`), 1)}
 
+	r = rng("invalid_before_key_size")
+	mallory := loadKey(g.t, "mallory", 2048)
+	vs["invalid_before_key_size"] = &vector{expect: "invalid", comments: []string{
+		"mallory, whose key is 2048 bits, signs a text to bob as such a sender would: the 256-byte signature breaks the bounds of section 3,",
+		"so the envelope is invalid; parsing comes before the key size check"},
+		identity: "bob", sender: "mallory",
+		body: g.standard(r, "invalid_before_key_size", "alice", g.recipients("bob"), KindText, g.encode(*hello),
+			func(e *envelopexml.Envelope) { e.From = jidOf("mallory") },
+			func(e *envelopexml.Envelope) {
+				d := sha256.Sum256(signed(e))
+				sig, err := rsa.SignPSS(r, mallory, crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
+				if err != nil {
+					g.t.Fatal(err)
+				}
+				e.Signature = sig
+			})}
+
+	// Section 2: JIDs in canonical form. Each of these is signed and sealed
+	// by alice as written, so it would open but for the rule.
+	for _, c := range []struct{ name, comment, from, extraTo string }{
+		{"invalid_jid_from_case", "from Alice@example.org: an upper-case localpart is not canonical (alice@example.org is)", "Alice@example.org", ""},
+		{"invalid_jid_from_width", "from \uff21lice@example.org, with a full-width A (U+FF21): not canonical", "\uff21lice@example.org", ""},
+		{"invalid_jid_from_trailing_dot", "from alice@example.org.: a trailing dot on the domain is not canonical", "alice@example.org.", ""},
+		{"invalid_jid_to_domain_case", "to bob@example.org and carol@Example.net: an upper-case domainpart is not canonical", "", "carol@Example.net"},
+	} {
+		r = rng(c.name)
+		plain := g.encode(*hello)
+		vs[c.name] = &vector{expect: "invalid", comments: []string{c.comment + "; signature and payload are good"},
+			identity: "bob", sender: "alice",
+			body: g.standard(r, c.name, "alice", g.recipients("bob"), KindText, plain, func(e *envelopexml.Envelope) {
+				if c.from != "" {
+					e.From = c.from
+				}
+				if c.extraTo != "" {
+					e.To = append(e.To, c.extraTo)
+				}
+				g.reseal(g.ids["alice"], ContactKey{}, e, plain)
+			}, nil)}
+	}
+
+	// Section 3: expires is strictly after time.
+	r = rng("invalid_expires_equal_time")
+	vs["invalid_expires_equal_time"] = &vector{expect: "invalid", comments: []string{"expires equals time; signature and payload are good"},
+		identity: "bob", sender: "alice",
+		body: g.standard(r, "invalid_expires_equal_time", "alice", g.recipients("bob"), KindText, g.encode(*hello), func(e *envelopexml.Envelope) {
+			e.Expires = e.Time
+			g.reseal(g.ids["alice"], ContactKey{}, e, g.encode(*hello))
+		}, nil)}
+	brief := text("Gone in a second.")
+	r = rng("standard_expires_one_second")
+	vs["standard_expires_one_second"] = &vector{expect: "success", comments: []string{"expires one second after time, the shortest validity an envelope can state"},
+		identity: "bob", sender: "alice", content: brief,
+		body: g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
+			h := g.header("standard_expires_one_second")
+			h.Expires = h.Time.Add(time.Second)
+			return sealStandard(r, g.ids["alice"], g.recipients("bob"), h, KindText, g.encode(*brief))
+		}, nil, nil)}
+
+	// Section 4: padding to a multiple of 256 adds nothing to content whose
+	// length is one already.
+	fox := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 6)
+	pad := func(n int) *int { return &n }
+	aligned := text(fox[:243]) // 1 + 4 + 4 ("text") + 4 + 243 = 256 bytes
+	r = rng("standard_text_aligned")
+	vs["standard_text_aligned"] = &vector{expect: "success", comments: []string{"a 243-byte text: the encoded content is exactly 256 bytes, so a sender adds no padding (payload of 272 bytes)"},
+		identity: "bob", sender: "alice", content: aligned, padding: pad(0),
+		body: g.standard(r, "standard_text_aligned", "alice", g.recipients("bob"), KindText, g.encode(*aligned), nil, nil)}
+	over := text(fox[:244])
+	r = rng("standard_text_aligned_plus_one")
+	vs["standard_text_aligned_plus_one"] = &vector{expect: "success", comments: []string{"a 244-byte text: 257 bytes of content, padded with 255 zero bytes to 512 (payload of 528 bytes)"},
+		identity: "bob", sender: "alice", content: over, padding: pad(255),
+		body: g.standard(r, "standard_text_aligned_plus_one", "alice", g.recipients("bob"), KindText, g.encode(*over), nil, nil)}
+	r = rng("standard_text_extra_padding")
+	vs["standard_text_extra_padding"] = &vector{expect: "success", comments: []string{
+		"the 243-byte text of standard_text_aligned with 256 zero bytes of padding, as a sender that read the rule as \"always add\" would make:",
+		"a conforming sender never does, and a receiver accepts it (any amount of zero padding)"},
+		identity: "bob", sender: "alice", content: aligned, padding: pad(256),
+		body: g.standard(r, "standard_text_extra_padding", "alice", g.recipients("bob"), KindText, append(g.encode(*aligned), make([]byte, 256)...), nil, nil)}
+
 	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
 		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
 	r = rng("unsupported_version_content")
@@ -470,7 +577,7 @@ func TestVectorsUpToDate(t *testing.T) {
 	}
 	if *update {
 		writeSeeds(t, filepath.Join("testdata", "fuzz", "FuzzOpen"), vs, names)
-		writeSeeds(t, filepath.Join("..", "..", "extensions", "envelope", "testdata", "fuzz", "FuzzParseEnvelope"), vs, names)
+		writeSeeds(t, filepath.Join("..", "..", "extensions", "envelopexml", "testdata", "fuzz", "FuzzParseEnvelope"), vs, names)
 		writeContentSeeds(t, g)
 	}
 }

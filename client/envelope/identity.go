@@ -34,6 +34,12 @@ type Identity struct {
 // NewIdentity returns the identity of jid holding key. It fails with
 // ErrKeySize if the key is smaller than MinKeyBits or larger than
 // MaxKeyBits, and with ErrInvalid if jid is not a bare JID.
+//
+// jid should be in canonical form (envelopexml.CheckCanonicalJID), as the
+// XMPP server binds it: the Seal functions refuse to write any other into
+// an envelope, and Open finds an identity in an envelope's recipients byte
+// for byte. NewIdentity itself checks only the shape, so that a key store
+// written before the rule still opens.
 func NewIdentity(jid string, key *rsa.PrivateKey) (Identity, error) {
 	if err := envelopexml.CheckJID(jid); err != nil {
 		return Identity{}, err
@@ -55,9 +61,10 @@ func NewIdentity(jid string, key *rsa.PrivateKey) (Identity, error) {
 }
 
 // GenerateIdentity returns a new identity for jid with a fresh RSA key of
-// MinKeyBits. It takes about a second.
+// MinKeyBits. It takes about a second. jid must be a bare JID in canonical
+// form (envelopexml.CheckCanonicalJID), else the error wraps ErrInvalid.
 func GenerateIdentity(jid string) (Identity, error) {
-	if err := envelopexml.CheckJID(jid); err != nil {
+	if err := envelopexml.CheckCanonicalJID(jid); err != nil {
 		return Identity{}, err
 	}
 	key, err := rsa.GenerateKey(rand.Reader, MinKeyBits)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -41,6 +42,7 @@ type testVector struct {
 	senderKey *rsa.PublicKey
 	contacts  contactKeys
 	content   *envelope.Content
+	padding   int // -1 if not given
 	body      []byte
 }
 
@@ -81,7 +83,7 @@ func parseVector(data []byte) (*testVector, error) {
 	if !ok {
 		return nil, errors.New("no final newline")
 	}
-	v := &testVector{body: body}
+	v := &testVector{body: body, padding: -1}
 	once := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(head))
 	for sc.Scan() {
@@ -90,7 +92,7 @@ func parseVector(data []byte) (*testVector, error) {
 			return nil, fmt.Errorf("header line %q: no \": \"", sc.Text())
 		}
 		switch name {
-		case "expect", "identity", "sender key", "content":
+		case "expect", "identity", "sender key", "content", "padding":
 			if once[name] {
 				return nil, fmt.Errorf("header %q repeated", name)
 			}
@@ -167,6 +169,12 @@ func parseVector(data []byte) (*testVector, error) {
 				return nil, fmt.Errorf("content: unknown kind %q", kind)
 			}
 			v.content = &c
+		case "padding":
+			n, err := strconv.Atoi(value)
+			if err != nil || n < 0 || strconv.Itoa(n) != value {
+				return nil, fmt.Errorf("padding: %q is not a byte count", value)
+			}
+			v.padding = n
 		default:
 			return nil, fmt.Errorf("unknown header %q", name)
 		}
@@ -178,6 +186,9 @@ func parseVector(data []byte) (*testVector, error) {
 	}
 	if (v.expect == "success") != (v.content != nil) {
 		return nil, errors.New("content: is required with expect: success, and only then")
+	}
+	if v.padding >= 0 && v.expect != "success" {
+		return nil, errors.New("padding: only with expect: success")
 	}
 	return v, nil
 }
@@ -226,6 +237,11 @@ func TestVectors(t *testing.T) {
 				if !sameContent(c, *v.content) {
 					t.Fatalf("Open() = %v, want %v", c, *v.content)
 				}
+				if v.padding >= 0 {
+					if got := v.contentPadding(t); got != v.padding {
+						t.Fatalf("padding = %d bytes, want %d", got, v.padding)
+					}
+				}
 				return
 			}
 			if !errors.Is(err, want) {
@@ -244,6 +260,21 @@ func TestVectors(t *testing.T) {
 			t.Errorf("no vector expects %q", exp)
 		}
 	}
+}
+
+// contentPadding returns the number of padding bytes in the content of a
+// vector that opened: the payload less its tag is the content, which is the
+// version byte, str(kind) and str(body), then the padding.
+func (v *testVector) contentPadding(t *testing.T) int {
+	var e envelopexml.Envelope
+	if err := xml.Unmarshal(v.body, &e); err != nil {
+		t.Fatal(err)
+	}
+	body := len(v.content.Text)
+	if v.content.Kind == envelope.KindKeyShare {
+		body = envelope.ContactKeySize
+	}
+	return len(e.Payload) - envelopexml.TagSize - (1 + 4 + len(v.content.Kind) + 4 + body)
 }
 
 func sameContent(a, b envelope.Content) bool {
@@ -267,6 +298,9 @@ func TestVectorParser(t *testing.T) {
 		{"repeated expect", "expect: success", "expect: success\nexpect: success"},
 		{"missing identity", "identity: bob@example.org bob.pem\n", ""},
 		{"missing content", "content: text SGVsbG8sIEJvYiEg8J+Riw==\n", ""},
+		{"bad padding", "sender key:", "padding: -1\nsender key:"},
+		{"padding with leading zero", "sender key:", "padding: 00\nsender key:"},
+		{"repeated padding", "sender key:", "padding: 0\npadding: 0\nsender key:"},
 		{"no blank line", "\n\n<envelope", "\n<envelope"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

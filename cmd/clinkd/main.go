@@ -12,6 +12,7 @@
 //	                                manage ClinkID accounts
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
+//	clinkd secret [--out FILE]      make a component secret (link.secret)
 //	clinkd version
 package main
 
@@ -48,6 +49,7 @@ func commands() []command {
 			return runAccounts(ctx, args, os.Stdin, stdout, stderr)
 		}},
 		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
+		{"secret", "make a component secret (256 random bits, hex): [--out FILE]", runSecret},
 		{"version", "print the version", runVersion},
 	}
 }

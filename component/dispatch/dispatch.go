@@ -42,6 +42,7 @@ import (
 	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/markers"
 	"github.com/clinkme/clinkd/extensions/receiptsxml"
+	"github.com/clinkme/clinkd/internal/ratelimit"
 )
 
 // An Envelope is an end-to-end envelope a device sent to a user's address
@@ -165,7 +166,19 @@ type Config struct {
 	Ordinary Ordinary
 	// Watchers are told of every announcement.
 	Watchers []Watcher
-	Log      *slog.Logger
+	// Local is the XMPP server's own domain, whose users clinkd serves;
+	// Federated lists other domains whose users it serves as well. Anyone
+	// else is refused, as sender and as recipient: clinkd relays for its
+	// own users only, so it cannot be used to send to, or from, addresses
+	// nobody vouches for. Local is required.
+	Local     string
+	Federated []string
+	// PerMinute and Burst bound the envelopes, receipts and announcements
+	// one sender (bare JID) may hand the router (defaults 60 and 60);
+	// beyond them it is refused with resource-constraint.
+	PerMinute float64
+	Burst     int
+	Log       *slog.Logger
 	// Registerer, if set, gets the router's metrics.
 	Registerer prometheus.Registerer
 }
@@ -173,6 +186,8 @@ type Config struct {
 // A Router is the envelope router.
 type Router struct {
 	cfg     Config
+	domains map[string]bool // whose users are served
+	rate    *ratelimit.Limiter
 	refused *prometheus.CounterVec
 }
 
@@ -185,12 +200,32 @@ func New(cfg Config) (*Router, error) {
 		return nil, errors.New("dispatch: no device registry")
 	case cfg.Timed == nil || cfg.Ordinary == nil:
 		return nil, errors.New("dispatch: Timed and Ordinary are required (use Unavailable for a feature that is off)")
+	case cfg.Local == "":
+		return nil, errors.New("dispatch: no local domain (whose users are served)")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.PerMinute <= 0 {
+		cfg.PerMinute = 60
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = 60
+	}
+	domains := map[string]bool{}
+	for _, d := range append([]string{cfg.Local}, cfg.Federated...) {
+		j, err := jid.Parse(d)
+		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
+			return nil, fmt.Errorf("dispatch: %q is not a domain", d)
+		}
+		domains[j.Domainpart()] = true
+	}
 	r := &Router{
-		cfg: cfg,
+		cfg:     cfg,
+		domains: domains,
+		// Keys are senders; the bound on keys keeps memory bounded when
+		// many senders come and go (an evicted sender starts full again).
+		rate: ratelimit.New(cfg.PerMinute/60, cfg.Burst, 100_000),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_dispatch_refused_total",
 			Help: "Envelopes refused before any feature saw them, by reason.",
@@ -219,6 +254,20 @@ var (
 	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
 	bodyNames     = []xml.Name{{Space: "jabber:component:accept", Local: "body"}, {Space: "jabber:client", Local: "body"}}
 )
+
+// served reports whether clinkd serves the user j (local or federated).
+func (r *Router) served(j jid.JID) bool { return r.domains[j.Domainpart()] }
+
+// admit checks that sender may use the relay and has tokens left.
+func (r *Router) admit(sender jid.JID) error {
+	if !r.served(sender) || sender.Localpart() == "" {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd serves users of "+r.cfg.Local+" (and the federated domains its operator lists) only")
+	}
+	if !r.rate.Allow(sender.String()) {
+		return r.refuse("rate", stanza.ResourceConstraint, fmt.Sprintf("you send faster than clinkd relays for one user (%g a minute, bursts of %d); slow down", r.cfg.PerMinute, r.cfg.Burst))
+	}
+	return nil
+}
 
 // refuse counts a refusal and returns the stanza error for it.
 func (r *Router) refuse(reason string, cond stanza.Condition, text string) error {
@@ -282,6 +331,12 @@ func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error 
 		}
 	}
 	sender := m.From.Bare()
+	if err := r.admit(sender); err != nil {
+		return err
+	}
+	if !r.served(recipient) {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.cfg.Local+" (and the federated domains its operator lists)")
+	}
 	env, raw, err := r.decode(m, sender)
 	if err != nil {
 		return err
@@ -333,6 +388,12 @@ func (r *Router) handleReceipt(ctx context.Context, m *component.Stanza) error {
 	if err != nil {
 		return component.BadRequest("send receipts to the sender's address at this component")
 	}
+	if err := r.admit(m.From.Bare()); err != nil {
+		return err
+	}
+	if !r.served(owner) {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.cfg.Local+" (and the federated domains its operator lists)")
+	}
 	rc := &Receipt{Device: m.From, Reader: m.From.Bare(), Owner: owner}
 	if m.Has(receivedName) {
 		var v receiptsxml.Received
@@ -380,6 +441,11 @@ func (r *Router) HandlePresence(ctx context.Context, p *component.Stanza) error 
 	if p.Type == string(stanza.UnavailablePresence) {
 		r.cfg.Devices.gone(p.From)
 		return nil
+	}
+	// An announcement makes clinkd deliver what it holds: it is bounded
+	// like what a sender hands the relay.
+	if err := r.admit(user); err != nil {
+		return err
 	}
 	r.cfg.Devices.add(user, p.From)
 	for _, w := range r.cfg.Watchers {

@@ -25,7 +25,8 @@
 // Unmarshalling is strict: an unknown attribute or child element, text that
 // is not canonical padded base64 or a time not in the exact form
 // 2006-01-02T15:04:05Z is an error wrapping [ErrInvalid]. [Envelope.Validate]
-// checks the rest: required fields, counts and sizes.
+// checks the rest: required fields, JIDs in canonical form, counts and
+// sizes.
 package envelopexml
 
 import (
@@ -38,6 +39,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"mellium.im/xmpp/jid"
 )
 
 // NS is the XML namespace of format version 0 of the envelope.
@@ -110,9 +113,10 @@ var ErrUnsupportedVersion = errors.New("envelope: unsupported envelope version")
 // Validate enforces.
 type Envelope struct {
 	Kind Kind   // Standard or Enhanced
-	From string // sender bare JID
-	// To lists the recipients' bare JIDs, each once, 1 ≤ len ≤ MaxRecipients.
-	// An enhanced envelope has exactly one, other than From.
+	From string // sender bare JID, in canonical form (CheckCanonicalJID)
+	// To lists the recipients' bare JIDs, in canonical form, each once,
+	// 1 ≤ len ≤ MaxRecipients. An enhanced envelope has exactly one, other
+	// than From.
 	To      []string
 	ID      string    // message id, 1 to MaxIDLen bytes in 0x21..0x7E
 	Time    time.Time // send time, whole seconds, not zero
@@ -142,8 +146,9 @@ type WrappedKey struct {
 }
 
 // Validate reports whether e is structurally valid: kind known, required
-// fields present, counts and sizes within the bounds documented on Envelope.
-// It does not and cannot check any signature. The error wraps ErrInvalid.
+// fields present, JIDs in canonical form, Expires after Time, counts and
+// sizes within the bounds documented on Envelope. It does not and cannot
+// check any signature. The error wraps ErrInvalid.
 func (e *Envelope) Validate() error {
 	if err := e.validate(); err != nil {
 		return fmt.Errorf("%w: %s", ErrInvalid, err)
@@ -155,7 +160,7 @@ func (e *Envelope) validate() error {
 	if e.Kind != Standard && e.Kind != Enhanced {
 		return fmt.Errorf("unknown kind %q", e.Kind)
 	}
-	if err := checkJID(e.From); err != nil {
+	if err := checkCanonicalJID(e.From); err != nil {
 		return fmt.Errorf("from: %v", err)
 	}
 	if len(e.To) == 0 || len(e.To) > MaxRecipients {
@@ -163,7 +168,7 @@ func (e *Envelope) validate() error {
 	}
 	seen := make(map[string]bool, len(e.To))
 	for _, to := range e.To {
-		if err := checkJID(to); err != nil {
+		if err := checkCanonicalJID(to); err != nil {
 			return fmt.Errorf("to: %v", err)
 		}
 		if seen[to] {
@@ -232,15 +237,47 @@ func (e *Envelope) validate() error {
 	return nil
 }
 
-// CheckJID reports whether s has the shape of a bare JID that Validate
-// accepts in From and To: [localpart@]domainpart, no resource, each part 1
-// to 1023 bytes of UTF-8 with no space, control character or any of
-// "&'/:<>@. It does not apply the PRECIS profiles: JIDs are signed byte for
-// byte, so the sender must use them in canonical form. The error wraps
-// ErrInvalid.
+// CheckJID reports whether s has the shape of a bare JID:
+// [localpart@]domainpart, no resource, each part 1 to 1023 bytes of UTF-8
+// with no space, control character or any of "&'/:<>@. It does not apply
+// the PRECIS profiles, so it accepts Alice@example.org; Validate also
+// requires the canonical form in From and To (see CheckCanonicalJID). The
+// error wraps ErrInvalid.
 func CheckJID(s string) error {
 	if err := checkJID(s); err != nil {
 		return fmt.Errorf("%w: %s", ErrInvalid, err)
+	}
+	return nil
+}
+
+// CheckCanonicalJID reports whether s is a JID that Validate accepts in
+// From and To: it has the shape CheckJID checks, and it is in canonical
+// form, that is RFC 7622's preparation and enforcement (as
+// mellium.im/xmpp/jid applies them: the PRECIS UsernameCaseMapped profile
+// for the localpart; IDNA to Unicode, lower case and no trailing dot for the
+// domainpart) leave it unchanged, byte for byte. Alice@example.org,
+// alice@Example.org, alice@example.org. and a full-width Ａlice@example.org
+// are not canonical; alice@example.org is. JIDs are signed and compared
+// byte for byte, and the key directory labels the canonical form, so a
+// receiver refuses any other (docs/envelope.md, section 2). The error wraps
+// ErrInvalid.
+func CheckCanonicalJID(s string) error {
+	if err := checkCanonicalJID(s); err != nil {
+		return fmt.Errorf("%w: %s", ErrInvalid, err)
+	}
+	return nil
+}
+
+func checkCanonicalJID(s string) error {
+	if err := checkJID(s); err != nil {
+		return err
+	}
+	j, err := jid.Parse(s)
+	if err != nil {
+		return fmt.Errorf("JID not valid under RFC 7622: %v", err)
+	}
+	if c := j.String(); c != s {
+		return fmt.Errorf("JID not in canonical form (RFC 7622 prepares it as %q)", c)
 	}
 	return nil
 }

@@ -61,6 +61,7 @@ func TestValidate(t *testing.T) {
 		{"enhanced", enhanced, func(e *envelopexml.Envelope) {}, true},
 		{"domain JIDs", standard, func(e *envelopexml.Envelope) { e.From, e.To = "example.org", []string{"example.net"} }, true},
 		{"unicode JID", standard, func(e *envelopexml.Envelope) { e.To[0] = "jürgen@münchen.example" }, true},
+		{"address literal JID", standard, func(e *envelopexml.Envelope) { e.To = []string{"bob@127.0.0.1"} }, true},
 		{"max recipients", standard, func(e *envelopexml.Envelope) { e.To = jids(envelopexml.MaxRecipients) }, true},
 		{"max keys", standard, func(e *envelopexml.Envelope) { e.Keys = keys(envelopexml.MaxKeys) }, true},
 		{"max payload", standard, func(e *envelopexml.Envelope) { e.Payload = filler(1, envelopexml.MaxPayloadSize) }, true},
@@ -78,6 +79,15 @@ func TestValidate(t *testing.T) {
 		{"control in JID", standard, func(e *envelopexml.Envelope) { e.To[1] = "carol\x00@example.net" }, false},
 		{"quote in JID", standard, func(e *envelopexml.Envelope) { e.To[1] = "ca\"rol@example.net" }, false},
 		{"not UTF-8 JID", standard, func(e *envelopexml.Envelope) { e.To[1] = "carol\xff@example.net" }, false},
+		{"upper-case localpart", standard, func(e *envelopexml.Envelope) { e.From = "Alice@example.org" }, false},
+		{"full-width localpart", standard, func(e *envelopexml.Envelope) { e.From = "\uff21lice@example.org" }, false},
+		{"upper-case domain", standard, func(e *envelopexml.Envelope) { e.To[1] = "carol@Example.net" }, false},
+		{"trailing dot", standard, func(e *envelopexml.Envelope) { e.To[0] = "bob@example.org." }, false},
+		{"punycode domain", standard, func(e *envelopexml.Envelope) { e.To[0] = "jürgen@xn--mnchen-3ya.example" }, false},
+		{"decomposed localpart", standard, func(e *envelopexml.Envelope) { e.To[0] = "ju\u0308rgen@example.org" }, false},
+		{"upper-case domain-only JID", standard, func(e *envelopexml.Envelope) { e.From, e.To = "Example.org", []string{"example.net"} }, false},
+		{"not preparable", standard, func(e *envelopexml.Envelope) { e.To[0] = "bob@exa_mple.org" }, false},
+		{"same JID two forms", standard, func(e *envelopexml.Envelope) { e.To[1] = "Bob@example.org" }, false},
 		{"JID too long", standard, func(e *envelopexml.Envelope) { e.From = strings.Repeat("a", 1024) + "@example.org" }, false},
 		{"no recipients", standard, func(e *envelopexml.Envelope) { e.To = nil }, false},
 		{"too many recipients", standard, func(e *envelopexml.Envelope) { e.To = jids(envelopexml.MaxRecipients + 1) }, false},
@@ -122,6 +132,35 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want ErrInvalid", err)
 			}
 		})
+	}
+}
+
+// TestCheckJID: CheckJID checks the shape only, CheckCanonicalJID also the
+// canonical form that Validate requires (docs/envelope.md, section 2.1).
+func TestCheckJID(t *testing.T) {
+	for _, tt := range []struct {
+		jid              string
+		shape, canonical bool
+	}{
+		{"alice@example.org", true, true},
+		{"example.org", true, true},
+		{"jürgen@münchen.example", true, true},
+		{"Alice@example.org", true, false},
+		{"alice@EXAMPLE.org", true, false},
+		{"\uff21lice@example.org", true, false},
+		{"alice@example.org.", true, false},
+		{"jürgen@xn--mnchen-3ya.example", true, false},
+		{"ju\u0308rgen@example.org", true, false},
+		{"alice@exa_mple.org", true, false},
+		{"alice@example.org/phone", false, false},
+		{"", false, false},
+	} {
+		if err := envelopexml.CheckJID(tt.jid); (err == nil) != tt.shape || err != nil && !errors.Is(err, envelopexml.ErrInvalid) {
+			t.Errorf("CheckJID(%q) = %v, want ok=%v", tt.jid, err, tt.shape)
+		}
+		if err := envelopexml.CheckCanonicalJID(tt.jid); (err == nil) != tt.canonical || err != nil && !errors.Is(err, envelopexml.ErrInvalid) {
+			t.Errorf("CheckCanonicalJID(%q) = %v, want ok=%v", tt.jid, err, tt.canonical)
+		}
 	}
 }
 

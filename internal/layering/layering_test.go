@@ -51,6 +51,7 @@ var folders = map[string]layer{
 	"daemon":     assembly,
 	"client":     device,
 	"clinkdtest": tools,
+	"abuse":      tools,
 	"labdeploy":  tools,
 	"doctor":     tools,
 	"bench":      tools,
