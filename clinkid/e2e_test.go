@@ -373,6 +373,24 @@ func TestXMPPLogin(t *testing.T) {
 				}{Text: body}); err != nil {
 				t.Fatal(err)
 			}
+			// Wait until the server has stored it. Logging in at once
+			// raced the server's own lookup (ejabberd's isuser through
+			// extauth, Prosody's through the module): when the lookup
+			// ended after the login, the server, which had decided
+			// "offline" before, stored the message for the next login, and
+			// the device waited in vain (seen under load on ejabberd).
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				dump, err := e.srv.DumpStorage(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Contains(dump, []byte(body)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the message clinkd sent before the first login was not stored within 30 s")
+				}
+			}
 
 			// The password logs a device in, which gets that message and
 			// reads its own entitlements from clinkd over XMPP.
