@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,19 +54,19 @@ func runExtauth(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // runAccounts is the operator's account tool: `clinkd accounts grant
 // ACCOUNT secure`, `revoke ACCOUNT secure`, `show ACCOUNT`, `unlock
-// ACCOUNT`, `create ACCOUNT` (the password on stdin), `invite [--ttl D]`,
-// `secret FILE`.
+// ACCOUNT`, `create ACCOUNT` (the password on stdin), `invite [--ttl D]`.
+// Its admin token and bridge secret are made by `clinkd secret --out FILE`.
 func runAccounts(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	subs := map[string]int{"grant": 2, "revoke": 2, "show": 1, "unlock": 1, "create": 1, "invite": 0, "secret": 1}
+	subs := map[string]int{"grant": 2, "revoke": 2, "show": 1, "unlock": 1, "create": 1, "invite": 0}
 	if len(args) == 0 {
-		return usageError{"want grant, revoke, show, unlock, create, invite or secret"}
+		return usageError{"want grant, revoke, show, unlock, create or invite"}
 	}
 	if _, ok := subs[args[0]]; !ok {
 		if args[0] == "-h" || args[0] == "--help" {
 			accountsUsage(stderr)
 			return flag.ErrHelp
 		}
-		return usageError{"want grant, revoke, show, unlock, create, invite or secret"}
+		return usageError{"want grant, revoke, show, unlock, create or invite"}
 	}
 	sub := args[0]
 	fs := newFlags("accounts "+sub, stderr)
@@ -81,9 +79,6 @@ func runAccounts(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	}
 	if len(pos) != subs[sub] {
 		return usageError{fmt.Sprintf("accounts %s takes %d argument(s), got %d", sub, subs[sub], len(pos))}
-	}
-	if sub == "secret" {
-		return writeSecret(pos[0], stdout)
 	}
 	cfg, log, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
@@ -165,34 +160,11 @@ func runAccounts(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	return nil
 }
 
-// writeSecret writes a fresh 256-bit secret (base64url, 43 characters)
-// into a new file readable by its owner only, for clinkid.admin_token_file
-// or clinkid.bridge_secret_file. It never prints the secret, and never
-// overwrites a file.
-func writeSecret(path string, stdout io.Writer) error {
-	var b [32]byte
-	rand.Read(b[:]) // never fails (crypto/rand panics instead)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("secret: %w", err)
-	}
-	if _, err := f.WriteString(base64.RawURLEncoding.EncodeToString(b[:]) + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("secret: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("secret: %w", err)
-	}
-	fmt.Fprintf(stdout, "%s: a 256-bit secret, readable by its owner only\n", path)
-	return nil
-}
-
 func accountsUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: clinkd accounts grant|revoke ACCOUNT ENTITLEMENT [--config FILE]")
 	fmt.Fprintln(w, "       clinkd accounts show|unlock ACCOUNT [--config FILE]")
 	fmt.Fprintln(w, "       clinkd accounts create ACCOUNT [--config FILE] < password")
 	fmt.Fprintln(w, "       clinkd accounts invite [--ttl DURATION] [--config FILE]")
-	fmt.Fprintln(w, "       clinkd accounts secret FILE")
 	fmt.Fprintf(w, "\nentitlements: %s\n", strings.Join(clinkid.Entitlements(), ", "))
 }
 

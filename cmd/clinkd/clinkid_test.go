@@ -97,7 +97,7 @@ func TestAccountsCLI(t *testing.T) {
 		{[]string{"accounts", "grant", "bob", "secure", "--config", config}, 1, "", "clinkd: error: clinkid: no such account: bob", false},
 		{[]string{"accounts", "show", "b@b", "--config", config}, 1, "", "no such account", false},
 		{[]string{"accounts", "grant", "alice", "--config", config}, 2, "", "accounts grant takes 2 argument(s), got 1\nhint: run 'clinkd accounts -h'", false},
-		{[]string{"accounts", "delete", "alice"}, 2, "", "want grant, revoke, show, unlock, create, invite or secret", false},
+		{[]string{"accounts", "delete", "alice"}, 2, "", "want grant, revoke, show, unlock, create or invite", false},
 		{[]string{"accounts", "show", "alice"}, 2, "", "no database configured", false},
 		{[]string{"accounts", "unlock", "alice", "--config", config}, 0, "alice: unlocked", "", false},
 		{[]string{"accounts", "-h"}, 0, "", "usage: clinkd accounts grant|revoke ACCOUNT ENTITLEMENT", false},
@@ -135,7 +135,7 @@ func frame(s string) []byte {
 
 // TestAccountsCreateCLI: with registration closed (the default), the
 // operator creates accounts and invites; the password comes on stdin and
-// the policy applies; `secret` writes a 256-bit secret file.
+// the policy applies.
 func TestAccountsCreateCLI(t *testing.T) {
 	t.Parallel()
 	config, svc := cliSetup(t)
@@ -177,16 +177,6 @@ func TestAccountsCreateCLI(t *testing.T) {
 		t.Errorf("an invite on a closed server = %v, want ErrRegistrationClosed", err)
 	}
 
-	file := filepath.Join(t.TempDir(), "admin.token")
-	out, errs, code = clinkdChild(t, nil, nil, "accounts", "secret", file)
-	b, err := os.ReadFile(file)
-	fi, _ := os.Stat(file)
-	if code != 0 || err != nil || len(strings.TrimSpace(string(b))) != 43 || fi.Mode().Perm() != 0o600 || strings.Contains(out, strings.TrimSpace(string(b))) {
-		t.Errorf("accounts secret = exit %d, stdout %q, stderr %q; file %q (%v), mode %v; want 43 base64url characters (256 bits), 0600, not printed", code, out, errs, b, err, fi.Mode())
-	}
-	if _, errs, code := clinkdChild(t, nil, nil, "accounts", "secret", file); code != 1 || !strings.Contains(errs, "file exists") {
-		t.Errorf("accounts secret on an existing file = exit %d, %s; want it refused", code, errs)
-	}
 }
 
 // TestExtauthCLI runs `clinkd extauth` as ejabberd does: requests on

@@ -8,7 +8,7 @@
 //	                                reset, independent audit and monitor
 //	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
 //	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock|create ACCOUNT,
-//	                invite, secret FILE
+//	                invite
 //	                                manage ClinkID accounts
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
@@ -45,7 +45,7 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
-		{"accounts", "ClinkID accounts: grant, revoke, show, unlock, create, invite; secret FILE", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		{"accounts", "ClinkID accounts: grant, revoke, show, unlock, create, invite", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runAccounts(ctx, args, os.Stdin, stdout, stderr)
 		}},
 		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
