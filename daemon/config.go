@@ -159,28 +159,37 @@ type KeyDirConfig struct {
 // bridges (`clinkd extauth`, the Prosody module) share. Zero values take
 // the defaults in docs/config.md.
 type ClinkIDConfig struct {
-	Enabled           bool          `yaml:"enabled"`             // serve ClinkID in clinkd serve
-	Argon2MemoryKiB   int           `yaml:"argon2_memory_kib"`   // m (default 65536: 64 MiB)
-	Argon2Iterations  int           `yaml:"argon2_iterations"`   // t (default 3)
-	Argon2Parallelism int           `yaml:"argon2_parallelism"`  // p (default 4)
-	HashConcurrency   int           `yaml:"hash_concurrency"`    // concurrent argon2id computations (default 4)
-	HashQueue         int           `yaml:"hash_queue"`          // checks waiting for one (default 16×concurrency)
-	MinPasswordLength int           `yaml:"min_password_length"` // characters (default 8)
-	TokenLifetime     time.Duration `yaml:"token_lifetime"`      // default 720h
-	MaxTokens         int           `yaml:"max_tokens"`          // live tokens per account (default 20)
-	LockoutThreshold  int           `yaml:"lockout_threshold"`   // default 5
-	LockoutBase       time.Duration `yaml:"lockout_base"`        // default 1m
-	LockoutMax        time.Duration `yaml:"lockout_max"`         // default 1h
-	LoginPerMinute    float64       `yaml:"login_per_minute"`    // per client address (default 20)
-	LoginBurst        int           `yaml:"login_burst"`         // default 10
-	RegisterPerHour   float64       `yaml:"register_per_hour"`   // per client address (default 10)
-	RegisterBurst     int           `yaml:"register_burst"`      // default 5
-	NameQuarantine    time.Duration `yaml:"name_quarantine"`     // default 2160h; negative: none
-	AdminToken        string        `yaml:"admin_token"`         // bearer token of /clinkid/v1/admin/; prefer admin_token_file
-	AdminTokenFile    string        `yaml:"admin_token_file"`
-	BridgeSecret      string        `yaml:"bridge_secret"` // bearer secret of the Prosody module; prefer bridge_secret_file
-	BridgeSecretFile  string        `yaml:"bridge_secret_file"`
-	TrustForwardedFor bool          `yaml:"trust_forwarded_for"` // X-Forwarded-For from a loopback proxy
+	Enabled                 bool          `yaml:"enabled"`                    // serve ClinkID in clinkd serve
+	Argon2MemoryKiB         int           `yaml:"argon2_memory_kib"`          // m (default 65536: 64 MiB)
+	Argon2Iterations        int           `yaml:"argon2_iterations"`          // t (default 3)
+	Argon2Parallelism       int           `yaml:"argon2_parallelism"`         // p (default 4)
+	HashConcurrency         int           `yaml:"hash_concurrency"`           // concurrent argon2id computations (default 4)
+	HashQueue               int           `yaml:"hash_queue"`                 // checks waiting for one, per queue (default 16×concurrency)
+	MinPasswordLength       int           `yaml:"min_password_length"`        // characters (default and least 8)
+	TokenLifetime           time.Duration `yaml:"token_lifetime"`             // default 720h
+	MaxTokens               int           `yaml:"max_tokens"`                 // live tokens per account (default 20)
+	LockoutThreshold        int           `yaml:"lockout_threshold"`          // default 5
+	LockoutBase             time.Duration `yaml:"lockout_base"`               // default 1m
+	LockoutMax              time.Duration `yaml:"lockout_max"`                // default 1h
+	LoginPerMinute          float64       `yaml:"login_per_minute"`           // per client address (default 20)
+	LoginBurst              int           `yaml:"login_burst"`                // default 10
+	LoginNetworkPerMinute   float64       `yaml:"login_network_per_minute"`   // per IPv4 /24 or IPv6 /64 (default 60)
+	LoginNetworkBurst       int           `yaml:"login_network_burst"`        // default 30
+	GlobalFailuresPerMinute int           `yaml:"global_failures_per_minute"` // server-wide, from unknown networks (default 60)
+	KnownNetworkLifetime    time.Duration `yaml:"known_network_lifetime"`     // default 720h
+	Registration            string        `yaml:"registration"`               // closed (default), invite or open
+	InviteLifetime          time.Duration `yaml:"invite_lifetime"`            // default 168h
+	RegisterPerHour         float64       `yaml:"register_per_hour"`          // per client address (default 10)
+	RegisterBurst           int           `yaml:"register_burst"`             // default 5
+	RegisterNetworkPerHour  float64       `yaml:"register_network_per_hour"`  // per IPv4 /24 or IPv6 /64 (default 30)
+	RegisterNetworkBurst    int           `yaml:"register_network_burst"`     // default 10
+	NameQuarantine          time.Duration `yaml:"name_quarantine"`            // default 2160h; negative: none
+	AdminToken              string        `yaml:"admin_token"`                // bearer token of the admin API (admin listener); prefer admin_token_file
+	AdminTokenFile          string        `yaml:"admin_token_file"`
+	BridgeSecret            string        `yaml:"bridge_secret"` // bearer secret of the Prosody module; prefer bridge_secret_file
+	BridgeSecretFile        string        `yaml:"bridge_secret_file"`
+	TrustForwardedFor       bool          `yaml:"trust_forwarded_for"` // X-Forwarded-For from a loopback proxy
+	EjabberdAPIURL          string        `yaml:"ejabberd_api_url"`    // ejabberd's mod_http_api, to end sessions; empty: none
 }
 
 // Defaults returns the configuration used where the file is silent.

@@ -241,6 +241,15 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		}
 		svc.Register(d.comp)
 		d.public.Handle(clinkid.PathPrefix, svc.Handler())
+		if d.cfg.ClinkID.AdminToken != "" && !isLoopback(d.cfg.Admin.Listen) {
+			// The admin API is served on the admin listener only, which
+			// is plain HTTP: the token must not cross a network in clear.
+			return fmt.Errorf("config: clinkid.admin_token is set, so the admin listener serves the ClinkID admin API and must be loopback, not %s (reach it through SSH or a TLS proxy on this host)", d.cfg.Admin.Listen)
+		}
+		if d.cfg.ClinkID.EjabberdAPIURL != "" {
+			// Deletions and password changes end sessions on ejabberd.
+			d.runners = append(d.runners, svc.Run)
+		}
 		if d.cfg.Public.Listen == "" {
 			d.log.Warn("clinkid is enabled but public.listen is not set: the account API is not served")
 		}
@@ -523,6 +532,11 @@ func (d *Daemon) Close() {
 func (d *Daemon) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
+	if d.clinkid != nil {
+		// Entitlements, account state and invites: on this listener only,
+		// never on the public one (docs/clinkid.md).
+		mux.Handle(clinkid.AdminPrefix, d.clinkid.AdminHandler())
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -39,6 +39,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 		c.KeyDir.SignerKeyFile = keyFile
 		c.Public = daemon.PublicConfig{Listen: "127.0.0.1:0", CertFile: cert, KeyFile: key}
 		c.ClinkID.Enabled = true
+		c.ClinkID.Registration = "open" // closed by default
 		c.ClinkID.Argon2MemoryKiB, c.ClinkID.Argon2Iterations = 8<<10, 1
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -59,6 +59,16 @@ type ProsodyAuth struct {
 	Config []string
 }
 
+// Fail2Ban configures ejabberd's mod_fail2ban.
+type Fail2Ban struct {
+	MaxFailures int           // failed logins from one address that ban it
+	BanLifetime time.Duration // how long a ban lasts (whole seconds)
+	Exempt      []string      // addresses or CIDR networks never banned
+}
+
+// BanLifetimeSeconds is BanLifetime for the template.
+func (f Fail2Ban) BanLifetimeSeconds() int { return max(1, int(f.BanLifetime/time.Second)) }
+
 // File is written, owned by the server's user and readable by it only,
 // into the server's files directory before the server starts: an auth
 // module and its secret for Prosody, the extauth program and its config
@@ -109,6 +119,14 @@ type XMPPOptions struct {
 	// ProsodyAuth, if set, replaces Prosody's internal_hashed provider.
 	// Ignored by ejabberd.
 	ProsodyAuth *ProsodyAuth
+	// Fail2Ban, if set, loads ejabberd's mod_fail2ban, which bans an
+	// address after failed logins (the ClinkID bridge's per-address limit
+	// on ejabberd). Ignored by Prosody.
+	Fail2Ban *Fail2Ban
+	// SessionAPI lets callers on loopback run ejabberd's kick_user and
+	// unregister through the HTTP API at XMPPServer.APIURL, as clinkd does
+	// to end the sessions of deleted ClinkID accounts. Ignored by Prosody.
+	SessionAPI bool
 	// Files are written before the server starts; FilePath says where.
 	Files []File
 
@@ -134,6 +152,7 @@ type XMPPServer struct {
 	OtherDomains  []string // more user domains, as XMPPOptions says
 	C2SAddr       string   // 127.0.0.1:port, StartTLS required
 	ComponentAddr string   // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
+	APIURL        string   // ejabberd: its loopback HTTP API (mod_http_api), e.g. http://127.0.0.1:port/api
 	Components    []Component
 	ComponentTLS  bool // the component ports speak TLS first (XMPPOptions.ComponentTLS)
 	CA            *CA
@@ -233,6 +252,7 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		Dir: dir, Domain: opts.Domain, OtherDomains: opts.OtherDomains, C2SPort: c2s, ComponentPort: compPort,
 		Components: s.Components, ComponentTLS: opts.ComponentTLS, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
+		Fail2Ban: opts.Fail2Ban, SessionAPI: opts.SessionAPI,
 		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"), ports: ports,
 	}
 	if pa := opts.ProsodyAuth; pa != nil && pa.PluginDir == "" {
@@ -251,6 +271,9 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e, ok := s.impl.(*ejabberd); ok {
+		s.APIURL = "http://" + loopback(e.cfg.APIPort) + "/api"
+	}
 	return s, nil
 }
 
@@ -267,6 +290,8 @@ type xmppConfig struct {
 	Balancing      int
 	ExtAuthProgram string
 	ProsodyAuth    *ProsodyAuth
+	Fail2Ban       *Fail2Ban
+	SessionAPI     bool
 	Files          []File
 	FilesDir       string
 	// Set by the implementation:
