@@ -23,10 +23,10 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"

@@ -11,9 +11,9 @@ import (
 
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keydir/audit"
-	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keylog"
 )
 

@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
+	"github.com/clinkme/clinkd/keydir"
 	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab/labtest"
 )

@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
+	"github.com/clinkme/clinkd/keydir/audit"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 
