@@ -133,18 +133,22 @@ func BenchmarkLimits(b *testing.B) {
 }
 
 // BenchmarkFloodLatency measures how far one sender's flood moves another
-// user's message latency: carol sends timed messages to dave one at a time
-// (p50, p99), first quiet, then while alice floods clinkd with envelopes
-// as fast as her connection takes them (most refused by her token bucket
-// and her share of the queues), in the same run, on each server. The
-// ratio is p99 under the flood over quiet.
+// user's message latency: one user sends timed messages to another one at
+// a time (p50, p99), first quiet, then while a third floods clinkd with
+// envelopes as fast as its connection takes them, in the same run, on each
+// server. The sender's rate and quotas are lifted for everyone (a user may
+// legitimately send in bursts, and the quiet user's own messages must not
+// be limited), so what protects the quiet user here is the queues'
+// fairness alone: the worst case. The ratio is p99 under the flood over
+// quiet.
 //
 //	go test -run '^$' -bench FloodLatency -benchtime 200x ./bench/
 func BenchmarkFloodLatency(b *testing.B) {
 	for _, srv := range labtest.Servers(b) {
 		b.Run(string(srv.Kind), func(b *testing.B) {
 			d := clinkdtest.Start(b, srv, func(c *daemon.Config) {
-				c.Expiry.MinPeriod = time.Second // defaults otherwise: the limits under test
+				liftQuotas(c)
+				c.Relay.PerMinute = -1
 			})
 			comp := d.Component().Domain()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
