@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -51,11 +52,15 @@ type Daemon struct {
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool // nil when no database is configured
 	admin        net.Listener
-	public       *http.ServeMux    // features mount their HTTP handlers here
-	publicLn     net.Listener      // nil when no public listener is configured
-	tlsCfg       *tls.Config       // nil when the public listener is plain (loopback)
-	keydir       *keydir.Directory // nil when the feature is off
-	clinkid      *clinkid.Service  // nil unless clinkid.enabled
+	public       *http.ServeMux                  // features mount their HTTP handlers here
+	publicLn     net.Listener                    // nil when no public listener is configured
+	tlsCfg       *tls.Config                     // nil when the public listener is plain (loopback)
+	publicCert   atomic.Pointer[tls.Certificate] // the public listener's certificate; Reload replaces it
+	keydir       *keydir.Directory               // nil when the feature is off
+	clinkid      *clinkid.Service                // nil unless clinkid.enabled
+	turn         *turncred.Service               // nil when the feature is off
+	router       *dispatch.Router                // nil when the relay is off
+	tracker      *receipts.Tracker               // nil without a database or relay
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -64,18 +69,27 @@ type Daemon struct {
 
 // NewLogger makes the process logger from the log config.
 func NewLogger(cfg LogConfig, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
-		return nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
+	log, _, err := NewLevelLogger(cfg, w)
+	return log, err
+}
+
+// NewLevelLogger is NewLogger with the level's variable, which Reload
+// sets when log.level changes.
+func NewLevelLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+	level := new(slog.LevelVar)
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(cfg.Level)); err != nil {
+		return nil, nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
 	}
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(cfg.Format) {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), level, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), level, nil
 	}
-	return nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
+	return nil, nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
 }
 
 // New checks the configuration and builds everything Run needs: it
@@ -202,18 +216,12 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		if d.cfg.Link.ServerDomain == "" {
 			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
 		}
-		svc, err := turncred.New(turncred.Config{
-			Secret:      []byte(t.Secret),
-			Lifetime:    t.Lifetime,
-			Services:    t.Services,
-			LocalDomain: d.cfg.Link.ServerDomain,
-			PerMinute:   t.PerMinute,
-			Burst:       t.Burst,
-		}, d.log.With("part", "turn"), d.registry)
+		svc, err := turncred.New(turnConfig(d.cfg), d.log.With("part", "turn"), d.registry)
 		if err != nil {
 			return fmt.Errorf("config: turn: %w", err)
 		}
 		svc.Register(d.comp)
+		d.turn = svc
 	}
 	// The key log's store comes first: ClinkID ends bindings in it when an
 	// account is deleted, and the directory asks ClinkID which accounts
@@ -357,7 +365,15 @@ func (d *Daemon) listenPublic() error {
 		if err != nil {
 			return fmt.Errorf("config: public TLS certificate: %w", err)
 		}
-		d.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		d.publicCert.Store(&cert)
+		// The certificate is looked up per handshake, so that a renewed one
+		// (SIGHUP) is served to the next client without a new listener.
+		d.tlsCfg = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return d.publicCert.Load(), nil
+			},
+		}
 	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -395,14 +411,10 @@ func (d *Daemon) registerRelay() error {
 	if d.cfg.Link.ServerDomain == "" {
 		return errors.New("config: the relay needs link.server_domain (it serves that domain's users only)")
 	}
-	e := d.cfg.Expiry
 	relay, err := expiry.New(expiry.Config{
 		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
-		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
-		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
-		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
-		TotalBytes: e.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
-		Log: d.log.With("part", "expiry"), Registerer: d.registry,
+		Limits: expiryLimits(d.cfg),
+		Log:    d.log.With("part", "expiry"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: expiry: %w", err)
@@ -411,31 +423,65 @@ func (d *Daemon) registerRelay() error {
 	if d.db != nil {
 		tracker, err := receipts.New(receipts.Config{
 			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
-			Retention: d.cfg.Receipts.Retention, PerSenderTracked: d.cfg.Receipts.PerSenderTracked,
-			Log: d.log.With("part", "receipts"), Registerer: d.registry,
+			Limits: receiptsLimits(d.cfg),
+			Log:    d.log.With("part", "receipts"), Registerer: d.registry,
 		})
 		if err != nil {
 			return fmt.Errorf("config: receipts: %w", err)
 		}
 		tracker.Register(d.comp)
+		d.tracker = tracker
 		d.runners = append(d.runners, tracker.Run)
 		ordinary = tracker
 	}
 	router, err := dispatch.New(dispatch.Config{
 		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
 		Watchers: []dispatch.Watcher{relay},
-		Local:    d.cfg.Link.ServerDomain, Federated: d.cfg.Access.FederatedDomains,
-		PerMinute: d.cfg.Relay.PerMinute, Burst: d.cfg.Relay.Burst,
-		Log: d.log.With("part", "dispatch"), Registerer: d.registry,
+		Access:   dispatchAccess(d.cfg),
+		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	router.Register(d.comp)
+	d.router = router
 	relay.Register(d.comp)
 	d.relay, d.devices = relay, devs
 	d.runners = append(d.runners, relay.Run)
 	return nil
+}
+
+// turnConfig is the TURN credential service's configuration in cfg.
+func turnConfig(cfg Config) turncred.Config {
+	t := cfg.TURN
+	return turncred.Config{
+		Secret: []byte(t.Secret), Lifetime: t.Lifetime, Services: t.Services,
+		LocalDomain: cfg.Link.ServerDomain, PerMinute: t.PerMinute, Burst: t.Burst,
+	}
+}
+
+// expiryLimits are the timed-message relay's bounds in cfg.
+func expiryLimits(cfg Config) expiry.Limits {
+	e := cfg.Expiry
+	return expiry.Limits{
+		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
+		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
+		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
+		TotalBytes: e.TotalBytes, PerUserReceipts: cfg.Receipts.PerUserHeld,
+	}
+}
+
+// receiptsLimits are the receipt state's bounds in cfg.
+func receiptsLimits(cfg Config) receipts.Limits {
+	return receipts.Limits{Retention: cfg.Receipts.Retention, PerSenderTracked: cfg.Receipts.PerSenderTracked}
+}
+
+// dispatchAccess is whom the envelope router serves, and how much, in cfg.
+func dispatchAccess(cfg Config) dispatch.Access {
+	return dispatch.Access{
+		Local: cfg.Link.ServerDomain, Federated: cfg.Access.FederatedDomains,
+		PerMinute: cfg.Relay.PerMinute, Burst: cfg.Relay.Burst,
+	}
 }
 
 // Devices is the registry of online devices (nil when the relay is
