@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +41,32 @@ import (
 
 // Version is set at build time with -ldflags "-X github.com/clinkme/clinkd/daemon.Version=...".
 var Version = "devel"
+
+// BuildInfo says what this binary is.
+type BuildInfo struct {
+	Version   string // Version, or "devel"
+	GoVersion string // the Go toolchain that built it
+	Revision  string // the VCS revision it was built from, "unknown" outside a checkout
+}
+
+// Build returns what this binary is, from Version and the build
+// information Go embeds.
+func Build() BuildInfo {
+	b := BuildInfo{Version: Version, GoVersion: runtime.Version(), Revision: "unknown"}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				b.Revision = s.Value
+			}
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.modified" && s.Value == "true" {
+				b.Revision += "+modified"
+			}
+		}
+	}
+	return b
+}
 
 // A Daemon is one clinkd: built by New, run by Run.
 type Daemon struct {
@@ -102,6 +130,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry(), public: http.NewServeMux(),
 		entitlements: expiry.NoEntitlementCheck{}}
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := Build()
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "clinkd_build_info",
+		Help: "Always 1; its labels say which clinkd runs (Prometheus exporters' convention).",
+	}, []string{"version", "goversion", "revision"})
+	buildInfo.WithLabelValues(b.Version, b.GoVersion, b.Revision).Set(1)
+	d.registry.MustRegister(buildInfo)
 	ok := false
 	defer func() {
 		if !ok {

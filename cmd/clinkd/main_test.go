@@ -38,6 +38,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"doctor", "--c2s", "127.0.0.1:1", "--user", "a@example.org", "--component", "c.example.org"}, 2, "no password", ""},
 		{[]string{"doctor", "--lab", "/nonexistent/lab.json"}, 1, "no such file", ""},
 		{[]string{"version"}, 0, "", "error"},
+		{[]string{"--version"}, 0, "", "error"},
+		{[]string{"check-config", "--config", "/nonexistent.yaml"}, 1, "no such file", ""},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -110,6 +111,37 @@ func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(newFlags("version", stderr), args); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "clinkd", daemon.Version)
+	b := daemon.Build()
+	fmt.Fprintf(stdout, "clinkd %s (%s, revision %s)\n", b.Version, b.GoVersion, b.Revision)
 	return nil
+}
+
+// runCheckConfig loads and checks a configuration as serve would, without
+// binding, dialing or connecting to anything, and lists every problem.
+func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("check-config", stderr)
+	path := fs.String("config", "", "YAML config `file` (every key also from CLINKD_* environment variables)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err == nil {
+		err = cfg.Check()
+	}
+	if err != nil {
+		problems := strings.Split(err.Error(), "\n")
+		for _, p := range problems {
+			fmt.Fprintf(stderr, "clinkd: error: %s\n", p)
+		}
+		return fmt.Errorf("check-config: %d problems", len(problems))
+	}
+	fmt.Fprintf(stdout, "%s: no problem found (nothing was bound, dialed or connected to)\n", orDefault(*path, "the environment"))
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

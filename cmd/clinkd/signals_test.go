@@ -223,9 +223,13 @@ expiry:
 	if err := a.Ping(ctx, own); err != nil {
 		t.Fatal(err)
 	}
-	held := metric(t, admin, "clinkd_expiry_held_messages")
-	if held < 1 {
-		t.Fatalf("%v held before SIGHUP, want the timed message", held)
+	// The message for bob and, once it has come back through the server,
+	// the copy for alice's other devices.
+	const held = 2
+	for deadline := time.Now().Add(time.Minute); metric(t, admin, "clinkd_expiry_held_messages") != held; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v held before SIGHUP, want the timed message and its copy", metric(t, admin, "clinkd_expiry_held_messages"))
+		}
 	}
 	turnPassword := func() (user, pass string) {
 		t.Helper()
