@@ -297,6 +297,7 @@ func (s *seenUsers) has(user string) bool {
 
 type metrics struct {
 	heldMessages, heldBytes prometheus.Gauge
+	totalLimit              prometheus.Gauge
 	relayed, expired        prometheus.Counter
 	refused                 *prometheus.CounterVec
 	receipts                *prometheus.CounterVec
@@ -318,6 +319,7 @@ func New(cfg Config) (*Relay, error) {
 		m: metrics{
 			heldMessages: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_messages", Help: "Timed messages (and sent copies) held in memory."}),
 			heldBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes", Help: "Envelope bytes held in memory, counted against the quotas."}),
+			totalLimit:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes_limit", Help: "The bound on clinkd_expiry_held_bytes (expiry.total_bytes)."}),
 			relayed:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_relayed_total", Help: "Timed messages accepted for relay."}),
 			expired:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_expired_total", Help: "Held messages dropped at expiry."}),
 			refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clinkd_expiry_refused_total", Help: "Timed messages refused, by reason."}, []string{"reason"}),
@@ -329,8 +331,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	lim := cfg.Limits
 	r.limits.Store(&lim)
+	r.m.totalLimit.Set(float64(lim.TotalBytes))
 	if reg := cfg.Registerer; reg != nil {
-		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
+		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
 	return r, nil
 }
@@ -342,6 +345,7 @@ func (r *Relay) Reload(l Limits) error {
 		return err
 	}
 	r.limits.Store(&l)
+	r.m.totalLimit.Set(float64(l.TotalBytes))
 	return nil
 }
 
