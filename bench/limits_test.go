@@ -75,7 +75,6 @@ func (p pair) seal(b *testing.B, n int, tag string) []*envelopexml.Envelope {
 	return envs
 }
 
-
 // BenchmarkFloodLatency measures how far one sender's flood moves another
 // user's message latency: one user sends timed messages to another one at
 // a time (p50, p99), first quiet, then while a third floods clinkd with
