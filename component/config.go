@@ -66,6 +66,13 @@ type Config struct {
 	PingInterval, PingTimeout time.Duration
 	// SendTimeout bounds one write to the server (default 10s).
 	SendTimeout time.Duration
+
+	// Transient, if set, says whether a handler's error is a passing
+	// outage of something clinkd depends on (its database unreachable or
+	// slow): such errors are answered with type "wait" rather than
+	// "cancel". The component itself knows no store, so whoever wires one
+	// in classifies its errors.
+	Transient func(error) bool
 }
 
 func (c *Config) setDefaults() error {

@@ -114,6 +114,12 @@ type DatabaseConfig struct {
 	// AllowInsecureTLS accepts a URL that reaches a host other than
 	// loopback or a unix socket without sslmode=verify-full.
 	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
+	// MaxConns bounds the pool (default 16); ConnectTimeout bounds a new
+	// connection (default 5s); StatementTimeout is PostgreSQL's own bound
+	// on one statement (default 10s, link.handler_timeout's default).
+	MaxConns         int           `yaml:"max_conns"`
+	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
 }
 
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -223,7 +224,27 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 		BackoffMax:     c.BackoffMax,
 		PingInterval:   c.PingInterval,
 		PingTimeout:    c.PingTimeout,
+		Transient:      transientStoreError,
 	}, nil
+}
+
+// transientStoreError says whether err is a passing outage of PostgreSQL
+// (unreachable, a dropped connection, a statement cut by its timeout, the
+// server shutting down) rather than a fault of the request: the requester
+// is told to try again.
+func transientStoreError(err error) bool {
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &ne), errors.As(err, &ce), pgconn.Timeout(err), pgconn.SafeToRetry(err):
+		return true
+	case errors.As(err, &pe):
+		// Class 08: connection exception; 57014 query_canceled (the
+		// statement timeout); 57P01-57P03: shutdown, crash, cannot connect.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57014" || strings.HasPrefix(pe.Code, "57P0")
+	}
+	return false
 }
 
 // linkTLSConfig is the link's TLS config, nil without link.tls: TLS 1.2
@@ -637,9 +658,12 @@ func (d *Daemon) adminHandler() http.Handler {
 // readiness reports each dependency: ready means linked to the XMPP server
 // and the store reachable.
 func (d *Daemon) readiness(ctx context.Context) map[string]string {
-	checks := map[string]string{"link": "ok"}
+	checks := map[string]string{"link": "ok", "workers": "ok"}
 	if s := d.comp.State(); s != component.Linked {
 		checks["link"] = s.String()
+	}
+	if wait, stalled := d.comp.Stalled(); stalled {
+		checks["workers"] = fmt.Sprintf("stalled: a request has waited %v for a worker", wait.Round(time.Second))
 	}
 	if d.db != nil {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
