@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -204,9 +205,15 @@ type held struct {
 	sent        bool
 	by          jid.JID // for a sent copy: the device that sent it
 	expires     time.Time
-	raw         []byte              // the envelope, canonical XML
+	raw         []byte              // the envelope, canonical XML; zeroed when dropped
 	delivered   map[string]struct{} // devices that got it
 	index       int                 // in the expiry heap
+	// busy counts sends reading raw; dropped is set when the relay lets
+	// go of h. Whichever comes last (the drop, or the last send) zeroes
+	// raw, so that no send reads an envelope being overwritten. Both
+	// under Relay.mu.
+	busy    int
+	dropped bool
 }
 
 // sender is the user because of whom h is held: the author of the
@@ -256,6 +263,7 @@ type Relay struct {
 	limits atomic.Pointer[Limits]
 	log    *slog.Logger
 	m      metrics
+	procs  int // GOMAXPROCS, which scrubHeap lowers and restores
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
@@ -309,7 +317,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{
-		cfg: cfg, log: cfg.Log,
+		cfg: cfg, log: cfg.Log, procs: runtime.GOMAXPROCS(0),
 		owners:   make(map[string]*ownerState),
 		senders:  make(map[string]*usage),
 		pairs:    make(map[string]int),
@@ -362,8 +370,18 @@ func (r *Relay) refuse(reason string, cond stanza.Condition, text string) error 
 	return component.Error(cond, text)
 }
 
-// HandleTimed holds and delivers a timed message a device sent.
+// HandleTimed holds and delivers a timed message a device sent. A message
+// it refuses is zeroed at once.
 func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
+	if err := r.admitTimed(ctx, e); err != nil {
+		wipe(e.Raw, e.Body)
+		return err
+	}
+	return r.holdTimed(ctx, e)
+}
+
+// admitTimed checks what HandleTimed checks before holding a message.
+func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 	m := e.Stanza
 	if m.Type != string(stanza.HeadlineMessage) || !m.Has(xml.Name{Space: hints.NS, Local: "no-store"}) || !m.Has(xml.Name{Space: hints.NS, Local: "no-permanent-store"}) {
 		// Otherwise the sender's own server archives what it sends.
@@ -384,9 +402,18 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 	if period > lim.UnseenMaxPeriod && !r.seenUser(e.Recipient) {
 		return r.refuse("unseen-period", stanza.NotAcceptable, fmt.Sprintf("%s has not been online at clinkd lately, so a validity period of at most %v is accepted for it", e.Recipient, lim.UnseenMaxPeriod))
 	}
+	return nil
+}
+
+// holdTimed holds and delivers a message admitTimed accepted.
+func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
+	// Of the decoded envelope the relay needs nothing more: only raw is
+	// held, and zeroed when it goes.
+	wipe(nil, e.Body)
 	added, err := r.hold(h)
 	if err != nil || !added {
+		wipe(e.Raw, nil)
 		return err // !added: a repeat of a message already held, nothing to do
 	}
 	r.m.relayed.Inc()
@@ -402,8 +429,12 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 	if err != nil {
 		return nil
 	}
+	if !r.use(h) {
+		return nil // expired already
+	}
+	defer r.release(h)
 	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: e.Device.String()}, decoder(e.Raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+		expiryxml.Copy{By: e.Device.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
 	}
 	return nil
@@ -412,11 +443,14 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 // HandleCopy holds a copy of a timed message that its owner sent, for the
 // owner's other devices.
 func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
+	defer wipe(nil, c.Body)
 	if !c.Body.Expires.After(r.cfg.Now()) {
+		wipe(c.Raw, nil)
 		return nil // expired on the way
 	}
 	h := &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}}
 	if added, err := r.hold(h); err != nil || !added {
+		wipe(c.Raw, nil)
 		return err
 	}
 	r.deliver(ctx, h, r.cfg.Devices.Online(c.Owner), c.By)
@@ -600,6 +634,31 @@ func (r *Relay) drop(h *held) {
 	heap.Remove(&r.queue, h.index)
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
+	h.dropped = true
+	if h.busy == 0 {
+		wipe(h.raw, nil)
+	}
+}
+
+// use reports whether h is still held and, if so, keeps its envelope from
+// being zeroed until release.
+func (r *Relay) use(h *held) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.dropped {
+		return false
+	}
+	h.busy++
+	return true
+}
+
+// release ends a use, zeroing the envelope if h was dropped meanwhile.
+func (r *Relay) release(h *held) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.busy--; h.busy == 0 && h.dropped {
+		wipe(h.raw, nil)
+	}
 }
 
 // decoder returns the envelope's tokens for sending.
@@ -622,7 +681,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			continue // a device that announces itself again gets each message once
 		}
 		remaining := h.expires.Sub(r.cfg.Now())
-		if remaining <= 0 {
+		if remaining <= 0 || !r.use(h) {
 			return
 		}
 		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
@@ -632,7 +691,9 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
 		}
 		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
-		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...); err != nil {
+		err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...)
+		r.release(h)
+		if err != nil {
 			// Still held: the device gets it when it announces itself again.
 			r.log.Debug("expiry: delivery failed; kept for later", "err", err)
 			continue
@@ -675,9 +736,16 @@ func (r *Relay) Held() (messages int, bytes int64) {
 // Run drops messages as they expire and tells the devices that got each
 // one to delete it, until ctx ends. Receipts held past their message's
 // expiry are dropped on the way.
+//
+// At most every scrubEvery after messages expired, it overwrites the
+// memory the process freed (scrubHeap), so that the copies of an expired
+// message that libraries made and dropped are not left for a core dump or
+// a swapped page to reveal.
 func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
+	var lastScrub time.Time
+	scrubDue := false
 	for {
 		r.mu.Lock()
 		var due []*held
@@ -698,6 +766,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		for _, h := range due {
 			r.m.expired.Inc()
 			r.notifyExpired(ctx, h)
+		}
+		if len(due) > 0 {
+			scrubDue = true
+		}
+		if scrubDue {
+			if wait := lastScrub.Add(scrubEvery).Sub(time.Now()); wait > 0 {
+				next = min(next, wait)
+			} else {
+				took := scrubHeap(r.procs)
+				lastScrub, scrubDue = time.Now(), false
+				r.log.Debug("expiry: freed memory overwritten", "took", took)
+			}
 		}
 		t.Reset(next)
 		select {
