@@ -204,10 +204,14 @@ type held struct {
 	id          string
 	sent        bool
 	by          jid.JID // for a sent copy: the device that sent it
-	expires     time.Time
-	raw         []byte              // the envelope, canonical XML; zeroed when dropped
-	delivered   map[string]struct{} // devices that got it
-	index       int                 // in the expiry heap
+	// copyBy, for a message to owner, is the sending device while the
+	// copy for the sender's other devices has not gone out: a handoff
+	// carries it, and the next clinkd sends the copy.
+	copyBy    jid.JID
+	expires   time.Time
+	raw       []byte              // the envelope, canonical XML; zeroed when dropped
+	delivered map[string]struct{} // devices that got it
+	index     int                 // in the expiry heap
 	// busy counts sends reading raw; dropped is set when the relay lets
 	// go of h. Whichever comes last (the drop, or the last send) zeroes
 	// raw, so that no send reads an envelope being overwritten. Both
@@ -274,6 +278,9 @@ type Relay struct {
 	queue    expiryHeap
 	total    int64
 	wake     chan struct{} // the earliest expiry changed
+	// handoff, while not nil, is closed when a handoff's state has been
+	// taken (AwaitHandoff, EndHandoff).
+	handoff chan struct{}
 }
 
 // seenUsers remembers, in bounded memory, which users had a device
@@ -373,6 +380,10 @@ func (r *Relay) refuse(reason string, cond stanza.Condition, text string) error 
 // HandleTimed holds and delivers a timed message a device sent. A message
 // it refuses is zeroed at once.
 func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
+	if err := r.awaitHandoff(ctx); err != nil {
+		wipe(e.Raw, e.Body)
+		return err
+	}
 	if err := r.admitTimed(ctx, e); err != nil {
 		wipe(e.Raw, e.Body)
 		return err
@@ -407,7 +418,7 @@ func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 
 // holdTimed holds and delivers a message admitTimed accepted.
 func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
-	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
+	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}, copyBy: e.Device}
 	// Of the decoded envelope the relay needs nothing more: only raw is
 	// held, and zeroed when it goes.
 	wipe(nil, e.Body)
@@ -418,32 +429,50 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 	}
 	r.m.relayed.Inc()
 	r.deliver(ctx, h, r.cfg.Devices.Online(e.Recipient), jid.JID{})
+	r.sendCopy(ctx, h)
+	return nil
+}
 
-	// The sender's other devices get their copy from the instance that
-	// owns the sender: it goes through the sender's address.
-	from, err := address.AtComponent(e.Recipient, r.cfg.Component)
-	if err != nil {
-		return nil
+// sendCopy sends the copy of h, a message to its owner, for the sender's
+// other devices: the instance that owns the sender (it may be another
+// one) gets it through the sender's address.
+func (r *Relay) sendCopy(ctx context.Context, h *held) {
+	r.mu.Lock()
+	by := h.copyBy
+	r.mu.Unlock()
+	if by.Resourcepart() == "" {
+		return // sent already
 	}
-	to, err := address.AtComponent(e.Sender, r.cfg.Component)
+	from, err := address.AtComponent(h.owner, r.cfg.Component)
 	if err != nil {
-		return nil
+		return
+	}
+	to, err := address.AtComponent(h.peer, r.cfg.Component)
+	if err != nil {
+		return
 	}
 	if !r.use(h) {
-		return nil // expired already
+		return // expired already
 	}
 	defer r.release(h)
 	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: e.Device.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+		expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
+		return
 	}
-	return nil
+	r.mu.Lock()
+	h.copyBy = jid.JID{}
+	r.mu.Unlock()
 }
 
 // HandleCopy holds a copy of a timed message that its owner sent, for the
 // owner's other devices.
 func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 	defer wipe(nil, c.Body)
+	if err := r.awaitHandoff(ctx); err != nil {
+		wipe(c.Raw, nil)
+		return err
+	}
 	if !c.Body.Expires.After(r.cfg.Now()) {
 		wipe(c.Raw, nil)
 		return nil // expired on the way
@@ -462,6 +491,9 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 // until the message expires for the owner's devices that come online
 // later. It reports false, doing nothing, for any other receipt.
 func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (bool, error) {
+	if err := r.awaitHandoff(ctx); err != nil {
+		return false, err
+	}
 	expires, ok := r.sentExpiry(rc.Owner, rc.Reader, rc.ID)
 	if !ok {
 		return false, nil
@@ -708,6 +740,9 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 // is held for its user (except the copies of what it sent itself), and the
 // held receipts of what its user sent.
 func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
+	if r.awaitHandoff(ctx) != nil {
+		return // the device gets what is held when it announces itself again
+	}
 	r.mu.Lock()
 	r.seen.add(user.String())
 	var hs []*held
@@ -723,6 +758,57 @@ func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 	}
 	for _, p := range rcs {
 		r.forwardReceipt(ctx, user, p, []jid.JID{device})
+	}
+}
+
+// AwaitHandoff makes the relay wait for the state of the clinkd it takes
+// over from (docs/expiry.md, "Restart and upgrade"): until EndHandoff,
+// every timed message, copy, receipt of a timed message and announcement
+// it is handed waits (within its handler's deadline, then it is answered
+// resource-constraint, type wait), so that none is answered from a state
+// not yet complete.
+func (r *Relay) AwaitHandoff() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handoff == nil {
+		r.handoff = make(chan struct{})
+	}
+}
+
+// EndHandoff lets the waiting stanzas through, then delivers what the
+// handoff brought that the previous clinkd could not: each held message to
+// its owner's online devices that have not got it (a delivery that failed
+// while the link moved), and the copies for senders' other devices that
+// were not sent. A device gets each message once, as always.
+func (r *Relay) EndHandoff(ctx context.Context) {
+	r.mu.Lock()
+	if r.handoff != nil {
+		close(r.handoff)
+		r.handoff = nil
+	}
+	hs := append([]*held(nil), r.queue...)
+	r.mu.Unlock()
+	for _, h := range hs {
+		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
+		if !h.sent {
+			r.sendCopy(ctx, h)
+		}
+	}
+}
+
+// awaitHandoff waits while a handoff is awaited.
+func (r *Relay) awaitHandoff(ctx context.Context) error {
+	r.mu.Lock()
+	wait := r.handoff
+	r.mu.Unlock()
+	if wait == nil {
+		return nil
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return component.Error(stanza.ResourceConstraint, "clinkd is taking over from the previous one; try again in a moment")
 	}
 }
 
