@@ -258,6 +258,9 @@ type pendingReceipt struct {
 	reader  jid.JID // the recipient who sent the receipt
 	payload any     // receiptsxml.Received or markers.Displayed
 	expires time.Time
+	// unsent: the owner's online devices have not been sent it yet (it
+	// came while the relay was quiet, before a handoff). Under Relay.mu.
+	unsent bool
 }
 
 // Relay is the timed-message relay: the dispatch.Timed feature and a
@@ -281,6 +284,10 @@ type Relay struct {
 	// handoff, while not nil, is closed when a handoff's state has been
 	// taken (AwaitHandoff, EndHandoff).
 	handoff chan struct{}
+	// quiet: a handoff is about to take the state (Quiesce); the relay
+	// holds what it is handed and sends nothing, so that nothing goes out
+	// on a link the server may have closed already.
+	quiet bool
 }
 
 // seenUsers remembers, in bounded memory, which users had a device
@@ -438,10 +445,10 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 // one) gets it through the sender's address.
 func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	r.mu.Lock()
-	by := h.copyBy
+	by, quiet := h.copyBy, r.quiet
 	r.mu.Unlock()
-	if by.Resourcepart() == "" {
-		return // sent already
+	if by.Resourcepart() == "" || quiet {
+		return // sent already, or left for the handoff
 	}
 	from, err := address.AtComponent(h.owner, r.cfg.Component)
 	if err != nil {
@@ -499,8 +506,9 @@ func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (b
 		return false, nil
 	}
 	p := &pendingReceipt{reader: rc.Reader, payload: rc.Payload(), expires: expires}
-	r.holdReceipt(rc.Owner, p)
-	r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
+	if quiet := r.holdReceipt(rc.Owner, p); !quiet {
+		r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
+	}
 	r.m.receipts.WithLabelValues(string(rc.Kind)).Inc()
 	return true, nil
 }
@@ -531,15 +539,19 @@ func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
 	return got.expires, true
 }
 
-func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
+// holdReceipt holds p for owner's devices, and reports whether the relay
+// is quiet (then p is left for the handoff to send).
+func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) (quiet bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	p.unsent = p.unsent || r.quiet
 	k := owner.String()
 	list := r.pruneReceiptsLocked(k)
 	if len(list) >= r.limits.Load().PerUserReceipts {
 		list = list[1:] // the oldest goes; memory stays bounded
 	}
 	r.receipts[k] = append(list, p)
+	return r.quiet
 }
 
 // pruneReceiptsLocked drops expired receipts of one owner and returns the
@@ -708,7 +720,11 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		}
 		r.mu.Lock()
 		_, done := h.delivered[d.String()]
+		quiet := r.quiet
 		r.mu.Unlock()
+		if quiet {
+			return // left for the handoff
+		}
 		if done {
 			continue // a device that announces itself again gets each message once
 		}
@@ -752,6 +768,16 @@ func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 		}
 	}
 	rcs := append([]*pendingReceipt(nil), r.pruneReceiptsLocked(user.String())...)
+	if r.quiet {
+		// The handoff sends the new device what it has not got; the
+		// user's receipts go to all their devices again (a receipt twice
+		// is harmless, none is not).
+		for _, p := range rcs {
+			p.unsent = true
+		}
+		r.mu.Unlock()
+		return
+	}
 	r.mu.Unlock()
 	for _, h := range hs {
 		r.deliver(ctx, h, []jid.JID{device}, h.by)
@@ -775,24 +801,77 @@ func (r *Relay) AwaitHandoff() {
 	}
 }
 
-// EndHandoff lets the waiting stanzas through, then delivers what the
-// handoff brought that the previous clinkd could not: each held message to
-// its owner's online devices that have not got it (a delivery that failed
-// while the link moved), and the copies for senders' other devices that
-// were not sent. A device gets each message once, as always.
+// EndHandoff lets the waiting stanzas through, then sends what the
+// previous clinkd left unsent (see flush).
 func (r *Relay) EndHandoff(ctx context.Context) {
 	r.mu.Lock()
 	if r.handoff != nil {
 		close(r.handoff)
 		r.handoff = nil
 	}
+	r.mu.Unlock()
+	r.flush(ctx)
+}
+
+// Quiesce readies the relay to hand its state over: from now on it holds
+// what it is handed (messages, copies, receipts, announcements) but sends
+// nothing, neither deliveries, copies, receipts nor expiry notices, and
+// drops nothing at expiry: the clinkd taking over sends all of it once it
+// holds the link. Prosody closes the old link when the new one comes,
+// without a word to the old one first, so whatever the old one wrote after
+// that would be lost. Resume undoes it.
+func (r *Relay) Quiesce() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.quiet = true
+}
+
+// Resume ends Quiesce (the handoff did not happen) and sends what was
+// left unsent meanwhile.
+func (r *Relay) Resume(ctx context.Context) {
+	r.mu.Lock()
+	r.quiet = false
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	r.flush(ctx)
+}
+
+// flush sends what is held but unsent: each held message to its owner's
+// online devices that have not got it, the copies for senders' other
+// devices not sent yet, and receipts not yet sent to their owner's online
+// devices. A device gets each message once, as always.
+func (r *Relay) flush(ctx context.Context) {
+	r.mu.Lock()
 	hs := append([]*held(nil), r.queue...)
+	type unsent struct {
+		owner jid.JID
+		p     *pendingReceipt
+	}
+	var rcs []unsent
+	for k, list := range r.receipts {
+		owner, err := jid.Parse(k)
+		if err != nil {
+			continue
+		}
+		for _, p := range list {
+			if p.unsent {
+				p.unsent = false
+				rcs = append(rcs, unsent{owner, p})
+			}
+		}
+	}
 	r.mu.Unlock()
 	for _, h := range hs {
 		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
 		if !h.sent {
 			r.sendCopy(ctx, h)
 		}
+	}
+	for _, u := range rcs {
+		r.forwardReceipt(ctx, u.owner, u.p, r.cfg.Devices.Online(u.owner))
 	}
 }
 
@@ -836,7 +915,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.mu.Lock()
 		var due []*held
 		now := r.cfg.Now()
-		for r.queue.Len() > 0 && !r.queue[0].expires.After(now) {
+		for !r.quiet && r.queue.Len() > 0 && !r.queue[0].expires.After(now) {
 			h := r.queue[0]
 			r.drop(h)
 			due = append(due, h)
@@ -845,7 +924,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.pruneReceiptsLocked(k)
 		}
 		next := time.Hour
-		if r.queue.Len() > 0 {
+		if r.queue.Len() > 0 && !r.quiet {
 			next = r.queue[0].expires.Sub(now)
 		}
 		r.mu.Unlock()

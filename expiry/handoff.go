@@ -38,17 +38,18 @@ const MaxHandoffFrame = 4 << 20
 
 // Frame types.
 const (
-	frameHello    byte = 0x01 // both ways: magic, version, component domain
-	frameLinked   byte = 0x02 // taker to giver: the taker holds the link
-	frameMessage  byte = 0x10 // giver to taker: one held message
-	frameReceipt  byte = 0x11 // giver to taker: one held receipt
-	frameSeen     byte = 0x12 // giver to taker: one user seen
-	frameDevice   byte = 0x13 // giver to taker: one online device
-	frameEnd      byte = 0x1f // giver to taker: counts of what was sent
-	frameDone     byte = 0x20 // taker to giver: counts of what was taken
-	frameRefusal  byte = 0x7f // either way: why, and the connection ends
-	flagSent      byte = 1 << 0
-	flagCopyOwed  byte = 1 << 1
+	frameHello    byte = 0x01   // both ways: magic, version, component domain
+	frameLinked   byte = 0x02   // taker to giver: the taker holds the link
+	frameMessage  byte = 0x10   // giver to taker: one held message
+	frameReceipt  byte = 0x11   // giver to taker: one held receipt
+	frameSeen     byte = 0x12   // giver to taker: one user seen
+	frameDevice   byte = 0x13   // giver to taker: one online device
+	frameEnd      byte = 0x1f   // giver to taker: counts of what was sent
+	frameDone     byte = 0x20   // taker to giver: counts of what was taken
+	frameRefusal  byte = 0x7f   // either way: why, and the connection ends
+	flagSent      byte = 1 << 0 // message: a sent copy
+	flagCopyOwed  byte = 1 << 1 // message: the copy for the sender's other devices is not sent yet
+	flagUnsent    byte = 1 << 0 // receipt: not sent to the owner's online devices yet
 	kindReceived  byte = 1
 	kindDisplayed byte = 2
 )
@@ -280,6 +281,11 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 		e.str(p.owner.String())
 		e.str(p.reader.String())
 		e.u8(p.kind)
+		if p.unsent {
+			e.u8(flagUnsent)
+		} else {
+			e.u8(0)
+		}
 		e.str(p.id)
 		e.i64(p.expires.UnixNano())
 		if err := c.send(frameReceipt, e.b, false); err != nil {
@@ -397,6 +403,7 @@ type exportedReceipt struct {
 	kind          byte
 	id            string
 	expires       time.Time
+	unsent        bool
 }
 
 // exportedMessage is a held message as it travels.
@@ -455,9 +462,15 @@ func decodeMessage(body []byte) (*held, error) {
 
 func decodeReceipt(body []byte) (exportedReceipt, error) {
 	d := wireDecoder{b: body}
-	p := exportedReceipt{owner: d.bare(), reader: d.bare(), kind: d.u8(), id: d.id(), expires: time.Unix(0, d.i64())}
-	if d.err == nil && p.kind != kindReceived && p.kind != kindDisplayed {
+	p := exportedReceipt{owner: d.bare(), reader: d.bare(), kind: d.u8()}
+	flags := d.u8()
+	p.id, p.expires, p.unsent = d.id(), time.Unix(0, d.i64()), flags&flagUnsent != 0
+	switch {
+	case d.err != nil:
+	case p.kind != kindReceived && p.kind != kindDisplayed:
 		d.err = fmt.Errorf("kind %d", p.kind)
+	case flags&^flagUnsent != 0:
+		d.err = fmt.Errorf("flags %#x", flags)
 	}
 	if d.err != nil || len(d.b) != 0 {
 		return exportedReceipt{}, protoErr("malformed receipt: %v", d.err)
@@ -600,7 +613,7 @@ func (r *Relay) export() (msgs []exportedMessage, rcs []exportedReceipt, seen []
 			continue
 		}
 		for _, p := range list {
-			e := exportedReceipt{owner: o, reader: p.reader, expires: p.expires}
+			e := exportedReceipt{owner: o, reader: p.reader, expires: p.expires, unsent: p.unsent}
 			switch v := p.payload.(type) {
 			case receiptsxml.Received:
 				e.kind, e.id = kindReceived, v.ID
@@ -634,7 +647,7 @@ func (r *Relay) importState(msgs []*held, rcs []exportedReceipt, seen []string) 
 		if p.kind == kindDisplayed {
 			payload = markers.Displayed{ID: p.id}
 		}
-		r.holdReceipt(p.owner, &pendingReceipt{reader: p.reader, payload: payload, expires: p.expires})
+		r.holdReceipt(p.owner, &pendingReceipt{reader: p.reader, payload: payload, expires: p.expires, unsent: p.unsent})
 		n.Receipts++
 	}
 	r.mu.Lock()

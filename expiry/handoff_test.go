@@ -378,7 +378,7 @@ func TestHandoffRefusesStrangers(t *testing.T) {
 		{"counts that do not match", append(state[:len(state)-endFrame], frame(0x1f, make([]byte, 16))...)},
 		{"a device of another user", append(frame(0x13, slices.Concat(str16("alice@example.org"), str16("mallory@example.org/x"), make([]byte, 8))), state...)},
 		{"a user with a resource", append(frame(0x12, str16("alice@example.org/x")), state...)},
-		{"a message id with a space", append(frame(0x11, slices.Concat(str16("alice@example.org"), str16("bob@example.org"), []byte{1}, str16("a b"), make([]byte, 8))), state...)},
+		{"a message id with a space", append(frame(0x11, slices.Concat(str16("alice@example.org"), str16("bob@example.org"), []byte{1, 0}, str16("a b"), make([]byte, 8))), state...)},
 	}
 	for _, tt := range states {
 		s := newHandoffSide(t, now, expiry.Limits{})
@@ -464,4 +464,59 @@ func FuzzHandoff(f *testing.F) {
 			t.Fatalf("took %+v, holds %d messages, %d bytes, %d devices", took, n, size, len(s.devs.Export()))
 		}
 	})
+}
+
+// TestHandoffQuiet: a giver readying a handoff (Quiesce) holds what it is
+// handed but sends nothing, since its link may already be closed under
+// it; the taker sends it all. A giver whose handoff does not happen
+// (Resume) sends it itself.
+func TestHandoffQuiet(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0).UTC()
+	quietFill := func(s *handoffSide) {
+		t.Helper()
+		s.announce(t, "bob@example.org/phone")
+		s.announce(t, "alice@example.org/phone")
+		env := timedEnvelope(t, "q1", now)
+		// A copy from alice's laptop held before; then quiet.
+		if err := s.stanza(t, `<message type='headline' from='`+toBob+`' to='`+toAlice+`'><copy xmlns='urn:clinkme:expiry:0' by='alice@example.org/laptop'/>`+env+storeless+`</message>`); err != nil {
+			t.Fatal(err)
+		}
+		s.link.take()
+		s.relay.Quiesce()
+		for _, st := range []string{
+			`<message type='headline' from='alice@example.org/laptop' to='` + toBob + `'>` + env + storeless + `</message>`,
+			`<message type='headline' from='bob@example.org/phone' to='` + toAlice + `'><received xmlns='urn:xmpp:receipts' id='q1'/>` + storeless + `</message>`,
+		} {
+			if err := s.stanza(t, st); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.announce(t, "alice@example.org/tablet")
+		if got := s.link.take(); len(got) != 0 {
+			t.Fatalf("a quiet relay sent %q", got)
+		}
+	}
+	want := []string{
+		"alice@example.org/phone receiptsxml.Received",
+		"alice@example.org/tablet expiryxml.Sent",
+		"alice@example.org/tablet receiptsxml.Received",
+		"bob@example.org/phone *xml.Decoder",
+		toAlice + " expiryxml.Copy",
+	}
+	slices.Sort(want)
+
+	giver, taker := newHandoffSide(t, now, expiry.Limits{}), newHandoffSide(t, now, expiry.Limits{})
+	quietFill(giver)
+	handoff(t, giver, taker)
+	if got := taker.link.take(); !slices.Equal(got, want) {
+		t.Errorf("after the handoff the taker sent\n%q\nwant\n%q", got, want)
+	}
+
+	alone := newHandoffSide(t, now, expiry.Limits{})
+	quietFill(alone)
+	alone.relay.Resume(context.Background())
+	if got := alone.link.take(); !slices.Equal(got, want) {
+		t.Errorf("after Resume the relay sent\n%q\nwant\n%q", got, want)
+	}
 }
