@@ -110,7 +110,7 @@ func testExpiredMessageLeavesNoTrace(t *testing.T, srv *lab.XMPPServer) {
 	t.Parallel()
 	comp := labtest.Component(t, srv)
 	dir := t.TempDir()
-	config := writeServeConfig(t, dir, srv, comp, "")
+	config := writeServeConfig(t, dir, srv, comp, "", "")
 	c := startServe(t, config)
 	c.line(t, regexp.MustCompile(`msg="xmpp link up"`))
 

@@ -1,7 +1,9 @@
 // Command clinkd is the ClinkMe server extension: an XEP-0114 component
 // for Prosody and ejabberd. See README.md and docs/config.md.
 //
-//	clinkd serve --config FILE      run the component
+//	clinkd serve --config FILE [--takeover]
+//	                                run the component; --takeover takes over
+//	                                from the clinkd on expiry.handoff_socket
 //	clinkd migrate --config FILE    apply database migrations and exit
 //	clinkd keys genkey|reset|audit|monitor
 //	                                key directory: signing key, operator

@@ -17,8 +17,9 @@ import (
 
 // writeServeConfig writes a config for `clinkd serve` linked to comp on
 // srv, with a 1 s minimum validity so that tests can wait out an expiry,
-// and extra YAML appended under expiry:. It returns the config's path.
-func writeServeConfig(t *testing.T, dir string, srv *lab.XMPPServer, comp lab.Component, expiryExtra string) string {
+// expiryExtra (indented YAML) under expiry: and more YAML at the top
+// level. It returns the config's path.
+func writeServeConfig(t *testing.T, dir string, srv *lab.XMPPServer, comp lab.Component, expiryExtra, more string) string {
 	t.Helper()
 	secretFile := filepath.Join(dir, "component.secret")
 	if err := os.WriteFile(secretFile, []byte(comp.Secret), 0o600); err != nil {
@@ -38,7 +39,8 @@ admin:
   listen: 127.0.0.1:0
 expiry:
   min_period: 1s
-%s`, comp.Addr, comp.Domain, secretFile, srv.Domain, expiryExtra)
+%s
+%s`, comp.Addr, comp.Domain, secretFile, srv.Domain, expiryExtra, more)
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
