@@ -333,6 +333,7 @@ func (c *HandoffConn) ReceiveState(r *Relay, devices *dispatch.Devices) (Handoff
 			clear(h.raw)
 		}
 	}
+	jids := make(map[string]jid.JID)
 	for {
 		typ, body, err := c.frame()
 		if errors.Is(err, io.EOF) {
@@ -344,7 +345,7 @@ func (c *HandoffConn) ReceiveState(r *Relay, devices *dispatch.Devices) (Handoff
 		}
 		switch typ {
 		case frameMessage:
-			h, err := decodeMessage(body)
+			h, err := decodeMessage(body, jids)
 			clear(body)
 			if err != nil {
 				drop()
@@ -352,14 +353,14 @@ func (c *HandoffConn) ReceiveState(r *Relay, devices *dispatch.Devices) (Handoff
 			}
 			msgs = append(msgs, h)
 		case frameReceipt:
-			p, err := decodeReceipt(body)
+			p, err := decodeReceipt(body, jids)
 			if err != nil {
 				drop()
 				return HandoffCounts{}, err
 			}
 			rcs = append(rcs, p)
 		case frameSeen:
-			d := wireDecoder{b: body}
+			d := wireDecoder{b: body, jids: jids}
 			u := d.bare()
 			if d.err != nil || len(d.b) != 0 {
 				drop()
@@ -367,7 +368,7 @@ func (c *HandoffConn) ReceiveState(r *Relay, devices *dispatch.Devices) (Handoff
 			}
 			seen = append(seen, u.String())
 		case frameDevice:
-			d := wireDecoder{b: body}
+			d := wireDecoder{b: body, jids: jids}
 			rec := dispatch.DeviceRecord{User: d.bare(), Device: d.full(), Announced: time.Unix(0, d.i64())}
 			if d.err == nil && !rec.Device.Bare().Equal(rec.User) {
 				d.err = errors.New("a device of another user")
@@ -412,8 +413,8 @@ type exportedMessage struct {
 	devices []string // who got it
 }
 
-func decodeMessage(body []byte) (*held, error) {
-	d := wireDecoder{b: body}
+func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
+	d := wireDecoder{b: body, jids: jids}
 	h := &held{owner: d.bare(), peer: d.bare(), id: d.id(), delivered: map[string]struct{}{}}
 	flags := d.u8()
 	byText := d.str()
@@ -436,12 +437,12 @@ func decodeMessage(body []byte) (*held, error) {
 		case flags&(flagSent|flagCopyOwed) != 0:
 			// A sent copy names the owner's device that sent it; a copy
 			// owed, the peer's (the sender's) device.
-			by, err := jid.Parse(byText)
+			by, ok := d.parse(byText)
 			author := h.owner
 			if flags&flagCopyOwed != 0 {
 				author = h.peer
 			}
-			if err != nil || by.Resourcepart() == "" || !by.Bare().Equal(author) {
+			if !ok || by.Resourcepart() == "" || !by.Bare().Equal(author) {
 				d.err = fmt.Errorf("sending device %q", byText)
 			}
 			if flags&flagSent != 0 {
@@ -460,8 +461,8 @@ func decodeMessage(body []byte) (*held, error) {
 	return h, nil
 }
 
-func decodeReceipt(body []byte) (exportedReceipt, error) {
-	d := wireDecoder{b: body}
+func decodeReceipt(body []byte, jids map[string]jid.JID) (exportedReceipt, error) {
+	d := wireDecoder{b: body, jids: jids}
 	p := exportedReceipt{owner: d.bare(), reader: d.bare(), kind: d.u8()}
 	flags := d.u8()
 	p.id, p.expires, p.unsent = d.id(), time.Unix(0, d.i64()), flags&flagUnsent != 0
@@ -502,6 +503,10 @@ func (e *wireEncoder) bytes32(b []byte) {
 type wireDecoder struct {
 	b   []byte
 	err error
+	// jids, if not nil, remembers the JIDs parsed so far: a state names
+	// each user and device many times, and parsing one (PRECIS) costs
+	// more than the rest of a frame.
+	jids map[string]jid.JID
 }
 
 func (d *wireDecoder) take(n int) []byte {
@@ -568,14 +573,32 @@ func (d *wireDecoder) id() string {
 	return s
 }
 
+// parse parses a JID the way the state wrote it: its canonical form.
+func (d *wireDecoder) parse(s string) (jid.JID, bool) {
+	if j, ok := d.jids[s]; ok {
+		return j, true
+	}
+	j, err := jid.Parse(s)
+	if err != nil || j.String() != s {
+		return jid.JID{}, false
+	}
+	if d.jids != nil && len(d.jids) < maxJIDCache {
+		d.jids[s] = j
+	}
+	return j, true
+}
+
+// maxJIDCache bounds the JIDs a taker remembers while it reads a state.
+const maxJIDCache = 1 << 20
+
 // bare reads a user's bare JID.
 func (d *wireDecoder) bare() jid.JID {
 	s := d.str()
 	if d.err != nil {
 		return jid.JID{}
 	}
-	j, err := jid.Parse(s)
-	if err != nil || j.Localpart() == "" || j.Resourcepart() != "" || j.String() != s {
+	j, ok := d.parse(s)
+	if !ok || j.Localpart() == "" || j.Resourcepart() != "" {
 		d.err = fmt.Errorf("user %q", s)
 		return jid.JID{}
 	}
@@ -588,8 +611,8 @@ func (d *wireDecoder) full() jid.JID {
 	if d.err != nil {
 		return jid.JID{}
 	}
-	j, err := jid.Parse(s)
-	if err != nil || j.Localpart() == "" || j.Resourcepart() == "" || j.String() != s {
+	j, ok := d.parse(s)
+	if !ok || j.Localpart() == "" || j.Resourcepart() == "" {
 		d.err = fmt.Errorf("device %q", s)
 		return jid.JID{}
 	}
