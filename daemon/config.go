@@ -282,9 +282,6 @@ func (c Config) Check() error {
 	if (c.Public.CertFile == "") != (c.Public.KeyFile == "") {
 		errs = append(errs, errors.New("config: public.cert_file and public.key_file go together"))
 	}
-	if c.Expiry.Disabled && c.Expiry.HandoffSocket != "" {
-		errs = append(errs, errors.New("config: expiry.handoff_socket hands over the relay's state, but expiry.disabled is set"))
-	}
 	return errors.Join(errs...)
 }
 

@@ -578,13 +578,14 @@ func (d *Daemon) Run(ctx context.Context) error { return d.run(ctx, false) }
 // RunTakeover is Run for a clinkd that takes over from the one serving on
 // expiry.handoff_socket (docs/operators.md, "Restart and upgrade"): it
 // links, takes the other's timed messages and device registry, then
-// serves. When no clinkd serves there, it starts afresh. It returns an
-// error, without having linked, when the other clinkd cannot be taken
-// over (another version of the protocol, another component).
+// serves. When no clinkd serves there (or no socket is configured, or the
+// relay is off), it starts afresh. It returns an error, without having
+// linked, when the other clinkd cannot be taken over (another version of
+// the protocol, another component).
 func (d *Daemon) RunTakeover(ctx context.Context) error {
 	if d.cfg.Expiry.HandoffSocket == "" || d.relay == nil {
-		d.Close()
-		return errors.New("daemon: a takeover needs expiry.handoff_socket (and the relay on)")
+		d.log.Info("takeover: no expiry.handoff_socket, or the relay is off: nothing to take over; starting afresh")
+		return d.run(ctx, false)
 	}
 	return d.run(ctx, true)
 }

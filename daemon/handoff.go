@@ -260,6 +260,9 @@ func (d *Daemon) handoffLoop(ctx, linkCtx context.Context, ln *net.UnixListener,
 			d.log.Error("handoff: the socket stopped serving; this clinkd can no longer be taken over", "err", err)
 		}
 		if g == nil {
+			if ctx.Err() != nil {
+				os.Remove(path) // stopping: nobody serves it any more
+			}
 			outcome <- nil
 			return
 		}

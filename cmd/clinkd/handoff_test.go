@@ -103,7 +103,10 @@ func TestRestartKeepsTimedMessages(t *testing.T) {
 func testRestartKeepsTimedMessages(t *testing.T, srv *lab.XMPPServer) {
 	t.Parallel()
 	s := newHandoffSetup(t, srv)
-	first := startServe(t, s.config)
+	// As under systemd (packaging/systemd): clinkd.service always starts
+	// with --takeover, and finds nobody to take over from at first.
+	first := startServe(t, s.config, "--takeover")
+	first.line(t, regexp.MustCompile(`msg="takeover: no clinkd serves on the handoff socket; starting afresh"`))
 	admin := serving(t, first)
 	comp := s.comp
 
@@ -137,7 +140,7 @@ func testRestartKeepsTimedMessages(t *testing.T, srv *lab.XMPPServer) {
 	const held = 4
 	waitMetric(t, admin, "clinkd_expiry_held_messages", held)
 
-	// A restart: the same binary takes over.
+	// A restart: the same binary takes over (clinkd-spare.service).
 	second := startServe(t, s.config, "--takeover")
 	took := second.line(t, regexp.MustCompile(`msg="takeover: state taken" messages=(\d+) receipts=\d+ users_seen=(\d+) devices=(\d+)`))
 	if took[1] != strconv.Itoa(held) || took[3] != "2" {
@@ -161,7 +164,8 @@ func testRestartKeepsTimedMessages(t *testing.T, srv *lab.XMPPServer) {
 	}
 	next(t, b, "a message sent after the takeover", envelopeWithID(toBobLater.ID))
 
-	// An upgrade is a takeover as well (a new binary at the same path).
+	// An upgrade is a takeover as well, by a new binary at the same path
+	// (clinkd.service, started again by systemd, takes it all back).
 	third := startServe(t, s.config, "--takeover")
 	third.line(t, regexp.MustCompile(`msg="takeover: state taken" messages=`+strconv.Itoa(held+2)))
 	exited(t, second, "the clinkd upgraded")

@@ -56,9 +56,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if *takeover && cfg.Expiry.HandoffSocket == "" {
-		return usageError{"--takeover needs expiry.handoff_socket in the configuration"}
-	}
 	log, level, err := daemon.NewLevelLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
