@@ -35,6 +35,7 @@ type DeviceConfig struct {
 	Store     *keystore.Store // the device's private key and contact keys
 	Component jid.JID         // clinkd's domain
 	LogKey    string          // the key directory log's verifier key
+	VRFKey    string          // the key directory's VRF public key (key directory v1)
 	Pins      PinStore        // what the device saw of the log (nil: memory)
 }
 
@@ -45,7 +46,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Store.Identity().JID() != me {
 		return nil, fmt.Errorf("client: the key store is %s's, the session %s's", cfg.Store.Identity().JID(), me)
 	}
-	kd, err := cfg.Client.NewKeyDirectory(cfg.Component, cfg.LogKey, cfg.Pins)
+	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: cfg.LogKey, VRFKey: cfg.VRFKey, Pins: cfg.Pins})
 	if err != nil {
 		return nil, err
 	}

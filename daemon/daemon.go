@@ -348,7 +348,7 @@ func (d *Daemon) registerKeyDir(ctx context.Context, store *logdb.Store, account
 		return err
 	}
 	if reason := dir.Ready(ctx); reason != "" {
-		d.log.Error("keydir: not ready: "+reason)
+		d.log.Error("keydir: not ready: " + reason)
 	}
 	d.runners = append(d.runners, dir.Run)
 	dir.Register(d.comp)

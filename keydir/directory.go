@@ -125,7 +125,7 @@ type Directory struct {
 	pubs    *ratelimit.Limiter
 	metrics *prometheus.CounterVec
 
-	mu     sync.Mutex         // serializes signing; guards signed and fault
+	mu     sync.Mutex        // serializes signing; guards signed and fault
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
 	fault  string            // why the directory refuses to serve; "" when ready
 }

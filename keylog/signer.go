@@ -74,9 +74,13 @@ func LoadSignerKey(path string) (note.Signer, note.Verifier, error) {
 	if err != nil {
 		return nil, nil, bad
 	}
-	// PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>
-	i := strings.LastIndex(text, "+")
-	raw, err := base64.StdEncoding.DecodeString(text[i+1:])
+	// PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>; names have no
+	// plus sign, base64 may.
+	parts := strings.SplitN(text, "+", 5)
+	if len(parts) != 5 {
+		return nil, nil, bad
+	}
+	raw, err := base64.StdEncoding.DecodeString(parts[4])
 	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
 		return nil, nil, bad
 	}

@@ -65,16 +65,12 @@ func ParseVRFKey(s string) (VRFKey, error) {
 	if len(s) > 1024 {
 		return bad("too long")
 	}
-	i := strings.LastIndex(s, "+")
-	if i < 0 {
+	// Split from the left: a name has no plus sign, base64 may.
+	name, rest, ok1 := strings.Cut(s, "+")
+	id, b64, ok2 := strings.Cut(rest, "+")
+	if !ok1 || !ok2 {
 		return bad("want name+id+key")
 	}
-	rest, b64 := s[:i], s[i+1:]
-	j := strings.LastIndex(rest, "+")
-	if j < 0 {
-		return bad("want name+id+key")
-	}
-	name, id := rest[:j], rest[j+1:]
 	if !validKeyName(name) {
 		return bad("invalid name")
 	}
@@ -212,19 +208,16 @@ func LoadVRFSigner(path string) (*VRFSigner, error) {
 	if !ok {
 		return nil, bad
 	}
-	i := strings.LastIndex(text, "+")
-	if i < 0 {
+	name, rest, ok1 := strings.Cut(text, "+")
+	_, b64, ok2 := strings.Cut(rest, "+")
+	if !ok1 || !ok2 {
 		return nil, bad
 	}
-	j := strings.LastIndex(text[:i], "+")
-	if j < 0 {
-		return nil, bad
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(text[i+1:])
+	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
 	if err != nil || len(raw) != len(vrfKeyType)+ecvrf.SeedSize || !bytes.HasPrefix(raw, []byte(vrfKeyType)) {
 		return nil, bad
 	}
-	s, err := NewVRFSigner(text[:j], raw[len(vrfKeyType):])
+	s, err := NewVRFSigner(name, raw[len(vrfKeyType):])
 	if err != nil {
 		return nil, bad
 	}

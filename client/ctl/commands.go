@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -95,8 +96,12 @@ func (e env) keys(ctx context.Context, p *profile, args []string) error {
 				return err
 			}
 			for _, h := range hist {
-				fmt.Fprintf(e.stdout, "  %d %s %s %s\n", h.Index, h.Kind, fingerprint(h.Fingerprint), h.Time.UTC().Format(time.RFC3339))
+				fmt.Fprintf(e.stdout, "  version %d: entry %d %s %s %s\n", h.Version, h.Index, h.Kind, fingerprint(h.Fingerprint), h.Time.UTC().Format(time.RFC3339))
 			}
+			fmt.Fprintf(e.stdout, "history complete: versions 1 to %d, each proven\n", len(hist))
+			// Only this account's owner gets its VRF proof: with it,
+			// anyone may check the whole history against the public log.
+			fmt.Fprintf(e.stdout, "VRF proof (clinkd keys monitor --vrf-proof): %s\n", base64.StdEncoding.EncodeToString(res[0].VRFProof))
 		}
 		return nil
 	case "verify":

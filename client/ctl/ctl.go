@@ -73,6 +73,7 @@ global flags (after --lab lab.json and --as NAME, none is needed):
   --component DOMAIN  clinkd's component domain
   --ca FILE           CA certificate to verify the server (default: system roots)
   --log-key KEY       the key directory log's verifier key
+  --vrf-key KEY       the key directory's VRF public key
   --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
   The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
   the key store passphrase from $CLINKCTL_PASSPHRASE or --passphrase-file.
@@ -93,8 +94,8 @@ commands:
 
 // global are the flags before the command.
 type global struct {
-	lab, as, jid, server, component, ca, logKey, home string
-	passwordFile, passphraseFile                      string
+	lab, as, jid, server, component, ca, logKey, vrfKey, home string
+	passwordFile, passphraseFile                              string
 }
 
 func (e env) run(ctx context.Context, args []string) error {
@@ -109,6 +110,7 @@ func (e env) run(ctx context.Context, args []string) error {
 	fs.StringVar(&g.component, "component", "", "")
 	fs.StringVar(&g.ca, "ca", "", "")
 	fs.StringVar(&g.logKey, "log-key", "", "")
+	fs.StringVar(&g.vrfKey, "vrf-key", "", "")
 	fs.StringVar(&g.home, "home", "", "")
 	fs.StringVar(&g.passwordFile, "password-file", "", "")
 	fs.StringVar(&g.passphraseFile, "passphrase-file", "", "")
@@ -156,6 +158,7 @@ type profile struct {
 	component  jid.JID
 	tls        *tls.Config
 	logKey     string
+	vrfKey     string
 	dir        string // this account's state on this device
 	lab        bool   // from lab.json: everything on loopback
 }
@@ -170,7 +173,7 @@ func (e env) profile(g global) (*profile, error) {
 		}
 		info = &i
 		p.lab = true
-		p.server, p.logKey = i.C2S, i.KeyLogVerifier
+		p.server, p.logKey, p.vrfKey = i.C2S, i.KeyLogVerifier, i.KeyLogVRFKey
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {
 			g.ca = i.CAFile
@@ -206,6 +209,9 @@ func (e env) profile(g global) (*profile, error) {
 	}
 	if g.logKey != "" {
 		p.logKey = g.logKey
+	}
+	if g.vrfKey != "" {
+		p.vrfKey = g.vrfKey
 	}
 	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
@@ -265,6 +271,8 @@ func (p *profile) need(server, component, logKey, passphrase bool) error {
 		return usageError{"no clinkd component: --component DOMAIN or --lab"}
 	case logKey && p.logKey == "":
 		return usageError{"no key directory verifier key: --log-key KEY or --lab"}
+	case logKey && p.vrfKey == "":
+		return usageError{"no key directory VRF key: --vrf-key KEY or --lab"}
 	case passphrase && p.passphrase == "":
 		return usageError{"no key store passphrase: $CLINKCTL_PASSPHRASE or --passphrase-file"}
 	}
@@ -314,7 +322,7 @@ func (p *profile) device(ctx context.Context, create bool) (*client.Device, bool
 		c.Close()
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, Pins: pins})
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, VRFKey: p.vrfKey, Pins: pins})
 	if err != nil {
 		c.Close()
 		return nil, false, err

@@ -25,8 +25,11 @@ type Info struct {
 	AdminURL  string `json:"admin_url"`
 	PublicURL string `json:"public_url"`
 	// KeyLogVerifier is the note verifier key of the key directory's log
-	// (clinkd keys audit --key); KeyLogURL is where auditors read it.
+	// (clinkd keys audit --key); KeyLogVRFKey its VRF public key, which
+	// devices need to check each JID's map index; KeyLogURL is where
+	// auditors read the log.
 	KeyLogVerifier string `json:"keylog_verifier"`
+	KeyLogVRFKey   string `json:"keylog_vrf_key"`
 	KeyLogURL      string `json:"keylog_url"`
 	TURN           TURN   `json:"turn"`
 	Users          []User `json:"users"`

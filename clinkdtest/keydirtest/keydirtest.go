@@ -196,3 +196,59 @@ func PublishMany(ctx context.Context, t testing.TB, store *logdb.Store, n int, d
 	wg.Wait()
 	return users
 }
+
+// A V0Entry is one entry of a v0 log written by WriteV0Log.
+type V0Entry struct {
+	JID  string // bare JID
+	Kind keylog.Kind
+	Key  []byte // DER of the key published or ended
+	Time int64
+}
+
+// WriteV0Log fills an empty, unmigrated database with a v0 log, as
+// clinkd before key directory v1 wrote it: the entries, their hashes,
+// their events, the bindings in force and the size. It returns the v0
+// records' texts.
+func WriteV0Log(ctx context.Context, t testing.TB, db *pgxpool.Pool, entries []V0Entry) [][]byte {
+	t.Helper()
+	var mem keylog.Hashes
+	var texts [][]byte
+	bound := map[string]int{}
+	for i, e := range entries {
+		j := MustJID(t, e.JID)
+		r := keylog.Record{Label: keylog.Label(j), Kind: e.Kind, Fingerprint: keylog.Fingerprint(e.Key), Time: e.Time}
+		text := r.Marshal()
+		texts = append(texts, text)
+		mem.Append(text)
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_entries (idx, label, record) VALUES ($1, $2, $3)`, i, r.Label[:], text); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_events (idx, jid, kind, reason) VALUES ($1, $2, $3, '')`, i, j.String(), string(e.Kind)); err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind == keylog.KindPublish {
+			bound[j.String()] = i
+		} else {
+			delete(bound, j.String())
+		}
+	}
+	for i, h := range mem.Stored() {
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_hashes (idx, hash) VALUES ($1, $2)`, i, h[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for who, i := range bound {
+		j := MustJID(t, who)
+		l := keylog.Label(j)
+		e := entries[i]
+		fp := keylog.Fingerprint(e.Key)
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_bindings (label, jid, public_key, fingerprint, idx, time) VALUES ($1, $2, $3, $4, $5, $6)`,
+			l[:], j.String(), e.Key, fp[:], i, e.Time); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(ctx, `UPDATE keydir_tree SET size = $1`, len(entries)); err != nil {
+		t.Fatal(err)
+	}
+	return texts
+}

@@ -151,6 +151,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// Recompute every stored hash from the entries.
 	mem := new(keylog.Hashes)
+	var recErr error
 	pol := newPolicy(cfg.Verifier.Name(), cfg.Label)
 	pol.watchIndex = cfg.Index
 	for start := int64(0); start < cp.Size; start += keylog.TileWidth {
@@ -166,14 +167,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		for i, e := range entries {
 			n := start + int64(i)
-			if err := pol.add(n, e); err != nil {
-				return rep, err
+			// What the records say is judged once the tree is known to
+			// be the signed one: a changed entry is reported as such,
+			// not as the map or policy failure it also causes.
+			if err := pol.add(n, e); err != nil && recErr == nil {
+				recErr = err
 			}
 			mem.Append(e)
 		}
 	}
-	if err := pol.finish(); err != nil {
-		return rep, err
+	if err := pol.finish(); err != nil && recErr == nil {
+		recErr = err
 	}
 	root, err := keylog.TreeHash(cp.Size, mem)
 	if err != nil {
@@ -211,6 +215,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", keylog.TilePath(t))
 			}
 		}
+	}
+	if recErr != nil {
+		return rep, recErr
 	}
 	rep.Labels, rep.Bindings = pol.keys()
 	rep.Counts, rep.Findings, rep.History = pol.counts, pol.findings, pol.history
