@@ -148,6 +148,18 @@ func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult
 	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want}, &res); err != nil {
 		return nil, err
 	}
+	return d.VerifyLookup(ctx, &res, want...)
+}
+
+// VerifyLookup verifies a v1 lookup answer for jids (canonical bare JIDs,
+// in the order asked) as LookupKeys does, and updates the pins: for an
+// app that carries the directory's answers over its own transport, and
+// for tests that play a dishonest server. A consistency proof, when one
+// is needed, is still asked of the directory.
+func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1, want ...string) ([]KeyResult, error) {
+	if d.v1 == nil {
+		return nil, errors.New("client: keydir: VerifyLookup needs a v1 directory (OpenKeyDirectory)")
+	}
 	es, err := d.verifyAnswer(ctx, res.Checkpoint, res.Head, res.Entries, want)
 	if err != nil {
 		return nil, err
@@ -343,9 +355,26 @@ func verifyBlobInclusion(record []byte, index int64, blob string, cp *VerifiedCh
 // that the list is complete: versions 1 to n, n being the map's version,
 // each record in the log, in order, alternating publish and end.
 func (d *KeyDirectory) historyV1(ctx context.Context) ([]HistoryEntry, error) {
+	return d.VerifyHistory(ctx, func(ctx context.Context, from int64) (*keydirxml.History1, error) {
+		var res keydirxml.History1
+		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.History1{From: from}, &res); err != nil {
+			return nil, err
+		}
+		return &res, nil
+	})
+}
+
+// VerifyHistory gets the pages of the device's own history from fetch
+// (the versions from a version on) and verifies them as History does:
+// for an app with its own transport, and for tests that play a
+// dishonest server.
+func (d *KeyDirectory) VerifyHistory(ctx context.Context, fetch func(ctx context.Context, from int64) (*keydirxml.History1, error)) ([]HistoryEntry, error) {
+	if d.v1 == nil {
+		return nil, errors.New("client: keydir: VerifyHistory needs a v1 directory (OpenKeyDirectory)")
+	}
 	me := d.c.JID().Bare().String()
 	for attempt := 0; ; attempt++ {
-		out, grew, err := d.historyPages(ctx, me)
+		out, grew, err := d.historyPages(ctx, me, fetch)
 		if !grew || attempt == 2 {
 			return out, err
 		}
@@ -354,7 +383,7 @@ func (d *KeyDirectory) historyV1(ctx context.Context) ([]HistoryEntry, error) {
 
 // historyPages reads the pages of one history; grew reports that the log
 // grew between two pages (start again).
-func (d *KeyDirectory) historyPages(ctx context.Context, me string) (out []HistoryEntry, grew bool, err error) {
+func (d *KeyDirectory) historyPages(ctx context.Context, me string, fetch func(ctx context.Context, from int64) (*keydirxml.History1, error)) (out []HistoryEntry, grew bool, err error) {
 	var (
 		size   int64
 		own    v1Entry
@@ -364,8 +393,8 @@ func (d *KeyDirectory) historyPages(ctx context.Context, me string) (out []Histo
 		return nil, false, fmt.Errorf("%w: %s", ErrHistoryIncomplete, fmt.Sprintf(format, args...))
 	}
 	for from := int64(1); ; {
-		var res keydirxml.History1
-		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.History1{From: from}, &res); err != nil {
+		res, err := fetch(ctx, from)
+		if err != nil {
 			return nil, false, err
 		}
 		if res.JID != me {
