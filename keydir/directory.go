@@ -277,24 +277,34 @@ var errNotReady = errors.New("keydir: not ready")
 
 // ready returns errNotReady (logged with the reason) while the
 // directory is faulted, after checking again whether the fault is gone.
+// A request does not check a ready directory: every signing does, and
+// Run every 30 s.
 func (d *Directory) ready(ctx context.Context) (any, error) {
-	if reason := d.Ready(ctx); reason != "" {
+	if reason := d.serving(ctx); reason != "" {
 		d.log.Debug("keydir: request refused", "reason", reason)
 		return nil, errNotReady
 	}
 	return nil, nil
 }
 
-// Ready returns "" when the directory serves, else why not (for
-// /readyz). While faulted it checks the database against the last signed
-// checkpoint again, so a restored database makes it ready.
-func (d *Directory) Ready(ctx context.Context) string {
+func (d *Directory) serving(ctx context.Context) string {
 	d.mu.Lock()
 	faulted := d.fault != ""
 	d.mu.Unlock()
 	if faulted {
 		d.check(ctx)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fault
+}
+
+// Ready checks the database against the last signed checkpoint (two
+// queries) and returns "" when the directory serves, else why not: for
+// /readyz, which is polled, so that a rollback shows there without
+// traffic. A restored database makes it ready again.
+func (d *Directory) Ready(ctx context.Context) string {
+	d.check(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.fault
@@ -415,7 +425,6 @@ func (d *Directory) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		d.check(ctx)
 		if d.Ready(ctx) != "" {
 			continue
 		}

@@ -35,7 +35,7 @@ func (d *Directory) LogHandler() http.Handler {
 }
 
 func (d *Directory) notReady(w http.ResponseWriter, r *http.Request) bool {
-	if reason := d.Ready(r.Context()); reason != "" {
+	if reason := d.serving(r.Context()); reason != "" {
 		httpjson.Error(w, http.StatusServiceUnavailable, "not_ready", "the key directory is not serving: its database does not extend the last signed checkpoint")
 		return true
 	}
