@@ -666,8 +666,11 @@ func parseV1Record(b []byte) (headRecord, error) {
 			if err != nil || n < 0 || strconv.FormatInt(n, 10) != v {
 				return h, fmt.Errorf("%s is not a canonical decimal", name)
 			}
-			if name == "time" {
+			switch {
+			case name == "time":
 				h.time = n
+			case name == "version" && (n < 1 || (n < 2 && (kind == "reset" || kind == "delete"))):
+				return h, fmt.Errorf("version %d is out of range for a %s", n, kind)
 			}
 		case "vrf":
 			if _, err := keylog.ParseVRFKey(v); err != nil {

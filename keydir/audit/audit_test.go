@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"context"
+	"encoding/base64"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -195,9 +196,45 @@ func TestAuditPolicyViolation(t *testing.T) {
 	}
 }
 
+// TestAuditManySignatures: C2SP signed-note wants at least 16 signatures
+// accepted: the auditor reads a checkpoint with 16 Ed25519 cosignatures
+// and 16 unknown post-quantum-sized signature lines (about 70 kB).
+func TestAuditManySignatures(t *testing.T) {
+	t.Parallel()
+	vrf, _ := keylog.NewVRFSigner(keydirtest.Origin, make([]byte, 32))
+	genesis := keylog.RecordV1{Kind: keylog.KindGenesis, VRFKey: vrf.Public().String(), Time: 1, Map: keylog.MapEmpty}
+	url, v := serveLog(t, [][]byte{genesis.Marshal()}, func(msg []byte) []byte {
+		n, err := note.Open(msg, note.VerifierList())
+		var unverified *note.UnverifiedNoteError
+		if errors.As(err, &unverified) {
+			n = unverified.Note
+		}
+		var cosigners []note.Signer
+		for i := range 16 {
+			k, _, _ := note.GenerateKey(rand.Reader, fmt.Sprintf("witness%d.example", i))
+			s, _ := note.NewSigner(k)
+			cosigners = append(cosigners, s)
+		}
+		more, err := note.Sign(n, cosigners...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		big := make([]byte, 3304)
+		for i := range 16 {
+			rand.Read(big)
+			more = fmt.Appendf(more, "— pq%d.example %s\n", i, base64.StdEncoding.EncodeToString(big))
+		}
+		return more
+	})
+	if rep, err := audit.Run(context.Background(), audit.Config{URL: url, Verifier: v}); err != nil || rep.Checkpoint.Size != 1 {
+		t.Fatalf("Audit(a checkpoint with 33 signatures) = %+v, %v", rep, err)
+	}
+}
+
 // serveLog serves a log of the given records over C2SP tlog-tiles, signed
-// by a key of its own, and returns its URL and verifier.
-func serveLog(t *testing.T, records [][]byte) (string, note.Verifier) {
+// by a key of its own (its note passed through cosign, if given), and
+// returns its URL and verifier.
+func serveLog(t *testing.T, records [][]byte, cosign ...func([]byte) []byte) (string, note.Verifier) {
 	t.Helper()
 	skey, vkey, _ := note.GenerateKey(rand.Reader, keydirtest.Origin)
 	s, _ := note.NewSigner(skey)
@@ -211,6 +248,9 @@ func serveLog(t *testing.T, records [][]byte) (string, note.Verifier) {
 	msg, err := keylog.SignCheckpoint(keylog.Checkpoint{Origin: keydirtest.Origin, Size: n, Hash: root}, s)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, c := range cosign {
+		msg = c(msg) // note.Sign keeps the log's signature, first
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /checkpoint", func(w http.ResponseWriter, r *http.Request) { w.Write(msg) })
