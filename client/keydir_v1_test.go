@@ -260,3 +260,49 @@ func TestVerifyLookupSeed(t *testing.T) {
 		t.Fatalf("verifyAnswer(head 25 h old) = %v, want ErrStaleCheckpoint", err)
 	}
 }
+
+// TestProtocolV1Examples: docs/protocol.md's v1 examples are what the
+// vectors and this package compute: the publish record example and its
+// leaf hash, and alice's VRF index under RFC 9381's example key.
+func TestProtocolV1Examples(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("../keylog/testdata/v1_vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		VRF []struct{ JID, Index string } `json:"vrf"`
+	}
+	json.Unmarshal(b, &v)
+	var alice string
+	for _, x := range v.VRF {
+		if x.JID == "alice@example.org" {
+			alice = x.Index
+		}
+	}
+	if alice == "" || !strings.Contains(string(doc), "`alice@example.org` has the index\n`"+alice+"`") {
+		t.Errorf("docs/protocol.md does not give alice@example.org the index %s", alice)
+	}
+	i := strings.Index(string(doc), "Example (leaf hash\n`")
+	if i < 0 {
+		t.Fatal("no v1 record example")
+	}
+	rest := string(doc[i+len("Example (leaf hash\n`"):])
+	hash, rest, _ := strings.Cut(rest, "`")
+	_, rest, _ = strings.Cut(rest, "```\n")
+	rec, _, _ := strings.Cut(rest, "```")
+	r, err := parseV1Record([]byte(rec))
+	if err != nil || r.kind != "publish" {
+		t.Fatalf("the v1 record example does not parse: %v", err)
+	}
+	if h := sha256.Sum256(append([]byte{0}, rec...)); hex.EncodeToString(h[:]) != hash {
+		t.Errorf("the v1 record example's leaf hash is %x, the document says %s", h, hash)
+	}
+	if !strings.Contains(rec, "index "+alice+"\n") {
+		t.Errorf("the v1 record example is not alice's")
+	}
+}
