@@ -54,7 +54,7 @@ type inclusionLookup struct {
 // component: the binding and the log size in one statement, the signed
 // checkpoint (cached), the entry's inclusion proof read and checked, the
 // answer in v0's shape. No VRF, no map, no head: no freshness.
-func inclusionOnly(dep *deployment, store *logdb.Store, db *pgxpool.Pool) component.IQHandlerFunc {
+func inclusionOnly(d *daemon.Daemon, store *logdb.Store, db *pgxpool.Pool) component.IQHandlerFunc {
 	return func(ctx context.Context, iq *component.Stanza) (any, error) {
 		var req inclusionLookup
 		if err := iq.Decode(xml.Name{Space: "urn:clinkme:bench:inclusion", Local: "lookup"}, &req); err != nil {
@@ -74,7 +74,7 @@ func inclusionOnly(dep *deployment, store *logdb.Store, db *pgxpool.Pool) compon
 			JOIN keydir_bindings b ON b.label = $1 JOIN keydir_entries e ON e.idx = b.idx`, l[:]).Scan(&size, &idx, &fp, &key, &rec); err != nil {
 			return nil, err
 		}
-		msg, cp, err := dep.d.KeyDir().Checkpoint(ctx)
+		msg, cp, err := d.KeyDir().Checkpoint(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -106,9 +106,18 @@ func BenchmarkLookupVsPing(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			defer cancel()
 			srv := labtest.NewXMPP(b, lab.XMPPOptions{Kind: kind, Fast: true})
-			dep := startDeployment(b, srv, func(cfg *daemon.Config) {
+			var (
+				dep   *deployment
+				db    *pgxpool.Pool
+				store *logdb.Store
+			)
+			dep = startDeploymentWith(b, srv, func(cfg *daemon.Config) {
 				cfg.Log.Level = "warn"
 				cfg.KeyDir.LookupPerMinute, cfg.KeyDir.LookupBurst = 1e9, 1e6
+			}, func(d *daemon.Daemon) {
+				d.Component().HandleIQ(xml.Name{Space: "urn:clinkme:bench:inclusion", Local: "lookup"}, component.IQHandlerFunc(func(ctx context.Context, iq *component.Stanza) (any, error) {
+					return inclusionOnly(d, store, db)(ctx, iq)
+				}))
 			})
 			db, err := pgxpool.New(ctx, dep.dbURL)
 			if err != nil {
@@ -119,12 +128,10 @@ func BenchmarkLookupVsPing(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: vrf})
-			if err != nil {
+			if store, err = logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: vrf}); err != nil {
 				b.Fatal(err)
 			}
 			users := keydirtest.PublishMany(ctx, b, store, 1000, srv.Domain)
-			dep.d.Component().HandleIQ(xml.Name{Space: "urn:clinkme:bench:inclusion", Local: "lookup"}, inclusionOnly(dep, store, db))
 			dev, _ := dep.device(b)
 			comp := dep.d.Component().Domain()
 			lookup := func(u jid.JID) error {

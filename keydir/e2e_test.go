@@ -29,6 +29,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
+	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/keydir"
@@ -52,11 +53,18 @@ type deployment struct {
 	dbURL   string
 	logURL  string
 	tune    func(*daemon.Config)
+	// register, if set, adds handlers to the component before it runs.
+	register func(*daemon.Daemon)
 }
 
 const origin = "clink.lab.localhost/keydir"
 
 func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config)) *deployment {
+	t.Helper()
+	return startDeploymentWith(t, srv, tune, nil)
+}
+
+func startDeploymentWith(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config), register func(*daemon.Daemon)) *deployment {
 	t.Helper()
 	dir := t.TempDir()
 	keyFile, vrfFile := filepath.Join(dir, "keydir.signer"), filepath.Join(dir, "keydir.vrf")
@@ -68,7 +76,7 @@ func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config
 	if err != nil {
 		t.Fatal(err)
 	}
-	dep := &deployment{srv: srv, vkey: vkey, vrfKey: vrfKey, keyFile: keyFile, vrfFile: vrfFile, dbURL: labtest.NewDatabase(t), tune: tune}
+	dep := &deployment{srv: srv, vkey: vkey, vrfKey: vrfKey, keyFile: keyFile, vrfFile: vrfFile, dbURL: labtest.NewDatabase(t), tune: tune, register: register}
 	dep.start(t)
 	return dep
 }
@@ -87,8 +95,42 @@ func (dep *deployment) start(t testing.TB) {
 	if dep.tune != nil {
 		dep.tune(&cfg)
 	}
-	dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
+	if dep.register == nil {
+		dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
+	} else {
+		dep.d, dep.stop = runWith(t, cfg, dep.register)
+	}
 	dep.logURL = dep.d.PublicURL() + daemon.KeyDirLogPrefix
+}
+
+// runWith is clinkdtest.Run with register called between New and Run:
+// a benchmark's extra handler on the same component.
+func runWith(t testing.TB, cfg daemon.Config, register func(*daemon.Daemon)) (*daemon.Daemon, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := daemon.New(ctx, cfg, clinkdtest.Logger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("clinkd: %v", err)
+	}
+	register(d)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := d.Component().WaitState(wctx, component.Linked); err != nil {
+		t.Fatalf("clinkd did not link: %v", err)
+	}
+	return d, stop
 }
 
 // device logs a new user in and gives it a v1 directory client with pins
