@@ -235,3 +235,45 @@ func TestNewWantsEverything(t *testing.T) {
 		}
 	}
 }
+
+// TestTick: a tick is appended only when the last v1 record is older than
+// the interval; it changes no value and names the same map root; a clock
+// that went back does not make times go back; the audit accepts it all.
+func TestTick(t *testing.T) {
+	t.Parallel()
+	l := keydirtest.New(t, keydir.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t0 := time.Now().Add(time.Hour) // after the genesis record's time
+	if _, _, err := l.Store.Publish(ctx, keydirtest.MustJID(t, "alice@lab.localhost"), keydirtest.FakeRSAKey(t, 3072), t0); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := l.Store.Tree(ctx)
+	if ok, err := l.Store.Tick(ctx, t0.Add(30*time.Minute), time.Hour); ok || err != nil {
+		t.Fatalf("Tick(30 min after) = %v, %v; want nothing appended", ok, err)
+	}
+	if ok, err := l.Store.Tick(ctx, t0.Add(2*time.Hour), time.Hour); !ok || err != nil {
+		t.Fatalf("Tick(2 h after) = %v, %v; want a tick", ok, err)
+	}
+	after, _ := l.Store.Tree(ctx)
+	recs, err := l.Store.ReadRecords(ctx, after.Size-1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := keylog.ParseRecordV1(recs[0])
+	if err != nil || r.Kind != keylog.KindTick || r.Map != before.MapRoot || after.MapRoot != before.MapRoot || after.Size != before.Size+1 {
+		t.Fatalf("tick record %+v, %v; tree %+v after %+v", r, err, after, before)
+	}
+	// The clock goes back a day: the next entry keeps the last time.
+	b, _, err := l.Store.Publish(ctx, keydirtest.MustJID(t, "bob@lab.localhost"), keydirtest.FakeRSAKey(t, 3072), t0.Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _ = l.Store.ReadRecords(ctx, b.Value.Entry, 1)
+	if p, _ := keylog.ParseRecordV1(recs[0]); p.Time != r.Time {
+		t.Errorf("publish after the clock went back has time %d, want %d", p.Time, r.Time)
+	}
+	if _, err := auditLog(ctx, t, l); err != nil {
+		t.Errorf("Audit = %v", err)
+	}
+}
