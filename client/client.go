@@ -57,13 +57,15 @@ type Config struct {
 	MaxInboxBytes int
 }
 
-// The inbox's default bounds. 4,096 stanzas hold several times what a
-// device that reads its events has waiting even under a flood (the read
-// loop runs as fast as the server delivers, and a device drops junk at
-// microseconds each); 32 MiB hold 128 stanzas of Prosody's default
-// maximum size (256 KiB), or thousands of ordinary envelopes.
+// The inbox's default bounds. 32 MiB is what bounds memory: 128 stanzas
+// of Prosody's default maximum size (256 KiB), or over ten thousand
+// ordinary envelopes. 8,192 stanzas bound the work of each Next, which
+// looks through what is queued; they hold many times what a device that
+// reads its events has waiting even under a flood (it drops a throttled
+// sender's envelopes at microseconds each), and a burst of thousands of
+// messages that a test or a benchmark reads only once all are sent.
 const (
-	DefaultMaxInbox      = 4096
+	DefaultMaxInbox      = 8192
 	DefaultMaxInboxBytes = 32 << 20
 )
 
