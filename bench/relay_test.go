@@ -30,7 +30,11 @@ func BenchmarkRelay(b *testing.B) {
 	for _, srv := range labtest.Servers(b) {
 		b.Run(string(srv.Kind), func(b *testing.B) {
 			d := clinkdtest.Start(b, srv, func(c *daemon.Config) {
+				// Measurement, not abuse: the sender's limits are lifted.
 				c.Expiry.PerUserMessages = 1 << 20
+				c.Expiry.PerSenderMessages, c.Expiry.PerSenderBytes, c.Expiry.PerPairMessages = 1<<20, 1<<40, 1<<20
+				c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<20
+				c.Link.QueueDepth = 1 << 16
 				c.Expiry.MinPeriod = time.Second
 			})
 			comp := d.Component().Domain()

@@ -27,7 +27,7 @@ import (
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/extensions/hints"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -44,7 +44,7 @@ import (
 func abuseLab(t *testing.T, srv *lab.XMPPServer) (*daemon.Daemon, string) {
 	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-	vkey, err := keydir.GenerateKey("clink.lab.localhost/keydir", keyFile)
+	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -679,7 +679,7 @@ func TestDirectoryBusy(t *testing.T) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
 			keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-			vkey, err := keydir.GenerateKey("clink.lab.localhost/keydir", keyFile)
+			vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -762,7 +762,7 @@ func TestKeyChangeNoticed(t *testing.T) {
 			}
 			lb.wait(ctx, t, "the first message", func() bool { return lb.hasShown(first) })
 
-			if _, err := d.KeyDir().End(ctx, aliceUser, keydir.KindReset, "test: new phone"); err != nil {
+			if _, err := d.KeyDir().Store().End(ctx, aliceUser, keylog.KindReset, "test: new phone", time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			store, err := keystore.Create(filepath.Join(t.TempDir(), "keys"), []byte("device passphrase"), clinkdtest.Identity(t, "dave", aliceUser))

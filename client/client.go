@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +31,7 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/extensions/extdisco"
+	"github.com/clinkme/clinkd/internal/certpool"
 	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
@@ -611,13 +611,9 @@ func (b *inbox) next(ctx context.Context, match func(*Stanza) bool) (*Stanza, er
 // Config.TLS when the server's certificate is not signed by a system CA
 // (a lab, a private CA).
 func LoadCertPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
+	pool, err := certpool.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("client: CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", path)
+		return nil, fmt.Errorf("client: %w", err)
 	}
 	return pool, nil
 }

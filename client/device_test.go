@@ -17,7 +17,7 @@ import (
 	"github.com/clinkme/clinkd/client/keystore"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -67,7 +67,7 @@ func TestDevices(t *testing.T) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
 			keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-			vkey, err := keydir.GenerateKey("clink.lab.localhost/keydir", keyFile)
+			vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -131,7 +131,7 @@ func TestDevices(t *testing.T) {
 
 			// The directory now binds another key to bob's JID (an operator
 			// reset, then a publish). alice refuses and names the change.
-			if _, err := d.KeyDir().End(ctx, bobJID.String(), keydir.KindReset, "test: key swap"); err != nil {
+			if _, err := d.KeyDir().Store().End(ctx, bobJID.String(), keylog.KindReset, "test: key swap", time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			thief, err := bob.Client().NewKeyDirectory(d.Component().Domain(), vkey, nil)

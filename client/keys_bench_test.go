@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/extensions/keydirxml"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // BenchmarkVerifyLookup: what a device spends verifying one found entry
@@ -30,24 +31,13 @@ func BenchmarkVerifyLookup(b *testing.B) {
 	const idx = 123457
 	rec := leafRecord(jidLabel(who), "publish", fp, 1795636800)
 	// A tree of n leaves whose leaf idx is rec; the others are cheap.
-	var hashes []tlog.Hash
-	r := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(ix))
-		for i, x := range ix {
-			out[i] = hashes[x]
-		}
-		return out, nil
-	})
+	r := new(keylog.Hashes)
 	for i := int64(0); i < n; i++ {
 		data := []byte(fmt.Sprint(i))
 		if i == idx {
 			data = rec
 		}
-		hs, err := tlog.StoredHashes(i, data, r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		hashes = append(hashes, hs...)
+		r.Append(data)
 	}
 	root, _ := tlog.TreeHash(n, r)
 	p, _ := tlog.ProveRecord(n, idx, r)

@@ -26,7 +26,7 @@ import (
 // package.
 func TestKeydirVectors(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../keydir/testdata/vectors.json")
+	b, err := os.ReadFile("../keylog/testdata/vectors.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,11 +21,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.yaml.in/yaml/v3"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
+	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
@@ -78,17 +80,30 @@ type e2eSetup struct {
 	api    *client.ClinkID
 	pubURL string
 	admin  string
+	bridge string
 	dbURL  string
+	cfg    daemon.ClinkIDConfig
 }
 
 // e2eParams are small argon2id parameters: the end-to-end tests are about
 // the path, the benchmarks about the cost.
 const e2eArgon2Memory = 1024
 
-func startE2E(t *testing.T, kind lab.ServerKind) *e2eSetup {
+// e2eOptions adjust a setup.
+type e2eOptions struct {
+	// clinkid adjusts clinkd's clinkid section after the test defaults;
+	// ejabberd's `clinkd extauth` gets the same section (but no secrets).
+	clinkid func(*daemon.ClinkIDConfig)
+	// prosody are more lines in Prosody's VirtualHost (module options).
+	prosody []string
+	// xmpp adjusts the server's options before it starts.
+	xmpp func(*lab.XMPPOptions)
+}
+
+func startE2E(t *testing.T, kind lab.ServerKind, opt e2eOptions) *e2eSetup {
 	t.Helper()
 	ca := labtest.CA(t)
-	e := &e2eSetup{admin: "admin-" + randHex(20)}
+	e := &e2eSetup{admin: "admin-" + randHex(32), bridge: randHex(32)}
 	var extauthRole string
 	if kind == lab.Ejabberd {
 		// ejabberd's bridge connects as a role with exactly the grants
@@ -114,7 +129,21 @@ func startE2E(t *testing.T, kind lab.ServerKind) *e2eSetup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bridgeSecret := randHex(32)
+	e.cfg = daemon.ClinkIDConfig{
+		Enabled:          true,
+		Argon2MemoryKiB:  e2eArgon2Memory,
+		Argon2Iterations: 1, Argon2Parallelism: 1,
+		// The owners of every test log in and register from 127.0.0.1.
+		LoginBurst:    100,
+		RegisterBurst: 100,
+		AdminToken:    e.admin,
+		BridgeSecret:  e.bridge,
+		// The tests register their accounts over HTTPS.
+		Registration: string(clinkid.RegistrationOpen),
+	}
+	if opt.clinkid != nil {
+		opt.clinkid(&e.cfg)
+	}
 
 	opts := lab.XMPPOptions{Kind: kind, Dir: t.TempDir(), Domain: labtest.Domain}
 	switch kind {
@@ -131,48 +160,58 @@ func startE2E(t *testing.T, kind lab.ServerKind) *e2eSetup {
 		}
 		opts.Files = []lab.File{
 			{Name: "mod_auth_clinkid.lua", Data: module},
-			{Name: "clinkid.secret", Data: []byte(bridgeSecret + "\n")},
+			{Name: "clinkid.secret", Data: []byte(e.bridge + "\n")},
 			{Name: "clinkid-ca.pem", Data: caPEM},
 		}
-		opts.ProsodyAuth = &lab.ProsodyAuth{Module: "clinkid", Config: []string{
+		opts.ProsodyAuth = &lab.ProsodyAuth{Module: "clinkid", Config: append([]string{
 			fmt.Sprintf("clinkid_url = %q", "https://"+publicAddr),
 			`clinkid_secret_file = "files/clinkid.secret"`,
 			`clinkid_ca_file = "files/clinkid-ca.pem"`,
-		}}
+			// Account events within a second (default 5 s).
+			`clinkid_events_interval = 1`,
+		}, opt.prosody...)}
 	case lab.Ejabberd:
 		u, err := url.Parse(e.dbURL)
 		if err != nil {
 			t.Fatal(err)
 		}
 		u.User = url.UserPassword(extauthRole, "pw-"+randHex(8))
-		conf := fmt.Sprintf(`log:
-  level: debug
-database:
-  url: %q
-link:
-  server_domain: %q
-clinkid:
-  argon2_memory_kib: %d
-  argon2_iterations: 1
-  argon2_parallelism: 1
-`, u.String(), labtest.Domain, e2eArgon2Memory)
+		// The extauth processes share clinkd's clinkid section, as the
+		// docs say, but never its secrets.
+		section := e.cfg
+		section.Enabled, section.AdminToken, section.BridgeSecret = false, "", ""
+		conf, err := yaml.Marshal(map[string]any{
+			"log":      map[string]string{"level": "debug"},
+			"database": map[string]string{"url": u.String()},
+			"link":     map[string]string{"server_domain": labtest.Domain},
+			"clinkid":  section,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 		opts.Files = []lab.File{
 			{Name: "clinkd", Data: clinkdBinary(t), Mode: 0o700},
-			{Name: "extauth.yaml", Data: []byte(conf)},
+			{Name: "extauth.yaml", Data: conf},
 		}
 		opts.ExtAuthProgram = []string{opts.FilePath("clinkd"), "extauth", "--config", opts.FilePath("extauth.yaml")}
+		// ejabberd's own per-address limit, as docs/clinkid.md sets it
+		// up: four failed logins ban an address, below the five that
+		// delay a name. 127.0.0.1, where the tests play the owners, is
+		// never banned; attackers come from other loopback addresses.
+		opts.Fail2Ban = &lab.Fail2Ban{MaxFailures: 4, BanLifetime: 10 * time.Minute, Exempt: []string{"127.0.0.1/32"}}
+		// clinkd ends sessions through ejabberd's API.
+		opts.SessionAPI = true
+	}
+	if opt.xmpp != nil {
+		opt.xmpp(&opts)
 	}
 	e.srv = labtest.NewXMPP(t, opts)
 	e.d = clinkdtest.Start(t, e.srv, func(c *daemon.Config) {
 		c.Database = daemon.DatabaseConfig{URL: e.dbURL, Migrate: true}
 		c.Public = daemon.PublicConfig{Listen: publicAddr, CertFile: certFile, KeyFile: keyFile}
-		c.ClinkID = daemon.ClinkIDConfig{
-			Enabled:          true,
-			Argon2MemoryKiB:  e2eArgon2Memory,
-			Argon2Iterations: 1, Argon2Parallelism: 1,
-			LoginBurst:   100,
-			AdminToken:   e.admin,
-			BridgeSecret: bridgeSecret,
+		c.ClinkID = e.cfg
+		if kind == lab.Ejabberd {
+			c.ClinkID.EjabberdAPIURL = e.srv.APIURL
 		}
 	})
 	if kind == lab.Ejabberd {
@@ -283,12 +322,13 @@ func (e *e2eSetup) mustFail(t *testing.T, what, user, secret string) {
 	}
 }
 
+// adminCall calls the admin API, which clinkd serves on its (loopback)
+// admin listener only.
 func (e *e2eSetup) adminCall(t *testing.T, method, path string) int {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(t.Context(), method, e.pubURL+"/clinkid/v1/admin/"+path, nil)
+	req, _ := http.NewRequestWithContext(t.Context(), method, "http://"+e.d.AdminAddr()+clinkid.AdminPrefix+path, nil)
 	req.Header.Set("Authorization", "Bearer "+e.admin)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: labtest.CA(t).Pool}}}
-	resp, err := hc.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +348,7 @@ func TestXMPPLogin(t *testing.T) {
 	for _, kind := range lab.Kinds() {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
-			e := startE2E(t, kind)
+			e := startE2E(t, kind, e2eOptions{})
 			ctx := t.Context()
 			name := "alice" + randHex(3)
 			password := "e2e password " + randHex(8)
@@ -332,6 +372,24 @@ func TestXMPPLogin(t *testing.T) {
 					Text    string   `xml:",chardata"`
 				}{Text: body}); err != nil {
 				t.Fatal(err)
+			}
+			// Wait until the server has stored it. Logging in at once
+			// raced the server's own lookup (ejabberd's isuser through
+			// extauth, Prosody's through the module): when the lookup
+			// ended after the login, the server, which had decided
+			// "offline" before, stored the message for the next login, and
+			// the device waited in vain (seen under load on ejabberd).
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				dump, err := e.srv.DumpStorage(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Contains(dump, []byte(body)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the message clinkd sent before the first login was not stored within 30 s")
+				}
 			}
 
 			// The password logs a device in, which gets that message and

@@ -23,7 +23,16 @@ func FuzzHTTP(f *testing.F) {
 	svc, _ := newService(f, func(c *clinkid.Config) {
 		c.AdminToken, c.BridgeSecret = adminToken, bridgeSecret
 	})
-	h := svc.Handler()
+	// The public and the admin API, each where daemon mounts it (the
+	// public and the admin listener).
+	pub, adm := svc.Handler(), svc.AdminHandler()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, clinkid.AdminPrefix) {
+			adm.ServeHTTP(w, r)
+			return
+		}
+		pub.ServeHTTP(w, r)
+	})
 	ctx := f.Context()
 	fixture, token := "", ""
 	n := 0
@@ -63,6 +72,11 @@ func FuzzHTTP(f *testing.F) {
 		{"POST", p + "login", "application/json; charset=utf-8", "", `{"name":"\u0000","password":"\ud800"}`},
 		{"POST", p + "register", "application/json", "", `{"name":"a","password":"aaaaaaaa"}garbage`},
 		{"PATCH", p + "../clinkid/v1/login", "text/html", "ck1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", `<x/>`},
+		{"POST", p + "bridge/events", "application/json", "$BRIDGE", `{"after":0}`},
+		{"POST", p + "bridge/events", "application/json", "$BRIDGE", `{"after":-9223372036854775808}`},
+		{"POST", p + "bridge/check", "application/json", "$BRIDGE", `{"name":"fixture1","password":"x","address":"fe80::1%eth0"}`},
+		{"POST", p + "admin/invites", "application/json", "$ADMIN", `{"ttl_seconds":9223372036854775807}`},
+		{"POST", p + "register", "application/json", "", `{"name":"ivy","password":"ivy's password","invite":"ci1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`},
 	} {
 		f.Add(s.method, s.path, s.ctype, s.auth, []byte(s.body))
 	}

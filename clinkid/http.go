@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +20,11 @@ import (
 )
 
 // PathPrefix is where Handler serves; mount it there on the public mux.
-const PathPrefix = "/clinkid/v1/"
+// AdminHandler serves AdminPrefix, on the admin listener only.
+const (
+	PathPrefix  = "/clinkid/v1/"
+	AdminPrefix = PathPrefix + "admin/"
+)
 
 // maxBody bounds every request body: the largest valid one (a password
 // change with two passwords of MaxPasswordBytes, JSON-escaped at six bytes
@@ -30,46 +35,56 @@ const maxBody = 16 << 10
 // included, so that a storm cannot hold handlers for ever.
 const requestTimeout = 20 * time.Second
 
-// Handler returns the HTTP API, to be mounted at PathPrefix on a listener
-// that is HTTPS or loopback-only (daemon enforces it). docs/clinkid.md
-// documents every route and error code.
-func (s *Service) Handler() http.Handler {
-	mux := http.NewServeMux()
-	route := func(pattern, method string, h func(http.ResponseWriter, *http.Request)) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != method {
-				w.Header().Set("Allow", method)
-				httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+method)
-				return
-			}
-			ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-			defer cancel()
-			h(w, r.WithContext(ctx))
-		})
-	}
-	route(PathPrefix+"register", http.MethodPost, s.httpRegister)
-	route(PathPrefix+"login", http.MethodPost, s.httpLogin)
-	route(PathPrefix+"logout", http.MethodPost, s.httpLogout)
-	route(PathPrefix+"password", http.MethodPost, s.httpPassword)
-	route(PathPrefix+"account", http.MethodGet, s.httpAccount)
-	route(PathPrefix+"account/delete", http.MethodPost, s.httpDelete)
-	route(PathPrefix+"bridge/check", http.MethodPost, s.httpBridgeCheck)
-	route(PathPrefix+"bridge/exists", http.MethodPost, s.httpBridgeExists)
-	route(PathPrefix+"admin/accounts/{name}", http.MethodGet, s.httpAdminShow)
-	mux.HandleFunc(PathPrefix+"admin/accounts/{name}/entitlements/{ent}", func(w http.ResponseWriter, r *http.Request) {
-		switch r.Method {
-		case http.MethodPut, http.MethodDelete:
-			ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-			defer cancel()
-			s.httpAdminEntitlement(w, r.WithContext(ctx))
-		default:
-			w.Header().Set("Allow", "PUT, DELETE")
-			httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use PUT to grant or DELETE to revoke")
+// route adds pattern to mux, answering method_not_allowed for other
+// methods and bounding each request by requestTimeout.
+func route(mux *http.ServeMux, pattern string, h func(http.ResponseWriter, *http.Request), methods ...string) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if !slices.Contains(methods, r.Method) {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+strings.Join(methods, " or "))
+			return
 		}
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		h(w, r.WithContext(ctx))
 	})
+}
+
+func notFound(mux *http.ServeMux) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "no such endpoint")
 	})
+}
+
+// Handler returns the public HTTP API, to be mounted at PathPrefix on a
+// listener that is HTTPS or loopback-only (daemon enforces it): the
+// account calls and the Prosody bridge. The admin calls are not here
+// (AdminHandler). docs/clinkid.md documents every route and error code.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route(mux, PathPrefix+"register", s.httpRegister, http.MethodPost)
+	route(mux, PathPrefix+"login", s.httpLogin, http.MethodPost)
+	route(mux, PathPrefix+"logout", s.httpLogout, http.MethodPost)
+	route(mux, PathPrefix+"password", s.httpPassword, http.MethodPost)
+	route(mux, PathPrefix+"account", s.httpAccount, http.MethodGet)
+	route(mux, PathPrefix+"account/delete", s.httpDelete, http.MethodPost)
+	route(mux, PathPrefix+"bridge/check", s.httpBridgeCheck, http.MethodPost)
+	route(mux, PathPrefix+"bridge/exists", s.httpBridgeExists, http.MethodPost)
+	route(mux, PathPrefix+"bridge/events", s.httpBridgeEvents, http.MethodPost)
+	notFound(mux)
+	return mux
+}
+
+// AdminHandler returns the admin API (entitlements, account state,
+// invites), to be mounted at AdminPrefix on clinkd's admin listener, which
+// daemon keeps on loopback when it serves this: the admin token must not
+// cross a network in clear, and the public listener never serves it.
+func (s *Service) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	route(mux, AdminPrefix+"accounts/{name}", s.httpAdminShow, http.MethodGet)
+	route(mux, AdminPrefix+"accounts/{name}/entitlements/{ent}", s.httpAdminEntitlement, http.MethodPut, http.MethodDelete)
+	route(mux, AdminPrefix+"invites", s.httpAdminInvite, http.MethodPost)
+	notFound(mux)
 	return mux
 }
 
@@ -159,10 +174,17 @@ func (s *Service) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &locked):
 		secs := max(1, int(math.Ceil(time.Until(locked.Until).Seconds())))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		httpjson.Error(w, http.StatusTooManyRequests, "account_locked", "too many failed attempts: password login is locked for a while; app tokens still work")
+		httpjson.Error(w, http.StatusTooManyRequests, "account_locked", "too many failed attempts on this name: password login is held back for a while (see Retry-After); app tokens, and the networks you logged in from before, still work")
 	case errors.Is(err, ErrRateLimited):
 		w.Header().Set("Retry-After", "60")
-		httpjson.Error(w, http.StatusTooManyRequests, "rate_limited", "too many requests from this address; try again later")
+		httpjson.Error(w, http.StatusTooManyRequests, "rate_limited", "too many requests from this address or its network; try again later")
+	case errors.Is(err, ErrThrottled):
+		w.Header().Set("Retry-After", "60")
+		httpjson.Error(w, http.StatusTooManyRequests, "login_throttled", "too many failed logins on this server: password logins from networks this account has not used are held back for a while; app tokens and the networks you logged in from before still work")
+	case errors.Is(err, ErrRegistrationClosed):
+		httpjson.Error(w, http.StatusForbidden, "registration_closed", "this server does not take registrations; ask its operator for an account")
+	case errors.Is(err, ErrInvalidInvite):
+		httpjson.Error(w, http.StatusForbidden, "invalid_invite", "registration on this server needs an invite: this one is missing, unknown, expired or already used")
 	case errors.Is(err, ErrBusy):
 		w.Header().Set("Retry-After", "5")
 		httpjson.Error(w, http.StatusServiceUnavailable, "busy", "too many logins in progress; try again in a few seconds")
@@ -189,11 +211,16 @@ type credentials struct {
 }
 
 func (s *Service) httpRegister(w http.ResponseWriter, r *http.Request) {
-	var req credentials
+	var req struct {
+		Name     string `json:"name"`
+		Password string `json:"password"`
+		// Invite is required when clinkid.registration is invite.
+		Invite string `json:"invite"`
+	}
 	if !decode(w, r, &req) {
 		return
 	}
-	a, err := s.CreateAccount(r.Context(), req.Name, req.Password, s.clientAddr(r))
+	a, err := s.RegisterAccount(r.Context(), req.Name, req.Password, req.Invite, s.clientAddr(r))
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -279,21 +306,31 @@ func (s *Service) httpDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 // secretOK checks a bearer secret (admin token, bridge secret), with its
-// own per-address limit on failures. An empty configured secret turns the
-// endpoints off: they answer not_found, as if absent.
+// own per-address and per-network limit on failures. The limit is looked
+// at first: an address that is limited is refused whatever it sends, so
+// even the right secret tells it nothing, and only wrong secrets count.
+// An empty configured secret turns the endpoints off: they answer
+// not_found, as if absent.
 func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, want string) bool {
 	if want == "" {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "no such endpoint")
 		return false
 	}
 	addr := s.clientAddr(r)
-	if sameSecret(bearer(r), want) {
-		return true
+	src := sourceOf(addr)
+	if src.addr == "" {
+		src.anonymous = true
 	}
-	if !s.secretLimit.Allow(addr) {
+	now := time.Now()
+	if lim := s.secret.peek(src, now); lim != "" {
+		s.m.refused.add(lim)
 		s.writeErr(w, r, ErrRateLimited)
 		return false
 	}
+	if sameSecret(bearer(r), want) {
+		return true
+	}
+	s.secret.fail(src, now)
 	s.log.Warn("clinkid: wrong or missing secret", "path", r.URL.Path, "addr", addr)
 	s.writeErr(w, r, ErrInvalidToken)
 	return false
@@ -307,22 +344,52 @@ func (s *Service) httpBridgeCheck(w http.ResponseWriter, r *http.Request) {
 		Name     string `json:"name"`
 		Password string `json:"password"`
 		// Address is the XMPP client's IP address as the server saw it,
-		// for the per-address limit; the bridge secret vouches for it.
+		// for the per-address limits; the bridge secret vouches for it.
+		// Without one, the check counts against a budget shared by every
+		// check that has none, rather than skipping the limits.
 		Address string `json:"address"`
 	}
 	if !decode(w, r, &req) {
 		return
 	}
-	addr := ""
-	if ip := net.ParseIP(req.Address); ip != nil {
-		addr = ip.String()
+	src := sourceOf(req.Address)
+	if src.addr == "" {
+		src.anonymous = true
 	}
-	ok, err := s.CheckLogin(r.Context(), req.Name, req.Password, addr)
+	ok, err := s.checkLogin(r.Context(), req.Name, req.Password, src)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
 	}
 	httpjson.Write(w, http.StatusOK, map[string]bool{"ok": ok})
+}
+
+// httpBridgeEvents answers the Prosody module's poll: the account events
+// after its cursor ("after"; without it, none and the current cursor).
+func (s *Service) httpBridgeEvents(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+		return
+	}
+	var req struct {
+		After *int64 `json:"after"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	var after int64
+	if req.After != nil {
+		if *req.After < 0 {
+			httpjson.Error(w, http.StatusBadRequest, "bad_request", "after is a cursor this endpoint returned")
+			return
+		}
+		after = *req.After
+	}
+	b, err := s.Events(r.Context(), after, req.After != nil)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, b)
 }
 
 func (s *Service) httpBridgeExists(w http.ResponseWriter, r *http.Request) {
@@ -372,6 +439,31 @@ func (s *Service) httpAdminEntitlement(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	noContent(w)
+}
+
+// httpAdminInvite makes an invite (clinkid.registration: invite). The body
+// is optional: {"ttl_seconds": N} asks for another life than
+// clinkid.invite_lifetime.
+func (s *Service) httpAdminInvite(w http.ResponseWriter, r *http.Request) {
+	if !s.secretOK(w, r, s.cfg.AdminToken) {
+		return
+	}
+	var req struct {
+		TTLSeconds int64 `json:"ttl_seconds"`
+	}
+	if r.ContentLength != 0 && !decode(w, r, &req) {
+		return
+	}
+	if req.TTLSeconds < 0 || req.TTLSeconds > int64(366*24*time.Hour/time.Second) {
+		httpjson.Error(w, http.StatusBadRequest, "bad_request", "ttl_seconds is between 0 and a year")
+		return
+	}
+	inv, err := s.CreateInvite(r.Context(), time.Duration(req.TTLSeconds)*time.Second, "admin API from "+s.clientAddr(r))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusCreated, inv)
 }
 
 func noContent(w http.ResponseWriter) {

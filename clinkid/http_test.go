@@ -86,7 +86,7 @@ func TestHTTPErrors(t *testing.T) {
 		c.AdminToken, c.BridgeSecret = adminToken, bridgeSecret
 		c.KeyBindings = failing
 	})
-	h := svc.Handler()
+	h, ah := svc.Handler(), svc.AdminHandler()
 	ctx := t.Context()
 	if _, err := svc.CreateAccount(ctx, "alice", alicePass, ""); err != nil {
 		t.Fatal(err)
@@ -142,12 +142,27 @@ func TestHTTPErrors(t *testing.T) {
 		{"bridge check no secret", req{method: "POST", path: p + "bridge/check", body: login}, 401, "invalid_token"},
 		{"bridge check with admin token", req{method: "POST", path: p + "bridge/check", auth: adminToken, body: login}, 401, "invalid_token"},
 		{"bridge exists", req{method: "POST", path: p + "bridge/exists", auth: bridgeSecret, body: `{"name":"Alice"}`}, 200, ""},
+		{"bridge events from now", req{method: "POST", path: p + "bridge/events", auth: bridgeSecret, body: `{}`}, 200, ""},
+		{"bridge events after", req{method: "POST", path: p + "bridge/events", auth: bridgeSecret, body: `{"after":0}`}, 200, ""},
+		{"bridge events negative", req{method: "POST", path: p + "bridge/events", auth: bridgeSecret, body: `{"after":-1}`}, 400, "bad_request"},
+		{"admin on the public handler", req{method: "GET", path: p + "admin/accounts/alice", auth: adminToken}, 404, "not_found"},
+		{"admin invite", req{method: "POST", path: p + "admin/invites", auth: adminToken}, 201, ""},
+		{"admin invite ttl", req{method: "POST", path: p + "admin/invites", auth: adminToken, body: `{"ttl_seconds":60}`}, 201, ""},
+		{"admin invite bad ttl", req{method: "POST", path: p + "admin/invites", auth: adminToken, body: `{"ttl_seconds":-1}`}, 400, "bad_request"},
+		{"register common password", req{method: "POST", path: p + "register", body: `{"name":"erin","password":"12345678"}`}, 400, "weak_password"},
+		{"register name as password", req{method: "POST", path: p + "register", body: `{"name":"frankfrank","password":"FrankFrank"}`}, 400, "weak_password"},
 		{"logout", req{method: "POST", path: p + "logout", auth: tok}, 204, ""},
 		{"account after logout", req{method: "GET", path: p + "account", auth: tok}, 401, "invalid_token"},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {
-		got := call(t, h, tt.r)
+		// The admin calls go to AdminHandler, which the admin listener
+		// serves; one row checks that the public handler has none.
+		handler := h
+		if strings.HasPrefix(tt.r.path, clinkid.AdminPrefix) && tt.name != "admin on the public handler" {
+			handler = ah
+		}
+		got := call(t, handler, tt.r)
 		if got.status != tt.status || got.code != tt.code {
 			t.Errorf("%s: %s %s = %d %q (%s), want %d %q", tt.name, tt.r.method, tt.r.path, got.status, got.code, got.raw, tt.status, tt.code)
 		}
@@ -176,6 +191,15 @@ func TestHTTPErrors(t *testing.T) {
 		case "bridge exists":
 			if got.body["exists"] != true {
 				t.Errorf("bridge exists answer = %s", got.raw)
+			}
+		case "bridge events after":
+			// alice, bob and carol registered: three events from the start.
+			if evs, _ := got.body["events"].([]any); len(evs) != 3 || got.body["last"] == nil {
+				t.Errorf("bridge events answer = %s, want the three registrations", got.raw)
+			}
+		case "admin invite", "admin invite ttl":
+			if !clinkid.IsInvite(fmt.Sprint(got.body["invite"])) || got.body["expires_at"] == nil {
+				t.Errorf("%s answer = %s", tt.name, got.raw)
 			}
 		}
 	}
@@ -207,11 +231,49 @@ func TestHTTPErrors(t *testing.T) {
 	got = busyAnswer(t)
 	seen[got.code] = true
 
-	off, _ := newService(t, nil) // no admin token, no bridge secret
-	for _, path := range []string{p + "admin/accounts/alice", p + "bridge/exists"} {
-		if got := call(t, off.Handler(), req{method: "GET", path: path, auth: "anything"}); got.status != 404 && got.status != 405 {
-			t.Errorf("%s with the feature off = %d, want 404 or 405", path, got.status)
+	closed, _ := newService(t, func(c *clinkid.Config) { c.Registration = clinkid.RegistrationClosed })
+	got = call(t, closed.Handler(), req{method: "POST", path: p + "register", body: `{"name":"gina","password":"gina's password"}`})
+	if got.status != 403 || got.code != "registration_closed" {
+		t.Errorf("register on a closed server = %d %q, want 403 registration_closed", got.status, got.code)
+	}
+	seen[got.code] = true
+
+	invite, _ := newService(t, func(c *clinkid.Config) { c.Registration = clinkid.RegistrationInvite; c.AdminToken = adminToken })
+	inv := call(t, invite.AdminHandler(), req{method: "POST", path: p + "admin/invites", auth: adminToken})
+	code, _ := inv.body["invite"].(string)
+	for i, tt := range []struct {
+		invite string
+		status int
+		code   string
+	}{
+		{"", 403, "invalid_invite"},
+		{"ci1_" + strings.Repeat("A", 43), 403, "invalid_invite"}, // well formed, never issued
+		{code, 201, ""},
+		{code, 403, "invalid_invite"}, // used
+	} {
+		got = call(t, invite.Handler(), req{method: "POST", path: p + "register", body: jsonBody(map[string]string{"name": fmt.Sprint("ivy", i), "password": "ivy's password", "invite": tt.invite})})
+		if got.status != tt.status || got.code != tt.code {
+			t.Errorf("register with invite %d = %d %q, want %d %q", i, got.status, got.code, tt.status, tt.code)
 		}
+		if got.code != "" {
+			seen[got.code] = true
+		}
+	}
+
+	throttled, _ := newService(t, func(c *clinkid.Config) { c.GlobalFailuresPerMinute = 1 })
+	call(t, throttled.Handler(), req{method: "POST", path: p + "login", body: login})
+	got = call(t, throttled.Handler(), req{method: "POST", path: p + "login", body: login, remote: "198.51.100.1:1"})
+	if got.status != 429 || got.code != "login_throttled" || got.header.Get("Retry-After") == "" {
+		t.Errorf("login past the global failure budget = %d %q, want 429 login_throttled with Retry-After", got.status, got.code)
+	}
+	seen[got.code] = true
+
+	off, _ := newService(t, nil) // no admin token, no bridge secret
+	if got := call(t, off.AdminHandler(), req{method: "GET", path: p + "admin/accounts/alice", auth: "anything"}); got.status != 404 {
+		t.Errorf("admin call with the feature off = %d, want 404", got.status)
+	}
+	if got := call(t, off.Handler(), req{method: "POST", path: p + "bridge/exists", auth: "anything", body: `{"name":"alice"}`}); got.status != 404 {
+		t.Errorf("bridge call with the feature off = %d, want 404", got.status)
 	}
 
 	documented := documentedCodes(t)
@@ -277,11 +339,12 @@ func busyAnswer(t *testing.T) resp {
 
 // TestLockoutFlood floods one account with password guesses from many
 // addresses at once. Exactly LockoutThreshold guesses are checked (each
-// costing one argon2id); the rest are refused without hashing, the
-// owner's password is locked out too, and the owner still gets in with an
-// app token: over HTTP, through the Prosody bridge and through ejabberd's
-// extauth. A spray of names from one address runs into the per-address
-// limit.
+// costing one argon2id); the rest are refused without hashing, and so is
+// the owner's password from an unknown network; from a network the owner
+// logged in from before, the password still works, and the owner's app
+// token works everywhere: over HTTP, through the Prosody bridge and
+// through ejabberd's extauth. A spray of names from one address runs into
+// the per-address limit.
 func TestLockoutFlood(t *testing.T) {
 	t.Parallel()
 	svc, _ := newService(t, func(c *clinkid.Config) {
@@ -298,6 +361,11 @@ func TestLockoutFlood(t *testing.T) {
 	}
 	sess, err := svc.Login(ctx, "alice", alicePass, "", "owner's phone", 0)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The owner's laptop logged in from home once: 203.0.113.0/24 is a
+	// known network of alice.
+	if _, err := svc.Login(ctx, "alice", alicePass, "203.0.113.77", "owner's laptop", 0); err != nil {
 		t.Fatal(err)
 	}
 
@@ -332,14 +400,22 @@ func TestLockoutFlood(t *testing.T) {
 		t.Errorf("answers = %v, want 5 invalid_credentials and %d account_locked or busy", count, guesses-5)
 	}
 
-	// The owner's password is locked out like any guess...
+	// The owner's password from an unknown network is held back like any
+	// guess...
 	if r := call(t, h, req{method: "POST", path: clinkid.PathPrefix + "login", body: jsonBody(map[string]string{"name": "alice", "password": alicePass})}); r.code != "account_locked" {
-		t.Errorf("owner's password login during the lock = %d %q, want account_locked", r.status, r.code)
+		t.Errorf("owner's password login from an unknown network during the lock = %d %q, want account_locked", r.status, r.code)
 	}
 	if ok, _ := svc.CheckLogin(ctx, "alice", alicePass, ""); ok {
-		t.Error("bridge accepted the password of a locked account")
+		t.Error("extauth (no address) accepted the password of a locked name")
 	}
-	// ...but the owner's token works everywhere.
+	// ...but from the network the owner used before it is not,
+	if r := call(t, h, req{method: "POST", path: clinkid.PathPrefix + "login", remote: "203.0.113.78:1234", body: jsonBody(map[string]string{"name": "alice", "password": alicePass})}); r.status != 200 {
+		t.Errorf("owner's password login from a known network during the lock = %d %q, want 200", r.status, r.code)
+	}
+	if r := call(t, h, req{method: "POST", path: clinkid.PathPrefix + "bridge/check", auth: bridgeSecret, body: jsonBody(map[string]string{"name": "alice", "password": alicePass, "address": "203.0.113.79"})}); r.body["ok"] != true {
+		t.Errorf("Prosody bridge with the owner's password from a known network during the lock = %s, want ok", r.raw)
+	}
+	// ...and the owner's token works everywhere.
 	if r := call(t, h, req{method: "GET", path: clinkid.PathPrefix + "account", auth: sess.Token}); r.status != 200 {
 		t.Errorf("owner's token on the API during the lock = %d %q, want 200", r.status, r.code)
 	}

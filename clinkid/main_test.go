@@ -67,12 +67,23 @@ func newService(t testing.TB, tune func(*clinkid.Config)) (*clinkid.Service, *pg
 func newServiceOn(t testing.TB, db *pgxpool.Pool, tune func(*clinkid.Config)) *clinkid.Service {
 	t.Helper()
 	cfg := clinkid.Config{
-		Domain:          testDomain,
-		Params:          fastParams,
-		LoginPerMinute:  1e6,
-		LoginBurst:      1e6,
-		RegisterPerHour: 1e6,
-		RegisterBurst:   1e6,
+		Domain:         testDomain,
+		Params:         fastParams,
+		LoginPerMinute: 1e6,
+		LoginBurst:     1e6,
+		// Generous network and global budgets too: the tests that are
+		// about them say so.
+		LoginNetworkPerMinute:   1e6,
+		LoginNetworkBurst:       1e6,
+		RegisterNetworkPerHour:  1e6,
+		RegisterNetworkBurst:    1e6,
+		GlobalFailuresPerMinute: 1e6,
+		RegisterPerHour:         1e6,
+		RegisterBurst:           1e6,
+		// Registration is closed by default; most tests register over
+		// HTTPS.
+		Registration: clinkid.RegistrationOpen,
+		Sessions:     clinkid.PulledOnly{},
 	}
 	if tune != nil {
 		tune(&cfg)

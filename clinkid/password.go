@@ -1,15 +1,18 @@
 package clinkid
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -120,15 +123,24 @@ func decodePHC(s string) (p Params, salt, key []byte, err error) {
 // without end during a login storm.
 var ErrBusy = errors.New("clinkid: too many password checks in progress; try again shortly")
 
-// hasher computes argon2id hashes, at most cap(sem) at a time: each
+// hasher computes argon2id hashes, at most concurrency at a time: each
 // computation holds Memory KiB, so the bound on concurrency is the bound on
 // the memory that password checks can take.
+//
+// Checks wait for a slot in two queues. Trusted checks (from a network the
+// account logged in from, or re-authenticating with a live app token) are
+// served first: a flood of guesses from strangers fills the other queue,
+// and is shed with ErrBusy past its bound, but never keeps the owner
+// waiting behind it.
 type hasher struct {
-	params     Params
-	sem        chan struct{}
-	waiting    atomic.Int64
-	maxWaiting int64
-	dummy      string // a hash of a random password, for unknown accounts
+	params Params
+	dummy  string // a hash of a random password, for unknown accounts
+
+	mu         sync.Mutex
+	free       int          // free slots
+	queues     [2]list.List // of *waiter: [0] trusted, [1] the others
+	maxWaiting int          // bound of each queue
+	waiting    atomic.Int64 // checks waiting in both queues (tests read it)
 
 	// computed counts every argon2id computation (hash or verify). Tests
 	// read it to see that an unknown account costs one, like a wrong
@@ -137,11 +149,16 @@ type hasher struct {
 	observe  func(time.Duration) // may be nil
 }
 
+type waiter struct {
+	ready   chan struct{}
+	granted bool // set under mu when the slot is handed over
+}
+
 func newHasher(p Params, concurrency, queue int) (*hasher, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	h := &hasher{params: p, sem: make(chan struct{}, max(concurrency, 1)), maxWaiting: int64(max(queue, 0))}
+	h := &hasher{params: p, free: max(concurrency, 1), maxWaiting: max(queue, 0)}
 	var pw [16]byte
 	rand.Read(pw[:])
 	h.dummy = h.compute(pw[:], p)
@@ -149,27 +166,61 @@ func newHasher(p Params, concurrency, queue int) (*hasher, error) {
 	return h, nil
 }
 
-// acquire takes a hashing slot, waiting for one if the queue has room.
-func (h *hasher) acquire(ctx context.Context) error {
-	select {
-	case h.sem <- struct{}{}:
-		return nil
-	default:
+// acquire takes a hashing slot, waiting in the trusted or the other queue
+// if none is free and the queue has room; ErrBusy if it has none.
+func (h *hasher) acquire(ctx context.Context, trusted bool) error {
+	q := &h.queues[1]
+	if trusted {
+		q = &h.queues[0]
 	}
-	if h.waiting.Add(1) > h.maxWaiting {
-		h.waiting.Add(-1)
+	h.mu.Lock()
+	if h.free > 0 && h.queues[0].Len() == 0 && (trusted || h.queues[1].Len() == 0) {
+		h.free--
+		h.mu.Unlock()
+		return nil
+	}
+	if q.Len() >= h.maxWaiting {
+		h.mu.Unlock()
 		return ErrBusy
 	}
-	defer h.waiting.Add(-1)
+	w := &waiter{ready: make(chan struct{})}
+	e := q.PushBack(w)
+	h.waiting.Add(1)
+	h.mu.Unlock()
 	select {
-	case h.sem <- struct{}{}:
+	case <-w.ready:
 		return nil
 	case <-ctx.Done():
+		h.mu.Lock()
+		if w.granted {
+			// The slot came as the context ended: pass it on.
+			h.mu.Unlock()
+			h.release()
+		} else {
+			q.Remove(e)
+			h.waiting.Add(-1)
+			h.mu.Unlock()
+		}
 		return fmt.Errorf("clinkid: waiting for a hashing slot: %w", ctx.Err())
 	}
 }
 
-func (h *hasher) release() { <-h.sem }
+// release frees a slot, handing it to the first trusted waiter, else the
+// first other one.
+func (h *hasher) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.queues {
+		if e := h.queues[i].Front(); e != nil {
+			w := h.queues[i].Remove(e).(*waiter)
+			w.granted = true
+			h.waiting.Add(-1)
+			close(w.ready)
+			return
+		}
+	}
+	h.free++
+}
 
 // compute hashes password with a fresh salt. The caller holds a slot
 // (or is newHasher).
@@ -198,8 +249,8 @@ func (h *hasher) key(password, salt []byte, p Params, n int) []byte {
 }
 
 // hash returns the PHC string of password under the current parameters.
-func (h *hasher) hash(ctx context.Context, password string) (string, error) {
-	if err := h.acquire(ctx); err != nil {
+func (h *hasher) hash(ctx context.Context, password string, trusted bool) (string, error) {
+	if err := h.acquire(ctx, trusted); err != nil {
 		return "", err
 	}
 	defer h.release()
@@ -227,13 +278,44 @@ const MaxPasswordBytes = 1024
 // ErrWeakPassword is wrapped by the errors checkNewPassword returns.
 var ErrWeakPassword = errors.New("clinkid: password refused")
 
-// checkNewPassword applies the password policy to a password being set:
-// at least minChars characters, at most MaxPasswordBytes bytes, not shaped
-// like an app token, and unchanged by both SASLprep (RFC 4013, which
-// Prosody applies to PLAIN passwords) and PRECIS OpaqueString (RFC 8265),
-// so that whatever an XMPP server does to it, clinkd sees the bytes it
-// hashed.
-func checkNewPassword(pw string, minChars int) error {
+// MinPasswordFloor is the least clinkid.min_password_length may be: NIST
+// SP 800-63B's minimum for passwords a user chooses.
+const MinPasswordFloor = 8
+
+// commonPasswordsFile lists the commonest passwords of 8 characters or
+// more, most common first; its header names the source and licence.
+//
+//go:embed common-passwords.txt
+var commonPasswordsFile string
+
+// commonPasswords is the set of commonPasswordsFile, built on first use
+// and only read after.
+var commonPasswords = sync.OnceValue(func() map[string]struct{} {
+	set := make(map[string]struct{}, 4096)
+	for line := range strings.SplitSeq(commonPasswordsFile, "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") {
+			set[line] = struct{}{}
+		}
+	}
+	return set
+})
+
+// IsCommonPassword reports whether pw, lower-cased, is on the list of the
+// commonest passwords.
+func IsCommonPassword(pw string) bool {
+	_, ok := commonPasswords()[strings.ToLower(pw)]
+	return ok
+}
+
+// checkNewPassword applies the password policy to a password being set
+// for the account name: at least minChars characters, at most
+// MaxPasswordBytes bytes, not one of the commonest passwords (an online
+// guesser tries those first, and the per-name delay lets through a few
+// guesses a day), not the name itself, not shaped like an app token, and
+// unchanged by both SASLprep (RFC 4013, which Prosody applies to PLAIN
+// passwords) and PRECIS OpaqueString (RFC 8265), so that whatever an XMPP
+// server does to it, clinkd sees the bytes it hashed.
+func checkNewPassword(pw string, minChars int, name string) error {
 	switch {
 	case !utf8.ValidString(pw):
 		return fmt.Errorf("%w: not valid UTF-8", ErrWeakPassword)
@@ -243,6 +325,10 @@ func checkNewPassword(pw string, minChars int) error {
 		return fmt.Errorf("%w: longer than %d bytes", ErrWeakPassword, MaxPasswordBytes)
 	case strings.HasPrefix(pw, TokenPrefix):
 		return fmt.Errorf("%w: must not start with %s, which marks app tokens", ErrWeakPassword, TokenPrefix)
+	case IsCommonPassword(pw):
+		return fmt.Errorf("%w: it is one of the 10,000 commonest passwords, which attackers try first", ErrWeakPassword)
+	case name != "" && strings.EqualFold(pw, name):
+		return fmt.Errorf("%w: it is the account name", ErrWeakPassword)
 	}
 	if s, err := precis.OpaqueString.String(pw); err != nil || s != pw || norm.NFKC.String(pw) != pw {
 		return fmt.Errorf("%w: it holds characters that Unicode normalisation changes or forbids (controls, unassigned or compatibility characters, non-ASCII spaces)", ErrWeakPassword)

@@ -73,7 +73,12 @@ func TestCheckNewPassword(t *testing.T) {
 		{"密码密码密码密码", true},
 		{"short", false},
 		{"1234567", false},
-		{"12345678", true},
+		{"12345678", false},        // the second commonest password
+		{"Password", false},        // case does not make a common password rare
+		{"qwertyuiop", false},      // common, 10 characters
+		{"alice-the-owner", false}, // the account name
+		{"ALICE-THE-OWNER", false},
+		{"12345678 but longer", true},
 		{strings.Repeat("a", clinkid.MaxPasswordBytes), true},
 		{strings.Repeat("a", clinkid.MaxPasswordBytes+1), false},
 		{"ck1_looks-like-a-token", false},
@@ -84,7 +89,7 @@ func TestCheckNewPassword(t *testing.T) {
 		{"abcdefg\xff", false},
 	}
 	for _, tt := range tests {
-		err := clinkid.CheckNewPassword(tt.pw, 8)
+		err := clinkid.CheckNewPassword(tt.pw, 8, "alice-the-owner")
 		if (err == nil) != tt.ok {
 			t.Errorf("CheckNewPassword(%q) = %v, want ok=%v", tt.pw, err, tt.ok)
 		}

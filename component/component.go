@@ -254,16 +254,11 @@ func (c *Component) Run(ctx context.Context) error {
 // it was up and why it ended.
 func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusal) (up time.Duration, err error) {
 	c.setState(Connecting, nil, nil)
-	d := net.Dialer{
-		Timeout: c.cfg.DialTimeout,
-		// The kernel notices a silent peer even when no ping is configured.
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
-	}
-	conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	conn, stage, err := c.dial(ctx)
 	if err != nil {
 		c.setState(Down, nil, nil)
-		c.metrics.LinkFailures.WithLabelValues("dial").Inc()
-		return 0, fmt.Errorf("component: dial %s: %w", c.cfg.Addr, err)
+		c.metrics.LinkFailures.WithLabelValues(stage).Inc()
+		return 0, err
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, c.cfg.Secret, conn)
@@ -277,7 +272,7 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 	since := time.Now()
 	c.lastRead.Store(since.UnixNano())
 	c.setState(Linked, sess, conn)
-	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String())
+	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String(), "tls", tlsVersion(conn))
 
 	linkCtx, stopLink := context.WithCancel(ctx)
 	var aux sync.WaitGroup

@@ -1,6 +1,7 @@
 package component
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"runtime"
@@ -14,6 +15,13 @@ import (
 type Config struct {
 	// Addr is the host:port of the XMPP server's component listener.
 	Addr string
+	// TLS, if not nil, wraps the link in TLS from the first byte
+	// (ejabberd's ejabberd_service listener with `tls: true`); XEP-0114
+	// itself is plaintext. The server is always verified: a config with
+	// InsecureSkipVerify is refused, MinVersion is raised to TLS 1.2 and
+	// an empty ServerName becomes Addr's host. RootCAs nil means the
+	// system's roots.
+	TLS *tls.Config
 	// Domain is the component's domain, as the server's config names it.
 	Domain jid.JID
 	// Secret is the shared secret of the XEP-0114 handshake.
@@ -69,6 +77,9 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Secret) == 0 {
 		return errors.New("component: empty secret")
+	}
+	if err := c.checkTLS(); err != nil {
+		return err
 	}
 	if c.Identity.Category == "" {
 		c.Identity = Identity{Category: "component", Type: "generic", Name: "clinkd"}

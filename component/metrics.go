@@ -9,7 +9,7 @@ import (
 type Metrics struct {
 	LinkUp         prometheus.Gauge
 	Reconnects     prometheus.Counter
-	LinkFailures   *prometheus.CounterVec // by stage: dial, handshake, stream
+	LinkFailures   *prometheus.CounterVec // by stage: dial, tls, handshake, stream, keepalive
 	StanzasIn      *prometheus.CounterVec // by kind
 	StanzasOut     *prometheus.CounterVec // by kind
 	HandlerSeconds *prometheus.HistogramVec
@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		LinkFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_link_failures_total",
-			Help: "Link attempts or links that ended in failure, by stage (dial, handshake, stream).",
+			Help: "Link attempts or links that ended in failure, by stage (dial, tls, handshake, stream, keepalive).",
 		}, []string{"stage"}),
 		StanzasIn: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_stanzas_in_total",

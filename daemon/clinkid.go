@@ -41,25 +41,42 @@ func (c Config) clinkIDConfig() (clinkid.Config, error) {
 	if err := p.Validate(); err != nil {
 		return clinkid.Config{}, fmt.Errorf("config: %w", err)
 	}
+	var sessions clinkid.SessionEnder = clinkid.PulledOnly{}
+	if k.EjabberdAPIURL != "" {
+		api, err := clinkid.ParseEjabberdAPI(k.EjabberdAPIURL, c.Link.ServerDomain)
+		if err != nil {
+			return clinkid.Config{}, fmt.Errorf("config: %w", err)
+		}
+		sessions = api
+	}
 	return clinkid.Config{
-		Domain:            c.Link.ServerDomain,
-		Params:            p,
-		HashConcurrency:   k.HashConcurrency,
-		HashQueue:         k.HashQueue,
-		MinPasswordLength: k.MinPasswordLength,
-		TokenLifetime:     k.TokenLifetime,
-		MaxTokens:         k.MaxTokens,
-		LockoutThreshold:  k.LockoutThreshold,
-		LockoutBase:       k.LockoutBase,
-		LockoutMax:        k.LockoutMax,
-		LoginPerMinute:    k.LoginPerMinute,
-		LoginBurst:        k.LoginBurst,
-		RegisterPerHour:   k.RegisterPerHour,
-		RegisterBurst:     k.RegisterBurst,
-		NameQuarantine:    k.NameQuarantine,
-		AdminToken:        k.AdminToken,
-		BridgeSecret:      k.BridgeSecret,
-		TrustForwardedFor: k.TrustForwardedFor,
+		Domain:                  c.Link.ServerDomain,
+		Params:                  p,
+		HashConcurrency:         k.HashConcurrency,
+		HashQueue:               k.HashQueue,
+		MinPasswordLength:       k.MinPasswordLength,
+		TokenLifetime:           k.TokenLifetime,
+		MaxTokens:               k.MaxTokens,
+		LockoutThreshold:        k.LockoutThreshold,
+		LockoutBase:             k.LockoutBase,
+		LockoutMax:              k.LockoutMax,
+		LoginPerMinute:          k.LoginPerMinute,
+		LoginBurst:              k.LoginBurst,
+		LoginNetworkPerMinute:   k.LoginNetworkPerMinute,
+		LoginNetworkBurst:       k.LoginNetworkBurst,
+		GlobalFailuresPerMinute: k.GlobalFailuresPerMinute,
+		KnownNetworkLifetime:    k.KnownNetworkLifetime,
+		Registration:            clinkid.Registration(k.Registration),
+		InviteLifetime:          k.InviteLifetime,
+		RegisterPerHour:         k.RegisterPerHour,
+		RegisterBurst:           k.RegisterBurst,
+		RegisterNetworkPerHour:  k.RegisterNetworkPerHour,
+		RegisterNetworkBurst:    k.RegisterNetworkBurst,
+		NameQuarantine:          k.NameQuarantine,
+		AdminToken:              k.AdminToken,
+		BridgeSecret:            k.BridgeSecret,
+		TrustForwardedFor:       k.TrustForwardedFor,
+		Sessions:                sessions,
 	}, nil
 }
 
@@ -115,8 +132,10 @@ func Extauth(ctx context.Context, cfg Config, log *slog.Logger) (*clinkid.Extaut
 	// One request at a time: one argon2id at a time, so the memory of
 	// the whole pool is extauth_pool_size × argon2_memory_kib.
 	c.HashConcurrency, c.HashQueue = 1, 1
-	// clinkd serve deletes expired rows; extauth's role need not.
+	// clinkd serve deletes expired rows and tells the XMPP server of
+	// account changes; extauth's role need do neither.
 	c.NoSweep = true
+	c.Sessions = clinkid.PulledOnly{}
 	svc, err := clinkid.New(db, c, log, nil)
 	if err != nil {
 		db.Close()

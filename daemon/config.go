@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -26,27 +29,47 @@ type Config struct {
 	Public   PublicConfig   `yaml:"public"`
 	TURN     TURNConfig     `yaml:"turn"`
 	KeyDir   KeyDirConfig   `yaml:"keydir"`
+	Access   AccessConfig   `yaml:"access"`
+	Relay    RelayConfig    `yaml:"relay"`
 	Expiry   ExpiryConfig   `yaml:"expiry"`
 	Receipts ReceiptsConfig `yaml:"receipts"`
 	ClinkID  ClinkIDConfig  `yaml:"clinkid"`
 }
 
+// AccessConfig says whose users clinkd serves: those of
+// link.server_domain, and of the federated domains listed here.
+type AccessConfig struct {
+	FederatedDomains []string `yaml:"federated_domains"` // remote domains served as local ones (default none)
+}
+
+// RelayConfig bounds what one user hands the relay (envelopes, receipts,
+// announcements), whatever the kind of message.
+type RelayConfig struct {
+	PerMinute float64 `yaml:"per_minute"` // per sender (default 60)
+	Burst     int     `yaml:"burst"`      // default 60
+}
+
 // ExpiryConfig is the timed-message relay (docs/expiry.md).
 type ExpiryConfig struct {
-	Disabled        bool          `yaml:"disabled"`
-	MinPeriod       time.Duration `yaml:"min_period"`
-	MaxPeriod       time.Duration `yaml:"max_period"`
-	PerUserMessages int           `yaml:"per_user_messages"`
-	PerUserBytes    int64         `yaml:"per_user_bytes"`
-	TotalBytes      int64         `yaml:"total_bytes"`
-	DevicesPerUser  int           `yaml:"devices_per_user"`
-	LockMemory      bool          `yaml:"lock_memory"`
+	Disabled          bool          `yaml:"disabled"`
+	MinPeriod         time.Duration `yaml:"min_period"`
+	MaxPeriod         time.Duration `yaml:"max_period"`
+	UnseenMaxPeriod   time.Duration `yaml:"unseen_max_period"`
+	PerUserMessages   int           `yaml:"per_user_messages"`
+	PerUserBytes      int64         `yaml:"per_user_bytes"`
+	PerSenderMessages int           `yaml:"per_sender_messages"`
+	PerSenderBytes    int64         `yaml:"per_sender_bytes"`
+	PerPairMessages   int           `yaml:"per_pair_messages"`
+	TotalBytes        int64         `yaml:"total_bytes"`
+	DevicesPerUser    int           `yaml:"devices_per_user"`
+	LockMemory        bool          `yaml:"lock_memory"`
 }
 
 // ReceiptsConfig is delivery and read receipts (docs/receipts.md).
 type ReceiptsConfig struct {
-	Retention   time.Duration `yaml:"retention"`
-	PerUserHeld int           `yaml:"per_user_held"`
+	Retention        time.Duration `yaml:"retention"`
+	PerUserHeld      int           `yaml:"per_user_held"`
+	PerSenderTracked int           `yaml:"per_sender_tracked"`
 }
 
 // LogConfig selects the log format and level.
@@ -62,6 +85,14 @@ type LinkConfig struct {
 	Secret       string `yaml:"secret"`        // the shared secret; prefer secret_file
 	SecretFile   string `yaml:"secret_file"`   // a file holding the secret
 	ServerDomain string `yaml:"server_domain"` // the users' domain on that server
+
+	// The link is the root of all trust: it carries every stanza of the
+	// component. It stays on loopback, or is encrypted, or the operator
+	// says in so many words that the network is trusted.
+	TLS             bool   `yaml:"tls"`              // TLS from the first byte (ejabberd_service `tls: true`)
+	TLSCAFile       string `yaml:"tls_ca_file"`      // PEM CA certificates for the server's; default the system's
+	TLSServerName   string `yaml:"tls_server_name"`  // name the server's certificate must carry; default addr's host
+	InsecureNetwork bool   `yaml:"insecure_network"` // allow a plaintext link to a non-loopback address
 
 	Workers        int           `yaml:"workers"`
 	QueueDepth     int           `yaml:"queue_depth"`
@@ -80,11 +111,17 @@ type DatabaseConfig struct {
 	URL     string `yaml:"url"`      // postgres://...; may hold a password, so prefer url_file
 	URLFile string `yaml:"url_file"` // a file holding the URL
 	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+	// AllowInsecureTLS accepts a URL that reaches a host other than
+	// loopback or a unix socket without sslmode=verify-full.
+	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
 }
 
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
 type AdminConfig struct {
-	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless you firewall it
+	Listen string `yaml:"listen"` // default 127.0.0.1:9465; loopback unless allow_remote
+	// AllowRemote accepts a listen address other than loopback. The
+	// listener has no authentication.
+	AllowRemote bool `yaml:"allow_remote"`
 }
 
 // PublicConfig is the public HTTPS listener that serves the ClinkID API and
@@ -122,28 +159,37 @@ type KeyDirConfig struct {
 // bridges (`clinkd extauth`, the Prosody module) share. Zero values take
 // the defaults in docs/config.md.
 type ClinkIDConfig struct {
-	Enabled           bool          `yaml:"enabled"`             // serve ClinkID in clinkd serve
-	Argon2MemoryKiB   int           `yaml:"argon2_memory_kib"`   // m (default 65536: 64 MiB)
-	Argon2Iterations  int           `yaml:"argon2_iterations"`   // t (default 3)
-	Argon2Parallelism int           `yaml:"argon2_parallelism"`  // p (default 4)
-	HashConcurrency   int           `yaml:"hash_concurrency"`    // concurrent argon2id computations (default 4)
-	HashQueue         int           `yaml:"hash_queue"`          // checks waiting for one (default 16×concurrency)
-	MinPasswordLength int           `yaml:"min_password_length"` // characters (default 8)
-	TokenLifetime     time.Duration `yaml:"token_lifetime"`      // default 720h
-	MaxTokens         int           `yaml:"max_tokens"`          // live tokens per account (default 20)
-	LockoutThreshold  int           `yaml:"lockout_threshold"`   // default 5
-	LockoutBase       time.Duration `yaml:"lockout_base"`        // default 1m
-	LockoutMax        time.Duration `yaml:"lockout_max"`         // default 1h
-	LoginPerMinute    float64       `yaml:"login_per_minute"`    // per client address (default 20)
-	LoginBurst        int           `yaml:"login_burst"`         // default 10
-	RegisterPerHour   float64       `yaml:"register_per_hour"`   // per client address (default 10)
-	RegisterBurst     int           `yaml:"register_burst"`      // default 5
-	NameQuarantine    time.Duration `yaml:"name_quarantine"`     // default 2160h; negative: none
-	AdminToken        string        `yaml:"admin_token"`         // bearer token of /clinkid/v1/admin/; prefer admin_token_file
-	AdminTokenFile    string        `yaml:"admin_token_file"`
-	BridgeSecret      string        `yaml:"bridge_secret"` // bearer secret of the Prosody module; prefer bridge_secret_file
-	BridgeSecretFile  string        `yaml:"bridge_secret_file"`
-	TrustForwardedFor bool          `yaml:"trust_forwarded_for"` // X-Forwarded-For from a loopback proxy
+	Enabled                 bool          `yaml:"enabled"`                    // serve ClinkID in clinkd serve
+	Argon2MemoryKiB         int           `yaml:"argon2_memory_kib"`          // m (default 65536: 64 MiB)
+	Argon2Iterations        int           `yaml:"argon2_iterations"`          // t (default 3)
+	Argon2Parallelism       int           `yaml:"argon2_parallelism"`         // p (default 4)
+	HashConcurrency         int           `yaml:"hash_concurrency"`           // concurrent argon2id computations (default 4)
+	HashQueue               int           `yaml:"hash_queue"`                 // checks waiting for one, per queue (default 16×concurrency)
+	MinPasswordLength       int           `yaml:"min_password_length"`        // characters (default and least 8)
+	TokenLifetime           time.Duration `yaml:"token_lifetime"`             // default 720h
+	MaxTokens               int           `yaml:"max_tokens"`                 // live tokens per account (default 20)
+	LockoutThreshold        int           `yaml:"lockout_threshold"`          // default 5
+	LockoutBase             time.Duration `yaml:"lockout_base"`               // default 1m
+	LockoutMax              time.Duration `yaml:"lockout_max"`                // default 1h
+	LoginPerMinute          float64       `yaml:"login_per_minute"`           // per client address (default 20)
+	LoginBurst              int           `yaml:"login_burst"`                // default 10
+	LoginNetworkPerMinute   float64       `yaml:"login_network_per_minute"`   // per IPv4 /24 or IPv6 /64 (default 60)
+	LoginNetworkBurst       int           `yaml:"login_network_burst"`        // default 30
+	GlobalFailuresPerMinute int           `yaml:"global_failures_per_minute"` // server-wide, from unknown networks (default 60)
+	KnownNetworkLifetime    time.Duration `yaml:"known_network_lifetime"`     // default 720h
+	Registration            string        `yaml:"registration"`               // closed (default), invite or open
+	InviteLifetime          time.Duration `yaml:"invite_lifetime"`            // default 168h
+	RegisterPerHour         float64       `yaml:"register_per_hour"`          // per client address (default 10)
+	RegisterBurst           int           `yaml:"register_burst"`             // default 5
+	RegisterNetworkPerHour  float64       `yaml:"register_network_per_hour"`  // per IPv4 /24 or IPv6 /64 (default 30)
+	RegisterNetworkBurst    int           `yaml:"register_network_burst"`     // default 10
+	NameQuarantine          time.Duration `yaml:"name_quarantine"`            // default 2160h; negative: none
+	AdminToken              string        `yaml:"admin_token"`                // bearer token of the admin API (admin listener); prefer admin_token_file
+	AdminTokenFile          string        `yaml:"admin_token_file"`
+	BridgeSecret            string        `yaml:"bridge_secret"` // bearer secret of the Prosody module; prefer bridge_secret_file
+	BridgeSecretFile        string        `yaml:"bridge_secret_file"`
+	TrustForwardedFor       bool          `yaml:"trust_forwarded_for"` // X-Forwarded-For from a loopback proxy
+	EjabberdAPIURL          string        `yaml:"ejabberd_api_url"`    // ejabberd's mod_http_api, to end sessions; empty: none
 }
 
 // Defaults returns the configuration used where the file is silent.
@@ -178,7 +224,157 @@ func LoadConfig(path string, env []string) (Config, error) {
 	if err := cfg.resolveFiles(); err != nil {
 		return cfg, err
 	}
+	// Every command that reads this file may open the database (serve,
+	// migrate, extauth, accounts), so its URL is checked here.
+	if err := checkDatabase(cfg.Database); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// Check refuses a configuration that would expose what clinkd guards:
+// a link that leaves this host unencrypted, a weak component secret, an
+// admin listener off loopback, a database reached without a verified TLS
+// certificate. Each refusal names its key and the key that lifts it, if
+// any. New calls it; docs/operators.md ("Limits and abuse") explains each.
+func (c Config) Check() error {
+	return errors.Join(checkLink(c.Link), checkAdmin(c.Admin), checkDatabase(c.Database))
+}
+
+func checkLink(c LinkConfig) error {
+	var errs []error
+	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
+		errs = append(errs, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required"))
+	}
+	if c.Secret != "" {
+		if err := CheckLinkSecret(c.Secret); err != nil {
+			errs = append(errs, fmt.Errorf("config: link.secret: %w", err))
+		}
+	}
+	if !c.TLS && (c.TLSCAFile != "" || c.TLSServerName != "") {
+		errs = append(errs, errors.New("config: link.tls_ca_file and link.tls_server_name need link.tls: true"))
+	}
+	if c.Addr != "" && !c.TLS && !c.InsecureNetwork && !isLoopback(c.Addr) {
+		errs = append(errs, fmt.Errorf("config: link.addr %s is not loopback and the link is not encrypted: "+
+			"XEP-0114 is plaintext and carries every stanza of the component; set link.tls: true (ejabberd), "+
+			"or tunnel the link to a loopback address (docs/operators.md), or set link.insecure_network: true "+
+			"if every host on the path is yours", c.Addr))
+	}
+	return errors.Join(errs...)
+}
+
+func checkAdmin(c AdminConfig) error {
+	if c.AllowRemote || isLoopback(c.Listen) {
+		return nil
+	}
+	return fmt.Errorf("config: admin.listen %q is not loopback: the admin listener has no authentication and "+
+		"tells anyone who reaches it clinkd's traffic, load and link state (/metrics, /readyz); bind it to "+
+		"127.0.0.1, or set admin.allow_remote: true if only your monitoring network can reach it", c.Listen)
+}
+
+// checkDatabase refuses a URL under which pgx would talk to a host other
+// than loopback or a unix socket without verifying its certificate and
+// name: with no sslmode pgx uses "prefer", which takes any certificate
+// and falls back to plaintext. The URL is never quoted: it may hold a
+// password.
+func checkDatabase(c DatabaseConfig) error {
+	if c.URL == "" {
+		return nil
+	}
+	pcfg, err := pgxpool.ParseConfig(c.URL)
+	if err != nil {
+		return errors.New("config: database.url is not a valid PostgreSQL URL")
+	}
+	if c.AllowInsecureTLS {
+		return nil
+	}
+	pc := pcfg.ConnConfig.Config
+	tries := []*pgconn.FallbackConfig{{Host: pc.Host, Port: pc.Port, TLSConfig: pc.TLSConfig}}
+	tries = append(tries, pc.Fallbacks...)
+	for _, f := range tries {
+		if localHost(f.Host) || f.TLSConfig != nil && !f.TLSConfig.InsecureSkipVerify {
+			continue
+		}
+		return fmt.Errorf("config: database.url reaches %s without sslmode=verify-full, so the connection "+
+			"(and the password) could go to whoever answers: add sslmode=verify-full (sslrootcert=FILE for a "+
+			"private CA), or set database.allow_insecure_tls: true if the network to it is yours", f.Host)
+	}
+	return nil
+}
+
+// localHost reports whether a database host is this machine: a unix
+// socket directory, localhost or a loopback address.
+func localHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// isLoopback reports whether host:port names loopback only: localhost or
+// a loopback address. An empty host (all interfaces) is not.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// MinLinkSecretBytes is the shortest component secret clinkd accepts.
+const MinLinkSecretBytes = 32
+
+// CheckLinkSecret says why s will not do as the XEP-0114 secret, or
+// returns nil. The handshake sends SHA-1(stream id + secret), so whoever
+// sees one handshake (or connects once) can guess the secret offline as
+// fast as SHA-1 runs: it must be long and random. The rule is simple on
+// purpose (docs/config.md): at least 32 bytes; at least 8 different
+// bytes (a random 32-character hex string has fewer with a chance of
+// about 4 in 100 million); and not a shorter string repeated ("aaaa…",
+// "passwordpassword…"). It catches the obvious; it does not measure
+// entropy. `clinkd secret` makes one that passes: 256 random bits in hex.
+// The error never quotes the secret.
+func CheckLinkSecret(s string) error {
+	if len(s) < MinLinkSecretBytes {
+		return fmt.Errorf("%d bytes, want at least %d random ones (make one with `clinkd secret`)", len(s), MinLinkSecretBytes)
+	}
+	var seen [256]bool
+	distinct := 0
+	for i := range len(s) {
+		if !seen[s[i]] {
+			seen[s[i]] = true
+			distinct++
+		}
+	}
+	if distinct < 8 {
+		return fmt.Errorf("only %d different bytes, want at least 8: it does not look random (make one with `clinkd secret`)", distinct)
+	}
+	if p := period(s); p <= len(s)/2 {
+		return fmt.Errorf("a %d-byte string repeated: it does not look random (make one with `clinkd secret`)", p)
+	}
+	return nil
+}
+
+// period returns the smallest p > 0 with s[i] == s[i+p] for every i: s is
+// its first p bytes repeated (the last repetition possibly cut short).
+// It is the Knuth–Morris–Pratt failure function's complement.
+func period(s string) int {
+	fail := make([]int, len(s)+1)
+	fail[0] = -1
+	k := -1
+	for i := range len(s) {
+		for k >= 0 && s[k] != s[i] {
+			k = fail[k]
+		}
+		k++
+		fail[i+1] = k
+	}
+	return len(s) - fail[len(s)]
 }
 
 func (c *Config) resolveFiles() error {

@@ -108,7 +108,7 @@ func TestClinkIDConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short")
 	os.WriteFile(short, []byte("too short\n"), 0o600)
-	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: "s"}
+	link := daemon.LinkConfig{Addr: "127.0.0.1:1", Domain: "clink.example.org", Secret: goodSecret}
 	tests := []struct {
 		name    string
 		cfg     func(*daemon.Config)
@@ -118,6 +118,20 @@ func TestClinkIDConfigErrors(t *testing.T) {
 		{"no server domain", func(c *daemon.Config) {}, "clinkid needs link.server_domain"},
 		{"bad argon2", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2Parallelism = 300 }, "clinkid.argon2_parallelism out of range"},
 		{"argon2 memory too small", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.Argon2MemoryKiB = 16 }, "argon2id memory 16 KiB"},
+		{"bad registration", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.ClinkID.Registration = "sometimes"
+		}, "registration \"sometimes\": want closed, invite or open"},
+		{"short password floor", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.ClinkID.MinPasswordLength = 6
+		}, "min_password_length 6 is below 8"},
+		{"bad ejabberd api", func(c *daemon.Config) { c.Link.ServerDomain = "example.org"; c.ClinkID.EjabberdAPIURL = "ftp://x" }, "ejabberd_api_url must be an http:// or https:// URL"},
+		{"admin token on a public admin listener", func(c *daemon.Config) {
+			c.Link.ServerDomain, c.Database.URL = "example.org", "postgres://127.0.0.1:1/x"
+			c.Admin.Listen, c.Admin.AllowRemote = "0.0.0.0:0", true // even when allowed for metrics
+			c.ClinkID.AdminToken = strings.Repeat("t", 43)
+		}, "admin listener serves the ClinkID admin API and must be loopback"},
 	}
 	for _, tt := range tests {
 		cfg := daemon.Defaults()
@@ -130,9 +144,15 @@ func TestClinkIDConfigErrors(t *testing.T) {
 			t.Errorf("%s: New = %v, want an error with %q", tt.name, err, tt.wantErr)
 		}
 	}
-	cfg, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ENABLED=true"})
-	if err != nil || cfg.ClinkID.AdminToken != "too short" || !cfg.ClinkID.Enabled {
+	cfg, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ENABLED=true",
+		"CLINKD_CLINKID_REGISTRATION=invite", "CLINKD_CLINKID_GLOBAL_FAILURES_PER_MINUTE=30", "CLINKD_CLINKID_EJABBERD_API_URL=http://127.0.0.1:5281/api"})
+	if err != nil || cfg.ClinkID.AdminToken != "too short" || !cfg.ClinkID.Enabled || cfg.ClinkID.Registration != "invite" ||
+		cfg.ClinkID.GlobalFailuresPerMinute != 30 || cfg.ClinkID.EjabberdAPIURL != "http://127.0.0.1:5281/api" {
 		t.Fatalf("LoadConfig with clinkid env = %+v, %v", cfg.ClinkID, err)
+	}
+	// Registration is closed unless the config says otherwise.
+	if cfg, _ := daemon.LoadConfig("", nil); cfg.ClinkID.Registration != "" {
+		t.Errorf("default clinkid.registration = %q, want unset (closed)", cfg.ClinkID.Registration)
 	}
 	if _, err := daemon.LoadConfig("", []string{"CLINKD_CLINKID_ADMIN_TOKEN_FILE=" + short, "CLINKD_CLINKID_ADMIN_TOKEN=x"}); err == nil || !strings.Contains(err.Error(), "both clinkid.admin_token and clinkid.admin_token_file") {
 		t.Errorf("admin token twice = %v", err)

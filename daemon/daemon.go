@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,8 +28,11 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/internal/certpool"
 	"github.com/clinkme/clinkd/internal/httpjson"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/receipts"
 	"github.com/clinkme/clinkd/turncred"
 )
@@ -48,11 +52,15 @@ type Daemon struct {
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool // nil when no database is configured
 	admin        net.Listener
-	public       *http.ServeMux    // features mount their HTTP handlers here
-	publicLn     net.Listener      // nil when no public listener is configured
-	tlsCfg       *tls.Config       // nil when the public listener is plain (loopback)
-	keydir       *keydir.Directory // nil when the feature is off
-	clinkid      *clinkid.Service  // nil unless clinkid.enabled
+	public       *http.ServeMux                  // features mount their HTTP handlers here
+	publicLn     net.Listener                    // nil when no public listener is configured
+	tlsCfg       *tls.Config                     // nil when the public listener is plain (loopback)
+	publicCert   atomic.Pointer[tls.Certificate] // the public listener's certificate; Reload replaces it
+	keydir       *keydir.Directory               // nil when the feature is off
+	clinkid      *clinkid.Service                // nil unless clinkid.enabled
+	turn         *turncred.Service               // nil when the feature is off
+	router       *dispatch.Router                // nil when the relay is off
+	tracker      *receipts.Tracker               // nil without a database or relay
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -61,18 +69,27 @@ type Daemon struct {
 
 // NewLogger makes the process logger from the log config.
 func NewLogger(cfg LogConfig, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
-		return nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
+	log, _, err := NewLevelLogger(cfg, w)
+	return log, err
+}
+
+// NewLevelLogger is NewLogger with the level's variable, which Reload
+// sets when log.level changes.
+func NewLevelLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+	level := new(slog.LevelVar)
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(cfg.Level)); err != nil {
+		return nil, nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
 	}
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(cfg.Format) {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), level, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), level, nil
 	}
-	return nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
+	return nil, nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
 }
 
 // New checks the configuration and builds everything Run needs: it
@@ -92,6 +109,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 	}()
 
+	if err := cfg.Check(); err != nil {
+		return nil, err
+	}
+	if c := cfg.Link; c.InsecureNetwork && !c.TLS && !isLoopback(c.Addr) {
+		log.Warn("the XEP-0114 link leaves this host unencrypted (link.insecure_network is set): "+
+			"whoever is on the path sees every stanza and can guess the secret offline", "addr", c.Addr)
+	}
+	if !isLoopback(cfg.Admin.Listen) {
+		log.Warn("the admin listener is not on loopback (admin.allow_remote is set): it has no authentication", "listen", cfg.Admin.Listen)
+	}
 	compCfg, err := componentConfig(cfg.Link)
 	if err != nil {
 		return nil, err
@@ -131,9 +158,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 }
 
 func componentConfig(c LinkConfig) (component.Config, error) {
-	if c.Addr == "" || c.Domain == "" || c.Secret == "" {
-		return component.Config{}, errors.New("config: link.addr, link.domain and link.secret (or link.secret_file) are required")
-	}
 	domain, err := jid.Parse(c.Domain)
 	if err != nil {
 		return component.Config{}, fmt.Errorf("config: link.domain: %w", err)
@@ -144,8 +168,13 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 			return component.Config{}, fmt.Errorf("config: link.server_domain: %w", err)
 		}
 	}
+	linkTLS, err := linkTLSConfig(c)
+	if err != nil {
+		return component.Config{}, err
+	}
 	return component.Config{
 		Addr:           c.Addr,
+		TLS:            linkTLS,
 		Domain:         domain,
 		Secret:         []byte(c.Secret),
 		ServerDomain:   server,
@@ -162,38 +191,57 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 	}, nil
 }
 
+// linkTLSConfig is the link's TLS config, nil without link.tls: TLS 1.2
+// or newer, the server verified against link.tls_ca_file (else the
+// system's roots) for link.tls_server_name (else link.addr's host).
+func linkTLSConfig(c LinkConfig) (*tls.Config, error) {
+	if !c.TLS {
+		return nil, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
+	if c.TLSCAFile != "" {
+		pool, err := certpool.Load(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: link.tls_ca_file: %w", err)
+		}
+		t.RootCAs = pool
+	}
+	return t, nil
+}
+
 // registerFeatures wires the feature handlers into the component. Each
-// feature package adds itself here.
-// The order matters: ClinkID ends key bindings in the key directory, and
-// the relay asks ClinkID for entitlements.
+// feature package adds itself here; docs/DEVELOPING.md draws the calls.
 func (d *Daemon) registerFeatures(ctx context.Context) error {
 	if t := d.cfg.TURN; len(t.Services) > 0 {
 		if d.cfg.Link.ServerDomain == "" {
 			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
 		}
-		svc, err := turncred.New(turncred.Config{
-			Secret:      []byte(t.Secret),
-			Lifetime:    t.Lifetime,
-			Services:    t.Services,
-			LocalDomain: d.cfg.Link.ServerDomain,
-			PerMinute:   t.PerMinute,
-			Burst:       t.Burst,
-		}, d.log.With("part", "turn"), d.registry)
+		svc, err := turncred.New(turnConfig(d.cfg), d.log.With("part", "turn"), d.registry)
 		if err != nil {
 			return fmt.Errorf("config: turn: %w", err)
 		}
 		svc.Register(d.comp)
+		d.turn = svc
 	}
+	// The key log's store comes first: ClinkID ends bindings in it when an
+	// account is deleted, and the directory asks ClinkID which accounts
+	// exist. Both calls go down into a store; neither calls back.
+	var keyStore *logdb.Store
 	if d.cfg.KeyDir.SignerKeyFile != "" {
-		if err := d.registerKeyDir(); err != nil {
-			return err
+		if d.db == nil {
+			return errors.New("config: keydir needs a database (database.url)")
+		}
+		var err error
+		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir")}); err != nil {
+			return fmt.Errorf("keydir: %w", err)
 		}
 	}
+	var accounts keydir.Accounts = keydir.ServerAccounts{}
 	if d.cfg.ClinkID.Enabled {
 		var with []func(*clinkid.Config)
-		if d.keydir != nil {
+		if keyStore != nil {
 			// Deleting an account ends its key binding, visibly, in the log.
-			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{d.keydir} })
+			with = append(with, func(c *clinkid.Config) { c.KeyBindings = keyBindings{keyStore} })
 		}
 		svc, err := ClinkIDService(d.cfg, d.db, d.log.With("part", "clinkid"), d.registry, with...)
 		if err != nil {
@@ -201,12 +249,27 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		}
 		svc.Register(d.comp)
 		d.public.Handle(clinkid.PathPrefix, svc.Handler())
+		if d.cfg.ClinkID.AdminToken != "" && !isLoopback(d.cfg.Admin.Listen) {
+			// The admin API is served on the admin listener only, which
+			// is plain HTTP: the token must not cross a network in clear.
+			return fmt.Errorf("config: clinkid.admin_token is set, so the admin listener serves the ClinkID admin API and must be loopback, not %s (reach it through SSH or a TLS proxy on this host)", d.cfg.Admin.Listen)
+		}
+		if d.cfg.ClinkID.EjabberdAPIURL != "" {
+			// Deletions and password changes end sessions on ejabberd.
+			d.runners = append(d.runners, svc.Run)
+		}
 		if d.cfg.Public.Listen == "" {
 			d.log.Warn("clinkid is enabled but public.listen is not set: the account API is not served")
 		}
 		d.clinkid = svc
 		// Timed messages need ClinkMe Secure.
 		d.entitlements = svc
+		accounts = clinkidAccounts{svc: svc, domain: d.cfg.Link.ServerDomain}
+	}
+	if keyStore != nil {
+		if err := d.registerKeyDir(keyStore, accounts); err != nil {
+			return err
+		}
 	}
 	if !d.cfg.Expiry.Disabled {
 		if err := d.registerRelay(); err != nil {
@@ -216,27 +279,43 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 	return nil
 }
 
-// keyBindings lets ClinkID end an account's binding in the key directory.
-type keyBindings struct{ dir *keydir.Directory }
+// keyBindings lets ClinkID end an account's binding in the key directory,
+// through the store's End like every other end of a binding, so it is
+// logged.
+type keyBindings struct{ store *logdb.Store }
 
 func (k keyBindings) End(ctx context.Context, bareJID, reason string) error {
-	_, err := k.dir.End(ctx, bareJID, keydir.KindDelete, reason)
-	if errors.Is(err, keydir.ErrNoBinding) {
+	_, err := k.store.End(ctx, bareJID, keylog.KindDelete, reason, time.Now())
+	if errors.Is(err, logdb.ErrNoBinding) {
 		return nil // an account that never published a key
 	}
 	return err
+}
+
+// clinkidAccounts lets the key directory ask ClinkID whether an account
+// exists.
+type clinkidAccounts struct {
+	svc    *clinkid.Service
+	domain string
+}
+
+func (a clinkidAccounts) AccountExists(ctx context.Context, bare jid.JID) (bool, error) {
+	if bare.Domainpart() != a.domain {
+		return false, nil
+	}
+	return a.svc.Exists(ctx, bare.Localpart())
 }
 
 // KeyDirLogPrefix is where the public listener serves the key
 // directory's log (C2SP tlog-tiles): PREFIX/checkpoint, PREFIX/tile/...
 const KeyDirLogPrefix = "/keydir/log"
 
-func (d *Daemon) registerKeyDir() error {
+func (d *Daemon) registerKeyDir(store *logdb.Store, accounts keydir.Accounts) error {
 	c := d.cfg.KeyDir
-	if d.db == nil {
-		return errors.New("config: keydir needs a database (database.url)")
+	if d.cfg.Link.ServerDomain == "" {
+		return errors.New("config: keydir needs link.server_domain (only its users publish keys)")
 	}
-	signer, err := keydir.LoadSigner(c.SignerKeyFile)
+	signer, err := keylog.LoadSigner(c.SignerKeyFile)
 	if err != nil {
 		return fmt.Errorf("config: keydir.signer_key_file: %w", err)
 	}
@@ -246,12 +325,14 @@ func (d *Daemon) registerKeyDir() error {
 	dir, err := keydir.New(keydir.Config{
 		Signer:           signer,
 		LocalDomain:      d.cfg.Link.ServerDomain,
+		Federated:        d.cfg.Access.FederatedDomains,
+		Accounts:         accounts,
 		LookupPerMinute:  c.LookupPerMinute,
 		LookupBurst:      c.LookupBurst,
 		PublishPerMinute: c.PublishPerMinute,
 		PublishBurst:     c.PublishBurst,
 		MaxBatch:         c.MaxBatch,
-	}, keydir.NewStore(d.db), d.log.With("part", "keydir"), d.registry)
+	}, store, d.log.With("part", "keydir"), d.registry)
 	if err != nil {
 		return fmt.Errorf("config: keydir: %w", err)
 	}
@@ -264,8 +345,8 @@ func (d *Daemon) registerKeyDir() error {
 	return nil
 }
 
-// KeyDir is the key directory, nil when it is not configured. The ClinkID
-// service ends bindings through it when an account is deleted.
+// KeyDir is the key directory, nil when it is not configured. Its store
+// (KeyDir().Store()) is where bindings end.
 func (d *Daemon) KeyDir() *keydir.Directory { return d.keydir }
 
 // listenPublic binds the public listener, refusing plain HTTP anywhere but
@@ -284,7 +365,15 @@ func (d *Daemon) listenPublic() error {
 		if err != nil {
 			return fmt.Errorf("config: public TLS certificate: %w", err)
 		}
-		d.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		d.publicCert.Store(&cert)
+		// The certificate is looked up per handshake, so that a renewed one
+		// (SIGHUP) is served to the next client without a new listener.
+		d.tlsCfg = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return d.publicCert.Load(), nil
+			},
+		}
 	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -293,19 +382,6 @@ func (d *Daemon) listenPublic() error {
 	d.publicLn = ln
 	d.closers = append(d.closers, func() { ln.Close() })
 	return nil
-}
-
-// isLoopback reports whether a listen address binds loopback only.
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // PublicURL is the base URL of the public listener ("" when there is none).
@@ -332,12 +408,13 @@ func (d *Daemon) registerRelay() error {
 	}
 	domain := d.comp.Domain()
 	devs := dispatch.NewDevices(dispatch.DevicesConfig{MaxPerUser: d.cfg.Expiry.DevicesPerUser, Registerer: d.registry})
+	if d.cfg.Link.ServerDomain == "" {
+		return errors.New("config: the relay needs link.server_domain (it serves that domain's users only)")
+	}
 	relay, err := expiry.New(expiry.Config{
 		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
-		MinPeriod: d.cfg.Expiry.MinPeriod, MaxPeriod: d.cfg.Expiry.MaxPeriod,
-		PerUserMessages: d.cfg.Expiry.PerUserMessages, PerUserBytes: d.cfg.Expiry.PerUserBytes,
-		TotalBytes: d.cfg.Expiry.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
-		Log: d.log.With("part", "expiry"), Registerer: d.registry,
+		Limits: expiryLimits(d.cfg),
+		Log:    d.log.With("part", "expiry"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: expiry: %w", err)
@@ -346,29 +423,65 @@ func (d *Daemon) registerRelay() error {
 	if d.db != nil {
 		tracker, err := receipts.New(receipts.Config{
 			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
-			Retention: d.cfg.Receipts.Retention,
-			Log:       d.log.With("part", "receipts"), Registerer: d.registry,
+			Limits: receiptsLimits(d.cfg),
+			Log:    d.log.With("part", "receipts"), Registerer: d.registry,
 		})
 		if err != nil {
 			return fmt.Errorf("config: receipts: %w", err)
 		}
 		tracker.Register(d.comp)
+		d.tracker = tracker
 		d.runners = append(d.runners, tracker.Run)
 		ordinary = tracker
 	}
 	router, err := dispatch.New(dispatch.Config{
 		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
 		Watchers: []dispatch.Watcher{relay},
+		Access:   dispatchAccess(d.cfg),
 		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	router.Register(d.comp)
+	d.router = router
 	relay.Register(d.comp)
 	d.relay, d.devices = relay, devs
 	d.runners = append(d.runners, relay.Run)
 	return nil
+}
+
+// turnConfig is the TURN credential service's configuration in cfg.
+func turnConfig(cfg Config) turncred.Config {
+	t := cfg.TURN
+	return turncred.Config{
+		Secret: []byte(t.Secret), Lifetime: t.Lifetime, Services: t.Services,
+		LocalDomain: cfg.Link.ServerDomain, PerMinute: t.PerMinute, Burst: t.Burst,
+	}
+}
+
+// expiryLimits are the timed-message relay's bounds in cfg.
+func expiryLimits(cfg Config) expiry.Limits {
+	e := cfg.Expiry
+	return expiry.Limits{
+		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
+		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
+		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
+		TotalBytes: e.TotalBytes, PerUserReceipts: cfg.Receipts.PerUserHeld,
+	}
+}
+
+// receiptsLimits are the receipt state's bounds in cfg.
+func receiptsLimits(cfg Config) receipts.Limits {
+	return receipts.Limits{Retention: cfg.Receipts.Retention, PerSenderTracked: cfg.Receipts.PerSenderTracked}
+}
+
+// dispatchAccess is whom the envelope router serves, and how much, in cfg.
+func dispatchAccess(cfg Config) dispatch.Access {
+	return dispatch.Access{
+		Local: cfg.Link.ServerDomain, Federated: cfg.Access.FederatedDomains,
+		PerMinute: cfg.Relay.PerMinute, Burst: cfg.Relay.Burst,
+	}
 }
 
 // Devices is the registry of online devices (nil when the relay is
@@ -465,6 +578,11 @@ func (d *Daemon) Close() {
 func (d *Daemon) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
+	if d.clinkid != nil {
+		// Entitlements, account state and invites: on this listener only,
+		// never on the public one (docs/clinkid.md).
+		mux.Handle(clinkid.AdminPrefix, d.clinkid.AdminHandler())
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -10,13 +10,13 @@ import (
 
 	"github.com/clinkme/clinkd/clinkid"
 	"github.com/clinkme/clinkd/internal/migrate"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/receipts"
 )
 
 // MigrationSets lists every package's migrations, in dependency order.
 func MigrationSets() []migrate.Set {
-	return []migrate.Set{keydir.Migrations(), clinkid.Migrations(), receipts.Migrations()}
+	return []migrate.Set{logdb.Migrations(), clinkid.Migrations(), receipts.Migrations()}
 }
 
 // Migrate applies every pending migration of every feature.

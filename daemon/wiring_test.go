@@ -13,7 +13,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -25,7 +25,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	t.Parallel()
 	srv := labtest.Server(t, lab.Prosody)
 	keyFile := t.TempDir() + "/signer"
-	vkey, err := keydir.GenerateKey("clink.lab.localhost/keydir", keyFile)
+	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +39,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 		c.KeyDir.SignerKeyFile = keyFile
 		c.Public = daemon.PublicConfig{Listen: "127.0.0.1:0", CertFile: cert, KeyFile: key}
 		c.ClinkID.Enabled = true
+		c.ClinkID.Registration = "open" // closed by default
 		c.ClinkID.Argon2MemoryKiB, c.ClinkID.Argon2Iterations = 8<<10, 1
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -49,7 +50,8 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	}
 
 	// The user's device (logged in with the server's own auth under the
-	// same name) publishes its key.
+	// same name) cannot publish before the ClinkID account exists; once
+	// it does, it publishes its key.
 	user, pass := labtest.NewUser(t, srv)
 	name := strings.Split(user, "@")[0]
 	dev := clinkdtest.Login(t, srv, user, pass)
@@ -57,13 +59,18 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err != nil {
-		t.Fatal(err)
+	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err == nil || !strings.Contains(err.Error(), "not an account here") {
+		t.Fatalf("publish for a name ClinkID does not know = %v, want refused", err)
 	}
 	for _, n := range []string{name, name + "-nokey"} {
 		if _, err := api.Register(ctx, n, "a long enough password"); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := dir.PublishKey(ctx, clinkdtest.Identity(t, "alice", user).PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{name, name + "-nokey"} {
 		sess, err := api.Login(ctx, n, "a long enough password", "test", 0)
 		if err != nil {
 			t.Fatal(err)
@@ -94,5 +101,10 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	}
 	if len(hist) != 2 || hist[0].Kind != "publish" || hist[1].Kind != "delete" {
 		t.Errorf("history = %+v, want publish then delete", hist)
+	}
+	// The session that outlived its account cannot bind a new key (on main
+	// before the fix, keydir accepted a publish from a deleted name).
+	if _, err := fresh.PublishKey(ctx, clinkdtest.Identity(t, "bob", user).PublicKey()); err == nil || !strings.Contains(err.Error(), "not an account here") {
+		t.Errorf("publish from a deleted account's session = %v, want refused", err)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -36,6 +35,7 @@ import (
 	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/extensions/extdisco"
 	"github.com/clinkme/clinkd/internal/turnprobe"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // Paths on clinkd's public listener.
@@ -415,25 +415,20 @@ func (d *doctor) keyLog(ctx context.Context) {
 	d.add(check, status, "%s over %s: checkpoint of %q at %d entries verifies with key %q", u, transport, origin, size, v.Name())
 }
 
-// parseCheckpoint reads the body of a C2SP checkpoint: origin, tree size,
-// base64 root hash.
+// parseCheckpoint reads the body of a signed C2SP checkpoint (origin,
+// tree size, base64 root hash) without checking the signature, with the
+// parser auditors use (keylog.ParseCheckpoint).
 func parseCheckpoint(b []byte) (origin string, size int64, err error) {
+	// A signed note's text ends at the blank line before its signatures.
 	text, _, ok := strings.Cut(string(b), "\n\n")
 	if !ok {
 		return "", 0, errors.New("no signature block")
 	}
-	lines := strings.Split(text, "\n")
-	if len(lines) < 3 || lines[0] == "" {
-		return "", 0, errors.New("want origin, size and hash lines")
+	cp, err := keylog.ParseCheckpoint([]byte(text + "\n"))
+	if err != nil {
+		return "", 0, err
 	}
-	size, err = strconv.ParseInt(lines[1], 10, 64)
-	if err != nil || size < 0 {
-		return "", 0, errors.New("bad tree size")
-	}
-	if h, err := base64.StdEncoding.DecodeString(lines[2]); err != nil || len(h) != 32 {
-		return "", 0, errors.New("bad root hash")
-	}
-	return lines[0], size, nil
+	return cp.Origin, cp.Size, nil
 }
 
 // clinkID checks that the ClinkID API answers over TLS: without a token,

@@ -161,10 +161,11 @@ func TestDoctorFinds(t *testing.T) {
 	}
 }
 
-// TestKeyLogAndClinkID checks the two HTTPS checks against a stand-in
-// public listener: clinkd's key directory and ClinkID are merged from
-// other branches, so their real endpoints are not in this one yet. The
-// checkpoint is signed with a real note key.
+// TestKeyLogAndClinkID checks the verdicts of the two HTTPS checks on
+// answers a real clinkd never gives (a checkpoint signed by another key, a
+// non-canonical one, a missing endpoint), from a stand-in public listener;
+// the real endpoints pass them end to end in cmd/clinklab's
+// TestLabCommand. The checkpoint is signed with a real note key.
 func TestKeyLogAndClinkID(t *testing.T) {
 	t.Parallel()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
@@ -177,6 +178,12 @@ func TestKeyLogAndClinkID(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, otherKey, _ := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
+	// A size with a leading zero: a signed note, but not a checkpoint
+	// (C2SP wants canonical decimal, and auditors refuse it).
+	uncanonical, err := note.Sign(&note.Note{Text: "clink.example.org/keydir\n042\nq1Y3DSaNRdLBwsLbmUMsT7tGVHKh4r6Wwmh+gKs0VN4=\n"}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	serve := func(checkpoint []byte, clinkid bool) *httptest.Server {
 		mux := http.NewServeMux()
@@ -213,6 +220,7 @@ func TestKeyLogAndClinkID(t *testing.T) {
 		{"another key", checkpoint, otherKey, true, doctor.Failed, doctor.OK},
 		{"tampered", bytes.Replace(checkpoint, []byte("\n42\n"), []byte("\n43\n"), 1), vkey, true, doctor.Failed, doctor.OK},
 		{"not a checkpoint", []byte("<html>hello</html>"), vkey, true, doctor.Failed, doctor.OK},
+		{"size not canonical", uncanonical, "", true, doctor.Failed, doctor.OK},
 	}
 	for _, tt := range tests {
 		s := serve(tt.checkpoint, tt.clinkid)

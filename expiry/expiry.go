@@ -42,6 +42,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,24 +97,44 @@ type Config struct {
 	Devices   Devices
 	// Entitlements decides who may send timed messages.
 	Entitlements Entitlements
-	// MinPeriod and MaxPeriod bound a message's validity period, counted
-	// from when clinkd receives it (defaults 5s and 7 days).
-	MinPeriod, MaxPeriod time.Duration
-	// PerUserMessages and PerUserBytes bound what is held for one user
-	// (defaults 1000 messages and 16 MiB); TotalBytes bounds everything
-	// held (default 256 MiB).
-	PerUserMessages int
-	PerUserBytes    int64
-	TotalBytes      int64
-	// PerUserReceipts bounds the receipts of timed messages held for one
-	// sender until their message expires (default 1000); past it the
-	// oldest goes.
-	PerUserReceipts int
+	// Limits bound what is held; Reload replaces them while clinkd runs.
+	Limits Limits
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
 	// Registerer, if set, gets the relay's metrics.
 	Registerer prometheus.Registerer
+}
+
+// Limits bound what the relay accepts and holds. Zero values take the
+// defaults in the comments.
+type Limits struct {
+	// MinPeriod and MaxPeriod bound a message's validity period, counted
+	// from when clinkd receives it (defaults 5s and 7 days).
+	// UnseenMaxPeriod bounds it for a recipient none of whose devices has
+	// announced itself since clinkd started (default 24h): an address
+	// nobody uses cannot make clinkd hold a message for a week.
+	MinPeriod, MaxPeriod, UnseenMaxPeriod time.Duration
+	// PerUserMessages and PerUserBytes bound what is held for one user
+	// (defaults 1000 messages and 16 MiB).
+	PerUserMessages int
+	PerUserBytes    int64
+	// PerSenderMessages and PerSenderBytes bound what is held because of
+	// one sender, for all recipients together and the sender's own copies
+	// (defaults: the per-user bounds), so that quotas are spent by the
+	// sender, never by someone else for them. PerPairMessages bounds what
+	// one sender has held for one recipient (default a quarter of
+	// PerUserMessages), so that no sender takes more than a share of
+	// anyone's inbox.
+	PerSenderMessages int
+	PerSenderBytes    int64
+	PerPairMessages   int
+	// TotalBytes bounds everything held (default 256 MiB).
+	TotalBytes int64
+	// PerUserReceipts bounds the receipts of timed messages held for one
+	// sender until their message expires (default 1000); past it the
+	// oldest goes.
+	PerUserReceipts int
 }
 
 func (c *Config) setDefaults() error {
@@ -125,14 +146,30 @@ func (c *Config) setDefaults() error {
 	case c.Entitlements == nil:
 		return errors.New("expiry: no Entitlements (NoEntitlementCheck lets every sender)")
 	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c.Limits.setDefaults()
+}
+
+// Check reports whether l is a set of limits New and Reload accept.
+func (l Limits) Check() error { return l.setDefaults() }
+
+func (c *Limits) setDefaults() error {
 	if c.MinPeriod <= 0 {
 		c.MinPeriod = 5 * time.Second
 	}
 	if c.MaxPeriod <= 0 {
 		c.MaxPeriod = 7 * 24 * time.Hour
 	}
-	if c.MinPeriod > c.MaxPeriod {
-		return fmt.Errorf("expiry: min period %v is above max period %v", c.MinPeriod, c.MaxPeriod)
+	if c.UnseenMaxPeriod <= 0 {
+		c.UnseenMaxPeriod = min(24*time.Hour, c.MaxPeriod)
+	}
+	if c.MinPeriod > c.MaxPeriod || c.UnseenMaxPeriod < c.MinPeriod || c.UnseenMaxPeriod > c.MaxPeriod {
+		return fmt.Errorf("expiry: periods out of order: want min %v ≤ unseen max %v ≤ max %v", c.MinPeriod, c.UnseenMaxPeriod, c.MaxPeriod)
 	}
 	if c.PerUserMessages <= 0 {
 		c.PerUserMessages = 1000
@@ -140,17 +177,20 @@ func (c *Config) setDefaults() error {
 	if c.PerUserBytes <= 0 {
 		c.PerUserBytes = 16 << 20
 	}
+	if c.PerSenderMessages <= 0 {
+		c.PerSenderMessages = c.PerUserMessages
+	}
+	if c.PerSenderBytes <= 0 {
+		c.PerSenderBytes = c.PerUserBytes
+	}
+	if c.PerPairMessages <= 0 {
+		c.PerPairMessages = max(1, c.PerUserMessages/4)
+	}
 	if c.TotalBytes <= 0 {
 		c.TotalBytes = 256 << 20
 	}
 	if c.PerUserReceipts <= 0 {
 		c.PerUserReceipts = 1000
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
@@ -169,6 +209,19 @@ type held struct {
 	index       int                 // in the expiry heap
 }
 
+// sender is the user because of whom h is held: the author of the
+// message (for a copy, the owner, who sent it).
+func (h *held) sender() jid.JID {
+	if h.sent {
+		return h.owner
+	}
+	return h.peer
+}
+
+// pair is the key of what one sender has held for one recipient; copies
+// are the sender's own and belong to no pair.
+func (h *held) pair() string { return h.peer.String() + "\x00" + h.owner.String() }
+
 func (h *held) key() string {
 	k := h.peer.String() + "\x00" + h.id
 	if h.sent {
@@ -179,6 +232,12 @@ func (h *held) key() string {
 
 type ownerState struct {
 	msgs  map[string]*held
+	bytes int64
+}
+
+// usage is what is held because of one sender.
+type usage struct {
+	msgs  int
 	bytes int64
 }
 
@@ -193,16 +252,47 @@ type pendingReceipt struct {
 // Relay is the timed-message relay: the dispatch.Timed feature and a
 // dispatch.Watcher.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
-	m   metrics
+	cfg    Config
+	limits atomic.Pointer[Limits]
+	log    *slog.Logger
+	m      metrics
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
+	senders  map[string]*usage            // by sender bare JID
+	pairs    map[string]int               // messages held, by held.pair()
 	receipts map[string][]*pendingReceipt // by sender (owner) bare JID
+	seen     seenUsers                    // users with a device that announced itself
 	queue    expiryHeap
 	total    int64
 	wake     chan struct{} // the earliest expiry changed
+}
+
+// seenUsers remembers, in bounded memory, which users had a device
+// announce itself since clinkd started; past the bound the oldest are
+// forgotten (which only shortens what may be held for them).
+type seenUsers struct {
+	set   map[string]struct{}
+	order []string
+}
+
+const maxSeenUsers = 1 << 18
+
+func (s *seenUsers) add(user string) {
+	if _, ok := s.set[user]; ok {
+		return
+	}
+	if len(s.order) >= maxSeenUsers {
+		delete(s.set, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.set[user] = struct{}{}
+	s.order = append(s.order, user)
+}
+
+func (s *seenUsers) has(user string) bool {
+	_, ok := s.set[user]
+	return ok
 }
 
 type metrics struct {
@@ -220,7 +310,10 @@ func New(cfg Config) (*Relay, error) {
 	r := &Relay{
 		cfg: cfg, log: cfg.Log,
 		owners:   make(map[string]*ownerState),
+		senders:  make(map[string]*usage),
+		pairs:    make(map[string]int),
 		receipts: make(map[string][]*pendingReceipt),
+		seen:     seenUsers{set: make(map[string]struct{})},
 		wake:     make(chan struct{}, 1),
 		m: metrics{
 			heldMessages: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_messages", Help: "Timed messages (and sent copies) held in memory."}),
@@ -234,10 +327,22 @@ func New(cfg Config) (*Relay, error) {
 			}, []string{"kind"}),
 		},
 	}
+	lim := cfg.Limits
+	r.limits.Store(&lim)
 	if reg := cfg.Registerer; reg != nil {
 		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
 	return r, nil
+}
+
+// Reload replaces the limits while the relay runs. What is held stays
+// held; the new bounds apply to what arrives next.
+func (r *Relay) Reload(l Limits) error {
+	if err := l.setDefaults(); err != nil {
+		return err
+	}
+	r.limits.Store(&l)
+	return nil
 }
 
 // Register advertises what the relay adds to the component: XEP-0466
@@ -267,9 +372,13 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 	if !ok {
 		return r.refuse("entitlement", stanza.Forbidden, "timed messages are part of ClinkMe Secure, which this account does not have")
 	}
-	now := r.cfg.Now()
-	if period := e.Body.Expires.Sub(now); period < r.cfg.MinPeriod || period > r.cfg.MaxPeriod {
-		return r.refuse("period", stanza.NotAcceptable, fmt.Sprintf("the validity period must be between %v and %v from now", r.cfg.MinPeriod, r.cfg.MaxPeriod))
+	lim := r.limits.Load()
+	period := e.Body.Expires.Sub(r.cfg.Now())
+	if period < lim.MinPeriod || period > lim.MaxPeriod {
+		return r.refuse("period", stanza.NotAcceptable, fmt.Sprintf("the validity period must be between %v and %v from now", lim.MinPeriod, lim.MaxPeriod))
+	}
+	if period > lim.UnseenMaxPeriod && !r.seenUser(e.Recipient) {
+		return r.refuse("unseen-period", stanza.NotAcceptable, fmt.Sprintf("%s has not been online at clinkd lately, so a validity period of at most %v is accepted for it", e.Recipient, lim.UnseenMaxPeriod))
 	}
 	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
 	added, err := r.hold(h)
@@ -326,6 +435,15 @@ func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (b
 	return true, nil
 }
 
+// seenUser reports whether a device of user announced itself since
+// clinkd started (or is online now).
+func (r *Relay) seenUser(user jid.JID) bool {
+	r.mu.Lock()
+	seen := r.seen.has(user.String())
+	r.mu.Unlock()
+	return seen || len(r.cfg.Devices.Online(user)) > 0
+}
+
 // sentExpiry reports whether owner sent peer the timed message id that is
 // held here as a copy, and when it expires.
 func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
@@ -348,7 +466,7 @@ func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
 	defer r.mu.Unlock()
 	k := owner.String()
 	list := r.pruneReceiptsLocked(k)
-	if len(list) >= r.cfg.PerUserReceipts {
+	if len(list) >= r.limits.Load().PerUserReceipts {
 		list = list[1:] // the oldest goes; memory stays bounded
 	}
 	r.receipts[k] = append(list, p)
@@ -391,6 +509,7 @@ func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingRec
 // message already held.
 func (r *Relay) hold(h *held) (bool, error) {
 	size := int64(len(h.raw))
+	lim := r.limits.Load()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	o := r.owners[h.owner.String()]
@@ -400,17 +519,41 @@ func (r *Relay) hold(h *held) (bool, error) {
 	if _, dup := o.msgs[h.key()]; dup {
 		return false, nil
 	}
+	sender := h.sender().String()
+	u := r.senders[sender]
+	if u == nil {
+		u = &usage{}
+	}
+	// A message a sender sends also makes its instance hold a copy for the
+	// sender's other devices: the sender must have room for both, or a
+	// sender over its quota could still make clinkd hold more.
+	need, needBytes := 1, size
+	if !h.sent {
+		need, needBytes = 2, 2*size
+	}
 	switch {
-	case len(o.msgs) >= r.cfg.PerUserMessages, o.bytes+size > r.cfg.PerUserBytes:
+	case u.msgs+need > lim.PerSenderMessages, u.bytes+needBytes > lim.PerSenderBytes:
+		r.m.refused.WithLabelValues("sender-quota").Inc()
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages as it may (%d messages, %d bytes); send more as they expire", lim.PerSenderMessages, lim.PerSenderBytes)
+	case !h.sent && r.pairs[h.pair()] >= lim.PerPairMessages:
+		r.m.refused.WithLabelValues("pair-quota").Inc()
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages for %s as it may (%d); send more as they expire", h.owner, lim.PerPairMessages)
+	case len(o.msgs) >= lim.PerUserMessages, o.bytes+size > lim.PerUserBytes:
 		r.m.refused.WithLabelValues("user-quota").Inc()
 		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many timed messages for %s as it may; try again later", h.owner)
-	case r.total+size > r.cfg.TotalBytes:
+	case r.total+size > lim.TotalBytes:
 		r.m.refused.WithLabelValues("total-quota").Inc()
 		return false, component.Error(stanza.ResourceConstraint, "clinkd holds as many timed messages as it may; try again later")
 	}
 	r.owners[h.owner.String()] = o
 	o.msgs[h.key()] = h
 	o.bytes += size
+	r.senders[sender] = u
+	u.msgs++
+	u.bytes += size
+	if !h.sent {
+		r.pairs[h.pair()]++
+	}
 	r.total += size
 	heap.Push(&r.queue, h)
 	r.m.heldMessages.Inc()
@@ -437,6 +580,19 @@ func (r *Relay) drop(h *held) {
 	if len(o.msgs) == 0 {
 		delete(r.owners, h.owner.String())
 	}
+	sender := h.sender().String()
+	if u := r.senders[sender]; u != nil {
+		u.msgs--
+		u.bytes -= size
+		if u.msgs == 0 {
+			delete(r.senders, sender)
+		}
+	}
+	if !h.sent {
+		if r.pairs[h.pair()]--; r.pairs[h.pair()] <= 0 {
+			delete(r.pairs, h.pair())
+		}
+	}
 	heap.Remove(&r.queue, h.index)
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
@@ -454,6 +610,12 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 	for _, d := range devices {
 		if d.Equal(skip) {
 			continue
+		}
+		r.mu.Lock()
+		_, done := h.delivered[d.String()]
+		r.mu.Unlock()
+		if done {
+			continue // a device that announces itself again gets each message once
 		}
 		remaining := h.expires.Sub(r.cfg.Now())
 		if remaining <= 0 {
@@ -482,6 +644,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 // held receipts of what its user sent.
 func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 	r.mu.Lock()
+	r.seen.add(user.String())
 	var hs []*held
 	if o := r.owners[user.String()]; o != nil {
 		for _, h := range o.msgs {

@@ -48,6 +48,7 @@ func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *
 	router, err := dispatch.New(dispatch.Config{
 		Component: cfg.Component, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
 		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Watchers: []dispatch.Watcher{r},
+		Access: dispatch.Access{Local: "example.org"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +90,7 @@ func FuzzHandleMessage(f *testing.F) {
 			return
 		}
 		rec := &recorder{}
-		r, router := newRouter(t, expiry.Config{PerUserMessages: 2, TotalBytes: 1 << 20, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}, rec)
+		r, router := newRouter(t, expiry.Config{Limits: expiry.Limits{PerUserMessages: 2, TotalBytes: 1 << 20}, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}, rec)
 		err = router.HandleMessage(context.Background(), s)
 		n, bytes := r.Held()
 		if err != nil && n != 0 {

@@ -49,6 +49,9 @@ func TestRefusals(t *testing.T) {
 			t.Parallel()
 			d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
 				c.Expiry.PerUserMessages = 2
+				// This test is about the recipient's quota: the sender's
+				// and the pair's may not bind first.
+				c.Expiry.PerPairMessages = 2
 				c.Expiry.MaxPeriod = time.Hour
 			})
 			comp := d.Component().Domain()

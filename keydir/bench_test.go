@@ -2,29 +2,19 @@ package keydir_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"os/exec"
-	"regexp"
 	"slices"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/mod/sumdb/tlog"
-	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
-	"github.com/clinkme/clinkd/internal/migrate"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -33,30 +23,10 @@ import (
 // run, never alone:
 //
 //	go test -run '^$' -bench LookupVsPing -benchtime 2000x -timeout 30m ./keydir/
-//	go test -run '^$' -bench 'StoreVsPgbench|Proof1M' -benchtime 1x -timeout 30m ./keydir/
+//
+// (The store alone is measured by keydir/logdb's benchmarks.)
 //
 // Nothing asserts on timing.
-
-// publishMany binds n fake users' keys straight through the store.
-func publishMany(ctx context.Context, b *testing.B, store *keydir.Store, n int, domain string) []jid.JID {
-	b.Helper()
-	users := make([]jid.JID, n)
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for range 4 {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				users[i] = mustJID(b, fmt.Sprintf("bench%d@%s", i, domain))
-				if _, _, err := store.Publish(ctx, users[i], fakeRSAKey(b, 3072), time.Now()); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return users
-}
 
 func percentile(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
@@ -89,7 +59,11 @@ func BenchmarkLookupVsPing(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer db.Close()
-			users := publishMany(ctx, b, keydir.NewStore(db), 1000, srv.Domain)
+			store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			users := keydirtest.PublishMany(ctx, b, store, 1000, srv.Domain)
 			dev, _ := dep.device(b)
 			comp := dep.d.Component().Domain()
 			var pings, lookups []time.Duration
@@ -131,183 +105,4 @@ func BenchmarkLookupVsPing(b *testing.B) {
 			b.ReportMetric(float64(percentile(lookups, .99))/float64(percentile(pings, .99)), "lookup/ping-p99")
 		})
 	}
-}
-
-// BenchmarkStoreVsPgbench: the store's read path alone (one binding
-// lookup by label, then its inclusion proof read and checked), 4 clients
-// for 10 s, against `pgbench -S` (primary-key SELECTs) with 4 clients for
-// 10 s on a fresh database of the same PostgreSQL server, in the same run.
-func BenchmarkStoreVsPgbench(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	const clients, dur = 4, 10 * time.Second
-	pg := labtest.Postgres(b)
-	pgbench := "/usr/lib/postgresql/15/bin/pgbench"
-	if _, err := os.Stat(pgbench); err != nil {
-		if pgbench, err = exec.LookPath("pgbench"); err != nil {
-			b.Fatal("pgbench not found")
-		}
-	}
-	benchURL, err := pg.CreateDatabase(ctx, "pgbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pg.DropDatabase(context.Background(), benchURL)
-	if out, err := exec.CommandContext(ctx, pgbench, "-i", "-q", benchURL).CombinedOutput(); err != nil {
-		b.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
-
-	l := newTestLogB(b)
-	users := publishMany(ctx, b, l.store, 1000, "lab.localhost")
-	labels := make([][32]byte, len(users))
-	for i, u := range users {
-		labels[i] = keydir.Label(u)
-	}
-	size, err := l.store.Size(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	root, err := tlog.TreeHash(size, l.store.HashReader(ctx))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		// pgbench first, then the store, each alone on the machine.
-		out, err := exec.CommandContext(ctx, pgbench, "-S", "-n", "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(dur.Seconds())), benchURL).CombinedOutput()
-		if err != nil {
-			b.Fatalf("pgbench -S: %v\n%s", err, out)
-		}
-		m := regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`).FindSubmatch(out)
-		if m == nil {
-			b.Fatalf("no tps in pgbench output:\n%s", out)
-		}
-		tps, _ := strconv.ParseFloat(string(m[1]), 64)
-
-		var proofs atomic.Int64
-		var wg sync.WaitGroup
-		deadline := time.Now().Add(dur)
-		for range clients {
-			wg.Go(func() {
-				for time.Now().Before(deadline) {
-					lb := labels[rand.IntN(len(labels))]
-					found, size, err := l.store.Lookup(ctx, [][32]byte{lb})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					bd := found[lb]
-					p, err := tlog.ProveRecord(size, bd.Index, l.store.HashReader(ctx))
-					if err != nil || tlog.CheckRecord(p, size, root, bd.Index, tlog.RecordHash(bd.Record().Marshal())) != nil {
-						b.Errorf("proof of %d: %v", bd.Index, err)
-						return
-					}
-					proofs.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		perSec := float64(proofs.Load()) / dur.Seconds()
-		b.ReportMetric(tps, "pgbench-S-tps")
-		b.ReportMetric(perSec, "store-lookup+proof/s")
-		b.ReportMetric(perSec/tps, "store/pgbench")
-		b.ReportMetric(2, "queries/lookup+proof")
-	}
-}
-
-// BenchmarkProof1M: proof generation and checking at 1,000,000 leaves,
-// from hashes in memory and from hashes in PostgreSQL (the same 2M stored
-// hashes copied into keydir_hashes), against the tree hash of the same
-// tree as the baseline of work per query.
-func BenchmarkProof1M(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	const n = 1_000_000
-	hashes := make([]tlog.Hash, 0, 2*n)
-	mem := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			out[i] = hashes[x]
-		}
-		return out, nil
-	})
-	t0 := time.Now()
-	for i := range int64(n) {
-		rec := keydir.Record{Label: [32]byte{byte(i), byte(i >> 8), byte(i >> 16)}, Kind: keydir.KindPublish, Time: 1795636800 + i}.Marshal()
-		hs, err := tlog.StoredHashes(i, rec, mem)
-		if err != nil {
-			b.Fatal(err)
-		}
-		hashes = append(hashes, hs...)
-	}
-	build := time.Since(t0)
-	root, _ := tlog.TreeHash(n, mem)
-
-	l := newTestLogB(b)
-	t1 := time.Now()
-	rows := make([][]any, len(hashes))
-	for i := range hashes {
-		rows[i] = []any{int64(i), hashes[i][:]}
-	}
-	if _, err := l.db.CopyFrom(ctx, pgx.Identifier{"keydir_hashes"}, []string{"idx", "hash"}, pgx.CopyFromRows(rows)); err != nil {
-		b.Fatal(err)
-	}
-	load := time.Since(t1)
-	pgr := l.store.HashReader(ctx)
-
-	measure := func(f func(i int64)) time.Duration {
-		const rounds = 2000
-		t := time.Now()
-		for range rounds {
-			f(rand.Int64N(n))
-		}
-		return time.Since(t) / rounds
-	}
-	for b.Loop() {
-		memProof := measure(func(i int64) {
-			p, err := tlog.ProveRecord(n, i, mem)
-			if err != nil || tlog.CheckRecord(p, n, root, i, hashes[tlog.StoredHashIndex(0, i)]) != nil {
-				b.Fatal("memory proof failed")
-			}
-		})
-		pgProof := measure(func(i int64) {
-			p, err := tlog.ProveRecord(n, i, pgr)
-			if err != nil || tlog.CheckRecord(p, n, root, i, hashes[tlog.StoredHashIndex(0, i)]) != nil {
-				b.Fatalf("PostgreSQL proof failed: %v", err)
-			}
-		})
-		pgTree := measure(func(int64) {
-			if h, err := tlog.TreeHash(n, pgr); err != nil || h != root {
-				b.Fatal("tree hash from PostgreSQL differs")
-			}
-		})
-		memCons := measure(func(i int64) {
-			old := max(i, 1)
-			if _, err := tlog.ProveTree(n, old, mem); err != nil {
-				b.Fatal(err)
-			}
-		})
-		b.ReportMetric(float64(memProof.Nanoseconds())/1e3, "mem-prove+check-µs")
-		b.ReportMetric(float64(memCons.Nanoseconds())/1e3, "mem-consistency-µs")
-		b.ReportMetric(float64(pgProof.Nanoseconds())/1e3, "pg-prove+check-µs")
-		b.ReportMetric(float64(pgTree.Nanoseconds())/1e3, "pg-treehash-µs")
-		b.ReportMetric(float64(pgProof)/float64(pgTree), "pg-proof/treehash")
-		b.ReportMetric(build.Seconds(), "build-1M-s")
-		b.ReportMetric(load.Seconds(), "copy-2M-hashes-s")
-	}
-}
-
-// newTestLogB is newTestLog for benchmarks (no HTTP, no signer needed
-// beyond the store).
-func newTestLogB(b *testing.B) *testLog {
-	b.Helper()
-	ctx := context.Background()
-	db, err := pgxpool.New(ctx, labtest.NewDatabase(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(db.Close)
-	if _, err := migrate.Apply(ctx, db, slog.New(slog.DiscardHandler), keydir.Migrations()); err != nil {
-		b.Fatal(err)
-	}
-	return &testLog{db: db, store: keydir.NewStore(db)}
 }

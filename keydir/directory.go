@@ -1,17 +1,21 @@
-// Package keydir is ClinkMe's public-key directory whose every answer can
-// be verified: each binding of a bare JID to a public key is a leaf of an
-// append-only Merkle log (RFC 6962, through golang.org/x/mod/sumdb/tlog)
-// whose signed checkpoints (C2SP tlog-checkpoint, Ed25519 signed notes)
-// let devices and independent auditors prove what the server said.
-// docs/protocol.md specifies the wire protocol and the formats;
-// docs/keydir.md is the operator's guide.
+// Package keydir is the server of ClinkMe's public-key directory, whose
+// every answer can be verified: each binding of a bare JID to a public key
+// is a leaf of an append-only Merkle log (RFC 6962, through
+// golang.org/x/mod/sumdb/tlog) whose signed checkpoints (C2SP
+// tlog-checkpoint, Ed25519 signed notes) let devices and independent
+// auditors prove what the server said. docs/protocol.md specifies the wire
+// protocol and the formats; docs/keydir.md is the operator's guide.
 //
 // The policy: the first key published for a JID wins and cannot be
 // replaced by its owner. Only an operator reset or the account's deletion
-// ends a binding, and both append an entry to the log, which is never
-// rewritten. The log is served read-only over HTTP in the C2SP tlog-tiles
-// layout (LogHandler); Audit and Monitor verify it from there, with no
-// code path shared with the server beyond the formats.
+// ends a binding (logdb.Store.End), and both append an entry to the log,
+// which is never rewritten.
+//
+// A Directory answers the XMPP payloads (Register), signs checkpoints and
+// serves the log read-only over HTTP in the C2SP tlog-tiles layout
+// (LogHandler). The formats are package keylog's; the log lives in
+// PostgreSQL through keydir/logdb; keydir/audit verifies the log from its
+// tiles and links nothing of the server but keylog.
 package keydir
 
 import (
@@ -34,14 +38,25 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
 	"github.com/clinkme/clinkd/internal/ratelimit"
+	"github.com/clinkme/clinkd/keydir/logdb"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // Config configures a Directory.
 type Config struct {
 	// Signer signs checkpoints; its name is the log's origin.
 	Signer note.Signer
-	// LocalDomain, if set, is the only domain whose users may publish.
+	// LocalDomain is the XMPP server's own domain: only its users may
+	// publish, and they and the users of the Federated domains may look
+	// keys up; the directory serves nobody else. Required.
 	LocalDomain string
+	Federated   []string
+	// Accounts says whether a local account exists: a publish from a name
+	// it does not know is refused, so that a session that outlived its
+	// account's deletion cannot bind a new key. Required: a
+	// *clinkid.Service, or ServerAccounts when the XMPP server alone keeps
+	// the accounts.
+	Accounts Accounts
 	// LookupPerMinute and LookupBurst bound each requester's lookups (a
 	// batch costs one token per JID; checkpoint, consistency and history
 	// requests one each). Defaults 600 and 100.
@@ -57,13 +72,28 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Accounts knows which local accounts exist.
+type Accounts interface {
+	// AccountExists reports whether the local account bare exists.
+	AccountExists(ctx context.Context, bare jid.JID) (bool, error)
+}
+
+// ServerAccounts is the Accounts of a clinkd without ClinkID: the XMPP
+// server authenticated the sender, and there is no account store to ask,
+// so every sender it stamps is taken to exist.
+type ServerAccounts struct{}
+
+// AccountExists implements Accounts.
+func (ServerAccounts) AccountExists(context.Context, jid.JID) (bool, error) { return true, nil }
+
 // DefaultMaxBatch is the default bound on JIDs per lookup.
 const DefaultMaxBatch = 20
 
 // A Directory serves the key directory over XMPP and its log over HTTP.
 type Directory struct {
 	cfg     Config
-	store   *Store
+	served  map[string]bool // domains whose users the directory serves
+	store   *logdb.Store
 	log     *slog.Logger
 	lookups *ratelimit.Limiter
 	pubs    *ratelimit.Limiter
@@ -74,14 +104,28 @@ type Directory struct {
 }
 
 type signedCheckpoint struct {
-	cp  Checkpoint
+	cp  keylog.Checkpoint
 	msg []byte
 }
 
 // New checks cfg and makes a Directory over store. reg may be nil.
-func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
+func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
 	if cfg.Signer == nil {
 		return nil, errors.New("keydir: no checkpoint signer")
+	}
+	if cfg.LocalDomain == "" {
+		return nil, errors.New("keydir: no local domain (whose users it serves)")
+	}
+	if cfg.Accounts == nil {
+		return nil, errors.New("keydir: no Accounts (ServerAccounts when the XMPP server alone keeps them)")
+	}
+	served := map[string]bool{}
+	for _, dom := range append([]string{cfg.LocalDomain}, cfg.Federated...) {
+		j, err := jid.Parse(dom)
+		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
+			return nil, fmt.Errorf("keydir: %q is not a domain", dom)
+		}
+		served[j.Domainpart()] = true
 	}
 	if cfg.LookupPerMinute <= 0 {
 		cfg.LookupPerMinute = 600
@@ -113,6 +157,7 @@ func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) 
 	}
 	d := &Directory{
 		cfg:     cfg,
+		served:  served,
 		store:   store,
 		log:     log,
 		lookups: ratelimit.New(cfg.LookupPerMinute/60, cfg.LookupBurst, 100_000),
@@ -131,8 +176,8 @@ func New(cfg Config, store *Store, log *slog.Logger, reg prometheus.Registerer) 
 // Origin is the log's origin line (the signer's name).
 func (d *Directory) Origin() string { return d.cfg.Signer.Name() }
 
-// Store returns the directory's store.
-func (d *Directory) Store() *Store { return d.store }
+// Store returns the directory's store, whose End is how bindings end.
+func (d *Directory) Store() *logdb.Store { return d.store }
 
 // Register routes the directory's payloads on c.
 func (d *Directory) Register(c *component.Component) {
@@ -158,32 +203,15 @@ func (d *Directory) Register(c *component.Component) {
 	h("history", d.handleHistory)
 }
 
-// End ends bare's binding (kind KindReset for an operator, KindDelete for
-// a deleted account) by appending an entry to the log; reason stays in the
-// database. The ClinkID service calls it with KindDelete when an account
-// is deleted. It returns ErrNoBinding when there is nothing to end.
-func (d *Directory) End(ctx context.Context, bare string, kind Kind, reason string) (int64, error) {
-	j, err := ParseBareJID(bare)
-	if err != nil {
-		return 0, err
-	}
-	idx, err := d.store.End(ctx, j, kind, reason, d.cfg.Now())
-	if err != nil {
-		return 0, err
-	}
-	d.log.Info("keydir: binding ended", "kind", kind, "index", idx)
-	return idx, nil
-}
-
 // Checkpoint returns the signed checkpoint for the log's current size.
-func (d *Directory) Checkpoint(ctx context.Context) ([]byte, Checkpoint, error) {
+func (d *Directory) Checkpoint(ctx context.Context) ([]byte, keylog.Checkpoint, error) {
 	size, err := d.store.Size(ctx)
 	if err != nil {
-		return nil, Checkpoint{}, err
+		return nil, keylog.Checkpoint{}, err
 	}
 	sc, err := d.checkpointAt(ctx, size)
 	if err != nil {
-		return nil, Checkpoint{}, err
+		return nil, keylog.Checkpoint{}, err
 	}
 	return sc.msg, sc.cp, nil
 }
@@ -198,7 +226,7 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 		return cur, nil
 	}
 	hr := d.store.HashReader(ctx)
-	root, err := treeHash(size, hr)
+	root, err := keylog.TreeHash(size, hr)
 	if err != nil {
 		return nil, fmt.Errorf("keydir: tree hash at %d: %w", size, err)
 	}
@@ -211,11 +239,11 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 			err = tlog.CheckTree(p, size, root, cur.cp.Size, cur.cp.Hash)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", ErrCorrupt, size, cur.cp.Size, err)
+			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", logdb.ErrCorrupt, size, cur.cp.Size, err)
 		}
 	}
-	cp := Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
-	msg, err := SignCheckpoint(cp, d.cfg.Signer)
+	cp := keylog.Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
+	msg, err := keylog.SignCheckpoint(cp, d.cfg.Signer)
 	if err != nil {
 		return nil, err
 	}
@@ -228,31 +256,29 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	return sc, nil
 }
 
-// treeHash is tlog.TreeHash, which gives the empty tree RFC 6962's root,
-// SHA-256 of nothing (a test checks it).
-func treeHash(size int64, r tlog.HashReader) (tlog.Hash, error) {
-	return tlog.TreeHash(size, r)
-}
-
 // prove returns the inclusion proof of leaf idx, whose record is rec, in
 // the tree of cp. It checks the proof before returning it: data read from
 // the database is suspect until a check passes, and a device must never
 // be handed a proof that fails.
-func (d *Directory) prove(ctx context.Context, idx int64, rec Record, cp Checkpoint) (tlog.RecordProof, error) {
+func (d *Directory) prove(ctx context.Context, idx int64, rec keylog.Record, cp keylog.Checkpoint) (tlog.RecordProof, error) {
 	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
 	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec.Marshal())); err != nil {
-		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", ErrCorrupt, idx, cp.Size, err)
+		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", logdb.ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil
 }
 
-// requester returns the sender's bare JID, which must be a user's.
-func requester(iq *component.Stanza) (jid.JID, error) {
+// requester returns the sender's bare JID, which must be a user's of a
+// domain the directory serves.
+func (d *Directory) requester(iq *component.Stanza) (jid.JID, error) {
 	if iq.From.Localpart() == "" {
 		return jid.JID{}, component.Error(stanza.Forbidden, "the key directory serves user accounts only")
+	}
+	if !d.served[iq.From.Domainpart()] {
+		return jid.JID{}, component.Errorf(stanza.Forbidden, "the key directory serves users of %s (and the federated domains its operator lists) only", d.cfg.LocalDomain)
 	}
 	return iq.From.Bare(), nil
 }
@@ -277,7 +303,7 @@ func (d *Directory) internal(what string, err error) error {
 	return component.Error(stanza.InternalServerError, "")
 }
 
-func entryFor(b Binding, p tlog.RecordProof) keydirxml.Entry {
+func entryFor(b logdb.Binding, p tlog.RecordProof) keydirxml.Entry {
 	return keydirxml.Entry{
 		JID: b.JID, Status: keydirxml.StatusFound, Index: b.Index, Time: b.Time,
 		Fingerprint: hex.EncodeToString(b.Fingerprint[:]),
@@ -290,11 +316,11 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if err := wantType(iq, stanza.SetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
-	if d.cfg.LocalDomain != "" && who.Domainpart() != d.cfg.LocalDomain {
+	if who.Domainpart() != d.cfg.LocalDomain {
 		return nil, component.Errorf(stanza.Forbidden, "only users of %s may publish keys here", d.cfg.LocalDomain)
 	}
 	var req keydirxml.Publish
@@ -307,21 +333,28 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if !d.pubs.Allow(who.String()) {
 		return nil, component.Error(stanza.ResourceConstraint, "too many key publishes; try again in a minute")
 	}
-	der, _, err := ParsePublicKey(req.Key)
+	der, _, err := keylog.ParsePublicKey(req.Key)
 	switch {
-	case errors.Is(err, ErrWeakKey):
+	case errors.Is(err, keylog.ErrWeakKey):
 		return nil, component.Error(stanza.NotAcceptable, err.Error())
 	case err != nil:
 		return nil, component.BadRequest(err.Error())
 	}
 	// The JID bound is the one the server stamped, canonicalised; nothing
 	// in the payload names it.
-	bare, err := ParseBareJID(who.String())
+	bare, err := keylog.ParseBareJID(who.String())
 	if err != nil {
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
 	}
+	exists, err := d.cfg.Accounts.AccountExists(ctx, bare)
+	if err != nil {
+		return nil, d.internal("account", err)
+	}
+	if !exists {
+		return nil, component.Errorf(stanza.Forbidden, "%s is not an account here (deleted?): no key can be bound to it", bare)
+	}
 	b, created, err := d.store.Publish(ctx, bare, der, d.cfg.Now())
-	if errors.Is(err, ErrConflict) {
+	if errors.Is(err, logdb.ErrConflict) {
 		return nil, component.Errorf(stanza.Conflict, "%s already has a different key; the first key published stays until an operator reset or the account's deletion", bare)
 	}
 	if err != nil {
@@ -350,7 +383,7 @@ func (d *Directory) checkpointAtLeast(ctx context.Context, min int64) (*signedCh
 		return nil, err
 	}
 	if size < min {
-		return nil, fmt.Errorf("%w: size %d below a committed leaf %d", ErrCorrupt, size, min-1)
+		return nil, fmt.Errorf("%w: size %d below a committed leaf %d", logdb.ErrCorrupt, size, min-1)
 	}
 	return d.checkpointAt(ctx, size)
 }
@@ -359,7 +392,7 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -380,11 +413,11 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		seen   = map[[32]byte]bool{}
 	)
 	for _, s := range req.JIDs {
-		j, err := ParseBareJID(s)
+		j, err := keylog.ParseBareJID(s)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", s)
 		}
-		l := Label(j)
+		l := keylog.Label(j)
 		if seen[l] {
 			continue
 		}
@@ -422,7 +455,7 @@ func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza) 
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -440,7 +473,7 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -477,7 +510,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
-	who, err := requester(iq)
+	who, err := d.requester(iq)
 	if err != nil {
 		return nil, err
 	}
@@ -485,12 +518,12 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "history"}, &req); err != nil {
 		return nil, err
 	}
-	bare, err := ParseBareJID(who.String())
+	bare, err := keylog.ParseBareJID(who.String())
 	if err != nil {
 		return nil, component.Error(stanza.JIDMalformed, err.Error())
 	}
 	if req.JID != "" {
-		j, err := ParseBareJID(req.JID)
+		j, err := keylog.ParseBareJID(req.JID)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", req.JID)
 		}
@@ -501,7 +534,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err := d.allowLookups(who, 1); err != nil {
 		return nil, err
 	}
-	entries, size, err := d.store.History(ctx, Label(bare), keydirxml.MaxHistoryItems)
+	entries, size, err := d.store.History(ctx, keylog.Label(bare), keydirxml.MaxHistoryItems)
 	if err != nil {
 		return nil, d.internal("history", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -22,9 +23,12 @@ import (
 
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/extensions/keydirxml"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
+	"github.com/clinkme/clinkd/keydir/logdb"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -44,7 +48,7 @@ func startDeployment(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Config
 	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "keydir.signer")
 	origin := "clink.lab.localhost/keydir"
-	vkey, err := keydir.GenerateKey(origin, keyFile)
+	vkey, err := keylog.GenerateKey(origin, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +93,7 @@ func (dep *deployment) exec(ctx context.Context, t testing.TB, sql string, args 
 
 func rsaKey(t testing.TB, bits int) *rsa.PublicKey {
 	t.Helper()
-	pub, err := x509.ParsePKIXPublicKey(fakeRSAKey(t, bits))
+	pub, err := x509.ParsePKIXPublicKey(keydirtest.FakeRSAKey(t, bits))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,16 +170,16 @@ func TestDirectory(t *testing.T) {
 			}
 
 			state := filepath.Join(t.TempDir(), "audit.checkpoint")
-			audit := func() (*keydir.AuditReport, error) {
-				v, _ := keydir.ParseVerifier(dep.vkey)
-				return keydir.Audit(ctx, keydir.AuditConfig{URL: dep.logURL, Verifier: v, StateFile: state})
+			runAudit := func() (*audit.Report, error) {
+				v, _ := keylog.ParseVerifier(dep.vkey)
+				return audit.Run(ctx, audit.Config{URL: dep.logURL, Verifier: v, StateFile: state})
 			}
-			if rep, err := audit(); err != nil || rep.Checkpoint.Size != 2 || len(rep.Findings) != 0 {
+			if rep, err := runAudit(); err != nil || rep.Checkpoint.Size != 2 || len(rep.Findings) != 0 {
 				t.Fatalf("Audit = %+v, %v; want 2 entries, no findings", rep, err)
 			}
 
 			// The operator resets alice.
-			if _, err := dep.d.KeyDir().End(ctx, aliceJID, keydir.KindReset, "lost her phone"); err != nil {
+			if _, err := dep.d.KeyDir().Store().End(ctx, aliceJID, keylog.KindReset, "lost her phone", time.Now()); err != nil {
 				t.Fatalf("End(reset) = %v", err)
 			}
 			hist, err := aliceKD.History(ctx)
@@ -198,11 +202,11 @@ func TestDirectory(t *testing.T) {
 				t.Errorf("bob LookupKeys(alice, third time) = %v; want no second report", err)
 			}
 
-			rep, err := audit()
+			rep, err := runAudit()
 			if err != nil {
 				t.Fatalf("Audit(after reset) = %v", err)
 			}
-			aliceLabel := keydir.Label(jid.MustParse(aliceJID))
+			aliceLabel := keylog.Label(jid.MustParse(aliceJID))
 			var flagged []string
 			for _, f := range rep.Findings {
 				if f.Label == aliceLabel {
@@ -215,8 +219,8 @@ func TestDirectory(t *testing.T) {
 
 			// Someone changes bob's entry in PostgreSQL.
 			dep.exec(ctx, t, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 1`)
-			if _, err := audit(); !errors.Is(err, keydir.ErrAuditFailed) {
-				t.Fatalf("Audit(entry tampered) = %v, want ErrAuditFailed", err)
+			if _, err := runAudit(); !errors.Is(err, audit.ErrFailed) {
+				t.Fatalf("Audit(entry tampered) = %v, want audit.ErrFailed", err)
 			}
 			// And the hash of leaf 0, the sibling on bob's (leaf 1's)
 			// proof path: the server's own check fails and it refuses
@@ -231,15 +235,15 @@ func TestDirectory(t *testing.T) {
 
 // checkRawLookup looks bob up without the SDK and checks the server's
 // proof with x/mod's tlog.CheckRecord and the checkpoint with
-// keydir.OpenCheckpoint: a second, independent verifier.
+// keylog.OpenCheckpoint: a second, independent verifier.
 func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *deployment, who string) {
 	t.Helper()
 	var res keydirxml.Lookup
 	if err := c.IQ(ctx, stanza.GetIQ, dep.d.Component().Domain(), keydirxml.Lookup{JIDs: []string{who}}, &res); err != nil {
 		t.Fatalf("raw lookup = %v", err)
 	}
-	v, _ := keydir.ParseVerifier(dep.vkey)
-	cp, err := keydir.OpenCheckpoint([]byte(res.Checkpoint), v)
+	v, _ := keylog.ParseVerifier(dep.vkey)
+	cp, err := keylog.OpenCheckpoint([]byte(res.Checkpoint), v)
 	if err != nil {
 		t.Fatalf("OpenCheckpoint = %v", err)
 	}
@@ -253,7 +257,7 @@ func checkRawLookup(ctx context.Context, t *testing.T, c *client.Client, dep *de
 	for i := range hs {
 		p[i] = tlog.Hash(hs[i])
 	}
-	rec := keydir.Record{Label: keydir.Label(jid.MustParse(who)), Kind: keydir.KindPublish, Fingerprint: fp, Time: e.Time}
+	rec := keylog.Record{Label: keylog.Label(jid.MustParse(who)), Kind: keylog.KindPublish, Fingerprint: fp, Time: e.Time}
 	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, e.Index, tlog.RecordHash(rec.Marshal())); err != nil {
 		t.Fatalf("tlog.CheckRecord(lookup of %s) = %v", who, err)
 	}
@@ -289,6 +293,7 @@ func TestDirectoryErrors(t *testing.T) {
 			}{
 				{"weak key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 2048)); return err }(), stanza.NotAcceptable},
 				{"oversized key", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 8200)); return err }(), stanza.BadRequest},
+				{"key over the envelopes' bound", func() error { _, err := aliceKD.PublishKey(ctx, rsaKey(t, 4097)); return err }(), stanza.BadRequest},
 				{"not base64", raw(stanza.SetIQ, keydirxml.Publish{Key: "MIIB!!"}), stanza.BadRequest},
 				{"no key", raw(stanza.SetIQ, keydirxml.Publish{}), stanza.BadRequest},
 				{"publish as get", raw(stanza.GetIQ, keydirxml.Publish{Key: "AAAA"}), stanza.BadRequest},
@@ -365,26 +370,19 @@ func TestDeviceRefusesRewrittenLog(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			recs, err := keydir.NewStore(db).ReadRecords(ctx, 0, 2)
+			store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			var hs []tlog.Hash
-			r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-				out := make([]tlog.Hash, len(idx))
-				for i, x := range idx {
-					out[i] = hs[x]
-				}
-				return out, nil
-			})
-			for i, rec := range recs {
-				h, err := tlog.StoredHashes(int64(i), rec, r)
-				if err != nil {
-					t.Fatal(err)
-				}
-				hs = append(hs, h...)
+			recs, err := store.ReadRecords(ctx, 0, 2)
+			if err != nil {
+				t.Fatal(err)
 			}
-			for i, h := range hs {
+			var mem keylog.Hashes
+			for _, rec := range recs {
+				mem.Append(rec)
+			}
+			for i, h := range mem.Stored() {
 				dep.exec(ctx, t, `UPDATE keydir_hashes SET hash = $2 WHERE idx = $1`, i, h[:])
 			}
 

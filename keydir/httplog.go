@@ -8,6 +8,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinkme/clinkd/internal/httpjson"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // LogHandler serves the log read-only in the C2SP tlog-tiles layout,
@@ -41,7 +42,7 @@ func (d *Directory) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
-	t, err := ParseTilePath(strings.TrimPrefix(r.URL.Path, "/"))
+	t, err := keylog.ParseTilePath(strings.TrimPrefix(r.URL.Path, "/"))
 	if err != nil {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "not a tile path")
 		return
@@ -55,37 +56,37 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 	}
 	// Hashes at tree level 8·L: one per 2^(8L) leaves.
 	var avail int64
-	if t.L == EntriesLevel {
+	if t.L == keylog.EntriesLevel {
 		avail = size
 	} else {
-		avail = size >> (TileHeight * uint(t.L))
+		avail = size >> (keylog.TileHeight * uint(t.L))
 	}
 	// Compare N first: N·256 overflows int64 for the largest N a path
 	// can spell.
-	if t.N > avail/TileWidth || t.N*TileWidth+int64(t.W) > avail {
+	if t.N > avail/keylog.TileWidth || t.N*keylog.TileWidth+int64(t.W) > avail {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "the log has not reached this tile")
 		return
 	}
-	start := t.N * TileWidth
+	start := t.N * keylog.TileWidth
 	var data []byte
-	if t.L == EntriesLevel {
+	if t.L == keylog.EntriesLevel {
 		var recs [][]byte
 		recs, err = d.store.ReadRecords(ctx, start, t.W)
 		if err == nil {
-			data = AppendEntryBundle(make([]byte, 0, t.W*180), recs...)
+			data = keylog.AppendEntryBundle(make([]byte, 0, t.W*180), recs...)
 		}
 	} else {
 		data, err = tlog.ReadTileData(t, d.store.HashReader(ctx))
 	}
 	if err != nil {
-		d.log.Error("keydir: http tile", "path", TilePath(t), "err", err)
+		d.log.Error("keydir: http tile", "path", keylog.TilePath(t), "err", err)
 		httpjson.Error(w, http.StatusInternalServerError, "internal", "the log could not be read")
 		return
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Length", strconv.Itoa(len(data)))
-	if t.W == TileWidth {
+	if t.W == keylog.TileWidth {
 		h.Set("Cache-Control", "public, max-age=31536000, immutable")
 	} else {
 		// A partial tile's bytes never change either, but clients should

@@ -10,7 +10,9 @@ import (
 
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // httpTiles is a tlog.TileReader over the C2SP tiles a log serves: the
@@ -20,12 +22,12 @@ type httpTiles struct {
 	url string
 }
 
-func (h httpTiles) Height() int { return keydir.TileHeight }
+func (h httpTiles) Height() int { return keylog.TileHeight }
 
 func (h httpTiles) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
-		b, err := get(h.ctx, h.url+"/"+keydir.TilePath(t))
+		b, err := get(h.ctx, h.url+"/"+keylog.TilePath(t))
 		if err != nil {
 			return nil, err
 		}
@@ -57,30 +59,30 @@ func get(ctx context.Context, url string) ([]byte, error) {
 // cache lifetime.
 func TestTilesReadByTlog(t *testing.T) {
 	t.Parallel()
-	l := newTestLog(t, keydir.Config{})
+	l := keydirtest.New(t, keydir.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const n = 300
 	for i := range n {
-		if _, _, err := l.store.Publish(ctx, mustJID(t, fmt.Sprintf("t%d@lab.localhost", i)), fakeRSAKey(t, 3072), time.Unix(1795636800+int64(i), 0)); err != nil {
+		if _, _, err := l.Store.Publish(ctx, keydirtest.MustJID(t, fmt.Sprintf("t%d@lab.localhost", i)), keydirtest.FakeRSAKey(t, 3072), time.Unix(1795636800+int64(i), 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	msg, err := get(ctx, l.url+"/checkpoint")
+	msg, err := get(ctx, l.URL+"/checkpoint")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := keydir.OpenCheckpoint(msg, l.verify)
+	cp, err := keylog.OpenCheckpoint(msg, l.Verifier)
 	if err != nil || cp.Size != n {
 		t.Fatalf("checkpoint = %+v, %v; want %d entries", cp, err, n)
 	}
-	hr := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Hash}, httpTiles{ctx, l.url})
+	hr := tlog.TileHashReader(tlog.Tree{N: cp.Size, Hash: cp.Hash}, httpTiles{ctx, l.URL})
 	for _, bundle := range []tlog.Tile{{H: 8, L: -1, N: 0, W: 256}, {H: 8, L: -1, N: 1, W: n - 256}} {
-		data, err := get(ctx, l.url+"/"+keydir.TilePath(bundle))
+		data, err := get(ctx, l.URL+"/"+keylog.TilePath(bundle))
 		if err != nil {
 			t.Fatal(err)
 		}
-		recs, err := keydir.ParseEntryBundle(data, bundle.W)
+		recs, err := keylog.ParseEntryBundle(data, bundle.W)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,7 +111,7 @@ func TestTilesReadByTlog(t *testing.T) {
 		{"/tile/0/x000/001", "", 404},
 		{"/checkpoint", "no-cache", 200},
 	} {
-		resp, err := http.Get(l.url + c.path)
+		resp, err := http.Get(l.URL + c.path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -35,6 +35,12 @@ type CoturnOptions struct {
 	Logger             *slog.Logger
 }
 
+// CoturnUserQuota is coturn's user-quota in the lab and in the config
+// docker/ ships: how many allocations one user may hold at once. coturn
+// counts a TURN REST username "EXPIRY:USER" under USER alone, so every
+// credential of a user shares this budget (turncred.TestUserAllocationBudget).
+const CoturnUserQuota = 12
+
 // Coturn is a running coturn TURN/STUN server on loopback.
 type Coturn struct {
 	Realm   string
@@ -43,6 +49,9 @@ type Coturn struct {
 	TLSAddr string // host:port, TURN over TLS; the certificate names Realm, localhost and 127.0.0.1
 	Secret  string
 	Dir     string
+	// UserQuota is the allocations one user may hold at once
+	// (CoturnUserQuota); the next gets 486 Allocation Quota Reached.
+	UserQuota int
 
 	log     *slog.Logger
 	logFile string
@@ -102,20 +111,21 @@ func startCoturn(ctx context.Context, opts CoturnOptions) (*Coturn, error) {
 		return nil, err
 	}
 	c := &Coturn{
-		Realm:   opts.Realm,
-		UDPAddr: loopback(port),
-		TCPAddr: loopback(port),
-		TLSAddr: loopback(tlsPort),
-		Secret:  opts.Secret,
-		Dir:     dir,
-		log:     discard(opts.Logger).With("server", "coturn"),
-		logFile: filepath.Join(dir, "turnserver.log"),
-		pidFile: filepath.Join(dir, "turnserver.pid"),
+		Realm:     opts.Realm,
+		UDPAddr:   loopback(port),
+		TCPAddr:   loopback(port),
+		TLSAddr:   loopback(tlsPort),
+		Secret:    opts.Secret,
+		Dir:       dir,
+		UserQuota: CoturnUserQuota,
+		log:       discard(opts.Logger).With("server", "coturn"),
+		logFile:   filepath.Join(dir, "turnserver.log"),
+		pidFile:   filepath.Join(dir, "turnserver.pid"),
 	}
 	conf, err := render("turnserver.conf.tmpl", map[string]any{
 		"Port": port, "TLSPort": tlsPort, "Realm": opts.Realm, "Secret": opts.Secret,
 		"CertFile": certFile, "KeyFile": keyFile, "AllowLoopbackPeers": opts.AllowLoopbackPeers,
-		"PIDFile": c.pidFile, "LogFile": c.logFile, "UserDB": filepath.Join(dir, "turndb"),
+		"PIDFile": c.pidFile, "LogFile": c.logFile, "UserDB": filepath.Join(dir, "turndb"), "UserQuota": c.UserQuota,
 	})
 	if err != nil {
 		return nil, err

@@ -43,7 +43,7 @@ func TestDockerConfigsMatchLab(t *testing.T) {
 	t.Run("coturn", func(t *testing.T) {
 		lab := mustRender(t, "turnserver.conf.tmpl", map[string]any{
 			"Port": 3478, "TLSPort": 5349, "Realm": "r", "Secret": "s", "CertFile": "/c", "KeyFile": "/k",
-			"AllowLoopbackPeers": false, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u",
+			"AllowLoopbackPeers": false, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u", "UserQuota": CoturnUserQuota,
 		})
 		shipped := mustRead(t, "../docker/coturn/turnserver.conf")
 		skip := []string{"listening-ip", "relay-ip", "listening-port", "tls-listening-port", "realm",
@@ -206,7 +206,7 @@ func TestCoturnConfigHardened(t *testing.T) {
 	data := func(allow bool) map[string]any {
 		return map[string]any{
 			"Port": 3478, "TLSPort": 5349, "Realm": "r", "Secret": "s", "CertFile": "/c", "KeyFile": "/k",
-			"AllowLoopbackPeers": allow, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u",
+			"AllowLoopbackPeers": allow, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u", "UserQuota": CoturnUserQuota,
 		}
 	}
 	configs := map[string]string{

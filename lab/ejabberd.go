@@ -66,12 +66,17 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 	if err := writeOwned(cfg.CAFile, caPEM, acct); err != nil {
 		return nil, err
 	}
-	hosts := []string{cfg.Domain}
+	hosts := append([]string{cfg.Domain}, cfg.OtherDomains...)
 	for _, c := range cfg.Components {
 		hosts = append(hosts, c.Domain)
 	}
 	if cfg.CertFile, cfg.KeyFile, err = ca.Issue(cfg.Dir, "server", hosts...); err != nil {
 		return nil, err
+	}
+	if cfg.ComponentTLS {
+		if cfg.ComponentCertFile, err = componentCert(cfg.Dir, cfg.Domain, ca, acct); err != nil {
+			return nil, err
+		}
 	}
 	e.cfg = cfg
 	if err := writeOwner(cfg.Dir); err != nil {
@@ -112,6 +117,30 @@ func newEjabberd(cfg xmppConfig, ca *CA) (*ejabberd, error) {
 		return nil, err
 	}
 	return e, chownTree(cfg.Dir, acct)
+}
+
+// componentCert issues the component listeners' certificate, for domain,
+// "localhost" and 127.0.0.1 (clinkd verifies the name it dials, or
+// link.tls_server_name), and writes it with its key into one file, as
+// ejabberd's listener certfile wants them.
+func componentCert(dir, domain string, ca *CA, acct account) (string, error) {
+	certFile, keyFile, err := ca.Issue(dir, "component", domain, "localhost", "127.0.0.1")
+	if err != nil {
+		return "", err
+	}
+	var pem []byte
+	for _, f := range []string{certFile, keyFile} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		pem = append(pem, b...)
+	}
+	both := filepath.Join(dir, "component-chain-and-key.pem")
+	if err := writeOwned(both, pem, acct); err != nil {
+		return "", err
+	}
+	return both, nil
 }
 
 // ctl builds an ejabberdctl command for this node.
@@ -157,8 +186,8 @@ func (e *ejabberd) stop(ctx context.Context, p *process) error {
 // register uses ejabberd's register command through the loopback HTTP
 // API (see the template): the same code path as `ejabberdctl register`,
 // a thousand times faster, and the password is not on a command line.
-func (e *ejabberd) register(ctx context.Context, user, password string) error {
-	body, err := json.Marshal(map[string]string{"user": user, "host": e.cfg.Domain, "password": password})
+func (e *ejabberd) register(ctx context.Context, user, domain, password string) error {
+	body, err := json.Marshal(map[string]string{"user": user, "host": domain, "password": password})
 	if err != nil {
 		return err
 	}

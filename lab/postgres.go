@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -42,7 +43,11 @@ type PostgresOptions struct {
 	// BinDir holds initdb, pg_ctl and postgres; default pgBinDir, then
 	// PATH.
 	BinDir string
-	Logger *slog.Logger
+	// Private starts a throwaway cluster in Dir even when AdminURL or
+	// CLINK_TEST_DATABASE_URL names a server: for a test that freezes,
+	// stops or kills its database, which must never be a shared one.
+	Private bool
+	Logger  *slog.Logger
 }
 
 // Postgres is a PostgreSQL server the lab can create databases on: either
@@ -79,7 +84,7 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	if admin == "" {
 		admin = os.Getenv(DatabaseURLEnv)
 	}
-	if admin != "" {
+	if admin != "" && !opts.Private {
 		p := &Postgres{AdminURL: admin, log: log}
 		if err := p.ping(ctx); err != nil {
 			return nil, fmt.Errorf("%s: %w", redactURL(admin), err)
@@ -254,6 +259,63 @@ func (p *Postgres) exec(ctx context.Context, sql string) error {
 	return err
 }
 
+// Freeze stops every process of the throwaway cluster (SIGSTOP to the
+// postmaster and each process it forked): connections stay open and every
+// query and new connection hangs, as when a database host
+// stops answering without closing anything. Thaw resumes it; Close thaws
+// first. A shared server cannot be frozen.
+func (p *Postgres) Freeze() error { return p.signalCluster(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen cluster.
+func (p *Postgres) Thaw() error { return p.signalCluster(syscall.SIGCONT) }
+
+func (p *Postgres) signalCluster(sig syscall.Signal) error {
+	pid := p.PostmasterPID()
+	if pid <= 1 {
+		return errors.New("lab: only a private, running cluster can be frozen or thawed")
+	}
+	// The postmaster first, so it forks nothing new meanwhile; then every
+	// process it forked (backends and workers call setsid, so they are
+	// found by parent, not by process group).
+	if err := syscall.Kill(pid, sig); err != nil {
+		return fmt.Errorf("lab: signal postgres: %w", err)
+	}
+	for _, child := range childrenOf(pid) {
+		_ = syscall.Kill(child, sig) // one that just exited is no longer ours to stop
+	}
+	return nil
+}
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after
+		// its closing parenthesis.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
 // Close stops the throwaway cluster (fast shutdown: sessions are ended);
 // for an existing server it does nothing. It is idempotent.
 func (p *Postgres) Close() error {
@@ -264,6 +326,7 @@ func (p *Postgres) Close() error {
 		return nil
 	}
 	p.closed = true
+	_ = p.Thaw() // a frozen cluster cannot stop
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()

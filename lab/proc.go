@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/big"
 	"net"
@@ -354,11 +355,65 @@ func freePort() (int, error) {
 			return 0, err
 		}
 		port := lo + int(n.Int64())
-		if bindable(port) {
+		if bindable(port) && reserve(port) {
 			return port, nil
 		}
 	}
 	return 0, errors.New("no free loopback port")
+}
+
+// reservationTTL is how long a port handed out stays reserved against
+// other processes: longer than any server takes to start and bind it
+// (startTimeout), after which bindable says whether it is taken.
+const reservationTTL = 2 * startTimeout
+
+// reserve claims port for this process against every other process of
+// the lab on this machine (test binaries run in parallel, and a port is
+// free from the moment freePort checks it until the server binds it,
+// seconds later for ejabberd: two processes picking the same port then
+// meant "eaddrinuse", seen when ejabberd failed to start its component
+// listener under a loaded `go test ./...`). A claim is a file named after the port in a
+// directory every lab user shares; it is stale, and taken over, once its
+// process is gone or reservationTTL has passed.
+func reserve(port int) bool {
+	dir := filepath.Join(os.TempDir(), "clinklab-ports")
+	if err := os.MkdirAll(dir, 0o1777); err != nil {
+		return true // no shared directory: fall back to the bind check alone
+	}
+	path := filepath.Join(dir, strconv.Itoa(port))
+	for range 2 {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err == nil {
+			fmt.Fprintf(f, "%d\n", os.Getpid())
+			f.Close()
+			return true
+		}
+		if !errors.Is(err, fs.ErrExist) || !staleReservation(path) {
+			return false
+		}
+		os.Remove(path)
+	}
+	return false
+}
+
+// staleReservation reports whether the claim at path no longer holds.
+func staleReservation(path string) bool {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return true
+	}
+	if time.Since(fi.ModTime()) > reservationTTL {
+		return true
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return true
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return true
+	}
+	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range.
@@ -386,7 +441,7 @@ func kernelPort() (int, error) {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if bindable(port) {
+		if bindable(port) && reserve(port) {
 			return port, nil
 		}
 	}

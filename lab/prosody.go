@@ -34,7 +34,7 @@ func newProsody(cfg xmppConfig, ca *CA) (*prosody, error) {
 	if err := os.Mkdir(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	hosts := []string{cfg.Domain}
+	hosts := append([]string{cfg.Domain}, cfg.OtherDomains...)
 	for _, c := range cfg.Components {
 		hosts = append(hosts, c.Domain)
 	}
@@ -82,11 +82,11 @@ func (p *prosody) stop(ctx context.Context, proc *process) error {
 // register uses prosodyctl, which writes the account file directly; it
 // works whether the server runs or not. The password goes on stdin
 // (adduser prompts twice) so that it never shows in a process list.
-func (p *prosody) register(ctx context.Context, user, password string) error {
+func (p *prosody) register(ctx context.Context, user, domain, password string) error {
 	if strings.ContainsAny(password, "\r\n") {
 		return errors.New("password contains a line break")
 	}
-	cmd := command(p.acct, p.env(), "prosodyctl", "--config", p.configFile, "adduser", user+"@"+p.cfg.Domain)
+	cmd := command(p.acct, p.env(), "prosodyctl", "--config", p.configFile, "adduser", user+"@"+domain)
 	cmd.Stdin = strings.NewReader(password + "\n" + password + "\n")
 	_, err := runOutput(ctx, cmd)
 	return err

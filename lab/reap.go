@@ -63,6 +63,7 @@ var serverDirOf = []*regexp.Regexp{
 // before starting anything.
 func ReapOrphans(log *slog.Logger) {
 	log = discard(log)
+	reapReservations()
 	for _, p := range Processes() {
 		for _, re := range serverDirOf {
 			m := re.FindStringSubmatch(p.Cmdline)
@@ -84,6 +85,21 @@ func ReapOrphans(log *slog.Logger) {
 			log.Warn("lab: killing a server whose owner died", "pid", p.PID, "dir", m[1])
 			_ = syscall.Kill(-p.PGID, syscall.SIGKILL)
 			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+	}
+}
+
+// reapReservations removes the stale port claims of processes that are
+// gone (reserve), so that the shared directory does not grow.
+func reapReservations() {
+	dir := filepath.Join(os.TempDir(), "clinklab-ports")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if path := filepath.Join(dir, e.Name()); staleReservation(path) {
+			os.Remove(path)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,16 @@ type ProsodyAuth struct {
 	Config []string
 }
 
+// Fail2Ban configures ejabberd's mod_fail2ban.
+type Fail2Ban struct {
+	MaxFailures int           // failed logins from one address that ban it
+	BanLifetime time.Duration // how long a ban lasts (whole seconds)
+	Exempt      []string      // addresses or CIDR networks never banned
+}
+
+// BanLifetimeSeconds is BanLifetime for the template.
+func (f Fail2Ban) BanLifetimeSeconds() int { return max(1, int(f.BanLifetime/time.Second)) }
+
 // File is written, owned by the server's user and readable by it only,
 // into the server's files directory before the server starts: an auth
 // module and its secret for Prosody, the extauth program and its config
@@ -74,6 +85,10 @@ type XMPPOptions struct {
 	Kind   ServerKind
 	Dir    string // everything the server writes goes under Dir/<kind>; Dir may be a t.TempDir()
 	Domain string // the user domain, e.g. "lab.localhost"
+	// OtherDomains are more user domains on the same server, e.g.
+	// "other.localhost": their users stand for another server's, as
+	// clinkd sees them (it serves Domain only unless told otherwise).
+	OtherDomains []string
 	// Components are accepted on ComponentAddr. Prosody allows one
 	// connection per component domain at a time, ejabberd several.
 	Components []Component
@@ -81,6 +96,15 @@ type XMPPOptions struct {
 	// Fast lifts the c2s shapers and rate limits, for benchmarks; tests
 	// run with the limits a production server would have.
 	Fast bool
+
+	// ComponentTLS has every component listener speak TLS from the first
+	// byte (ejabberd_service `tls: true`, TLS 1.2 or newer), with a
+	// certificate of the lab CA for Domain, "localhost" and 127.0.0.1,
+	// so that clinkd's link.tls can be proved against the real server.
+	// Prosody 0.12 has no TLS on component ports (mod_component's
+	// listener declares no encryption and offers no StartTLS), so
+	// StartXMPP refuses it for Prosody.
+	ComponentTLS bool
 
 	// Balancing, if above 1, has ejabberd expect that many connections per
 	// component domain and route by the destination's bare JID
@@ -95,6 +119,14 @@ type XMPPOptions struct {
 	// ProsodyAuth, if set, replaces Prosody's internal_hashed provider.
 	// Ignored by ejabberd.
 	ProsodyAuth *ProsodyAuth
+	// Fail2Ban, if set, loads ejabberd's mod_fail2ban, which bans an
+	// address after failed logins (the ClinkID bridge's per-address limit
+	// on ejabberd). Ignored by Prosody.
+	Fail2Ban *Fail2Ban
+	// SessionAPI lets callers on loopback run ejabberd's kick_user and
+	// unregister through the HTTP API at XMPPServer.APIURL, as clinkd does
+	// to end the sessions of deleted ClinkID accounts. Ignored by Prosody.
+	SessionAPI bool
 	// Files are written before the server starts; FilePath says where.
 	Files []File
 
@@ -117,9 +149,12 @@ func (o XMPPOptions) FilePath(name string) string {
 type XMPPServer struct {
 	Kind          ServerKind
 	Domain        string
-	C2SAddr       string // 127.0.0.1:port, StartTLS required
-	ComponentAddr string // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
+	OtherDomains  []string // more user domains, as XMPPOptions says
+	C2SAddr       string   // 127.0.0.1:port, StartTLS required
+	ComponentAddr string   // 127.0.0.1:port, XEP-0114, of the first component; empty without Components
+	APIURL        string   // ejabberd: its loopback HTTP API (mod_http_api), e.g. http://127.0.0.1:port/api
 	Components    []Component
+	ComponentTLS  bool // the component ports speak TLS first (XMPPOptions.ComponentTLS)
 	CA            *CA
 	Dir           string // the server's own directory, Dir/<kind> of the options
 
@@ -137,7 +172,7 @@ type xmppImpl interface {
 	start(ctx context.Context) (*process, error)
 	// stop stops p gracefully.
 	stop(ctx context.Context, p *process) error
-	register(ctx context.Context, user, password string) error
+	register(ctx context.Context, user, domain, password string) error
 	dumpStorage(ctx context.Context) ([]byte, error)
 	logFiles() []string
 	// ports names the loopback addresses it binds besides c2s and
@@ -150,6 +185,9 @@ type xmppImpl interface {
 func StartXMPP(ctx context.Context, opts XMPPOptions) (*XMPPServer, error) {
 	if opts.Dir == "" || opts.Domain == "" || opts.CA == nil {
 		return nil, fmt.Errorf("lab: start %s: Dir, Domain and CA are required", opts.Kind)
+	}
+	if opts.ComponentTLS && opts.Kind != Ejabberd {
+		return nil, fmt.Errorf("lab: start %s: ComponentTLS needs ejabberd: %s 0.12 has no TLS on component ports (tunnel the link instead, docs/operators.md)", opts.Kind, opts.Kind)
 	}
 	dir, err := filepath.Abs(filepath.Join(opts.Dir, string(opts.Kind)))
 	if err != nil {
@@ -182,12 +220,14 @@ func StartXMPP(ctx context.Context, opts XMPPOptions) (*XMPPServer, error) {
 // newXMPP picks ports and writes the configuration in dir.
 func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	s := &XMPPServer{
-		Kind:       opts.Kind,
-		Domain:     opts.Domain,
-		Components: append([]Component(nil), opts.Components...),
-		CA:         opts.CA,
-		Dir:        dir,
-		log:        discard(opts.Logger).With("server", string(opts.Kind)),
+		Kind:         opts.Kind,
+		Domain:       opts.Domain,
+		OtherDomains: append([]string(nil), opts.OtherDomains...),
+		Components:   append([]Component(nil), opts.Components...),
+		ComponentTLS: opts.ComponentTLS,
+		CA:           opts.CA,
+		Dir:          dir,
+		log:          discard(opts.Logger).With("server", string(opts.Kind)),
 	}
 	ports := portPicker{}
 	c2s, err := ports.next()
@@ -209,9 +249,10 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 		compPort = s.Components[0].Port
 	}
 	cfg := xmppConfig{
-		Dir: dir, Domain: opts.Domain, C2SPort: c2s, ComponentPort: compPort,
-		Components: s.Components, Fast: opts.Fast, Balancing: opts.Balancing,
+		Dir: dir, Domain: opts.Domain, OtherDomains: opts.OtherDomains, C2SPort: c2s, ComponentPort: compPort,
+		Components: s.Components, ComponentTLS: opts.ComponentTLS, Fast: opts.Fast, Balancing: opts.Balancing,
 		ExtAuthProgram: strings.Join(opts.ExtAuthProgram, " "), ProsodyAuth: opts.ProsodyAuth,
+		Fail2Ban: opts.Fail2Ban, SessionAPI: opts.SessionAPI,
 		CAFile: opts.CA.CertFile, Files: opts.Files, FilesDir: filepath.Join(dir, "files"), ports: ports,
 	}
 	if pa := opts.ProsodyAuth; pa != nil && pa.PluginDir == "" {
@@ -230,6 +271,9 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e, ok := s.impl.(*ejabberd); ok {
+		s.APIURL = "http://" + loopback(e.cfg.APIPort) + "/api"
+	}
 	return s, nil
 }
 
@@ -237,18 +281,26 @@ func newXMPP(opts XMPPOptions, dir string) (*XMPPServer, error) {
 type xmppConfig struct {
 	Dir            string
 	Domain         string
+	OtherDomains   []string
 	C2SPort        int
 	ComponentPort  int
 	Components     []Component
+	ComponentTLS   bool
 	Fast           bool
 	Balancing      int
 	ExtAuthProgram string
 	ProsodyAuth    *ProsodyAuth
+	Fail2Ban       *Fail2Ban
+	SessionAPI     bool
 	Files          []File
 	FilesDir       string
 	// Set by the implementation:
 	CertFile, KeyFile string
 	CAFile            string
+	// ComponentCertFile holds the component listeners' certificate chain
+	// and key in one PEM file (ejabberd's listener certfile), with
+	// ComponentTLS.
+	ComponentCertFile string
 	DataDir, LogDir   string
 	DistPort          int // ejabberd's Erlang distribution port
 	APIPort           int // ejabberd's loopback HTTP API, for register
@@ -308,23 +360,34 @@ func (s *XMPPServer) Start(ctx context.Context) error {
 // accepts is not enough: both servers bind before their hosts are loaded.
 func (s *XMPPServer) probe(ctx context.Context) error {
 	c2s := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>", s.Domain)
-	if err := probeStream(ctx, s.C2SAddr, c2s, "urn:ietf:params:xml:ns:xmpp-tls"); err != nil {
+	if err := probeStream(ctx, s.C2SAddr, nil, c2s, "urn:ietf:params:xml:ns:xmpp-tls"); err != nil {
 		return fmt.Errorf("c2s %s: %w", s.C2SAddr, err)
 	}
 	if s.ComponentAddr == "" {
 		return nil
 	}
 	comp := fmt.Sprintf("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>", s.Components[0].Domain)
-	if err := probeStream(ctx, s.ComponentAddr, comp, "id="); err != nil {
+	var tlsCfg *tls.Config
+	if s.ComponentTLS {
+		tlsCfg = &tls.Config{RootCAs: s.CA.Pool, ServerName: s.Domain, MinVersion: tls.VersionTLS12}
+	}
+	if err := probeStream(ctx, s.ComponentAddr, tlsCfg, comp, "id="); err != nil {
 		return fmt.Errorf("component %s: %w", s.ComponentAddr, err)
 	}
 	return nil
 }
 
-// probeStream sends header and reads until want appears in the reply.
-func probeStream(ctx context.Context, addr, header, want string) error {
+// probeStream sends header and reads until want appears in the reply,
+// over TLS verified with tlsCfg when it is not nil.
+func probeStream(ctx context.Context, addr string, tlsCfg *tls.Config, header, want string) error {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = (&tls.Dialer{NetDialer: &d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
+	} else {
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -433,10 +496,22 @@ func (s *XMPPServer) PGID() int {
 // takes up to 4 s, more on a loaded machine.
 const stopTimeout = 30 * time.Second
 
+// RegisterAt creates an account user@domain, where domain is Domain or
+// one of OtherDomains, on the running server.
+func (s *XMPPServer) RegisterAt(ctx context.Context, user, domain, password string) error {
+	if domain != s.Domain && !slices.Contains(s.OtherDomains, domain) {
+		return fmt.Errorf("lab: register %s@%s: %s is not a domain of this server", user, domain, domain)
+	}
+	if err := s.impl.register(ctx, user, domain, password); err != nil {
+		return fmt.Errorf("lab: register %s@%s on %s: %w", user, domain, s.Kind, err)
+	}
+	return nil
+}
+
 // Register creates an account user@Domain with password on the running
 // server, through the server's own admin tool.
 func (s *XMPPServer) Register(ctx context.Context, user, password string) error {
-	if err := s.impl.register(ctx, user, password); err != nil {
+	if err := s.impl.register(ctx, user, s.Domain, password); err != nil {
 		return fmt.Errorf("lab: register %s@%s on %s: %w", user, s.Domain, s.Kind, err)
 	}
 	return nil

@@ -462,3 +462,52 @@ func TestFiles(t *testing.T) {
 		t.Errorf("StartXMPP with file ../escape = %v, want a refusal", err)
 	}
 }
+
+// TestComponentTLS proves that the lab's ejabberd with ComponentTLS speaks
+// TLS 1.2 or newer on its component port, with a certificate the lab CA
+// vouches for, completes the XEP-0114 handshake inside it, and refuses a
+// plaintext stream header; and that Prosody, which has no TLS on
+// component ports, is refused at once.
+func TestComponentTLS(t *testing.T) {
+	t.Parallel()
+	srv := labtest.NewXMPP(t, lab.XMPPOptions{Kind: lab.Ejabberd, ComponentTLS: true})
+	if !srv.ComponentTLS {
+		t.Fatal("ComponentTLS not reported by the server")
+	}
+	ctx := ctxFor(t, time.Minute)
+	c := labtest.Component(t, srv)
+	for _, name := range []string{srv.Domain, "localhost", "127.0.0.1"} {
+		d := tls.Dialer{Config: &tls.Config{RootCAs: srv.CA.Pool, ServerName: name, MinVersion: tls.VersionTLS12}}
+		conn, err := d.DialContext(ctx, "tcp", c.Addr)
+		if err != nil {
+			t.Fatalf("TLS to the component port as %s: %v\n%s", name, err, srv.LogTail())
+		}
+		if name != srv.Domain {
+			conn.Close()
+			continue
+		}
+		s, err := component.NewSession(ctx, jid.MustParse(c.Domain), []byte(c.Secret), conn)
+		if err != nil {
+			conn.Close()
+			t.Fatalf("handshake inside TLS for %s = %v, want a session\n%s", c.Domain, err, srv.LogTail())
+		}
+		closeSession(s)
+	}
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
+		d := tls.Dialer{Config: &tls.Config{RootCAs: srv.CA.Pool, ServerName: srv.Domain, MinVersion: v, MaxVersion: v}}
+		if conn, err := d.DialContext(ctx, "tcp", c.Addr); err == nil {
+			conn.Close()
+			t.Errorf("TLS version %x accepted on the component port, want TLS 1.2 or newer only", v)
+		}
+	}
+	// A plaintext component stream is not answered as XMPP.
+	if s, err := connectComponent(ctxFor(t, 10*time.Second), srv, c); err == nil {
+		closeSession(s)
+		t.Error("plaintext handshake on a TLS component port = nil error, want a failure")
+	}
+
+	_, err := lab.StartXMPP(ctx, lab.XMPPOptions{Kind: lab.Prosody, Dir: t.TempDir(), Domain: labtest.Domain, CA: labtest.CA(t), ComponentTLS: true})
+	if err == nil || !strings.Contains(err.Error(), "no TLS on component ports") {
+		t.Errorf("StartXMPP(Prosody, ComponentTLS) = %v, want a refusal", err)
+	}
+}

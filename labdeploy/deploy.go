@@ -20,7 +20,7 @@ import (
 	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 )
 
@@ -146,7 +146,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	}
 	// The key directory signs its log with a key made for this lab.
 	keyOrigin := ComponentDomain + "/keydir"
-	vkey, err := keydir.GenerateKey(keyOrigin, filepath.Join(opts.Dir, "keydir-signer.key"))
+	vkey, err := keylog.GenerateKey(keyOrigin, filepath.Join(opts.Dir, "keydir-signer.key"))
 	if err != nil {
 		return nil, fmt.Errorf("labdeploy: key directory signer: %w", err)
 	}

@@ -22,6 +22,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,9 +71,8 @@ type Config struct {
 	DB      *pgxpool.Pool
 	Send    Sender
 	Devices Devices
-	// Retention is how long the state of ordinary tracked messages is kept
-	// (default 30 days).
-	Retention time.Duration
+	// Limits bound what is kept; Reload replaces them while clinkd runs.
+	Limits Limits
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -79,12 +80,44 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// Limits bound the receipt state kept. Zero values take the defaults in
+// the comments.
+type Limits struct {
+	// Retention is how long the state of ordinary tracked messages is kept
+	// (default 30 days).
+	Retention time.Duration
+	// PerSenderTracked bounds the tracked messages kept for one sender
+	// (default 20,000): past it the oldest states are forgotten, so no
+	// sender can grow the table without bound within the retention.
+	PerSenderTracked int
+}
+
+func (l *Limits) setDefaults() {
+	if l.Retention <= 0 {
+		l.Retention = 30 * 24 * time.Hour
+	}
+	if l.PerSenderTracked <= 0 {
+		l.PerSenderTracked = 20_000
+	}
+}
+
 // Tracker is the receipts feature: the dispatch.Ordinary of clinkd.
 type Tracker struct {
 	cfg       Config
+	limits    atomic.Pointer[Limits]
 	log       *slog.Logger
 	forwarded *prometheus.CounterVec
+	trimmed   prometheus.Counter
+
+	mu      sync.Mutex
+	inserts map[string]int // per sender, since its rows were last trimmed
 }
+
+// trimEvery is how many tracked messages of one sender may be added
+// between two trims of its rows: a sender exceeds PerSenderTracked by at
+// most this many (a quarter of the bound, and never more than 64), and a
+// trim's cost is spread over as many inserts.
+func (t *Tracker) trimEvery() int { return max(1, min(64, t.limits.Load().PerSenderTracked/4)) }
 
 // New checks cfg and returns a tracker.
 func New(cfg Config) (*Tracker, error) {
@@ -96,9 +129,7 @@ func New(cfg Config) (*Tracker, error) {
 	case cfg.Send == nil || cfg.Devices == nil:
 		return nil, errors.New("receipts: Send and Devices are required")
 	}
-	if cfg.Retention <= 0 {
-		cfg.Retention = 30 * 24 * time.Hour
-	}
+	cfg.Limits.setDefaults()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -107,15 +138,28 @@ func New(cfg Config) (*Tracker, error) {
 	}
 	t := &Tracker{
 		cfg: cfg, log: cfg.Log,
+		inserts: make(map[string]int),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_receipts_forwarded_total",
 			Help: "Receipts of ordinary tracked messages forwarded to senders' devices, by kind (received, displayed).",
 		}, []string{"kind"}),
+		trimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinkd_receipts_trimmed_total",
+			Help: "Tracked message states forgotten because their sender had more than receipts.per_sender_tracked.",
+		}),
 	}
+	lim := cfg.Limits
+	t.limits.Store(&lim)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(t.forwarded)
+		cfg.Registerer.MustRegister(t.forwarded, t.trimmed)
 	}
 	return t, nil
+}
+
+// Reload replaces the limits while the tracker runs.
+func (t *Tracker) Reload(l Limits) {
+	l.setDefaults()
+	t.limits.Store(&l)
 }
 
 // Register routes the status query to t. Envelopes and receipts reach it
@@ -165,12 +209,43 @@ func (t *Tracker) HandleOrdinary(ctx context.Context, e *dispatch.Envelope) erro
 		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, e.Sender.String(), e.Body.ID, e.Recipient.String(), t.cfg.Now()); err != nil {
 		return fmt.Errorf("receipts: track: %w", err)
 	}
+	if err := t.maybeTrim(ctx, e.Sender.String()); err != nil {
+		return err
+	}
 	addr, err := address.AtComponent(e.Sender, t.cfg.Component)
 	if err != nil {
 		return err
 	}
 	return t.cfg.Send.SendMessage(ctx, stanza.Message{ID: e.Body.ID, To: e.Recipient, From: addr, Type: stanza.ChatMessage},
 		e.Body, receiptsxml.Request{}, markers.Markable{})
+}
+
+// maybeTrim forgets the oldest tracked states of sender beyond
+// PerSenderTracked, once every trimEvery() inserts (and at a sender's first
+// insert since start, so a restart cannot reset the bound).
+func (t *Tracker) maybeTrim(ctx context.Context, sender string) error {
+	t.mu.Lock()
+	n, known := t.inserts[sender]
+	due := !known || n+1 >= t.trimEvery()
+	if due {
+		t.inserts[sender] = 0
+	} else {
+		t.inserts[sender] = n + 1
+	}
+	if len(t.inserts) > 100_000 {
+		clear(t.inserts) // bounded memory: forgetting only trims sooner
+	}
+	t.mu.Unlock()
+	if !due {
+		return nil
+	}
+	tag, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE (sender, id, recipient) IN
+		(SELECT sender, id, recipient FROM receipts_tracked WHERE sender = $1 ORDER BY sent_at DESC OFFSET $2)`, sender, t.limits.Load().PerSenderTracked)
+	if err != nil {
+		return fmt.Errorf("receipts: trim %s: %w", sender, err)
+	}
+	t.trimmed.Add(float64(tag.RowsAffected()))
+	return nil
 }
 
 // HandleStatus answers a device's query for the state of messages its user
@@ -235,10 +310,12 @@ func (t *Tracker) HandleStatus(ctx context.Context, iq *component.Stanza) (any, 
 
 // Run deletes tracked state past its retention, until ctx ends.
 func (t *Tracker) Run(ctx context.Context) error {
-	tick := time.NewTicker(min(time.Hour, t.cfg.Retention/4))
+	// At most an hour between sweeps; a reloaded shorter retention
+	// applies at the next one.
+	tick := time.NewTicker(min(time.Hour, t.limits.Load().Retention/4))
 	defer tick.Stop()
 	for {
-		_, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.cfg.Retention))
+		_, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.limits.Load().Retention))
 		if err != nil && !errors.Is(err, context.Canceled) {
 			t.log.Warn("receipts: retention sweep failed", "err", err)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -53,19 +54,24 @@ func runExtauth(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // runAccounts is the operator's account tool: `clinkd accounts grant
 // ACCOUNT secure`, `revoke ACCOUNT secure`, `show ACCOUNT`, `unlock
-// ACCOUNT`.
-func runAccounts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	subs := map[string]int{"grant": 2, "revoke": 2, "show": 1, "unlock": 1}
-	if len(args) == 0 || subs[args[0]] == 0 {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+// ACCOUNT`, `create ACCOUNT` (the password on stdin), `invite [--ttl D]`.
+// Its admin token and bridge secret are made by `clinkd secret --out FILE`.
+func runAccounts(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	subs := map[string]int{"grant": 2, "revoke": 2, "show": 1, "unlock": 1, "create": 1, "invite": 0}
+	if len(args) == 0 {
+		return usageError{"want grant, revoke, show, unlock, create or invite"}
+	}
+	if _, ok := subs[args[0]]; !ok {
+		if args[0] == "-h" || args[0] == "--help" {
 			accountsUsage(stderr)
 			return flag.ErrHelp
 		}
-		return usageError{"want grant, revoke, show or unlock"}
+		return usageError{"want grant, revoke, show, unlock, create or invite"}
 	}
 	sub := args[0]
 	fs := newFlags("accounts "+sub, stderr)
 	path := fs.String("config", "", "YAML config `file`")
+	ttl := fs.Duration("ttl", 0, "invite: how long the invite lasts (default clinkid.invite_lifetime)")
 	fs.Usage = func() { accountsUsage(stderr); fs.PrintDefaults() }
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
@@ -83,12 +89,12 @@ func runAccounts(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	by := "clinkd accounts"
+	if u, err := user.Current(); err == nil {
+		by += " (" + u.Username + ")"
+	}
 	switch sub {
 	case "grant", "revoke":
-		by := "clinkd accounts"
-		if u, err := user.Current(); err == nil {
-			by += " (" + u.Username + ")"
-		}
 		f, verb := svc.Grant, "granted"
 		if sub == "revoke" {
 			f, verb = svc.Revoke, "revoked"
@@ -125,6 +131,31 @@ func runAccounts(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 		fmt.Fprintf(stdout, "%s: unlocked\n", pos[0])
+	case "create":
+		// The password comes on stdin, never on the command line, where
+		// every user of the host could read it.
+		pw, err := bufio.NewReader(io.LimitReader(stdin, clinkid.MaxPasswordBytes+2)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read the password from standard input: %w", err)
+		}
+		pw = strings.TrimRight(pw, "\r\n")
+		if pw == "" {
+			return usageError{"accounts create reads the password from standard input, and got none"}
+		}
+		a, err := svc.CreateAccount(ctx, pos[0], pw, "")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: created\n", a.JID)
+	case "invite":
+		if *ttl < 0 {
+			return usageError{"--ttl must not be negative"}
+		}
+		inv, err := svc.CreateInvite(ctx, *ttl, by)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\nexpires %s\n", inv.Code, inv.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -132,6 +163,8 @@ func runAccounts(ctx context.Context, args []string, stdout, stderr io.Writer) e
 func accountsUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: clinkd accounts grant|revoke ACCOUNT ENTITLEMENT [--config FILE]")
 	fmt.Fprintln(w, "       clinkd accounts show|unlock ACCOUNT [--config FILE]")
+	fmt.Fprintln(w, "       clinkd accounts create ACCOUNT [--config FILE] < password")
+	fmt.Fprintln(w, "       clinkd accounts invite [--ttl DURATION] [--config FILE]")
 	fmt.Fprintf(w, "\nentitlements: %s\n", strings.Join(clinkid.Entitlements(), ", "))
 }
 

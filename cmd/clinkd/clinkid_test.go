@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -96,7 +97,7 @@ func TestAccountsCLI(t *testing.T) {
 		{[]string{"accounts", "grant", "bob", "secure", "--config", config}, 1, "", "clinkd: error: clinkid: no such account: bob", false},
 		{[]string{"accounts", "show", "b@b", "--config", config}, 1, "", "no such account", false},
 		{[]string{"accounts", "grant", "alice", "--config", config}, 2, "", "accounts grant takes 2 argument(s), got 1\nhint: run 'clinkd accounts -h'", false},
-		{[]string{"accounts", "delete", "alice"}, 2, "", "want grant, revoke, show or unlock", false},
+		{[]string{"accounts", "delete", "alice"}, 2, "", "want grant, revoke, show, unlock, create or invite", false},
 		{[]string{"accounts", "show", "alice"}, 2, "", "no database configured", false},
 		{[]string{"accounts", "unlock", "alice", "--config", config}, 0, "alice: unlocked", "", false},
 		{[]string{"accounts", "-h"}, 0, "", "usage: clinkd accounts grant|revoke ACCOUNT ENTITLEMENT", false},
@@ -130,6 +131,52 @@ func TestAccountsCLI(t *testing.T) {
 
 func frame(s string) []byte {
 	return append(binary.BigEndian.AppendUint16(nil, uint16(len(s))), s...)
+}
+
+// TestAccountsCreateCLI: with registration closed (the default), the
+// operator creates accounts and invites; the password comes on stdin and
+// the policy applies.
+func TestAccountsCreateCLI(t *testing.T) {
+	t.Parallel()
+	config, svc := cliSetup(t)
+	out, errs, code := clinkdChild(t, strings.NewReader("carol's long password\n"), nil, "accounts", "create", "Carol", "--config", config)
+	if code != 0 || out != "carol@lab.localhost: created\n" {
+		t.Errorf("accounts create = exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if ok, _ := svc.CheckLogin(t.Context(), "carol", "carol's long password", ""); !ok {
+		t.Error("the created account does not log in with its password")
+	}
+	for _, tt := range []struct {
+		stdin string
+		code  int
+		errs  string
+	}{
+		{"12345678\n", 1, "clinkd: error: clinkid: password refused: it is one of the 10,000 commonest passwords"},
+		{"", 2, "clinkd: error: accounts create reads the password from standard input, and got none"},
+		{"carol's long password\n", 1, "clinkd: error: clinkid: account name taken"},
+	} {
+		name := "dave"
+		if strings.Contains(tt.errs, "taken") {
+			name = "carol"
+		}
+		out, errs, code := clinkdChild(t, strings.NewReader(tt.stdin), nil, "accounts", "create", name, "--config", config)
+		if code != tt.code || !strings.Contains(errs, tt.errs) || out != "" {
+			t.Errorf("accounts create %s with stdin %q = exit %d, stdout %q, stderr %q; want exit %d and %q", name, tt.stdin, code, out, errs, tt.code, tt.errs)
+		}
+		if strings.Contains(errs, "12345678") {
+			t.Errorf("stderr quotes the password: %s", errs)
+		}
+	}
+
+	out, errs, code = clinkdChild(t, nil, nil, "accounts", "invite", "--ttl", "1h", "--config", config)
+	inv, _, _ := strings.Cut(out, "\n")
+	if code != 0 || !clinkid.IsInvite(inv) || !strings.Contains(out, "expires ") {
+		t.Errorf("accounts invite = exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if _, err := svc.RegisterAccount(t.Context(), "erin", "erin's long password", inv, "192.0.2.1"); !errors.Is(err, clinkid.ErrRegistrationClosed) {
+		t.Errorf("an invite on a closed server = %v, want ErrRegistrationClosed", err)
+	}
+
 }
 
 // TestExtauthCLI runs `clinkd extauth` as ejabberd does: requests on

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/clinkme/clinkd/client"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/audit"
+	"github.com/clinkme/clinkd/keydir/logdb"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 type subcommand struct {
@@ -91,7 +93,7 @@ func runKeysGenkey(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *name == "" || *out == "" {
 		return usageError{"--name and --out are required"}
 	}
-	vkey, err := keydir.GenerateKey(*name, *out)
+	vkey, err := keylog.GenerateKey(*name, *out)
 	if err != nil {
 		return err
 	}
@@ -111,17 +113,23 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if strings.TrimSpace(*reason) == "" {
 		return usageError{"--reason is required: a reset is visible to every auditor, so record why"}
 	}
-	j, err := keydir.ParseBareJID(pos[0])
+	// Checked before connecting, so that a typo needs no database; the
+	// store's End canonicalises it again.
+	j, err := keylog.ParseBareJID(pos[0])
 	if err != nil {
 		return err
 	}
-	_, _, db, err := openDatabase(ctx, *path, stderr)
+	_, log, db, err := openDatabase(ctx, *path, stderr)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	idx, err := keydir.NewStore(db).End(ctx, j, keydir.KindReset, *reason, time.Now())
-	if errors.Is(err, keydir.ErrNoBinding) {
+	store, err := logdb.New(logdb.Config{DB: db, Log: log.With("part", "keydir")})
+	if err != nil {
+		return err
+	}
+	idx, err := store.End(ctx, j.String(), keylog.KindReset, *reason, time.Now())
+	if errors.Is(err, logdb.ErrNoBinding) {
 		return fmt.Errorf("%s has no key bound: nothing to reset", j)
 	}
 	if err != nil {
@@ -146,8 +154,8 @@ func addLogFlags(fs *flag.FlagSet) logFlags {
 	}
 }
 
-func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
-	var cfg keydir.AuditConfig
+func (f logFlags) config(kind string) (audit.Config, error) {
+	var cfg audit.Config
 	if *f.url == "" {
 		return cfg, usageError{"--url is required"}
 	}
@@ -164,7 +172,7 @@ func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
 	case vkey == "":
 		return cfg, usageError{"--key or --key-file is required"}
 	}
-	v, err := keydir.ParseVerifier(vkey)
+	v, err := keylog.ParseVerifier(vkey)
 	if err != nil {
 		return cfg, err
 	}
@@ -191,7 +199,7 @@ func (f logFlags) config(kind string) (keydir.AuditConfig, error) {
 	return cfg, nil
 }
 
-func printAudit(w io.Writer, rep *keydir.AuditReport, state string) {
+func printAudit(w io.Writer, rep *audit.Report, state string) {
 	if rep == nil {
 		return
 	}
@@ -202,7 +210,7 @@ func printAudit(w io.Writer, rep *keydir.AuditReport, state string) {
 	}
 	if rep.Counts != nil {
 		fmt.Fprintf(w, "%d labels, %d bindings in force; %d publish, %d reset, %d delete entries\n",
-			rep.Labels, rep.Bindings, rep.Counts[keydir.KindPublish], rep.Counts[keydir.KindReset], rep.Counts[keydir.KindDelete])
+			rep.Labels, rep.Bindings, rep.Counts[keylog.KindPublish], rep.Counts[keylog.KindReset], rep.Counts[keylog.KindDelete])
 	}
 	for _, f := range rep.Findings {
 		fmt.Fprintf(w, "finding: %s\n", f)
@@ -219,7 +227,7 @@ func runKeysAudit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	rep, err := keydir.Audit(ctx, cfg)
+	rep, err := audit.Run(ctx, cfg)
 	printAudit(stdout, rep, cfg.StateFile)
 	if err != nil {
 		return err
@@ -248,7 +256,7 @@ func runKeysMonitor(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		expect = (*[32]byte)(b)
 	}
-	rep, err := keydir.Monitor(ctx, cfg, pos[0], expect)
+	rep, err := audit.Monitor(ctx, cfg, pos[0], expect)
 	if rep != nil {
 		printAudit(stdout, rep.Audit, cfg.StateFile)
 		fmt.Fprintf(stdout, "%s (label %x): %d log entries\n", rep.JID, rep.Label[:], len(rep.History))

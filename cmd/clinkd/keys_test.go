@@ -3,12 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"math/big"
+	"io/fs"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -18,8 +16,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/clinkme/clinkd/clinkdtest/keydirtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keydir/logdb"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
 
@@ -30,18 +31,6 @@ func clinkd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
 	code = run(args, &out, &errb)
 	return code, out.String(), errb.String()
-}
-
-func fakeKey(t *testing.T) []byte {
-	t.Helper()
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 3071))
-	n.SetBit(n, 3071, 1)
-	n.SetBit(n, 0, 1)
-	der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 65537})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
 }
 
 // TestKeysCommands runs clinkd keys genkey, reset, audit and monitor as an
@@ -60,7 +49,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatalf("keys genkey = %d, %s", code, stderr)
 	}
 	vkey = strings.TrimSpace(vkey)
-	if _, err := keydir.ParseVerifier(vkey); err != nil || !strings.HasPrefix(vkey, "clink.lab.localhost/keydir+") {
+	if _, err := keylog.ParseVerifier(vkey); err != nil || !strings.HasPrefix(vkey, "clink.lab.localhost/keydir+") {
 		t.Fatalf("keys genkey printed %q (%v), want a verifier key", vkey, err)
 	}
 	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
@@ -79,7 +68,12 @@ func TestKeysCommands(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte("database:\n  url: "+dbURL+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, out, stderr := clinkd(t, "migrate", "--config", cfgFile); code != 0 || !strings.Contains(out, fmt.Sprintf("%d migrations applied", len(daemon.MigrationSets()))) {
+	migrations := 0
+	for _, set := range daemon.MigrationSets() {
+		files, _ := fs.Glob(set.FS, "*.sql")
+		migrations += len(files)
+	}
+	if code, out, stderr := clinkd(t, "migrate", "--config", cfgFile); code != 0 || !strings.Contains(out, fmt.Sprintf("%d migrations applied", migrations)) {
 		t.Fatalf("migrate = %d, %q, %q", code, out, stderr)
 	}
 	db, err := pgxpool.New(ctx, dbURL)
@@ -87,21 +81,24 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	store := keydir.NewStore(db)
-	alice, _ := keydir.ParseBareJID("alice@lab.localhost")
-	bob, _ := keydir.ParseBareJID("bob@lab.localhost")
-	if _, _, err := store.Publish(ctx, alice, fakeKey(t), time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	bobKey := fakeKey(t)
-	if _, _, err := store.Publish(ctx, bob, bobKey, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	signer, err := keydir.LoadSigner(keyFile)
+	store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := keydir.New(keydir.Config{Signer: signer}, store, nil, nil)
+	alice, _ := keylog.ParseBareJID("alice@lab.localhost")
+	bob, _ := keylog.ParseBareJID("bob@lab.localhost")
+	if _, _, err := store.Publish(ctx, alice, keydirtest.FakeRSAKey(t, 3072), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	bobKey := keydirtest.FakeRSAKey(t, 3072)
+	if _, _, err := store.Publish(ctx, bob, bobKey, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := keylog.LoadSigner(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := keydir.New(keydir.Config{Signer: signer, LocalDomain: "lab.localhost", Accounts: keydir.ServerAccounts{}}, store, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,13 +120,17 @@ func TestKeysCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "reset alice@lab.localhost: log entry 2 appended") {
 		t.Fatalf("keys reset = %d, %q, %q", code, out, stderr)
 	}
+	// The reset is logged as every end of a binding is, without the JID.
+	if !strings.Contains(stderr, `msg="keydir: binding ended" part=keydir kind=reset index=2`) || strings.Contains(stderr, "alice") {
+		t.Errorf("keys reset logged %q, want the binding ended line without the JID", stderr)
+	}
 	if code, _, stderr := clinkd(t, "keys", "reset", "alice@lab.localhost", "--reason", "again", "--config", cfgFile); code != 1 || stderr != "clinkd: error: alice@lab.localhost has no key bound: nothing to reset\n" {
 		t.Errorf("keys reset (nothing bound) = %d, %q", code, stderr)
 	}
 
 	// The audit flags the reset and checks the log grew from the 2
 	// entries it kept.
-	label := keydir.Label(alice)
+	label := keylog.Label(alice)
 	code, out, stderr = clinkd(t, audit...)
 	if code != 0 || !strings.Contains(out, "previous checkpoint: 2 entries") || !strings.Contains(out, "finding: reset label "+hex.EncodeToString(label[:])) {
 		t.Fatalf("keys audit after reset = %d\n%s%s", code, out, stderr)
@@ -140,7 +141,7 @@ func TestKeysCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "2 log entries") || !strings.Contains(out, "reset") || !strings.Contains(out, "no key in force") {
 		t.Errorf("keys monitor alice = %d\n%s%s", code, out, stderr)
 	}
-	bobFP := keydir.Fingerprint(bobKey)
+	bobFP := keylog.Fingerprint(bobKey)
 	code, out, stderr = clinkd(t, "keys", "monitor", "bob@lab.localhost", "--url", srv.URL, "--key", vkey, "--state", filepath.Join(dir, "mon"), "--fingerprint", hex.EncodeToString(bobFP[:]))
 	if code != 0 || !strings.Contains(out, "key in force: "+hex.EncodeToString(bobFP[:])) {
 		t.Errorf("keys monitor bob --fingerprint (his) = %d\n%s%s", code, out, stderr)
@@ -153,13 +154,13 @@ func TestKeysCommands(t *testing.T) {
 	// A wrong verifier key, then a tampered row: both fail the audit.
 	other := filepath.Join(dir, "other.key")
 	_, otherV, _ := clinkd(t, "keys", "genkey", "--name", "clink.lab.localhost/keydir", "--out", other)
-	if code, _, stderr := clinkd(t, "keys", "audit", "--url", srv.URL, "--key", strings.TrimSpace(otherV), "--state", state); code != 1 || !strings.Contains(stderr, "clinkd: error: keydir: audit failed: checkpoint") {
+	if code, _, stderr := clinkd(t, "keys", "audit", "--url", srv.URL, "--key", strings.TrimSpace(otherV), "--state", state); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: checkpoint") {
 		t.Errorf("keys audit with another key = %d, %q; want 1", code, stderr)
 	}
 	if _, err := db.Exec(ctx, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 0`); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := clinkd(t, audit...); code != 1 || !strings.Contains(stderr, "clinkd: error: keydir: audit failed: the entries served do not hash") {
+	if code, _, stderr := clinkd(t, audit...); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: the entries served do not hash") {
 		t.Errorf("keys audit after tampering = %d, %q; want 1", code, stderr)
 	}
 }

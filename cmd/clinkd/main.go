@@ -7,10 +7,12 @@
 //	                                key directory: signing key, operator
 //	                                reset, independent audit and monitor
 //	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
-//	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock ACCOUNT
+//	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock|create ACCOUNT,
+//	                invite
 //	                                manage ClinkID accounts
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
+//	clinkd secret [--out FILE]      make a component secret (link.secret)
 //	clinkd version
 package main
 
@@ -43,8 +45,11 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
-		{"accounts", "grant or revoke entitlements, show or unlock ClinkID accounts", runAccounts},
+		{"accounts", "ClinkID accounts: grant, revoke, show, unlock, create, invite", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			return runAccounts(ctx, args, os.Stdin, stdout, stderr)
+		}},
 		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
+		{"secret", "make a component secret (256 random bits, hex): [--out FILE]", runSecret},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -15,7 +15,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CLINKD_TEST_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(labtest.Main(m, labtest.Need{Postgres: true}))
+	os.Exit(labtest.Main(m, labtest.Need{Postgres: true, Prosody: true, Ejabberd: true}))
 }
 
 func TestUsageErrors(t *testing.T) {

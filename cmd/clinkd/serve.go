@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -44,11 +46,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// A reader of clinkd's log that goes away (a closed pipe to a log
+	// collector) must not kill it, and every timed message it holds, with
+	// SIGPIPE: ignored, the write fails and clinkd goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return err
 	}
-	log, err := daemon.NewLogger(cfg.Log, stderr)
+	log, level, err := daemon.NewLevelLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
@@ -56,6 +62,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// SIGHUP reloads what can change live (daemon.Reload) and names what
+	// needs a restart; a config that does not load is refused whole and
+	// the running one stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				next, err := loadConfig(*path)
+				if err == nil {
+					_, err = d.Reload(next, level)
+				}
+				if err != nil {
+					log.Error("SIGHUP: configuration not reloaded; the running one stays", "err", err)
+				}
+			}
+		}
+	}()
 	return d.Run(ctx)
 }
 

@@ -19,7 +19,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/doctor"
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 )
 
@@ -108,11 +108,11 @@ func TestLabCommand(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			v, err := keydir.ParseVerifier(info.KeyLogVerifier)
+			v, err := keylog.ParseVerifier(info.KeyLogVerifier)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := keydir.OpenCheckpoint(body, v); err != nil {
+			if _, err := keylog.OpenCheckpoint(body, v); err != nil {
 				t.Errorf("key log checkpoint does not verify: %v\n%s", err, body)
 			}
 			// The doctor finds the lab healthy from lab.json alone, and

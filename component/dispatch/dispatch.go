@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"mellium.im/xmpp/jid"
@@ -42,6 +43,7 @@ import (
 	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/markers"
 	"github.com/clinkme/clinkd/extensions/receiptsxml"
+	"github.com/clinkme/clinkd/internal/ratelimit"
 )
 
 // An Envelope is an end-to-end envelope a device sent to a user's address
@@ -165,14 +167,72 @@ type Config struct {
 	Ordinary Ordinary
 	// Watchers are told of every announcement.
 	Watchers []Watcher
-	Log      *slog.Logger
+	// Access says whom the router serves and how much; Reload replaces it
+	// while clinkd runs.
+	Access Access
+	Log    *slog.Logger
 	// Registerer, if set, gets the router's metrics.
 	Registerer prometheus.Registerer
+}
+
+// Access is whom the router serves and how much.
+type Access struct {
+	// Local is the XMPP server's own domain, whose users clinkd serves;
+	// Federated lists other domains whose users it serves as well. Anyone
+	// else is refused, as sender and as recipient: clinkd relays for its
+	// own users only, so it cannot be used to send to, or from, addresses
+	// nobody vouches for. Local is required.
+	Local     string
+	Federated []string
+	// PerMinute and Burst bound the envelopes, receipts and announcements
+	// one sender (bare JID) may hand the router (defaults 60 and 60);
+	// beyond them it is refused with resource-constraint. A negative
+	// PerMinute turns the bound off: for measuring what it costs, never
+	// for a server users reach.
+	PerMinute float64
+	Burst     int
+}
+
+// Check reports whether a is an Access New and Reload accept.
+func (a Access) Check() error {
+	_, err := newAccess(a)
+	return err
+}
+
+// access is what an Access makes.
+type access struct {
+	Access
+	domains map[string]bool // whose users are served
+	rate    *ratelimit.Limiter
+}
+
+func newAccess(a Access) (*access, error) {
+	if a.Local == "" {
+		return nil, errors.New("dispatch: no local domain (whose users are served)")
+	}
+	if a.PerMinute == 0 {
+		a.PerMinute = 60
+	}
+	if a.Burst <= 0 {
+		a.Burst = 60
+	}
+	domains := map[string]bool{}
+	for _, d := range append([]string{a.Local}, a.Federated...) {
+		j, err := jid.Parse(d)
+		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
+			return nil, fmt.Errorf("dispatch: %q is not a domain", d)
+		}
+		domains[j.Domainpart()] = true
+	}
+	// Keys are senders; the bound on keys keeps memory bounded when many
+	// senders come and go (an evicted sender starts full again).
+	return &access{Access: a, domains: domains, rate: ratelimit.New(a.PerMinute/60, a.Burst, 100_000)}, nil
 }
 
 // A Router is the envelope router.
 type Router struct {
 	cfg     Config
+	access  atomic.Pointer[access]
 	refused *prometheus.CounterVec
 }
 
@@ -186,6 +246,10 @@ func New(cfg Config) (*Router, error) {
 	case cfg.Timed == nil || cfg.Ordinary == nil:
 		return nil, errors.New("dispatch: Timed and Ordinary are required (use Unavailable for a feature that is off)")
 	}
+	a, err := newAccess(cfg.Access)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -196,10 +260,25 @@ func New(cfg Config) (*Router, error) {
 			Help: "Envelopes refused before any feature saw them, by reason.",
 		}, []string{"reason"}),
 	}
+	r.access.Store(a)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(r.refused)
 	}
 	return r, nil
+}
+
+// Reload replaces whom the router serves and how much, while it runs. The
+// senders' buckets start over only when the rate or burst changed.
+func (r *Router) Reload(a Access) error {
+	next, err := newAccess(a)
+	if err != nil {
+		return err
+	}
+	if cur := r.access.Load(); cur.PerMinute == next.PerMinute && cur.Burst == next.Burst {
+		next.rate = cur.rate
+	}
+	r.access.Store(next)
+	return nil
 }
 
 // Register routes envelopes, copies, receipts, markers and presence on c.
@@ -219,6 +298,21 @@ var (
 	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
 	bodyNames     = []xml.Name{{Space: "jabber:component:accept", Local: "body"}, {Space: "jabber:client", Local: "body"}}
 )
+
+// served reports whether clinkd serves the user j (local or federated).
+func (r *Router) served(j jid.JID) bool { return r.access.Load().domains[j.Domainpart()] }
+
+// admit checks that sender may use the relay and has tokens left.
+func (r *Router) admit(sender jid.JID) error {
+	a := r.access.Load()
+	if !a.domains[sender.Domainpart()] || sender.Localpart() == "" {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd serves users of "+a.Local+" (and the federated domains its operator lists) only")
+	}
+	if !a.rate.Allow(sender.String()) {
+		return r.refuse("rate", stanza.ResourceConstraint, fmt.Sprintf("you send faster than clinkd relays for one user (%g a minute, bursts of %d); slow down", a.PerMinute, a.Burst))
+	}
+	return nil
+}
 
 // refuse counts a refusal and returns the stanza error for it.
 func (r *Router) refuse(reason string, cond stanza.Condition, text string) error {
@@ -282,6 +376,12 @@ func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error 
 		}
 	}
 	sender := m.From.Bare()
+	if err := r.admit(sender); err != nil {
+		return err
+	}
+	if !r.served(recipient) {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
+	}
 	env, raw, err := r.decode(m, sender)
 	if err != nil {
 		return err
@@ -333,6 +433,12 @@ func (r *Router) handleReceipt(ctx context.Context, m *component.Stanza) error {
 	if err != nil {
 		return component.BadRequest("send receipts to the sender's address at this component")
 	}
+	if err := r.admit(m.From.Bare()); err != nil {
+		return err
+	}
+	if !r.served(owner) {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
+	}
 	rc := &Receipt{Device: m.From, Reader: m.From.Bare(), Owner: owner}
 	if m.Has(receivedName) {
 		var v receiptsxml.Received
@@ -380,6 +486,11 @@ func (r *Router) HandlePresence(ctx context.Context, p *component.Stanza) error 
 	if p.Type == string(stanza.UnavailablePresence) {
 		r.cfg.Devices.gone(p.From)
 		return nil
+	}
+	// An announcement makes clinkd deliver what it holds: it is bounded
+	// like what a sender hands the relay.
+	if err := r.admit(user); err != nil {
+		return err
 	}
 	r.cfg.Devices.add(user, p.From)
 	for _, w := range r.cfg.Watchers {

@@ -100,6 +100,7 @@ func newRouter(t testing.TB) (*dispatch.Router, *dispatch.Devices, *features) {
 	r, err := dispatch.New(dispatch.Config{
 		Component: jid.MustParse("clink.example.org"), Devices: devs,
 		Timed: f, Ordinary: f, Watchers: []dispatch.Watcher{f},
+		Access: dispatch.Access{Local: "example.org"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -297,4 +298,97 @@ func FuzzHandleMessage(f *testing.F) {
 			t.Fatalf("refused (%v) but handed on: %q", err, feats.calls)
 		}
 	})
+}
+
+// TestAccess: the router serves users of the local domain and of the
+// federated domains its operator lists, as senders and as recipients, and
+// bounds what one sender hands it.
+func TestAccess(t *testing.T) {
+	t.Parallel()
+	env := func(from, to string) string {
+		e := envelopeXML(t, "o1", time.Time{})
+		e = strings.ReplaceAll(e, `from="alice@example.org"`, `from="`+from+`"`)
+		return strings.ReplaceAll(e, `jid="bob@example.org"`, `jid="`+to+`"`)
+	}
+	msg := func(from, to string) string {
+		addr := strings.Replace(to, "@", `\40`, 1) + "@clink.example.org"
+		return `<message type='chat' from='` + from + `/d' to='` + addr + `'>` + env(from, to) + `</message>`
+	}
+	tests := []struct {
+		name      string
+		federated []string
+		stanza    string
+		cond      stanza.Condition
+	}{
+		{"local to local", nil, msg("alice@example.org", "bob@example.org"), ""},
+		{"from a federated user", nil, msg("eve@remote.example", "bob@example.org"), stanza.Forbidden},
+		{"to a federated user", nil, msg("alice@example.org", "ghost@remote.example"), stanza.Forbidden},
+		{"from a listed domain", []string{"remote.example"}, msg("eve@remote.example", "bob@example.org"), ""},
+		{"to a listed domain", []string{"remote.example"}, msg("alice@example.org", "carol@remote.example"), ""},
+		{"receipt from a federated user", nil, `<message from='eve@remote.example/d' to='` + aliceAddr + `'><received xmlns='urn:xmpp:receipts' id='o1'/></message>`, stanza.Forbidden},
+		{"announcement of a federated user", nil, `<presence from='eve@remote.example/d' to='eve\40remote.example@clink.example.org'/>`, stanza.Forbidden},
+		{"announcement of a listed domain's user", []string{"remote.example"}, `<presence from='eve@remote.example/d' to='eve\40remote.example@clink.example.org'/>`, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := &features{}
+			r, err := dispatch.New(dispatch.Config{
+				Component: jid.MustParse("clink.example.org"), Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
+				Timed: f, Ordinary: f, Access: dispatch.Access{Local: "example.org", Federated: tt.federated},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := component.ParseStanza(tt.stanza, 256<<10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Kind == component.KindPresence {
+				err = r.HandlePresence(context.Background(), s)
+			} else {
+				err = r.HandleMessage(context.Background(), s)
+			}
+			var se stanza.Error
+			switch {
+			case tt.cond == "" && err != nil:
+				t.Fatalf("= %v, want accepted", err)
+			case tt.cond != "" && (!errors.As(err, &se) || se.Condition != tt.cond):
+				t.Fatalf("= %v, want %s", err, tt.cond)
+			case tt.cond != "" && len(f.calls) != 0:
+				t.Fatalf("refused, yet handed on: %q", f.calls)
+			}
+		})
+	}
+}
+
+func TestSenderRate(t *testing.T) {
+	t.Parallel()
+	f := &features{}
+	r, err := dispatch.New(dispatch.Config{
+		Component: jid.MustParse("clink.example.org"), Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
+		Timed: f, Ordinary: f, Access: dispatch.Access{Local: "example.org", PerMinute: 1, Burst: 3},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(from string) error {
+		s, err := component.ParseStanza(`<message from='`+from+`/d' to='`+aliceAddr+`'><received xmlns='urn:xmpp:receipts' id='o1'/></message>`, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.HandleMessage(context.Background(), s)
+	}
+	for i := range 3 {
+		if err := send("bob@example.org"); err != nil {
+			t.Fatalf("receipt %d within the burst: %v", i, err)
+		}
+	}
+	err = send("bob@example.org")
+	if se := (stanza.Error{}); !errors.As(err, &se) || se.Condition != stanza.ResourceConstraint || !strings.Contains(se.Text[""], "a minute") {
+		t.Fatalf("fourth receipt = %v, want resource-constraint naming the limit", err)
+	}
+	if err := send("carol@example.org"); err != nil {
+		t.Errorf("another sender is limited by bob's flood: %v", err)
+	}
 }

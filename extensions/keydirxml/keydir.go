@@ -25,7 +25,7 @@ const NS = "urn:clinkme:keydir:0"
 // 2^63 leaves needs, and a key is far below the component's stanza limit.
 const (
 	MaxProofHashes  = 64
-	MaxKeyBase64    = 4096 // an RSA-8192 SubjectPublicKeyInfo is 1,062 bytes of DER, 1,416 of base64
+	MaxKeyBase64    = 4096 // room to spare: an RSA-4096 SubjectPublicKeyInfo is 550 bytes of DER, 736 of base64
 	MaxCheckpoint   = 2048 // a signed checkpoint is about 200 bytes
 	MaxJIDBytes     = 3071 // RFC 7622: each of the three parts at most 1023 bytes
 	MaxBatchOnWire  = 256  // the server's configured batch bound is lower; this bounds decoding

@@ -51,15 +51,19 @@ var folders = map[string]layer{
 	"daemon":     assembly,
 	"client":     device,
 	"clinkdtest": tools,
+	"abuse":      tools,
 	"labdeploy":  tools,
 	"doctor":     tools,
 	"bench":      tools,
 	"cmd":        mains,
+
+	// Sub-folders on another floor than their folder's.
 }
 
 type pkg struct {
 	ImportPath string
 	Dir        string
+	Standard   bool
 	Imports    []string
 	Deps       []string
 }
@@ -71,7 +75,7 @@ func list(t *testing.T, patterns ...string) []pkg {
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	args := append([]string{"list", "-json=ImportPath,Dir,Imports,Deps"}, patterns...)
+	args := append([]string{"list", "-json=ImportPath,Dir,Standard,Imports,Deps"}, patterns...)
 	out, err := exec.Command(goBin, args...).Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
@@ -149,6 +153,33 @@ func TestLayers(t *testing.T) {
 			if fromLayer == feature && toLayer == feature && capability(from) != capability(to) {
 				t.Errorf("feature %s imports feature %s: features never import each other (daemon wires them)", from, to)
 			}
+		}
+	}
+}
+
+// boundaries hold a package to what it may link beside the standard
+// library: the packages listed and what they link. A boundary written only
+// in a package comment erodes one convenient import at a time.
+var boundaries = map[string][]string{
+	// keylog is the ground the server and every verifier share: it links
+	// nothing of the server (no store, no component, no metrics).
+	"keylog": {"golang.org/x/mod/sumdb/tlog", "golang.org/x/mod/sumdb/note", "mellium.im/xmpp/jid", module + "/extensions/keydirxml"},
+	// An audit verifies the server, so it runs none of the server's code:
+	// of this module, keylog and what keylog links.
+	"keydir/audit": {module + "/keylog", "golang.org/x/mod/sumdb/tlog", "golang.org/x/mod/sumdb/note"},
+}
+
+func TestBoundaries(t *testing.T) {
+	for pkgPath, allowed := range boundaries {
+		ok := map[string]bool{}
+		for _, p := range list(t, append([]string{"-deps=true"}, allowed...)...) {
+			ok[p.ImportPath] = true
+		}
+		for _, p := range list(t, "-deps=true", module+"/"+pkgPath) {
+			if p.Standard || p.ImportPath == module+"/"+pkgPath || ok[p.ImportPath] {
+				continue
+			}
+			t.Errorf("%s links %s, which is neither the standard library nor one of %s", pkgPath, p.ImportPath, strings.Join(allowed, ", "))
 		}
 	}
 }

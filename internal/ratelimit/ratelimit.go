@@ -1,14 +1,19 @@
 // Package ratelimit keeps one token bucket per key (a requester's bare JID,
-// an account, an IP address) in bounded memory.
+// an account, an IP address or network) in bounded memory.
 //
-// Buckets are golang.org/x/time/rate limiters. The number of keys is capped:
-// when the cap is reached, buckets idle long enough to have refilled are
-// dropped (forgetting them changes nothing), and if none is, an arbitrary
-// one is, which can only make the limiter more lenient for that one key,
-// never let memory grow.
+// Buckets are golang.org/x/time/rate limiters, kept in a map and in a list
+// ordered by last use, so every operation costs O(1) whatever the number
+// of keys. The number of keys is capped: a new key past the cap evicts the
+// least recently used one. A bucket idle long enough to have refilled is
+// forgotten at no cost (a fresh bucket is the same); evicting one that has
+// not refilled can only make the limiter more lenient for that one key,
+// never let memory grow. Each new key also drops up to two refilled
+// buckets from the cold end, so idle keys do not sit in memory until the
+// cap is reached.
 package ratelimit
 
 import (
+	"container/list"
 	"sync"
 	"time"
 
@@ -23,10 +28,12 @@ type Limiter struct {
 	refill  time.Duration // time for an empty bucket to become full
 
 	mu      sync.Mutex
-	buckets map[string]*bucket
+	buckets map[string]*list.Element // of *bucket
+	lru     list.List                // front: most recently used
 }
 
 type bucket struct {
+	key  string
 	lim  *rate.Limiter
 	last time.Time
 }
@@ -35,7 +42,7 @@ type bucket struct {
 // bursts of burst, for at most maxKeys keys at once. perSecond ≤ 0 means no
 // limit at all.
 func New(perSecond float64, burst, maxKeys int) *Limiter {
-	l := &Limiter{limit: rate.Limit(perSecond), burst: max(burst, 1), maxKeys: max(maxKeys, 1), buckets: make(map[string]*bucket)}
+	l := &Limiter{limit: rate.Limit(perSecond), burst: max(burst, 1), maxKeys: max(maxKeys, 1), buckets: make(map[string]*list.Element)}
 	if perSecond > 0 {
 		l.refill = time.Duration(float64(l.burst) / perSecond * float64(time.Second))
 	}
@@ -53,32 +60,58 @@ func (l *Limiter) AllowN(key string, now time.Time, n int) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= l.maxKeys {
-			l.evict(now)
-		}
-		b = &bucket{lim: rate.NewLimiter(l.limit, l.burst)}
-		l.buckets[key] = b
-	}
-	b.last = now
-	return b.lim.AllowN(now, n)
+	return l.get(key, now).lim.AllowN(now, n)
 }
 
-// evict makes room for one key. Called with mu held.
-func (l *Limiter) evict(now time.Time) {
-	for k, b := range l.buckets {
-		if now.Sub(b.last) >= l.refill {
-			delete(l.buckets, k)
+// Peek reports whether key's bucket holds a token at time now, without
+// taking it. Callers that count only failures (wrong secrets) ask Peek
+// before the check and Allow after a failure, so that a requester who is
+// limited learns nothing from a right answer either.
+func (l *Limiter) Peek(key string, now time.Time) bool {
+	if l.limit <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.buckets[key]
+	if !ok {
+		return true // a fresh bucket is full
+	}
+	return e.Value.(*bucket).lim.TokensAt(now) >= 1
+}
+
+// get returns key's bucket, marked used at now, creating it (and evicting
+// the least recently used bucket if the cap is reached). Called with mu
+// held; O(1).
+func (l *Limiter) get(key string, now time.Time) *bucket {
+	if e, ok := l.buckets[key]; ok {
+		b := e.Value.(*bucket)
+		if now.After(b.last) {
+			b.last = now
 		}
+		l.lru.MoveToFront(e)
+		return b
 	}
-	if len(l.buckets) < l.maxKeys {
-		return
+	// Forget up to two buckets that have refilled: amortised cleanup, so
+	// memory follows the keys in use rather than the cap.
+	for range 2 {
+		back := l.lru.Back()
+		if back == nil || now.Sub(back.Value.(*bucket).last) < l.refill {
+			break
+		}
+		l.remove(back)
 	}
-	for k := range l.buckets {
-		delete(l.buckets, k)
-		return
+	if len(l.buckets) >= l.maxKeys {
+		l.remove(l.lru.Back())
 	}
+	b := &bucket{key: key, lim: rate.NewLimiter(l.limit, l.burst), last: now}
+	l.buckets[key] = l.lru.PushFront(b)
+	return b
+}
+
+func (l *Limiter) remove(e *list.Element) {
+	delete(l.buckets, e.Value.(*bucket).key)
+	l.lru.Remove(e)
 }
 
 // Len returns the number of keys held.

@@ -342,16 +342,41 @@ func NewDatabase(t testing.TB) string {
 // random password, and returns its bare JID and password.
 func NewUser(t testing.TB, srv *lab.XMPPServer) (jid, password string) {
 	t.Helper()
+	return NewUserAt(t, srv, srv.Domain)
+}
+
+// NewUserAt is NewUser on domain, the server's Domain or one of its
+// OtherDomains.
+func NewUserAt(t testing.TB, srv *lab.XMPPServer, domain string) (jid, password string) {
+	t.Helper()
 	n := uint64(0)
 	if env != nil {
 		n = env.seq.Add(1)
 	}
 	local := fmt.Sprintf("u%d-%s", n, randHex(4))
 	password = randHex(16)
-	if err := srv.Register(t.Context(), local, password); err != nil {
+	if err := srv.RegisterAt(t.Context(), local, domain, password); err != nil {
 		t.Fatal(err)
 	}
-	return local + "@" + srv.Domain, password
+	return local + "@" + domain, password
+}
+
+// NewPostgres starts a private throwaway PostgreSQL cluster for a test
+// that freezes, stops or kills its database (never the shared one), and
+// stops it when the test ends.
+func NewPostgres(t testing.TB) *lab.Postgres {
+	t.Helper()
+	e := get(t, "", nil)
+	pg, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir(), Private: true, Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return pg
 }
 
 // Component leases a component domain of srv that no other running test
@@ -424,7 +449,7 @@ func NewXMPP(t testing.TB, opts lab.XMPPOptions) *lab.XMPPServer {
 func NewComponents(n int) []lab.Component {
 	cs := make([]lab.Component, n)
 	for i := range cs {
-		cs[i] = lab.Component{Domain: fmt.Sprintf("c%d.clink.%s", i+1, Domain), Secret: randHex(16)}
+		cs[i] = lab.Component{Domain: fmt.Sprintf("c%d.clink.%s", i+1, Domain), Secret: randHex(32)}
 	}
 	return cs
 }

@@ -1,4 +1,16 @@
-package keydir
+// Package audit verifies a key directory's log from the outside, as an
+// auditor, or a user watching their own JID, does (docs/protocol.md; the
+// operator's side, clinkd keys audit and monitor, is in docs/keydir.md).
+// Run fetches the signed checkpoint and every tile the log serves (C2SP
+// tlog-tiles, keydir's LogHandler), rebuilds the tree from the entries,
+// checks it against the checkpoint and against the last checkpoint it
+// kept, and replays each label's entries against the directory's policy.
+// Monitor does the same for one JID and says which key is in force.
+//
+// An audit must not trust the server's code, so it shares none: audit
+// imports nothing of this module but keylog, the formats (a test holds
+// it to that).
+package audit
 
 import (
 	"bytes"
@@ -14,10 +26,12 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/clinkme/clinkd/keylog"
 )
 
-// AuditConfig says which log to audit and how.
-type AuditConfig struct {
+// Config says which log to audit and how.
+type Config struct {
 	// URL is the log's base URL, e.g. https://clink.example.org/keydir/log;
 	// URL/checkpoint and URL/tile/... are fetched.
 	URL string
@@ -47,26 +61,26 @@ func (f Finding) String() string {
 	return fmt.Sprintf("%s label %x: %s (entries %v)", f.What, f.Label, f.Text, f.Indexes)
 }
 
-// An AuditReport is what an audit established about a log that passed.
-type AuditReport struct {
-	Checkpoint Checkpoint
-	Previous   *Checkpoint // the state file's checkpoint, if there was one
-	Labels     int         // distinct labels in the log
-	Bindings   int         // labels with a binding in force
-	Counts     map[Kind]int
+// A Report is what an audit established about a log that passed.
+type Report struct {
+	Checkpoint keylog.Checkpoint
+	Previous   *keylog.Checkpoint // the state file's checkpoint, if there was one
+	Labels     int                // distinct labels in the log
+	Bindings   int                // labels with a binding in force
+	Counts     map[keylog.Kind]int
 	Findings   []Finding
-	History    []Entry // the entries of AuditConfig.Label
+	History    []keylog.Entry // the entries of Config.Label
 }
 
-// ErrAuditFailed is wrapped by every error that means the log is not what
-// its signed checkpoints say (as opposed to a network or usage error).
-var ErrAuditFailed = errors.New("keydir: audit failed")
+// ErrFailed is wrapped by every error that means the log is not what its
+// signed checkpoints say (as opposed to a network or usage error).
+var ErrFailed = errors.New("audit: failed")
 
 func auditFailed(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrAuditFailed, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", ErrFailed, fmt.Sprintf(format, args...))
 }
 
-// Audit fetches the log's checkpoint, every entry bundle and every hash
+// Run fetches the log's checkpoint, every entry bundle and every hash
 // tile, and checks, in order:
 //
 //  1. the checkpoint is signed by Verifier and names its origin;
@@ -80,23 +94,23 @@ func auditFailed(format string, args ...any) error {
 //     binding is in force, a reset or delete only of the binding in force.
 //
 // Failures of 1-4 and policy violations of 5 return an error wrapping
-// ErrAuditFailed (the report is still returned for what it holds); labels
+// ErrFailed (the report is still returned for what it holds); labels
 // with more than one binding over time and operator resets are Findings.
 // The state file is updated only when everything passed.
-func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
+func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Client == nil {
 		cfg.Client = http.DefaultClient
 	}
 	base := strings.TrimSuffix(cfg.URL, "/")
-	msg, err := fetch(ctx, cfg.Client, base+"/checkpoint", MaxCheckpointSize)
+	msg, err := fetch(ctx, cfg.Client, base+"/checkpoint", keylog.MaxCheckpointSize)
 	if err != nil {
 		return nil, err
 	}
-	cp, err := OpenCheckpoint(msg, cfg.Verifier)
+	cp, err := keylog.OpenCheckpoint(msg, cfg.Verifier)
 	if err != nil {
 		return nil, auditFailed("checkpoint: %v", err)
 	}
-	rep := &AuditReport{Checkpoint: cp, Counts: map[Kind]int{}}
+	rep := &Report{Checkpoint: cp, Counts: map[keylog.Kind]int{}}
 	if cfg.StateFile != "" {
 		prev, err := loadState(cfg.StateFile, cfg.Verifier)
 		if err != nil {
@@ -111,54 +125,40 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 
 	// Recompute every stored hash from the entries.
-	hashes := make([]tlog.Hash, 0, 2*cp.Size)
-	mem := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			if x < 0 || x >= int64(len(hashes)) {
-				return nil, fmt.Errorf("keydir: hash %d not computed", x)
-			}
-			out[i] = hashes[x]
-		}
-		return out, nil
-	})
+	mem := new(keylog.Hashes)
 	pol := newPolicy(cfg.Label)
-	for start := int64(0); start < cp.Size; start += TileWidth {
-		w := int(min(cp.Size-start, TileWidth))
-		t := tlog.Tile{H: TileHeight, L: EntriesLevel, N: start / TileWidth, W: w}
-		data, err := fetch(ctx, cfg.Client, base+"/"+TilePath(t), w*(2+MaxEntrySize))
+	for start := int64(0); start < cp.Size; start += keylog.TileWidth {
+		w := int(min(cp.Size-start, keylog.TileWidth))
+		t := tlog.Tile{H: keylog.TileHeight, L: keylog.EntriesLevel, N: start / keylog.TileWidth, W: w}
+		data, err := fetch(ctx, cfg.Client, base+"/"+keylog.TilePath(t), w*(2+keylog.MaxEntrySize))
 		if err != nil {
 			return rep, err
 		}
-		entries, err := ParseEntryBundle(data, w)
+		entries, err := keylog.ParseEntryBundle(data, w)
 		if err != nil {
-			return rep, auditFailed("%s: %v", TilePath(t), err)
+			return rep, auditFailed("%s: %v", keylog.TilePath(t), err)
 		}
 		for i, e := range entries {
 			n := start + int64(i)
-			rec, err := ParseRecord(e)
+			rec, err := keylog.ParseRecord(e)
 			if err != nil {
 				return rep, auditFailed("entry %d: %v", n, err)
 			}
-			hs, err := tlog.StoredHashes(n, e, mem)
-			if err != nil {
-				return rep, fmt.Errorf("keydir: audit: %w", err)
-			}
-			hashes = append(hashes, hs...)
+			mem.Append(e)
 			pol.add(n, rec)
 		}
 	}
-	root, err := treeHash(cp.Size, mem)
+	root, err := keylog.TreeHash(cp.Size, mem)
 	if err != nil {
-		return rep, fmt.Errorf("keydir: audit: %w", err)
+		return rep, fmt.Errorf("audit: %w", err)
 	}
 	if root != cp.Hash {
 		return rep, auditFailed("the entries served do not hash to the signed checkpoint's root (size %d): an entry was changed, added or removed", cp.Size)
 	}
 	if p := rep.Previous; p != nil {
-		old, err := treeHash(p.Size, mem)
+		old, err := keylog.TreeHash(p.Size, mem)
 		if err != nil {
-			return rep, fmt.Errorf("keydir: audit: %w", err)
+			return rep, fmt.Errorf("audit: %w", err)
 		}
 		if old != p.Hash {
 			return rep, auditFailed("the log of %d entries is not an extension of the one of %d in %s: its history was rewritten", cp.Size, p.Size, cfg.StateFile)
@@ -166,22 +166,22 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 	// Every hash tile, level by level, against the recomputation.
 	for level := 0; ; level++ {
-		avail := cp.Size >> (TileHeight * uint(level))
+		avail := cp.Size >> (keylog.TileHeight * uint(level))
 		if avail == 0 {
 			break
 		}
-		for start := int64(0); start < avail; start += TileWidth {
-			t := tlog.Tile{H: TileHeight, L: level, N: start / TileWidth, W: int(min(avail-start, TileWidth))}
-			got, err := fetch(ctx, cfg.Client, base+"/"+TilePath(t), t.W*tlog.HashSize)
+		for start := int64(0); start < avail; start += keylog.TileWidth {
+			t := tlog.Tile{H: keylog.TileHeight, L: level, N: start / keylog.TileWidth, W: int(min(avail-start, keylog.TileWidth))}
+			got, err := fetch(ctx, cfg.Client, base+"/"+keylog.TilePath(t), t.W*tlog.HashSize)
 			if err != nil {
 				return rep, err
 			}
 			want, err := tlog.ReadTileData(t, mem)
 			if err != nil {
-				return rep, fmt.Errorf("keydir: audit: %w", err)
+				return rep, fmt.Errorf("audit: %w", err)
 			}
 			if !bytes.Equal(got, want) {
-				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", TilePath(t))
+				return rep, auditFailed("hash tile %s differs from the hashes of the entries: a stored hash was changed", keylog.TilePath(t))
 			}
 		}
 	}
@@ -204,11 +204,11 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 // policy replays the log's entries label by label.
 type policy struct {
 	labels     map[[32]byte]*labelState
-	counts     map[Kind]int
+	counts     map[keylog.Kind]int
 	findings   []Finding
 	violations []Finding
 	watch      *[32]byte
-	history    []Entry
+	history    []keylog.Entry
 }
 
 type labelState struct {
@@ -219,13 +219,13 @@ type labelState struct {
 }
 
 func newPolicy(watch *[32]byte) *policy {
-	return &policy{labels: map[[32]byte]*labelState{}, counts: map[Kind]int{}, watch: watch}
+	return &policy{labels: map[[32]byte]*labelState{}, counts: map[keylog.Kind]int{}, watch: watch}
 }
 
-func (p *policy) add(n int64, r Record) {
+func (p *policy) add(n int64, r keylog.Record) {
 	p.counts[r.Kind]++
 	if p.watch != nil && *p.watch == r.Label {
-		p.history = append(p.history, Entry{Index: n, Record: r})
+		p.history = append(p.history, keylog.Entry{Index: n, Record: r})
 	}
 	s := p.labels[r.Label]
 	if s == nil {
@@ -233,7 +233,7 @@ func (p *policy) add(n int64, r Record) {
 		p.labels[r.Label] = s
 	}
 	switch r.Kind {
-	case KindPublish:
+	case keylog.KindPublish:
 		if s.bound {
 			p.violations = append(p.violations, Finding{Label: r.Label, What: "violation", Indexes: []int64{s.publishes[len(s.publishes)-1], n},
 				Text: fmt.Sprintf("a second key %.16x… was published while key %.16x… was in force", r.Fingerprint[:], s.fp[:])})
@@ -255,13 +255,13 @@ func (p *policy) add(n int64, r Record) {
 					Text: fmt.Sprintf("%d bindings over time", len(s.publishes))})
 			}
 		}
-	case KindReset, KindDelete:
+	case keylog.KindReset, keylog.KindDelete:
 		if !s.bound || s.fp != r.Fingerprint {
 			p.violations = append(p.violations, Finding{Label: r.Label, What: "violation", Indexes: []int64{n},
 				Text: fmt.Sprintf("a %s of key %.16x…, which is not the binding in force", r.Kind, r.Fingerprint[:])})
 		}
 		s.bound = false
-		if r.Kind == KindReset {
+		if r.Kind == keylog.KindReset {
 			p.findings = append(p.findings, Finding{Label: r.Label, What: "reset", Indexes: []int64{n},
 				Text: fmt.Sprintf("an operator ended key %.16x…", r.Fingerprint[:])})
 		}
@@ -282,39 +282,39 @@ func (p *policy) bound() int {
 func fetch(ctx context.Context, c *http.Client, url string, max int) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: %w", err)
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: fetch: %w", err)
+		return nil, fmt.Errorf("audit: fetch: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("keydir: GET %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("audit: GET %s: %s", url, resp.Status)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(max)+1))
 	if err != nil {
-		return nil, fmt.Errorf("keydir: GET %s: %w", url, err)
+		return nil, fmt.Errorf("audit: GET %s: %w", url, err)
 	}
 	if len(b) > max {
-		return nil, fmt.Errorf("keydir: GET %s: more than %d bytes", url, max)
+		return nil, fmt.Errorf("audit: GET %s: more than %d bytes", url, max)
 	}
 	return b, nil
 }
 
 // loadState reads and re-verifies the stored checkpoint; a missing file is
 // a first run.
-func loadState(path string, v note.Verifier) (*Checkpoint, error) {
+func loadState(path string, v note.Verifier) (*keylog.Checkpoint, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("keydir: audit state: %w", err)
+		return nil, fmt.Errorf("audit: state: %w", err)
 	}
-	cp, err := OpenCheckpoint(b, v)
+	cp, err := keylog.OpenCheckpoint(b, v)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: audit state %s: %w", path, err)
+		return nil, fmt.Errorf("audit: state %s: %w", path, err)
 	}
 	return &cp, nil
 }
@@ -322,11 +322,11 @@ func loadState(path string, v note.Verifier) (*Checkpoint, error) {
 // saveState replaces the state file atomically, mode 0600.
 func saveState(path string, msg []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".keydir-state-*")
 	if err != nil {
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	_, err = tmp.Write(msg)
 	if cerr := tmp.Close(); err == nil {
@@ -337,7 +337,7 @@ func saveState(path string, msg []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("keydir: audit state: %w", err)
+		return fmt.Errorf("audit: state: %w", err)
 	}
 	return nil
 }
@@ -346,29 +346,29 @@ func saveState(path string, msg []byte) error {
 type MonitorReport struct {
 	JID     string
 	Label   [32]byte
-	Audit   *AuditReport
-	History []Entry
+	Audit   *Report
+	History []keylog.Entry
 	// Current is the fingerprint in force, nil when there is none.
 	Current *[32]byte
 }
 
 // ErrMonitorMismatch is returned by Monitor when the key in force is not
 // the one expected.
-var ErrMonitorMismatch = errors.New("keydir: the key in force is not yours")
+var ErrMonitorMismatch = errors.New("audit: the key in force is not yours")
 
-// Monitor audits the log (as Audit does, with the same state rules) and
+// Monitor audits the log (as Run does, with the same state rules) and
 // reports the history of bare's label. With expect set, it returns an error
 // wrapping ErrMonitorMismatch unless the binding in force has that
 // fingerprint. It needs no account: labels are computable from JIDs.
-func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte) (*MonitorReport, error) {
-	j, err := ParseBareJID(bare)
+func Monitor(ctx context.Context, cfg Config, bare string, expect *[32]byte) (*MonitorReport, error) {
+	j, err := keylog.ParseBareJID(bare)
 	if err != nil {
 		return nil, err
 	}
-	label := Label(j)
+	label := keylog.Label(j)
 	cfg.Label = &label
 	rep := &MonitorReport{JID: j.String(), Label: label}
-	a, err := Audit(ctx, cfg)
+	a, err := Run(ctx, cfg)
 	rep.Audit = a
 	if a != nil {
 		rep.History = a.History
@@ -377,7 +377,7 @@ func Monitor(ctx context.Context, cfg AuditConfig, bare string, expect *[32]byte
 		return rep, err
 	}
 	for _, e := range rep.History {
-		if e.Record.Kind == KindPublish {
+		if e.Record.Kind == keylog.KindPublish {
 			fp := e.Record.Fingerprint
 			rep.Current = &fp
 		} else {

@@ -1,4 +1,4 @@
-package keydir_test
+package keylog_test
 
 import (
 	"bytes"
@@ -22,7 +22,8 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 type vectors struct {
@@ -39,6 +40,8 @@ type vectors struct {
 
 func loadVectors(t *testing.T) vectors {
 	t.Helper()
+	// The vectors sit beside the server package, where docs/protocol.md
+	// and the device's tests (client/keys_test.go) find them too.
 	b, err := os.ReadFile("testdata/vectors.json")
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +58,7 @@ func loadVectors(t *testing.T) vectors {
 func TestLabelVectors(t *testing.T) {
 	t.Parallel()
 	for _, v := range loadVectors(t).JIDs {
-		j, err := keydir.ParseBareJID(v.JID)
+		j, err := keylog.ParseBareJID(v.JID)
 		if v.Expect != "" {
 			if err == nil {
 				t.Errorf("ParseBareJID(%q) = %q, want error (%s)", v.JID, j, v.Expect)
@@ -69,7 +72,7 @@ func TestLabelVectors(t *testing.T) {
 		if j.String() != v.Canonical {
 			t.Errorf("ParseBareJID(%q) = %q, want %q", v.JID, j, v.Canonical)
 		}
-		if l := keydir.Label(j); hex.EncodeToString(l[:]) != v.Label {
+		if l := keylog.Label(j); hex.EncodeToString(l[:]) != v.Label {
 			t.Errorf("Label(%q) = %x, want %s", v.JID, l, v.Label)
 		}
 	}
@@ -80,9 +83,9 @@ func TestLabelVectors(t *testing.T) {
 func TestRecordVectors(t *testing.T) {
 	t.Parallel()
 	for _, v := range loadVectors(t).Records {
-		r, err := keydir.ParseRecord([]byte(v.Record))
+		r, err := keylog.ParseRecord([]byte(v.Record))
 		if v.Expect != "ok" {
-			if !errors.Is(err, keydir.ErrBadRecord) {
+			if !errors.Is(err, keylog.ErrBadRecord) {
 				t.Errorf("ParseRecord(%q) = %+v, %v; want ErrBadRecord (%s)", v.Record, r, err, v.Expect)
 			}
 			continue
@@ -110,16 +113,12 @@ func TestRecordVectors(t *testing.T) {
 func TestTlogIsRFC6962(t *testing.T) {
 	t.Parallel()
 	h := rfc6962.DefaultHasher
-	var stored []tlog.Hash
-	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			out[i] = stored[x]
-		}
-		return out, nil
-	})
+	r := new(keylog.Hashes)
 	if empty, _ := tlog.TreeHash(0, r); !bytes.Equal(empty[:], h.EmptyRoot()) {
-		t.Errorf("TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
+		t.Errorf("tlog.TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
+	}
+	if empty, _ := keylog.TreeHash(0, r); !bytes.Equal(empty[:], h.EmptyRoot()) {
+		t.Errorf("keylog.TreeHash(0) = %x, want RFC 6962 empty root %x", empty, h.EmptyRoot())
 	}
 	a, b := tlog.RecordHash([]byte("a")), tlog.RecordHash([]byte("b"))
 	if !bytes.Equal(a[:], h.HashLeaf([]byte("a"))) {
@@ -131,11 +130,7 @@ func TestTlogIsRFC6962(t *testing.T) {
 	const max = 70
 	roots := make([]tlog.Hash, max+1)
 	for n := int64(0); n < max; n++ {
-		hs, err := tlog.StoredHashes(n, []byte{byte(n)}, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stored = append(stored, hs...)
+		r.Append([]byte{byte(n)})
 		roots[n+1], _ = tlog.TreeHash(n+1, r)
 	}
 	sl := func(p []tlog.Hash) [][]byte {
@@ -218,23 +213,24 @@ func TestParsePublicKey(t *testing.T) {
 	}{
 		{"rsa-3072", b64(good), nil},
 		{"rsa-4096", b64(fakeRSAKey(t, 4096)), nil},
-		{"rsa-8192", b64(fakeRSAKey(t, 8192)), nil},
 		{"surrounding whitespace", "\n  " + b64(good) + "\n", nil},
-		{"rsa-2048 weak", b64(fakeRSAKey(t, 2048)), keydir.ErrWeakKey},
-		{"rsa-3071 weak", b64(fakeRSAKey(t, 3071)), keydir.ErrWeakKey},
-		{"ecdsa not rsa", b64(ecDER), keydir.ErrWeakKey},
-		{"even exponent", b64(evenE), keydir.ErrWeakKey},
-		{"rsa-8200 oversized", b64(fakeRSAKey(t, 8200)), keydir.ErrMalformedKey},
-		{"empty", "", keydir.ErrMalformedKey},
-		{"not base64", "MIIB!!", keydir.ErrMalformedKey},
-		{"url base64", strings.NewReplacer("+", "-", "/", "_").Replace(b64(good)) + "-", keydir.ErrMalformedKey},
-		{"inner whitespace", b64(good)[:40] + " " + b64(good)[40:], keydir.ErrMalformedKey},
-		{"pkcs1 not spki", b64(pkcs1), keydir.ErrMalformedKey},
-		{"trailing garbage", b64(append(append([]byte(nil), good...), 0)), keydir.ErrMalformedKey},
-		{"too long", strings.Repeat("A", 5000), keydir.ErrMalformedKey},
+		{"rsa-2048 weak", b64(fakeRSAKey(t, 2048)), keylog.ErrWeakKey},
+		{"rsa-3071 weak", b64(fakeRSAKey(t, 3071)), keylog.ErrWeakKey},
+		{"ecdsa not rsa", b64(ecDER), keylog.ErrWeakKey},
+		{"even exponent", b64(evenE), keylog.ErrWeakKey},
+		{"rsa-4097 oversized", b64(fakeRSAKey(t, 4097)), keylog.ErrMalformedKey},
+		{"rsa-8192 oversized", b64(fakeRSAKey(t, 8192)), keylog.ErrMalformedKey},
+		{"rsa-8200 oversized", b64(fakeRSAKey(t, 8200)), keylog.ErrMalformedKey},
+		{"empty", "", keylog.ErrMalformedKey},
+		{"not base64", "MIIB!!", keylog.ErrMalformedKey},
+		{"url base64", strings.NewReplacer("+", "-", "/", "_").Replace(b64(good)) + "-", keylog.ErrMalformedKey},
+		{"inner whitespace", b64(good)[:40] + " " + b64(good)[40:], keylog.ErrMalformedKey},
+		{"pkcs1 not spki", b64(pkcs1), keylog.ErrMalformedKey},
+		{"trailing garbage", b64(append(append([]byte(nil), good...), 0)), keylog.ErrMalformedKey},
+		{"too long", strings.Repeat("A", 5000), keylog.ErrMalformedKey},
 	}
 	for _, tt := range tests {
-		der, _, err := keydir.ParsePublicKey(tt.in)
+		der, _, err := keylog.ParsePublicKey(tt.in)
 		if tt.want == nil {
 			if err != nil {
 				t.Errorf("ParsePublicKey(%s) = %v, want nil", tt.name, err)
@@ -253,11 +249,20 @@ func TestParsePublicKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if _, _, err := keydir.ParsePublicKey(b64(der)); err != nil {
+	if _, _, err := keylog.ParsePublicKey(b64(der)); err != nil {
 		t.Errorf("ParsePublicKey(real 3072-bit key) = %v", err)
 	}
-	if fp := keydir.Fingerprint(der); fp != sha256.Sum256(der) {
+	if fp := keylog.Fingerprint(der); fp != sha256.Sum256(der) {
 		t.Errorf("Fingerprint = %x, want SHA-256 of the DER", fp)
+	}
+}
+
+// TestKeyBoundsAreEnvelopes: the directory publishes exactly the keys
+// envelopes accept, so every key bound can be used.
+func TestKeyBoundsAreEnvelopes(t *testing.T) {
+	t.Parallel()
+	if keylog.MinRSABits != envelope.MinKeyBits || keylog.MaxRSABits != envelope.MaxKeyBits {
+		t.Errorf("keylog RSA bounds = %d to %d bits, want envelope's %d to %d", keylog.MinRSABits, keylog.MaxRSABits, envelope.MinKeyBits, envelope.MaxKeyBits)
 	}
 }
 
@@ -274,19 +279,19 @@ func TestCheckpoint(t *testing.T) {
 	_, renamedV, _ := note.GenerateKey(rand.Reader, "other.example/keydir")
 	renamed, _ := note.NewVerifier(renamedV)
 
-	cp := keydir.Checkpoint{Origin: "clink.example.org/keydir", Size: 12345, Hash: tlog.RecordHash([]byte("x"))}
-	msg, err := keydir.SignCheckpoint(cp, signer)
+	cp := keylog.Checkpoint{Origin: "clink.example.org/keydir", Size: 12345, Hash: tlog.RecordHash([]byte("x"))}
+	msg, err := keylog.SignCheckpoint(cp, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := keydir.OpenCheckpoint(msg, verifier)
+	got, err := keylog.OpenCheckpoint(msg, verifier)
 	if err != nil || got != cp {
 		t.Fatalf("OpenCheckpoint(signed) = %+v, %v; want %+v", got, err, cp)
 	}
-	if _, err := keydir.OpenCheckpoint(msg, other); !errors.Is(err, keydir.ErrCheckpointSignature) {
+	if _, err := keylog.OpenCheckpoint(msg, other); !errors.Is(err, keylog.ErrCheckpointSignature) {
 		t.Errorf("OpenCheckpoint(other key) = %v, want ErrCheckpointSignature", err)
 	}
-	if _, err := keydir.OpenCheckpoint(msg, renamed); err == nil {
+	if _, err := keylog.OpenCheckpoint(msg, renamed); err == nil {
 		t.Errorf("OpenCheckpoint(key of another origin) = nil, want error")
 	}
 	// Every flipped bit of the body, and of the signature bytes, fails.
@@ -297,7 +302,7 @@ func TestCheckpoint(t *testing.T) {
 	for i := range body {
 		bad := bytes.Clone(msg)
 		bad[i] ^= 0x01
-		if c, err := keydir.OpenCheckpoint(bad, verifier); err == nil {
+		if c, err := keylog.OpenCheckpoint(bad, verifier); err == nil {
 			t.Fatalf("OpenCheckpoint(body bit flipped at %d) = %+v, nil; want error", i, c)
 		}
 	}
@@ -311,7 +316,7 @@ func TestCheckpoint(t *testing.T) {
 		bad := bytes.Clone(sig)
 		bad[i] ^= 0x01
 		forged := append(append(append(bytes.Clone(body), '\n'), prefix...), base64.StdEncoding.EncodeToString(bad)+"\n"...)
-		if c, err := keydir.OpenCheckpoint(forged, verifier); err == nil {
+		if c, err := keylog.OpenCheckpoint(forged, verifier); err == nil {
 			t.Fatalf("OpenCheckpoint(signature bit flipped at %d) = %+v, nil; want error", i, c)
 		}
 	}
@@ -332,7 +337,7 @@ func TestCheckpoint(t *testing.T) {
 		{"o\n99999999999999999999\n" + h + "\n", false},
 	}
 	for _, p := range parse {
-		_, err := keydir.ParseCheckpoint([]byte(p.body))
+		_, err := keylog.ParseCheckpoint([]byte(p.body))
 		if (err == nil) != p.ok {
 			t.Errorf("ParseCheckpoint(%q) = %v, want ok=%v", p.body, err, p.ok)
 		}
@@ -354,11 +359,11 @@ func TestTilePath(t *testing.T) {
 		{"tile/7/x999/x999/x999/x999/x999/999", tile(7, 999999999999999999, 256)},
 	}
 	for _, g := range good {
-		got, err := keydir.ParseTilePath(g.path)
+		got, err := keylog.ParseTilePath(g.path)
 		if err != nil || got != g.t {
 			t.Errorf("ParseTilePath(%q) = %+v, %v; want %+v", g.path, got, err, g.t)
 		}
-		if p := keydir.TilePath(g.t); p != g.path {
+		if p := keylog.TilePath(g.t); p != g.path {
 			t.Errorf("TilePath(%+v) = %q, want %q", g.t, p, g.path)
 		}
 	}
@@ -368,7 +373,7 @@ func TestTilePath(t *testing.T) {
 		"tile/0/x001", "tile/0/001/", "tile/entry/000", "tile/0/001.p/", "tile/0/x1000/000", "/tile/0/000",
 		"tile/0/x001/x002/x003/x004/x005/x006/x007/008",
 	} {
-		if got, err := keydir.ParseTilePath(bad); err == nil {
+		if got, err := keylog.ParseTilePath(bad); err == nil {
 			t.Errorf("ParseTilePath(%q) = %+v, want error", bad, got)
 		}
 	}
@@ -376,9 +381,9 @@ func TestTilePath(t *testing.T) {
 
 func TestEntryBundle(t *testing.T) {
 	t.Parallel()
-	entries := [][]byte{[]byte("a"), {}, bytes.Repeat([]byte("z"), keydir.MaxEntrySize)}
-	b := keydir.AppendEntryBundle(nil, entries...)
-	got, err := keydir.ParseEntryBundle(b, 3)
+	entries := [][]byte{[]byte("a"), {}, bytes.Repeat([]byte("z"), keylog.MaxEntrySize)}
+	b := keylog.AppendEntryBundle(nil, entries...)
+	got, err := keylog.ParseEntryBundle(b, 3)
 	if err != nil || len(got) != 3 || !bytes.Equal(got[0], entries[0]) || len(got[1]) != 0 || !bytes.Equal(got[2], entries[2]) {
 		t.Fatalf("ParseEntryBundle(round trip) = %q, %v", got, err)
 	}
@@ -391,10 +396,10 @@ func TestEntryBundle(t *testing.T) {
 		{"more entries", b, 2},
 		{"truncated length", append(bytes.Clone(b), 0), 3},
 		{"truncated entry", b[:len(b)-1], 3},
-		{"entry too long", keydir.AppendEntryBundle(nil, make([]byte, keydir.MaxEntrySize+1)), 1},
+		{"entry too long", keylog.AppendEntryBundle(nil, make([]byte, keylog.MaxEntrySize+1)), 1},
 		{"zero wanted", nil, 0},
 	} {
-		if _, err := keydir.ParseEntryBundle(bad.data, bad.want); !errors.Is(err, keydir.ErrBadBundle) {
+		if _, err := keylog.ParseEntryBundle(bad.data, bad.want); !errors.Is(err, keylog.ErrBadBundle) {
 			t.Errorf("ParseEntryBundle(%s) = %v, want ErrBadBundle", bad.name, err)
 		}
 	}

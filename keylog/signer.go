@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"crypto/rand"
@@ -17,11 +17,11 @@ import (
 func GenerateKey(origin, path string) (vkey string, err error) {
 	skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 	if err != nil {
-		return "", fmt.Errorf("keydir: generate key %q: %w", origin, err)
+		return "", fmt.Errorf("keylog: generate key %q: %w", origin, err)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return "", fmt.Errorf("keydir: %w", err)
+		return "", fmt.Errorf("keylog: %w", err)
 	}
 	_, err = f.WriteString(skey + "\n")
 	if cerr := f.Close(); err == nil {
@@ -29,7 +29,7 @@ func GenerateKey(origin, path string) (vkey string, err error) {
 	}
 	if err != nil {
 		os.Remove(path)
-		return "", fmt.Errorf("keydir: write %s: %w", path, err)
+		return "", fmt.Errorf("keylog: write %s: %w", path, err)
 	}
 	return vkey, nil
 }
@@ -39,11 +39,11 @@ func GenerateKey(origin, path string) (vkey string, err error) {
 func LoadSigner(path string) (note.Signer, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: %w", err)
+		return nil, fmt.Errorf("keylog: %w", err)
 	}
 	s, err := note.NewSigner(strings.TrimSpace(string(b)))
 	if err != nil {
-		return nil, errors.New("keydir: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
+		return nil, errors.New("keylog: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
 	}
 	return s, nil
 }
@@ -52,7 +52,7 @@ func LoadSigner(path string) (note.Signer, error) {
 func ParseVerifier(vkey string) (note.Verifier, error) {
 	v, err := note.NewVerifier(strings.TrimSpace(vkey))
 	if err != nil {
-		return nil, fmt.Errorf("keydir: verifier key: %w", err)
+		return nil, fmt.Errorf("keylog: verifier key: %w", err)
 	}
 	return v, nil
 }

@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"bytes"
@@ -67,7 +67,7 @@ func (r Record) Marshal() []byte {
 }
 
 // ErrBadRecord is wrapped by every ParseRecord error.
-var ErrBadRecord = errors.New("keydir: malformed log record")
+var ErrBadRecord = errors.New("keylog: malformed log record")
 
 // ParseRecord parses a record's text. It accepts exactly what Marshal
 // produces: a record has one encoding, so its hash has one preimage.
@@ -159,7 +159,7 @@ func Label(bare jid.JID) [32]byte {
 }
 
 // ErrBadJID is returned for an address that is not a user's bare JID.
-var ErrBadJID = errors.New("keydir: not a bare user JID")
+var ErrBadJID = errors.New("keylog: not a bare user JID")
 
 // ParseBareJID parses s as a user's bare JID (localpart@domain, no
 // resource) and returns it in canonical form.
@@ -177,4 +177,10 @@ func ParseBareJID(s string) (jid.JID, error) {
 		return jid.JID{}, fmt.Errorf("%w: no stable canonical form", ErrBadJID)
 	}
 	return j, nil
+}
+
+// An Entry is one leaf of the log: its index and its record.
+type Entry struct {
+	Index  int64
+	Record Record
 }

@@ -1,4 +1,17 @@
-package keydir
+// Package logdb keeps the key directory's log in PostgreSQL: the leaf
+// records (keylog.Record), tlog's stored hashes, the binding in force for
+// each label and the operator's account of each entry, in the tables its
+// Migrations make (docs/keydir.md, "Tables"). Each append, a publish or the
+// end of a binding, is one transaction under the lock of the log's size
+// row, so appends are serialized and a failed one leaves the log as it
+// was. What it reads back is checked against the invariants it relies on
+// (ErrCorrupt otherwise), since proofs are built from it.
+//
+// The server (keydir) answers from a Store, and Store.End is the one way
+// a binding ends, for operators and deleted accounts alike. The auditor
+// (keydir/audit) never reads the database: it verifies what the server
+// serves.
+package logdb
 
 import (
 	"bytes"
@@ -7,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,12 +29,15 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/internal/migrate"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrations returns the keydir tables' migrations, for daemon.MigrationSets.
+// Migrations returns the key directory's migrations, for
+// daemon.MigrationSets. The set keeps the name "keydir", under which
+// existing databases recorded the ones they applied.
 func Migrations() migrate.Set {
 	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
@@ -32,12 +49,12 @@ func Migrations() migrate.Set {
 // Store errors.
 var (
 	// ErrConflict: the label already has a binding to another key.
-	ErrConflict = errors.New("keydir: a different key is already bound")
+	ErrConflict = errors.New("logdb: a different key is already bound")
 	// ErrNoBinding: the label has no binding to end.
-	ErrNoBinding = errors.New("keydir: no binding")
+	ErrNoBinding = errors.New("logdb: no binding")
 	// ErrCorrupt: what the database returned breaks an invariant (a
 	// missing or malformed hash or record); the log needs an audit.
-	ErrCorrupt = errors.New("keydir: log storage is inconsistent")
+	ErrCorrupt = errors.New("logdb: log storage is inconsistent")
 )
 
 // A Binding is a label's key in force and the leaf that published it.
@@ -51,17 +68,34 @@ type Binding struct {
 }
 
 // Record returns the leaf record that published b.
-func (b Binding) Record() Record {
-	return Record{Label: b.Label, Kind: KindPublish, Fingerprint: b.Fingerprint, Time: b.Time}
+func (b Binding) Record() keylog.Record {
+	return keylog.Record{Label: b.Label, Kind: keylog.KindPublish, Fingerprint: b.Fingerprint, Time: b.Time}
 }
 
 // A Store keeps the log and the bindings in PostgreSQL.
 type Store struct {
-	db *pgxpool.Pool
+	db  *pgxpool.Pool
+	log *slog.Logger
 }
 
-// NewStore returns a store over db, whose schema Migrations made.
-func NewStore(db *pgxpool.Pool) *Store { return &Store{db: db} }
+// Config is what a Store needs; every field is required.
+type Config struct {
+	// DB is a pool over the database whose schema Migrations made.
+	DB *pgxpool.Pool
+	// Log gets a line for every binding ended (see End).
+	Log *slog.Logger
+}
+
+// New returns a store over cfg.DB.
+func New(cfg Config) (*Store, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("logdb: no database pool")
+	}
+	if cfg.Log == nil {
+		return nil, errors.New("logdb: no logger: every binding ended is logged")
+	}
+	return &Store{db: cfg.DB, log: cfg.Log}, nil
+}
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -83,7 +117,7 @@ func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	}
 	rows, err := r.q.Query(r.ctx, `SELECT idx, hash FROM keydir_hashes WHERE idx = ANY($1)`, indexes)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read hashes: %w", err)
+		return nil, fmt.Errorf("logdb: read hashes: %w", err)
 	}
 	got := make(map[int64]tlog.Hash, len(indexes))
 	var (
@@ -98,7 +132,7 @@ func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read hashes: %w", err)
+		return nil, fmt.Errorf("logdb: read hashes: %w", err)
 	}
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
@@ -119,7 +153,7 @@ func (s *Store) HashReader(ctx context.Context) tlog.HashReader { return hashRea
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.db.QueryRow(ctx, `SELECT size FROM keydir_tree`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("keydir: read size: %w", err)
+		return 0, fmt.Errorf("logdb: read size: %w", err)
 	}
 	return n, nil
 }
@@ -128,7 +162,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, error) {
 	rows, err := s.db.Query(ctx, `SELECT idx, record FROM keydir_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx`, start, start+int64(n))
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read records: %w", err)
+		return nil, fmt.Errorf("logdb: read records: %w", err)
 	}
 	out := make([][]byte, 0, n)
 	var (
@@ -143,7 +177,7 @@ func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, 
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: read records: %w", err)
+		return nil, fmt.Errorf("logdb: read records: %w", err)
 	}
 	if len(out) != n {
 		return nil, fmt.Errorf("%w: %d of %d records from %d", ErrCorrupt, len(out), n, start)
@@ -162,7 +196,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 	rows, err := s.db.Query(ctx, `SELECT t.size, b.label, b.jid, b.public_key, b.fingerprint, b.idx, b.time
 		FROM keydir_tree t LEFT JOIN keydir_bindings b ON b.label = ANY($1)`, ls)
 	if err != nil {
-		return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 	}
 	out := make(map[[32]byte]Binding, len(labels))
 	var size int64
@@ -174,7 +208,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 		)
 		if err := rows.Scan(&size, &label, &j, &key, &fp, &idx, &t); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+			return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 		}
 		if j == nil {
 			continue // no binding matched: the left join's lone row
@@ -186,7 +220,7 @@ func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Bin
 		out[[32]byte(label)] = Binding{JID: *j, Label: [32]byte(label), Key: key, Fingerprint: [32]byte(fp), Index: *idx, Time: *t}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("keydir: lookup: %w", err)
+		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
 	}
 	return out, size, nil
 }
@@ -210,15 +244,15 @@ func (s *Store) binding(ctx context.Context, q pgx.Tx, label [32]byte) (Binding,
 }
 
 // Publish binds bare to the key (SubjectPublicKeyInfo DER, already
-// checked by ParsePublicKey). The first key wins: publishing the key in
-// force again returns its binding with created false and writes nothing;
-// another key gets ErrConflict.
+// checked by keylog.ParsePublicKey). The first key wins: publishing the
+// key in force again returns its binding with created false and writes
+// nothing; another key gets ErrConflict.
 //
 // The entry, its hashes, the binding and the new size are written in one
 // transaction under the size row's lock, so concurrent appends are
 // serialized and a failure leaves the log as it was.
 func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.Time) (b Binding, created bool, err error) {
-	label, fp := Label(bare), Fingerprint(der)
+	label, fp := keylog.Label(bare), keylog.Fingerprint(der)
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		size, err := lockTree(ctx, tx)
 		if err != nil {
@@ -237,7 +271,7 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 			b = cur
 			return nil
 		}
-		rec := Record{Label: label, Kind: KindPublish, Fingerprint: fp, Time: now.Unix()}
+		rec := keylog.Record{Label: label, Kind: keylog.KindPublish, Fingerprint: fp, Time: now.Unix()}
 		if err := appendEntry(ctx, tx, size, rec, bare.String(), ""); err != nil {
 			return err
 		}
@@ -250,22 +284,34 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 		return nil
 	})
 	if err != nil {
-		return Binding{}, false, fmt.Errorf("keydir: publish %s: %w", bare, err)
+		return Binding{}, false, fmt.Errorf("logdb: publish %s: %w", bare, err)
 	}
 	return b, created, nil
 }
 
-// End ends bare's binding with a reset or delete entry that carries the
-// ended key's fingerprint, and removes the binding, in one transaction.
-// reason is kept in the database (keydir_events), not in the log. It
-// returns the new entry's index, or ErrNoBinding.
-func (s *Store) End(ctx context.Context, bare jid.JID, kind Kind, reason string, now time.Time) (int64, error) {
-	if kind != KindReset && kind != KindDelete {
-		return 0, fmt.Errorf("keydir: end %s: kind %q is not reset or delete", bare, kind)
+// End ends the binding of bare (a bare JID, canonicalised by
+// keylog.ParseBareJID) with an entry of kind keylog.KindReset (an
+// operator: clinkd keys reset) or keylog.KindDelete (the account was
+// deleted) that carries the ended key's fingerprint, and removes the
+// binding, in one transaction. reason is kept in the database
+// (keydir_events), not in the log. It returns the new entry's index, or
+// an error wrapping keylog.ErrBadJID or ErrNoBinding.
+//
+// It is the only way a binding ends, and every one it ends is logged
+// ("keydir: binding ended", with kind and index, never the JID): an
+// operator must see each change of a user's key that the log will show
+// every auditor.
+func (s *Store) End(ctx context.Context, bare string, kind keylog.Kind, reason string, now time.Time) (int64, error) {
+	j, err := keylog.ParseBareJID(bare)
+	if err != nil {
+		return 0, fmt.Errorf("logdb: end %q: %w", bare, err)
 	}
-	label := Label(bare)
+	if kind != keylog.KindReset && kind != keylog.KindDelete {
+		return 0, fmt.Errorf("logdb: end %s: kind %q is not reset or delete", j, kind)
+	}
+	label := keylog.Label(j)
 	var idx int64
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		size, err := lockTree(ctx, tx)
 		if err != nil {
 			return err
@@ -281,11 +327,12 @@ func (s *Store) End(ctx context.Context, bare jid.JID, kind Kind, reason string,
 			return err
 		}
 		idx = size
-		return appendEntry(ctx, tx, size, Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, bare.String(), reason)
+		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, j.String(), reason)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("keydir: %s %s: %w", kind, bare, err)
+		return 0, fmt.Errorf("logdb: %s %s: %w", kind, j, err)
 	}
+	s.log.Info("keydir: binding ended", "kind", kind, "index", idx)
 	return idx, nil
 }
 
@@ -299,7 +346,7 @@ func lockTree(ctx context.Context, tx pgx.Tx) (int64, error) {
 
 // appendEntry writes leaf n (the current size) with its hashes and event,
 // and makes the size n+1. The caller holds the size row's lock.
-func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec Record, bare, reason string) error {
+func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec keylog.Record, bare, reason string) error {
 	text := rec.Marshal()
 	hashes, err := tlog.StoredHashes(n, text, hashReader{ctx, tx})
 	if err != nil {
@@ -323,22 +370,16 @@ func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec Record, bare, reas
 	return nil
 }
 
-// An Entry is one leaf of a label's history.
-type Entry struct {
-	Index  int64
-	Record Record
-}
-
 // History returns the log entries of label, oldest first, at most max,
 // and the log size read in the same statement.
-func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, int64, error) {
+func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.Entry, int64, error) {
 	rows, err := s.db.Query(ctx, `SELECT t.size, e.idx, e.record FROM keydir_tree t
 		LEFT JOIN LATERAL (SELECT idx, record FROM keydir_entries WHERE label = $1 ORDER BY idx LIMIT $2) e ON true`, label[:], max)
 	if err != nil {
-		return nil, 0, fmt.Errorf("keydir: history: %w", err)
+		return nil, 0, fmt.Errorf("logdb: history: %w", err)
 	}
 	var (
-		out  []Entry
+		out  []keylog.Entry
 		size int64
 	)
 	for rows.Next() {
@@ -348,20 +389,20 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, 
 		)
 		if err := rows.Scan(&size, &idx, &rec); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("keydir: history: %w", err)
+			return nil, 0, fmt.Errorf("logdb: history: %w", err)
 		}
 		if idx == nil {
 			continue
 		}
-		r, err := ParseRecord(rec)
+		r, err := keylog.ParseRecord(rec)
 		if err != nil || r.Label != label {
 			rows.Close()
 			return nil, 0, fmt.Errorf("%w: record %d: %v", ErrCorrupt, *idx, err)
 		}
-		out = append(out, Entry{Index: *idx, Record: r})
+		out = append(out, keylog.Entry{Index: *idx, Record: r})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("keydir: history: %w", err)
+		return nil, 0, fmt.Errorf("logdb: history: %w", err)
 	}
 	return out, size, nil
 }
@@ -370,7 +411,7 @@ func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]Entry, 
 type Event struct {
 	Index  int64
 	JID    string
-	Kind   Kind
+	Kind   keylog.Kind
 	Reason string
 	At     time.Time
 }
@@ -379,17 +420,17 @@ type Event struct {
 func (s *Store) Events(ctx context.Context, bare jid.JID) ([]Event, error) {
 	rows, err := s.db.Query(ctx, `SELECT idx, jid, kind, reason, at FROM keydir_events WHERE jid = $1 ORDER BY idx`, bare.String())
 	if err != nil {
-		return nil, fmt.Errorf("keydir: events: %w", err)
+		return nil, fmt.Errorf("logdb: events: %w", err)
 	}
 	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
 		var e Event
 		var k string
 		err := r.Scan(&e.Index, &e.JID, &k, &e.Reason, &e.At)
-		e.Kind = Kind(k)
+		e.Kind = keylog.Kind(k)
 		return e, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("keydir: events: %w", err)
+		return nil, fmt.Errorf("logdb: events: %w", err)
 	}
 	return evs, nil
 }

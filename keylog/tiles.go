@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"encoding/binary"
@@ -54,7 +54,7 @@ func encodeTileIndex(n int64) string {
 }
 
 // ErrBadTilePath is wrapped by every ParseTilePath error.
-var ErrBadTilePath = errors.New("keydir: not a tile path")
+var ErrBadTilePath = errors.New("keylog: not a tile path")
 
 // ParseTilePath parses a path made by TilePath (no leading slash) into a
 // tile of height TileHeight. Only the canonical spelling is accepted, so a
@@ -129,7 +129,7 @@ const MaxEntrySize = MaxRecordSize
 func AppendEntryBundle(b []byte, entries ...[]byte) []byte {
 	for _, e := range entries {
 		if len(e) > 0xffff {
-			panic("keydir: entry longer than 65535 bytes") // records are bounded by MaxRecordSize
+			panic("keylog: entry longer than 65535 bytes") // records are bounded by MaxRecordSize
 		}
 		b = binary.BigEndian.AppendUint16(b, uint16(len(e)))
 		b = append(b, e...)
@@ -138,7 +138,7 @@ func AppendEntryBundle(b []byte, entries ...[]byte) []byte {
 }
 
 // ErrBadBundle is wrapped by every ParseEntryBundle error.
-var ErrBadBundle = errors.New("keydir: malformed entry bundle")
+var ErrBadBundle = errors.New("keylog: malformed entry bundle")
 
 // ParseEntryBundle splits a bundle into its entries. It wants exactly
 // want entries (the tile's width), each at most MaxEntrySize bytes, and

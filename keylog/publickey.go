@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"bytes"
@@ -14,18 +14,20 @@ import (
 )
 
 // Key size bounds. Below MinRSABits a key is weak (not-acceptable); above
-// MaxRSABits it is refused as oversized (bad-request): nothing in ClinkMe
-// makes one, and verifying with it costs every sender.
+// MaxRSABits it is refused as oversized (bad-request). Both are the
+// envelopes' bounds (client/envelope's MinKeyBits and MaxKeyBits; a test
+// keeps them equal): a key that no device can seal to or verify with must
+// not be publishable, or a contact would find it bound and unusable.
 const (
 	MinRSABits = 3072
-	MaxRSABits = 8192
+	MaxRSABits = 4096
 )
 
 // Errors of ParsePublicKey. ErrMalformedKey is answered with bad-request,
 // ErrWeakKey with not-acceptable; both wrap a text that says why.
 var (
-	ErrMalformedKey = errors.New("keydir: malformed public key")
-	ErrWeakKey      = errors.New("keydir: unacceptable public key")
+	ErrMalformedKey = errors.New("keylog: malformed public key")
+	ErrWeakKey      = errors.New("keylog: unacceptable public key")
 )
 
 // ParsePublicKey decodes and checks a published key: standard base64

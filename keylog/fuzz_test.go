@@ -1,4 +1,4 @@
-package keydir_test
+package keylog_test
 
 import (
 	"bytes"
@@ -10,19 +10,19 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/clinkme/clinkd/keydir"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 // FuzzParseRecord: a record that parses marshals back to the same bytes
 // (one encoding per record, so one preimage per leaf hash).
 func FuzzParseRecord(f *testing.F) {
-	f.Add([]byte(keydir.Record{Kind: keydir.KindPublish, Time: 1795636800}.Marshal()))
-	f.Add([]byte(keydir.Record{Kind: keydir.KindReset, Time: 0}.Marshal()))
+	f.Add([]byte(keylog.Record{Kind: keylog.KindPublish, Time: 1795636800}.Marshal()))
+	f.Add([]byte(keylog.Record{Kind: keylog.KindReset, Time: 0}.Marshal()))
 	f.Add([]byte("clinkme-keydir v0\nlabel 00\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		r, err := keydir.ParseRecord(in)
+		r, err := keylog.ParseRecord(in)
 		if err != nil {
-			if !errors.Is(err, keydir.ErrBadRecord) {
+			if !errors.Is(err, keylog.ErrBadRecord) {
 				t.Fatalf("ParseRecord error %v does not wrap ErrBadRecord", err)
 			}
 			return
@@ -40,13 +40,13 @@ func FuzzParseCheckpoint(f *testing.F) {
 	skey, vkey, _ := note.GenerateKey(rand.Reader, "clink.example.org/keydir")
 	s, _ := note.NewSigner(skey)
 	v, _ := note.NewVerifier(vkey)
-	cp := keydir.Checkpoint{Origin: "clink.example.org/keydir", Size: 7, Hash: tlog.RecordHash(nil)}
-	signed, _ := keydir.SignCheckpoint(cp, s)
+	cp := keylog.Checkpoint{Origin: "clink.example.org/keydir", Size: 7, Hash: tlog.RecordHash(nil)}
+	signed, _ := keylog.SignCheckpoint(cp, s)
 	f.Add(cp.Marshal())
 	f.Add(signed)
 	f.Add([]byte("o\n1\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\next\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		if c, err := keydir.ParseCheckpoint(in); err == nil {
+		if c, err := keylog.ParseCheckpoint(in); err == nil {
 			if c.Size < 0 || c.Origin == "" {
 				t.Fatalf("ParseCheckpoint(%q) = %+v", in, c)
 			}
@@ -54,7 +54,7 @@ func FuzzParseCheckpoint(f *testing.F) {
 				t.Fatalf("ParseCheckpoint(%q).Marshal() = %q", in, out)
 			}
 		}
-		if c, err := keydir.OpenCheckpoint(in, v); err == nil && !bytes.Equal(in, signed) {
+		if c, err := keylog.OpenCheckpoint(in, v); err == nil && !bytes.Equal(in, signed) {
 			// Another valid signature would be a forgery; any other
 			// accepted message must at least carry the same body.
 			if !bytes.HasPrefix(in, cp.Marshal()) || c != cp {
@@ -66,18 +66,18 @@ func FuzzParseCheckpoint(f *testing.F) {
 
 // FuzzParseEntryBundle: what parses re-encodes to the same bytes.
 func FuzzParseEntryBundle(f *testing.F) {
-	f.Add(keydir.AppendEntryBundle(nil, []byte("a"), []byte("bc")), 2)
-	f.Add(keydir.AppendEntryBundle(nil, keydir.Record{Kind: keydir.KindPublish}.Marshal()), 1)
+	f.Add(keylog.AppendEntryBundle(nil, []byte("a"), []byte("bc")), 2)
+	f.Add(keylog.AppendEntryBundle(nil, keylog.Record{Kind: keylog.KindPublish}.Marshal()), 1)
 	f.Add([]byte{0, 5, 'a'}, 1)
 	f.Fuzz(func(t *testing.T, in []byte, want int) {
-		entries, err := keydir.ParseEntryBundle(in, want)
+		entries, err := keylog.ParseEntryBundle(in, want)
 		if err != nil {
 			return
 		}
 		if len(entries) != want {
 			t.Fatalf("ParseEntryBundle = %d entries, want %d", len(entries), want)
 		}
-		if out := keydir.AppendEntryBundle(nil, entries...); !bytes.Equal(out, in) {
+		if out := keylog.AppendEntryBundle(nil, entries...); !bytes.Equal(out, in) {
 			t.Fatalf("bundle %x re-encodes as %x", in, out)
 		}
 	})
@@ -90,14 +90,14 @@ func FuzzParseTilePath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		tile, err := keydir.ParseTilePath(in)
+		tile, err := keylog.ParseTilePath(in)
 		if err != nil {
 			return
 		}
-		if tile.H != keydir.TileHeight || tile.L < -1 || tile.L > 7 || tile.W < 1 || tile.W > keydir.TileWidth || tile.N < 0 {
+		if tile.H != keylog.TileHeight || tile.L < -1 || tile.L > 7 || tile.W < 1 || tile.W > keylog.TileWidth || tile.N < 0 {
 			t.Fatalf("ParseTilePath(%q) = %+v", in, tile)
 		}
-		if out := keydir.TilePath(tile); out != in {
+		if out := keylog.TilePath(tile); out != in {
 			t.Fatalf("ParseTilePath(%q) formats as %q", in, out)
 		}
 	})
@@ -108,16 +108,18 @@ func FuzzParseTilePath(f *testing.F) {
 func FuzzParsePublicKey(f *testing.F) {
 	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 3072)))
 	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 2048)))
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 4096)))
+	f.Add(base64.StdEncoding.EncodeToString(fakeRSAKey(f, 4097)))
 	f.Add("MIIB")
 	f.Fuzz(func(t *testing.T, in string) {
-		der, k, err := keydir.ParsePublicKey(in)
+		der, k, err := keylog.ParsePublicKey(in)
 		if err != nil {
-			if !errors.Is(err, keydir.ErrMalformedKey) && !errors.Is(err, keydir.ErrWeakKey) {
+			if !errors.Is(err, keylog.ErrMalformedKey) && !errors.Is(err, keylog.ErrWeakKey) {
 				t.Fatalf("ParsePublicKey error %v wraps neither sentinel", err)
 			}
 			return
 		}
-		if b := k.N.BitLen(); b < keydir.MinRSABits || b > keydir.MaxRSABits || len(der) == 0 {
+		if b := k.N.BitLen(); b < keylog.MinRSABits || b > keylog.MaxRSABits || len(der) == 0 {
 			t.Fatalf("ParsePublicKey accepted a %d-bit key", b)
 		}
 	})
@@ -130,12 +132,12 @@ func FuzzParseBareJID(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		j, err := keydir.ParseBareJID(in)
+		j, err := keylog.ParseBareJID(in)
 		if err != nil {
 			return
 		}
-		again, err := keydir.ParseBareJID(j.String())
-		if err != nil || keydir.Label(again) != keydir.Label(j) {
+		again, err := keylog.ParseBareJID(j.String())
+		if err != nil || keylog.Label(again) != keylog.Label(j) {
 			t.Fatalf("ParseBareJID(%q) = %q, which re-parses as %q, %v", in, j, again, err)
 		}
 	})

@@ -1,4 +1,4 @@
-package keydir
+package keylog
 
 import (
 	"bytes"
@@ -31,7 +31,7 @@ func (c Checkpoint) Marshal() []byte {
 }
 
 // ErrBadCheckpoint is wrapped by every checkpoint parse error.
-var ErrBadCheckpoint = errors.New("keydir: malformed checkpoint")
+var ErrBadCheckpoint = errors.New("keylog: malformed checkpoint")
 
 // ParseCheckpoint parses a checkpoint body as C2SP tlog-checkpoint
 // defines it. Extension lines after the root hash are allowed, as the
@@ -82,14 +82,14 @@ func ParseCheckpoint(text []byte) (Checkpoint, error) {
 func SignCheckpoint(c Checkpoint, s note.Signer) ([]byte, error) {
 	msg, err := note.Sign(&note.Note{Text: string(c.Marshal())}, s)
 	if err != nil {
-		return nil, fmt.Errorf("keydir: sign checkpoint: %w", err)
+		return nil, fmt.Errorf("keylog: sign checkpoint: %w", err)
 	}
 	return msg, nil
 }
 
 // ErrCheckpointSignature is returned by OpenCheckpoint when the note is not
 // validly signed by the expected key.
-var ErrCheckpointSignature = errors.New("keydir: checkpoint not signed by the log's key")
+var ErrCheckpointSignature = errors.New("keylog: checkpoint not signed by the log's key")
 
 // OpenCheckpoint verifies a signed checkpoint against the log's verifier
 // key and parses it. It fails when the note is malformed or oversized,
