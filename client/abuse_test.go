@@ -237,7 +237,7 @@ func TestAbuseFlood(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv, func(c *daemon.Config) { c.Relay.PerMinute = -1 })
+			d, vkey := abuseLab(t, srv, func(c *daemon.Config) { c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<30 })
 			comp := d.Component().Domain()
 			bob, _ := deviceFor(t, srv, d, vkey, "bob")
 			mallory, _, malloryUser, malloryPass := accountFor(t, srv, d, vkey, "alice")
