@@ -20,6 +20,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mellium.im/sasl"
@@ -47,7 +48,26 @@ type Config struct {
 	TLS *tls.Config
 	// Timeout bounds dialing and login (default 15s).
 	Timeout time.Duration
+	// MaxInbox and MaxInboxBytes bound the stanzas received that no Next
+	// took yet (defaults DefaultMaxInbox and DefaultMaxInboxBytes): past
+	// either, the oldest are dropped and counted (InboxDropped), so that a
+	// flood, or stanzas nobody asks for, cannot grow the device's memory
+	// without end.
+	MaxInbox      int
+	MaxInboxBytes int
 }
+
+// The inbox's default bounds. 32 MiB is what bounds memory: 128 stanzas
+// of Prosody's default maximum size (256 KiB), or over ten thousand
+// ordinary envelopes. 8,192 stanzas bound the work of each Next, which
+// looks through what is queued; they hold many times what a device that
+// reads its events has waiting even under a flood (it drops a throttled
+// sender's envelopes at microseconds each), and a burst of thousands of
+// messages that a test or a benchmark reads only once all are sent.
+const (
+	DefaultMaxInbox      = 8192
+	DefaultMaxInboxBytes = 32 << 20
+)
 
 // A Client is one logged-in device. Its methods are safe for concurrent
 // use.
@@ -112,7 +132,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("client: the stream is not encrypted")
 	}
 	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{}), writeSem: make(chan struct{}, 1)}
-	c.inbox.init()
+	c.inbox.init(cfg.MaxInbox, cfg.MaxInboxBytes)
 	go c.serve()
 	// Initial presence makes the device available, so that messages to
 	// the user's bare JID reach it (RFC 6121 §8.5.2) instead of offline
@@ -345,10 +365,16 @@ func (s *Stanza) Has(name xml.Name) bool {
 
 // Next returns the next received stanza for which match returns true (any
 // stanza if match is nil), waiting until ctx ends. Stanzas that do not match
-// stay queued for later calls.
+// stay queued for later calls, within the inbox's bounds (Config.MaxInbox):
+// past them the oldest go, whether a later call would have matched them or
+// not.
 func (c *Client) Next(ctx context.Context, match func(*Stanza) bool) (*Stanza, error) {
 	return c.inbox.next(ctx, match)
 }
+
+// InboxDropped returns how many received stanzas were dropped unread
+// because the inbox was over its bounds.
+func (c *Client) InboxDropped() uint64 { return c.inbox.dropped.Load() }
 
 // IQ sends an IQ of type typ with the payload to to and decodes the
 // result's payload into result (which may be nil). An error reply is
@@ -503,22 +529,42 @@ func (c *Client) write(ctx context.Context, f func() error) error {
 	return f()
 }
 
-// inbox holds received stanzas until Next takes them. It is unbounded on
-// purpose: the read loop must never block on a slow consumer, or IQ replies
-// behind it would stall.
+// inbox holds received stanzas until Next takes them. The read loop must
+// never block on a slow consumer, or IQ replies behind it would stall, so
+// a push never waits: past the bounds it drops the oldest stanzas, counted.
 type inbox struct {
-	mu     sync.Mutex
-	queue  []*Stanza
-	signal chan struct{} // closed and replaced when the queue changes
-	closed bool
+	mu       sync.Mutex
+	queue    []*Stanza
+	bytes    int           // of Raw, in queue
+	max      int           // stanzas, ≥ 1
+	maxBytes int           // bytes of Raw, ≥ 1; one stanza larger than it is kept alone
+	signal   chan struct{} // closed and replaced when the queue changes
+	closed   bool
+	dropped  atomic.Uint64
 }
 
-func (b *inbox) init() { b.signal = make(chan struct{}) }
+func (b *inbox) init(max, maxBytes int) {
+	if max <= 0 {
+		max = DefaultMaxInbox
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxInboxBytes
+	}
+	b.max, b.maxBytes = max, maxBytes
+	b.signal = make(chan struct{})
+}
 
 func (b *inbox) push(s *Stanza) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.queue = append(b.queue, s)
+	b.bytes += len(s.Raw)
+	for len(b.queue) > 1 && (len(b.queue) > b.max || b.bytes > b.maxBytes) {
+		b.bytes -= len(b.queue[0].Raw)
+		b.queue[0] = nil // let it be collected
+		b.queue = b.queue[1:]
+		b.dropped.Add(1)
+	}
 	close(b.signal)
 	b.signal = make(chan struct{})
 }
@@ -540,7 +586,10 @@ func (b *inbox) next(ctx context.Context, match func(*Stanza) bool) (*Stanza, er
 		b.mu.Lock()
 		for i, s := range b.queue {
 			if match == nil || match(s) {
-				b.queue = append(b.queue[:i], b.queue[i+1:]...)
+				b.bytes -= len(s.Raw)
+				copy(b.queue[i:], b.queue[i+1:])
+				b.queue[len(b.queue)-1] = nil
+				b.queue = b.queue[:len(b.queue)-1]
 				b.mu.Unlock()
 				return s, nil
 			}

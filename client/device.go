@@ -6,12 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"mellium.im/xmpp/jid"
 
-	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/client/keystore"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
@@ -27,6 +25,13 @@ type Device struct {
 	keys      *KeyDirectory
 	component jid.JID
 	me        string // canonical bare JID
+
+	// What receiving needs (receive.go).
+	now    func() time.Time
+	replay *replayCache
+	fails  *senderBuckets // per peer: envelopes that failed
+	shares *senderBuckets // per peer: key shares stored
+	rx     receiver
 }
 
 // DeviceConfig assembles a Device.
@@ -37,10 +42,17 @@ type DeviceConfig struct {
 	LogKey    string          // the key directory log's verifier key
 	VRFKey    string          // the key directory's VRF public key (key directory v1)
 	Pins      PinStore        // what the device saw of the log (nil: memory)
+	// ReplayFile is the device's replay cache (replay.go,
+	// docs/envelope.md section 9); "" puts it beside the key store, at
+	// Store.Path() + ".replay".
+	ReplayFile string
+	// Now is the device's clock, by which it checks the time and expiry
+	// of what it receives (nil: time.Now).
+	Now func() time.Time
 }
 
 // NewDevice checks that the session and the key store belong to the same
-// account and builds the device.
+// account, opens the replay cache and builds the device.
 func NewDevice(cfg DeviceConfig) (*Device, error) {
 	me := cfg.Client.JID().Bare().String()
 	if cfg.Store.Identity().JID() != me {
@@ -50,7 +62,23 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Device{c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me}, nil
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kd.cache.now = cfg.Now // how long an answer is fresh, by the device's clock
+	if cfg.ReplayFile == "" {
+		cfg.ReplayFile = cfg.Store.Path() + ".replay"
+	}
+	replay, err := openReplayCache(cfg.ReplayFile, cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &Device{
+		c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me,
+		now: cfg.Now, replay: replay,
+		fails:  newSenderBuckets(failBurst, failRefill),
+		shares: newSenderBuckets(shareBurst, shareRefill),
+	}, nil
 }
 
 // Client is the device's session.
@@ -180,182 +208,4 @@ func (d *Device) contactKey(ctx context.Context, to jid.JID, key *VerifiedKey) (
 		return envelope.ContactKey{}, fmt.Errorf("client: share the contact key: %w", err)
 	}
 	return k, nil
-}
-
-// A Message is a decrypted message, whose signature was verified against
-// the sender's key from the verified directory.
-type Message struct {
-	ID      string
-	From    jid.JID // the author
-	Peer    jid.JID // the other party of the conversation
-	Text    string
-	Secure  bool      // sealed with the per-contact key
-	Expires time.Time // zero for an ordinary message
-	Sent    bool      // a copy of a message one of this user's devices sent
-}
-
-// An Event is what a device receives from clinkd: a *Message, a *Receipt
-// or an *Expiry.
-type Event interface{ event() }
-
-func (*Message) event() {}
-
-// A Receipt says that the recipient's device got (Delivered) or showed
-// (Displayed) a message this user sent.
-type Receipt struct {
-	ID   string
-	From jid.JID // the recipient who sent it
-	Kind ReceiptKind
-}
-
-func (*Receipt) event() {}
-
-// An Expiry says that a timed message's validity ended: delete it.
-type Expiry struct {
-	ID   string
-	Peer jid.JID // the conversation
-}
-
-func (*Expiry) event() {}
-
-// NextEvent returns the next message, receipt or expiry notice from
-// clinkd. Key shares are stored on the way. A message that fails
-// verification is returned as an error (and dropped), so the caller sees
-// every forgery.
-//
-// Only messages from a user's address at the component are read
-// (docs/envelope.md, "Transport"); an envelope that arrives any other way
-// is never opened.
-func (d *Device) NextEvent(ctx context.Context) (Event, error) {
-	for {
-		s, err := d.c.Next(ctx, func(s *Stanza) bool {
-			return s.Kind == "message" && s.Type != "error" && s.From.Domainpart() == d.component.Domainpart()
-		})
-		if err != nil {
-			return nil, err
-		}
-		peer, ok := relayPeer(s, d.component)
-		if !ok {
-			continue // from the component itself: nothing for the app
-		}
-		if id, kind, ok := s.ReceiptFor(); ok {
-			return &Receipt{ID: id, From: peer, Kind: kind}, nil
-		}
-		if id, ok := s.ExpiredID(); ok {
-			return &Expiry{ID: id, Peer: peer}, nil
-		}
-		if !s.Has(EnvelopeName) {
-			continue
-		}
-		m, isText, err := d.open(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		if isText {
-			return m, nil
-		}
-	}
-}
-
-// Receive returns the next text message, in any conversation, skipping
-// receipts and expiry notices.
-func (d *Device) Receive(ctx context.Context) (*Message, error) {
-	for {
-		e, err := d.NextEvent(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if m, ok := e.(*Message); ok {
-			return m, nil
-		}
-	}
-}
-
-// Acknowledge sends the sender of m a delivery receipt or a read marker.
-func (d *Device) Acknowledge(ctx context.Context, m *Message, kind ReceiptKind) error {
-	if m.Sent {
-		return nil // our own message, seen on another device
-	}
-	return d.c.SendReceipt(ctx, d.component, m.From, m.ID, kind, !m.Expires.IsZero())
-}
-
-// relayPeer returns the user whose address at the component sent s, the
-// other party of the conversation, if s is a message clinkd relayed:
-// not an error, from a user's address at component (docs/envelope.md,
-// "Transport"). Anything else carries nothing for the device.
-func relayPeer(s *Stanza, component jid.JID) (jid.JID, bool) {
-	if s.Kind != "message" || s.Type == "error" || s.From.Domainpart() != component.Domainpart() {
-		return jid.JID{}, false
-	}
-	peer, err := address.User(s.From)
-	if err != nil {
-		return jid.JID{}, false
-	}
-	return peer, true
-}
-
-// ErrWrongAuthor is returned for an envelope whose signed from does not
-// fit the conversation it was relayed in: someone writing through another
-// user's address. The message is dropped.
-var ErrWrongAuthor = errors.New("client: the envelope's author does not fit the conversation it came in")
-
-// checkAuthor applies the receiving rule of docs/envelope.md, "Transport",
-// to a valid envelope relayed from peer's address: its author is the peer;
-// or, in a copy marked sent, this user (me), writing to the peer. JIDs are
-// canonical on both sides (Validate, jid), so they compare byte for byte.
-func checkAuthor(me string, peer jid.JID, sent bool, env *envelopexml.Envelope) error {
-	p := peer.String()
-	switch {
-	case !sent && env.From != p:
-		return fmt.Errorf("%w: message %s in the conversation with %s claims to be from %s", ErrWrongAuthor, env.ID, p, env.From)
-	case sent && env.From != me:
-		return fmt.Errorf("%w: copy %s of a message sent to %s claims to be from %s, not this user", ErrWrongAuthor, env.ID, p, env.From)
-	case sent && !slices.Contains(env.To, p):
-		return fmt.Errorf("%w: copy %s of a message sent to %s does not name %s as a recipient", ErrWrongAuthor, env.ID, p, p)
-	}
-	return nil
-}
-
-func (d *Device) open(ctx context.Context, s *Stanza) (*Message, bool, error) {
-	env, err := s.Envelope()
-	if err != nil {
-		return nil, false, err
-	}
-	peer, ok := relayPeer(s, d.component)
-	if !ok {
-		return nil, false, fmt.Errorf("client: envelope not relayed by clinkd (from %s)", s.From)
-	}
-	// Structure and canonical JIDs first (docs/envelope.md, section 7):
-	// before the sender's key is looked up by from.
-	if err := env.Validate(); err != nil {
-		return nil, false, fmt.Errorf("client: message in the conversation with %s: %w", peer, err)
-	}
-	sent := s.Has(SentName)
-	if err := checkAuthor(d.me, peer, sent, env); err != nil {
-		return nil, false, err
-	}
-	author, err := jid.Parse(env.From)
-	if err != nil {
-		return nil, false, fmt.Errorf("client: envelope from %q: %w", env.From, err)
-	}
-	key, err := d.recipientKey(ctx, author)
-	if err != nil {
-		return nil, false, fmt.Errorf("client: sender key for %s: %w", author, err)
-	}
-	c, err := envelope.Open(env, d.store.Identity(), key.Key, d.store)
-	if err != nil {
-		return nil, false, fmt.Errorf("client: message %s from %s: %w", env.ID, author, err)
-	}
-	m := &Message{ID: env.ID, From: author, Peer: peer, Secure: env.Kind == envelopexml.Enhanced, Expires: env.Expires, Sent: sent}
-	switch c.Kind {
-	case envelope.KindKeyShare:
-		if err := d.store.AddContactKey(peer.String(), c.Key); err != nil {
-			return nil, false, err
-		}
-		return m, false, nil
-	case envelope.KindText:
-		m.Text = c.Text
-		return m, true, nil
-	}
-	return nil, false, nil
 }

@@ -30,6 +30,14 @@ func TestMain(m *testing.M) {
 // device in and starts it (key published, announced to clinkd).
 func deviceFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, key string) (*client.Device, *keystore.Store) {
 	t.Helper()
+	dev, store, _, _ := accountFor(t, srv, d, keys, key)
+	return dev, store
+}
+
+// accountFor is deviceFor that also returns the account's JID and
+// password, for tests that log more sessions in as the same user.
+func accountFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, key string) (*client.Device, *keystore.Store, string, string) {
+	t.Helper()
 	j, pass := labtest.NewUser(t, srv)
 	store, err := keystore.Create(filepath.Join(t.TempDir(), "keys"), []byte("device passphrase"), clinkdtest.Identity(t, key, j))
 	if err != nil {
@@ -43,7 +51,7 @@ func deviceFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdt
 	if err := dev.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	return dev, store
+	return dev, store, j, pass
 }
 
 // TestDevices: alice and bob, as SDK devices with key stores, on each real

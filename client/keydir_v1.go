@@ -145,6 +145,7 @@ func (d *KeyDirectory) publishV1(ctx context.Context, pub *rsa.PublicKey) (*Veri
 
 func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult, error) {
 	var res keydirxml.Lookup1
+	d.lookups.Add(1)
 	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want}, &res); err != nil {
 		return nil, err
 	}
@@ -180,6 +181,12 @@ func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1,
 		}
 		if err := d.setPinVersion(want[i], e.version); err != nil {
 			return nil, err
+		}
+	}
+	if d.cache != nil {
+		// Pinned above: the cache holds what the pins hold.
+		for _, r := range out {
+			d.cache.put(r.JID, r.Key)
 		}
 	}
 	if len(changes) > 0 {

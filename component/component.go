@@ -72,6 +72,11 @@ type Component struct {
 	// lastRead is when the read loop last got input (UnixNano), which
 	// tells a dead link from a quiet one.
 	lastRead atomic.Int64
+	// work is the pool of the running Run (nil before it).
+	work atomic.Pointer[pool]
+	// logLimit keeps handler failures to one log line per kind per
+	// interval.
+	logLimit logLimiter
 }
 
 // New makes a Component. A nil logger discards; nil metrics are made and
@@ -157,6 +162,20 @@ func (c *Component) Features() []string { return append([]string(nil), c.mux.fea
 // Domain returns the component's domain.
 func (c *Component) Domain() jid.JID { return c.cfg.Domain }
 
+// Stalled reports whether the workers have stopped keeping up: a stanza
+// has waited for one longer than HandlerTimeout (so it will be answered
+// resource-constraint), and for how long. Readiness probes use it: a
+// component whose handlers all hang (on a frozen database, say) is not
+// ready although its link is up.
+func (c *Component) Stalled() (time.Duration, bool) {
+	w := c.work.Load()
+	if w == nil {
+		return 0, false
+	}
+	wait := w.oldestWait(time.Now())
+	return wait, wait > c.cfg.HandlerTimeout
+}
+
 // State returns the link's current state.
 func (c *Component) State() LinkState {
 	c.mu.Lock()
@@ -215,6 +234,7 @@ func (c *Component) Run(ctx context.Context) error {
 	// Handlers may outlive ctx by up to HandlerTimeout while in-flight work
 	// drains at shutdown; they must not be cancelled halfway.
 	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.cfg.MaxQueued, c.cfg.MaxQueuedBytes, c.handle)
+	c.work.Store(work)
 	defer work.stop()
 	// Refusals of stanzas the pool had no room for are answered here, off
 	// the read loop, so that answering never makes it wait; when even this

@@ -1,6 +1,7 @@
 package component
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -47,14 +48,21 @@ func errorType(cond stanza.Condition) stanza.ErrorType {
 }
 
 // asStanzaError turns a handler's error into what goes on the wire: a stanza
-// error is kept; anything else becomes internal-server-error without text,
-// because its message may carry internals.
-func asStanzaError(err error) (e stanza.Error, internal bool) {
+// error is kept; anything else becomes internal-server-error without the
+// error's own text, because its message may carry internals. An error the
+// transient classifier (Config.Transient) recognises, or a handler that ran
+// out of time, is answered with type "wait" and a text that says to try
+// again: the requester did nothing wrong and a retry may succeed.
+func asStanzaError(err error, transient func(error) bool) (e stanza.Error, internal bool) {
 	if errors.As(err, &e) {
 		if e.Type == "" {
 			e.Type = errorType(e.Condition)
 		}
 		return e, false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || (transient != nil && transient(err)) {
+		return stanza.Error{Type: stanza.Wait, Condition: stanza.InternalServerError,
+			Text: map[string]string{"": "clinkd could not finish this in time (a store it needs is slow or unreachable); try again shortly"}}, true
 	}
 	return stanza.Error{Type: stanza.Cancel, Condition: stanza.InternalServerError}, true
 }

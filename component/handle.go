@@ -135,9 +135,14 @@ func (c *Component) handlePresence(ctx context.Context, s *Stanza) {
 // errors with errors can loop between two entities for ever (RFC 6120
 // §8.3.1).
 func (c *Component) replyError(ctx context.Context, s *Stanza, err error) {
-	se, internal := asStanzaError(err)
+	se, internal := asStanzaError(err, c.cfg.Transient)
 	if internal {
-		c.log.Error("handler failed", "kind", s.Kind, "id", s.ID, "err", err)
+		// One line per kind of failure per interval: an outage of the
+		// database fails every request, and a log line per request would
+		// bury everything else.
+		if n, ok := c.logLimit.allow(string(se.Type), time.Now()); ok {
+			c.log.Error("handler failed", "kind", s.Kind, "err", err, "type", se.Type, "suppressed_since_last", n)
+		}
 	}
 	if s.Type == "error" {
 		return

@@ -64,6 +64,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Stanzas refused with resource-constraint before any handler saw them, by reason (sender, total, late, dropped).",
 		}, []string{"reason"}),
 	}
+	// The series alerts watch exist from the start, at zero, so that an
+	// alert on their rate sees 0 rather than nothing.
+	for _, stage := range []string{"dial", "tls", "handshake", "stream", "keepalive"} {
+		m.LinkFailures.WithLabelValues(stage)
+	}
+	for _, reason := range []string{refusedSender, refusedTotal, "late", "dropped"} {
+		m.Refused.WithLabelValues(reason)
+	}
+	m.Errors.WithLabelValues("internal-server-error")
 	if reg != nil {
 		reg.MustRegister(m.LinkUp, m.Reconnects, m.LinkFailures, m.StanzasIn,
 			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics, m.Refused)

@@ -133,6 +133,20 @@ func (p *pool) work() {
 	}
 }
 
+// oldestWait returns how long the stanza that has waited longest for a
+// worker has waited (zero when none waits).
+func (p *pool) oldestWait(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var oldest time.Duration
+	for _, q := range p.senders {
+		if len(q.items) > 0 {
+			oldest = max(oldest, now.Sub(q.items[0].arrived))
+		}
+	}
+	return oldest
+}
+
 // queuedNow returns how many stanzas wait for a worker.
 func (p *pool) queuedNow() int {
 	p.mu.Lock()

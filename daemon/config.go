@@ -114,6 +114,12 @@ type DatabaseConfig struct {
 	// AllowInsecureTLS accepts a URL that reaches a host other than
 	// loopback or a unix socket without sslmode=verify-full.
 	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
+	// MaxConns bounds the pool (default 16); ConnectTimeout bounds a new
+	// connection (default 5s); StatementTimeout is PostgreSQL's own bound
+	// on one statement (default 10s, link.handler_timeout's default).
+	MaxConns         int           `yaml:"max_conns"`
+	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
 }
 
 // AdminConfig is the admin HTTP listener: /metrics, /healthz, /readyz.
@@ -240,8 +246,97 @@ func LoadConfig(path string, env []string) (Config, error) {
 // admin listener off loopback, a database reached without a verified TLS
 // certificate. Each refusal names its key and the key that lifts it, if
 // any. New calls it; docs/operators.md ("Limits and abuse") explains each.
+//
+// It also refuses what would make no sense: a negative number, a validity
+// window whose bounds are out of order, a limit or service a feature would
+// refuse, a secret or key file that cannot be read or that every local
+// user can read. Every problem is reported, not only the first.
 func (c Config) Check() error {
-	return errors.Join(checkLink(c.Link), checkAdmin(c.Admin), checkDatabase(c.Database))
+	errs := []error{checkLink(c.Link), checkAdmin(c.Admin), checkDatabase(c.Database), c.checkNumbers(), c.checkFiles()}
+	if !c.Expiry.Disabled {
+		if err := expiryLimits(c).Check(); err != nil {
+			errs = append(errs, fmt.Errorf("config: expiry: %w", err))
+		}
+		if c.Link.ServerDomain != "" {
+			if err := dispatchAccess(c).Check(); err != nil {
+				errs = append(errs, fmt.Errorf("config: access: %w", err))
+			}
+		}
+	}
+	if len(c.TURN.Services) > 0 {
+		if err := turnConfig(c).Check(); err != nil {
+			errs = append(errs, fmt.Errorf("config: turn: %w", err))
+		}
+	}
+	if c.ClinkID.Enabled {
+		if _, err := c.clinkIDConfig(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if (c.Public.CertFile == "") != (c.Public.KeyFile == "") {
+		errs = append(errs, errors.New("config: public.cert_file and public.key_file go together"))
+	}
+	return errors.Join(errs...)
+}
+
+// checkNumbers refuses negative numbers and durations: every bound in the
+// file counts something, and zero already means "the default".
+func (c Config) checkNumbers() error {
+	var errs []error
+	walk(reflect.ValueOf(&c).Elem(), "", func(key string, v reflect.Value) {
+		switch v.Kind() {
+		case reflect.Int, reflect.Int64:
+			if v.Int() < 0 {
+				errs = append(errs, fmt.Errorf("config: %s is negative; zero takes the default", key))
+			}
+		case reflect.Float64:
+			if v.Float() < 0 {
+				errs = append(errs, fmt.Errorf("config: %s is negative; zero takes the default", key))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// secretFiles are the keys that name a file holding a secret or a private
+// key.
+func (c Config) secretFiles() map[string]string {
+	return map[string]string{
+		"link.secret_file":           c.Link.SecretFile,
+		"database.url_file":          c.Database.URLFile,
+		"turn.secret_file":           c.TURN.SecretFile,
+		"clinkid.admin_token_file":   c.ClinkID.AdminTokenFile,
+		"clinkid.bridge_secret_file": c.ClinkID.BridgeSecretFile,
+		"keydir.signer_key_file":     c.KeyDir.SignerKeyFile,
+		"public.key_file":            c.Public.KeyFile,
+	}
+}
+
+// checkFiles refuses a file named by the config that cannot be read, and
+// a secret or private key that every local user can read.
+func (c Config) checkFiles() error {
+	var errs []error
+	for key, path := range c.secretFiles() {
+		if path == "" {
+			continue
+		}
+		fi, err := os.Stat(path)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
+		case fi.Mode().Perm()&0o004 != 0:
+			errs = append(errs, fmt.Errorf("config: %s %s is readable by every local user (mode %04o); chmod o-r it", key, path, fi.Mode().Perm()))
+		}
+	}
+	for key, path := range map[string]string{"public.cert_file": c.Public.CertFile, "link.tls_ca_file": c.Link.TLSCAFile} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func checkLink(c LinkConfig) error {

@@ -13,10 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -39,6 +43,32 @@ import (
 // Version is set at build time with -ldflags "-X github.com/clinkme/clinkd/daemon.Version=...".
 var Version = "devel"
 
+// BuildInfo says what this binary is.
+type BuildInfo struct {
+	Version   string // Version, or "devel"
+	GoVersion string // the Go toolchain that built it
+	Revision  string // the VCS revision it was built from, "unknown" outside a checkout
+}
+
+// Build returns what this binary is, from Version and the build
+// information Go embeds.
+func Build() BuildInfo {
+	b := BuildInfo{Version: Version, GoVersion: runtime.Version(), Revision: "unknown"}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				b.Revision = s.Value
+			}
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.modified" && s.Value == "true" {
+				b.Revision += "+modified"
+			}
+		}
+	}
+	return b
+}
+
 // A Daemon is one clinkd: built by New, run by Run.
 type Daemon struct {
 	cfg      Config
@@ -51,11 +81,15 @@ type Daemon struct {
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool // nil when no database is configured
 	admin        net.Listener
-	public       *http.ServeMux    // features mount their HTTP handlers here
-	publicLn     net.Listener      // nil when no public listener is configured
-	tlsCfg       *tls.Config       // nil when the public listener is plain (loopback)
-	keydir       *keydir.Directory // nil when the feature is off
-	clinkid      *clinkid.Service  // nil unless clinkid.enabled
+	public       *http.ServeMux                  // features mount their HTTP handlers here
+	publicLn     net.Listener                    // nil when no public listener is configured
+	tlsCfg       *tls.Config                     // nil when the public listener is plain (loopback)
+	publicCert   atomic.Pointer[tls.Certificate] // the public listener's certificate; Reload replaces it
+	keydir       *keydir.Directory               // nil when the feature is off
+	clinkid      *clinkid.Service                // nil unless clinkid.enabled
+	turn         *turncred.Service               // nil when the feature is off
+	router       *dispatch.Router                // nil when the relay is off
+	tracker      *receipts.Tracker               // nil without a database or relay
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -64,18 +98,27 @@ type Daemon struct {
 
 // NewLogger makes the process logger from the log config.
 func NewLogger(cfg LogConfig, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.Level)); err != nil {
-		return nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
+	log, _, err := NewLevelLogger(cfg, w)
+	return log, err
+}
+
+// NewLevelLogger is NewLogger with the level's variable, which Reload
+// sets when log.level changes.
+func NewLevelLogger(cfg LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+	level := new(slog.LevelVar)
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(cfg.Level)); err != nil {
+		return nil, nil, fmt.Errorf("config: log.level %q: want debug, info, warn or error", cfg.Level)
 	}
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(cfg.Format) {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), level, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), level, nil
 	}
-	return nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
+	return nil, nil, fmt.Errorf("config: log.format %q: want text or json", cfg.Format)
 }
 
 // New checks the configuration and builds everything Run needs: it
@@ -88,6 +131,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: log, registry: prometheus.NewRegistry(), public: http.NewServeMux(),
 		entitlements: expiry.NoEntitlementCheck{}}
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := Build()
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "clinkd_build_info",
+		Help: "Always 1; its labels say which clinkd runs (Prometheus exporters' convention).",
+	}, []string{"version", "goversion", "revision"})
+	buildInfo.WithLabelValues(b.Version, b.GoVersion, b.Revision).Set(1)
+	d.registry.MustRegister(buildInfo)
 	ok := false
 	defer func() {
 		if !ok {
@@ -174,7 +224,27 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 		BackoffMax:     c.BackoffMax,
 		PingInterval:   c.PingInterval,
 		PingTimeout:    c.PingTimeout,
+		Transient:      transientStoreError,
 	}, nil
+}
+
+// transientStoreError says whether err is a passing outage of PostgreSQL
+// (unreachable, a dropped connection, a statement cut by its timeout, the
+// server shutting down) rather than a fault of the request: the requester
+// is told to try again.
+func transientStoreError(err error) bool {
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &ne), errors.As(err, &ce), pgconn.Timeout(err), pgconn.SafeToRetry(err):
+		return true
+	case errors.As(err, &pe):
+		// Class 08: connection exception; 57014 query_canceled (the
+		// statement timeout); 57P01-57P03: shutdown, crash, cannot connect.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57014" || strings.HasPrefix(pe.Code, "57P0")
+	}
+	return false
 }
 
 // linkTLSConfig is the link's TLS config, nil without link.tls: TLS 1.2
@@ -202,18 +272,12 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		if d.cfg.Link.ServerDomain == "" {
 			return errors.New("config: turn needs link.server_domain (only its users get credentials)")
 		}
-		svc, err := turncred.New(turncred.Config{
-			Secret:      []byte(t.Secret),
-			Lifetime:    t.Lifetime,
-			Services:    t.Services,
-			LocalDomain: d.cfg.Link.ServerDomain,
-			PerMinute:   t.PerMinute,
-			Burst:       t.Burst,
-		}, d.log.With("part", "turn"), d.registry)
+		svc, err := turncred.New(turnConfig(d.cfg), d.log.With("part", "turn"), d.registry)
 		if err != nil {
 			return fmt.Errorf("config: turn: %w", err)
 		}
 		svc.Register(d.comp)
+		d.turn = svc
 	}
 	// The key log's store comes first: ClinkID ends bindings in it when an
 	// account is deleted, and the directory asks ClinkID which accounts
@@ -390,7 +454,15 @@ func (d *Daemon) listenPublic() error {
 		if err != nil {
 			return fmt.Errorf("config: public TLS certificate: %w", err)
 		}
-		d.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		d.publicCert.Store(&cert)
+		// The certificate is looked up per handshake, so that a renewed one
+		// (SIGHUP) is served to the next client without a new listener.
+		d.tlsCfg = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return d.publicCert.Load(), nil
+			},
+		}
 	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -428,14 +500,10 @@ func (d *Daemon) registerRelay() error {
 	if d.cfg.Link.ServerDomain == "" {
 		return errors.New("config: the relay needs link.server_domain (it serves that domain's users only)")
 	}
-	e := d.cfg.Expiry
 	relay, err := expiry.New(expiry.Config{
 		Component: domain, Send: d.comp, Devices: devs, Entitlements: d.entitlements,
-		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
-		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
-		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
-		TotalBytes: e.TotalBytes, PerUserReceipts: d.cfg.Receipts.PerUserHeld,
-		Log: d.log.With("part", "expiry"), Registerer: d.registry,
+		Limits: expiryLimits(d.cfg),
+		Log:    d.log.With("part", "expiry"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: expiry: %w", err)
@@ -444,31 +512,65 @@ func (d *Daemon) registerRelay() error {
 	if d.db != nil {
 		tracker, err := receipts.New(receipts.Config{
 			Component: domain, DB: d.db, Send: d.comp, Devices: devs,
-			Retention: d.cfg.Receipts.Retention, PerSenderTracked: d.cfg.Receipts.PerSenderTracked,
-			Log: d.log.With("part", "receipts"), Registerer: d.registry,
+			Limits: receiptsLimits(d.cfg),
+			Log:    d.log.With("part", "receipts"), Registerer: d.registry,
 		})
 		if err != nil {
 			return fmt.Errorf("config: receipts: %w", err)
 		}
 		tracker.Register(d.comp)
+		d.tracker = tracker
 		d.runners = append(d.runners, tracker.Run)
 		ordinary = tracker
 	}
 	router, err := dispatch.New(dispatch.Config{
 		Component: domain, Devices: devs, Timed: relay, Ordinary: ordinary,
 		Watchers: []dispatch.Watcher{relay},
-		Local:    d.cfg.Link.ServerDomain, Federated: d.cfg.Access.FederatedDomains,
-		PerMinute: d.cfg.Relay.PerMinute, Burst: d.cfg.Relay.Burst,
-		Log: d.log.With("part", "dispatch"), Registerer: d.registry,
+		Access:   dispatchAccess(d.cfg),
+		Log:      d.log.With("part", "dispatch"), Registerer: d.registry,
 	})
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	router.Register(d.comp)
+	d.router = router
 	relay.Register(d.comp)
 	d.relay, d.devices = relay, devs
 	d.runners = append(d.runners, relay.Run)
 	return nil
+}
+
+// turnConfig is the TURN credential service's configuration in cfg.
+func turnConfig(cfg Config) turncred.Config {
+	t := cfg.TURN
+	return turncred.Config{
+		Secret: []byte(t.Secret), Lifetime: t.Lifetime, Services: t.Services,
+		LocalDomain: cfg.Link.ServerDomain, PerMinute: t.PerMinute, Burst: t.Burst,
+	}
+}
+
+// expiryLimits are the timed-message relay's bounds in cfg.
+func expiryLimits(cfg Config) expiry.Limits {
+	e := cfg.Expiry
+	return expiry.Limits{
+		MinPeriod: e.MinPeriod, MaxPeriod: e.MaxPeriod, UnseenMaxPeriod: e.UnseenMaxPeriod,
+		PerUserMessages: e.PerUserMessages, PerUserBytes: e.PerUserBytes,
+		PerSenderMessages: e.PerSenderMessages, PerSenderBytes: e.PerSenderBytes, PerPairMessages: e.PerPairMessages,
+		TotalBytes: e.TotalBytes, PerUserReceipts: cfg.Receipts.PerUserHeld,
+	}
+}
+
+// receiptsLimits are the receipt state's bounds in cfg.
+func receiptsLimits(cfg Config) receipts.Limits {
+	return receipts.Limits{Retention: cfg.Receipts.Retention, PerSenderTracked: cfg.Receipts.PerSenderTracked}
+}
+
+// dispatchAccess is whom the envelope router serves, and how much, in cfg.
+func dispatchAccess(cfg Config) dispatch.Access {
+	return dispatch.Access{
+		Local: cfg.Link.ServerDomain, Federated: cfg.Access.FederatedDomains,
+		PerMinute: cfg.Relay.PerMinute, Burst: cfg.Relay.Burst,
+	}
 }
 
 // Devices is the registry of online devices (nil when the relay is
@@ -590,9 +692,12 @@ func (d *Daemon) adminHandler() http.Handler {
 // the store reachable and the key directory serving (its database extends
 // the last checkpoint it signed; else the reason).
 func (d *Daemon) readiness(ctx context.Context) map[string]string {
-	checks := map[string]string{"link": "ok"}
+	checks := map[string]string{"link": "ok", "workers": "ok"}
 	if s := d.comp.State(); s != component.Linked {
 		checks["link"] = s.String()
+	}
+	if wait, stalled := d.comp.Stalled(); stalled {
+		checks["workers"] = fmt.Sprintf("stalled: a request has waited %v for a worker", wait.Round(time.Second))
 	}
 	if d.db != nil {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -1,10 +1,13 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -32,6 +35,16 @@ func OpenDatabase(ctx context.Context, cfg DatabaseConfig) (*pgxpool.Pool, error
 	if err != nil {
 		return nil, errors.New("config: database.url is not a valid PostgreSQL URL")
 	}
+	// Bounds so that a slow or hung database costs a bounded number of
+	// connections and requests fail within a known time, instead of
+	// piling up (pgx's defaults are four connections and no timeouts).
+	pcfg.MaxConns = int32(cmp.Or(cfg.MaxConns, 16))
+	pcfg.ConnConfig.ConnectTimeout = cmp.Or(cfg.ConnectTimeout, 5*time.Second)
+	pcfg.HealthCheckPeriod = 15 * time.Second
+	if pcfg.ConnConfig.RuntimeParams == nil {
+		pcfg.ConnConfig.RuntimeParams = map[string]string{}
+	}
+	pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cmp.Or(cfg.StatementTimeout, 10*time.Second).Milliseconds(), 10)
 	db, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)

@@ -42,6 +42,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,6 +97,18 @@ type Config struct {
 	Devices   Devices
 	// Entitlements decides who may send timed messages.
 	Entitlements Entitlements
+	// Limits bound what is held; Reload replaces them while clinkd runs.
+	Limits Limits
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	Log *slog.Logger
+	// Registerer, if set, gets the relay's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Limits bound what the relay accepts and holds. Zero values take the
+// defaults in the comments.
+type Limits struct {
 	// MinPeriod and MaxPeriod bound a message's validity period, counted
 	// from when clinkd receives it (defaults 5s and 7 days).
 	// UnseenMaxPeriod bounds it for a recipient none of whose devices has
@@ -122,11 +135,6 @@ type Config struct {
 	// sender until their message expires (default 1000); past it the
 	// oldest goes.
 	PerUserReceipts int
-	// Now is the clock (default time.Now).
-	Now func() time.Time
-	Log *slog.Logger
-	// Registerer, if set, gets the relay's metrics.
-	Registerer prometheus.Registerer
 }
 
 func (c *Config) setDefaults() error {
@@ -138,6 +146,19 @@ func (c *Config) setDefaults() error {
 	case c.Entitlements == nil:
 		return errors.New("expiry: no Entitlements (NoEntitlementCheck lets every sender)")
 	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c.Limits.setDefaults()
+}
+
+// Check reports whether l is a set of limits New and Reload accept.
+func (l Limits) Check() error { return l.setDefaults() }
+
+func (c *Limits) setDefaults() error {
 	if c.MinPeriod <= 0 {
 		c.MinPeriod = 5 * time.Second
 	}
@@ -170,12 +191,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PerUserReceipts <= 0 {
 		c.PerUserReceipts = 1000
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
@@ -237,9 +252,10 @@ type pendingReceipt struct {
 // Relay is the timed-message relay: the dispatch.Timed feature and a
 // dispatch.Watcher.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
-	m   metrics
+	cfg    Config
+	limits atomic.Pointer[Limits]
+	log    *slog.Logger
+	m      metrics
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
@@ -281,6 +297,7 @@ func (s *seenUsers) has(user string) bool {
 
 type metrics struct {
 	heldMessages, heldBytes prometheus.Gauge
+	totalLimit              prometheus.Gauge
 	relayed, expired        prometheus.Counter
 	refused                 *prometheus.CounterVec
 	receipts                *prometheus.CounterVec
@@ -302,6 +319,7 @@ func New(cfg Config) (*Relay, error) {
 		m: metrics{
 			heldMessages: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_messages", Help: "Timed messages (and sent copies) held in memory."}),
 			heldBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes", Help: "Envelope bytes held in memory, counted against the quotas."}),
+			totalLimit:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes_limit", Help: "The bound on clinkd_expiry_held_bytes (expiry.total_bytes)."}),
 			relayed:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_relayed_total", Help: "Timed messages accepted for relay."}),
 			expired:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_expired_total", Help: "Held messages dropped at expiry."}),
 			refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clinkd_expiry_refused_total", Help: "Timed messages refused, by reason."}, []string{"reason"}),
@@ -311,10 +329,24 @@ func New(cfg Config) (*Relay, error) {
 			}, []string{"kind"}),
 		},
 	}
+	lim := cfg.Limits
+	r.limits.Store(&lim)
+	r.m.totalLimit.Set(float64(lim.TotalBytes))
 	if reg := cfg.Registerer; reg != nil {
-		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
+		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
 	return r, nil
+}
+
+// Reload replaces the limits while the relay runs. What is held stays
+// held; the new bounds apply to what arrives next.
+func (r *Relay) Reload(l Limits) error {
+	if err := l.setDefaults(); err != nil {
+		return err
+	}
+	r.limits.Store(&l)
+	r.m.totalLimit.Set(float64(l.TotalBytes))
+	return nil
 }
 
 // Register advertises what the relay adds to the component: XEP-0466
@@ -344,13 +376,13 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 	if !ok {
 		return r.refuse("entitlement", stanza.Forbidden, "timed messages are part of ClinkMe Secure, which this account does not have")
 	}
-	now := r.cfg.Now()
-	period := e.Body.Expires.Sub(now)
-	if period < r.cfg.MinPeriod || period > r.cfg.MaxPeriod {
-		return r.refuse("period", stanza.NotAcceptable, fmt.Sprintf("the validity period must be between %v and %v from now", r.cfg.MinPeriod, r.cfg.MaxPeriod))
+	lim := r.limits.Load()
+	period := e.Body.Expires.Sub(r.cfg.Now())
+	if period < lim.MinPeriod || period > lim.MaxPeriod {
+		return r.refuse("period", stanza.NotAcceptable, fmt.Sprintf("the validity period must be between %v and %v from now", lim.MinPeriod, lim.MaxPeriod))
 	}
-	if period > r.cfg.UnseenMaxPeriod && !r.seenUser(e.Recipient) {
-		return r.refuse("unseen-period", stanza.NotAcceptable, fmt.Sprintf("%s has not been online at clinkd lately, so a validity period of at most %v is accepted for it", e.Recipient, r.cfg.UnseenMaxPeriod))
+	if period > lim.UnseenMaxPeriod && !r.seenUser(e.Recipient) {
+		return r.refuse("unseen-period", stanza.NotAcceptable, fmt.Sprintf("%s has not been online at clinkd lately, so a validity period of at most %v is accepted for it", e.Recipient, lim.UnseenMaxPeriod))
 	}
 	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
 	added, err := r.hold(h)
@@ -417,20 +449,25 @@ func (r *Relay) seenUser(user jid.JID) bool {
 }
 
 // sentExpiry reports whether owner sent peer the timed message id that is
-// held here as a copy, and when it expires.
+// held here, and when it expires: either as owner's copy for its other
+// devices, or as the message held for peer itself. The second matters when
+// peer's receipt arrives before owner's copy has come back through the
+// server: the receipt is still a timed message's, and must not be taken
+// for an ordinary one's (which would drop it).
 func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	o := r.owners[owner.Bare().String()]
-	if o == nil {
-		return time.Time{}, false
+	if o := r.owners[owner.Bare().String()]; o != nil {
+		if got, ok := o.msgs[(&held{peer: peer.Bare(), id: id, sent: true}).key()]; ok {
+			return got.expires, true
+		}
 	}
-	h := &held{peer: peer.Bare(), id: id, sent: true}
-	got, ok := o.msgs[h.key()]
-	if !ok {
-		return time.Time{}, false
+	if o := r.owners[peer.Bare().String()]; o != nil {
+		if got, ok := o.msgs[(&held{peer: owner.Bare(), id: id}).key()]; ok {
+			return got.expires, true
+		}
 	}
-	return got.expires, true
+	return time.Time{}, false
 }
 
 func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
@@ -438,7 +475,7 @@ func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
 	defer r.mu.Unlock()
 	k := owner.String()
 	list := r.pruneReceiptsLocked(k)
-	if len(list) >= r.cfg.PerUserReceipts {
+	if len(list) >= r.limits.Load().PerUserReceipts {
 		list = list[1:] // the oldest goes; memory stays bounded
 	}
 	r.receipts[k] = append(list, p)
@@ -481,6 +518,7 @@ func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingRec
 // message already held.
 func (r *Relay) hold(h *held) (bool, error) {
 	size := int64(len(h.raw))
+	lim := r.limits.Load()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	o := r.owners[h.owner.String()]
@@ -503,16 +541,16 @@ func (r *Relay) hold(h *held) (bool, error) {
 		need, needBytes = 2, 2*size
 	}
 	switch {
-	case u.msgs+need > r.cfg.PerSenderMessages, u.bytes+needBytes > r.cfg.PerSenderBytes:
+	case u.msgs+need > lim.PerSenderMessages, u.bytes+needBytes > lim.PerSenderBytes:
 		r.m.refused.WithLabelValues("sender-quota").Inc()
-		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages as it may (%d messages, %d bytes); send more as they expire", r.cfg.PerSenderMessages, r.cfg.PerSenderBytes)
-	case !h.sent && r.pairs[h.pair()] >= r.cfg.PerPairMessages:
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages as it may (%d messages, %d bytes); send more as they expire", lim.PerSenderMessages, lim.PerSenderBytes)
+	case !h.sent && r.pairs[h.pair()] >= lim.PerPairMessages:
 		r.m.refused.WithLabelValues("pair-quota").Inc()
-		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages for %s as it may (%d); send more as they expire", h.owner, r.cfg.PerPairMessages)
-	case len(o.msgs) >= r.cfg.PerUserMessages, o.bytes+size > r.cfg.PerUserBytes:
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages for %s as it may (%d); send more as they expire", h.owner, lim.PerPairMessages)
+	case len(o.msgs) >= lim.PerUserMessages, o.bytes+size > lim.PerUserBytes:
 		r.m.refused.WithLabelValues("user-quota").Inc()
 		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many timed messages for %s as it may; try again later", h.owner)
-	case r.total+size > r.cfg.TotalBytes:
+	case r.total+size > lim.TotalBytes:
 		r.m.refused.WithLabelValues("total-quota").Inc()
 		return false, component.Error(stanza.ResourceConstraint, "clinkd holds as many timed messages as it may; try again later")
 	}

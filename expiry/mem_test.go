@@ -59,13 +59,13 @@ func BenchmarkHeldMemory(b *testing.B) {
 		rec := silent{}
 		comp := jid.MustParse("clink.example.org")
 		r, err := expiry.New(expiry.Config{Component: comp, Send: rec, Devices: rec, Entitlements: expiry.NoEntitlementCheck{},
-			PerUserMessages: perUser, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: perUser, TotalBytes: 1 << 34,
-			Now: func() time.Time { return now }})
+			Limits: expiry.Limits{PerUserMessages: perUser, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: perUser, TotalBytes: 1 << 34},
+			Now:    func() time.Time { return now }})
 		if err != nil {
 			b.Fatal(err)
 		}
 		router, err := dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-			Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Local: "example.org", PerMinute: 1e9, Burst: 1 << 30})
+			Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org", PerMinute: -1}})
 		if err != nil {
 			b.Fatal(err)
 		}

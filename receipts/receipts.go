@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -70,13 +71,8 @@ type Config struct {
 	DB      *pgxpool.Pool
 	Send    Sender
 	Devices Devices
-	// Retention is how long the state of ordinary tracked messages is kept
-	// (default 30 days).
-	Retention time.Duration
-	// PerSenderTracked bounds the tracked messages kept for one sender
-	// (default 20,000): past it the oldest states are forgotten, so no
-	// sender can grow the table without bound within the retention.
-	PerSenderTracked int
+	// Limits bound what is kept; Reload replaces them while clinkd runs.
+	Limits Limits
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -84,9 +80,31 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// Limits bound the receipt state kept. Zero values take the defaults in
+// the comments.
+type Limits struct {
+	// Retention is how long the state of ordinary tracked messages is kept
+	// (default 30 days).
+	Retention time.Duration
+	// PerSenderTracked bounds the tracked messages kept for one sender
+	// (default 20,000): past it the oldest states are forgotten, so no
+	// sender can grow the table without bound within the retention.
+	PerSenderTracked int
+}
+
+func (l *Limits) setDefaults() {
+	if l.Retention <= 0 {
+		l.Retention = 30 * 24 * time.Hour
+	}
+	if l.PerSenderTracked <= 0 {
+		l.PerSenderTracked = 20_000
+	}
+}
+
 // Tracker is the receipts feature: the dispatch.Ordinary of clinkd.
 type Tracker struct {
 	cfg       Config
+	limits    atomic.Pointer[Limits]
 	log       *slog.Logger
 	forwarded *prometheus.CounterVec
 	trimmed   prometheus.Counter
@@ -99,7 +117,7 @@ type Tracker struct {
 // between two trims of its rows: a sender exceeds PerSenderTracked by at
 // most this many (a quarter of the bound, and never more than 64), and a
 // trim's cost is spread over as many inserts.
-func (t *Tracker) trimEvery() int { return max(1, min(64, t.cfg.PerSenderTracked/4)) }
+func (t *Tracker) trimEvery() int { return max(1, min(64, t.limits.Load().PerSenderTracked/4)) }
 
 // New checks cfg and returns a tracker.
 func New(cfg Config) (*Tracker, error) {
@@ -111,12 +129,7 @@ func New(cfg Config) (*Tracker, error) {
 	case cfg.Send == nil || cfg.Devices == nil:
 		return nil, errors.New("receipts: Send and Devices are required")
 	}
-	if cfg.Retention <= 0 {
-		cfg.Retention = 30 * 24 * time.Hour
-	}
-	if cfg.PerSenderTracked <= 0 {
-		cfg.PerSenderTracked = 20_000
-	}
+	cfg.Limits.setDefaults()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -135,10 +148,18 @@ func New(cfg Config) (*Tracker, error) {
 			Help: "Tracked message states forgotten because their sender had more than receipts.per_sender_tracked.",
 		}),
 	}
+	lim := cfg.Limits
+	t.limits.Store(&lim)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(t.forwarded, t.trimmed)
 	}
 	return t, nil
+}
+
+// Reload replaces the limits while the tracker runs.
+func (t *Tracker) Reload(l Limits) {
+	l.setDefaults()
+	t.limits.Store(&l)
 }
 
 // Register routes the status query to t. Envelopes and receipts reach it
@@ -219,7 +240,7 @@ func (t *Tracker) maybeTrim(ctx context.Context, sender string) error {
 		return nil
 	}
 	tag, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE (sender, id, recipient) IN
-		(SELECT sender, id, recipient FROM receipts_tracked WHERE sender = $1 ORDER BY sent_at DESC OFFSET $2)`, sender, t.cfg.PerSenderTracked)
+		(SELECT sender, id, recipient FROM receipts_tracked WHERE sender = $1 ORDER BY sent_at DESC OFFSET $2)`, sender, t.limits.Load().PerSenderTracked)
 	if err != nil {
 		return fmt.Errorf("receipts: trim %s: %w", sender, err)
 	}
@@ -289,10 +310,12 @@ func (t *Tracker) HandleStatus(ctx context.Context, iq *component.Stanza) (any, 
 
 // Run deletes tracked state past its retention, until ctx ends.
 func (t *Tracker) Run(ctx context.Context) error {
-	tick := time.NewTicker(min(time.Hour, t.cfg.Retention/4))
+	// At most an hour between sweeps; a reloaded shorter retention
+	// applies at the next one.
+	tick := time.NewTicker(min(time.Hour, t.limits.Load().Retention/4))
 	defer tick.Stop()
 	for {
-		_, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.cfg.Retention))
+		_, err := t.cfg.DB.Exec(ctx, `DELETE FROM receipts_tracked WHERE sent_at < $1`, t.cfg.Now().Add(-t.limits.Load().Retention))
 		if err != nil && !errors.Is(err, context.Canceled) {
 			t.log.Warn("receipts: retention sweep failed", "err", err)
 		}

@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,15 +73,21 @@ type Config struct {
 
 // Service answers XEP-0215 <services/> and <credentials/> requests.
 type Service struct {
+	state  atomic.Pointer[state] // replaced whole by Reload
+	log    *slog.Logger
+	issued prometheus.Counter
+}
+
+// state is what one configuration makes: handlers read one state per
+// request, so a reload never mixes an old secret with new services.
+type state struct {
 	cfg      Config
 	services []extdisco.Service
 	limit    *ratelimit.Limiter
-	log      *slog.Logger
-	issued   prometheus.Counter
 }
 
-// New checks cfg and builds the service. reg may be nil.
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+// newState checks cfg and builds what it makes.
+func newState(cfg Config) (*state, error) {
 	if len(cfg.Secret) < 16 {
 		return nil, errors.New("turncred: the shared secret must be at least 16 bytes")
 	}
@@ -102,29 +109,61 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Service, err
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	s := &Service{
-		cfg:   cfg,
-		limit: ratelimit.New(cfg.PerMinute/60, cfg.Burst, 100_000),
-		log:   log,
-		issued: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "clinkd_turn_credentials_issued_total",
-			Help: "TURN REST credentials handed out over XEP-0215.",
-		}),
-	}
+	st := &state{cfg: cfg, limit: ratelimit.New(cfg.PerMinute/60, cfg.Burst, 100_000)}
 	for _, u := range cfg.Services {
 		svc, err := ParseURI(u)
 		if err != nil {
 			return nil, err
 		}
-		s.services = append(s.services, svc)
+		st.services = append(st.services, svc)
 	}
+	return st, nil
+}
+
+// Check reports whether cfg is one New and Reload accept.
+func (cfg Config) Check() error {
+	_, err := newState(cfg)
+	return err
+}
+
+// New checks cfg and builds the service. reg may be nil.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	st, err := newState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		log: log,
+		issued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinkd_turn_credentials_issued_total",
+			Help: "TURN REST credentials handed out over XEP-0215.",
+		}),
+	}
+	s.state.Store(st)
 	if reg != nil {
 		reg.MustRegister(s.issued)
 	}
 	return s, nil
+}
+
+// Reload replaces the configuration while the service runs (a rotated
+// secret, other servers, other limits): the next request uses it whole.
+// Credentials issued before keep working at coturn as long as coturn
+// accepts the secret they were made with. The rate buckets start over
+// only when the rate or burst changed.
+func (s *Service) Reload(cfg Config) error {
+	st, err := newState(cfg)
+	if err != nil {
+		return err
+	}
+	if old := s.state.Load(); old.cfg.PerMinute == st.cfg.PerMinute && old.cfg.Burst == st.cfg.Burst {
+		st.limit = old.limit
+	}
+	s.state.Store(st)
+	return nil
 }
 
 // ParseURI parses a STUN or TURN URI (RFC 7064, RFC 7065) into a service.
@@ -173,14 +212,14 @@ func (s *Service) Register(c *component.Component) {
 	c.HandleIQ(xml.Name{Space: extdisco.NS, Local: "credentials"}, component.IQHandlerFunc(s.handleCredentials))
 }
 
-func (s *Service) check(iq *component.Stanza) error {
+func (st *state) check(iq *component.Stanza) error {
 	if iq.Type != string(stanza.GetIQ) {
 		return component.Error(stanza.BadRequest, "XEP-0215 requests are IQ get")
 	}
-	if iq.From.Domainpart() != s.cfg.LocalDomain || iq.From.Localpart() == "" {
-		return component.Errorf(stanza.Forbidden, "TURN credentials are only for users of %s", s.cfg.LocalDomain)
+	if iq.From.Domainpart() != st.cfg.LocalDomain || iq.From.Localpart() == "" {
+		return component.Errorf(stanza.Forbidden, "TURN credentials are only for users of %s", st.cfg.LocalDomain)
 	}
-	if !s.limit.Allow(iq.From.Bare().String()) {
+	if !st.limit.Allow(iq.From.Bare().String()) {
 		return component.Error(stanza.ResourceConstraint, "too many credential requests; try again in a minute")
 	}
 	return nil
@@ -189,20 +228,24 @@ func (s *Service) check(iq *component.Stanza) error {
 // Issue returns fresh credentials for user (a bare JID), valid for the
 // configured lifetime from the service's clock, and their expiry.
 func (s *Service) Issue(user string) (username, password string, expires time.Time) {
-	expires = s.cfg.Now().Add(s.cfg.Lifetime).UTC().Truncate(time.Second)
-	username, password = Credential(s.cfg.Secret, user, expires)
+	return s.issue(s.state.Load(), user)
+}
+
+func (s *Service) issue(st *state, user string) (username, password string, expires time.Time) {
+	expires = st.cfg.Now().Add(st.cfg.Lifetime).UTC().Truncate(time.Second)
+	username, password = Credential(st.cfg.Secret, user, expires)
 	s.issued.Inc()
 	return username, password, expires
 }
 
 // withCredentials returns svc with fresh credentials for user if it is a
 // TURN service.
-func (s *Service) withCredentials(svc extdisco.Service, user string) extdisco.Service {
+func (s *Service) withCredentials(st *state, svc extdisco.Service, user string) extdisco.Service {
 	if svc.Type == "stun" {
 		return svc
 	}
 	var exp time.Time
-	svc.Username, svc.Password, exp = s.Issue(user)
+	svc.Username, svc.Password, exp = s.issue(st, user)
 	svc.Expires = &exp
 	return svc
 }
@@ -212,14 +255,15 @@ func (s *Service) handleServices(_ context.Context, iq *component.Stanza) (any, 
 	if err := iq.Decode(xml.Name{Space: extdisco.NS, Local: "services"}, &req); err != nil {
 		return nil, err
 	}
-	if err := s.check(iq); err != nil {
+	st := s.state.Load()
+	if err := st.check(iq); err != nil {
 		return nil, err
 	}
 	user := iq.From.Bare().String()
 	res := extdisco.Services{Type: req.Type}
-	for _, svc := range s.services {
+	for _, svc := range st.services {
 		if req.Type == "" || req.Type == svc.Type {
-			res.Services = append(res.Services, s.withCredentials(svc, user))
+			res.Services = append(res.Services, s.withCredentials(st, svc, user))
 		}
 	}
 	return res, nil
@@ -230,20 +274,21 @@ func (s *Service) handleCredentials(_ context.Context, iq *component.Stanza) (an
 	if err := iq.Decode(xml.Name{Space: extdisco.NS, Local: "credentials"}, &req); err != nil {
 		return nil, err
 	}
-	if err := s.check(iq); err != nil {
+	st := s.state.Load()
+	if err := st.check(iq); err != nil {
 		return nil, err
 	}
-	if len(req.Services) == 0 || len(req.Services) > len(s.services) {
+	if len(req.Services) == 0 || len(req.Services) > len(st.services) {
 		return nil, component.BadRequest("name one to as many services as announced")
 	}
 	user := iq.From.Bare().String()
 	var res extdisco.Credentials
 	for _, want := range req.Services {
 		found := false
-		for _, svc := range s.services {
+		for _, svc := range st.services {
 			if svc.Host == want.Host && svc.Type == want.Type && svc.Type != "stun" &&
 				(want.Port == 0 || want.Port == svc.Port) && (want.Transport == "" || want.Transport == svc.Transport) {
-				res.Services = append(res.Services, s.withCredentials(svc, user))
+				res.Services = append(res.Services, s.withCredentials(st, svc, user))
 				found = true
 				break
 			}

@@ -94,6 +94,17 @@ const (
 	maxKeyDER      = 4096 // PKCS #8 of an RSA-4096 key is about 2.4 KB
 )
 
+// MaxKeysPerContact is how many contact keys AddContactKey keeps for one
+// contact: adding one more forgets the oldest of that contact. A contact
+// has one key in the usual case and two when both users shared at once
+// (docs/envelope.md, section 5.4); four leave room for a device of each
+// side that shared again, while a contact who shares key after key (every
+// share that verifies is stored) cannot grow the file. Messages sealed
+// under a forgotten key no longer open (no contact key). Files written
+// before the bound, with more keys for a contact, still open; the bound
+// applies from the next key added for that contact.
+const MaxKeysPerContact = 4
+
 // params are the Argon2id parameters of a file.
 type params struct {
 	time    uint32 // passes, 1 ≤ time ≤ maxTime
@@ -323,7 +334,7 @@ type Store struct {
 	mu       sync.Mutex
 	hdr      header   // of the file as last written; the nonce is replaced on each write
 	fileKey  []byte   // Argon2id output, kept so that writes need no passphrase
-	contents contents // contacts only grows
+	contents contents // at most MaxKeysPerContact added per contact
 }
 
 // Create makes a new key store file at path holding the identity id,
@@ -430,8 +441,9 @@ func (s *Store) CurrentContactKey(contact string) (envelope.ContactKey, bool) {
 // AddContactKey stores k for the bare JID contact, as its current key, and
 // rewrites the file atomically before it returns. Adding a key already
 // stored for contact changes nothing: an old key-share seen again does not
-// become current again. On an error the key is not added in memory, and the
-// file holds either the old contents or the new.
+// become current again. When contact has MaxKeysPerContact keys already,
+// the oldest of them is forgotten. On an error the store is unchanged in
+// memory, and the file holds either the old contents or the new.
 func (s *Store) AddContactKey(contact string, k envelope.ContactKey) error {
 	if err := envelopexml.CheckJID(contact); err != nil {
 		return fmt.Errorf("keystore: contact: %w", err)
@@ -446,16 +458,48 @@ func (s *Store) AddContactKey(contact string, k envelope.ContactKey) error {
 			return nil
 		}
 	}
-	if len(s.contents.contacts) >= maxContactKeys {
+	old := s.contents.contacts
+	next := make([]contactEntry, 0, len(old)+1)
+	n := 0 // keys of contact in old
+	for _, e := range old {
+		if e.contact == contact {
+			n++
+		}
+	}
+	for _, e := range old {
+		if e.contact == contact && n >= MaxKeysPerContact {
+			n-- // forget the oldest, in the order added
+			continue
+		}
+		next = append(next, e)
+	}
+	if len(next) >= maxContactKeys {
 		return fmt.Errorf("keystore: more than %d contact keys", maxContactKeys)
 	}
-	s.contents.contacts = append(s.contents.contacts, newEntry(contact, k))
+	s.contents.contacts = append(next, newEntry(contact, k))
 	if err := s.write(true); err != nil {
-		s.contents.contacts = s.contents.contacts[:len(s.contents.contacts)-1]
+		s.contents.contacts = old
 		return err
 	}
 	return nil
 }
+
+// ContactKeyCount returns how many keys the store holds for contact.
+func (s *Store) ContactKeyCount(contact string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.contents.contacts {
+		if e.contact == contact {
+			n++
+		}
+	}
+	return n
+}
+
+// Path returns the file's path. The device keeps its other state (the
+// replay cache) beside it.
+func (s *Store) Path() string { return s.path }
 
 // String returns the path of the file, never a key.
 func (s *Store) String() string { return "keystore.Store(" + s.path + ")" }

@@ -242,6 +242,58 @@ func TestContactKeys(t *testing.T) {
 	assertNoTemp(t, filepath.Dir(path))
 }
 
+// TestContactKeyBound: a contact keeps at most MaxKeysPerContact keys;
+// each key past it forgets that contact's oldest, never another
+// contact's, and the file does not grow.
+func TestContactKeyBound(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t)
+	bob, carol := "bob@example.org", "carol@example.net"
+	carolKey := envelope.NewContactKey()
+	if err := s.AddContactKey(carol, carolKey); err != nil {
+		t.Fatal(err)
+	}
+	var bobKeys []envelope.ContactKey
+	var size int64
+	for i := range 2*keystore.MaxKeysPerContact + 1 {
+		k := envelope.NewContactKey()
+		bobKeys = append(bobKeys, k)
+		if err := s.AddContactKey(bob, k); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i+1 == keystore.MaxKeysPerContact {
+			size = fi.Size()
+		} else if i+1 > keystore.MaxKeysPerContact && fi.Size() != size {
+			t.Errorf("after %d keys for bob the file has %d bytes, want %d as after %d", i+1, fi.Size(), size, keystore.MaxKeysPerContact)
+		}
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*keystore.Store{s, o} {
+		if n := st.ContactKeyCount(bob); n != keystore.MaxKeysPerContact {
+			t.Errorf("ContactKeyCount(bob) = %d, want %d", n, keystore.MaxKeysPerContact)
+		}
+		for i, k := range bobKeys {
+			want := i >= len(bobKeys)-keystore.MaxKeysPerContact // the latest only
+			if _, ok := st.ContactKey(bob, k.ID()); ok != want {
+				t.Errorf("ContactKey(bob, key %d of %d) found = %v, want %v", i+1, len(bobKeys), ok, want)
+			}
+		}
+		if k, ok := st.CurrentContactKey(bob); !ok || !k.Equal(bobKeys[len(bobKeys)-1]) {
+			t.Errorf("CurrentContactKey(bob) = %v, %v; want the last added", k, ok)
+		}
+		if _, ok := st.ContactKey(carol, carolKey.ID()); !ok || st.ContactKeyCount(carol) != 1 {
+			t.Errorf("carol's key is gone after bob's keys went over the bound")
+		}
+	}
+}
+
 // TestOpenEnvelope uses a store as the ContactKeys of envelope.Open.
 func TestOpenEnvelope(t *testing.T) {
 	t.Parallel()

@@ -13,7 +13,9 @@
 //	clinkd doctor --lab lab.json | --c2s HOST:PORT --user JID --component DOMAIN ...
 //	                                check a deployment end to end
 //	clinkd secret [--out FILE]      make a component secret (link.secret)
-//	clinkd version
+//	clinkd check-config --config FILE
+//	                                check a configuration as serve would, list every problem
+//	clinkd version, clinkd --version
 package main
 
 import (
@@ -50,7 +52,8 @@ func commands() []command {
 		}},
 		{"doctor", "check a deployment end to end: TLS, clinkd, key log, ClinkID, STUN and TURN", runDoctor},
 		{"secret", "make a component secret (256 random bits, hex): [--out FILE]", runSecret},
-		{"version", "print the version", runVersion},
+		{"check-config", "check a configuration as serve would, listing every problem, and exit", runCheckConfig},
+		{"version", "print the version (also --version)", runVersion},
 	}
 }
 
@@ -61,6 +64,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {

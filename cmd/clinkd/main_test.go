@@ -15,7 +15,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CLINKD_TEST_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(labtest.Main(m, labtest.Need{Postgres: true}))
+	os.Exit(labtest.Main(m, labtest.Need{Postgres: true, Prosody: true, Ejabberd: true}))
 }
 
 func TestUsageErrors(t *testing.T) {
@@ -38,6 +38,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"doctor", "--c2s", "127.0.0.1:1", "--user", "a@example.org", "--component", "c.example.org"}, 2, "no password", ""},
 		{[]string{"doctor", "--lab", "/nonexistent/lab.json"}, 1, "no such file", ""},
 		{[]string{"version"}, 0, "", "error"},
+		{[]string{"--version"}, 0, "", "error"},
+		{[]string{"check-config", "--config", "/nonexistent.yaml"}, 1, "no such file", ""},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer

@@ -6,6 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -44,11 +47,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// A reader of clinkd's log that goes away (a closed pipe to a log
+	// collector) must not kill it, and every timed message it holds, with
+	// SIGPIPE: ignored, the write fails and clinkd goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return err
 	}
-	log, err := daemon.NewLogger(cfg.Log, stderr)
+	log, level, err := daemon.NewLevelLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
@@ -56,6 +63,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// SIGHUP reloads what can change live (daemon.Reload) and names what
+	// needs a restart; a config that does not load is refused whole and
+	// the running one stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				next, err := loadConfig(*path)
+				if err == nil {
+					_, err = d.Reload(next, level)
+				}
+				if err != nil {
+					log.Error("SIGHUP: configuration not reloaded; the running one stays", "err", err)
+				}
+			}
+		}
+	}()
 	return d.Run(ctx)
 }
 
@@ -82,6 +111,37 @@ func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(newFlags("version", stderr), args); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "clinkd", daemon.Version)
+	b := daemon.Build()
+	fmt.Fprintf(stdout, "clinkd %s (%s, revision %s)\n", b.Version, b.GoVersion, b.Revision)
 	return nil
+}
+
+// runCheckConfig loads and checks a configuration as serve would, without
+// binding, dialing or connecting to anything, and lists every problem.
+func runCheckConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("check-config", stderr)
+	path := fs.String("config", "", "YAML config `file` (every key also from CLINKD_* environment variables)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err == nil {
+		err = cfg.Check()
+	}
+	if err != nil {
+		problems := strings.Split(err.Error(), "\n")
+		for _, p := range problems {
+			fmt.Fprintf(stderr, "clinkd: error: %s\n", p)
+		}
+		return fmt.Errorf("check-config: %d problems", len(problems))
+	}
+	fmt.Fprintf(stdout, "%s: no problem found (nothing was bound, dialed or connected to)\n", orDefault(*path, "the environment"))
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

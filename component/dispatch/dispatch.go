@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"mellium.im/xmpp/jid"
@@ -166,6 +167,16 @@ type Config struct {
 	Ordinary Ordinary
 	// Watchers are told of every announcement.
 	Watchers []Watcher
+	// Access says whom the router serves and how much; Reload replaces it
+	// while clinkd runs.
+	Access Access
+	Log    *slog.Logger
+	// Registerer, if set, gets the router's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Access is whom the router serves and how much.
+type Access struct {
 	// Local is the XMPP server's own domain, whose users clinkd serves;
 	// Federated lists other domains whose users it serves as well. Anyone
 	// else is refused, as sender and as recipient: clinkd relays for its
@@ -180,16 +191,48 @@ type Config struct {
 	// for a server users reach.
 	PerMinute float64
 	Burst     int
-	Log       *slog.Logger
-	// Registerer, if set, gets the router's metrics.
-	Registerer prometheus.Registerer
+}
+
+// Check reports whether a is an Access New and Reload accept.
+func (a Access) Check() error {
+	_, err := newAccess(a)
+	return err
+}
+
+// access is what an Access makes.
+type access struct {
+	Access
+	domains map[string]bool // whose users are served
+	rate    *ratelimit.Limiter
+}
+
+func newAccess(a Access) (*access, error) {
+	if a.Local == "" {
+		return nil, errors.New("dispatch: no local domain (whose users are served)")
+	}
+	if a.PerMinute == 0 {
+		a.PerMinute = 60
+	}
+	if a.Burst <= 0 {
+		a.Burst = 60
+	}
+	domains := map[string]bool{}
+	for _, d := range append([]string{a.Local}, a.Federated...) {
+		j, err := jid.Parse(d)
+		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
+			return nil, fmt.Errorf("dispatch: %q is not a domain", d)
+		}
+		domains[j.Domainpart()] = true
+	}
+	// Keys are senders; the bound on keys keeps memory bounded when many
+	// senders come and go (an evicted sender starts full again).
+	return &access{Access: a, domains: domains, rate: ratelimit.New(a.PerMinute/60, a.Burst, 100_000)}, nil
 }
 
 // A Router is the envelope router.
 type Router struct {
 	cfg     Config
-	domains map[string]bool // whose users are served
-	rate    *ratelimit.Limiter
+	access  atomic.Pointer[access]
 	refused *prometheus.CounterVec
 }
 
@@ -202,41 +245,40 @@ func New(cfg Config) (*Router, error) {
 		return nil, errors.New("dispatch: no device registry")
 	case cfg.Timed == nil || cfg.Ordinary == nil:
 		return nil, errors.New("dispatch: Timed and Ordinary are required (use Unavailable for a feature that is off)")
-	case cfg.Local == "":
-		return nil, errors.New("dispatch: no local domain (whose users are served)")
+	}
+	a, err := newAccess(cfg.Access)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.PerMinute == 0 {
-		cfg.PerMinute = 60
-	}
-	if cfg.Burst <= 0 {
-		cfg.Burst = 60
-	}
-	domains := map[string]bool{}
-	for _, d := range append([]string{cfg.Local}, cfg.Federated...) {
-		j, err := jid.Parse(d)
-		if err != nil || j.Localpart() != "" || j.Resourcepart() != "" {
-			return nil, fmt.Errorf("dispatch: %q is not a domain", d)
-		}
-		domains[j.Domainpart()] = true
-	}
 	r := &Router{
-		cfg:     cfg,
-		domains: domains,
-		// Keys are senders; the bound on keys keeps memory bounded when
-		// many senders come and go (an evicted sender starts full again).
-		rate: ratelimit.New(cfg.PerMinute/60, cfg.Burst, 100_000),
+		cfg: cfg,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_dispatch_refused_total",
 			Help: "Envelopes refused before any feature saw them, by reason.",
 		}, []string{"reason"}),
 	}
+	r.access.Store(a)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(r.refused)
 	}
 	return r, nil
+}
+
+// Reload replaces whom the router serves and how much, while it runs. The
+// senders' buckets start over only when the rate or burst changed.
+func (r *Router) Reload(a Access) error {
+	next, err := newAccess(a)
+	if err != nil {
+		return err
+	}
+	if cur := r.access.Load(); cur.PerMinute == next.PerMinute && cur.Burst == next.Burst {
+		next.rate = cur.rate
+	}
+	r.access.Store(next)
+	return nil
 }
 
 // Register routes envelopes, copies, receipts, markers and presence on c.
@@ -258,15 +300,16 @@ var (
 )
 
 // served reports whether clinkd serves the user j (local or federated).
-func (r *Router) served(j jid.JID) bool { return r.domains[j.Domainpart()] }
+func (r *Router) served(j jid.JID) bool { return r.access.Load().domains[j.Domainpart()] }
 
 // admit checks that sender may use the relay and has tokens left.
 func (r *Router) admit(sender jid.JID) error {
-	if !r.served(sender) || sender.Localpart() == "" {
-		return r.refuse("not-served", stanza.Forbidden, "clinkd serves users of "+r.cfg.Local+" (and the federated domains its operator lists) only")
+	a := r.access.Load()
+	if !a.domains[sender.Domainpart()] || sender.Localpart() == "" {
+		return r.refuse("not-served", stanza.Forbidden, "clinkd serves users of "+a.Local+" (and the federated domains its operator lists) only")
 	}
-	if !r.rate.Allow(sender.String()) {
-		return r.refuse("rate", stanza.ResourceConstraint, fmt.Sprintf("you send faster than clinkd relays for one user (%g a minute, bursts of %d); slow down", r.cfg.PerMinute, r.cfg.Burst))
+	if !a.rate.Allow(sender.String()) {
+		return r.refuse("rate", stanza.ResourceConstraint, fmt.Sprintf("you send faster than clinkd relays for one user (%g a minute, bursts of %d); slow down", a.PerMinute, a.Burst))
 	}
 	return nil
 }
@@ -337,7 +380,7 @@ func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error 
 		return err
 	}
 	if !r.served(recipient) {
-		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.cfg.Local+" (and the federated domains its operator lists)")
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
 	}
 	env, raw, err := r.decode(m, sender)
 	if err != nil {
@@ -394,7 +437,7 @@ func (r *Router) handleReceipt(ctx context.Context, m *component.Stanza) error {
 		return err
 	}
 	if !r.served(owner) {
-		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.cfg.Local+" (and the federated domains its operator lists)")
+		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
 	}
 	rc := &Receipt{Device: m.From, Reader: m.From.Bare(), Owner: owner}
 	if m.Has(receivedName) {

@@ -100,7 +100,7 @@ func newRouter(t testing.TB) (*dispatch.Router, *dispatch.Devices, *features) {
 	r, err := dispatch.New(dispatch.Config{
 		Component: jid.MustParse("clink.example.org"), Devices: devs,
 		Timed: f, Ordinary: f, Watchers: []dispatch.Watcher{f},
-		Local: "example.org",
+		Access: dispatch.Access{Local: "example.org"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -335,7 +335,7 @@ func TestAccess(t *testing.T) {
 			f := &features{}
 			r, err := dispatch.New(dispatch.Config{
 				Component: jid.MustParse("clink.example.org"), Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-				Timed: f, Ordinary: f, Local: "example.org", Federated: tt.federated,
+				Timed: f, Ordinary: f, Access: dispatch.Access{Local: "example.org", Federated: tt.federated},
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -367,7 +367,7 @@ func TestSenderRate(t *testing.T) {
 	f := &features{}
 	r, err := dispatch.New(dispatch.Config{
 		Component: jid.MustParse("clink.example.org"), Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-		Timed: f, Ordinary: f, Local: "example.org", PerMinute: 1, Burst: 3,
+		Timed: f, Ordinary: f, Access: dispatch.Access{Local: "example.org", PerMinute: 1, Burst: 3},
 	})
 	if err != nil {
 		t.Fatal(err)

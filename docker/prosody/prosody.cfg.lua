@@ -16,7 +16,6 @@ interfaces = { "*" }
 c2s_ports = { 5222 }
 c2s_interfaces = { "*" }
 c2s_direct_tls_ports = { }
-legacy_ssl_ports = { }
 component_ports = { 5347 }
 -- XEP-0114 is not encrypted: only clinkd, in this network namespace, may
 -- reach it.
