@@ -382,14 +382,9 @@ func (d *Directory) check(ctx context.Context) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.signed == nil {
-		// Start found no usable state: nothing to compare with; only a
-		// new state (a migration) clears that.
-		if d.fault == "not started" {
-			return
-		}
-		if st, err := d.store.Tree(ctx); err == nil && st.Genesis >= 0 && st.Size == 0 {
-			d.setFault("")
-		}
+		// Not started, or Start found no usable state: nothing to
+		// compare with. A state written meanwhile (clinkd keys migrate)
+		// is read at the next start.
 		return
 	}
 	st, err := d.store.Tree(ctx)
