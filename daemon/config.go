@@ -308,6 +308,7 @@ func (c Config) secretFiles() map[string]string {
 		"clinkid.admin_token_file":   c.ClinkID.AdminTokenFile,
 		"clinkid.bridge_secret_file": c.ClinkID.BridgeSecretFile,
 		"keydir.signer_key_file":     c.KeyDir.SignerKeyFile,
+		"keydir.vrf_key_file":        c.KeyDir.VRFKeyFile,
 		"public.key_file":            c.Public.KeyFile,
 	}
 }
