@@ -238,7 +238,10 @@ func TestHTTPErrors(t *testing.T) {
 	}
 	seen[got.code] = true
 
-	invite, _ := newService(t, func(c *clinkid.Config) { c.Registration = clinkid.RegistrationInvite; c.Secrets.AdminTokens = []string{adminToken} })
+	invite, _ := newService(t, func(c *clinkid.Config) {
+		c.Registration = clinkid.RegistrationInvite
+		c.Secrets.AdminTokens = []string{adminToken}
+	})
 	inv := call(t, invite.AdminHandler(), req{method: "POST", path: p + "admin/invites", auth: adminToken})
 	code, _ := inv.body["invite"].(string)
 	for i, tt := range []struct {

@@ -285,7 +285,7 @@ type Service struct {
 
 	secrets   atomic.Pointer[Secrets] // what SetSecrets last set
 	lastSweep atomic.Int64            // UnixNano of the last cleanup of expired rows
-	wakeup    chan struct{} // an event to push (Run)
+	wakeup    chan struct{}           // an event to push (Run)
 	m         metrics
 }
 

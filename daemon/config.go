@@ -115,7 +115,7 @@ type DatabaseConfig struct {
 	// uses it (those open stay, as PostgreSQL keeps them).
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
-	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+	Migrate      bool   `yaml:"migrate"` // apply pending migrations at start-up
 	// AllowInsecureTLS accepts a URL that reaches a host other than
 	// loopback or a unix socket without sslmode=verify-full.
 	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`

@@ -79,7 +79,7 @@ type Daemon struct {
 	devices  *dispatch.Devices
 	// entitlements answers whether an account has ClinkMe Secure.
 	entitlements expiry.Entitlements
-	db           *pgxpool.Pool // nil when no database is configured
+	db           *pgxpool.Pool          // nil when no database is configured
 	dbPassword   atomic.Pointer[string] // database.password, which Reload may change
 	admin        net.Listener
 	public       *http.ServeMux                  // features mount their HTTP handlers here
