@@ -23,7 +23,7 @@ import (
 // timed messages and receipts held for it. The XMPP server tells clinkd
 // when the device goes.
 func (c *Client) Announce(ctx context.Context, component jid.JID) error {
-	own, err := address.AtComponent(c.jid, component)
+	own, err := address.AtComponent(c.JID(), component)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func (c *Client) SendReceipt(ctx context.Context, component, sender jid.JID, id 
 // ReceiptStatus asks clinkd for the receipt state of ordinary messages
 // this user sent through it.
 func (c *Client) ReceiptStatus(ctx context.Context, component jid.JID, ids ...string) ([]receiptstate.MessageRef, error) {
-	own, err := address.AtComponent(c.jid, component)
+	own, err := address.AtComponent(c.JID(), component)
 	if err != nil {
 		return nil, err
 	}
