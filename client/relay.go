@@ -64,15 +64,6 @@ func envelopeMessage(component, to jid.JID, env *envelopexml.Envelope) (stanza.M
 	return stanza.Message{ID: env.ID, To: addr, Type: stanza.HeadlineMessage}, append([]any{env}, storeless()...), nil
 }
 
-// ReceiptKind is a delivery receipt or a read (displayed) marker.
-type ReceiptKind int
-
-// The two receipts a recipient's device sends.
-const (
-	Delivered ReceiptKind = iota // XEP-0184 received
-	Displayed                    // XEP-0333 displayed
-)
-
 // SendReceipt tells the sender of message id, through clinkd, that it was
 // delivered or displayed. Receipts for timed messages go with no-store
 // hints (Prosody archives bodyless receipts otherwise).

@@ -74,8 +74,8 @@ func TestCLI(t *testing.T) {
 	time.Sleep(2 * time.Second) // bob's listener has announced itself
 	for _, args := range [][]string{
 		{"send", "--to", bobJID, "plain hello"},
-		{"send", "--to", bobJID, "--secure", "secure hello"},
-		{"send", "--to", bobJID, "--secure", "--ttl", "1m", "timed hello"},
+		{"send", "--to", bobJID, "--enhanced", "enhanced hello"},
+		{"send", "--to", bobJID, "--enhanced", "--ttl", "1m", "timed hello"},
 	} {
 		code, out, errs := alice.run(ctx, "", append([]string{"--as", "alice"}, args...)...)
 		if code != 0 || !strings.Contains(out, "sent ") {
@@ -83,7 +83,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	for _, want := range []string{"plain hello", "[secure]: secure hello", "timed hello"} {
+	for _, want := range []string{"plain hello", "[enhanced]: enhanced hello", "timed hello"} {
 		if !strings.Contains(listenOut, want) {
 			t.Errorf("bob's listen output lacks %q:\n%s", want, listenOut)
 		}
@@ -130,7 +130,7 @@ func TestCLI(t *testing.T) {
 		_, listenOut, _ = second.run(ctx, "", "--as", "alice", "listen", "--count", "2", "--for", "2m")
 	})
 	time.Sleep(2 * time.Second)
-	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--secure", "to both of alice's devices"); c != 0 {
+	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--enhanced", "to both of alice's devices"); c != 0 {
 		t.Fatalf("bob send = %d\n%s%s", c, out, errs)
 	}
 	wg.Wait()

@@ -24,12 +24,33 @@ type Info struct {
 	CAFile    string `json:"ca_file"`
 	AdminURL  string `json:"admin_url"`
 	PublicURL string `json:"public_url"`
-	// KeyLogVerifier is the note verifier key of the key directory's log
-	// (clinkd keys audit --key); KeyLogURL is where auditors read it.
-	KeyLogVerifier string `json:"keylog_verifier"`
-	KeyLogURL      string `json:"keylog_url"`
-	TURN           TURN   `json:"turn"`
-	Users          []User `json:"users"`
+	// VerifierKey is the key directory's verifier key: the note verifier
+	// key that signs the log's checkpoints (devices: DeviceConfig.
+	// VerifierKey; auditors: clinkd keys audit --key). Files written
+	// before it had this name call it keylog_verifier; Read takes both.
+	// KeyLogURL is where auditors read the log.
+	VerifierKey string `json:"verifier_key"`
+	KeyLogURL   string `json:"keylog_url"`
+	TURN        TURN   `json:"turn"`
+	Users       []User `json:"users"`
+}
+
+// UnmarshalJSON reads lab.json, with the verifier key under its old name
+// (keylog_verifier) too.
+func (i *Info) UnmarshalJSON(b []byte) error {
+	type plain Info
+	var v struct {
+		plain
+		Old string `json:"keylog_verifier"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*i = Info(v.plain)
+	if i.VerifierKey == "" {
+		i.VerifierKey = v.Old
+	}
+	return nil
 }
 
 // User is a demo account.

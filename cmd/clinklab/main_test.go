@@ -108,7 +108,7 @@ func TestLabCommand(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			v, err := keylog.ParseVerifier(info.KeyLogVerifier)
+			v, err := keylog.ParseVerifier(info.VerifierKey)
 			if err != nil {
 				t.Fatal(err)
 			}
