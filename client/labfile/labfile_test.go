@@ -15,8 +15,8 @@ func TestWriteRead(t *testing.T) {
 	want := labfile.Info{
 		Server: "prosody", Domain: "lab.localhost", C2S: "127.0.0.1:5222", Component: "clink.lab.localhost",
 		VerifierKey: "clink.lab.localhost/keydir+01234567+AQ",
-		TURN:  labfile.TURN{UDP: "127.0.0.1:3478", TCP: "127.0.0.1:3478", TLS: "127.0.0.1:5349"},
-		Users: []labfile.User{{JID: "alice@lab.localhost", Password: "p1"}, {JID: "bob@lab.localhost", Password: "p2"}},
+		TURN:        labfile.TURN{UDP: "127.0.0.1:3478", TCP: "127.0.0.1:3478", TLS: "127.0.0.1:5349"},
+		Users:       []labfile.User{{JID: "alice@lab.localhost", Password: "p1"}, {JID: "bob@lab.localhost", Password: "p2"}},
 	}
 	if err := labfile.Write(path, want); err != nil {
 		t.Fatal(err)
