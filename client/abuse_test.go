@@ -97,6 +97,9 @@ type listener struct {
 	shown    []*client.Message
 	receipts []*client.Receipt
 	changes  []*client.KeyChanged
+	conns    []*client.Connection
+	refused  []*client.RefusedError
+	expiries []*client.Expiry
 	errs     []error        // envelopes dropped (DropError events), then NextEvent's errors
 	acked    map[string]int // delivery receipts sent, by message id
 }
@@ -110,6 +113,9 @@ func listen(ctx context.Context, dev *client.Device, ack bool) *listener {
 			if m, ok := ev.(*client.Message); ok && ack {
 				acked = dev.Acknowledge(ctx, m, client.Delivered) == nil
 			}
+			if kc, ok := ev.(*client.KeyChanged); ok && kc.Message != nil && ack {
+				dev.Acknowledge(ctx, kc.Message, client.Delivered)
+			}
 			l.mu.Lock()
 			switch ev := ev.(type) {
 			case *client.Message:
@@ -121,6 +127,12 @@ func listen(ctx context.Context, dev *client.Device, ack bool) *listener {
 				l.receipts = append(l.receipts, ev)
 			case *client.KeyChanged:
 				l.changes = append(l.changes, ev)
+			case *client.Connection:
+				l.conns = append(l.conns, ev)
+			case *client.RefusedError:
+				l.refused = append(l.refused, ev)
+			case *client.Expiry:
+				l.expiries = append(l.expiries, ev)
 			case *client.DropError:
 				l.errs = append(l.errs, ev)
 			}
