@@ -91,14 +91,14 @@ func checkRetried(t *testing.T, d *client.Device) {
 }
 
 // deviceWithClock is deviceFor with the device's clock.
-func deviceWithClock(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, key string, now func() time.Time) (*client.Device, *keystore.Store) {
+func deviceWithClock(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, key string, now func() time.Time) (*client.Device, *keystore.Store) {
 	t.Helper()
 	j, pass := labtest.NewUser(t, srv)
 	store, err := keystore.Create(filepath.Join(t.TempDir(), "keys"), []byte("device passphrase"), clinkdtest.Identity(t, key, j))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := client.NewDevice(client.DeviceConfig{Client: clinkdtest.Login(t, srv, j, pass), Store: store, Component: d.Component().Domain(), LogKey: vkey, Now: now})
+	dev, err := client.NewDevice(client.DeviceConfig{Client: clinkdtest.Login(t, srv, j, pass), Store: store, Component: d.Component().Domain(), LogKey: keys.Verifier, VRFKey: keys.VRFKey, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,23 +40,19 @@ import (
 // abuseLab starts clinkd with a key directory and a database (ordinary
 // messages are tracked there) on srv, then tune. A sender's queue at
 // clinkd holds a whole flood.
-func abuseLab(t *testing.T, srv *lab.XMPPServer, tune ...func(*daemon.Config)) (*daemon.Daemon, string) {
+func abuseLab(t *testing.T, srv *lab.XMPPServer, tune ...func(*daemon.Config)) (*daemon.Daemon, clinkdtest.KeyDirKeys) {
 	t.Helper()
-	keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := clinkdtest.NewKeyDirKeys(t)
 	dbURL := labtest.NewDatabase(t)
 	d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
 		c.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
-		c.KeyDir.SignerKeyFile = keyFile
+		keys.Configure(c)
 		c.Link.QueueDepth = 2048
 		for _, f := range tune {
 			f(c)
 		}
 	})
-	return d, vkey
+	return d, keys
 }
 
 // lookups returns how many key lookups clinkd's directory has answered,
@@ -254,11 +250,11 @@ func TestAbuseFlood(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv, func(c *daemon.Config) { c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<30 })
+			d, keys := abuseLab(t, srv, func(c *daemon.Config) { c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<30 })
 			comp := d.Component().Domain()
-			bob, _ := deviceFor(t, srv, d, vkey, "bob")
-			mallory, _, malloryUser, malloryPass := accountFor(t, srv, d, vkey, "alice")
-			carol, _ := deviceFor(t, srv, d, vkey, "carol")
+			bob, _ := deviceFor(t, srv, d, keys, "bob")
+			mallory, _, malloryUser, malloryPass := accountFor(t, srv, d, keys, "alice")
+			carol, _ := deviceFor(t, srv, d, keys, "carol")
 			attackers := []*client.Client{mallory.Client()}
 			for len(attackers) < sessions {
 				attackers = append(attackers, clinkdtest.Login(t, srv, malloryUser, malloryPass))
@@ -394,10 +390,10 @@ func TestAbuseReplay(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			comp := d.Component().Domain()
-			alice, aliceStore := deviceFor(t, srv, d, vkey, "alice")
-			bob, _ := deviceFor(t, srv, d, vkey, "bob")
+			alice, aliceStore := deviceFor(t, srv, d, keys, "alice")
+			bob, _ := deviceFor(t, srv, d, keys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			aliceJID, bobJID := alice.Client().JID().Bare(), bob.Client().JID().Bare()
@@ -507,10 +503,10 @@ func TestAbuseExpired(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			comp := d.Component().Domain()
-			alice, aliceStore := deviceFor(t, srv, d, vkey, "alice")
-			bob, _ := deviceFor(t, srv, d, vkey, "bob")
+			alice, aliceStore := deviceFor(t, srv, d, keys, "alice")
+			bob, _ := deviceFor(t, srv, d, keys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			aliceJID, bobJID := alice.Client().JID().Bare(), bob.Client().JID().Bare()
@@ -562,10 +558,10 @@ func TestAbuseKeyShares(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, dirKeys := abuseLab(t, srv)
 			comp := d.Component().Domain()
-			mallory, malloryStore := deviceFor(t, srv, d, vkey, "alice")
-			bob, bobStore := deviceFor(t, srv, d, vkey, "bob")
+			mallory, malloryStore := deviceFor(t, srv, d, dirKeys, "alice")
+			bob, bobStore := deviceFor(t, srv, d, dirKeys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			malloryJID, bobJID := mallory.Client().JID().Bare(), bob.Client().JID().Bare()
@@ -636,10 +632,10 @@ func TestAbuseDroppedBeforeLookup(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			comp := d.Component().Domain()
-			alice, _ := deviceFor(t, srv, d, vkey, "alice")
-			bob, _ := deviceFor(t, srv, d, vkey, "bob")
+			alice, _ := deviceFor(t, srv, d, keys, "alice")
+			bob, _ := deviceFor(t, srv, d, keys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			aliceJID, bobJID := alice.Client().JID().Bare(), bob.Client().JID().Bare()
@@ -718,22 +714,18 @@ func TestDirectoryBusy(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-			vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
-			if err != nil {
-				t.Fatal(err)
-			}
+			keys := clinkdtest.NewKeyDirKeys(t)
 			d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
 				c.Database = daemon.DatabaseConfig{URL: labtest.NewDatabase(t), Migrate: true}
-				c.KeyDir.SignerKeyFile = keyFile
+				keys.Configure(c)
 				c.KeyDir.LookupPerMinute = 6
 				c.KeyDir.LookupBurst = 20
 			})
 			comp := d.Component().Domain()
 			// carol first: bob's device then pins a checkpoint that holds
 			// both keys, and its lookups need no consistency proof.
-			carol, _ := deviceFor(t, srv, d, vkey, "carol")
-			bob, _ := deviceFor(t, srv, d, vkey, "bob")
+			carol, _ := deviceFor(t, srv, d, keys, "carol")
+			bob, _ := deviceFor(t, srv, d, keys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			bobJID, carolJID := bob.Client().JID().Bare(), carol.Client().JID().Bare()
@@ -744,7 +736,7 @@ func TestDirectoryBusy(t *testing.T) {
 			}
 			// bob spends his lookups (of users with no key) until the
 			// directory refuses, then starts reading.
-			spender, err := bob.Client().NewKeyDirectory(comp, vkey, nil)
+			spender, err := bob.Client().OpenKeyDirectory(client.KeyDirConfig{Service: comp, Verifier: keys.Verifier, VRFKey: keys.VRFKey})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -789,10 +781,10 @@ func TestKeyChangeNoticed(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
-			alice, _, aliceUser, alicePass := accountFor(t, srv, d, vkey, "alice")
+			d, keys := abuseLab(t, srv)
+			alice, _, aliceUser, alicePass := accountFor(t, srv, d, keys, "alice")
 			clock := &testClock{t: time.Now()}
-			bob, _ := deviceWithClock(t, srv, d, vkey, "bob", clock.Now)
+			bob, _ := deviceWithClock(t, srv, d, keys, "bob", clock.Now)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			bobJID := bob.Client().JID().Bare()
@@ -811,7 +803,7 @@ func TestKeyChangeNoticed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			phone, err := client.NewDevice(client.DeviceConfig{Client: clinkdtest.Login(t, srv, aliceUser, alicePass), Store: store, Component: d.Component().Domain(), LogKey: vkey})
+			phone, err := client.NewDevice(client.DeviceConfig{Client: clinkdtest.Login(t, srv, aliceUser, alicePass), Store: store, Component: d.Component().Domain(), LogKey: keys.Verifier, VRFKey: keys.VRFKey})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -41,8 +41,8 @@ type Device struct {
 	expires expiryTimers // timed messages to expire by the device's clock (expirytimers.go)
 }
 
-// DeviceConfig assembles a Device. Client, Store, Component and
-// VerifierKey are required.
+// DeviceConfig assembles a Device. Client, Store, Component,
+// VerifierKey and VRFKey are required.
 type DeviceConfig struct {
 	Client    *Client         // logged in as the store's identity
 	Store     *keystore.Store // the device's state: private key, contact keys, pins
@@ -54,6 +54,10 @@ type DeviceConfig struct {
 	VerifierKey string
 	// Deprecated: LogKey is the old name of VerifierKey.
 	LogKey string
+	// VRFKey is the key directory's VRF public key (key directory v1),
+	// shipped with the app beside VerifierKey (lab.json's keylog_vrf_key,
+	// clinkctl --vrf-key).
+	VRFKey string
 	// Pins keeps what the device saw of the key directory. nil keeps it
 	// in the key store, the one state file that device sync carries;
 	// &MemoryPins{} forgets it when the process ends (tests, tools).
@@ -104,12 +108,12 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Pins == nil {
 		cfg.Pins = StorePins{cfg.Store}
 	}
-	kd, err := cfg.Client.NewKeyDirectory(cfg.Component, vkey, cfg.Pins)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: vkey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Now: cfg.Now})
+	if err != nil {
+		return nil, err
 	}
 	kd.cache.now = cfg.Now // how long an answer is fresh, by the device's clock
 	if cfg.ReplayFile == "" {

@@ -28,15 +28,15 @@ func TestMain(m *testing.M) {
 
 // deviceFor signs a user up on srv with a key store of its own, logs a
 // device in and starts it (key published, announced to clinkd).
-func deviceFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, key string) (*client.Device, *keystore.Store) {
+func deviceFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, key string) (*client.Device, *keystore.Store) {
 	t.Helper()
-	dev, store, _, _ := accountFor(t, srv, d, vkey, key)
+	dev, store, _, _ := accountFor(t, srv, d, keys, key)
 	return dev, store
 }
 
 // accountFor is deviceFor that also returns the account's JID and
 // password, for tests that log more sessions in as the same user.
-func accountFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, key string) (*client.Device, *keystore.Store, string, string) {
+func accountFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, key string) (*client.Device, *keystore.Store, string, string) {
 	t.Helper()
 	j, pass := labtest.NewUser(t, srv)
 	store, err := keystore.Create(filepath.Join(t.TempDir(), "keys"), []byte("device passphrase"), clinkdtest.Identity(t, key, j))
@@ -44,7 +44,7 @@ func accountFor(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, key s
 		t.Fatal(err)
 	}
 	c := clinkdtest.Login(t, srv, j, pass)
-	dev, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: d.Component().Domain(), LogKey: vkey})
+	dev, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: d.Component().Domain(), LogKey: keys.Verifier, VRFKey: keys.VRFKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,18 +66,14 @@ func TestDevices(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			keyFile := filepath.Join(t.TempDir(), "keydir.signer")
-			vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
-			if err != nil {
-				t.Fatal(err)
-			}
+			keys := clinkdtest.NewKeyDirKeys(t)
 			dbURL := labtest.NewDatabase(t)
 			d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
 				c.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
-				c.KeyDir.SignerKeyFile = keyFile
+				keys.Configure(c)
 			})
-			alice, aliceStore := deviceFor(t, srv, d, vkey, "alice")
-			bob, bobStore := deviceFor(t, srv, d, vkey, "bob")
+			alice, aliceStore := deviceFor(t, srv, d, keys, "alice")
+			bob, bobStore := deviceFor(t, srv, d, keys, "bob")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			bobJID, aliceJID := bob.Client().JID().Bare(), alice.Client().JID().Bare()
@@ -134,7 +130,7 @@ func TestDevices(t *testing.T) {
 			if _, err := d.KeyDir().Store().End(ctx, bobJID.String(), keylog.KindReset, "test: key swap", time.Now()); err != nil {
 				t.Fatal(err)
 			}
-			thief, err := bob.Client().NewKeyDirectory(d.Component().Domain(), vkey, nil)
+			thief, err := bob.Client().OpenKeyDirectory(client.KeyDirConfig{Service: d.Component().Domain(), Verifier: keys.Verifier, VRFKey: keys.VRFKey})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -54,7 +54,8 @@ type PinStore interface {
 // compared with the one seen before it.
 type KeyPin struct {
 	Fingerprint [32]byte
-	Ended       bool // the directory since answered that no key is bound
+	Ended       bool  // the directory since answered that no key is bound
+	Version     int64 // v1: the JID's version last seen (0: not known); it never goes back
 }
 
 // MemoryPins is a PinStore in memory. The zero value is ready.
@@ -167,6 +168,12 @@ type VerifiedKey struct {
 type KeyResult struct {
 	JID string
 	Key *VerifiedKey
+	// v1 (keydir_v1.go): the JID's version (0: no leaf, never bound),
+	// whether its last binding ended, and its VRF proof (its owner gives
+	// it to clinkd keys monitor).
+	Version  int64
+	Ended    bool
+	VRFProof []byte
 }
 
 // A HistoryEntry is one verified log entry of the device's own JID.
@@ -175,6 +182,7 @@ type HistoryEntry struct {
 	Kind        string // publish, reset or delete
 	Fingerprint [32]byte
 	Time        time.Time
+	Version     int64 // v1: the version this entry made (1, 2, …)
 }
 
 // KeyDirectory talks to the key directory at a clinkd component and
@@ -188,6 +196,7 @@ type KeyDirectory struct {
 	cache    *keyCache  // verified answers, for SenderKey
 	lookups  atomic.Uint64
 	hits     atomic.Uint64
+	v1       *v1Config // set by OpenKeyDirectory: speak urn:clinkme:keydir:1
 }
 
 // NewKeyDirectory returns a directory client for the component at service
@@ -271,6 +280,9 @@ func pinAgrees(k *VerifiedKey, pin KeyPin, had bool) bool {
 // harmless; a different key fails with a stanza.Error whose condition is
 // conflict.
 func (d *KeyDirectory) PublishKey(ctx context.Context, pub *rsa.PublicKey) (*VerifiedKey, error) {
+	if d.v1 != nil {
+		return d.publishV1(ctx, pub)
+	}
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("client: keydir publish: %w", err)
@@ -316,6 +328,9 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 			seen[j] = true
 			want = append(want, j)
 		}
+	}
+	if d.v1 != nil {
+		return d.lookupV1(ctx, want)
 	}
 	var res keydirxml.Lookup
 	d.lookups.Add(1)
@@ -405,6 +420,9 @@ func (d *KeyDirectory) Checkpoint(ctx context.Context) (*VerifiedCheckpoint, err
 // History fetches and verifies every log entry of the device's own JID,
 // for the owner to see every key ever bound to it.
 func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
+	if d.v1 != nil {
+		return d.historyV1(ctx)
+	}
 	var res keydirxml.History
 	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.History{}, &res); err != nil {
 		return nil, err

@@ -123,13 +123,12 @@ func (p StorePins) SetCheckpoint(origin string, signed []byte) error {
 // Key implements PinStore.
 func (p StorePins) Key(bare string) (KeyPin, bool, error) {
 	k, ok := p.Store.KeyPin(bare)
-	return KeyPin{Fingerprint: k.Fingerprint, Ended: k.Ended}, ok, nil
+	return KeyPin{Fingerprint: k.Fingerprint, Ended: k.Ended, Version: k.Version}, ok, nil
 }
 
 // SetKey implements PinStore.
 func (p StorePins) SetKey(bare string, pin KeyPin) error {
-	old, _ := p.Store.KeyPin(bare)
-	return p.Store.SetKeyPin(bare, keystore.KeyPin{Fingerprint: pin.Fingerprint, Ended: pin.Ended, Version: old.Version})
+	return p.Store.SetKeyPin(bare, keystore.KeyPin{Fingerprint: pin.Fingerprint, Ended: pin.Ended, Version: pin.Version})
 }
 
 // ImportPins copies what a PinStore kept (a pin file of an older
@@ -148,7 +147,7 @@ func ImportPins(from *FilePins, to *keystore.Store) error {
 	}
 	for j, pin := range data.Keys {
 		if _, ok := to.KeyPin(j); !ok {
-			if err := to.SetKeyPin(j, keystore.KeyPin{Fingerprint: pin.Fingerprint, Ended: pin.Ended}); err != nil {
+			if err := to.SetKeyPin(j, keystore.KeyPin{Fingerprint: pin.Fingerprint, Ended: pin.Ended, Version: pin.Version}); err != nil {
 				return err
 			}
 		}

@@ -52,7 +52,7 @@ func newPhone(t *testing.T, acct account, key string) phone {
 // open logs the phone in (through addr when set, else the server's c2s
 // port, with tune applied to its session's config) and builds its
 // device, not started. It ends with the test.
-func (p phone) open(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, addr string, tune func(*client.Config)) *client.Device {
+func (p phone) open(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys, addr string, tune func(*client.Config)) *client.Device {
 	t.Helper()
 	store, err := keystore.Open(p.store, []byte("device passphrase"))
 	if err != nil {
@@ -73,7 +73,7 @@ func (p phone) open(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, a
 		t.Fatalf("login %s: %v", p.acct.jid, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	dev, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: d.Component().Domain(), VerifierKey: vkey})
+	dev, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: d.Component().Domain(), VerifierKey: keys.Verifier, VRFKey: keys.VRFKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +81,9 @@ func (p phone) open(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey, a
 }
 
 // start is open, then Start, which must succeed.
-func (p phone) start(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, vkey string) *client.Device {
+func (p phone) start(t *testing.T, srv *lab.XMPPServer, d *daemon.Daemon, keys clinkdtest.KeyDirKeys) *client.Device {
 	t.Helper()
-	dev := p.open(t, srv, d, vkey, "", nil)
+	dev := p.open(t, srv, d, keys, "", nil)
 	if err := dev.Start(t.Context()); err != nil {
 		t.Fatalf("start %s: %v", p.acct.jid, err)
 	}
@@ -162,13 +162,13 @@ func TestMoveToNewDevice(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
 			aliceAcct, bobAcct, carolAcct := newAccount(t, srv), newAccount(t, srv), newAccount(t, srv)
-			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, vkey)
-			carol := newPhone(t, carolAcct, "carol").start(t, srv, d, vkey)
-			bobOld := newPhone(t, bobAcct, "bob").start(t, srv, d, vkey)
+			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, keys)
+			carol := newPhone(t, carolAcct, "carol").start(t, srv, d, keys)
+			bobOld := newPhone(t, bobAcct, "bob").start(t, srv, d, keys)
 			la, lc, lbOld := listen(ctx, alice, true), listen(ctx, carol, true), listen(ctx, bobOld, true)
 			var toAlice, toBob, toCarol []string
 
@@ -187,7 +187,7 @@ func TestMoveToNewDevice(t *testing.T) {
 			if _, err := d.KeyDir().Store().End(ctx, bobAcct.jid, keylog.KindReset, "test: bob's new phone", time.Now()); err != nil {
 				t.Fatal(err)
 			}
-			bob := newPhone(t, bobAcct, "dave").start(t, srv, d, vkey)
+			bob := newPhone(t, bobAcct, "dave").start(t, srv, d, keys)
 			lb := listen(ctx, bob, true)
 			toBob = nil
 
@@ -244,13 +244,13 @@ func TestOldDeviceAfterReset(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			aliceAcct, bobAcct := newAccount(t, srv), newAccount(t, srv)
-			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, vkey)
+			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, keys)
 			old := newPhone(t, bobAcct, "bob")
-			first := old.start(t, srv, d, vkey)
+			first := old.start(t, srv, d, keys)
 			own, err := first.CheckKey(ctx)
 			if err != nil || own.Status != client.KeyBound {
 				t.Fatalf("CheckKey after Start = %+v, %v; want bound", own, err)
@@ -270,7 +270,7 @@ func TestOldDeviceAfterReset(t *testing.T) {
 			}
 
 			for i := range 2 {
-				dev := old.open(t, srv, d, vkey, "", nil)
+				dev := old.open(t, srv, d, keys, "", nil)
 				err := dev.Start(ctx)
 				var oe *client.OwnKeyError
 				if !errors.Is(err, client.ErrOwnKeyReset) || !errors.As(err, &oe) || oe.Own.Ended == nil || oe.Own.Ended.Kind != string(keylog.KindReset) {
@@ -289,7 +289,7 @@ func TestOldDeviceAfterReset(t *testing.T) {
 			}
 
 			// The user chooses to trust the old device again.
-			dev := old.open(t, srv, d, vkey, "", nil)
+			dev := old.open(t, srv, d, keys, "", nil)
 			k, err := dev.PublishKeyAgain(ctx)
 			if err != nil {
 				t.Fatalf("PublishKeyAgain = %v", err)
@@ -307,12 +307,12 @@ func TestOldDeviceAfterReset(t *testing.T) {
 			if _, err := d.KeyDir().Store().End(ctx, bobAcct.jid, keylog.KindReset, "test: new phone", time.Now()); err != nil {
 				t.Fatal(err)
 			}
-			newKey := newPhone(t, bobAcct, "dave").start(t, srv, d, vkey)
+			newKey := newPhone(t, bobAcct, "dave").start(t, srv, d, keys)
 			newOwn, err := newKey.CheckKey(ctx)
 			if err != nil || newOwn.Status != client.KeyBound {
 				t.Fatalf("the new device's key: %+v, %v", newOwn, err)
 			}
-			dev = old.open(t, srv, d, vkey, "", nil)
+			dev = old.open(t, srv, d, keys, "", nil)
 			err = dev.Start(ctx)
 			var oe *client.OwnKeyError
 			if !errors.Is(err, client.ErrOwnKeyReplaced) || !errors.As(err, &oe) || oe.Own.Key == nil || oe.Own.Key.Fingerprint != newOwn.Key.Fingerprint {
@@ -338,15 +338,15 @@ func TestRefusedTimed(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv, func(c *daemon.Config) {
+			d, keys := abuseLab(t, srv, func(c *daemon.Config) {
 				c.Expiry.MinPeriod, c.Expiry.MaxPeriod = 10*time.Second, 2*time.Hour
 				c.Expiry.UnseenMaxPeriod = time.Hour
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			aliceAcct, bobAcct := newAccount(t, srv), newAccount(t, srv)
-			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, vkey)
-			bob := newPhone(t, bobAcct, "bob").start(t, srv, d, vkey)
+			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, keys)
+			bob := newPhone(t, bobAcct, "bob").start(t, srv, d, keys)
 			lb := listen(ctx, bob, true)
 			la := listen(ctx, alice, false)
 			for _, ttl := range []time.Duration{time.Second, 3 * time.Hour} {
@@ -390,13 +390,13 @@ func TestLinkCut(t *testing.T) {
 	for _, srv := range labtest.Servers(t) {
 		t.Run(string(srv.Kind), func(t *testing.T) {
 			t.Parallel()
-			d, vkey := abuseLab(t, srv)
+			d, keys := abuseLab(t, srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
 			aliceAcct, bobAcct := newAccount(t, srv), newAccount(t, srv)
-			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, vkey)
+			alice := newPhone(t, aliceAcct, "alice").start(t, srv, d, keys)
 			proxy := clinkdtest.NewProxy(t, srv.C2SAddr)
-			bob := newPhone(t, bobAcct, "bob").open(t, srv, d, vkey, proxy.Addr(), func(c *client.Config) {
+			bob := newPhone(t, bobAcct, "bob").open(t, srv, d, keys, proxy.Addr(), func(c *client.Config) {
 				c.BackoffMin, c.BackoffMax = 200*time.Millisecond, 2*time.Second
 			})
 			if err := bob.Start(ctx); err != nil {

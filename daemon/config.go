@@ -151,13 +151,16 @@ type TURNConfig struct {
 
 // KeyDirConfig is the verifiable public-key directory (docs/keydir.md).
 type KeyDirConfig struct {
-	SignerKeyFile    string  `yaml:"signer_key_file"`    // note signer key from `clinkd keys genkey`; empty turns the feature off
-	Origin           string  `yaml:"origin"`             // the log's origin; must be the signer key's name (default: that name)
-	LookupPerMinute  float64 `yaml:"lookup_per_minute"`  // per requester (default 600)
-	LookupBurst      int     `yaml:"lookup_burst"`       // default 100; at least max_batch
-	PublishPerMinute float64 `yaml:"publish_per_minute"` // per requester (default 6)
-	PublishBurst     int     `yaml:"publish_burst"`      // default 3
-	MaxBatch         int     `yaml:"max_batch"`          // JIDs per lookup (default 20)
+	SignerKeyFile    string        `yaml:"signer_key_file"`    // note signer key from `clinkd keys genkey`; empty turns the feature off
+	VRFKeyFile       string        `yaml:"vrf_key_file"`       // private VRF key from `clinkd keys genkey` (required with signer_key_file)
+	SignerStateFile  string        `yaml:"signer_state_file"`  // the last signed checkpoint (default: signer_key_file + ".state")
+	TickInterval     time.Duration `yaml:"tick_interval"`      // a tick entry after this long without an entry (default 1h)
+	Origin           string        `yaml:"origin"`             // the log's origin; must be the signer key's name (default: that name)
+	LookupPerMinute  float64       `yaml:"lookup_per_minute"`  // per requester (default 600)
+	LookupBurst      int           `yaml:"lookup_burst"`       // default 100; at least max_batch
+	PublishPerMinute float64       `yaml:"publish_per_minute"` // per requester (default 6)
+	PublishBurst     int           `yaml:"publish_burst"`      // default 3
+	MaxBatch         int           `yaml:"max_batch"`          // JIDs per lookup (default 20)
 }
 
 // ClinkIDConfig is the ClinkID account service (docs/clinkid.md): its
@@ -305,6 +308,7 @@ func (c Config) secretFiles() map[string]string {
 		"clinkid.admin_token_file":   c.ClinkID.AdminTokenFile,
 		"clinkid.bridge_secret_file": c.ClinkID.BridgeSecretFile,
 		"keydir.signer_key_file":     c.KeyDir.SignerKeyFile,
+		"keydir.vrf_key_file":        c.KeyDir.VRFKeyFile,
 		"public.key_file":            c.Public.KeyFile,
 	}
 }

@@ -1,7 +1,9 @@
 package keylog
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -55,4 +57,41 @@ func ParseVerifier(vkey string) (note.Verifier, error) {
 		return nil, fmt.Errorf("keylog: verifier key: %w", err)
 	}
 	return v, nil
+}
+
+// LoadSignerKey reads a signer key written by GenerateKey and returns it
+// with its verifier, derived from the private key: what the server needs
+// to check its own signed checkpoints (the signer state file). The error
+// never quotes the file's content.
+func LoadSignerKey(path string) (note.Signer, note.Verifier, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keylog: %w", err)
+	}
+	bad := errors.New("keylog: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
+	text := strings.TrimSpace(string(b))
+	s, err := note.NewSigner(text)
+	if err != nil {
+		return nil, nil, bad
+	}
+	// PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>; names have no
+	// plus sign, base64 may.
+	parts := strings.SplitN(text, "+", 5)
+	if len(parts) != 5 {
+		return nil, nil, bad
+	}
+	raw, err := base64.StdEncoding.DecodeString(parts[4])
+	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
+		return nil, nil, bad
+	}
+	pub := ed25519.NewKeyFromSeed(raw[1:]).Public().(ed25519.PublicKey)
+	vkey, err := note.NewEd25519VerifierKey(s.Name(), pub)
+	if err != nil {
+		return nil, nil, bad
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil || v.KeyHash() != s.KeyHash() {
+		return nil, nil, bad
+	}
+	return s, v, nil
 }

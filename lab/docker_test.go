@@ -214,8 +214,8 @@ func TestCoturnConfigHardened(t *testing.T) {
 	configs := map[string]string{
 		"docker/coturn/turnserver.conf":    mustRead(t, "../docker/coturn/turnserver.conf"),
 		"packaging/coturn/turnserver.conf": mustRead(t, "../packaging/coturn/turnserver.conf"),
-		"lab":                           mustRender(t, "turnserver.conf.tmpl", data(false)),
-		"lab+loopback":                  mustRender(t, "turnserver.conf.tmpl", data(true)),
+		"lab":                              mustRender(t, "turnserver.conf.tmpl", data(false)),
+		"lab+loopback":                     mustRender(t, "turnserver.conf.tmpl", data(true)),
 	}
 	required := []string{
 		"use-auth-secret", "realm", "tls-listening-port", "cert", "pkey", "fingerprint", "no-cli",

