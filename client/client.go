@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -21,8 +22,6 @@ import (
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/extensions/extdisco"
-	"github.com/clinkme/clinkd/internal/certpool"
-	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
 // Config is what a device needs to log in, and how its session behaves.
@@ -540,7 +539,7 @@ func (c *Client) SendPresence(ctx context.Context, p stanza.Presence, payload ..
 // send encodes a stanza and writes it; it returns the generation of the
 // link it went on.
 func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any) (uint64, error) {
-	r, err := xmlpayload.Readers(payload...)
+	r, err := payloadReaders(payload...)
 	if err != nil {
 		return 0, fmt.Errorf("client: %w", err)
 	}
@@ -630,11 +629,42 @@ func encodeStanza(start xml.StartElement, payload xml.TokenReader) ([]byte, erro
 
 // LoadCertPool reads a PEM file of CA certificates into a new pool, for
 // Config.TLS when the server's certificate is not signed by a system CA
-// (a lab, a private CA).
+// (a lab, a private CA). It fails when the file cannot be read or holds
+// no certificate. (clinkd's internal/certpool is the server's loader, with
+// the same rules; the SDK links nothing of the server.)
 func LoadCertPool(path string) (*x509.CertPool, error) {
-	pool, err := certpool.Load(path)
+	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, fmt.Errorf("client: CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", path)
 	}
 	return pool, nil
+}
+
+// payloadReaders returns the tokens of payloads, one after the other:
+// each one's own tokens when it is an xmlstream.Marshaler or an
+// xml.TokenReader, else what encoding/xml makes of it. (mellium.im/xmpp
+// v0.22.0's Session.EncodeElement ignores the start element it is given,
+// so stanzas go out as tokens; clinkd's internal/xmlpayload does the same
+// for the server.)
+func payloadReaders(payloads ...any) (xml.TokenReader, error) {
+	rs := make([]xml.TokenReader, 0, len(payloads))
+	for _, v := range payloads {
+		switch v := v.(type) {
+		case xmlstream.Marshaler:
+			rs = append(rs, v.TokenReader())
+		case xml.TokenReader:
+			rs = append(rs, v)
+		default:
+			b, err := xml.Marshal(v)
+			if err != nil {
+				return nil, fmt.Errorf("encode %T: %w", v, err)
+			}
+			rs = append(rs, xml.NewDecoder(bytes.NewReader(b)))
+		}
+	}
+	return xmlstream.MultiReader(rs...), nil
 }
