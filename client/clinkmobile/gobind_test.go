@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"go/types"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -47,11 +48,18 @@ func TestGobindRulesBite(t *testing.T) {
 	t.Logf("package client: %d of its exported names break gobind's rules somewhere", len(c.problems))
 }
 
+// sourceImporter type-checks packages from source, once each for the
+// tests of this file (clinkmobile loads client, which the other test
+// checks).
+var sourceImporter = sync.OnceValue(func() types.Importer {
+	return importer.ForCompiler(token.NewFileSet(), "source", nil)
+})
+
 // checkGobind loads the package at path from source and checks its
 // exported API.
 func checkGobind(t *testing.T, path string) *gobindCheck {
 	t.Helper()
-	pkg, err := importer.ForCompiler(token.NewFileSet(), "source", nil).Import(path)
+	pkg, err := sourceImporter().Import(path)
 	if err != nil {
 		t.Fatal(err)
 	}
