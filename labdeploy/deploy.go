@@ -195,18 +195,18 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		}
 	}
 	d.Info = labfile.Info{
-		Server:         string(opts.Server),
-		Domain:         Domain,
-		C2S:            d.XMPP.C2SAddr,
-		Component:      comp.Domain,
-		CAFile:         d.CA.CertFile,
-		AdminURL:       "http://" + d.Daemon.AdminAddr(),
-		PublicURL:      d.Daemon.PublicURL(),
-		KeyLogVerifier: vkey,
-		KeyLogVRFKey:   vrfKey,
-		KeyLogURL:      d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
-		TURN:           labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
-		Users:          users,
+		Server:      string(opts.Server),
+		Domain:      Domain,
+		C2S:         d.XMPP.C2SAddr,
+		Component:   comp.Domain,
+		CAFile:      d.CA.CertFile,
+		AdminURL:    "http://" + d.Daemon.AdminAddr(),
+		PublicURL:   d.Daemon.PublicURL(),
+		VerifierKey: vkey,
+		VRFKey:      vrfKey,
+		KeyLogURL:   d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
+		TURN:        labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:       users,
 	}
 	if err := labfile.Write(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err

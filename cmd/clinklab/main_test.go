@@ -99,7 +99,7 @@ func TestLabCommand(t *testing.T) {
 			}
 			// lab.json's keys are the key directory's: a v1 device with
 			// them proves that bob has no key yet.
-			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.KeyLogVerifier, VRFKey: info.KeyLogVRFKey})
+			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.VerifierKey, VRFKey: info.VRFKey})
 			if err != nil {
 				t.Fatalf("lab.json's key directory keys: %v", err)
 			}
@@ -117,7 +117,7 @@ func TestLabCommand(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			v, err := keylog.ParseVerifier(info.KeyLogVerifier)
+			v, err := keylog.ParseVerifier(info.VerifierKey)
 			if err != nil {
 				t.Fatal(err)
 			}
