@@ -79,58 +79,79 @@ func (p pair) seal(b *testing.B, n int, tag string) []*envelopexml.Envelope {
 // user's message latency: one user sends timed messages to another one at
 // a time (p50, p99), first quiet, then while a third floods clinkd with
 // envelopes as fast as its connection takes them, in the same run, on each
-// server. The sender's rate and quotas are lifted for everyone (a user may
-// legitimately send in bursts, and the quiet user's own messages must not
-// be limited), so what protects the quiet user here is the queues'
-// fairness alone: the worst case. The ratio is p99 under the flood over
-// quiet.
+// server, twice:
 //
-//	go test -run '^$' -bench FloodLatency -benchtime 200x ./bench/
+//   - "limited": clinkd's defaults, so the flood is refused by the
+//     flooder's token bucket (relay.per_minute) at the router; the quiet
+//     user sends at most 50 messages per phase, within its own burst;
+//   - "unlimited": the sender's rate and quotas lifted for everyone (a
+//     deployment that raised them for bots), so the flood is relayed and
+//     only the queues' fairness protects the quiet user: the worst case.
+//
+// The ratio is p99 under the flood over quiet.
+//
+//	go test -run '^$' -bench FloodLatency -benchtime 50x ./bench/
 func BenchmarkFloodLatency(b *testing.B) {
 	for _, srv := range labtest.Servers(b) {
-		b.Run(string(srv.Kind), func(b *testing.B) {
-			d := clinkdtest.Start(b, srv, func(c *daemon.Config) {
-				liftQuotas(c)
-				c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<30 // never reached
-			})
-			comp := d.Component().Domain()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-			defer cancel()
-			quiet, flooder := newPair(b, ctx, srv, comp), newPair(b, ctx, srv, comp)
-			n := max(b.N, 20)
-			q, f := quiet.seal(b, n, "quiet"), quiet.seal(b, n, "flooded")
-			junk := flooder.seal(b, 2000, "junk")
-			oneByOne := func(envs []*envelopexml.Envelope) stats {
-				return run(ctx, b, 1, len(envs), func(ctx context.Context, _ int) error {
-					e := envs[0]
-					envs = envs[1:]
-					if err := quiet.from.SendEnvelope(ctx, comp, quiet.toJID, e); err != nil {
-						return err
-					}
-					return quiet.delivered(ctx, e.ID)
-				})
+		for _, limited := range []bool{true, false} {
+			name := string(srv.Kind) + "/unlimited"
+			if limited {
+				name = string(srv.Kind) + "/limited"
 			}
-			b.ResetTimer()
-			calm := oneByOne(q)
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Go(func() {
-				for i := 0; ; i = (i + 1) % len(junk) {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if err := flooder.from.SendEnvelope(ctx, comp, flooder.toJID, junk[i]); err != nil {
-						return
-					}
-				}
-			})
-			stormy := oneByOne(f)
-			close(stop)
-			wg.Wait()
-			b.StopTimer()
-			report(b, "flooded", stormy, "quiet", calm)
+			b.Run(name, func(b *testing.B) { floodLatency(b, srv, limited) })
+		}
+	}
+}
+
+func floodLatency(b *testing.B, srv *lab.XMPPServer, limited bool) {
+	d := clinkdtest.Start(b, srv, func(c *daemon.Config) {
+		c.Expiry.MinPeriod = time.Second
+		if !limited {
+			liftQuotas(c)
+			c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<30 // never reached
+		}
+	})
+	comp := d.Component().Domain()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	// One quiet pair per phase, so that with the limits in force neither
+	// phase spends the other's token bucket.
+	calmPair, stormyPair, flooder := newPair(b, ctx, srv, comp), newPair(b, ctx, srv, comp), newPair(b, ctx, srv, comp)
+	n := max(b.N, 20)
+	if limited {
+		n = min(n, 50) // within the quiet user's own burst of 60 a minute
+	}
+	q, f := calmPair.seal(b, n, "quiet"), stormyPair.seal(b, n, "flooded")
+	junk := flooder.seal(b, 2000, "junk")
+	oneByOne := func(p pair, envs []*envelopexml.Envelope) stats {
+		return run(ctx, b, 1, len(envs), func(ctx context.Context, _ int) error {
+			e := envs[0]
+			envs = envs[1:]
+			if err := p.from.SendEnvelope(ctx, comp, p.toJID, e); err != nil {
+				return err
+			}
+			return p.delivered(ctx, e.ID)
 		})
 	}
+	b.ResetTimer()
+	calm := oneByOne(calmPair, q)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i = (i + 1) % len(junk) {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := flooder.from.SendEnvelope(ctx, comp, flooder.toJID, junk[i]); err != nil {
+				return
+			}
+		}
+	})
+	stormy := oneByOne(stormyPair, f)
+	close(stop)
+	wg.Wait()
+	b.StopTimer()
+	report(b, "flooded", stormy, "quiet", calm)
 }

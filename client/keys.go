@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/transparency-dev/merkle/proof"
@@ -53,7 +54,8 @@ type PinStore interface {
 // compared with the one seen before it.
 type KeyPin struct {
 	Fingerprint [32]byte
-	Ended       bool // the directory since answered that no key is bound
+	Ended       bool  // the directory since answered that no key is bound
+	Version     int64 // v1: the JID's version last seen (0: not known); it never goes back
 }
 
 // MemoryPins is a PinStore in memory. The zero value is ready.
@@ -166,6 +168,12 @@ type VerifiedKey struct {
 type KeyResult struct {
 	JID string
 	Key *VerifiedKey
+	// v1 (keydir_v1.go): the JID's version (0: no leaf, never bound),
+	// whether its last binding ended, and its VRF proof (its owner gives
+	// it to clinkd keys monitor).
+	Version  int64
+	Ended    bool
+	VRFProof []byte
 }
 
 // A HistoryEntry is one verified log entry of the device's own JID.
@@ -174,6 +182,7 @@ type HistoryEntry struct {
 	Kind        string // publish, reset or delete
 	Fingerprint [32]byte
 	Time        time.Time
+	Version     int64 // v1: the version this entry made (1, 2, …)
 }
 
 // KeyDirectory talks to the key directory at a clinkd component and
@@ -184,6 +193,10 @@ type KeyDirectory struct {
 	verifier note.Verifier
 	pins     PinStore
 	mu       sync.Mutex // serialises pin updates
+	cache    *keyCache  // verified answers, for SenderKey
+	lookups  atomic.Uint64
+	hits     atomic.Uint64
+	v1       *v1Config // set by OpenKeyDirectory: speak urn:clinkme:keydir:1
 }
 
 // NewKeyDirectory returns a directory client for the component at service
@@ -197,7 +210,69 @@ func (c *Client) NewKeyDirectory(service jid.JID, vkey string, pins PinStore) (*
 	if pins == nil {
 		pins = &MemoryPins{}
 	}
-	return &KeyDirectory{c: c, service: service, verifier: v, pins: pins}, nil
+	return &KeyDirectory{c: c, service: service, verifier: v, pins: pins, cache: newKeyCache()}, nil
+}
+
+// Lookups returns how many lookups this directory client has sent.
+func (d *KeyDirectory) Lookups() uint64 { return d.lookups.Load() }
+
+// SenderKey returns the verified key that the directory binds to the bare
+// JID of an envelope's author, or nil when it binds none. The answer comes
+// from the cache when it holds a fresh one that the pin still agrees with
+// (keycache.go says how long that is), else from one lookup shared by
+// every caller asking for bare meanwhile. A *KeyChangeError comes with a
+// valid key, as from LookupKeys. Errors are LookupKeys's, or a context
+// error when a lookup takes longer than lookupTimeout.
+func (d *KeyDirectory) SenderKey(ctx context.Context, bare string) (*VerifiedKey, error) {
+	if k, ok := d.cache.get(bare); ok {
+		pin, had, err := d.pins.Key(bare)
+		if err != nil {
+			return nil, err
+		}
+		if pinAgrees(k, pin, had) {
+			d.hits.Add(1)
+			return k, nil
+		}
+	}
+	return d.lookupSender(ctx, bare)
+}
+
+// RefreshSenderKey asks the directory again for bare's key, after a
+// signature did not verify with the one SenderKey gave: the author may
+// have a new key. It does not ask when the answer cached is younger than
+// keyRefreshInterval (asked is false): a key just verified is the one the
+// directory binds, and junk with bad signatures must not cost a lookup
+// each.
+func (d *KeyDirectory) RefreshSenderKey(ctx context.Context, bare string) (k *VerifiedKey, asked bool, err error) {
+	if !d.cache.refreshable(bare) {
+		return nil, false, nil
+	}
+	k, err = d.lookupSender(ctx, bare)
+	return k, true, err
+}
+
+func (d *KeyDirectory) lookupSender(ctx context.Context, bare string) (*VerifiedKey, error) {
+	return d.cache.shared(ctx, bare, func(ctx context.Context) (*VerifiedKey, error) {
+		res, err := d.LookupKeys(ctx, bare)
+		var kc *KeyChangeError
+		if err != nil && !errors.As(err, &kc) {
+			return nil, err
+		}
+		if len(res) != 1 {
+			return nil, fmt.Errorf("%w: %d results for one JID", ErrBadAnswer, len(res))
+		}
+		return res[0].Key, err
+	})
+}
+
+// pinAgrees reports whether a cached answer for a JID (k, nil for "no
+// key") is still what the device last verified, by the JID's pin: the
+// same key, or no key where the pin has none or saw the binding end.
+func pinAgrees(k *VerifiedKey, pin KeyPin, had bool) bool {
+	if k == nil {
+		return !had || pin.Ended
+	}
+	return had && !pin.Ended && pin.Fingerprint == k.Fingerprint
 }
 
 // PublishKey publishes the device account's public key and verifies that
@@ -205,6 +280,9 @@ func (c *Client) NewKeyDirectory(service jid.JID, vkey string, pins PinStore) (*
 // harmless; a different key fails with a stanza.Error whose condition is
 // conflict.
 func (d *KeyDirectory) PublishKey(ctx context.Context, pub *rsa.PublicKey) (*VerifiedKey, error) {
+	if d.v1 != nil {
+		return d.publishV1(ctx, pub)
+	}
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("client: keydir publish: %w", err)
@@ -251,7 +329,11 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 			want = append(want, j)
 		}
 	}
+	if d.v1 != nil {
+		return d.lookupV1(ctx, want)
+	}
 	var res keydirxml.Lookup
+	d.lookups.Add(1)
 	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup{JIDs: want}, &res); err != nil {
 		return nil, err
 	}
@@ -283,6 +365,12 @@ func (d *KeyDirectory) LookupKeys(ctx context.Context, jids ...string) ([]KeyRes
 		}
 		if ch != nil {
 			changes = append(changes, *ch)
+		}
+	}
+	if d.cache != nil {
+		// Pinned above: the cache holds what the pins hold.
+		for _, r := range out {
+			d.cache.put(r.JID, r.Key)
 		}
 	}
 	if len(changes) > 0 {
@@ -332,6 +420,9 @@ func (d *KeyDirectory) Checkpoint(ctx context.Context) (*VerifiedCheckpoint, err
 // History fetches and verifies every log entry of the device's own JID,
 // for the owner to see every key ever bound to it.
 func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
+	if d.v1 != nil {
+		return d.historyV1(ctx)
+	}
 	var res keydirxml.History
 	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.History{}, &res); err != nil {
 		return nil, err

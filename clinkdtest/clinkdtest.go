@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/daemon"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -169,4 +171,32 @@ func (l *LogBuffer) String() string {
 func CaptureLog() (*slog.Logger, *LogBuffer) {
 	buf := &LogBuffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// KeyDirKeys are a key directory's keys made for a test: the files
+// clinkd reads and the public keys devices are given.
+type KeyDirKeys struct {
+	SignerFile, VRFFile string
+	Verifier, VRFKey    string
+}
+
+// NewKeyDirKeys makes the signer and VRF keys of a log named
+// clink.lab.localhost/keydir in a temporary directory.
+func NewKeyDirKeys(t testing.TB) KeyDirKeys {
+	t.Helper()
+	dir := t.TempDir()
+	k := KeyDirKeys{SignerFile: filepath.Join(dir, "keydir.signer"), VRFFile: filepath.Join(dir, "keydir.vrf")}
+	var err error
+	if k.Verifier, err = keylog.GenerateKey("clink.lab.localhost/keydir", k.SignerFile); err != nil {
+		t.Fatal(err)
+	}
+	if k.VRFKey, err = keylog.GenerateVRFKey("clink.lab.localhost/keydir", k.VRFFile); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Configure turns the key directory on in cfg with these keys.
+func (k KeyDirKeys) Configure(cfg *daemon.Config) {
+	cfg.KeyDir.SignerKeyFile, cfg.KeyDir.VRFKeyFile = k.SignerFile, k.VRFFile
 }

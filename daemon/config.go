@@ -116,7 +116,12 @@ type LinkConfig struct {
 type DatabaseConfig struct {
 	URL     string `yaml:"url"`      // postgres://...; may hold a password, so prefer url_file
 	URLFile string `yaml:"url_file"` // a file holding the URL
-	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+	// Password is the role's password, kept apart from the URL so that
+	// it can be rotated: SIGHUP re-reads it, and every new connection
+	// uses it (those open stay, as PostgreSQL keeps them).
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	Migrate      bool   `yaml:"migrate"` // apply pending migrations at start-up
 	// AllowInsecureTLS accepts a URL that reaches a host other than
 	// loopback or a unix socket without sslmode=verify-full.
 	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
@@ -157,13 +162,16 @@ type TURNConfig struct {
 
 // KeyDirConfig is the verifiable public-key directory (docs/keydir.md).
 type KeyDirConfig struct {
-	SignerKeyFile    string  `yaml:"signer_key_file"`    // note signer key from `clinkd keys genkey`; empty turns the feature off
-	Origin           string  `yaml:"origin"`             // the log's origin; must be the signer key's name (default: that name)
-	LookupPerMinute  float64 `yaml:"lookup_per_minute"`  // per requester (default 600)
-	LookupBurst      int     `yaml:"lookup_burst"`       // default 100; at least max_batch
-	PublishPerMinute float64 `yaml:"publish_per_minute"` // per requester (default 6)
-	PublishBurst     int     `yaml:"publish_burst"`      // default 3
-	MaxBatch         int     `yaml:"max_batch"`          // JIDs per lookup (default 20)
+	SignerKeyFile    string        `yaml:"signer_key_file"`    // note signer key from `clinkd keys genkey`; empty turns the feature off
+	VRFKeyFile       string        `yaml:"vrf_key_file"`       // private VRF key from `clinkd keys genkey` (required with signer_key_file)
+	SignerStateFile  string        `yaml:"signer_state_file"`  // the last signed checkpoint (default: signer_key_file + ".state")
+	TickInterval     time.Duration `yaml:"tick_interval"`      // a tick entry after this long without an entry (default 1h)
+	Origin           string        `yaml:"origin"`             // the log's origin; must be the signer key's name (default: that name)
+	LookupPerMinute  float64       `yaml:"lookup_per_minute"`  // per requester (default 600)
+	LookupBurst      int           `yaml:"lookup_burst"`       // default 100; at least max_batch
+	PublishPerMinute float64       `yaml:"publish_per_minute"` // per requester (default 6)
+	PublishBurst     int           `yaml:"publish_burst"`      // default 3
+	MaxBatch         int           `yaml:"max_batch"`          // JIDs per lookup (default 20)
 }
 
 // ClinkIDConfig is the ClinkID account service (docs/clinkid.md): its
@@ -310,10 +318,12 @@ func (c Config) secretFiles() map[string]string {
 	return map[string]string{
 		"link.secret_file":           c.Link.SecretFile,
 		"database.url_file":          c.Database.URLFile,
+		"database.password_file":     c.Database.PasswordFile,
 		"turn.secret_file":           c.TURN.SecretFile,
 		"clinkid.admin_token_file":   c.ClinkID.AdminTokenFile,
 		"clinkid.bridge_secret_file": c.ClinkID.BridgeSecretFile,
 		"keydir.signer_key_file":     c.KeyDir.SignerKeyFile,
+		"keydir.vrf_key_file":        c.KeyDir.VRFKeyFile,
 		"public.key_file":            c.Public.KeyFile,
 	}
 }
@@ -388,6 +398,9 @@ func checkDatabase(c DatabaseConfig) error {
 	pcfg, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
 		return errors.New("config: database.url is not a valid PostgreSQL URL")
+	}
+	if c.Password != "" && pcfg.ConnConfig.Password != "" {
+		return errors.New("config: database.url holds a password and database.password(_file) is set too: give it once, in database.password_file, which a reload re-reads")
 	}
 	if c.AllowInsecureTLS {
 		return nil
@@ -500,6 +513,9 @@ func (c *Config) resolveFiles() error {
 		return err
 	}
 	if err := read(&c.Database.URL, c.Database.URLFile, "database.url"); err != nil {
+		return err
+	}
+	if err := read(&c.Database.Password, c.Database.PasswordFile, "database.password"); err != nil {
 		return err
 	}
 	if err := read(&c.ClinkID.AdminToken, c.ClinkID.AdminTokenFile, "clinkid.admin_token"); err != nil {

@@ -79,7 +79,8 @@ type Daemon struct {
 	devices  *dispatch.Devices
 	// entitlements answers whether an account has ClinkMe Secure.
 	entitlements expiry.Entitlements
-	db           *pgxpool.Pool // nil when no database is configured
+	db           *pgxpool.Pool          // nil when no database is configured
+	dbPassword   atomic.Pointer[string] // database.password, which Reload may change
 	admin        net.Listener
 	public       *http.ServeMux                  // features mount their HTTP handlers here
 	publicLn     net.Listener                    // nil when no public listener is configured
@@ -90,6 +91,7 @@ type Daemon struct {
 	turn         *turncred.Service               // nil when the feature is off
 	router       *dispatch.Router                // nil when the relay is off
 	tracker      *receipts.Tracker               // nil without a database or relay
+	accounts     *clinkid.Service                // nil when ClinkID is off
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -165,7 +167,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 
 	if cfg.Database.URL != "" {
-		d.db, err = OpenDatabase(ctx, cfg.Database)
+		d.dbPassword.Store(&cfg.Database.Password)
+		d.db, err = openDatabase(ctx, cfg.Database, func() string { return *d.dbPassword.Load() })
 		if err != nil {
 			return nil, err
 		}
@@ -288,7 +291,14 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 			return errors.New("config: keydir needs a database (database.url)")
 		}
 		var err error
-		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir")}); err != nil {
+		if d.cfg.KeyDir.VRFKeyFile == "" {
+			return errors.New("config: keydir needs keydir.vrf_key_file (clinkd keys genkey makes it beside the signer key)")
+		}
+		vrf, err := keylog.LoadVRFSigner(d.cfg.KeyDir.VRFKeyFile)
+		if err != nil {
+			return fmt.Errorf("config: keydir.vrf_key_file: %w", err)
+		}
+		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir"), VRF: vrf}); err != nil {
 			return fmt.Errorf("keydir: %w", err)
 		}
 	}
@@ -304,6 +314,7 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 			return err
 		}
 		svc.Register(d.comp)
+		d.accounts = svc
 		d.public.Handle(clinkid.PathPrefix, svc.Handler())
 		if d.cfg.ClinkID.AdminToken != "" && !isLoopback(d.cfg.Admin.Listen) {
 			// The admin API is served on the admin listener only, which
@@ -323,7 +334,7 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		accounts = clinkidAccounts{svc: svc, domain: d.cfg.Link.ServerDomain}
 	}
 	if keyStore != nil {
-		if err := d.registerKeyDir(keyStore, accounts); err != nil {
+		if err := d.registerKeyDir(ctx, keyStore, accounts); err != nil {
 			return err
 		}
 	}
@@ -366,20 +377,26 @@ func (a clinkidAccounts) AccountExists(ctx context.Context, bare jid.JID) (bool,
 // directory's log (C2SP tlog-tiles): PREFIX/checkpoint, PREFIX/tile/...
 const KeyDirLogPrefix = "/keydir/log"
 
-func (d *Daemon) registerKeyDir(store *logdb.Store, accounts keydir.Accounts) error {
+func (d *Daemon) registerKeyDir(ctx context.Context, store *logdb.Store, accounts keydir.Accounts) error {
 	c := d.cfg.KeyDir
 	if d.cfg.Link.ServerDomain == "" {
 		return errors.New("config: keydir needs link.server_domain (only its users publish keys)")
 	}
-	signer, err := keylog.LoadSigner(c.SignerKeyFile)
+	signer, verifier, err := keylog.LoadSignerKey(c.SignerKeyFile)
 	if err != nil {
 		return fmt.Errorf("config: keydir.signer_key_file: %w", err)
 	}
 	if c.Origin != "" && c.Origin != signer.Name() {
 		return fmt.Errorf("config: keydir.origin %q is not the signer key's name %q", c.Origin, signer.Name())
 	}
+	if vrf := store.VRF().Public().Name; vrf != signer.Name() {
+		return fmt.Errorf("config: keydir.vrf_key_file is the key of %q, the signer key of %q", vrf, signer.Name())
+	}
 	dir, err := keydir.New(keydir.Config{
 		Signer:           signer,
+		Verifier:         verifier,
+		StateFile:        KeyDirStateFile(c),
+		TickInterval:     c.TickInterval,
 		LocalDomain:      d.cfg.Link.ServerDomain,
 		Federated:        d.cfg.Access.FederatedDomains,
 		Accounts:         accounts,
@@ -392,6 +409,16 @@ func (d *Daemon) registerKeyDir(store *logdb.Store, accounts keydir.Accounts) er
 	if err != nil {
 		return fmt.Errorf("config: keydir: %w", err)
 	}
+	// The start-up check against the last signed checkpoint: a fault
+	// (a rolled-back database) does not stop clinkd, it makes /readyz say
+	// why and the directory refuse to serve.
+	if err := dir.Start(ctx); err != nil {
+		return err
+	}
+	if reason := dir.Ready(ctx); reason != "" {
+		d.log.Error("keydir: not ready: " + reason)
+	}
+	d.runners = append(d.runners, dir.Run)
 	dir.Register(d.comp)
 	if d.cfg.Public.Listen == "" {
 		d.log.Warn("keydir: public.listen is not set, so the log is not served to auditors")
@@ -399,6 +426,16 @@ func (d *Daemon) registerKeyDir(store *logdb.Store, accounts keydir.Accounts) er
 	d.public.Handle("GET "+KeyDirLogPrefix+"/", http.StripPrefix(KeyDirLogPrefix, dir.LogHandler()))
 	d.keydir = dir
 	return nil
+}
+
+// KeyDirStateFile is where the key directory keeps the last checkpoint
+// it signed: keydir.signer_state_file, else the signer key file's path
+// plus ".state".
+func KeyDirStateFile(c KeyDirConfig) string {
+	if c.SignerStateFile != "" {
+		return c.SignerStateFile
+	}
+	return c.SignerKeyFile + ".state"
 }
 
 // KeyDir is the key directory, nil when it is not configured. Its store
@@ -745,8 +782,9 @@ func (d *Daemon) adminHandler() http.Handler {
 	return mux
 }
 
-// readiness reports each dependency: ready means linked to the XMPP server
-// and the store reachable.
+// readiness reports each dependency: ready means linked to the XMPP server,
+// the store reachable and the key directory serving (its database extends
+// the last checkpoint it signed; else the reason).
 func (d *Daemon) readiness(ctx context.Context) map[string]string {
 	checks := map[string]string{"link": "ok", "workers": "ok"}
 	if s := d.comp.State(); s != component.Linked {
@@ -761,6 +799,14 @@ func (d *Daemon) readiness(ctx context.Context) map[string]string {
 		checks["database"] = "ok"
 		if err := d.db.Ping(ctx); err != nil {
 			checks["database"] = "unreachable"
+		}
+	}
+	if d.keydir != nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		checks["keydir"] = "ok"
+		if reason := d.keydir.Ready(ctx); reason != "" {
+			checks["keydir"] = reason
 		}
 	}
 	return checks

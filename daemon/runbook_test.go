@@ -15,7 +15,6 @@ import (
 
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -75,13 +74,10 @@ func TestPostgresRunbook(t *testing.T) {
 	u.Path = "/" + db
 
 	srv := labtest.Server(t, lab.Prosody)
-	keyFile := t.TempDir() + "/signer"
-	if _, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile); err != nil {
-		t.Fatal(err)
-	}
+	keys := clinkdtest.NewKeyDirKeys(t)
 	clinkdtest.Start(t, srv, func(c *daemon.Config) {
 		c.Database = daemon.DatabaseConfig{URL: u.String(), Migrate: true}
-		c.KeyDir.SignerKeyFile = keyFile
+		keys.Configure(c)
 		c.ClinkID.Enabled = true
 	})
 }

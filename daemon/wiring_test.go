@@ -13,7 +13,6 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
-	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -24,11 +23,7 @@ import (
 func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	t.Parallel()
 	srv := labtest.Server(t, lab.Prosody)
-	keyFile := t.TempDir() + "/signer"
-	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := clinkdtest.NewKeyDirKeys(t)
 	ca := labtest.CA(t)
 	cert, key, err := ca.Issue(t.TempDir(), "public", "127.0.0.1")
 	if err != nil {
@@ -36,7 +31,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	}
 	d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
 		c.Database = daemon.DatabaseConfig{URL: labtest.NewDatabase(t), Migrate: true}
-		c.KeyDir.SignerKeyFile = keyFile
+		keys.Configure(c)
 		c.Public = daemon.PublicConfig{Listen: "127.0.0.1:0", CertFile: cert, KeyFile: key}
 		c.ClinkID.Enabled = true
 		c.ClinkID.Registration = "open" // closed by default
@@ -55,7 +50,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	user, pass := labtest.NewUser(t, srv)
 	name := strings.Split(user, "@")[0]
 	dev := clinkdtest.Login(t, srv, user, pass)
-	dir, err := dev.NewKeyDirectory(d.Component().Domain(), vkey, nil)
+	dir, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: d.Component().Domain(), Verifier: keys.Verifier, VRFKey: keys.VRFKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +79,7 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	if _, err := dir.LookupKeys(ctx, jid.MustParse(user).Bare().String()); !errors.As(err, &kc) {
 		t.Errorf("lookup by a device that saw the key = %v, want a KeyChangeError", err)
 	}
-	fresh, err := dev.NewKeyDirectory(d.Component().Domain(), vkey, nil)
+	fresh, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: d.Component().Domain(), Verifier: keys.Verifier, VRFKey: keys.VRFKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +87,8 @@ func TestAccountDeletionEndsKeyBinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 1 || res[0].Key != nil {
-		t.Fatalf("after deletion the directory still binds a key: %+v", res)
+	if len(res) != 1 || res[0].Key != nil || !res[0].Ended || res[0].Version != 2 {
+		t.Fatalf("after deletion the directory still binds a key: %+v; want the binding proven ended (version 2)", res)
 	}
 	hist, err := fresh.History(ctx)
 	if err != nil {

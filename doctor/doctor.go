@@ -84,7 +84,7 @@ func FromLab(info labfile.Info) (Config, error) {
 	}
 	return Config{
 		C2S: info.C2S, User: u, Password: info.Users[0].Password, Component: comp,
-		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.KeyLogVerifier,
+		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.VerifierKey,
 	}, nil
 }
 

@@ -523,20 +523,25 @@ func (r *Relay) seenUser(user jid.JID) bool {
 }
 
 // sentExpiry reports whether owner sent peer the timed message id that is
-// held here as a copy, and when it expires.
+// held here, and when it expires: either as owner's copy for its other
+// devices, or as the message held for peer itself. The second matters when
+// peer's receipt arrives before owner's copy has come back through the
+// server: the receipt is still a timed message's, and must not be taken
+// for an ordinary one's (which would drop it).
 func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	o := r.owners[owner.Bare().String()]
-	if o == nil {
-		return time.Time{}, false
+	if o := r.owners[owner.Bare().String()]; o != nil {
+		if got, ok := o.msgs[(&held{peer: peer.Bare(), id: id, sent: true}).key()]; ok {
+			return got.expires, true
+		}
 	}
-	h := &held{peer: peer.Bare(), id: id, sent: true}
-	got, ok := o.msgs[h.key()]
-	if !ok {
-		return time.Time{}, false
+	if o := r.owners[peer.Bare().String()]; o != nil {
+		if got, ok := o.msgs[(&held{peer: owner.Bare(), id: id}).key()]; ok {
+			return got.expires, true
+		}
 	}
-	return got.expires, true
+	return time.Time{}, false
 }
 
 // holdReceipt holds p for owner's devices, and reports whether the relay

@@ -16,6 +16,7 @@ import (
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
+	"github.com/clinkme/clinkd/extensions/receiptsxml"
 )
 
 // recorder stands in for the link and the device registry in unit tests
@@ -130,5 +131,72 @@ func TestSeedsReachTheRelay(t *testing.T) {
 	}
 	if n, _ := r.Held(); n != 1 || rec.sent == 0 {
 		t.Fatalf("held %d, sent %d; want 1 held and deliveries", n, rec.sent)
+	}
+}
+
+// receiptRecorder records the receipts the relay forwards.
+type receiptRecorder struct {
+	recorder
+	mu        sync.Mutex
+	forwarded []string // "to id"
+}
+
+func (r *receiptRecorder) SendMessage(ctx context.Context, m stanza.Message, payload ...any) error {
+	for _, p := range payload {
+		if rc, ok := p.(receiptsxml.Received); ok {
+			r.mu.Lock()
+			r.forwarded = append(r.forwarded, m.To.String()+" "+rc.ID)
+			r.mu.Unlock()
+		}
+	}
+	return r.recorder.SendMessage(ctx, m, payload...)
+}
+
+// TestReceiptBeforeCopy: bob's receipt for a timed message from alice is
+// the timed message's even when it reaches clinkd before alice's copy has
+// come back through the server (seen on Prosody: the receipt went to the
+// ordinary tracker, which had no row for it, and was dropped).
+func TestReceiptBeforeCopy(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0).UTC()
+	alice := clinkdtest.Identity(t, "alice", "alice@example.org")
+	bob := clinkdtest.Identity(t, "bob", "bob@example.org")
+	env, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: bob.PublicKey()}},
+		envelope.Header{ID: "m1", Time: now, Expires: now.Add(time.Minute)}, envelope.Content{Kind: envelope.KindText, Text: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := xml.Marshal(env)
+	rec := &receiptRecorder{}
+	cfg := expiry.Config{Now: func() time.Time { return now }}
+	cfg.Component, cfg.Send, cfg.Devices, cfg.Entitlements = jid.MustParse("clink.example.org"), rec, rec, expiry.NoEntitlementCheck{}
+	r, err := expiry.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := dispatch.New(dispatch.Config{
+		Component: cfg.Component, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
+		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, text := range []string{
+		`<message type='headline' from='alice@example.org/laptop' to='bob\40example.org@clink.example.org'>` + string(raw) +
+			`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`,
+		`<message from='bob@example.org/phone' to='alice\40example.org@clink.example.org'><received xmlns='urn:xmpp:receipts' id='m1'/></message>`,
+	} {
+		s, err := component.ParseStanza(text, 256<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := router.HandleMessage(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.forwarded) == 0 {
+		t.Fatal("the receipt that overtook the copy was not forwarded to alice's devices")
 	}
 }

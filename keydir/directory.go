@@ -3,19 +3,25 @@
 // is a leaf of an append-only Merkle log (RFC 6962, through
 // golang.org/x/mod/sumdb/tlog) whose signed checkpoints (C2SP
 // tlog-checkpoint, Ed25519 signed notes) let devices and independent
-// auditors prove what the server said. docs/protocol.md specifies the wire
-// protocol and the formats; docs/keydir.md is the operator's guide.
+// auditors prove what the server said, and every v1 leaf names the root
+// of a map (a compact prefix tree) from each JID's private index (an RFC
+// 9381 VRF output) to its current value, so that an answer proves that a
+// binding is current, or that a JID has none. docs/protocol.md specifies
+// the wire protocol and the formats; docs/keydir.md is the operator's
+// guide.
 //
 // The policy: the first key published for a JID wins and cannot be
 // replaced by its owner. Only an operator reset or the account's deletion
 // ends a binding (logdb.Store.End), and both append an entry to the log,
 // which is never rewritten.
 //
-// A Directory answers the XMPP payloads (Register), signs checkpoints and
-// serves the log read-only over HTTP in the C2SP tlog-tiles layout
-// (LogHandler). The formats are package keylog's; the log lives in
-// PostgreSQL through keydir/logdb; keydir/audit verifies the log from its
-// tiles and links nothing of the server but keylog.
+// A Directory answers the XMPP payloads (Register), signs checkpoints
+// (never one that does not extend the last one signed, which it keeps in
+// a state file outside the database) and serves the log read-only over
+// HTTP in the C2SP tlog-tiles layout (LogHandler). The formats are
+// package keylog's; the log lives in PostgreSQL through keydir/logdb;
+// keydir/audit verifies the log from its tiles and links nothing of the
+// server but keylog.
 package keydir
 
 import (
@@ -26,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -44,8 +51,14 @@ import (
 
 // Config configures a Directory.
 type Config struct {
-	// Signer signs checkpoints; its name is the log's origin.
-	Signer note.Signer
+	// Signer signs checkpoints; its name is the log's origin. Verifier
+	// is its own verifier (keylog.LoadSignerKey gives both), with which
+	// the state file is read back. Both required.
+	Signer   note.Signer
+	Verifier note.Verifier
+	// StateFile keeps the last checkpoint signed (required): on the
+	// host's disk beside the signer key, never in the database.
+	StateFile string
 	// LocalDomain is the XMPP server's own domain: only its users may
 	// publish, and they and the users of the Federated domains may look
 	// keys up; the directory serves nobody else. Required.
@@ -68,6 +81,11 @@ type Config struct {
 	PublishBurst     int
 	// MaxBatch is the most JIDs one lookup may name (default 20).
 	MaxBatch int
+	// TickInterval: when no v1 record was appended for this long, Run
+	// appends a tick, so that the log's head is never older than this
+	// plus Run's period (default 1h; devices refuse a head older than
+	// their max age, 24h by default).
+	TickInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -89,6 +107,14 @@ func (ServerAccounts) AccountExists(context.Context, jid.JID) (bool, error) { re
 // DefaultMaxBatch is the default bound on JIDs per lookup.
 const DefaultMaxBatch = 20
 
+// DefaultTickInterval is TickInterval's default.
+const DefaultTickInterval = time.Hour
+
+// checkPeriod is how often Run compares the database with the last
+// signed checkpoint (a failover to a lagging replica shows without
+// traffic) and considers a tick.
+const checkPeriod = 30 * time.Second
+
 // A Directory serves the key directory over XMPP and its log over HTTP.
 type Directory struct {
 	cfg     Config
@@ -99,8 +125,9 @@ type Directory struct {
 	pubs    *ratelimit.Limiter
 	metrics *prometheus.CounterVec
 
-	mu     sync.Mutex
-	latest *signedCheckpoint // the largest size signed so far
+	mu     sync.Mutex        // serializes signing; guards signed and fault
+	signed *signedCheckpoint // the last checkpoint signed (the state file's)
+	fault  string            // why the directory refuses to serve; "" when ready
 }
 
 type signedCheckpoint struct {
@@ -108,10 +135,23 @@ type signedCheckpoint struct {
 	msg []byte
 }
 
-// New checks cfg and makes a Directory over store. reg may be nil.
+// New checks cfg and makes a Directory over store. reg may be nil. Start
+// must run before it serves.
 func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Registerer) (*Directory, error) {
-	if cfg.Signer == nil {
-		return nil, errors.New("keydir: no checkpoint signer")
+	if cfg.Signer == nil || cfg.Verifier == nil {
+		return nil, errors.New("keydir: no checkpoint signer and its verifier")
+	}
+	if cfg.Verifier.Name() != cfg.Signer.Name() || cfg.Verifier.KeyHash() != cfg.Signer.KeyHash() {
+		return nil, errors.New("keydir: the verifier is not the signer's")
+	}
+	if cfg.StateFile == "" {
+		return nil, errors.New("keydir: no signer state file (it keeps the last checkpoint signed, outside the database)")
+	}
+	if store == nil {
+		return nil, errors.New("keydir: no store")
+	}
+	if store.VRF().Public().Name != cfg.Signer.Name() {
+		return nil, fmt.Errorf("keydir: the VRF key is named %q, the log %q", store.VRF().Public().Name, cfg.Signer.Name())
 	}
 	if cfg.LocalDomain == "" {
 		return nil, errors.New("keydir: no local domain (whose users it serves)")
@@ -149,6 +189,9 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 		// A full batch must be possible at all.
 		return nil, fmt.Errorf("keydir: lookup burst %d is smaller than the batch bound %d", cfg.LookupBurst, cfg.MaxBatch)
 	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = DefaultTickInterval
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -166,6 +209,7 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 			Name: "clinkd_keydir_requests_total",
 			Help: "Key directory requests by kind and outcome.",
 		}, []string{"kind", "outcome"}),
+		fault: "not started",
 	}
 	if reg != nil {
 		reg.MustRegister(d.metrics)
@@ -179,16 +223,26 @@ func (d *Directory) Origin() string { return d.cfg.Signer.Name() }
 // Store returns the directory's store, whose End is how bindings end.
 func (d *Directory) Store() *logdb.Store { return d.store }
 
-// Register routes the directory's payloads on c.
+// Register routes the directory's payloads on c: the v1 requests, and of
+// v0 the checkpoint and consistency requests (the log is the same, so a
+// v0 device's pin still extends), while a v0 publish, lookup or history
+// gets feature-not-implemented naming v1: an inclusion-only answer cannot
+// show that a binding is current.
 func (d *Directory) Register(c *component.Component) {
-	h := func(local string, f func(context.Context, *component.Stanza) (any, error)) {
-		c.HandleIQ(xml.Name{Space: keydirxml.NS, Local: local}, component.IQHandlerFunc(func(ctx context.Context, iq *component.Stanza) (any, error) {
-			res, err := f(ctx, iq)
+	h := func(ns, local string, f func(context.Context, *component.Stanza) (any, error)) {
+		c.HandleIQ(xml.Name{Space: ns, Local: local}, component.IQHandlerFunc(func(ctx context.Context, iq *component.Stanza) (any, error) {
+			res, err := d.ready(ctx)
+			if err == nil {
+				res, err = f(ctx, iq)
+			}
 			outcome := "ok"
 			if err != nil {
 				outcome = "error"
 				var se stanza.Error
-				if errors.As(err, &se) {
+				switch {
+				case errors.Is(err, errNotReady):
+					outcome = "not_ready"
+				case errors.As(err, &se):
 					outcome = string(se.Condition)
 				}
 			}
@@ -196,33 +250,246 @@ func (d *Directory) Register(c *component.Component) {
 			return res, err
 		}))
 	}
-	h("publish", d.handlePublish)
-	h("lookup", d.handleLookup)
-	h("checkpoint", d.handleCheckpoint)
-	h("consistency", d.handleConsistency)
-	h("history", d.handleHistory)
+	h(keydirxml.NS1, "publish", d.handlePublish)
+	h(keydirxml.NS1, "lookup", d.handleLookup)
+	h(keydirxml.NS1, "checkpoint", d.checkpointHandler(false))
+	h(keydirxml.NS1, "consistency", d.consistencyHandler(false))
+	h(keydirxml.NS1, "history", d.handleHistory)
+	h(keydirxml.NS, "checkpoint", d.checkpointHandler(true))
+	h(keydirxml.NS, "consistency", d.consistencyHandler(true))
+	for _, local := range []string{"publish", "lookup", "history"} {
+		h(keydirxml.NS, local, handleV0)
+	}
+}
+
+// V0Refusal is the text of the error a v0 publish, lookup or history
+// gets.
+const V0Refusal = "keydir: this server answers publish, lookup and history only in " + keydirxml.NS1 + " (key directory v1); update ClinkMe"
+
+func handleV0(context.Context, *component.Stanza) (any, error) {
+	return nil, component.Error(stanza.FeatureNotImplemented, V0Refusal)
+}
+
+// errNotReady is what every request gets while the directory refuses to
+// serve (Ready says why): internal-server-error on the wire, as for any
+// storage fault.
+var errNotReady = errors.New("keydir: not ready")
+
+// ready returns errNotReady (logged with the reason) while the
+// directory is faulted, after checking again whether the fault is gone.
+// A request does not check a ready directory: every signing does, and
+// Run every 30 s.
+func (d *Directory) ready(ctx context.Context) (any, error) {
+	if reason := d.serving(ctx); reason != "" {
+		d.log.Debug("keydir: request refused", "reason", reason)
+		return nil, errNotReady
+	}
+	return nil, nil
+}
+
+func (d *Directory) serving(ctx context.Context) string {
+	d.mu.Lock()
+	faulted := d.fault != ""
+	d.mu.Unlock()
+	if faulted {
+		d.check(ctx)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fault
+}
+
+// Ready checks the database against the last signed checkpoint (two
+// queries) and returns "" when the directory serves, else why not: for
+// /readyz, which is polled, so that a rollback shows there without
+// traffic. A restored database makes it ready again.
+func (d *Directory) Ready(ctx context.Context) string {
+	d.check(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fault
+}
+
+// setFault records why the directory refuses to serve, logging the
+// reason and what to do once per change. Called with mu held.
+func (d *Directory) setFault(reason string) {
+	if reason == d.fault {
+		return
+	}
+	if reason == "" {
+		d.log.Info("keydir: ready")
+	} else {
+		d.log.Error("keydir: refusing to serve lookups and publishes", "reason", reason,
+			"do", "restore the database to at least the last signed checkpoint; docs/keydir.md, \"After a database rollback\"")
+	}
+	d.fault = reason
+}
+
+// Start reads the signer state and checks the database against it: the
+// start-up half of "never sign a fork". An empty database with no state
+// starts a new log (genesis record, first checkpoint, state file).
+// Whatever it finds wrong it keeps as the fault that Ready reports; it
+// returns an error only for a state file it cannot read at all.
+func (d *Directory) Start(ctx context.Context) error {
+	b, err := os.ReadFile(d.cfg.StateFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		st, err := d.store.Tree(ctx)
+		if err != nil {
+			return fmt.Errorf("keydir: start: %w", err)
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		switch {
+		case st.Size == 0:
+			if _, err := d.store.Init(ctx, d.cfg.Now()); err != nil {
+				return fmt.Errorf("keydir: start: %w", err)
+			}
+			size, err := d.store.Size(ctx)
+			if err != nil {
+				return fmt.Errorf("keydir: start: %w", err)
+			}
+			if _, err := d.signLocked(ctx, size); err != nil {
+				return fmt.Errorf("keydir: start: %w", err)
+			}
+			d.setFault("")
+		case st.Genesis < 0:
+			d.setFault("not migrated: run clinkd keys migrate (docs/keydir.md, \"Migrate a v0 log\")")
+		default:
+			d.setFault(fmt.Sprintf("no signer state: %s is missing and the log is not empty (restore it from the backup kept with the signer key; docs/keydir.md)", d.cfg.StateFile))
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("keydir: signer state: %w", err)
+	}
+	cp, msg, err := ParseState(b, d.cfg.Verifier)
+	d.mu.Lock()
+	if err != nil {
+		d.setFault(fmt.Sprintf("signer state unreadable: %s: %v", d.cfg.StateFile, err))
+		d.mu.Unlock()
+		return nil
+	}
+	d.signed = &signedCheckpoint{cp: cp, msg: msg}
+	d.store.SetFloor(cp.Size)
+	d.mu.Unlock()
+	d.check(ctx)
+	return nil
+}
+
+// check compares the database with the last signed checkpoint and sets
+// or clears the fault.
+func (d *Directory) check(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.signed == nil {
+		// Not started, or Start found no usable state: nothing to
+		// compare with. A state written meanwhile (clinkd keys migrate)
+		// is read at the next start.
+		return
+	}
+	st, err := d.store.Tree(ctx)
+	if err != nil {
+		d.setFault("database unreadable: " + err.Error())
+		return
+	}
+	s := d.signed.cp
+	switch {
+	case st.Size < s.Size:
+		d.setFault(fmt.Sprintf("rolled back: the database log has %d entries, the last signed checkpoint %d (restore the database to at least %d entries; docs/keydir.md, \"After a database rollback\")", st.Size, s.Size, s.Size))
+		return
+	case st.Genesis < 0:
+		d.setFault("not migrated: run clinkd keys migrate (docs/keydir.md, \"Migrate a v0 log\")")
+		return
+	}
+	root, err := keylog.TreeHash(s.Size, d.store.HashReader(ctx))
+	if err != nil || root != s.Hash {
+		d.setFault(fmt.Sprintf("diverged: the database log differs from the last signed checkpoint at size %d", s.Size))
+		return
+	}
+	d.setFault("")
+}
+
+// Run checks the database against the last signed checkpoint and appends
+// a tick when one is due, every 30 s, until ctx ends.
+func (d *Directory) Run(ctx context.Context) error {
+	t := time.NewTicker(checkPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if d.Ready(ctx) != "" {
+			continue
+		}
+		if _, err := d.store.Tick(ctx, d.cfg.Now(), d.cfg.TickInterval); err != nil && ctx.Err() == nil {
+			d.log.Error("keydir: tick", "err", err)
+		}
+	}
 }
 
 // Checkpoint returns the signed checkpoint for the log's current size.
 func (d *Directory) Checkpoint(ctx context.Context) ([]byte, keylog.Checkpoint, error) {
-	size, err := d.store.Size(ctx)
-	if err != nil {
-		return nil, keylog.Checkpoint{}, err
+	for range 3 {
+		size, err := d.store.Size(ctx)
+		if err != nil {
+			return nil, keylog.Checkpoint{}, err
+		}
+		sc, err := d.checkpointAt(ctx, size)
+		if errors.Is(err, errGrew) {
+			continue
+		}
+		if err != nil {
+			return nil, keylog.Checkpoint{}, err
+		}
+		return sc.msg, sc.cp, nil
 	}
-	sc, err := d.checkpointAt(ctx, size)
-	if err != nil {
-		return nil, keylog.Checkpoint{}, err
-	}
-	return sc.msg, sc.cp, nil
+	return nil, keylog.Checkpoint{}, errors.New("keydir: the log kept growing")
 }
 
-// checkpointAt returns a signed checkpoint for exactly size leaves. Only
-// the largest is cached: readers ask for the current size.
+// errGrew: the size asked for is below the last signed one but the
+// database has grown past it meanwhile (another request signed): ask
+// again at the current size.
+var errGrew = errors.New("keydir: the log grew meanwhile")
+
+// ErrRolledBack is returned when the database has fewer entries than the
+// last checkpoint signed, ErrDiverged when it has a different tree at a
+// size already signed: the signer refuses both, since signing would fork
+// the log.
+var (
+	ErrRolledBack = errors.New("keydir: the database was rolled back below the last signed checkpoint")
+	ErrDiverged   = errors.New("keydir: the database log is not an extension of the last signed checkpoint")
+)
+
+// checkpointAt returns a signed checkpoint for exactly size leaves: the
+// last one signed if it has that size, else a new one, which must extend
+// it (checked with a consistency proof from the database against the
+// state's root), and which is written to the state file before it is
+// returned.
 func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckpoint, error) {
 	d.mu.Lock()
-	cur := d.latest
-	d.mu.Unlock()
-	if cur != nil && cur.cp.Size == size {
+	defer d.mu.Unlock()
+	if d.fault != "" {
+		return nil, errNotReady
+	}
+	return d.signLocked(ctx, size)
+}
+
+func (d *Directory) signLocked(ctx context.Context, size int64) (*signedCheckpoint, error) {
+	cur := d.signed
+	if cur != nil && size < cur.cp.Size {
+		now, err := d.store.Size(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if now >= cur.cp.Size {
+			return nil, errGrew
+		}
+		d.setFault(fmt.Sprintf("rolled back: the database log has %d entries, the last signed checkpoint %d (restore the database to at least %d entries; docs/keydir.md, \"After a database rollback\")", now, cur.cp.Size, cur.cp.Size))
+		return nil, fmt.Errorf("%w: %d entries, %d signed", ErrRolledBack, now, cur.cp.Size)
+	}
+	if cur != nil && size == cur.cp.Size {
 		return cur, nil
 	}
 	hr := d.store.HashReader(ctx)
@@ -230,16 +497,14 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	if err != nil {
 		return nil, fmt.Errorf("keydir: tree hash at %d: %w", size, err)
 	}
-	// Never sign a tree that does not extend the last one signed: stored
-	// hashes changed under a running server must not turn into a signed
-	// fork. (After a restart the auditors' stored checkpoints catch it.)
-	if cur != nil && cur.cp.Size > 0 && size > cur.cp.Size {
+	if cur != nil && cur.cp.Size > 0 {
 		p, err := tlog.ProveTree(size, cur.cp.Size, hr)
 		if err == nil {
 			err = tlog.CheckTree(p, size, root, cur.cp.Size, cur.cp.Hash)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", logdb.ErrCorrupt, size, cur.cp.Size, err)
+			d.setFault(fmt.Sprintf("diverged: the database log differs from the last signed checkpoint at size %d", cur.cp.Size))
+			return nil, fmt.Errorf("%w: the tree of %d does not extend the one of %d signed before: %v", ErrDiverged, size, cur.cp.Size, err)
 		}
 	}
 	cp := keylog.Checkpoint{Origin: d.Origin(), Size: size, Hash: root}
@@ -247,25 +512,27 @@ func (d *Directory) checkpointAt(ctx context.Context, size int64) (*signedCheckp
 	if err != nil {
 		return nil, err
 	}
-	sc := &signedCheckpoint{cp: cp, msg: msg}
-	d.mu.Lock()
-	if d.latest == nil || d.latest.cp.Size < size {
-		d.latest = sc
+	// Durable before it is served: a checkpoint that a device may have
+	// seen is never forgotten by the signer.
+	if err := WriteState(d.cfg.StateFile, msg); err != nil {
+		return nil, err
 	}
-	d.mu.Unlock()
+	sc := &signedCheckpoint{cp: cp, msg: msg}
+	d.signed = sc
+	d.store.SetFloor(size)
 	return sc, nil
 }
 
-// prove returns the inclusion proof of leaf idx, whose record is rec, in
-// the tree of cp. It checks the proof before returning it: data read from
-// the database is suspect until a check passes, and a device must never
-// be handed a proof that fails.
-func (d *Directory) prove(ctx context.Context, idx int64, rec keylog.Record, cp keylog.Checkpoint) (tlog.RecordProof, error) {
+// prove returns the inclusion proof of leaf idx, whose record text is
+// rec, in the tree of cp. It checks the proof before returning it: data
+// read from the database is suspect until a check passes, and a device
+// must never be handed a proof that fails.
+func (d *Directory) prove(ctx context.Context, idx int64, rec []byte, cp keylog.Checkpoint) (tlog.RecordProof, error) {
 	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
-	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec.Marshal())); err != nil {
+	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec)); err != nil {
 		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", logdb.ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil
@@ -299,17 +566,128 @@ func (d *Directory) allowLookups(who jid.JID, n int) error {
 
 // internal logs err and returns what goes on the wire for it.
 func (d *Directory) internal(what string, err error) error {
+	if errors.Is(err, errNotReady) {
+		return err
+	}
 	d.log.Error("keydir: "+what, "err", err)
 	return component.Error(stanza.InternalServerError, "")
 }
 
-func entryFor(b logdb.Binding, p tlog.RecordProof) keydirxml.Entry {
-	return keydirxml.Entry{
-		JID: b.JID, Status: keydirxml.StatusFound, Index: b.Index, Time: b.Time,
-		Fingerprint: hex.EncodeToString(b.Fingerprint[:]),
-		Key:         base64.StdEncoding.EncodeToString(b.Key),
-		Proof:       keydirxml.NewProof(p),
+// answer is a snapshot proven against a signed checkpoint: the header and
+// entries of a v1 result.
+type answer struct {
+	checkpoint string
+	head       *keydirxml.Head
+	entries    []keydirxml.Entry1
+	cp         keylog.Checkpoint
+}
+
+// prove signs (or reuses) the checkpoint of snap's size and builds the
+// v1 answer: the head and every entry with its VRF, map and inclusion
+// proofs, each checked here first.
+func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*answer, error) {
+	sc, err := d.checkpointAt(ctx, snap.Size)
+	if err != nil {
+		return nil, err
 	}
+	head, err := keylog.ParseRecordV1(snap.Head)
+	if err != nil || head.Map != snap.MapRoot {
+		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
+	}
+	hp, err := d.prove(ctx, snap.Size-1, snap.Head, sc.cp)
+	if err != nil {
+		return nil, err
+	}
+	a := &answer{checkpoint: string(sc.msg), cp: sc.cp,
+		head: &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}}
+	for _, e := range snap.Entries {
+		ent, err := d.entry(ctx, e, snap.MapRoot, sc.cp)
+		if err != nil {
+			return nil, err
+		}
+		a.entries = append(a.entries, ent)
+	}
+	return a, nil
+}
+
+// entry builds and checks one JID's v1 entry.
+func (d *Directory) entry(ctx context.Context, e logdb.Entry, mapRoot [32]byte, cp keylog.Checkpoint) (keydirxml.Entry1, error) {
+	out := keydirxml.Entry1{JID: e.JID, Status: keydirxml.StatusNone, VRF: keydirxml.EncodeBlob(e.VRFProof), Map: keydirxml.EncodeBlob(e.MapProof.Marshal())}
+	if err := keylog.VerifyMap(mapRoot, e.Index, e.Value, e.MapProof); err != nil {
+		return out, fmt.Errorf("%w: the map proof of %s: %v", logdb.ErrCorrupt, e.JID, err)
+	}
+	if e.Value == nil {
+		return out, nil
+	}
+	v := *e.Value
+	out.Version, out.Index, out.Fingerprint = v.Version, v.Entry, hex.EncodeToString(v.Fingerprint[:])
+	kind, t, root, err := recordFields(e.Record)
+	if err != nil {
+		return out, fmt.Errorf("%w: entry %d: %v", logdb.ErrCorrupt, v.Entry, err)
+	}
+	out.Time = t
+	if root != nil {
+		out.Record, out.Root = keydirxml.RecordV1, base64.StdEncoding.EncodeToString(root[:])
+	} else {
+		out.Record = keydirxml.RecordV0
+	}
+	if v.Ended {
+		out.Status, out.Kind = keydirxml.StatusEnded, string(kind)
+	} else {
+		out.Status, out.Key = keydirxml.StatusFound, base64.StdEncoding.EncodeToString(e.Key)
+	}
+	if (kind == keylog.KindPublish) == v.Ended {
+		return out, fmt.Errorf("%w: entry %d is a %s, the map says ended=%v", logdb.ErrCorrupt, v.Entry, kind, v.Ended)
+	}
+	p, err := d.prove(ctx, v.Entry, e.Record, cp)
+	if err != nil {
+		return out, err
+	}
+	out.Proof = keydirxml.EncodeHashBlob(p)
+	return out, nil
+}
+
+// recordFields reads kind, time and (v1) the map root of an entry's
+// record.
+func recordFields(text []byte) (keylog.Kind, int64, *[32]byte, error) {
+	ver, err := keylog.RecordVersion(text)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	if ver == 0 {
+		r, err := keylog.ParseRecord(text)
+		return r.Kind, r.Time, nil, err
+	}
+	r, err := keylog.ParseRecordV1(text)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	switch r.Kind {
+	case keylog.KindPublish, keylog.KindReset, keylog.KindDelete:
+	default:
+		return "", 0, nil, fmt.Errorf("a %s record sets no value", r.Kind)
+	}
+	return r.Kind, r.Time, &r.Map, nil
+}
+
+// lookupAnswer reads jids and proves the answer, again if the log grew
+// between the read and the signing.
+func (d *Directory) lookupAnswer(ctx context.Context, read func() (*logdb.Snapshot, error)) (*logdb.Snapshot, *answer, error) {
+	for range 3 {
+		snap, err := read()
+		if err != nil {
+			if errors.Is(err, logdb.ErrBelowFloor) {
+				d.check(ctx)
+			}
+			return nil, nil, err
+		}
+		a, err := d.proveSnapshot(ctx, snap)
+		if errors.Is(err, errGrew) {
+			continue
+		}
+		return snap, a, err
+	}
+	return nil, nil, errors.New("keydir: the log kept growing under the lookup")
 }
 
 func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -323,8 +701,8 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if who.Domainpart() != d.cfg.LocalDomain {
 		return nil, component.Errorf(stanza.Forbidden, "only users of %s may publish keys here", d.cfg.LocalDomain)
 	}
-	var req keydirxml.Publish
-	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "publish"}, &req); err != nil {
+	var req keydirxml.Publish1
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS1, Local: "publish"}, &req); err != nil {
 		return nil, err
 	}
 	if err := req.Validate(); err != nil {
@@ -357,35 +735,27 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 	if errors.Is(err, logdb.ErrConflict) {
 		return nil, component.Errorf(stanza.Conflict, "%s already has a different key; the first key published stays until an operator reset or the account's deletion", bare)
 	}
+	if errors.Is(err, logdb.ErrBelowFloor) {
+		d.check(ctx)
+		return nil, d.internal("publish", errNotReady)
+	}
 	if err != nil {
 		return nil, d.internal("publish", err)
 	}
 	if created {
-		d.log.Info("keydir: key published", "index", b.Index)
+		d.log.Info("keydir: key published", "index", b.Value.Entry)
 	}
-	sc, err := d.checkpointAtLeast(ctx, b.Index+1)
+	_, a, err := d.lookupAnswer(ctx, func() (*logdb.Snapshot, error) { return d.store.Lookup(ctx, []jid.JID{bare}) })
 	if err != nil {
-		return nil, d.internal("checkpoint", err)
+		return nil, d.internal("publish", err)
 	}
-	p, err := d.prove(ctx, b.Index, b.Record(), sc.cp)
-	if err != nil {
-		return nil, d.internal("prove", err)
+	e := a.entries[0]
+	if e.Status != keydirxml.StatusFound || e.Fingerprint != hex.EncodeToString(b.Value.Fingerprint[:]) {
+		// Ended meanwhile (an operator reset in the same instant): the
+		// device sees the truth and may publish again.
+		d.log.Info("keydir: binding changed right after its publish", "index", b.Value.Entry)
 	}
-	e := entryFor(b, p)
-	return keydirxml.Publish{Checkpoint: string(sc.msg), Entry: &e}, nil
-}
-
-// checkpointAtLeast signs the current size, which is at least min once
-// the caller's own append committed.
-func (d *Directory) checkpointAtLeast(ctx context.Context, min int64) (*signedCheckpoint, error) {
-	size, err := d.store.Size(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if size < min {
-		return nil, fmt.Errorf("%w: size %d below a committed leaf %d", logdb.ErrCorrupt, size, min-1)
-	}
-	return d.checkpointAt(ctx, size)
+	return keydirxml.Publish1{Checkpoint: a.checkpoint, Head: a.head, Entry: &e}, nil
 }
 
 func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -396,8 +766,8 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, err
 	}
-	var req keydirxml.Lookup
-	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "lookup"}, &req); err != nil {
+	var req keydirxml.Lookup1
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS1, Local: "lookup"}, &req); err != nil {
 		return nil, err
 	}
 	if len(req.JIDs) > d.cfg.MaxBatch {
@@ -408,50 +778,39 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	}
 	// Canonicalise and de-duplicate: case variants are one JID.
 	var (
-		jids   []jid.JID
-		labels [][32]byte
-		seen   = map[[32]byte]bool{}
+		jids []jid.JID
+		seen = map[string]bool{}
 	)
 	for _, s := range req.JIDs {
 		j, err := keylog.ParseBareJID(s)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", s)
 		}
-		l := keylog.Label(j)
-		if seen[l] {
+		if seen[j.String()] {
 			continue
 		}
-		seen[l] = true
-		jids, labels = append(jids, j), append(labels, l)
+		seen[j.String()] = true
+		jids = append(jids, j)
 	}
 	if err := d.allowLookups(who, len(jids)); err != nil {
 		return nil, err
 	}
-	found, size, err := d.store.Lookup(ctx, labels)
+	_, a, err := d.lookupAnswer(ctx, func() (*logdb.Snapshot, error) { return d.store.Lookup(ctx, jids) })
 	if err != nil {
 		return nil, d.internal("lookup", err)
 	}
-	sc, err := d.checkpointAt(ctx, size)
-	if err != nil {
-		return nil, d.internal("checkpoint", err)
-	}
-	res := keydirxml.Lookup{Checkpoint: string(sc.msg), Entries: make([]keydirxml.Entry, 0, len(jids))}
-	for i, j := range jids {
-		b, ok := found[labels[i]]
-		if !ok {
-			res.Entries = append(res.Entries, keydirxml.Entry{JID: j.String(), Status: keydirxml.StatusNone})
-			continue
-		}
-		p, err := d.prove(ctx, b.Index, b.Record(), sc.cp)
-		if err != nil {
-			return nil, d.internal("prove", err)
-		}
-		res.Entries = append(res.Entries, entryFor(b, p))
-	}
-	return res, nil
+	return keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries}, nil
 }
 
-func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza) (any, error) {
+func (d *Directory) checkpointHandler(v0 bool) func(context.Context, *component.Stanza) (any, error) {
+	return func(ctx context.Context, iq *component.Stanza) (any, error) { return d.handleCheckpoint(ctx, iq, v0) }
+}
+
+func (d *Directory) consistencyHandler(v0 bool) func(context.Context, *component.Stanza) (any, error) {
+	return func(ctx context.Context, iq *component.Stanza) (any, error) { return d.handleConsistency(ctx, iq, v0) }
+}
+
+func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza, v0 bool) (any, error) {
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
@@ -466,10 +825,13 @@ func (d *Directory) handleCheckpoint(ctx context.Context, iq *component.Stanza) 
 	if err != nil {
 		return nil, d.internal("checkpoint", err)
 	}
-	return keydirxml.Checkpoint{Text: string(msg)}, nil
+	if v0 {
+		return keydirxml.Checkpoint{Text: string(msg)}, nil
+	}
+	return keydirxml.Checkpoint1{Text: string(msg)}, nil
 }
 
-func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza) (any, error) {
+func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza, v0 bool) (any, error) {
 	if err := wantType(iq, stanza.GetIQ); err != nil {
 		return nil, err
 	}
@@ -477,12 +839,23 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err != nil {
 		return nil, err
 	}
-	var req keydirxml.Consistency
-	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "consistency"}, &req); err != nil {
-		return nil, err
-	}
-	if err := req.Validate(); err != nil {
-		return nil, component.BadRequest(err.Error())
+	var req keydirxml.Consistency1
+	if v0 {
+		var r keydirxml.Consistency
+		if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "consistency"}, &r); err != nil {
+			return nil, err
+		}
+		if err := r.Validate(); err != nil {
+			return nil, component.BadRequest(err.Error())
+		}
+		req = keydirxml.Consistency1{Old: r.Old, New: r.New}
+	} else {
+		if err := iq.Decode(xml.Name{Space: keydirxml.NS1, Local: "consistency"}, &req); err != nil {
+			return nil, err
+		}
+		if err := req.Validate(); err != nil {
+			return nil, component.BadRequest(err.Error())
+		}
 	}
 	if err := d.allowLookups(who, 1); err != nil {
 		return nil, err
@@ -499,11 +872,14 @@ func (d *Directory) handleConsistency(ctx context.Context, iq *component.Stanza)
 	if err != nil {
 		return nil, d.internal("prove tree", err)
 	}
-	res := keydirxml.Consistency{Old: req.Old, New: req.New, Hashes: make([]string, len(p))}
-	for i, h := range p {
-		res.Hashes[i] = keydirxml.EncodeHash(h)
+	if v0 {
+		res := keydirxml.Consistency{Old: req.Old, New: req.New, Hashes: make([]string, len(p))}
+		for i, h := range p {
+			res.Hashes[i] = keydirxml.EncodeHash(h)
+		}
+		return res, nil
 	}
-	return res, nil
+	return keydirxml.Consistency1{Old: req.Old, New: req.New, Proof: keydirxml.EncodeHashBlob(p)}, nil
 }
 
 func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -514,8 +890,8 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 	if err != nil {
 		return nil, err
 	}
-	var req keydirxml.History
-	if err := iq.Decode(xml.Name{Space: keydirxml.NS, Local: "history"}, &req); err != nil {
+	var req keydirxml.History1
+	if err := iq.Decode(xml.Name{Space: keydirxml.NS1, Local: "history"}, &req); err != nil {
 		return nil, err
 	}
 	bare, err := keylog.ParseBareJID(who.String())
@@ -531,28 +907,50 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 			return nil, component.Error(stanza.Forbidden, "history is served only for your own JID")
 		}
 	}
+	if req.From < 0 {
+		return nil, component.BadRequest("from is a version, 1 or more")
+	}
+	from := max(req.From, 1)
 	if err := d.allowLookups(who, 1); err != nil {
 		return nil, err
 	}
-	entries, size, err := d.store.History(ctx, keylog.Label(bare), keydirxml.MaxHistoryItems)
+	snap, a, err := d.lookupAnswer(ctx, func() (*logdb.Snapshot, error) {
+		return d.store.History(ctx, bare, from, keydirxml.MaxHistoryItems)
+	})
 	if err != nil {
 		return nil, d.internal("history", err)
 	}
-	sc, err := d.checkpointAt(ctx, size)
-	if err != nil {
-		return nil, d.internal("checkpoint", err)
-	}
-	res := keydirxml.History{JID: bare.String(), Checkpoint: string(sc.msg)}
-	for _, e := range entries {
-		p, err := d.prove(ctx, e.Index, e.Record, sc.cp)
+	res := keydirxml.History1{JID: bare.String(), From: from, Checkpoint: a.checkpoint, Head: a.head, Entry: &a.entries[0]}
+	for _, h := range snap.History {
+		kind, t, root, err := recordFields(h.Record)
 		if err != nil {
-			return nil, d.internal("prove", err)
+			return nil, d.internal("history", fmt.Errorf("%w: entry %d: %v", logdb.ErrCorrupt, h.Index, err))
 		}
-		res.Records = append(res.Records, keydirxml.Record{
-			Index: e.Index, Kind: string(e.Record.Kind), Time: e.Record.Time,
-			Fingerprint: hex.EncodeToString(e.Record.Fingerprint[:]),
-			Proof:       keydirxml.NewProof(p),
-		})
+		fp, err := recordFingerprint(h.Record)
+		if err != nil {
+			return nil, d.internal("history", err)
+		}
+		p, err := d.prove(ctx, h.Index, h.Record, a.cp)
+		if err != nil {
+			return nil, d.internal("history", err)
+		}
+		r := keydirxml.Record1{Version: h.Version, Index: h.Index, Kind: string(kind), Time: t,
+			Fingerprint: hex.EncodeToString(fp[:]), Record: keydirxml.RecordV0, Proof: keydirxml.EncodeHashBlob(p)}
+		if root != nil {
+			r.Record, r.Root = keydirxml.RecordV1, base64.StdEncoding.EncodeToString(root[:])
+		}
+		res.Records = append(res.Records, r)
 	}
 	return res, nil
+}
+
+func recordFingerprint(text []byte) ([32]byte, error) {
+	if r, err := keylog.ParseRecord(text); err == nil {
+		return r.Fingerprint, nil
+	}
+	r, err := keylog.ParseRecordV1(text)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("%w: %v", logdb.ErrCorrupt, err)
+	}
+	return r.Fingerprint, nil
 }

@@ -1,6 +1,8 @@
 package keydir
 
 import (
+	"bytes"
+	"compress/gzip"
 	"net/http"
 	"strconv"
 	"strings"
@@ -18,9 +20,13 @@ import (
 //	GET /tile/<L>/<N>[.p/<W>]          hash tiles, height 8
 //	GET /tile/entries/<N>[.p/<W>]      entry bundles: uint16-length-prefixed leaf records
 //
-// Full tiles never change and are served as immutable; a partial tile is
-// served for any width the log has reached, and the checkpoint is never
-// cached. Nothing here lists JIDs: entries hold labels, not addresses.
+// Every tile and bundle is immutable, partial ones included (a width's
+// bytes never change; a client moves on to a wider one by asking for
+// it), as tlog-tiles says; the checkpoint is never cached. Entry bundles
+// are gzip-compressed for clients that accept it. While the directory is
+// not ready (Ready) every path answers 503: a rolled-back database must
+// not be served as the log. Nothing here lists JIDs: entries hold labels
+// and VRF indices, not addresses.
 func (d *Directory) LogHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /checkpoint", d.serveCheckpoint)
@@ -28,9 +34,23 @@ func (d *Directory) LogHandler() http.Handler {
 	return mux
 }
 
+func (d *Directory) notReady(w http.ResponseWriter, r *http.Request) bool {
+	if reason := d.serving(r.Context()); reason != "" {
+		httpjson.Error(w, http.StatusServiceUnavailable, "not_ready", "the key directory is not serving: its database does not extend the last signed checkpoint")
+		return true
+	}
+	return false
+}
+
 func (d *Directory) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
+	if d.notReady(w, r) {
+		return
+	}
 	msg, _, err := d.Checkpoint(r.Context())
 	if err != nil {
+		if d.notReady(w, r) {
+			return
+		}
 		d.log.Error("keydir: http checkpoint", "err", err)
 		httpjson.Error(w, http.StatusInternalServerError, "internal", "the checkpoint could not be made")
 		return
@@ -45,6 +65,9 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 	t, err := keylog.ParseTilePath(strings.TrimPrefix(r.URL.Path, "/"))
 	if err != nil {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "not a tile path")
+		return
+	}
+	if d.notReady(w, r) {
 		return
 	}
 	ctx := r.Context()
@@ -73,7 +96,7 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 		var recs [][]byte
 		recs, err = d.store.ReadRecords(ctx, start, t.W)
 		if err == nil {
-			data = keylog.AppendEntryBundle(make([]byte, 0, t.W*180), recs...)
+			data = keylog.AppendEntryBundle(make([]byte, 0, t.W*220), recs...)
 		}
 	} else {
 		data, err = tlog.ReadTileData(t, d.store.HashReader(ctx))
@@ -85,13 +108,35 @@ func (d *Directory) serveTile(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Content-Length", strconv.Itoa(len(data)))
-	if t.W == keylog.TileWidth {
-		h.Set("Cache-Control", "public, max-age=31536000, immutable")
-	} else {
-		// A partial tile's bytes never change either, but clients should
-		// move on to the wider one as the log grows.
-		h.Set("Cache-Control", "public, max-age=60")
+	h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	if t.L == keylog.EntriesLevel {
+		// Records are text and compress well; hash tiles do not.
+		h.Set("Vary", "Accept-Encoding")
+		if acceptsGzip(r) {
+			var buf bytes.Buffer
+			zw := gzip.NewWriter(&buf)
+			zw.Write(data)
+			zw.Close()
+			data = buf.Bytes()
+			h.Set("Content-Encoding", "gzip")
+		}
 	}
+	h.Set("Content-Length", strconv.Itoa(len(data)))
 	w.Write(data)
+}
+
+// acceptsGzip reports whether the request's Accept-Encoding allows gzip
+// (RFC 9110: listed without q=0).
+func acceptsGzip(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept-Encoding") {
+		for _, part := range strings.Split(v, ",") {
+			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+				continue
+			}
+			q := strings.ReplaceAll(params, " ", "")
+			return q != "q=0" && q != "q=0.0" && q != "q=0.00" && q != "q=0.000"
+		}
+	}
+	return false
 }

@@ -21,7 +21,10 @@ type Checkpoint struct {
 }
 
 // MaxCheckpointSize bounds a signed checkpoint (body and signatures).
-const MaxCheckpointSize = 2048
+// C2SP signed-note: verifiers MUST accept at least 16 signatures, and a
+// post-quantum cosignature line is nearly 5 kB; note.Open refuses more
+// than 100 signature lines. 128 KiB holds 16 of the largest and more.
+const MaxCheckpointSize = 128 << 10
 
 // Marshal returns the checkpoint body:
 //

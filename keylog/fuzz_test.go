@@ -3,6 +3,7 @@ package keylog_test
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"testing"
@@ -139,6 +140,118 @@ func FuzzParseBareJID(f *testing.F) {
 		again, err := keylog.ParseBareJID(j.String())
 		if err != nil || keylog.Label(again) != keylog.Label(j) {
 			t.Fatalf("ParseBareJID(%q) = %q, which re-parses as %q, %v", in, j, again, err)
+		}
+	})
+}
+
+// FuzzParseRecordV1: a v1 record that parses marshals back to the same
+// bytes; refusals wrap ErrBadRecord.
+func FuzzParseRecordV1(f *testing.F) {
+	vrf, _ := keylog.NewVRFSigner("clink.example.org/keydir", make([]byte, 32))
+	for _, r := range []keylog.RecordV1{
+		{Kind: keylog.KindPublish, Version: 1, Time: 1795636800},
+		{Kind: keylog.KindReset, Version: 2},
+		{Kind: keylog.KindMigrate, Version: 3},
+		{Kind: keylog.KindGenesis, VRFKey: vrf.Public().String()},
+		{Kind: keylog.KindTick, Time: 4},
+	} {
+		f.Add(r.Marshal())
+	}
+	f.Add([]byte("clinkme-keydir v2\nkind tick\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := keylog.ParseRecordV1(in)
+		if err != nil {
+			if !errors.Is(err, keylog.ErrBadRecord) {
+				t.Fatalf("ParseRecordV1 error %v does not wrap ErrBadRecord", err)
+			}
+			return
+		}
+		if out := r.Marshal(); !bytes.Equal(out, in) {
+			t.Fatalf("ParseRecordV1(%q).Marshal() = %q", in, out)
+		}
+	})
+}
+
+// FuzzMapProof: any bytes as a proof against a fixed map: parsing never
+// panics, what parses re-encodes to the same bytes, and VerifyMap accepts
+// only the true answer for the index (its value, or absence).
+func FuzzMapProof(f *testing.F) {
+	m := new(keylog.Map)
+	var keys [][32]byte
+	for i := range 40 {
+		k := sha256.Sum256([]byte{byte(i)})
+		keys = append(keys, k)
+		m.Set(k, keylog.MapValue{Entry: int64(i), Version: int64(i + 1), Ended: i%3 == 0})
+	}
+	root := m.Root()
+	for i := range 4 {
+		f.Add(m.Prove(keys[i]).Marshal(), byte(i), true)
+		f.Add(m.Prove(sha256.Sum256([]byte{byte(100 + i)})).Marshal(), byte(100+i), false)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, which byte, present bool) {
+		p, err := keylog.ParseMapProof(in)
+		if err != nil {
+			if !errors.Is(err, keylog.ErrBadMapProof) {
+				t.Fatalf("ParseMapProof error %v does not wrap ErrBadMapProof", err)
+			}
+			return
+		}
+		if out := p.Marshal(); !bytes.Equal(out, in) {
+			t.Fatalf("ParseMapProof(%x).Marshal() = %x", in, out)
+		}
+		x := sha256.Sum256([]byte{which})
+		truth, ok := m.Get(x)
+		var claim *keylog.MapValue
+		if present {
+			v := keylog.MapValue{Entry: int64(which), Version: int64(which) + 1, Ended: which%3 == 0}
+			claim = &v
+		}
+		if keylog.VerifyMap(root, x, claim, p) == nil && (ok != present || (ok && truth != *claim)) {
+			t.Fatalf("VerifyMap accepted a false answer for index %d (present=%v): %x", which, present, in)
+		}
+	})
+}
+
+// FuzzMapOps: random sets applied one at a time and in bulk give the same
+// root, and every index proves its value.
+func FuzzMapOps(f *testing.F) {
+	f.Add([]byte{1, 2, 3, 4, 1, 9})
+	f.Add([]byte{0, 0, 0, 255, 128, 128, 7})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		m := new(keylog.Map)
+		vals := map[[32]byte]keylog.MapValue{}
+		for i, op := range ops {
+			var x [32]byte
+			x[0], x[31] = op&0xf0, op&0x0f // long shared prefixes
+			v := keylog.MapValue{Entry: int64(i), Version: int64(i + 1), Ended: op&1 == 1}
+			m.Set(x, v)
+			vals[x] = v
+		}
+		var entries []keylog.MapEntry
+		for k, v := range vals {
+			entries = append(entries, keylog.MapEntry{Index: k, Value: v})
+		}
+		bulk, err := keylog.BuildMap(entries)
+		if err != nil || bulk.Root() != m.Root() {
+			t.Fatalf("bulk root %x, %v; incremental %x", bulk.Root(), err, m.Root())
+		}
+		for k, v := range vals {
+			if err := keylog.VerifyMap(m.Root(), k, &v, m.Prove(k)); err != nil {
+				t.Fatalf("VerifyMap(%x) = %v", k, err)
+			}
+		}
+	})
+}
+
+// FuzzParseVRFKey: what parses formats back to the same string.
+func FuzzParseVRFKey(f *testing.F) {
+	vrf, _ := keylog.NewVRFSigner("clink.example.org/keydir", make([]byte, 32))
+	f.Add(vrf.Public().String())
+	f.Add("a+00000000+AAAA")
+	f.Fuzz(func(t *testing.T, in string) {
+		k, err := keylog.ParseVRFKey(in)
+		if err == nil && k.String() != in {
+			t.Fatalf("ParseVRFKey(%q) formats as %q", in, k.String())
 		}
 	})
 }

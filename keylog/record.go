@@ -37,7 +37,8 @@ func (k Kind) valid() bool { return k == KindPublish || k == KindReset || k == K
 //	time <Unix seconds, decimal, no sign, no leading zeros>\n
 //
 // A later version changes the first line; a parser of this version
-// refuses it.
+// refuses it (ErrUnsupportedVersion). A log may hold v0 records followed
+// by v1 records (RecordV1), never the reverse.
 type Record struct {
 	Label       [32]byte // Label(bare JID)
 	Kind        Kind
@@ -74,12 +75,15 @@ var ErrBadRecord = errors.New("keylog: malformed log record")
 func ParseRecord(b []byte) (Record, error) {
 	var r Record
 	bad := func(what string) (Record, error) { return Record{}, fmt.Errorf("%w: %s", ErrBadRecord, what) }
-	if len(b) > MaxRecordSize {
-		return bad("too long")
-	}
 	rest, ok := bytes.CutPrefix(b, []byte(recordHeader))
 	if !ok {
+		if otherVersion(b, "v0") {
+			return Record{}, fmt.Errorf("%w: %w: not a clinkme-keydir v0 record: %q", ErrBadRecord, ErrUnsupportedVersion, firstLine(b))
+		}
 		return bad("not a clinkme-keydir v0 record")
+	}
+	if len(b) > MaxRecordSize {
+		return bad("too long")
 	}
 	field := func(name string) ([]byte, bool) {
 		v, ok := bytes.CutPrefix(rest, []byte(name+" "))
@@ -146,9 +150,8 @@ const labelPrefix = "clinkme-keydir label v0\n"
 // width variants of one address cannot make two labels.
 //
 // A label hides the JID from a casual reader of the log but not from a
-// guesser: anyone can hash a candidate JID and compare. A VRF (as in
-// CONIKS and WhatsApp's key transparency) would close that; see
-// docs/protocol.md.
+// guesser: anyone can hash a candidate JID and compare. v1 records index
+// JIDs by a VRF output instead (VRFSigner.Index); see docs/protocol.md.
 func Label(bare jid.JID) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(labelPrefix))

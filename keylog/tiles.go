@@ -121,8 +121,9 @@ func ParseTilePath(p string) (tlog.Tile, error) {
 	return t, nil
 }
 
-// MaxEntrySize bounds one entry of a bundle; records are far smaller.
-const MaxEntrySize = MaxRecordSize
+// MaxEntrySize bounds one entry of a bundle: the larger of the v0 and v1
+// record bounds.
+const MaxEntrySize = MaxRecordSizeV1
 
 // AppendEntryBundle appends entries in the C2SP entry-bundle encoding:
 // each entry prefixed by its length as a big-endian uint16.

@@ -32,7 +32,42 @@ type CoturnOptions struct {
 	// AllowLoopbackPeers lets allocations relay to 127.0.0.1, where the
 	// lab's test peers are. Production denies it.
 	AllowLoopbackPeers bool
-	Logger             *slog.Logger
+	// Shipped, if set, is the text of a config we ship (docker/coturn or
+	// packaging/coturn): it runs as shipped, but for the lines that say
+	// where (addresses, ports, realm, files, the secret), which are the
+	// lab's. A test proves with it that the shipped files start and
+	// relay.
+	Shipped string
+	Logger  *slog.Logger
+}
+
+// deploymentKeys are the lines of a shipped coturn config that belong to
+// one deployment; Shipped replaces them with the lab's.
+var deploymentKeys = map[string]bool{
+	"listening-ip": true, "relay-ip": true, "external-ip": true, "listening-port": true, "tls-listening-port": true,
+	"min-port": true, "max-port": true, "realm": true, "static-auth-secret": true, "userdb": true,
+	"cert": true, "pkey": true, "pidfile": true, "log-file": true, "no-stdout-log": true,
+}
+
+// deployShipped returns the shipped config with its deployment lines
+// replaced by the lab's (taken from the rendered lab config).
+func deployShipped(shipped, labConf string) string {
+	var out []string
+	for _, line := range strings.Split(shipped, "\n") {
+		key, _, _ := strings.Cut(strings.TrimSpace(line), "=")
+		if deploymentKeys[key] {
+			continue
+		}
+		out = append(out, line)
+	}
+	out = append(out, "# --- The lab's deployment lines")
+	for _, line := range strings.Split(labConf, "\n") {
+		key, _, _ := strings.Cut(strings.TrimSpace(line), "=")
+		if deploymentKeys[key] {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n") + "\n"
 }
 
 // CoturnUserQuota is coturn's user-quota in the lab and in the config
@@ -129,6 +164,9 @@ func startCoturn(ctx context.Context, opts CoturnOptions) (*Coturn, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if opts.Shipped != "" {
+		conf = []byte(deployShipped(opts.Shipped, string(conf)))
 	}
 	confFile := filepath.Join(dir, "turnserver.conf")
 	if err := writeOwned(confFile, conf, acct); err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinkme/clinkd/internal/turnprobe"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -111,4 +112,37 @@ func TestCoturnClose(t *testing.T) {
 func credentialFlags(c *lab.Coturn) []string {
 	user, pass := c.Credentials("carol", time.Hour)
 	return []string{"-u", user, "-w", pass}
+}
+
+// TestShippedCoturnConfigsRun starts real coturn with each config we ship
+// (the container's and the host's), their deployment lines replaced by the
+// lab's, and allocates a relay with TURN REST credentials: the files as
+// shipped start, serve TLS and relay.
+func TestShippedCoturnConfigsRun(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"../docker/coturn/turnserver.conf", "../packaging/coturn/turnserver.conf"} {
+		t.Run(filepath.Base(filepath.Dir(filepath.Dir(path))), func(t *testing.T) {
+			t.Parallel()
+			shipped, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := lab.StartCoturn(t.Context(), lab.CoturnOptions{
+				Dir: t.TempDir(), Realm: "turn.lab.localhost", Secret: "a shipped-config secret", CA: labtest.CA(t),
+				Shipped: string(shipped),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			user, pass := c.Credentials("alice@lab.localhost", time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a, err := turnprobe.Allocate(ctx, "udp", c.UDPAddr, nil, user, pass)
+			if err != nil {
+				t.Fatalf("allocate with %s: %v\n%s", path, err, c.LogTail())
+			}
+			a.Close()
+		})
+	}
 }

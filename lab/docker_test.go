@@ -45,10 +45,12 @@ func TestDockerConfigsMatchLab(t *testing.T) {
 			"Port": 3478, "TLSPort": 5349, "Realm": "r", "Secret": "s", "CertFile": "/c", "KeyFile": "/k",
 			"AllowLoopbackPeers": false, "PIDFile": "/p", "LogFile": "/l", "UserDB": "/u", "UserQuota": CoturnUserQuota,
 		})
-		shipped := mustRead(t, "../docker/coturn/turnserver.conf")
 		skip := []string{"listening-ip", "relay-ip", "listening-port", "tls-listening-port", "realm",
-			"static-auth-secret", "userdb", "cert", "pkey", "pidfile", "log-file", "no-stdout-log"}
-		compare(t, coturnSettings(lab, skip), coturnSettings(shipped, skip))
+			"static-auth-secret", "userdb", "cert", "pkey", "pidfile", "log-file", "no-stdout-log",
+			"min-port", "max-port"}
+		for _, shipped := range []string{"../docker/coturn/turnserver.conf", "../packaging/coturn/turnserver.conf"} {
+			compare(t, coturnSettings(lab, skip), coturnSettings(mustRead(t, shipped), skip))
+		}
 	})
 }
 
@@ -210,9 +212,10 @@ func TestCoturnConfigHardened(t *testing.T) {
 		}
 	}
 	configs := map[string]string{
-		"docker/coturn/turnserver.conf": mustRead(t, "../docker/coturn/turnserver.conf"),
-		"lab":                           mustRender(t, "turnserver.conf.tmpl", data(false)),
-		"lab+loopback":                  mustRender(t, "turnserver.conf.tmpl", data(true)),
+		"docker/coturn/turnserver.conf":    mustRead(t, "../docker/coturn/turnserver.conf"),
+		"packaging/coturn/turnserver.conf": mustRead(t, "../packaging/coturn/turnserver.conf"),
+		"lab":                              mustRender(t, "turnserver.conf.tmpl", data(false)),
+		"lab+loopback":                     mustRender(t, "turnserver.conf.tmpl", data(true)),
 	}
 	required := []string{
 		"use-auth-secret", "realm", "tls-listening-port", "cert", "pkey", "fingerprint", "no-cli",

@@ -144,14 +144,22 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("labdeploy: certificate: %w", err)
 	}
-	// The key directory signs its log with a key made for this lab.
+	// The key directory signs its log with a key made for this lab, and
+	// indexes JIDs with a VRF key of its own. (The lab's origin predates
+	// the URL-prefix recommendation for new logs, and the lab's URL is a
+	// new port each run: it keeps a fixed name.)
 	keyOrigin := ComponentDomain + "/keydir"
 	vkey, err := keylog.GenerateKey(keyOrigin, filepath.Join(opts.Dir, "keydir-signer.key"))
 	if err != nil {
 		return nil, fmt.Errorf("labdeploy: key directory signer: %w", err)
 	}
+	vrfKey, err := keylog.GenerateVRFKey(keyOrigin, filepath.Join(opts.Dir, "keydir.vrf"))
+	if err != nil {
+		return nil, fmt.Errorf("labdeploy: key directory VRF key: %w", err)
+	}
 	cfg := daemon.Defaults()
 	cfg.KeyDir.SignerKeyFile = filepath.Join(opts.Dir, "keydir-signer.key")
+	cfg.KeyDir.VRFKeyFile = filepath.Join(opts.Dir, "keydir.vrf")
 	cfg.Link = daemon.LinkConfig{
 		Addr: d.XMPP.Components[0].Addr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
 	}
@@ -187,17 +195,18 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		}
 	}
 	d.Info = labfile.Info{
-		Server:         string(opts.Server),
-		Domain:         Domain,
-		C2S:            d.XMPP.C2SAddr,
-		Component:      comp.Domain,
-		CAFile:         d.CA.CertFile,
-		AdminURL:       "http://" + d.Daemon.AdminAddr(),
-		PublicURL:      d.Daemon.PublicURL(),
-		KeyLogVerifier: vkey,
-		KeyLogURL:      d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
-		TURN:           labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
-		Users:          users,
+		Server:      string(opts.Server),
+		Domain:      Domain,
+		C2S:         d.XMPP.C2SAddr,
+		Component:   comp.Domain,
+		CAFile:      d.CA.CertFile,
+		AdminURL:    "http://" + d.Daemon.AdminAddr(),
+		PublicURL:   d.Daemon.PublicURL(),
+		VerifierKey: vkey,
+		VRFKey:      vrfKey,
+		KeyLogURL:   d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
+		TURN:        labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:       users,
 	}
 	if err := labfile.Write(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/clinkme/clinkd/lab"
 )
@@ -13,6 +14,10 @@ import (
 // postgresUID is the postgres user of the official postgres image, which
 // refuses a TLS key that others can read.
 const postgresUID = 999
+
+// LabGID is the group every service of the container lab joins
+// (group_add in docker/compose.yaml) to read the secrets in its volume.
+const LabGID = 1500
 
 // InitDir fills dir with what the container lab (docker/compose.yaml)
 // needs and no repository may hold: a private CA, certificates for the
@@ -56,17 +61,34 @@ func InitDir(dir, domain, component, turnRealm string) error {
 		{"ejabberd-secrets.yml", fmt.Sprintf("define_macro:\n  COMPONENT_SECRET: %q\n", componentSecret)},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.body), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.body), 0o640); err != nil {
 			return fmt.Errorf("clinklab init: %w", err)
 		}
 	}
-	// The services run as different users; in this lab volume they all
-	// read it. PostgreSQL alone insists on owning its key privately.
+	url := fmt.Sprintf("postgres://clinkd:%s@postgres:5432/clinkd?sslmode=verify-full&sslrootcert=%s\n", pgPass, filepath.Join(dir, "ca.pem"))
+	if err := os.WriteFile(filepath.Join(dir, "database.url"), []byte(url), 0o640); err != nil {
+		return fmt.Errorf("clinklab init: %w", err)
+	}
+	// The services run as different users and each reads some of the
+	// volume: secrets and private keys are 0640 root:LabGID, a group every
+	// service joins (group_add in compose.yaml), so no other local user
+	// reads them; certificates are public. PostgreSQL alone insists on
+	// owning its key privately.
 	if err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		return os.Chmod(p, 0o644)
+		mode := fs.FileMode(0o640)
+		if strings.HasSuffix(p, ".pem") {
+			mode = 0o644
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			return os.Chown(p, 0, LabGID)
+		}
+		return nil
 	}); err != nil {
 		return fmt.Errorf("clinklab init: %w", err)
 	}
@@ -78,10 +100,6 @@ func InitDir(dir, domain, component, turnRealm string) error {
 		if err := os.Chown(pgKey, postgresUID, postgresUID); err != nil {
 			return fmt.Errorf("clinklab init: %w", err)
 		}
-	}
-	url := fmt.Sprintf("postgres://clinkd:%s@postgres:5432/clinkd?sslmode=verify-full&sslrootcert=%s\n", pgPass, filepath.Join(dir, "ca.pem"))
-	if err := os.WriteFile(filepath.Join(dir, "database.url"), []byte(url), 0o644); err != nil {
-		return fmt.Errorf("clinklab init: %w", err)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http/httptest"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,18 +37,32 @@ const Origin = "clink.lab.localhost/keydir"
 // A Log is a directory over a database of its own, its log served by an
 // in-process HTTP server.
 type Log struct {
-	DB       *pgxpool.Pool
-	Store    *logdb.Store
-	Dir      *keydir.Directory
-	URL      string // the log's base URL: URL/checkpoint, URL/tile/...
-	Verifier note.Verifier
-	cfg      keydir.Config
+	DB        *pgxpool.Pool
+	Store     *logdb.Store
+	Dir       *keydir.Directory
+	URL       string // the log's base URL: URL/checkpoint, URL/tile/...
+	Verifier  note.Verifier
+	Signer    note.Signer
+	VRF       *keylog.VRFSigner
+	VRFKey    string // the VRF public key, as devices get it
+	StateFile string // the signer's state file
+	cfg       keydir.Config
 }
 
 // New makes a Log: a fresh database with the schema, a new signing key
-// (cfg.Signer is set to it) and a Directory configured by cfg. Its store
-// logs nowhere.
+// and VRF key (cfg.Signer, cfg.Verifier and cfg.StateFile are set), and
+// a started Directory configured by cfg over a new v1 log (its genesis
+// record is leaf 0). Its store logs nowhere.
 func New(t testing.TB, cfg keydir.Config) *Log {
+	t.Helper()
+	l := NewUnstarted(t, cfg)
+	l.Restart(t)
+	return l
+}
+
+// NewUnstarted is New without the Directory: the database, the keys and
+// the store, for a test that fills the log first (a v0 log to migrate).
+func NewUnstarted(t testing.TB, cfg keydir.Config) *Log {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -76,26 +91,42 @@ func New(t testing.TB, cfg keydir.Config) *Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler)})
+	cfg.Verifier = verifier
+	cfg.StateFile = filepath.Join(t.TempDir(), "keydir.signer.state")
+	seed := make([]byte, 32)
+	rand.Read(seed)
+	vrf, err := keylog.NewVRFSigner(Origin, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &Log{DB: db, Store: store, Verifier: verifier, cfg: cfg}
-	l.Restart(t)
-	return l
+	store, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: vrf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Log{DB: db, Store: store, Verifier: verifier, Signer: cfg.Signer, VRF: vrf, VRFKey: vrf.Public().String(), StateFile: cfg.StateFile, cfg: cfg}
 }
 
-// Restart serves the log from a new Directory over the same database, as
-// a restarted clinkd would: nothing cached.
+// Restart serves the log from a new Directory over the same database and
+// state file, as a restarted clinkd would: nothing cached, the state
+// checked again at start.
 func (l *Log) Restart(t testing.TB) {
 	t.Helper()
-	dir, err := keydir.New(l.cfg, l.Store, nil, nil)
+	store, err := logdb.New(logdb.Config{DB: l.DB, Log: slog.New(slog.DiscardHandler), VRF: l.VRF})
 	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := keydir.New(l.cfg, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := dir.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(dir.LogHandler())
 	t.Cleanup(srv.Close)
-	l.Dir, l.URL = dir, srv.URL
+	l.Store, l.Dir, l.URL = store, dir, srv.URL
 }
 
 // MustExec runs one SQL statement on the log's database (a test playing
@@ -164,4 +195,60 @@ func PublishMany(ctx context.Context, t testing.TB, store *logdb.Store, n int, d
 	}
 	wg.Wait()
 	return users
+}
+
+// A V0Entry is one entry of a v0 log written by WriteV0Log.
+type V0Entry struct {
+	JID  string // bare JID
+	Kind keylog.Kind
+	Key  []byte // DER of the key published or ended
+	Time int64
+}
+
+// WriteV0Log fills an empty, unmigrated database with a v0 log, as
+// clinkd before key directory v1 wrote it: the entries, their hashes,
+// their events, the bindings in force and the size. It returns the v0
+// records' texts.
+func WriteV0Log(ctx context.Context, t testing.TB, db *pgxpool.Pool, entries []V0Entry) [][]byte {
+	t.Helper()
+	var mem keylog.Hashes
+	var texts [][]byte
+	bound := map[string]int{}
+	for i, e := range entries {
+		j := MustJID(t, e.JID)
+		r := keylog.Record{Label: keylog.Label(j), Kind: e.Kind, Fingerprint: keylog.Fingerprint(e.Key), Time: e.Time}
+		text := r.Marshal()
+		texts = append(texts, text)
+		mem.Append(text)
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_entries (idx, label, record) VALUES ($1, $2, $3)`, i, r.Label[:], text); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_events (idx, jid, kind, reason) VALUES ($1, $2, $3, '')`, i, j.String(), string(e.Kind)); err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind == keylog.KindPublish {
+			bound[j.String()] = i
+		} else {
+			delete(bound, j.String())
+		}
+	}
+	for i, h := range mem.Stored() {
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_hashes (idx, hash) VALUES ($1, $2)`, i, h[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for who, i := range bound {
+		j := MustJID(t, who)
+		l := keylog.Label(j)
+		e := entries[i]
+		fp := keylog.Fingerprint(e.Key)
+		if _, err := db.Exec(ctx, `INSERT INTO keydir_bindings (label, jid, public_key, fingerprint, idx, time) VALUES ($1, $2, $3, $4, $5, $6)`,
+			l[:], j.String(), e.Key, fp[:], i, e.Time); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(ctx, `UPDATE keydir_tree SET size = $1`, len(entries)); err != nil {
+		t.Fatal(err)
+	}
+	return texts
 }

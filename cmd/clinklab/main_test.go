@@ -97,6 +97,15 @@ func TestLabCommand(t *testing.T) {
 			if err := dev.Ping(ctx, jid.MustParse(info.Component)); err != nil {
 				t.Errorf("ping clinkd: %v", err)
 			}
+			// lab.json's keys are the key directory's: a v1 device with
+			// them proves that bob has no key yet.
+			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.VerifierKey, VRFKey: info.VRFKey})
+			if err != nil {
+				t.Fatalf("lab.json's key directory keys: %v", err)
+			}
+			if res, err := kd.LookupKeys(ctx, info.Users[1].JID); err != nil || res[0].Key != nil || res[0].Version != 0 {
+				t.Errorf("v1 lookup of bob in the lab = %+v, %v; want his absence proven", res, err)
+			}
 			dev.Close()
 
 			// The key directory's log answers over HTTPS with a checkpoint
@@ -108,7 +117,7 @@ func TestLabCommand(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			v, err := keylog.ParseVerifier(info.KeyLogVerifier)
+			v, err := keylog.ParseVerifier(info.VerifierKey)
 			if err != nil {
 				t.Fatal(err)
 			}

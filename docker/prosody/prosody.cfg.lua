@@ -16,7 +16,6 @@ interfaces = { "*" }
 c2s_ports = { 5222 }
 c2s_interfaces = { "*" }
 c2s_direct_tls_ports = { }
-legacy_ssl_ports = { }
 component_ports = { 5347 }
 -- XEP-0114 is not encrypted: only clinkd, in this network namespace, may
 -- reach it.
@@ -62,6 +61,11 @@ modules_enabled = {
 	"posix";      -- pid file and umask
 	"limits";     -- c2s rate limit
 }
+
+-- XEP-0198: a device whose connection drops resumes its stream within
+-- this many seconds, and gets what was sent to it meanwhile, once (the
+-- ClinkMe SDK resumes by itself). mod_smacks' default in 0.12.
+smacks_hibernation_time = 600
 
 -- clinkd relays timed messages as type="headline" with no-store hints,
 -- which mod_mam never archives and mod_offline never stores

@@ -2,6 +2,7 @@ package keydirxml_test
 
 import (
 	"encoding/xml"
+	"strings"
 	"testing"
 
 	"github.com/clinkme/clinkd/extensions/keydirxml"
@@ -20,6 +21,10 @@ func FuzzDecode(f *testing.F) {
 		`<history xmlns='urn:clinkme:keydir:0' jid='a@b'><record index='0' kind='reset' time='5' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020'><proof/></record></history>`,
 		`<checkpoint xmlns='urn:clinkme:keydir:0'/>`,
 		`<entry xmlns='urn:clinkme:keydir:0' jid='a@b' status='found' index='-1'/>`,
+		`<publish xmlns='urn:clinkme:keydir:1'><key>MIIB</key></publish>`,
+		`<lookup xmlns='urn:clinkme:keydir:1'><checkpoint>o&#xA;1&#xA;h&#xA;</checkpoint><head index='0' record='Y2xpbmttZQ=='>AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=</head><entry jid='a@b' status='found' vrf='` + strings.Repeat("A", 108) + `' version='1' index='0' time='1' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020' record='v1' root='AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='><key>AAAA</key><map>AQAA</map><proof></proof></entry><entry jid='c@d' status='none' vrf='` + strings.Repeat("A", 108) + `'><map>AgAA</map></entry></lookup>`,
+		`<history xmlns='urn:clinkme:keydir:1' from='2'><record version='1' index='0' kind='publish' time='5' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020' record='v0'><proof></proof></record></history>`,
+		`<consistency xmlns='urn:clinkme:keydir:1' old='1' new='2'>AAAA</consistency>`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -59,6 +64,35 @@ func FuzzDecode(f *testing.F) {
 		check(&lr, func() error {
 			for i := range lr.Entries {
 				if err := lr.Entries[i].Validate(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		var p1 keydirxml.Publish1
+		check(&p1, p1.Validate)
+		var l1 keydirxml.Lookup1
+		check(&l1, func() error { return l1.Validate(20) })
+		var c1 keydirxml.Consistency1
+		check(&c1, c1.Validate)
+		var lr1 keydirxml.Lookup1
+		check(&lr1, func() error {
+			if lr1.Head != nil {
+				if err := lr1.Head.Validate(); err != nil {
+					return err
+				}
+			}
+			for i := range lr1.Entries {
+				if err := lr1.Entries[i].Validate(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		var h1 keydirxml.History1
+		check(&h1, func() error {
+			for i := range h1.Records {
+				if err := h1.Records[i].Validate(); err != nil {
 					return err
 				}
 			}

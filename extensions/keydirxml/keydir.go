@@ -25,11 +25,11 @@ const NS = "urn:clinkme:keydir:0"
 // 2^63 leaves needs, and a key is far below the component's stanza limit.
 const (
 	MaxProofHashes  = 64
-	MaxKeyBase64    = 4096 // room to spare: an RSA-4096 SubjectPublicKeyInfo is 550 bytes of DER, 736 of base64
-	MaxCheckpoint   = 2048 // a signed checkpoint is about 200 bytes
-	MaxJIDBytes     = 3071 // RFC 7622: each of the three parts at most 1023 bytes
-	MaxBatchOnWire  = 256  // the server's configured batch bound is lower; this bounds decoding
-	MaxHistoryItems = 1024 // entries in one history answer
+	MaxKeyBase64    = 4096      // room to spare: an RSA-4096 SubjectPublicKeyInfo is 550 bytes of DER, 736 of base64
+	MaxCheckpoint   = 128 << 10 // a signed checkpoint is about 200 bytes; C2SP signed-note wants at least 16 signatures accepted, post-quantum ones up to ~5 kB each
+	MaxJIDBytes     = 3071      // RFC 7622: each of the three parts at most 1023 bytes
+	MaxBatchOnWire  = 256       // the server's configured batch bound is lower; this bounds decoding
+	MaxHistoryItems = 1024      // entries in one history answer
 )
 
 // Entry statuses in a lookup answer.

@@ -1,11 +1,20 @@
 // Package logdb keeps the key directory's log in PostgreSQL: the leaf
-// records (keylog.Record), tlog's stored hashes, the binding in force for
-// each label and the operator's account of each entry, in the tables its
-// Migrations make (docs/keydir.md, "Tables"). Each append, a publish or the
-// end of a binding, is one transaction under the lock of the log's size
-// row, so appends are serialized and a failed one leaves the log as it
-// was. What it reads back is checked against the invariants it relies on
-// (ErrCorrupt otherwise), since proofs are built from it.
+// records (keylog.Record, keylog.RecordV1), tlog's stored hashes, the
+// map's leaves (the current value of each JID's index), the key bound to
+// each JID and the operator's account of each entry, in the tables its
+// Migrations make (docs/keydir.md, "Tables"). Each append (a publish, the
+// end of a binding, a tick) is one transaction under the lock of the
+// log's size row, so appends are serialized and a failed one leaves the
+// log and the map as they were. What it reads back is checked against the
+// invariants it relies on (ErrCorrupt otherwise), since proofs are built
+// from it.
+//
+// The map's inner nodes are not stored: a Store keeps the whole map in
+// memory (keylog.Map), built from the keydir_map rows on first use and
+// brought up to date, under the size row's lock, from the rows changed
+// since (another process, clinkd keys reset, may have appended). Every
+// v1 record names the map root after it, so a map that does not match
+// the log is caught at once.
 //
 // The server (keydir) answers from a Store, and Store.End is the one way
 // a binding ends, for operators and deleted accounts alike. The auditor
@@ -21,6 +30,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,35 +60,45 @@ func Migrations() migrate.Set {
 
 // Store errors.
 var (
-	// ErrConflict: the label already has a binding to another key.
+	// ErrConflict: the JID already has a binding to another key.
 	ErrConflict = errors.New("logdb: a different key is already bound")
-	// ErrNoBinding: the label has no binding to end.
+	// ErrNoBinding: the JID has no binding to end.
 	ErrNoBinding = errors.New("logdb: no binding")
 	// ErrCorrupt: what the database returned breaks an invariant (a
-	// missing or malformed hash or record); the log needs an audit.
+	// missing or malformed hash or record, a map that does not match the
+	// log); the log needs an audit.
 	ErrCorrupt = errors.New("logdb: log storage is inconsistent")
+	// ErrNotMigrated: the log holds v0 entries and no genesis record yet
+	// (clinkd keys migrate appends it).
+	ErrNotMigrated = errors.New("logdb: the log is not migrated to v1 (run clinkd keys migrate)")
+	// ErrBelowFloor: the log has fewer entries than a checkpoint already
+	// signed (SetFloor): the database was rolled back, and an append would
+	// put other content at indices already signed.
+	ErrBelowFloor = errors.New("logdb: the log is shorter than the last signed checkpoint (database rolled back)")
 )
-
-// A Binding is a label's key in force and the leaf that published it.
-type Binding struct {
-	JID         string // canonical bare JID
-	Label       [32]byte
-	Key         []byte // SubjectPublicKeyInfo DER
-	Fingerprint [32]byte
-	Index       int64 // leaf index of the publish entry
-	Time        int64 // the entry's time
-}
-
-// Record returns the leaf record that published b.
-func (b Binding) Record() keylog.Record {
-	return keylog.Record{Label: b.Label, Kind: keylog.KindPublish, Fingerprint: b.Fingerprint, Time: b.Time}
-}
 
 // A Store keeps the log and the bindings in PostgreSQL.
 type Store struct {
-	db  *pgxpool.Pool
-	log *slog.Logger
+	db    *pgxpool.Pool
+	log   *slog.Logger
+	vrf   *keylog.VRFSigner
+	floor atomic.Int64
+
+	mu    sync.RWMutex // guards m and msize; held for writing by appends
+	m     *keylog.Map  // nil until loaded
+	msize int64        // the log size m reflects
+
+	vmu  sync.Mutex
+	vrfs map[string]vrfProof // canonical JID → index and proof
 }
+
+type vrfProof struct {
+	index [32]byte
+	proof []byte
+}
+
+// maxVRFCache bounds the VRF proofs kept (about 150 bytes each).
+const maxVRFCache = 100_000
 
 // Config is what a Store needs; every field is required.
 type Config struct {
@@ -84,6 +106,8 @@ type Config struct {
 	DB *pgxpool.Pool
 	// Log gets a line for every binding ended (see End).
 	Log *slog.Logger
+	// VRF computes each JID's map index (keylog.LoadVRFSigner).
+	VRF *keylog.VRFSigner
 }
 
 // New returns a store over cfg.DB.
@@ -94,11 +118,50 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Log == nil {
 		return nil, errors.New("logdb: no logger: every binding ended is logged")
 	}
-	return &Store{db: cfg.DB, log: cfg.Log}, nil
+	if cfg.VRF == nil {
+		return nil, errors.New("logdb: no VRF key: it gives every JID its map index")
+	}
+	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{}}, nil
+}
+
+// VRF returns the store's VRF key.
+func (s *Store) VRF() *keylog.VRFSigner { return s.vrf }
+
+// SetFloor makes every later append fail with ErrBelowFloor while the
+// log has fewer than n entries: n is the size of the last checkpoint
+// signed. It never lowers the floor.
+func (s *Store) SetFloor(n int64) {
+	for {
+		cur := s.floor.Load()
+		if n <= cur || s.floor.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+// Index returns bare's map index and its VRF proof, computed once per
+// JID and kept (bounded).
+func (s *Store) Index(bare jid.JID) ([32]byte, []byte) {
+	key := bare.String()
+	s.vmu.Lock()
+	p, ok := s.vrfs[key]
+	s.vmu.Unlock()
+	if ok {
+		return p.index, p.proof
+	}
+	x, proof := s.vrf.Index(bare)
+	s.vmu.Lock()
+	if len(s.vrfs) >= maxVRFCache {
+		clear(s.vrfs)
+	}
+	s.vrfs[key] = vrfProof{x, proof}
+	s.vmu.Unlock()
+	return x, proof
 }
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // hashReader is a tlog.HashReader over keydir_hashes. tlog's interface
@@ -145,6 +208,37 @@ func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
+// overlay reads hashes not yet written (an append in progress) before
+// the database's.
+type overlay struct {
+	base    tlog.HashReader
+	pending map[int64]tlog.Hash
+}
+
+func (o overlay) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	var rest []int64
+	for _, x := range indexes {
+		if _, ok := o.pending[x]; !ok {
+			rest = append(rest, x)
+		}
+	}
+	got, err := o.base.ReadHashes(rest)
+	if err != nil {
+		return nil, err
+	}
+	j := 0
+	for i, x := range indexes {
+		if h, ok := o.pending[x]; ok {
+			out[i] = h
+		} else {
+			out[i] = got[j]
+			j++
+		}
+	}
+	return out, nil
+}
+
 // HashReader returns a tlog.HashReader for the stored hashes that uses ctx
 // for its queries.
 func (s *Store) HashReader(ctx context.Context) tlog.HashReader { return hashReader{ctx, s.db} }
@@ -158,9 +252,54 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
+// A TreeState is the log's size row.
+type TreeState struct {
+	Size    int64
+	Genesis int64 // -1: not migrated
+	MapRoot [32]byte
+	V1Time  int64 // time of the last v1 record
+}
+
+func readTree(ctx context.Context, q querier, lock bool) (TreeState, error) {
+	sql := `SELECT size, genesis, map_root, v1_time FROM keydir_tree`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	var (
+		st   TreeState
+		gen  *int64
+		root []byte
+		t    *int64
+	)
+	if err := q.QueryRow(ctx, sql).Scan(&st.Size, &gen, &root, &t); err != nil {
+		return st, fmt.Errorf("read log size: %w", err)
+	}
+	st.Genesis = -1
+	if gen != nil {
+		if len(root) != 32 || t == nil {
+			return st, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+		}
+		st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
+	}
+	return st, nil
+}
+
+// Tree returns the log's size row.
+func (s *Store) Tree(ctx context.Context) (TreeState, error) {
+	st, err := readTree(ctx, s.db, false)
+	if err != nil {
+		return st, fmt.Errorf("logdb: %w", err)
+	}
+	return st, nil
+}
+
 // ReadRecords returns the record texts of leaves [start, start+n).
 func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, error) {
-	rows, err := s.db.Query(ctx, `SELECT idx, record FROM keydir_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx`, start, start+int64(n))
+	return readRecords(ctx, s.db, start, n)
+}
+
+func readRecords(ctx context.Context, q querier, start int64, n int) ([][]byte, error) {
+	rows, err := q.Query(ctx, `SELECT idx, record FROM keydir_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx`, start, start+int64(n))
 	if err != nil {
 		return nil, fmt.Errorf("logdb: read records: %w", err)
 	}
@@ -185,103 +324,251 @@ func (s *Store) ReadRecords(ctx context.Context, start int64, n int) ([][]byte, 
 	return out, nil
 }
 
-// Lookup returns the bindings in force for the labels (absent labels have
-// none) and the log size read in the same statement, so every binding's
-// index is below it.
-func (s *Store) Lookup(ctx context.Context, labels [][32]byte) (map[[32]byte]Binding, int64, error) {
-	ls := make([][]byte, len(labels))
-	for i := range labels {
-		ls[i] = labels[i][:]
+// syncMap brings the map in memory to the log of st (read in q's
+// snapshot or under the size row's lock): loaded whole the first time
+// (or if the log shrank), else from the rows changed since. It checks
+// the result against the map root the log names. The caller holds mu
+// for writing.
+func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
+	if s.m != nil && s.msize == st.Size {
+		return nil
 	}
-	rows, err := s.db.Query(ctx, `SELECT t.size, b.label, b.jid, b.public_key, b.fingerprint, b.idx, b.time
-		FROM keydir_tree t LEFT JOIN keydir_bindings b ON b.label = ANY($1)`, ls)
+	full := s.m == nil || s.msize > st.Size
+	var from int64
+	if !full {
+		from = s.msize
+	}
+	rows, err := q.Query(ctx, `SELECT idx, ended, fingerprint, entry, version FROM keydir_map WHERE changed >= $1 AND changed < $2`, from, st.Size)
 	if err != nil {
-		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
+		return fmt.Errorf("read map: %w", err)
 	}
-	out := make(map[[32]byte]Binding, len(labels))
-	var size int64
-	for rows.Next() {
-		var (
-			label, key, fp []byte
-			j              *string
-			idx, t         *int64
-		)
-		if err := rows.Scan(&size, &label, &j, &key, &fp, &idx, &t); err != nil {
-			rows.Close()
-			return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
+	var entries []keylog.MapEntry
+	var (
+		x, fp      []byte
+		ended      bool
+		entry, ver int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&x, &ended, &fp, &entry, &ver}, func() error {
+		if len(x) != 32 || len(fp) != 32 || entry < 0 || entry >= st.Size || ver < 1 {
+			return fmt.Errorf("%w: malformed map row", ErrCorrupt)
 		}
-		if j == nil {
-			continue // no binding matched: the left join's lone row
-		}
-		if len(label) != 32 || len(fp) != 32 {
-			rows.Close()
-			return nil, 0, fmt.Errorf("%w: binding with a malformed label or fingerprint", ErrCorrupt)
-		}
-		out[[32]byte(label)] = Binding{JID: *j, Label: [32]byte(label), Key: key, Fingerprint: [32]byte(fp), Index: *idx, Time: *t}
+		entries = append(entries, keylog.MapEntry{Index: [32]byte(x), Value: keylog.MapValue{Ended: ended, Fingerprint: [32]byte(fp), Entry: entry, Version: ver}})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read map: %w", err)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("logdb: lookup: %w", err)
+	m := s.m
+	if full {
+		if m, err = keylog.BuildMap(entries); err != nil {
+			return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+	} else {
+		for _, e := range entries {
+			m.Set(e.Index, e.Value)
+		}
 	}
-	return out, size, nil
+	if st.Genesis >= 0 && m.Root() != st.MapRoot {
+		s.m = nil // rebuild from scratch next time
+		return fmt.Errorf("%w: the map's rows give root %x, the log names %x", ErrCorrupt, m.Root(), st.MapRoot)
+	}
+	s.m, s.msize = m, st.Size
+	return nil
 }
 
-func (s *Store) binding(ctx context.Context, q pgx.Tx, label [32]byte) (Binding, bool, error) {
-	var b Binding
-	var fp []byte
-	row := q.QueryRow(ctx, `SELECT jid, public_key, fingerprint, idx, time FROM keydir_bindings WHERE label = $1`, label[:])
-	err := row.Scan(&b.JID, &b.Key, &fp, &b.Index, &b.Time)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Binding{}, false, nil
+// appended is an entry to append: its text, the map index it concerns
+// (label column) and its event (JID and reason), if any.
+type appended struct {
+	text   []byte
+	key    []byte // label column: a v0 label or a map index; nil for genesis and tick
+	jid    string // event; empty: none
+	kind   keylog.Kind
+	reason string
+}
+
+// writeEntries appends entries at n, n+1, … with their hashes and events,
+// and makes the size n+len(entries). The caller holds the size row's lock.
+func writeEntries(ctx context.Context, tx pgx.Tx, n int64, entries []appended, st TreeState) error {
+	pend := overlay{base: hashReader{ctx, tx}, pending: map[int64]tlog.Hash{}}
+	var hashRows, entryRows, eventRows [][]any
+	for i, e := range entries {
+		at := n + int64(i)
+		hs, err := tlog.StoredHashes(at, e.text, pend)
+		if err != nil {
+			return fmt.Errorf("compute hashes: %w", err)
+		}
+		first := tlog.StoredHashIndex(0, at)
+		for j, h := range hs {
+			pend.pending[first+int64(j)] = h
+			hashRows = append(hashRows, []any{first + int64(j), bytes.Clone(h[:])})
+		}
+		entryRows = append(entryRows, []any{at, e.key, e.text})
+		if e.jid != "" {
+			eventRows = append(eventRows, []any{at, e.jid, string(e.kind), e.reason})
+		}
 	}
+	if len(entries) > 64 {
+		// A migration: COPY is far faster than INSERTs for a million rows.
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"keydir_entries"}, []string{"idx", "label", "record"}, pgx.CopyFromRows(entryRows)); err != nil {
+			return fmt.Errorf("append entries: %w", err)
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"keydir_hashes"}, []string{"idx", "hash"}, pgx.CopyFromRows(hashRows)); err != nil {
+			return fmt.Errorf("append hashes: %w", err)
+		}
+	} else {
+		batch := &pgx.Batch{}
+		for _, r := range entryRows {
+			batch.Queue(`INSERT INTO keydir_entries (idx, label, record) VALUES ($1, $2, $3)`, r...)
+		}
+		idxs, hs := make([]int64, len(hashRows)), make([][]byte, len(hashRows))
+		for i, r := range hashRows {
+			idxs[i], hs[i] = r[0].(int64), r[1].([]byte)
+		}
+		batch.Queue(`INSERT INTO keydir_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])`, idxs, hs)
+		for _, r := range eventRows {
+			batch.Queue(`INSERT INTO keydir_events (idx, jid, kind, reason) VALUES ($1, $2, $3, $4)`, r...)
+		}
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return fmt.Errorf("append leaf %d: %w", n, err)
+		}
+		eventRows = nil
+	}
+	for _, r := range eventRows {
+		if _, err := tx.Exec(ctx, `INSERT INTO keydir_events (idx, jid, kind, reason) VALUES ($1, $2, $3, $4)`, r...); err != nil {
+			return fmt.Errorf("append event: %w", err)
+		}
+	}
+	var gen any
+	if st.Genesis >= 0 {
+		gen = st.Genesis
+	}
+	if _, err := tx.Exec(ctx, `UPDATE keydir_tree SET size = $1, genesis = $2, map_root = $3, v1_time = $4`,
+		n+int64(len(entries)), gen, st.MapRoot[:], st.V1Time); err != nil {
+		return fmt.Errorf("update log size: %w", err)
+	}
+	return nil
+}
+
+// appendLocked runs f in a transaction holding the size row's lock and
+// mu, with the map brought to the log's size; f returns the entries to
+// append and the map changes they make, which are applied in memory
+// once the transaction committed.
+func (s *Store) appendLocked(ctx context.Context, f func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error)) (TreeState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var (
+		changes []keylog.MapEntry
+		before  TreeState
+		n       int
+	)
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		st, err := readTree(ctx, tx, true)
+		if err != nil {
+			return err
+		}
+		before = st
+		if floor := s.floor.Load(); st.Size < floor {
+			return fmt.Errorf("%w: %d entries, %d signed", ErrBelowFloor, st.Size, floor)
+		}
+		if st.Genesis >= 0 {
+			if err := s.syncMap(ctx, tx, st); err != nil {
+				return err
+			}
+		}
+		entries, ch, err := f(tx, st)
+		if err != nil || len(entries) == 0 {
+			return err
+		}
+		changes, n = ch, len(entries)
+		return nil
+	})
 	if err != nil {
-		return Binding{}, false, err
+		return before, err
 	}
-	if len(fp) != 32 {
-		return Binding{}, false, fmt.Errorf("%w: binding with a malformed fingerprint", ErrCorrupt)
+	if n > 0 && s.m != nil && s.msize == before.Size {
+		for _, c := range changes {
+			s.m.Set(c.Index, c.Value)
+		}
+		s.msize = before.Size + int64(n)
 	}
-	b.Label, b.Fingerprint = label, [32]byte(fp)
-	return b, true, nil
+	return before, nil
+}
+
+// recordTime is the time of a new v1 record: now, or the last v1 record's
+// time if the clock went back (v1 times never decrease).
+func recordTime(now time.Time, st TreeState) int64 {
+	return max(now.Unix(), st.V1Time, 0)
+}
+
+// Init starts a new log: it appends the genesis record to an empty log
+// and reports whether it did. A log already started is left alone; a
+// log with v0 entries and no genesis gets ErrNotMigrated.
+func (s *Store) Init(ctx context.Context, now time.Time) (bool, error) {
+	done := false
+	_, err := s.appendLocked(ctx, func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error) {
+		switch {
+		case st.Genesis >= 0:
+			return nil, nil, nil
+		case st.Size > 0:
+			return nil, nil, ErrNotMigrated
+		}
+		g := keylog.RecordV1{Kind: keylog.KindGenesis, VRFKey: s.vrf.Public().String(), Time: recordTime(now, st), Map: keylog.MapEmpty}
+		st2 := TreeState{Genesis: 0, MapRoot: keylog.MapEmpty, V1Time: g.Time}
+		done = true
+		return []appended{{text: g.Marshal()}}, nil, writeEntries(ctx, tx, 0, []appended{{text: g.Marshal()}}, st2)
+	})
+	if err != nil {
+		return false, fmt.Errorf("logdb: start the log: %w", err)
+	}
+	return done, nil
+}
+
+// A Binding is a JID's map value with the key it binds.
+type Binding struct {
+	JID   string
+	Index [32]byte // map index
+	Value keylog.MapValue
+	Key   []byte // SubjectPublicKeyInfo DER; nil when ended
 }
 
 // Publish binds bare to the key (SubjectPublicKeyInfo DER, already
 // checked by keylog.ParsePublicKey). The first key wins: publishing the
 // key in force again returns its binding with created false and writes
-// nothing; another key gets ErrConflict.
-//
-// The entry, its hashes, the binding and the new size are written in one
-// transaction under the size row's lock, so concurrent appends are
-// serialized and a failure leaves the log as it was.
+// nothing; another key gets ErrConflict. After a reset or delete, the
+// next publish binds again, with the next version.
 func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.Time) (b Binding, created bool, err error) {
 	label, fp := keylog.Label(bare), keylog.Fingerprint(der)
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		size, err := lockTree(ctx, tx)
-		if err != nil {
-			return err
+	x, _ := s.Index(bare)
+	b = Binding{JID: bare.String(), Index: x, Key: der}
+	_, err = s.appendLocked(ctx, func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error) {
+		if st.Genesis < 0 {
+			return nil, nil, ErrNotMigrated
 		}
-		// Read under the lock: READ COMMITTED gives this statement a
-		// snapshot taken after any appender before us committed.
-		cur, ok, err := s.binding(ctx, tx, label)
-		if err != nil {
-			return err
-		}
-		if ok {
+		cur, ok := s.m.Get(x)
+		if ok && !cur.Ended {
 			if cur.Fingerprint != fp {
-				return ErrConflict
+				return nil, nil, ErrConflict
 			}
-			b = cur
-			return nil
+			b.Value = cur
+			return nil, nil, nil
 		}
-		rec := keylog.Record{Label: label, Kind: keylog.KindPublish, Fingerprint: fp, Time: now.Unix()}
-		if err := appendEntry(ctx, tx, size, rec, bare.String(), ""); err != nil {
-			return err
+		v := keylog.MapValue{Fingerprint: fp, Entry: st.Size, Version: cur.Version + 1}
+		root := s.m.RootWith(x, v)
+		rec := keylog.RecordV1{Kind: keylog.KindPublish, Index: x, Fingerprint: fp, Version: v.Version, Time: recordTime(now, st), Map: root}
+		next := TreeState{Genesis: st.Genesis, MapRoot: root, V1Time: rec.Time}
+		e := []appended{{text: rec.Marshal(), key: x[:], jid: b.JID, kind: keylog.KindPublish}}
+		if err := writeEntries(ctx, tx, st.Size, e, next); err != nil {
+			return nil, nil, err
 		}
-		b = Binding{JID: bare.String(), Label: label, Key: der, Fingerprint: fp, Index: size, Time: rec.Time}
+		if err := writeMap(ctx, tx, x, v, st.Size); err != nil {
+			return nil, nil, err
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO keydir_bindings (label, jid, public_key, fingerprint, idx, time) VALUES ($1, $2, $3, $4, $5, $6)`,
-			label[:], b.JID, der, fp[:], b.Index, b.Time); err != nil {
-			return err
+			label[:], b.JID, der, fp[:], st.Size, rec.Time); err != nil {
+			return nil, nil, err
 		}
-		created = true
-		return nil
+		b.Value, created = v, true
+		return e, []keylog.MapEntry{{Index: x, Value: v}}, nil
 	})
 	if err != nil {
 		return Binding{}, false, fmt.Errorf("logdb: publish %s: %w", bare, err)
@@ -289,13 +576,23 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 	return b, created, nil
 }
 
+func writeMap(ctx context.Context, tx pgx.Tx, x [32]byte, v keylog.MapValue, changed int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO keydir_map (idx, ended, fingerprint, entry, version, changed) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (idx) DO UPDATE SET ended = $2, fingerprint = $3, entry = $4, version = $5, changed = $6`,
+		x[:], v.Ended, v.Fingerprint[:], v.Entry, v.Version, changed)
+	if err != nil {
+		return fmt.Errorf("write map: %w", err)
+	}
+	return nil
+}
+
 // End ends the binding of bare (a bare JID, canonicalised by
 // keylog.ParseBareJID) with an entry of kind keylog.KindReset (an
 // operator: clinkd keys reset) or keylog.KindDelete (the account was
-// deleted) that carries the ended key's fingerprint, and removes the
-// binding, in one transaction. reason is kept in the database
-// (keydir_events), not in the log. It returns the new entry's index, or
-// an error wrapping keylog.ErrBadJID or ErrNoBinding.
+// deleted) that carries the ended key's fingerprint, leaves a tombstone
+// in the map and removes the binding, in one transaction. reason is kept
+// in the database (keydir_events), not in the log. It returns the new
+// entry's index, or an error wrapping keylog.ErrBadJID or ErrNoBinding.
 //
 // It is the only way a binding ends, and every one it ends is logged
 // ("keydir: binding ended", with kind and index, never the JID): an
@@ -310,24 +607,36 @@ func (s *Store) End(ctx context.Context, bare string, kind keylog.Kind, reason s
 		return 0, fmt.Errorf("logdb: end %s: kind %q is not reset or delete", j, kind)
 	}
 	label := keylog.Label(j)
+	x, _ := s.Index(j)
 	var idx int64
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		size, err := lockTree(ctx, tx)
+	_, err = s.appendLocked(ctx, func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error) {
+		if st.Genesis < 0 {
+			return nil, nil, ErrNotMigrated
+		}
+		cur, ok := s.m.Get(x)
+		if !ok || cur.Ended {
+			return nil, nil, ErrNoBinding
+		}
+		v := keylog.MapValue{Ended: true, Fingerprint: cur.Fingerprint, Entry: st.Size, Version: cur.Version + 1}
+		root := s.m.RootWith(x, v)
+		rec := keylog.RecordV1{Kind: kind, Index: x, Fingerprint: cur.Fingerprint, Version: v.Version, Time: recordTime(now, st), Map: root}
+		next := TreeState{Genesis: st.Genesis, MapRoot: root, V1Time: rec.Time}
+		e := []appended{{text: rec.Marshal(), key: x[:], jid: j.String(), kind: kind, reason: reason}}
+		if err := writeEntries(ctx, tx, st.Size, e, next); err != nil {
+			return nil, nil, err
+		}
+		if err := writeMap(ctx, tx, x, v, st.Size); err != nil {
+			return nil, nil, err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM keydir_bindings WHERE label = $1`, label[:])
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		cur, ok, err := s.binding(ctx, tx, label)
-		if err != nil {
-			return err
+		if tag.RowsAffected() != 1 {
+			return nil, nil, fmt.Errorf("%w: the map binds %s, the bindings do not", ErrCorrupt, j)
 		}
-		if !ok {
-			return ErrNoBinding
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM keydir_bindings WHERE label = $1`, label[:]); err != nil {
-			return err
-		}
-		idx = size
-		return appendEntry(ctx, tx, size, keylog.Record{Label: label, Kind: kind, Fingerprint: cur.Fingerprint, Time: now.Unix()}, j.String(), reason)
+		idx = st.Size
+		return e, []keylog.MapEntry{{Index: x, Value: v}}, nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("logdb: %s %s: %w", kind, j, err)
@@ -336,75 +645,324 @@ func (s *Store) End(ctx context.Context, bare string, kind keylog.Kind, reason s
 	return idx, nil
 }
 
-func lockTree(ctx context.Context, tx pgx.Tx) (int64, error) {
-	var size int64
-	if err := tx.QueryRow(ctx, `SELECT size FROM keydir_tree FOR UPDATE`).Scan(&size); err != nil {
-		return 0, fmt.Errorf("lock log: %w", err)
+// Tick appends a tick record when the last v1 record is older than
+// every (freshness: devices refuse a head older than their max age), and
+// reports whether it did.
+func (s *Store) Tick(ctx context.Context, now time.Time, every time.Duration) (bool, error) {
+	done := false
+	_, err := s.appendLocked(ctx, func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error) {
+		if st.Genesis < 0 || now.Unix()-st.V1Time < int64(every/time.Second) {
+			return nil, nil, nil
+		}
+		rec := keylog.RecordV1{Kind: keylog.KindTick, Time: recordTime(now, st), Map: st.MapRoot}
+		next := st
+		next.V1Time = rec.Time
+		e := []appended{{text: rec.Marshal()}}
+		done = true
+		return e, nil, writeEntries(ctx, tx, st.Size, e, next)
+	})
+	if err != nil {
+		return false, fmt.Errorf("logdb: tick: %w", err)
 	}
-	return size, nil
+	return done, nil
 }
 
-// appendEntry writes leaf n (the current size) with its hashes and event,
-// and makes the size n+1. The caller holds the size row's lock.
-func appendEntry(ctx context.Context, tx pgx.Tx, n int64, rec keylog.Record, bare, reason string) error {
-	text := rec.Marshal()
-	hashes, err := tlog.StoredHashes(n, text, hashReader{ctx, tx})
-	if err != nil {
-		return fmt.Errorf("compute hashes: %w", err)
-	}
-	first := tlog.StoredHashIndex(0, n)
-	idxs := make([]int64, len(hashes))
-	hs := make([][]byte, len(hashes))
-	for i := range hashes {
-		idxs[i] = first + int64(i)
-		hs[i] = hashes[i][:]
-	}
-	batch := &pgx.Batch{}
-	batch.Queue(`INSERT INTO keydir_entries (idx, label, record) VALUES ($1, $2, $3)`, n, rec.Label[:], text)
-	batch.Queue(`INSERT INTO keydir_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])`, idxs, hs)
-	batch.Queue(`INSERT INTO keydir_events (idx, jid, kind, reason) VALUES ($1, $2, $3, $4)`, n, bare, string(rec.Kind), reason)
-	batch.Queue(`UPDATE keydir_tree SET size = $1`, n+1)
-	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("append leaf %d: %w", n, err)
-	}
-	return nil
-}
-
-// History returns the log entries of label, oldest first, at most max,
-// and the log size read in the same statement.
-func (s *Store) History(ctx context.Context, label [32]byte, max int) ([]keylog.Entry, int64, error) {
-	rows, err := s.db.Query(ctx, `SELECT t.size, e.idx, e.record FROM keydir_tree t
-		LEFT JOIN LATERAL (SELECT idx, record FROM keydir_entries WHERE label = $1 ORDER BY idx LIMIT $2) e ON true`, label[:], max)
-	if err != nil {
-		return nil, 0, fmt.Errorf("logdb: history: %w", err)
-	}
-	var (
-		out  []keylog.Entry
-		size int64
-	)
-	for rows.Next() {
+// Migrate moves a v0 log to v1 (docs/keydir.md, "Migrate a v0 log"): it
+// appends a genesis record, then one migrate record per v0 label (sorted
+// by index), each with the map root after it, and fills the map, in one
+// transaction. Every v0 entry must have its event (the JID is found
+// there). It returns the number of labels moved.
+func (s *Store) Migrate(ctx context.Context, now time.Time) (int, error) {
+	var labels int
+	_, err := s.appendLocked(ctx, func(tx pgx.Tx, st TreeState) ([]appended, []keylog.MapEntry, error) {
+		if st.Genesis >= 0 {
+			return nil, nil, errors.New("the log is migrated already")
+		}
+		type replay struct {
+			jid   jid.JID
+			label [32]byte
+			last  keylog.Record
+			entry int64
+			n     int64
+		}
+		byLabel := map[[32]byte]*replay{}
+		rows, err := tx.Query(ctx, `SELECT e.idx, e.record, ev.jid FROM keydir_entries e LEFT JOIN keydir_events ev USING (idx) ORDER BY e.idx`)
+		if err != nil {
+			return nil, nil, err
+		}
 		var (
-			idx *int64
-			rec []byte
+			idx  int64
+			text []byte
+			who  *string
+			next int64
 		)
-		if err := rows.Scan(&size, &idx, &rec); err != nil {
-			rows.Close()
-			return nil, 0, fmt.Errorf("logdb: history: %w", err)
+		_, err = pgx.ForEachRow(rows, []any{&idx, &text, &who}, func() error {
+			if idx != next {
+				return fmt.Errorf("%w: entry %d is missing", ErrCorrupt, next)
+			}
+			next++
+			r, err := keylog.ParseRecord(text)
+			if err != nil {
+				return fmt.Errorf("%w: entry %d: %v", ErrCorrupt, idx, err)
+			}
+			if who == nil {
+				return fmt.Errorf("%w: entry %d has no event: its JID is unknown", ErrCorrupt, idx)
+			}
+			j, err := keylog.ParseBareJID(*who)
+			if err != nil || keylog.Label(j) != r.Label {
+				return fmt.Errorf("%w: entry %d's event names a JID of another label", ErrCorrupt, idx)
+			}
+			p := byLabel[r.Label]
+			if p == nil {
+				p = &replay{jid: j, label: r.Label}
+				byLabel[r.Label] = p
+			}
+			p.last, p.entry, p.n = r, idx, p.n+1
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
 		}
-		if idx == nil {
-			continue
+		if next != st.Size {
+			return nil, nil, fmt.Errorf("%w: %d entries, the size says %d", ErrCorrupt, next, st.Size)
 		}
-		r, err := keylog.ParseRecord(rec)
-		if err != nil || r.Label != label {
-			rows.Close()
-			return nil, 0, fmt.Errorf("%w: record %d: %v", ErrCorrupt, *idx, err)
+		type moved struct {
+			x [32]byte
+			r *replay
 		}
-		out = append(out, keylog.Entry{Index: *idx, Record: r})
+		var ms []moved
+		for _, r := range byLabel {
+			x, _ := s.Index(r.jid)
+			ms = append(ms, moved{x, r})
+		}
+		slices.SortFunc(ms, func(a, b moved) int { return bytes.Compare(a.x[:], b.x[:]) })
+		t := recordTime(now, st)
+		m := new(keylog.Map)
+		g := keylog.RecordV1{Kind: keylog.KindGenesis, VRFKey: s.vrf.Public().String(), Migrate: int64(len(ms)), Time: t, Map: keylog.MapEmpty}
+		entries := []appended{{text: g.Marshal()}}
+		mapRows := make([][]any, 0, len(ms))
+		changes := make([]keylog.MapEntry, 0, len(ms))
+		for i, mv := range ms {
+			v := keylog.MapValue{Ended: mv.r.last.Kind != keylog.KindPublish, Fingerprint: mv.r.last.Fingerprint, Entry: mv.r.entry, Version: mv.r.n}
+			m.Set(mv.x, v)
+			rec := keylog.RecordV1{Kind: keylog.KindMigrate, Index: mv.x, Label: mv.r.label, Version: v.Version, Time: t, Map: m.Root()}
+			at := st.Size + 1 + int64(i)
+			entries = append(entries, appended{text: rec.Marshal(), key: mv.x[:]})
+			mapRows = append(mapRows, []any{mv.x[:], v.Ended, v.Fingerprint[:], v.Entry, v.Version, at})
+			changes = append(changes, keylog.MapEntry{Index: mv.x, Value: v})
+		}
+		next2 := TreeState{Genesis: st.Size, MapRoot: m.Root(), V1Time: t}
+		if err := writeEntries(ctx, tx, st.Size, entries, next2); err != nil {
+			return nil, nil, err
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"keydir_map"}, []string{"idx", "ended", "fingerprint", "entry", "version", "changed"}, pgx.CopyFromRows(mapRows)); err != nil {
+			return nil, nil, fmt.Errorf("write map: %w", err)
+		}
+		labels = len(ms)
+		// The map in memory starts from the rows, loaded on next use.
+		s.m = nil
+		return entries, changes, nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("logdb: migrate: %w", err)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("logdb: history: %w", err)
+	return labels, nil
+}
+
+// A Snapshot is what a lookup or history answer is built from, all read
+// at one log size: the size, the head record (leaf Size-1, whose map line
+// is MapRoot) and one entry per JID.
+type Snapshot struct {
+	Size    int64
+	MapRoot [32]byte
+	Head    []byte
+	Entries []Entry
+	// History (History only): the records of the JID's versions asked,
+	// oldest first.
+	History []HistoryRecord
+}
+
+// An Entry is one JID's answer: its map index and VRF proof, its value
+// (nil: no leaf) with the map proof, and for a value the record of the
+// entry that set it and, when bound, the key.
+type Entry struct {
+	JID      string
+	Index    [32]byte
+	VRFProof []byte
+	Value    *keylog.MapValue
+	MapProof keylog.MapProof
+	Record   []byte // the text of leaf Value.Entry
+	Key      []byte // DER, when bound
+}
+
+// A HistoryRecord is one version of a JID: the leaf that made it.
+type HistoryRecord struct {
+	Version int64
+	Index   int64
+	Record  []byte
+}
+
+// Lookup returns the answers for jids (canonical bare JIDs) at the log's
+// current size.
+func (s *Store) Lookup(ctx context.Context, jids []jid.JID) (*Snapshot, error) {
+	snap, err := s.snapshot(ctx, jids, nil, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("logdb: lookup: %w", err)
 	}
-	return out, size, nil
+	return snap, nil
+}
+
+// History returns bare's answer, as Lookup would give it, and the records
+// of its versions from (≥ 1) on, at most max of them, in one snapshot.
+// A JID's versions are its log entries that published, reset or deleted
+// a binding (v0 or v1), in log order.
+func (s *Store) History(ctx context.Context, bare jid.JID, from int64, max int) (*Snapshot, error) {
+	snap, err := s.snapshot(ctx, []jid.JID{bare}, &bare, from, max)
+	if err != nil {
+		return nil, fmt.Errorf("logdb: history: %w", err)
+	}
+	return snap, nil
+}
+
+func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, from int64, max int) (*Snapshot, error) {
+	snap := &Snapshot{Entries: make([]Entry, len(jids))}
+	for i, j := range jids {
+		x, p := s.Index(j)
+		snap.Entries[i] = Entry{JID: j.String(), Index: x, VRFProof: p}
+	}
+	for attempt := 0; ; attempt++ {
+		stale, err := s.read(ctx, snap, hist, from, max)
+		if err != nil || !stale {
+			return snap, err
+		}
+		if attempt == 3 {
+			return nil, errors.New("the log kept growing under the lookup")
+		}
+		// Another process appended: bring the map up to date.
+		s.mu.Lock()
+		err = pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			st, err := readTree(ctx, tx, false)
+			if err != nil {
+				return err
+			}
+			if st.Genesis < 0 {
+				return ErrNotMigrated
+			}
+			return s.syncMap(ctx, tx, st)
+		})
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// read fills snap in one read-only snapshot of the database, with the map
+// in memory; stale reports that the map is not at the snapshot's size.
+func (s *Store) read(ctx context.Context, snap *Snapshot, hist *jid.JID, from int64, max int) (stale bool, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	err = pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		st, err := readTree(ctx, tx, false)
+		if err != nil {
+			return err
+		}
+		if st.Genesis < 0 {
+			return ErrNotMigrated
+		}
+		if s.m == nil || s.msize != st.Size {
+			stale = true
+			return nil
+		}
+		if s.m.Root() != st.MapRoot {
+			return fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
+		}
+		snap.Size, snap.MapRoot = st.Size, st.MapRoot
+		need := []int64{st.Size - 1}
+		var labels [][]byte
+		for i := range snap.Entries {
+			e := &snap.Entries[i]
+			if v, ok := s.m.Get(e.Index); ok {
+				e.Value = &v
+				need = append(need, v.Entry)
+				if !v.Ended {
+					j, _ := keylog.ParseBareJID(e.JID)
+					l := keylog.Label(j)
+					labels = append(labels, l[:])
+				}
+			}
+			e.MapProof = s.m.Prove(e.Index)
+		}
+		recs := map[int64][]byte{}
+		rows, err := tx.Query(ctx, `SELECT idx, record FROM keydir_entries WHERE idx = ANY($1)`, need)
+		if err != nil {
+			return err
+		}
+		var (
+			idx  int64
+			text []byte
+		)
+		if _, err := pgx.ForEachRow(rows, []any{&idx, &text}, func() error { recs[idx] = bytes.Clone(text); return nil }); err != nil {
+			return err
+		}
+		keys := map[string][]byte{}
+		if len(labels) > 0 {
+			rows, err := tx.Query(ctx, `SELECT jid, public_key, fingerprint, idx FROM keydir_bindings WHERE label = ANY($1)`, labels)
+			if err != nil {
+				return err
+			}
+			var (
+				who     string
+				der, fp []byte
+			)
+			_, err = pgx.ForEachRow(rows, []any{&who, &der, &fp, &idx}, func() error {
+				if keylog.Fingerprint(der) != [32]byte(fp) {
+					return fmt.Errorf("%w: the key bound to a JID does not have its fingerprint", ErrCorrupt)
+				}
+				keys[who] = bytes.Clone(der)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if snap.Head = recs[st.Size-1]; snap.Head == nil {
+			return fmt.Errorf("%w: the head record %d is missing", ErrCorrupt, st.Size-1)
+		}
+		for i := range snap.Entries {
+			e := &snap.Entries[i]
+			if e.Value == nil {
+				continue
+			}
+			if e.Record = recs[e.Value.Entry]; e.Record == nil {
+				return fmt.Errorf("%w: record %d is missing", ErrCorrupt, e.Value.Entry)
+			}
+			if !e.Value.Ended {
+				if e.Key = keys[e.JID]; e.Key == nil || keylog.Fingerprint(e.Key) != e.Value.Fingerprint {
+					return fmt.Errorf("%w: the map binds %s to a key the bindings do not hold", ErrCorrupt, e.JID)
+				}
+			}
+		}
+		if hist != nil {
+			rows, err := tx.Query(ctx, `SELECT e.idx, e.record FROM keydir_events ev JOIN keydir_entries e USING (idx)
+				WHERE ev.jid = $1 AND e.idx < $2 ORDER BY e.idx OFFSET $3 LIMIT $4`, hist.String(), st.Size, from-1, max)
+			if err != nil {
+				return err
+			}
+			v := from
+			snap.History = nil
+			_, err = pgx.ForEachRow(rows, []any{&idx, &text}, func() error {
+				snap.History = append(snap.History, HistoryRecord{Version: v, Index: idx, Record: bytes.Clone(text)})
+				v++
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return stale, err
 }
 
 // An Event is the operator-side account of one log entry.
