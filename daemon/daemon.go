@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -720,7 +721,15 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 	linked := make(chan error, 1)
 	go func() { linked <- d.comp.Run(linkCtx) }()
 	if tk != nil {
-		if err := d.finishTakeover(ctx, tk); err != nil {
+		err := d.finishTakeover(ctx, tk)
+		if err != nil && ln != nil {
+			// The socket is this clinkd's since the giver's hello: it goes
+			// before the giver hears of the failure and serves it again.
+			ln.Close()
+			os.Remove(d.cfg.Expiry.HandoffSocket)
+		}
+		tk.raw.Close()
+		if err != nil {
 			stopLink()
 			<-linked
 			return err

@@ -351,9 +351,9 @@ func (d *Daemon) beginTakeover() (*takeover, error) {
 
 // finishTakeover waits for this clinkd's link, tells the giver, and takes
 // the state. A giver that fails halfway leaves this clinkd serving
-// without its state (as after a crash); it is logged.
+// without its state (as after a crash); it is logged. The caller closes
+// the connection.
 func (d *Daemon) finishTakeover(ctx context.Context, t *takeover) error {
-	defer t.raw.Close()
 	lctx, cancel := context.WithTimeout(ctx, handoffLinkTimeout)
 	err := d.comp.WaitState(lctx, component.Linked)
 	cancel()
