@@ -77,6 +77,8 @@ type Component struct {
 	work atomic.Pointer[pool]
 	// secret is the handshake's shared secret, cfg.Secret until SetSecret.
 	secret atomic.Pointer[[]byte]
+	// released is set by Release: the link it ends is not made again.
+	released atomic.Bool
 	// logLimit keeps handler failures to one log line per kind per
 	// interval.
 	logLimit logLimiter
@@ -276,6 +278,11 @@ func (c *Component) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if c.released.Load() {
+			c.log.Info("xmpp link released", "up", up.Round(time.Millisecond))
+			<-ctx.Done()
+			return nil
+		}
 		if up >= c.cfg.BackoffMax {
 			bo.reset() // the link worked; a new loss starts a new backoff
 		}
@@ -325,10 +332,15 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 	})
 
 	err = c.readLoop(ctx, sess, work, refusals)
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		// Graceful stop: let queued stanzas be answered on this link first.
 		work.drain(c.cfg.HandlerTimeout)
-	} else {
+	case c.released.Load():
+		// Released: what was read is handled (replies cannot go out on
+		// a stream closed on our side; what a handler holds, it holds).
+		work.drain(c.cfg.HandlerTimeout)
+	default:
 		c.metrics.LinkFailures.WithLabelValues("stream").Inc()
 	}
 	c.setState(Down, nil, nil)
@@ -341,6 +353,49 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 	conn.SetDeadline(time.Now().Add(time.Second))
 	conn.Close()
 	return time.Since(since), err
+}
+
+// Release ends the link for a successor that holds a link of its own (a
+// handoff, docs/expiry.md): it closes clinkd's side of the stream with
+// </stream:stream>, so that the server stops routing to this link, and
+// keeps reading until the server closes its side too, or until ctx ends.
+// Every stanza read meanwhile goes to its handler as usual, and Release
+// returns once they have been handled; replies cannot go out on a stream
+// closed on clinkd's side (RFC 6120, 4.4), so Release is for handlers that
+// hold what they are given rather than answer it (a quiesced relay). The
+// link is not made again: Run returns when its context ends.
+//
+// Stopping by cancelling Run's context instead stops reading at once, and
+// what the server sent in that instant is lost: a server that keeps
+// several links per component (ejabberd) may still be sending to this one.
+func (c *Component) Release(ctx context.Context) error {
+	c.released.Store(true)
+	c.mu.Lock()
+	sess, conn, state := c.sess, c.conn, c.state
+	c.mu.Unlock()
+	if state != Linked {
+		return nil
+	}
+	select {
+	case c.sendSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("component: release: %w", ctx.Err())
+	}
+	err := sess.Close()
+	<-c.sendSem
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("component: release: %w", err)
+	}
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetReadDeadline(d)
+	}
+	if err := c.WaitState(ctx, Down); err != nil || ctx.Err() != nil {
+		conn.Close()
+		c.WaitState(context.WithoutCancel(ctx), Down)
+		return fmt.Errorf("component: release: the server did not close its side in time: %w", ctx.Err())
+	}
+	return nil
 }
 
 // refusal is a stanza the pool had no room for, and the error to answer

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -148,7 +149,12 @@ func (c *Component) sendStanza(ctx context.Context, sess *xmpp.Session, conn net
 	}
 	conn.SetWriteDeadline(deadline)
 	if err := sess.SendElement(context.Background(), r, start); err != nil {
-		conn.Close()
+		if !errors.Is(err, xmpp.ErrOutputStreamClosed) {
+			// A failed write leaves the session unable to write again
+			// (see above); a stream Release closed on our side is still
+			// read to its end.
+			conn.Close()
+		}
 		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
 	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()

@@ -33,10 +33,11 @@ import (
 //     it is up, so nothing arrives at a clinkd that cannot answer it).
 //     It tells the giver it is linked.
 //  4. The giver stops its background loops (no expiry notice goes out on a
-//     link that is going), waits for its link to end (Prosody closes it
-//     when the new one comes; ejabberd keeps both, so it waits at most
-//     handoffKickWait), stops reading it, answers what it read, and sends
-//     its state once nothing changes it any more.
+//     link that is going) and releases its link: it closes its side of
+//     the stream and reads until the server closes the other (Prosody
+//     closed it already when the new link came; ejabberd, which keeps
+//     both, closes it at once; handoffReleaseTimeout at most), handles
+//     what it read, and sends its state once nothing changes it any more.
 //  5. The taker takes the state, says what it took, and lets its relay go
 //     on: held stanzas are answered, and what the giver left unsent
 //     (deliveries, copies, receipts, expiry notices) is sent. It serves
@@ -51,19 +52,14 @@ const (
 	// handoffLinkTimeout bounds how long the taker may take to link and
 	// the giver waits for it: a dial, a handshake and a few backoffs.
 	handoffLinkTimeout = time.Minute
-	// handoffKickWait is how long the giver waits, once the taker holds
-	// the link, for the server to close the giver's own link (Prosody's
-	// component_conflict_resolve = "kick_old" does so before it even
-	// answers the taker's handshake). Until then the giver keeps reading,
-	// so it answers everything the server sent it before the new link
-	// came: by the time the taker's "linked" arrives, the server's close
-	// is behind at most what it sent just before, read in microseconds.
-	// ejabberd keeps both links and shares the traffic between them: the
-	// wait ends on this bound, and meanwhile the taker holds its share
-	// (each sender may have link.queue_depth stanzas waiting, 64 by
-	// default; more is refused resource-constraint, type wait), so it is
-	// short.
-	handoffKickWait = 500 * time.Millisecond
+	// handoffReleaseTimeout bounds how long the giver, once the taker
+	// holds the link, reads its own link after closing its side of the
+	// stream, waiting for the server's close. Prosody's
+	// component_conflict_resolve = "kick_old" closed it already, before
+	// it even answered the taker's handshake; ejabberd answers the close
+	// at once. Until then the giver reads, so it holds everything the
+	// server sent it before it stopped routing to this link.
+	handoffReleaseTimeout = 5 * time.Second
 	// handoffStateTimeout bounds sending the state: the giver first
 	// answers what it read (link.handler_timeout at most), then writes
 	// memory to memory.
@@ -206,8 +202,9 @@ func checkPeer(conn *net.UnixConn) error {
 // from then on gives up its link once lost rather than making it again
 // (Prosody closes the older connection when the taker links). When the
 // taker holds the link, it stops the background loops (no expiry notice
-// goes out on a link that is going), waits for its own link to end or
-// handoffKickWait, and stops it. An error means the taker went away
+// goes out on a link that is going) and releases its own link (closes
+// its side, reads until the server closes the other or
+// handoffReleaseTimeout). An error means the taker went away
 // first; the giver then serves on, unless its link is lost already.
 func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, stopBG context.CancelFunc) error {
 	stop := context.AfterFunc(ctx, func() { g.raw.Close() })
@@ -238,11 +235,16 @@ func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, sto
 	}
 	g.raw.SetDeadline(time.Time{})
 	stopBG()
-	select {
-	case <-lost:
-	case <-time.After(handoffKickWait):
-	case <-ctx.Done():
+	// Close this link's stream on our side: the server stops routing to
+	// it, and what it sent before is read and held until it closes its
+	// side. ejabberd keeps several links per component and would
+	// otherwise go on sending here until the giver stops reading, and
+	// what was in flight then would be lost. Prosody closed it already.
+	rctx, cancel := context.WithTimeout(ctx, handoffReleaseTimeout)
+	if err := d.comp.Release(rctx); err != nil {
+		d.log.Warn("handoff: link released without the server's close", "err", err)
 	}
+	cancel()
 	stopLink()
 	return nil
 }

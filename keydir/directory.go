@@ -514,7 +514,7 @@ func (d *Directory) signLocked(ctx context.Context, size int64) (*signedCheckpoi
 	}
 	// Durable before it is served: a checkpoint that a device may have
 	// seen is never forgotten by the signer.
-	if err := WriteState(d.cfg.StateFile, msg); err != nil {
+	if err := advanceState(d.cfg.StateFile, msg, cp.Size, d.cfg.Verifier); err != nil {
 		return nil, err
 	}
 	sc := &signedCheckpoint{cp: cp, msg: msg}

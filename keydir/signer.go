@@ -85,6 +85,27 @@ func WriteState(path string, msg []byte) error {
 	return nil
 }
 
+// advanceState writes msg, a checkpoint of size, as the state at path
+// unless the file already holds a larger one. Two clinkds sign for a
+// moment at once during a handoff (docs/expiry.md), each from the same
+// database but each with its own idea of the last size: without this,
+// the one that signed the smaller size, writing last, would put the
+// floor below what the other had served. The check and the write hold
+// an exclusive lock on path + ".lock", so that they do not interleave.
+func advanceState(path string, msg []byte, size int64, v note.Verifier) error {
+	unlock, err := lockFile(path + ".lock")
+	if err != nil {
+		return fmt.Errorf("keydir: signer state: %w", err)
+	}
+	defer unlock()
+	if b, err := os.ReadFile(path); err == nil {
+		if cur, _, err := ParseState(b, v); err == nil && cur.Size > size {
+			return nil
+		}
+	}
+	return WriteState(path, msg)
+}
+
 // Adopt signs the tree the database holds now and makes it the signer's
 // state: after clinkd keys migrate (a v0 log had no state file), or to
 // recreate a lost state file. With a state file present it refuses

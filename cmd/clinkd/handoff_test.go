@@ -374,18 +374,20 @@ func dumpFiles(t *testing.T, dir string) string {
 
 // TestHandoffUnderLoad measures what takeovers lose while a device sends:
 // alice sends timed messages to bob, who is offline, without pause, while
-// three successors take over one after another; then bob and another
-// device of alice's come online. On Prosody nothing may be lost, refused
-// or doubled: bob gets every message once and alice's other device every
-// copy once. (Prosody closes the old link before it answers the new one,
-// so the old clinkd reads everything that was sent to it; and its relay
-// sends nothing once a successor announced itself, so nothing it writes
-// is lost on a link already closed: on the code before that quiet mode,
-// a copy was lost now and then.) ejabberd keeps the old link and sends to
-// both until the old one closes, and clinkd's link stops reading at once
-// when it stops: a stanza ejabberd wrote to it just then is lost
-// (docs/expiry.md, "Restart and upgrade"). The test reports that count
-// there and requires only that nothing arrives twice.
+// successors take over one after another; then bob and another device of
+// alice's come online. On Prosody nothing may be lost, refused or
+// doubled: bob gets every message once and alice's other device every
+// copy once. Prosody closes the old link before it answers the new one,
+// so the old clinkd reads everything that was sent to it, and its relay
+// sends nothing once a successor announced itself (before that quiet mode
+// a copy was lost now and then). ejabberd keeps the old link and routes
+// to both; the old clinkd closes its side of the stream and reads until
+// ejabberd closes the other, which made losses rarer (one message in
+// about 17 takeovers at 100 messages a second, against one in 6 when it
+// stopped reading at once), but a stanza ejabberd routes to the old
+// link's process as it closes is still lost inside ejabberd
+// (docs/expiry.md, "What a handoff can lose"). There the test logs what
+// was lost and requires that nothing arrives twice.
 func TestHandoffUnderLoad(t *testing.T) {
 	t.Parallel()
 	for _, kind := range lab.Kinds() {
@@ -398,6 +400,7 @@ func TestHandoffUnderLoad(t *testing.T) {
 }
 
 func testHandoffUnderLoad(t *testing.T, srv *lab.XMPPServer) {
+	const takeovers = 5
 	s := newHandoffSetup(t, srv)
 	// Quotas and the sender's rate out of the way: the test counts what
 	// the handoff loses, not what the limits refuse.
@@ -422,10 +425,12 @@ func testHandoffUnderLoad(t *testing.T, srv *lab.XMPPServer) {
 	}
 	sent := make(chan int, 1)
 	stop := make(chan struct{})
+	sentAt := make([]time.Time, len(envs)) // for the log of what was lost
 	go func() {
 		n := 0
 		defer func() { sent <- n }()
-		for _, env := range envs {
+		for i, env := range envs {
+			sentAt[i] = time.Now()
 			select {
 			case <-stop:
 				return
@@ -440,8 +445,23 @@ func testHandoffUnderLoad(t *testing.T, srv *lab.XMPPServer) {
 	}()
 	time.Sleep(500 * time.Millisecond)
 	last := first
-	for range 3 {
+	children := []*serveChild{first}
+	defer func() {
+		if t.Failed() { // what each clinkd said of its link and the handoffs
+			for i, c := range children {
+				c.mu.Lock()
+				for _, l := range c.lines {
+					if strings.Contains(l, "link") || strings.Contains(l, "handoff") || strings.Contains(l, "takeover") {
+						t.Logf("clinkd %d: %s", i, l)
+					}
+				}
+				c.mu.Unlock()
+			}
+		}
+	}()
+	for range takeovers {
 		next := startServe(t, s.config, "--takeover")
+		children = append(children, next)
 		next.line(t, regexp.MustCompile(`msg="takeover: state taken"`))
 		exited(t, last, "the clinkd taken over from")
 		last = next
@@ -464,6 +484,13 @@ func testHandoffUnderLoad(t *testing.T, srv *lab.XMPPServer) {
 	}
 	count := func(dev *client.Client) (unique, total int) {
 		seen := map[string]bool{}
+		defer func() {
+			for i := range n {
+				if id := "load-" + strconv.Itoa(i); !seen[id] {
+					t.Logf("%s did not get %s, sent at %s", dev.JID(), id, sentAt[i].UTC().Format("15:04:05.000"))
+				}
+			}
+		}()
 		for {
 			st, err := dev.Next(ctxFor(t, 3*time.Second), func(s *client.Stanza) bool { return s.Has(client.EnvelopeName) })
 			if err != nil {
@@ -481,8 +508,8 @@ func testHandoffUnderLoad(t *testing.T, srv *lab.XMPPServer) {
 	a2 := clinkdtest.Login(t, srv, aj, ap)
 	announce(t, a2, s.comp, aj)
 	gotCopies, copyDeliveries := count(a2)
-	t.Logf("%s, 3 takeovers: %d messages sent, %d refused; bob got %d (%d deliveries), alice's other device %d copies (%d deliveries)",
-		srv.Kind, n, refused, gotMessages, deliveries, gotCopies, copyDeliveries)
+	t.Logf("%s, %d takeovers: %d messages sent, %d refused; bob got %d (%d deliveries), alice's other device %d copies (%d deliveries)",
+		srv.Kind, takeovers, n, refused, gotMessages, deliveries, gotCopies, copyDeliveries)
 	if deliveries != gotMessages || copyDeliveries != gotCopies {
 		t.Errorf("a message or copy arrived twice")
 	}
