@@ -42,6 +42,7 @@ type DeviceConfig struct {
 	LogKey    string          // the key directory log's verifier key
 	VRFKey    string          // the key directory's VRF public key (key directory v1)
 	Pins      PinStore        // what the device saw of the log (nil: memory)
+	Witnesses WitnessPolicy   // witnesses that must cosign every checkpoint (zero: none)
 	// ReplayFile is the device's replay cache (replay.go,
 	// docs/envelope.md section 9); "" puts it beside the key store, at
 	// Store.Path() + ".replay".
@@ -58,7 +59,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Store.Identity().JID() != me {
 		return nil, fmt.Errorf("client: the key store is %s's, the session %s's", cfg.Store.Identity().JID(), me)
 	}
-	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: cfg.LogKey, VRFKey: cfg.VRFKey, Pins: cfg.Pins})
+	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: cfg.LogKey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Witnesses: cfg.Witnesses})
 	if err != nil {
 		return nil, err
 	}

@@ -197,18 +197,35 @@ func (p WitnessPolicy) Cosigners(text string, sigs []note.Signature) []*Cosignat
 	var out []*CosignatureVerifier
 	for _, w := range p.Witnesses {
 		for _, s := range sigs {
-			if s.Name != w.name || s.Hash != w.hash {
-				continue
+			if w.VerifySignature(text, s) {
+				out = append(out, w)
+				break
 			}
-			raw, err := base64.StdEncoding.DecodeString(s.Base64)
-			if err != nil || len(raw) != 4+cosignatureSize || !w.Verify([]byte(text), raw[4:]) {
-				continue
-			}
-			out = append(out, w)
-			break
 		}
 	}
 	return out
+}
+
+// VerifySignature reports whether s is v's valid cosignature/v1 of the
+// checkpoint body text: v's name and key hash, a timestamp and an
+// Ed25519 signature that verifies.
+func (v *CosignatureVerifier) VerifySignature(text string, s note.Signature) bool {
+	if s.Name != v.name || s.Hash != v.hash {
+		return false
+	}
+	raw, err := base64.StdEncoding.DecodeString(s.Base64)
+	return err == nil && len(raw) == 4+cosignatureSize && v.Verify([]byte(text), raw[4:])
+}
+
+// CosignatureTime returns the timestamp of a cosignature/v1 line (not
+// verified: VerifySignature checks it is signed).
+func CosignatureTime(s note.Signature) (int64, bool) {
+	raw, err := base64.StdEncoding.DecodeString(s.Base64)
+	if err != nil || len(raw) != 4+cosignatureSize {
+		return 0, false
+	}
+	t := binary.BigEndian.Uint64(raw[4:])
+	return int64(t), t <= 1<<63-1
 }
 
 // Check opens a signed checkpoint with the log's verifier (as

@@ -74,6 +74,10 @@ global flags (after --lab lab.json and --as NAME, none is needed):
   --ca FILE           CA certificate to verify the server (default: system roots)
   --log-key KEY       the key directory log's verifier key
   --vrf-key KEY       the key directory's VRF public key
+  --witnesses KEYS    witnesses' verifier keys (comma-separated) that must cosign
+                      every checkpoint of the key directory
+  --witness-threshold N
+                      how many of them (default: all of --witnesses)
   --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
   The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
   the key store passphrase from $CLINKCTL_PASSPHRASE or --passphrase-file.
@@ -96,6 +100,8 @@ commands:
 type global struct {
 	lab, as, jid, server, component, ca, logKey, vrfKey, home string
 	passwordFile, passphraseFile                              string
+	witnesses                                                 string
+	witnessThreshold                                          int
 }
 
 func (e env) run(ctx context.Context, args []string) error {
@@ -112,6 +118,8 @@ func (e env) run(ctx context.Context, args []string) error {
 	fs.StringVar(&g.logKey, "log-key", "", "")
 	fs.StringVar(&g.vrfKey, "vrf-key", "", "")
 	fs.StringVar(&g.home, "home", "", "")
+	fs.StringVar(&g.witnesses, "witnesses", "", "")
+	fs.IntVar(&g.witnessThreshold, "witness-threshold", -1, "")
 	fs.StringVar(&g.passwordFile, "password-file", "", "")
 	fs.StringVar(&g.passphraseFile, "passphrase-file", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -159,6 +167,7 @@ type profile struct {
 	tls        *tls.Config
 	logKey     string
 	vrfKey     string
+	witnesses  client.WitnessPolicy
 	dir        string // this account's state on this device
 	lab        bool   // from lab.json: everything on loopback
 }
@@ -174,6 +183,7 @@ func (e env) profile(g global) (*profile, error) {
 		info = &i
 		p.lab = true
 		p.server, p.logKey, p.vrfKey = i.C2S, i.KeyLogVerifier, i.KeyLogVRFKey
+		p.witnesses = client.WitnessPolicy{Keys: i.KeyLogWitnesses, Threshold: i.KeyLogWitnessThreshold}
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {
 			g.ca = i.CAFile
@@ -212,6 +222,12 @@ func (e env) profile(g global) (*profile, error) {
 	}
 	if g.vrfKey != "" {
 		p.vrfKey = g.vrfKey
+	}
+	if g.witnesses != "" {
+		p.witnesses = client.WitnessPolicy{Keys: strings.Split(g.witnesses, ","), Threshold: len(strings.Split(g.witnesses, ","))}
+	}
+	if g.witnessThreshold >= 0 {
+		p.witnesses.Threshold = g.witnessThreshold
 	}
 	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
@@ -322,7 +338,7 @@ func (p *profile) device(ctx context.Context, create bool) (*client.Device, bool
 		c.Close()
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, VRFKey: p.vrfKey, Pins: pins})
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, VRFKey: p.vrfKey, Pins: pins, Witnesses: p.witnesses})
 	if err != nil {
 		c.Close()
 		return nil, false, err

@@ -31,8 +31,14 @@ type Info struct {
 	KeyLogVerifier string `json:"keylog_verifier"`
 	KeyLogVRFKey   string `json:"keylog_vrf_key"`
 	KeyLogURL      string `json:"keylog_url"`
-	TURN           TURN   `json:"turn"`
-	Users          []User `json:"users"`
+	// KeyLogWitnesses are the cosignature/v1 verifier keys of the
+	// witnesses that cosign the log's checkpoints, and
+	// KeyLogWitnessThreshold how many of them devices and auditors
+	// require on every checkpoint (0: none).
+	KeyLogWitnesses        []string `json:"keylog_witnesses,omitempty"`
+	KeyLogWitnessThreshold int      `json:"keylog_witness_threshold,omitempty"`
+	TURN                   TURN     `json:"turn"`
+	Users                  []User   `json:"users"`
 }
 
 // User is a demo account.
