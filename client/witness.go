@@ -83,7 +83,7 @@ func parseWitnessKey(s string) (witnessKey, error) {
 	bad := func(why string) (witnessKey, error) {
 		return witnessKey{}, fmt.Errorf("client: keydir witness key %q: %s", s, why)
 	}
-	f := strings.Split(s, "+")
+	f := strings.SplitN(s, "+", 3) // base64 may hold a plus sign
 	if len(f) != 3 || f[0] == "" || strings.ContainsFunc(f[0], func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return bad("want name+hash+key")
 	}
