@@ -284,6 +284,11 @@ func (c Config) Check() error {
 			errs = append(errs, err)
 		}
 	}
+	if len(c.KeyDir.Witness.URLs)+len(c.KeyDir.Witness.Keys) > 0 {
+		if _, err := keyDirWitnesses(c.KeyDir.Witness); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if (c.Public.CertFile == "") != (c.Public.KeyFile == "") {
 		errs = append(errs, errors.New("config: public.cert_file and public.key_file go together"))
 	}
