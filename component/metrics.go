@@ -73,6 +73,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Refused.WithLabelValues(reason)
 	}
 	m.Errors.WithLabelValues("internal-server-error")
+	// Traffic by kind exists from the start too: the counter is raised
+	// after the write, so a scrape can otherwise come before the first.
+	for _, kind := range []Kind{KindIQ, KindMessage, KindPresence} {
+		m.StanzasIn.WithLabelValues(string(kind))
+		m.StanzasOut.WithLabelValues(string(kind))
+	}
 	if reg != nil {
 		reg.MustRegister(m.LinkUp, m.Reconnects, m.LinkFailures, m.StanzasIn,
 			m.StanzasOut, m.HandlerSeconds, m.Errors, m.Panics, m.Refused)

@@ -45,7 +45,7 @@ func LoadSigner(path string) (note.Signer, error) {
 	}
 	s, err := note.NewSigner(strings.TrimSpace(string(b)))
 	if err != nil {
-		return nil, errors.New("keylog: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
+		return nil, errBadSignerFile
 	}
 	return s, nil
 }
@@ -64,34 +64,60 @@ func ParseVerifier(vkey string) (note.Verifier, error) {
 // to check its own signed checkpoints (the signer state file). The error
 // never quotes the file's content.
 func LoadSignerKey(path string) (note.Signer, note.Verifier, error) {
+	s, vkey, err := loadSignerKey(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil || v.KeyHash() != s.KeyHash() {
+		return nil, nil, errBadSignerFile
+	}
+	return s, v, nil
+}
+
+// VerifierKey derives from a signer key file, again, the verifier key
+// GenerateKey printed when it made the file: the text devices, auditors
+// and witnesses are configured with. The error never quotes the file's
+// content.
+func VerifierKey(path string) (string, error) {
+	s, vkey, err := loadSignerKey(path)
+	if err != nil {
+		return "", err
+	}
+	if v, err := note.NewVerifier(vkey); err != nil || v.KeyHash() != s.KeyHash() {
+		return "", errBadSignerFile
+	}
+	return vkey, nil
+}
+
+var errBadSignerFile = errors.New("keylog: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
+
+// loadSignerKey parses a signer key file and derives its verifier key
+// text from the private key's seed.
+func loadSignerKey(path string) (note.Signer, string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("keylog: %w", err)
+		return nil, "", fmt.Errorf("keylog: %w", err)
 	}
-	bad := errors.New("keylog: signer key file does not hold a note signer key (clinkd keys genkey makes one)")
 	text := strings.TrimSpace(string(b))
 	s, err := note.NewSigner(text)
 	if err != nil {
-		return nil, nil, bad
+		return nil, "", errBadSignerFile
 	}
 	// PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>; names have no
 	// plus sign, base64 may.
 	parts := strings.SplitN(text, "+", 5)
 	if len(parts) != 5 {
-		return nil, nil, bad
+		return nil, "", errBadSignerFile
 	}
 	raw, err := base64.StdEncoding.DecodeString(parts[4])
 	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
-		return nil, nil, bad
+		return nil, "", errBadSignerFile
 	}
 	pub := ed25519.NewKeyFromSeed(raw[1:]).Public().(ed25519.PublicKey)
 	vkey, err := note.NewEd25519VerifierKey(s.Name(), pub)
 	if err != nil {
-		return nil, nil, bad
+		return nil, "", errBadSignerFile
 	}
-	v, err := note.NewVerifier(vkey)
-	if err != nil || v.KeyHash() != s.KeyHash() {
-		return nil, nil, bad
-	}
-	return s, v, nil
+	return s, vkey, nil
 }

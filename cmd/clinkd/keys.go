@@ -36,6 +36,7 @@ type subcommand struct {
 func keysCommands() []subcommand {
 	return []subcommand{
 		{"genkey", "make the checkpoint signing key and the VRF key: --url LOG_URL | --name ORIGIN, --out FILE [--vrf-out FILE]", runKeysGenkey},
+		{"verifier", "print the verifier key and the VRF key again, derived from the key files: [--config FILE] | --signer FILE [--vrf FILE]", runKeysVerifier},
 		{"migrate", "move a v0 log to v1 (clinkd stopped): [--config FILE] [--expect CHECKPOINT_FILE]", runKeysMigrate},
 		{"reset", "end a JID's binding as operator: JID --reason TEXT [--config FILE]", runKeysReset},
 		{"audit", "verify a log, its map and flag rebound JIDs: --url URL --key VKEY [--state FILE]", runKeysAudit},
@@ -142,6 +143,56 @@ func runKeysGenkey(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintln(stdout, vkey)
 	fmt.Fprintln(stdout, vrf)
 	fmt.Fprintf(stderr, "signer key written to %s, VRF key to %s; give devices and auditors the verifier key and the VRF key above (first and second line); back both files up\n", *out, *vrfOut)
+	return nil
+}
+
+// runKeysVerifier prints again what genkey printed once: the verifier
+// key and the public VRF key, each derived from its private key file, so
+// that an operator who lost them does not have to start a new log.
+func runKeysVerifier(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("keys verifier", stderr)
+	path := fs.String("config", "", "YAML config `file` naming keydir.signer_key_file and keydir.vrf_key_file")
+	signer := fs.String("signer", "", "the signer key `file` (instead of --config)")
+	vrfFile := fs.String("vrf", "", "the private VRF key `file` (default with --signer: that file plus .vrf, when it exists)")
+	if _, err := parseArgs(fs, args, 0, ""); err != nil {
+		return err
+	}
+	switch {
+	case *signer != "" && *path != "":
+		return usageError{"give --config or --signer, not both"}
+	case *signer == "" && *vrfFile != "":
+		return usageError{"--vrf goes with --signer"}
+	case *signer == "":
+		cfg, err := loadConfig(*path)
+		if err != nil {
+			return err
+		}
+		if cfg.KeyDir.SignerKeyFile == "" {
+			return usageError{"the config names no keydir.signer_key_file"}
+		}
+		*signer, *vrfFile = cfg.KeyDir.SignerKeyFile, cfg.KeyDir.VRFKeyFile
+	case *vrfFile == "":
+		if _, err := os.Stat(*signer + ".vrf"); err == nil {
+			*vrfFile = *signer + ".vrf"
+		}
+	}
+	vkey, err := keylog.VerifierKey(*signer)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, vkey)
+	if *vrfFile == "" {
+		fmt.Fprintln(stderr, "no VRF key file: printed the verifier key only")
+		return nil
+	}
+	vrf, err := keylog.LoadVRFSigner(*vrfFile)
+	if err != nil {
+		return err
+	}
+	if name, _, _ := strings.Cut(vkey, "+"); vrf.Public().Name != name {
+		return fmt.Errorf("the VRF key is named %q and the signer key %q: they are not one log's keys", vrf.Public().Name, name)
+	}
+	fmt.Fprintln(stdout, vrf.Public())
 	return nil
 }
 

@@ -78,6 +78,45 @@ func TestKeysCommands(t *testing.T) {
 		t.Errorf("keys genkey --url http://… = %d, %q; want 2", code, stderr)
 	}
 
+	// verifier: the two lines genkey printed, derived again from the
+	// files, from --signer or from the config that names them.
+	if code, again, stderr := clinkd(t, "keys", "verifier", "--signer", keyFile); code != 0 || again != out {
+		t.Errorf("keys verifier --signer = %d, %q, %s; want genkey's output %q", code, again, stderr, out)
+	}
+	verifierCfg := filepath.Join(dir, "verifier.yaml")
+	cfgText := "keydir:\n  signer_key_file: " + keyFile + "\n  vrf_key_file: " + keyFile + ".vrf\n"
+	if err := os.WriteFile(verifierCfg, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, again, stderr := clinkd(t, "keys", "verifier", "--config", verifierCfg); code != 0 || again != out {
+		t.Errorf("keys verifier --config = %d, %q, %s; want genkey's output %q", code, again, stderr, out)
+	}
+	otherKey := filepath.Join(dir, "other-log.key")
+	if code, _, stderr := clinkd(t, "keys", "genkey", "--name", "other.example/log", "--out", otherKey); code != 0 {
+		t.Fatalf("keys genkey = %d, %s", code, stderr)
+	}
+	notAKey := filepath.Join(dir, "not-a-key")
+	if err := os.WriteFile(notAKey, []byte("PRIVATE+KEY+secret-looking-text\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--signer", keyFile, "--vrf", otherKey + ".vrf"}, 1, "not one log's keys"},
+		{[]string{"--signer", notAKey}, 1, "does not hold a note signer key"},
+		{[]string{"--signer", keyFile + ".vrf"}, 1, "does not hold a note signer key"},
+		{[]string{"--signer", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"--signer", keyFile, "--config", verifierCfg}, 2, "not both"},
+		{[]string{"--vrf", keyFile + ".vrf"}, 2, "--vrf goes with --signer"},
+	} {
+		code, stdout, stderr := clinkd(t, append([]string{"keys", "verifier"}, tc.args...)...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "secret-looking") {
+			t.Errorf("keys verifier %q = %d, %q, %q; want %d and %q", tc.args, code, stdout, stderr, tc.code, tc.want)
+		}
+	}
+
 	// A database with the schema, the directory started (a new log:
 	// genesis and the signer state), two keys published, the log served.
 	dbURL := labtest.NewDatabase(t)
