@@ -3,19 +3,17 @@ module github.com/clinkme/clinkd
 go 1.26.0
 
 require (
+	github.com/clinkme/clinkd/address v0.1.0
+	github.com/clinkme/clinkd/client v0.1.0
+	github.com/clinkme/clinkd/extensions v0.1.0
+	github.com/clinkme/clinkd/keylog v0.1.0
 	github.com/jackc/pgx/v5 v5.12.0
-	github.com/pion/dtls/v3 v3.1.15
-	github.com/pion/ice/v4 v4.4.9
-	github.com/pion/interceptor v0.1.51
 	github.com/pion/logging v0.2.4
-	github.com/pion/rtp v1.10.6
-	github.com/pion/sdp/v3 v3.0.20
 	github.com/pion/stun/v4 v4.0.1
 	github.com/pion/transport/v5 v5.1.5
 	github.com/pion/turn/v5 v5.1.3
 	github.com/pion/webrtc/v4 v4.2.26
 	github.com/prometheus/client_golang v1.25.0
-	github.com/transparency-dev/merkle v0.0.2
 	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/crypto v0.59.0
 	golang.org/x/mod v0.42.0
@@ -25,6 +23,15 @@ require (
 	mellium.im/sasl v0.3.2
 	mellium.im/xmlstream v0.15.4
 	mellium.im/xmpp v0.22.0
+)
+
+require (
+	github.com/pion/dtls/v3 v3.1.15 // indirect
+	github.com/pion/ice/v4 v4.4.9 // indirect
+	github.com/pion/interceptor v0.1.51 // indirect
+	github.com/pion/rtp v1.10.6 // indirect
+	github.com/pion/sdp/v3 v3.0.20 // indirect
+	github.com/transparency-dev/merkle v0.0.2 // indirect
 )
 
 require (
@@ -52,4 +59,14 @@ require (
 	golang.org/x/tools v0.52.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	mellium.im/reader v0.1.0 // indirect
+)
+
+// The device SDK and the wire formats it shares with the server are
+// modules of their own (docs/DEVELOPING.md, "Modules"), developed here
+// together.
+replace (
+	github.com/clinkme/clinkd/address => ./address
+	github.com/clinkme/clinkd/client => ./client
+	github.com/clinkme/clinkd/extensions => ./extensions
+	github.com/clinkme/clinkd/keylog => ./keylog
 )

@@ -1,10 +1,3 @@
-// Package client is the reference ClinkMe device SDK: it logs in to the XMPP
-// server over TLS, talks to clinkd, and does what the ClinkMe app does with
-// keys and envelopes. The project's end-to-end tests and benchmarks use it
-// as a real device would, and clinkctl is a thin CLI over it.
-//
-// This file holds the XMPP connection; the envelope crypto, the device key
-// store and device-to-device sync live in sub-packages.
 package client
 
 import (
@@ -18,24 +11,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"mellium.im/sasl"
 	"mellium.im/xmlstream"
-	"mellium.im/xmpp"
 	"mellium.im/xmpp/disco"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/clinkme/clinkd/extensions/extdisco"
-	"github.com/clinkme/clinkd/internal/certpool"
-	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
-// Config is what a device needs to log in.
+// Config is what a device needs to log in, and how its session behaves.
+// Only Addr, JID, Password and TLS are required.
 type Config struct {
 	// Addr is the server's c2s host:port.
 	Addr string
@@ -46,8 +36,22 @@ type Config struct {
 	// TLS verifies the server; its ServerName defaults to JID's domain.
 	// TLS is always required: the SDK refuses a server without StartTLS.
 	TLS *tls.Config
-	// Timeout bounds dialing and login (default 15s).
+	// Timeout bounds one connection: dialing, TLS and login (default 15s).
 	Timeout time.Duration
+	// RequestTimeout bounds a request (an IQ, or the wait for a link to
+	// send on) whose context has no deadline of its own (default 30s):
+	// nothing the SDK asks waits for ever.
+	RequestTimeout time.Duration
+	// KeepAlive is how long the link may be silent before the device
+	// checks it (an XEP-0198 <r/>, or an XEP-0199 ping to the server),
+	// and KeepAliveTimeout how long it then waits for any byte before it
+	// drops the connection and reconnects (defaults 30s and 15s): a link
+	// that went silent is found dead within 45 s.
+	KeepAlive, KeepAliveTimeout time.Duration
+	// BackoffMin and BackoffMax bound the wait between reconnection
+	// attempts, which doubles from BackoffMin up to BackoffMax, less up to
+	// a quarter at random (defaults 1s and 30s).
+	BackoffMin, BackoffMax time.Duration
 	// MaxInbox and MaxInboxBytes bound the stanzas received that no Next
 	// took yet (defaults DefaultMaxInbox and DefaultMaxInboxBytes): past
 	// either, the oldest are dropped and counted (InboxDropped), so that a
@@ -57,35 +61,69 @@ type Config struct {
 	MaxInboxBytes int
 }
 
-// The inbox's default bounds. 32 MiB is what bounds memory: 128 stanzas
-// of Prosody's default maximum size (256 KiB), or over ten thousand
-// ordinary envelopes. 8,192 stanzas bound the work of each Next, which
-// looks through what is queued; they hold many times what a device that
-// reads its events has waiting even under a flood (it drops a throttled
-// sender's envelopes at microseconds each), and a burst of thousands of
-// messages that a test or a benchmark reads only once all are sent.
-const (
-	DefaultMaxInbox      = 8192
-	DefaultMaxInboxBytes = 32 << 20
-)
+func (cfg *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.Timeout, 15*time.Second)
+	def(&cfg.RequestTimeout, 30*time.Second)
+	def(&cfg.KeepAlive, 30*time.Second)
+	def(&cfg.KeepAliveTimeout, 15*time.Second)
+	def(&cfg.BackoffMin, time.Second)
+	def(&cfg.BackoffMax, 30*time.Second)
+	if cfg.BackoffMax < cfg.BackoffMin {
+		cfg.BackoffMax = cfg.BackoffMin
+	}
+}
 
-// A Client is one logged-in device. Its methods are safe for concurrent
-// use.
+// A Client is one logged-in device's session with its XMPP server. It
+// keeps itself connected: after a dropped connection, a silent link
+// (KeepAlive) or a server restart, it reconnects with backoff, resumes
+// the stream when the server offers stream management (XEP-0198) so that
+// nothing is lost or repeated, and otherwise logs in again with a new
+// resource. Calls made while it reconnects wait for the link (within
+// their context and Config.RequestTimeout). The session ends only when
+// Close is called or the server refuses the credentials on a
+// reconnection; Done is closed then, and Err says why. Its methods are
+// safe for concurrent use.
 type Client struct {
-	sess *xmpp.Session
-	conn net.Conn
-	jid  jid.JID
+	cfg Config
 
-	inbox   inbox
-	iqMu    sync.RWMutex
-	iqs     map[xml.Name]IQHandler // by payload name
-	serveMu sync.Mutex
-	served  chan struct{} // closed when the read loop ends
-	err     error         // why it ended; read after served is closed
+	mu       sync.Mutex
+	cur      *link         // the live link; nil while reconnecting (also written under outMu)
+	jid      jid.JID       // of the current or last stream
+	up       chan struct{} // closed while cur is set
+	gen      uint64        // links attached so far
+	closed   bool          // Close was called
+	closing  chan struct{} // closed by Close
+	done     chan struct{} // closed when the session ended for good
+	err      error         // why; read after done is closed
+	watchers []*watcher
+	stats    SessionStats
 
-	writeSem  chan struct{} // one write at a time, each with its deadline
+	outMu sync.Mutex // orders every write with stream management's count
+	sm    streamMgmt
+
+	inbox     inbox
+	iqMu      sync.RWMutex
+	iqs       map[xml.Name]IQHandler // by payload name
 	pendingMu sync.Mutex
-	pending   map[string]chan *Stanza // our IQs awaiting a reply, by id
+	pending   map[string]*pendingIQ   // our IQs awaiting a reply, by id
+	errWaits  map[string]chan *Stanza // message errors awaited, by id
+	keepalive map[string]struct{}     // ids of keepalive pings in flight
+}
+
+// pendingIQ is an IQ waiting for its reply.
+type pendingIQ struct {
+	ch  chan iqReply // buffered, one reply
+	gen uint64       // the link it was written on; 0 until written
+}
+
+type iqReply struct {
+	s   *Stanza
+	err error
 }
 
 // mechanisms in order of preference: mellium takes the first one that the
@@ -94,142 +132,133 @@ type Client struct {
 // it.
 var mechanisms = []sasl.Mechanism{sasl.ScramSha256, sasl.ScramSha1, sasl.Plain}
 
-// Dial connects, secures the stream with StartTLS, authenticates and binds
-// a resource.
+// Dial connects, secures the stream with StartTLS, authenticates, binds a
+// resource, enables stream management when the server offers it, sends
+// initial presence, and keeps the session connected until Close. A
+// refused login is an *AuthError (errors.Is ErrNotAuthorized or
+// ErrAccountLocked); a stream ended by the server a *StreamError.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.TLS == nil {
 		return nil, errors.New("client: a TLS config is required")
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 15 * time.Second
+	cfg.setDefaults()
+	cfg.TLS = cfg.TLS.Clone()
+	if cfg.TLS.ServerName == "" {
+		cfg.TLS.ServerName = cfg.JID.Domainpart()
 	}
-	tlsCfg := cfg.TLS.Clone()
-	if tlsCfg.ServerName == "" {
-		tlsCfg.ServerName = cfg.JID.Domainpart()
+	if cfg.TLS.MinVersion < tls.VersionTLS12 {
+		cfg.TLS.MinVersion = tls.VersionTLS12
 	}
-	if tlsCfg.MinVersion < tls.VersionTLS12 {
-		tlsCfg.MinVersion = tls.VersionTLS12
+	c := &Client{
+		cfg:     cfg,
+		up:      make(chan struct{}),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
+	c.inbox.init(cfg.MaxInbox, cfg.MaxInboxBytes)
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	l, _, err := c.connect(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
-	}
-	sess, err := xmpp.NewClientSession(ctx, cfg.JID.Bare(), conn,
-		xmpp.StartTLS(tlsCfg),
-		xmpp.SASL("", cfg.Password, mechanisms...),
-		xmpp.BindResource(),
-	)
-	if err != nil {
-		conn.Close()
 		return nil, fmt.Errorf("client: login as %s: %w", cfg.JID.Bare(), err)
 	}
-	if sess.State()&xmpp.Secure == 0 {
-		sess.Close()
-		conn.Close()
-		return nil, errors.New("client: the stream is not encrypted")
+	if err := c.attach(l, nil); err != nil {
+		l.close()
+		return nil, fmt.Errorf("client: login as %s: %w", cfg.JID.Bare(), err)
 	}
-	c := &Client{sess: sess, conn: conn, jid: sess.LocalAddr(), served: make(chan struct{}), writeSem: make(chan struct{}, 1)}
-	c.inbox.init(cfg.MaxInbox, cfg.MaxInboxBytes)
-	go c.serve()
-	// Initial presence makes the device available, so that messages to
-	// the user's bare JID reach it (RFC 6121 §8.5.2) instead of offline
-	// storage.
-	if err := c.SendPresence(ctx, stanza.Presence{}); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("client: initial presence: %w", err)
-	}
+	go c.run(l)
 	return c, nil
 }
 
-// JID returns the full address the server bound for this device.
-func (c *Client) JID() jid.JID { return c.jid }
+// JID returns the full address the server bound for this device. It
+// changes when the session reconnects without resuming its stream.
+func (c *Client) JID() jid.JID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.jid
+}
 
-// TLSState returns the TLS state of the link to the server.
-func (c *Client) TLSState() tls.ConnectionState { return c.sess.ConnectionState() }
-
-// Close ends the session gracefully.
-func (c *Client) Close() error {
-	err := c.sess.Close()
-	select {
-	case <-c.served:
-	case <-time.After(3 * time.Second):
+// TLSState returns the TLS state of the current link to the server (the
+// zero value while reconnecting).
+func (c *Client) TLSState() tls.ConnectionState {
+	c.mu.Lock()
+	l := c.cur
+	c.mu.Unlock()
+	if l == nil {
+		return tls.ConnectionState{}
 	}
-	c.conn.Close()
-	return err
+	return l.sess.ConnectionState()
 }
 
-// Done is closed when the session has ended.
-func (c *Client) Done() <-chan struct{} { return c.served }
-
-func (c *Client) serve() {
-	err := c.sess.Serve(xmpp.HandlerFunc(c.handle))
-	c.err = err
-	c.inbox.close()
-	close(c.served)
-}
-
-// handle runs on the session's read loop: it records messages, presences
-// and IQ results nobody waits for (replies to SendRaw) for Next, passes IQ
-// requests to the handler registered for their payload, and leaves other
-// IQ requests to the session's default service-unavailable answer.
-func (c *Client) handle(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
-	request := false
-	switch start.Name.Local {
-	case "message", "presence":
-	case "iq":
-		switch attrValue(start.Attr, "type") {
-		case "result", "error":
-		case "get", "set":
-			c.iqMu.RLock()
-			request = len(c.iqs) > 0
-			c.iqMu.RUnlock()
-			if !request {
-				return nil
-			}
-		default:
-			return nil
+// Close ends the session gracefully: the server forgets the stream (it
+// is not resumed), and clinkd learns that the device went.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		<-c.done
+		return nil
+	}
+	c.closed = true
+	close(c.closing)
+	l := c.cur
+	c.mu.Unlock()
+	if l != nil {
+		c.outMu.Lock()
+		l.sess.Close() // </stream:stream>
+		c.outMu.Unlock()
+		select {
+		case <-l.served:
+		case <-time.After(3 * time.Second):
 		}
+		l.close()
+	}
+	<-c.done
+	return nil
+}
+
+// Done is closed when the session has ended for good.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the session ended for good: ErrClosed after Close, or
+// the server's refusal of a reconnection (an *AuthError). It is nil while
+// the session is connected or reconnecting.
+func (c *Client) Err() error {
+	select {
+	case <-c.done:
+		return c.err
 	default:
 		return nil
 	}
-	var buf bytes.Buffer
-	enc := xml.NewEncoder(&buf)
-	if err := enc.EncodeToken(start.Copy()); err != nil {
-		return nil
-	}
-	if _, err := xmlstream.Copy(enc, t); err != nil {
-		return err
-	}
-	enc.EncodeToken(start.End())
-	enc.Flush()
-	var hdr struct {
-		ID   string  `xml:"id,attr"`
-		Type string  `xml:"type,attr"`
-		From jid.JID `xml:"from,attr"`
-		To   jid.JID `xml:"to,attr"`
-	}
-	if err := xml.Unmarshal(buf.Bytes(), &hdr); err != nil {
-		return nil // a stanza we cannot read is dropped, not fatal
-	}
-	s := &Stanza{Kind: start.Name.Local, ID: hdr.ID, Type: hdr.Type, From: hdr.From, To: hdr.To, Raw: buf.Bytes()}
-	if request {
-		return c.answerIQ(t, s)
-	}
-	if s.Kind == "iq" {
-		c.pendingMu.Lock()
-		ch, ok := c.pending[s.ID]
-		delete(c.pending, s.ID)
-		c.pendingMu.Unlock()
-		if ok {
-			ch <- s // buffered; one reply per id
-			return nil
-		}
-	}
-	c.inbox.push(s)
-	return nil
+}
+
+// Connected reports whether the session has a live link now.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur != nil
+}
+
+// SessionStats counts what the session went through.
+type SessionStats struct {
+	Reconnects     uint64 // new streams after the first
+	Resumed        uint64 // streams resumed (XEP-0198) after a dropped connection
+	InboxDropped   uint64 // received stanzas dropped unread: the inbox was over its bounds
+	InboxUnmatched uint64 // received stanzas dropped because no consumer takes them (Interest)
+	Unacked        int    // stanzas sent that the server has not acknowledged yet
+}
+
+// Stats returns the session's counters.
+func (c *Client) Stats() SessionStats {
+	c.mu.Lock()
+	s := c.stats
+	c.mu.Unlock()
+	c.outMu.Lock()
+	s.Unacked = len(c.sm.queue)
+	c.outMu.Unlock()
+	s.InboxDropped = c.inbox.dropped.Load()
+	s.InboxUnmatched = c.inbox.unmatched.Load()
+	return s
 }
 
 // An IQHandler answers IQ get or set requests sent to this device. It runs
@@ -260,37 +289,6 @@ func (c *Client) HandleIQ(name xml.Name, h IQHandler) {
 		c.iqs = make(map[xml.Name]IQHandler)
 	}
 	c.iqs[name] = h
-}
-
-// answerIQ runs the handler for s's payload and writes its answer.
-func (c *Client) answerIQ(w xmlstream.TokenWriter, s *Stanza) error {
-	names := s.payloads()
-	var h IQHandler
-	if len(names) == 1 {
-		c.iqMu.RLock()
-		h = c.iqs[names[0]]
-		c.iqMu.RUnlock()
-	}
-	if h == nil {
-		return nil // Serve answers service-unavailable
-	}
-	reply := stanza.IQ{ID: s.ID, To: s.From, Type: stanza.ResultIQ}
-	var payload xml.TokenReader
-	if err := h(s); err != nil {
-		reply.Type = stanza.ErrorIQ
-		var ie *IQError
-		var se stanza.Error
-		switch {
-		case errors.As(err, &ie):
-			payload = ie.Err.Wrap(xmlstream.Wrap(nil, xml.StartElement{Name: ie.App}))
-		case errors.As(err, &se):
-			payload = se.TokenReader()
-		default:
-			payload = stanza.Error{Type: stanza.Wait, Condition: stanza.InternalServerError}.TokenReader()
-		}
-	}
-	_, err := xmlstream.Copy(w, reply.Wrap(payload))
-	return err
 }
 
 // payloads returns the names of the stanza's top-level child elements.
@@ -363,13 +361,34 @@ func (s *Stanza) Has(name xml.Name) bool {
 	return s.Decode(name, &discard) == nil
 }
 
+// StanzaError returns the error an error-typed stanza carries.
+func (s *Stanza) StanzaError() (stanza.Error, bool) {
+	var se stanza.Error
+	if s.Type != "error" || s.Decode(xml.Name{Space: stanza.NSClient, Local: "error"}, &se) != nil && s.Decode(xml.Name{Local: "error"}, &se) != nil {
+		return stanza.Error{}, false
+	}
+	return se, true
+}
+
 // Next returns the next received stanza for which match returns true (any
 // stanza if match is nil), waiting until ctx ends. Stanzas that do not match
 // stay queued for later calls, within the inbox's bounds (Config.MaxInbox):
 // past them the oldest go, whether a later call would have matched them or
-// not.
+// not. Once the session ended and nothing matching is queued, it returns
+// an error matching ErrClosed. Received stanzas are kept across
+// reconnections.
 func (c *Client) Next(ctx context.Context, match func(*Stanza) bool) (*Stanza, error) {
-	return c.inbox.next(ctx, match)
+	return c.inbox.next(ctx, match, func() error { return closedError(c.err) })
+}
+
+// Interest declares which received stanzas a consumer takes with Next.
+// Once any interest is declared, a received stanza that no interest
+// matches is dropped on arrival and counted (Stats().InboxUnmatched),
+// instead of waiting in the inbox until its bound pushes out stanzas a
+// consumer would take. Without any, every stanza is kept. stop withdraws
+// it. A Device declares the messages from its clinkd.
+func (c *Client) Interest(match func(*Stanza) bool) (stop func()) {
+	return c.inbox.interest(match)
 }
 
 // InboxDropped returns how many received stanzas were dropped unread
@@ -378,40 +397,54 @@ func (c *Client) InboxDropped() uint64 { return c.inbox.dropped.Load() }
 
 // IQ sends an IQ of type typ with the payload to to and decodes the
 // result's payload into result (which may be nil). An error reply is
-// returned as a stanza.Error.
+// returned as a stanza.Error. Without a deadline in ctx, it waits at most
+// Config.RequestTimeout. A connection lost meanwhile, when the stream is
+// not resumed, fails it with ErrConnectionLost.
 //
 // Replies are matched here rather than by mellium.im/xmpp's SendIQ, whose
 // context also drives its write deadline (see write).
 func (c *Client) IQ(ctx context.Context, typ stanza.IQType, to jid.JID, payload, result any) error {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
 	id := randomID()
-	ch := make(chan *Stanza, 1)
+	p := &pendingIQ{ch: make(chan iqReply, 1)}
 	c.pendingMu.Lock()
 	if c.pending == nil {
-		c.pending = make(map[string]chan *Stanza)
+		c.pending = make(map[string]*pendingIQ)
 	}
-	c.pending[id] = ch
+	c.pending[id] = p
 	c.pendingMu.Unlock()
 	defer func() {
 		c.pendingMu.Lock()
 		delete(c.pending, id)
 		c.pendingMu.Unlock()
 	}()
-	if err := c.send(ctx, stanza.IQ{ID: id, Type: typ, To: to}.StartElement(), []any{payload}); err != nil {
+	gen, err := c.send(ctx, stanza.IQ{ID: id, Type: typ, To: to}.StartElement(), []any{payload})
+	if err != nil {
 		return fmt.Errorf("client: iq to %s: %w", to, err)
 	}
-	var reply *Stanza
+	c.pendingMu.Lock()
+	p.gen = gen
+	c.pendingMu.Unlock()
+	var reply iqReply
 	select {
-	case reply = <-ch:
-	case <-c.served:
-		return fmt.Errorf("client: iq to %s: %w", to, ErrClosed)
+	case reply = <-p.ch:
 	case <-ctx.Done():
 		return fmt.Errorf("client: iq to %s: %w", to, ctx.Err())
 	}
-	isError := reply.Type == string(stanza.ErrorIQ)
+	if reply.err != nil {
+		return fmt.Errorf("client: iq to %s: %w", to, reply.err)
+	}
+	return decodeIQResult(reply.s, to, result)
+}
+
+// decodeIQResult decodes an IQ reply into result, or returns its error.
+func decodeIQResult(s *Stanza, to jid.JID, result any) error {
+	isError := s.Type == string(stanza.ErrorIQ)
 	if !isError && result == nil {
 		return nil
 	}
-	d := xml.NewDecoder(bytes.NewReader(reply.Raw))
+	d := xml.NewDecoder(bytes.NewReader(s.Raw))
 	depth := 0
 	for {
 		tok, err := d.Token()
@@ -443,6 +476,15 @@ func (c *Client) IQ(ctx context.Context, typ stanza.IQType, to jid.JID, payload,
 			depth--
 		}
 	}
+}
+
+// requestContext bounds ctx by Config.RequestTimeout when it has no
+// deadline.
+func (c *Client) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.RequestTimeout)
 }
 
 func randomID() string {
@@ -478,142 +520,151 @@ func (c *Client) DiscoInfo(ctx context.Context, to jid.JID) (disco.Info, error) 
 	return info, err
 }
 
-// SendMessage sends a message with the payloads as its children.
+// SendMessage sends a message with the payloads as its children. Sending
+// waits for a link while the session reconnects; with stream management
+// a message is kept until the server acknowledges it and sent again on
+// the resumed (or, failing that, the new) stream.
 func (c *Client) SendMessage(ctx context.Context, m stanza.Message, payload ...any) error {
-	return c.send(ctx, m.StartElement(), payload)
+	_, err := c.send(ctx, m.StartElement(), payload)
+	return err
 }
 
 // SendPresence sends a presence with the payloads as its children;
 // with To set it is directed presence.
 func (c *Client) SendPresence(ctx context.Context, p stanza.Presence, payload ...any) error {
-	return c.send(ctx, p.StartElement(), payload)
+	_, err := c.send(ctx, p.StartElement(), payload)
+	return err
 }
 
-func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any) error {
-	r, err := xmlpayload.Readers(payload...)
+// send encodes a stanza and writes it; it returns the generation of the
+// link it went on.
+func (c *Client) send(ctx context.Context, start xml.StartElement, payload []any) (uint64, error) {
+	r, err := payloadReaders(payload...)
 	if err != nil {
-		return fmt.Errorf("client: %w", err)
+		return 0, fmt.Errorf("client: %w", err)
 	}
-	if err := c.write(ctx, func() error { return c.sess.SendElement(context.Background(), r, start) }); err != nil {
-		return fmt.Errorf("client: send %s: %w", start.Name.Local, err)
+	raw, err := encodeStanza(start, r)
+	if err != nil {
+		return 0, fmt.Errorf("client: send %s: %w", start.Name.Local, err)
 	}
-	return nil
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	gen, err := c.writeStanza(ctx, raw, start.Name.Local)
+	if err != nil {
+		return 0, fmt.Errorf("client: send %s: %w", start.Name.Local, err)
+	}
+	return gen, nil
 }
 
 // SendRaw writes a stanza as given: tests use it to send what a correct
-// client never would.
+// client never would. It is counted for stream management as a stanza
+// when it is one.
 func (c *Client) SendRaw(ctx context.Context, r xml.TokenReader) error {
-	return c.write(ctx, func() error { return c.sess.Send(context.Background(), r) })
-}
-
-// write runs one write to the server under a write deadline of its own,
-// taken from ctx (at most 30s). mellium.im/xmpp v0.22.0 turns a send's
-// context into a deadline from a goroutine that can wake after the send
-// returned, see both the send finished and the context cancelled, and set
-// a deadline in the past on the connection: a later, unrelated write then
-// fails with i/o timeout (seen here after Dial's context ended). So every
-// write gets context.Background() and its deadline from here.
-func (c *Client) write(ctx context.Context, f func() error) error {
-	select {
-	case c.writeSem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	tok, err := r.Token()
+	if err != nil {
+		return err
 	}
-	defer func() { <-c.writeSem }()
-	deadline := time.Now().Add(30 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	start, ok := tok.(xml.StartElement)
+	if !ok {
+		return fmt.Errorf("client: SendRaw: a stanza starts with an element, not %T", tok)
 	}
-	c.conn.SetWriteDeadline(deadline)
-	defer c.conn.SetWriteDeadline(time.Time{})
-	return f()
-}
-
-// inbox holds received stanzas until Next takes them. The read loop must
-// never block on a slow consumer, or IQ replies behind it would stall, so
-// a push never waits: past the bounds it drops the oldest stanzas, counted.
-type inbox struct {
-	mu       sync.Mutex
-	queue    []*Stanza
-	bytes    int           // of Raw, in queue
-	max      int           // stanzas, ≥ 1
-	maxBytes int           // bytes of Raw, ≥ 1; one stanza larger than it is kept alone
-	signal   chan struct{} // closed and replaced when the queue changes
-	closed   bool
-	dropped  atomic.Uint64
-}
-
-func (b *inbox) init(max, maxBytes int) {
-	if max <= 0 {
-		max = DefaultMaxInbox
+	raw, err := encodeStanza(start, xmlstream.Inner(r))
+	if err != nil {
+		return err
 	}
-	if maxBytes <= 0 {
-		maxBytes = DefaultMaxInboxBytes
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	_, err = c.writeStanza(ctx, raw, start.Name.Local)
+	return err
+}
+
+// encodeStanza encodes a stanza to the bytes that go on the wire, and
+// that stream management keeps for sending again. As mellium's own
+// encoder does, it leaves out xmlns attributes of elements whose name
+// has a namespace (encoding/xml writes the namespace already).
+func encodeStanza(start xml.StartElement, payload xml.TokenReader) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := xml.NewEncoder(&buf)
+	write := func(t xml.Token) error {
+		if s, ok := t.(xml.StartElement); ok && s.Name.Space != "" {
+			attrs := s.Attr[:0:0]
+			for _, a := range s.Attr {
+				if a.Name.Local == "xmlns" && a.Name.Space == "" {
+					continue
+				}
+				attrs = append(attrs, a)
+			}
+			s.Attr = attrs
+			t = s
+		}
+		return enc.EncodeToken(t)
 	}
-	b.max, b.maxBytes = max, maxBytes
-	b.signal = make(chan struct{})
-}
-
-func (b *inbox) push(s *Stanza) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.queue = append(b.queue, s)
-	b.bytes += len(s.Raw)
-	for len(b.queue) > 1 && (len(b.queue) > b.max || b.bytes > b.maxBytes) {
-		b.bytes -= len(b.queue[0].Raw)
-		b.queue[0] = nil // let it be collected
-		b.queue = b.queue[1:]
-		b.dropped.Add(1)
+	if err := write(start); err != nil {
+		return nil, err
 	}
-	close(b.signal)
-	b.signal = make(chan struct{})
-}
-
-func (b *inbox) close() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	close(b.signal)
-	b.signal = make(chan struct{})
-}
-
-// ErrClosed is returned by Next once the session has ended and nothing
-// matching is queued.
-var ErrClosed = errors.New("client: session ended")
-
-func (b *inbox) next(ctx context.Context, match func(*Stanza) bool) (*Stanza, error) {
-	for {
-		b.mu.Lock()
-		for i, s := range b.queue {
-			if match == nil || match(s) {
-				b.bytes -= len(s.Raw)
-				copy(b.queue[i:], b.queue[i+1:])
-				b.queue[len(b.queue)-1] = nil
-				b.queue = b.queue[:len(b.queue)-1]
-				b.mu.Unlock()
-				return s, nil
+	if payload != nil {
+		for {
+			tok, err := payload.Token()
+			if tok != nil {
+				if werr := write(xml.CopyToken(tok)); werr != nil {
+					return nil, werr
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, err
 			}
 		}
-		closed, sig := b.closed, b.signal
-		b.mu.Unlock()
-		if closed {
-			return nil, ErrClosed
-		}
-		select {
-		case <-sig:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
 	}
+	if err := enc.EncodeToken(start.End()); err != nil {
+		return nil, err
+	}
+	if err := enc.Flush(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // LoadCertPool reads a PEM file of CA certificates into a new pool, for
 // Config.TLS when the server's certificate is not signed by a system CA
-// (a lab, a private CA).
+// (a lab, a private CA). It fails when the file cannot be read or holds
+// no certificate. (clinkd's internal/certpool is the server's loader, with
+// the same rules; the SDK links nothing of the server.)
 func LoadCertPool(path string) (*x509.CertPool, error) {
-	pool, err := certpool.Load(path)
+	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, fmt.Errorf("client: CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", path)
 	}
 	return pool, nil
+}
+
+// payloadReaders returns the tokens of payloads, one after the other:
+// each one's own tokens when it is an xmlstream.Marshaler or an
+// xml.TokenReader, else what encoding/xml makes of it. (mellium.im/xmpp
+// v0.22.0's Session.EncodeElement ignores the start element it is given,
+// so stanzas go out as tokens; clinkd's internal/xmlpayload does the same
+// for the server.)
+func payloadReaders(payloads ...any) (xml.TokenReader, error) {
+	rs := make([]xml.TokenReader, 0, len(payloads))
+	for _, v := range payloads {
+		switch v := v.(type) {
+		case xmlstream.Marshaler:
+			rs = append(rs, v.TokenReader())
+		case xml.TokenReader:
+			rs = append(rs, v)
+		default:
+			b, err := xml.Marshal(v)
+			if err != nil {
+				return nil, fmt.Errorf("encode %T: %w", v, err)
+			}
+			rs = append(rs, xml.NewDecoder(bytes.NewReader(b)))
+		}
+	}
+	return xmlstream.MultiReader(rs...), nil
 }

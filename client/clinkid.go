@@ -82,6 +82,20 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("clinkid: %s (HTTP %d): %s", e.Code, e.Status, e.Message)
 }
 
+// Is matches ErrNotAuthorized for a wrong password or token
+// (invalid_credentials, invalid_token) and ErrAccountLocked for a locked
+// name (account_locked; RetryAfter says how long), as the XMPP login's
+// *AuthError does.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotAuthorized:
+		return e.Code == "invalid_credentials" || e.Code == "invalid_token"
+	case ErrAccountLocked:
+		return e.Code == "account_locked"
+	}
+	return false
+}
+
 // ClinkIDAccount is an account as the API shows it.
 type ClinkIDAccount struct {
 	Name         string    `json:"account"`

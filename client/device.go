@@ -2,69 +2,124 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/client/keystore"
-	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // A Device is a whole ClinkMe device: a logged-in session, the device's
 // key store, and the verified key directory at clinkd. It does what the
 // app does: publish its key, look contacts' keys up with proofs, seal and
-// open envelopes, share per-contact keys, send timed messages.
+// open envelopes, share per-contact keys, send timed messages, and turn
+// everything it receives into events (NextEvent). Its methods are safe
+// for concurrent use.
 type Device struct {
 	c         *Client
 	store     *keystore.Store
 	keys      *KeyDirectory
 	component jid.JID
 	me        string // canonical bare JID
+	now       func() time.Time
+
+	announceEvery time.Duration
+	startOnce     sync.Once
+	stopInterest  func()
 
 	// What receiving needs (receive.go).
-	now    func() time.Time
-	replay *replayCache
-	fails  *senderBuckets // per peer: envelopes that failed
-	shares *senderBuckets // per peer: key shares stored
-	rx     receiver
+	replay  *replayCache
+	fails   *senderBuckets // per peer: envelopes that failed
+	shares  *senderBuckets // per peer: key shares stored
+	rx      receiver
+	sent    sentTracker  // ordinary messages waiting for receipts (receipts.go)
+	expires expiryTimers // timed messages to expire by the device's clock (expirytimers.go)
 }
 
-// DeviceConfig assembles a Device.
+// DeviceConfig assembles a Device. Client, Store, Component,
+// VerifierKey and VRFKey are required.
 type DeviceConfig struct {
 	Client    *Client         // logged in as the store's identity
-	Store     *keystore.Store // the device's private key and contact keys
+	Store     *keystore.Store // the device's state: private key, contact keys, pins
 	Component jid.JID         // clinkd's domain
-	LogKey    string          // the key directory log's verifier key
-	VRFKey    string          // the key directory's VRF public key (key directory v1)
-	Pins      PinStore        // what the device saw of the log (nil: memory)
-	Witnesses WitnessPolicy   // witnesses that must cosign every checkpoint (zero: none)
+	// VerifierKey is the key directory's verifier key: the note verifier
+	// key (golang.org/x/mod/sumdb/note) that signs the log's checkpoints,
+	// shipped with the app (lab.json's verifier_key, clinkctl
+	// --verifier-key, clinkd keys genkey).
+	VerifierKey string
+	// Deprecated: LogKey is the old name of VerifierKey.
+	LogKey string
+	// VRFKey is the key directory's VRF public key (key directory v1),
+	// shipped with the app beside VerifierKey (lab.json's keylog_vrf_key,
+	// clinkctl --vrf-key).
+	VRFKey string
+	// Pins keeps what the device saw of the key directory. nil keeps it
+	// in the key store, the one state file that device sync carries;
+	// &MemoryPins{} forgets it when the process ends (tests, tools).
+	Pins PinStore
+	// Witnesses is the device's witness policy: the witnesses' verifier
+	// keys, shipped with the app beside VerifierKey (lab.json's
+	// witnesses), and how many of them must have cosigned every
+	// checkpoint the device accepts (ErrNotCosigned; the zero value
+	// requires none).
+	Witnesses WitnessPolicy
 	// ReplayFile is the device's replay cache (replay.go,
 	// docs/envelope.md section 9); "" puts it beside the key store, at
 	// Store.Path() + ".replay".
 	ReplayFile string
 	// Now is the device's clock, by which it checks the time and expiry
-	// of what it receives (nil: time.Now).
+	// of what it receives and expires timed messages (nil: time.Now).
 	Now func() time.Time
+	// AnnounceEvery is how often the device announces itself to clinkd
+	// again while connected (default DefaultAnnounceEvery), besides after
+	// every reconnection: a clinkd that restarted learns within it of the
+	// devices that stayed connected (docs/expiry.md, step 1).
+	AnnounceEvery time.Duration
 }
 
+// DefaultAnnounceEvery is how often a connected device announces itself
+// to clinkd again: clinkd forgets the devices online when it restarts,
+// and the XMPP server tells it nothing about devices that stayed
+// connected, so for up to this long it holds their timed messages and
+// receipts instead of delivering them.
+const DefaultAnnounceEvery = 5 * time.Minute
+
 // NewDevice checks that the session and the key store belong to the same
-// account, opens the replay cache and builds the device.
+// account, opens the replay cache and builds the device. The device takes
+// the session's messages from its clinkd (Client.Interest); Start brings
+// it up.
 func NewDevice(cfg DeviceConfig) (*Device, error) {
+	if cfg.Client == nil || cfg.Store == nil {
+		return nil, errors.New("client: a device needs a Client and a Store")
+	}
 	me := cfg.Client.JID().Bare().String()
 	if cfg.Store.Identity().JID() != me {
 		return nil, fmt.Errorf("client: the key store is %s's, the session %s's", cfg.Store.Identity().JID(), me)
 	}
-	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: cfg.LogKey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Witnesses: cfg.Witnesses})
-	if err != nil {
-		return nil, err
+	if cfg.Component.Domainpart() == "" {
+		return nil, errors.New("client: a device needs clinkd's component domain")
+	}
+	vkey := cfg.VerifierKey
+	switch {
+	case vkey == "":
+		vkey = cfg.LogKey
+	case cfg.LogKey != "" && strings.TrimSpace(cfg.LogKey) != strings.TrimSpace(vkey):
+		return nil, errors.New("client: VerifierKey and its deprecated name LogKey differ")
+	}
+	if cfg.Pins == nil {
+		cfg.Pins = StorePins{cfg.Store}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: vkey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Now: cfg.Now, Witnesses: cfg.Witnesses})
+	if err != nil {
+		return nil, err
 	}
 	kd.cache.now = cfg.Now // how long an answer is fresh, by the device's clock
 	if cfg.ReplayFile == "" {
@@ -74,139 +129,276 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Device{
+	if cfg.AnnounceEvery <= 0 {
+		cfg.AnnounceEvery = DefaultAnnounceEvery
+	}
+	d := &Device{
 		c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me,
-		now: cfg.Now, replay: replay,
+		now: cfg.Now, replay: replay, announceEvery: cfg.AnnounceEvery,
 		fails:  newSenderBuckets(failBurst, failRefill),
 		shares: newSenderBuckets(shareBurst, shareRefill),
-	}, nil
+	}
+	d.rx.init()
+	d.stopInterest = d.c.Interest(func(s *Stanza) bool {
+		return s.Kind == "message" && s.From.Domainpart() == d.component.Domainpart()
+	})
+	return d, nil
 }
 
 // Client is the device's session.
 func (d *Device) Client() *Client { return d.c }
 
-// Keys is the device's key directory client.
+// Directory is the device's client of the key directory.
+func (d *Device) Directory() *KeyDirectory { return d.keys }
+
+// Keys is the device's client of the key directory.
+//
+// Deprecated: use Directory.
 func (d *Device) Keys() *KeyDirectory { return d.keys }
 
-// ErrOwnKeyReplaced is returned by Start when the directory binds another
-// key to this account: someone published in its name, or an operator
-// reset it. The device must not go on as if nothing happened.
-var ErrOwnKeyReplaced = errors.New("client: the directory binds another key to this account")
+// Close ends the device's session (Client.Close).
+func (d *Device) Close() error { return d.c.Close() }
 
-// Start makes sure the directory binds this device's key to the account
-// (publishing it the first time), checking the answer's proof, and
-// announces the device to clinkd.
+// Start brings the device up. It runs three steps, which an app may also
+// run one by one:
+//
+//  1. CheckKey: look the account's key binding up, with proof.
+//  2. If the directory binds no key and never bound this device's key
+//     (the device's first run), PublishKey. If it bound this device's key
+//     and the binding ended (an operator reset it, or the account was
+//     deleted), or it binds another key, Start stops with an
+//     *OwnKeyError (ErrOwnKeyReset, ErrOwnKeyReplaced) and publishes
+//     nothing: only PublishKeyAgain, which the app calls when its user
+//     chose to, binds a key that was reset again.
+//  3. Announce the device to clinkd, and keep announcing it after every
+//     reconnection and every AnnounceEvery; after every reconnection,
+//     also ask clinkd for the receipts it missed (TrackReceipts).
 func (d *Device) Start(ctx context.Context) error {
-	res, err := d.keys.LookupKeys(ctx, d.me)
-	if err != nil {
-		return fmt.Errorf("client: own key: %w", err)
-	}
-	mine, err := envelope.Fingerprint(d.store.Identity().PublicKey())
+	own, err := d.CheckKey(ctx)
 	if err != nil {
 		return err
 	}
-	switch {
-	case len(res) == 1 && res[0].Key != nil && res[0].Key.Fingerprint == mine:
-		// Bound already, proven.
-	case len(res) == 1 && res[0].Key != nil:
-		return fmt.Errorf("%w: SHA256:%x instead of SHA256:%x", ErrOwnKeyReplaced, res[0].Key.Fingerprint, mine)
-	default:
-		if _, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey()); err != nil {
-			return fmt.Errorf("client: publish key: %w", err)
+	switch own.Status {
+	case KeyNotPublished:
+		if _, err := d.publish(ctx); err != nil {
+			return err
+		}
+	case KeyEnded, KeyReplaced:
+		return &OwnKeyError{Own: own}
+	}
+	if err := d.Announce(ctx); err != nil {
+		return err
+	}
+	d.startOnce.Do(func() { go d.background() })
+	return nil
+}
+
+// KeyStatus is what the key directory binds to the device's account,
+// compared with the device's own key.
+type KeyStatus int
+
+// The statuses of CheckKey.
+const (
+	KeyBound        KeyStatus = iota // the directory binds this device's key
+	KeyNotPublished                  // no key is bound, and this device's key never was: publish it
+	KeyEnded                         // this device's key was bound, and its binding ended (a reset, a deleted account)
+	KeyReplaced                      // the directory binds another key to the account
+)
+
+func (s KeyStatus) String() string {
+	switch s {
+	case KeyBound:
+		return "bound"
+	case KeyNotPublished:
+		return "not published"
+	case KeyEnded:
+		return "ended"
+	case KeyReplaced:
+		return "replaced"
+	}
+	return fmt.Sprintf("KeyStatus(%d)", int(s))
+}
+
+// OwnKey is the device's key as the key directory sees it.
+type OwnKey struct {
+	Status KeyStatus
+	// Key is the binding, proven: this device's key when Bound, the other
+	// key when Replaced; nil otherwise.
+	Key *VerifiedKey
+	// Ended is the log entry that ended this device's key's binding
+	// (kind reset or delete), when Status is KeyEnded.
+	Ended *HistoryEntry
+}
+
+// Errors of Start and PublishKey, matched by an *OwnKeyError.
+var (
+	// ErrOwnKeyReplaced: the directory binds another key to this account:
+	// the user moved to another device, someone published in the
+	// account's name, or an operator reset the account and a new key was
+	// published. The device must not go on as if nothing happened.
+	ErrOwnKeyReplaced = errors.New("client: the directory binds another key to this account")
+	// ErrOwnKeyReset: the directory bound this device's key and the
+	// binding ended (an operator reset it, or the account was deleted).
+	// The device does not publish it again by itself: contacts were told
+	// the key is gone, and publishing it again would undo the reset.
+	// PublishKeyAgain does, when the user chose to.
+	ErrOwnKeyReset = errors.New("client: the directory ended this device's key binding")
+)
+
+// An OwnKeyError says why the device did not publish its key or start:
+// it matches ErrOwnKeyReplaced or ErrOwnKeyReset.
+type OwnKeyError struct{ Own OwnKey }
+
+func (e *OwnKeyError) Error() string {
+	switch e.Own.Status {
+	case KeyReplaced:
+		if e.Own.Key != nil {
+			return fmt.Sprintf("%v: SHA256:%x is bound now (log index %d, since %s)", ErrOwnKeyReplaced, e.Own.Key.Fingerprint, e.Own.Key.Index, e.Own.Key.Time.UTC().Format(time.RFC3339))
+		}
+		return ErrOwnKeyReplaced.Error()
+	case KeyEnded:
+		if h := e.Own.Ended; h != nil {
+			return fmt.Sprintf("%v (%s, log index %d, %s); the key is not published again unless the user chooses to", ErrOwnKeyReset, h.Kind, h.Index, h.Time.UTC().Format(time.RFC3339))
+		}
+		return ErrOwnKeyReset.Error() + "; the key is not published again unless the user chooses to"
+	}
+	return fmt.Sprintf("client: own key %s", e.Own.Status)
+}
+
+// Is matches the sentinel of the status.
+func (e *OwnKeyError) Is(target error) bool {
+	return target == ErrOwnKeyReplaced && e.Own.Status == KeyReplaced || target == ErrOwnKeyReset && e.Own.Status == KeyEnded
+}
+
+// CheckKey looks the account's key binding up, with proof, and compares
+// it with the device's key. When no key is bound it reads the account's
+// history in the log (verified) to tell a first run from a binding that
+// ended.
+func (d *Device) CheckKey(ctx context.Context) (OwnKey, error) {
+	res, err := d.keys.LookupKeys(ctx, d.me)
+	var kc *KeyChangeError
+	if err != nil && !errors.As(err, &kc) {
+		return OwnKey{}, fmt.Errorf("client: own key: %w", err)
+	}
+	if len(res) != 1 {
+		return OwnKey{}, fmt.Errorf("client: own key: %w: %d results", ErrBadAnswer, len(res))
+	}
+	mine, err := envelope.Fingerprint(d.store.Identity().PublicKey())
+	if err != nil {
+		return OwnKey{}, err
+	}
+	if k := res[0].Key; k != nil {
+		if k.Fingerprint == mine {
+			return OwnKey{Status: KeyBound, Key: k}, nil
+		}
+		return OwnKey{Status: KeyReplaced, Key: k}, nil
+	}
+	hist, err := d.keys.History(ctx)
+	if err != nil {
+		return OwnKey{}, fmt.Errorf("client: own key history: %w", err)
+	}
+	own := OwnKey{Status: KeyNotPublished}
+	for i, h := range hist {
+		if h.Kind != "publish" || h.Fingerprint != mine {
+			continue
+		}
+		own.Status = KeyEnded
+		for _, later := range hist[i+1:] {
+			if later.Kind != "publish" {
+				e := later
+				own.Ended = &e
+				break
+			}
 		}
 	}
-	return d.c.Announce(ctx, d.component)
+	return own, nil
 }
 
-// SendOptions choose how a message is protected and kept.
-type SendOptions struct {
-	// Secure seals with the per-contact key (ClinkMe Secure), sharing one
-	// first, inside a standard envelope, if there is none yet.
-	Secure bool
-	// TTL, if set, makes a timed message: deleted on every device after
-	// TTL and never stored by the server.
-	TTL time.Duration
-}
-
-// ErrNoKey is returned when the recipient has published no key.
-var ErrNoKey = errors.New("client: the recipient has no key in the directory")
-
-func newMessageID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// recipientKey looks the recipient's key up with proof. A key that
-// differs from the one seen before is an error (a *KeyChangeError), never
-// silently used.
-func (d *Device) recipientKey(ctx context.Context, to jid.JID) (*VerifiedKey, error) {
-	res, err := d.keys.LookupKeys(ctx, to.Bare().String())
+// PublishKey publishes the device's key on its first run: when the
+// directory binds no key to the account and never bound this key. It
+// refuses, with an *OwnKeyError, a key whose binding ended (PublishKeyAgain)
+// or an account bound to another key. Publishing the key already bound
+// returns it.
+func (d *Device) PublishKey(ctx context.Context) (*VerifiedKey, error) {
+	own, err := d.CheckKey(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(res) != 1 || res[0].Key == nil {
-		return nil, fmt.Errorf("%w: %s", ErrNoKey, to.Bare())
+	switch own.Status {
+	case KeyBound:
+		return own.Key, nil
+	case KeyNotPublished:
+		return d.publish(ctx)
 	}
-	return res[0].Key, nil
+	return nil, &OwnKeyError{Own: own}
 }
 
-// Send seals text for to and sends it through clinkd. It returns the
-// message id, which receipts and expiry notices name.
-func (d *Device) Send(ctx context.Context, to jid.JID, text string, o SendOptions) (string, error) {
-	to = to.Bare()
-	key, err := d.recipientKey(ctx, to)
+// PublishKeyAgain binds the device's key to the account again after the
+// directory ended its binding (ErrOwnKeyReset): an app calls it only when
+// its user chose to, having been told that the key was reset (contacts
+// see the key come back as a key change). It also publishes on a first
+// run. It does not replace another key bound to the account
+// (ErrOwnKeyReplaced).
+func (d *Device) PublishKeyAgain(ctx context.Context) (*VerifiedKey, error) {
+	own, err := d.CheckKey(ctx)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	h := envelope.Header{ID: newMessageID(), Time: now}
-	if o.TTL > 0 {
-		h.Expires = now.Add(o.TTL)
+	switch own.Status {
+	case KeyBound:
+		return own.Key, nil
+	case KeyReplaced:
+		return nil, &OwnKeyError{Own: own}
 	}
-	content := envelope.Content{Kind: envelope.KindText, Text: text}
-	var env *envelopexml.Envelope
-	if o.Secure {
-		ck, err := d.contactKey(ctx, to, key)
-		if err != nil {
-			return "", err
-		}
-		env, err = envelope.SealEnhanced(d.store.Identity(), to.String(), ck, h, content)
-		if err != nil {
-			return "", err
-		}
-	} else {
-		env, err = envelope.SealStandard(d.store.Identity(), []envelope.Recipient{{JID: to.String(), Key: key.Key}}, h, content)
-		if err != nil {
-			return "", err
-		}
-	}
-	if err := d.c.SendEnvelope(ctx, d.component, to, env); err != nil {
-		return "", err
-	}
-	return env.ID, nil
+	return d.publish(ctx)
 }
 
-// contactKey returns the current per-contact key for to, creating one and
-// sharing it (as an ordinary standard envelope) if there is none. The key
-// is stored before it leaves, so a crash cannot lose a key the contact
-// has.
-func (d *Device) contactKey(ctx context.Context, to jid.JID, key *VerifiedKey) (envelope.ContactKey, error) {
-	if k, ok := d.store.CurrentContactKey(to.String()); ok {
-		return k, nil
-	}
-	k := envelope.NewContactKey()
-	if err := d.store.AddContactKey(to.String(), k); err != nil {
-		return envelope.ContactKey{}, err
-	}
-	share, err := envelope.SealStandard(d.store.Identity(), []envelope.Recipient{{JID: to.String(), Key: key.Key}},
-		envelope.Header{ID: newMessageID(), Time: time.Now().UTC().Truncate(time.Second)},
-		envelope.Content{Kind: envelope.KindKeyShare, Key: k})
+func (d *Device) publish(ctx context.Context) (*VerifiedKey, error) {
+	k, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey())
 	if err != nil {
-		return envelope.ContactKey{}, err
-	}
-	if err := d.c.SendEnvelope(ctx, d.component, to, share); err != nil {
-		return envelope.ContactKey{}, fmt.Errorf("client: share the contact key: %w", err)
+		return nil, fmt.Errorf("client: publish key: %w", err)
 	}
 	return k, nil
+}
+
+// Announce tells clinkd that this device is online, so that it delivers
+// the timed messages and receipts it holds for the user (docs/expiry.md,
+// step 1). Start does it, and the device does it again after every
+// reconnection and every AnnounceEvery.
+func (d *Device) Announce(ctx context.Context) error {
+	return d.c.Announce(ctx, d.component)
+}
+
+// background follows the session until it ends: a Connection event for
+// each change, an announcement and a receipt catch-up after each
+// reconnection, and an announcement every announceEvery.
+func (d *Device) background() {
+	stop := d.c.Watch(func(ev SessionEvent) {
+		d.rx.push(outcome{ev: &Connection{Up: ev.Up, Resumed: ev.Resumed, Final: ev.Final, Err: ev.Err}})
+		if ev.Up {
+			go d.afterReconnect()
+		}
+	})
+	defer stop()
+	d.catchUpReceipts()
+	t := time.NewTicker(d.announceEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.c.Done():
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), d.c.cfg.RequestTimeout)
+			d.Announce(ctx) // a failure means the link is down: the reconnection announces
+			cancel()
+		}
+	}
+}
+
+// afterReconnect announces the device again and catches up on receipts.
+func (d *Device) afterReconnect() {
+	ctx, cancel := context.WithTimeout(context.Background(), d.c.cfg.RequestTimeout)
+	d.Announce(ctx)
+	cancel()
+	d.catchUpReceipts()
 }

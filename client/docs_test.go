@@ -25,10 +25,7 @@ import (
 // points to exists.
 func TestProtocolIndex(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../docs/protocol.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := repoFile(t, "docs/protocol.md")
 	doc := string(b)
 	start, end := strings.Index(doc, "\n## Index\n"), strings.Index(doc, "\n## Versioning\n")
 	if start < 0 || end < start {
@@ -55,10 +52,7 @@ func TestProtocolIndex(t *testing.T) {
 // gives for the reference device are the code's.
 func TestEnvelopeSecurityNumbers(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../docs/envelope.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := repoFile(t, "docs/envelope.md")
 	doc := strings.Join(strings.Fields(string(b)), " ")
 	start, end := strings.Index(doc, "## 9. Security considerations"), strings.Index(doc, "## 10. Test vectors")
 	if start < 0 || end < start {
@@ -93,5 +87,27 @@ func TestEnvelopeSecurityNumbers(t *testing.T) {
 	}
 	if parkMaxWait != time.Minute {
 		t.Errorf("parkMaxWait = %v; the document says a minute", parkMaxWait)
+	}
+}
+
+// TestProtocolsIndexed: every protocol the SDK says it speaks is a row of
+// docs/protocol.md's index that names that version.
+func TestProtocolsIndexed(t *testing.T) {
+	t.Parallel()
+	doc := string(repoFile(t, "docs/protocol.md"))
+	start, end := strings.Index(doc, "\n## Index\n"), strings.Index(doc, "\n## Versioning\n")
+	if start < 0 || end < start {
+		t.Fatal("docs/protocol.md has no Index section before Versioning")
+	}
+	for _, p := range Protocols() {
+		found := false
+		for _, row := range strings.Split(doc[start:end], "\n") {
+			if strings.HasPrefix(row, "| "+p.Name+" |") && strings.Contains(row, p.Version) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("docs/protocol.md's index has no row %q naming %q", p.Name, p.Version)
+		}
 	}
 }

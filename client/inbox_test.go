@@ -35,7 +35,7 @@ func TestInboxBound(t *testing.T) {
 			if tt.take != "" {
 				ctx, cancel := context.WithCancel(context.Background())
 				cancel() // take only what is queued
-				b.next(ctx, func(s *Stanza) bool { return s.ID == tt.take })
+				b.next(ctx, func(s *Stanza) bool { return s.ID == tt.take }, func() error { return ErrClosed })
 			}
 		}
 		var got []string

@@ -113,6 +113,17 @@ func (c *keyCache) refreshable(bare string) bool {
 	return !ok || c.now().Sub(el.Value.(*cachedKey).fetched) >= c.refreshInterval
 }
 
+// fetchedAt returns when bare's cached answer was verified.
+func (c *keyCache) fetchedAt(bare string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[bare]
+	if !ok {
+		return time.Time{}, false
+	}
+	return el.Value.(*cachedKey).fetched, true
+}
+
 // put records a verified answer for bare, evicting the least recently
 // used entry past the bound.
 func (c *keyCache) put(bare string, k *VerifiedKey) {

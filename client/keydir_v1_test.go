@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -27,10 +26,7 @@ import (
 // (keylog/testdata/keydir_v1.py).
 func TestKeydirV1Vectors(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../keylog/testdata/v1_vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := repoFile(t, "keylog/testdata/v1_vectors.json")
 	var v struct {
 		MapRoot   string `json:"map_root"`
 		MapProofs []struct {
@@ -266,14 +262,8 @@ func TestVerifyLookupSeed(t *testing.T) {
 // leaf hash, and alice's VRF index under RFC 9381's example key.
 func TestProtocolV1Examples(t *testing.T) {
 	t.Parallel()
-	doc, err := os.ReadFile("../docs/protocol.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("../keylog/testdata/v1_vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := repoFile(t, "docs/protocol.md")
+	b := repoFile(t, "keylog/testdata/v1_vectors.json")
 	var v struct {
 		VRF []struct{ JID, Index string } `json:"vrf"`
 	}

@@ -26,10 +26,7 @@ import (
 // package.
 func TestKeydirVectors(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../keylog/testdata/vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := repoFile(t, "keylog/testdata/vectors.json")
 	var v struct {
 		JIDs []struct {
 			JID, Canonical, Label, Expect string
@@ -264,10 +261,7 @@ func TestKeydirEntryVectors(t *testing.T) {
 // record, its leaf hash and the proof, from testdata/keydir_entry.json).
 func TestProtocolExamples(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("../docs/protocol.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := repoFile(t, "docs/protocol.md")
 	doc := string(b)
 
 	// "The leaf record": Example, whose leaf hash is `H`:, then the record.

@@ -15,7 +15,9 @@ import (
 
 	"github.com/clinkme/clinkd/address"
 	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/client/keystore"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 )
 
 // Receiving (docs/envelope.md, "Transport" and section 9).
@@ -78,11 +80,12 @@ var (
 )
 
 // A DropError is an envelope the device refused: it is not shown, and no
-// receipt goes out for it. Err is the reason, matched with errors.Is
-// against the envelope's sentinel errors (envelope.ErrBadSignature, …),
-// ErrWrongAuthor, ErrNoKey, ErrReplay, ErrExpired, ErrTooOld,
-// ErrFromFuture, ErrThrottled and the others above; a *KeyChangeError is
-// matched with errors.As.
+// receipt goes out for it. NextEvent returns it as an event (it is also
+// an error, to match its reason). Err is the reason, matched with
+// errors.Is against the envelope's sentinel errors
+// (envelope.ErrBadSignature, …), ErrWrongAuthor, ErrNoKey, ErrReplay,
+// ErrExpired, ErrTooOld, ErrFromFuture, ErrThrottled and the others above;
+// a *KeyChangeError is matched with errors.As.
 type DropError struct {
 	ID     string  // the envelope's id; for one dropped unread, the stanza's (clinkd makes it the envelope's)
 	From   string  // the author the envelope claims; "" if it was dropped unread
@@ -111,6 +114,7 @@ type ReceiveStats struct {
 	Retries      uint64            // lookups tried again for waiting envelopes
 	Dropped      map[string]uint64 // envelopes refused, by DropError.Reason
 	InboxDropped uint64            // stanzas the session's inbox dropped unread (Client.InboxDropped)
+	Refused      uint64            // refusals of sent messages reported as events (after Send stopped waiting)
 }
 
 // Stats returns the device's counters.
@@ -125,19 +129,39 @@ func (d *Device) Stats() ReceiveStats {
 		Retries:      d.rx.retries,
 		Dropped:      maps.Clone(d.rx.dropped),
 		InboxDropped: d.c.InboxDropped(),
+		Refused:      d.rx.refused,
 	}
 }
 
 // receiver is the state of receiving: what is ready for NextEvent, what
 // waits for the directory, and the counters.
 type receiver struct {
-	mu      sync.Mutex
-	out     []outcome             // for NextEvent, in order
-	parked  map[string]*waitQueue // by peer
-	waiting int                   // envelopes in parked
-	shown   uint64
-	retries uint64
-	dropped map[string]uint64
+	mu       sync.Mutex
+	out      []outcome             // for NextEvent, in order
+	parked   map[string]*waitQueue // by peer
+	waiting  int                   // envelopes in parked
+	shown    uint64
+	retries  uint64
+	refused  uint64
+	dropped  map[string]uint64
+	overflow uint64        // inbox drops reported
+	kicked   chan struct{} // closed and replaced when an event is pushed from outside NextEvent
+}
+
+func (r *receiver) init() { r.kicked = make(chan struct{}) }
+
+// kick wakes the NextEvent calls that wait.
+func (r *receiver) kick() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.kicked)
+	r.kicked = make(chan struct{})
+}
+
+func (r *receiver) kickChan() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.kicked
 }
 
 type outcome struct {
@@ -158,105 +182,145 @@ type waitQueue struct {
 
 // inbound is an envelope on its way through the steps.
 type inbound struct {
-	s    *Stanza
-	peer jid.JID
-	sent bool
-	env  *envelopexml.Envelope // once parsed
+	s      *Stanza
+	peer   jid.JID
+	sent   bool                  // a copy of this user's own message (Message.Outgoing)
+	device jid.JID               // the device that sent a copy
+	env    *envelopexml.Envelope // once parsed
 }
 
-// A Message is a decrypted message, whose signature was verified against
-// the sender's key from the verified directory.
-type Message struct {
-	ID      string
-	From    jid.JID // the author
-	Peer    jid.JID // the other party of the conversation
-	Text    string
-	Secure  bool      // sealed with the per-contact key
-	Expires time.Time // zero for an ordinary message
-	Sent    bool      // a copy of a message one of this user's devices sent
-}
-
-// An Event is what a device receives from clinkd: a *Message, a *Receipt
-// or an *Expiry.
-type Event interface{ event() }
-
-func (*Message) event() {}
-
-// A Receipt says that the recipient's device got (Delivered) or showed
-// (Displayed) a message this user sent.
-type Receipt struct {
-	ID   string
-	From jid.JID // the recipient who sent it
-	Kind ReceiptKind
-}
-
-func (*Receipt) event() {}
-
-// An Expiry says that a timed message's validity ended: delete it.
-type Expiry struct {
-	ID   string
-	Peer jid.JID // the conversation
-}
-
-func (*Expiry) event() {}
-
-// NextEvent returns the next message, receipt or expiry notice from
-// clinkd. Key shares are stored on the way. An envelope the device
-// refuses is returned as a *DropError (and dropped), so the caller sees
-// every forgery, replay and expired message; those of a throttled sender
-// are counted (Stats) and reported once per run. Envelopes that wait for
-// the key directory are tried again by later calls.
+// NextEvent returns the next event of the device: a message, a receipt,
+// an expiry (clinkd's notice or the device's own timer), a key change, an
+// envelope the device refused (*DropError), a refusal of a message it
+// sent that Send no longer waited for (*RefusedError), a change of the
+// connection, or an overflow of the inbox. Key shares are stored on the
+// way. Every envelope the device refuses is reported (those of a
+// throttled sender once per run, and counted in Stats). Envelopes that
+// wait for the key directory are tried again by later calls.
+//
+// It returns an error only when ctx ends, or when the session ended for
+// good (an error matching ErrClosed, after the drops of what still
+// waited): the session reconnects by itself meanwhile.
 //
 // Only messages from a user's address at the component are read
 // (docs/envelope.md, "Transport"); an envelope that arrives any other way
 // is never opened. NextEvent may be called from several goroutines.
 func (d *Device) NextEvent(ctx context.Context) (Event, error) {
+	return d.next(ctx, nil)
+}
+
+// next is NextEvent for the events that want accepts (all if nil); the
+// others stay queued, in order, for later calls.
+func (d *Device) next(ctx context.Context, want func(outcome) bool) (Event, error) {
 	for {
-		if o, ok := d.rx.pop(); ok {
+		if o, ok := d.rx.popIf(want); ok {
 			return o.ev, o.err
+		}
+		if n := d.c.InboxDropped(); n > d.rx.reportedOverflow(n) {
+			continue // queued
+		}
+		if e, ok := d.expires.due(d.now()); ok {
+			d.rx.push(outcome{ev: e})
+			continue
 		}
 		if q := d.rx.takeDue(time.Now()); q != nil {
 			d.retry(ctx, q)
 			continue
 		}
-		wait, cancel := ctx, context.CancelFunc(func() {})
+		wait, cancel := context.WithCancel(ctx)
+		var deadline time.Time
 		if due, ok := d.rx.nextDue(); ok {
-			wait, cancel = context.WithDeadline(ctx, due)
+			deadline = due
 		}
+		if at, ok := d.expires.next(); ok {
+			if due := time.Now().Add(at.Sub(d.now())); deadline.IsZero() || due.Before(deadline) {
+				deadline = due
+			}
+		}
+		if !deadline.IsZero() {
+			cancel()
+			wait, cancel = context.WithDeadline(ctx, deadline)
+		}
+		kicked := d.rx.kickChan()
+		go func() {
+			select {
+			case <-kicked:
+				cancel()
+			case <-wait.Done():
+			}
+		}()
 		s, err := d.c.Next(wait, func(s *Stanza) bool {
-			return s.Kind == "message" && s.Type != "error" && s.From.Domainpart() == d.component.Domainpart()
+			return s.Kind == "message" && s.From.Domainpart() == d.component.Domainpart()
 		})
 		cancel()
 		switch {
 		case err == nil:
 			d.handle(ctx, s)
-		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			// Envelopes waiting for the directory are due.
+		case ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+			// Something is due, or an event was pushed.
 		case errors.Is(err, ErrClosed) && d.dropAllWaiting(ErrClosed, "session ended"):
 			// Their drops first, then ErrClosed.
+		case errors.Is(err, ErrClosed):
+			if o, ok := d.rx.popIf(want); ok {
+				return o.ev, o.err
+			}
+			return nil, err
 		default:
 			return nil, err
 		}
 	}
 }
 
-// Receive returns the next text message, in any conversation, skipping
-// receipts and expiry notices.
-func (d *Device) Receive(ctx context.Context) (*Message, error) {
-	for {
-		e, err := d.NextEvent(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if m, ok := e.(*Message); ok {
-			return m, nil
-		}
+// reportedOverflow queues an *InboxOverflow for the inbox drops up to n
+// not reported yet, and returns what was reported before.
+func (r *receiver) reportedOverflow(n uint64) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := r.overflow
+	if n > before {
+		r.out = append(r.out, outcome{ev: &InboxOverflow{Dropped: n - before}})
+		r.overflow = n
 	}
+	return before
+}
+
+// Receive returns the next text message, in any conversation. An envelope
+// the device refused is returned as its *DropError. Other events stay
+// queued, in order, for NextEvent, within the same bounds as all of them.
+//
+// Deprecated: use NextEvent, which also reports receipts, expiries, key
+// changes and connection changes; an app that only calls Receive never
+// learns of them.
+func (d *Device) Receive(ctx context.Context) (*Message, error) {
+	ev, err := d.next(ctx, func(o outcome) bool {
+		switch e := o.ev.(type) {
+		case *Message:
+			return true
+		case *KeyChanged:
+			return e.Message != nil
+		case *DropError:
+			return true
+		}
+		return o.err != nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	switch e := ev.(type) {
+	case *Message:
+		return e, nil
+	case *KeyChanged:
+		return e.Message, nil
+	case *DropError:
+		return nil, e
+	}
+	return nil, fmt.Errorf("client: unexpected event %T", ev)
 }
 
 // Acknowledge sends the sender of m a delivery receipt or a read marker.
+// It does nothing for an Outgoing message.
 func (d *Device) Acknowledge(ctx context.Context, m *Message, kind ReceiptKind) error {
-	if m.Sent {
+	if m.Outgoing {
 		return nil // our own message, seen on another device
 	}
 	return d.c.SendReceipt(ctx, d.component, m.From, m.ID, kind, !m.Expires.IsZero())
@@ -264,16 +328,30 @@ func (d *Device) Acknowledge(ctx context.Context, m *Message, kind ReceiptKind) 
 
 // handle takes one message relayed by clinkd.
 func (d *Device) handle(ctx context.Context, s *Stanza) {
+	if s.Type == "error" {
+		// A refusal of a message this device sent, that Send no longer
+		// waited for (or that a raw SendEnvelope sent).
+		peer, _ := address.User(s.From)
+		d.rx.mu.Lock()
+		d.rx.refused++
+		d.rx.mu.Unlock()
+		d.rx.push(outcome{ev: refusal(s, s.ID, peer)})
+		return
+	}
 	peer, ok := relayPeer(s, d.component)
 	if !ok {
 		return // from the component itself: nothing for the app
 	}
 	if id, kind, ok := s.ReceiptFor(); ok {
-		d.rx.push(outcome{ev: &Receipt{ID: id, From: peer, Kind: kind}})
+		if d.sent.seen(id, kind) {
+			d.rx.push(outcome{ev: &Receipt{ID: id, From: peer, Kind: kind}})
+		}
 		return
 	}
 	if id, ok := s.ExpiredID(); ok {
-		d.rx.push(outcome{ev: &Expiry{ID: id, Peer: peer}})
+		if d.expires.notice(id) {
+			d.rx.push(outcome{ev: &Expiry{ID: id, Peer: peer}})
+		}
 		return
 	}
 	if !s.Has(EnvelopeName) {
@@ -284,7 +362,11 @@ func (d *Device) handle(ctx context.Context, s *Stanza) {
 		d.drop(in, "throttled", ErrThrottled, false, first)
 		return
 	}
-	in.sent = s.Has(SentName)
+	var sent expiryxml.Sent
+	if s.Decode(SentName, &sent) == nil {
+		in.sent = true
+		in.device, _ = jid.Parse(sent.By)
+	}
 	if d.rx.hasWaiting(peer.String()) {
 		d.keep(in, nil) // behind its peer's earlier envelopes, in order
 		return
@@ -329,38 +411,56 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 	}
 
 	key, err := d.keys.SenderKey(ctx, env.From)
+	var change *KeyChange // when this envelope revealed a new key of its author
 	if err != nil {
-		return d.keyFailed(in, err)
+		var kc *KeyChangeError
+		if !errors.As(err, &kc) || key == nil {
+			return d.keyFailed(in, err)
+		}
+		change = changeFor(kc, env.From)
 	}
 	if key == nil {
 		d.drop(in, "no key", fmt.Errorf("%w: %s", ErrNoKey, env.From), true, true)
 		return nil
 	}
 	c, err := envelope.Open(env, d.store.Identity(), key.Key, d.store)
-	if errors.Is(err, envelope.ErrBadSignature) {
+	if errors.Is(err, envelope.ErrBadSignature) && change == nil {
 		// The author may have a new key: ask again (at most every 10 s).
+		fetched, _ := d.keys.cache.fetchedAt(env.From)
 		fresh, asked, rerr := d.keys.RefreshSenderKey(ctx, env.From)
 		var kc *KeyChangeError
 		switch {
+		case rerr != nil && errors.As(rerr, &kc) && fresh != nil:
+			// The directory binds another key now: the envelope is
+			// judged by it, and the change goes with it.
+			change, key = changeFor(kc, env.From), fresh
+			c, err = envelope.Open(env, d.store.Identity(), key.Key, d.store)
 		case rerr != nil && errors.As(rerr, &kc):
-			// The directory binds another key now. Whether or not this
-			// envelope verifies with it, the change is what to report.
-			failed := fresh == nil
-			if fresh != nil {
-				_, oerr := envelope.Open(env, d.store.Identity(), fresh.Key, d.store)
-				failed = errors.Is(oerr, envelope.ErrBadSignature)
-			}
-			d.drop(in, "key changed", rerr, failed, true)
+			d.drop(in, "key changed", rerr, true, true) // the binding ended
 			return nil
 		case rerr != nil:
 			return d.keyFailed(in, rerr)
+		case !asked && env.Time.After(fetched):
+			// Signed after the key in hand was verified, which is too
+			// recent to ask about again: the author may have published a
+			// new key since. It waits until the directory may be asked.
+			return errRefreshLater
 		case asked && fresh == nil:
 			d.drop(in, "no key", fmt.Errorf("%w: %s", ErrNoKey, env.From), true, true)
 			return nil
+		case asked && fresh.Fingerprint != key.Fingerprint:
+			// Another key, that another lookup (a Send) found first and
+			// reported: the envelope is judged by it.
+			fp := fresh.Fingerprint
+			change, key = &KeyChange{JID: env.From, Old: key.Fingerprint, New: &fp}, fresh
+			c, err = envelope.Open(env, d.store.Identity(), key.Key, d.store)
 		}
-		// The same key, verified just now: the signature is bad.
+		// Otherwise the same key, verified just now: the signature is bad.
 	}
 	if err != nil {
+		if change != nil {
+			d.rx.push(outcome{ev: &KeyChanged{Change: *change}})
+		}
 		d.drop(in, openReason(err), err, true, true)
 		return nil
 	}
@@ -374,7 +474,10 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 		d.drop(in, "invalid", err, true, true)
 		return nil
 	}
-	m := &Message{ID: env.ID, From: author, Peer: in.peer, Secure: env.Kind == envelopexml.Enhanced, Expires: env.Expires, Sent: in.sent}
+	m := &Message{
+		ID: env.ID, From: author, Peer: in.peer, Enhanced: env.Kind == envelopexml.Enhanced,
+		Time: env.Time, Expires: env.Expires, Outgoing: in.sent, Device: in.device,
+	}
 	switch c.Kind {
 	case envelope.KindKeyShare:
 		if ok, first := d.shares.allow(in.peer.String(), now); !ok {
@@ -382,18 +485,46 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 			return nil
 		}
 		d.shares.spend(in.peer.String(), now)
-		if err := d.store.AddContactKey(in.peer.String(), c.Key); err != nil {
+		sk := keystore.SharedKey{Key: c.Key}
+		if !in.sent {
+			sk.PeerKey = key.Fingerprint // shared by the peer, with this key
+		}
+		if err := d.store.AddSharedKey(in.peer.String(), sk); err != nil {
 			d.drop(in, "key store", err, false, true)
+		}
+		if change != nil {
+			d.rx.push(outcome{ev: &KeyChanged{Change: *change}})
 		}
 	case envelope.KindText:
 		m.Text = c.Text
 		d.rx.mu.Lock()
 		d.rx.shown++
 		d.rx.mu.Unlock()
-		d.rx.push(outcome{ev: m})
+		if !m.Expires.IsZero() {
+			d.expires.schedule(m.ID, in.peer, m.Expires)
+		}
+		if change != nil {
+			d.rx.push(outcome{ev: &KeyChanged{Change: *change, Message: m}})
+		} else {
+			d.rx.push(outcome{ev: m})
+		}
 	}
 	return nil
 }
+
+// changeFor returns the change of kc about bare.
+func changeFor(kc *KeyChangeError, bare string) *KeyChange {
+	for _, c := range kc.Changes {
+		if c.JID == bare {
+			return &c
+		}
+	}
+	return &KeyChange{JID: bare}
+}
+
+// errRefreshLater keeps an envelope until the directory may be asked
+// again for its author's key.
+var errRefreshLater = errors.New("client: the author's key may be asked again only later")
 
 // keyFailed handles an error of the directory while looking the author
 // of in up: one that may pass is returned, to keep the envelope; a change
@@ -446,7 +577,7 @@ func (d *Device) drop(in *inbound, reason string, err error, failed, report bool
 	}
 	d.rx.dropped[reason]++
 	if report {
-		d.rx.out = append(d.rx.out, outcome{err: e})
+		d.rx.out = append(d.rx.out, outcome{ev: e})
 	}
 }
 
@@ -551,22 +682,29 @@ func backoff(attempt int) time.Duration {
 	return w - time.Duration(rand.Int64N(int64(w/4)))
 }
 
+// push queues an event and wakes the NextEvent calls that wait.
 func (r *receiver) push(o outcome) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.out = append(r.out, o)
+	close(r.kicked)
+	r.kicked = make(chan struct{})
 }
 
-func (r *receiver) pop() (outcome, bool) {
+// popIf takes the first queued event that want accepts (any if nil).
+func (r *receiver) popIf(want func(outcome) bool) (outcome, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.out) == 0 {
-		return outcome{}, false
+	for i, o := range r.out {
+		if want != nil && !want(o) {
+			continue
+		}
+		copy(r.out[i:], r.out[i+1:])
+		r.out[len(r.out)-1] = outcome{}
+		r.out = r.out[:len(r.out)-1]
+		return o, true
 	}
-	o := r.out[0]
-	r.out[0] = outcome{}
-	r.out = r.out[1:]
-	return o, true
+	return outcome{}, false
 }
 
 // hasWaiting reports whether envelopes of peer wait for the directory.

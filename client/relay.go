@@ -23,7 +23,7 @@ import (
 // timed messages and receipts held for it. The XMPP server tells clinkd
 // when the device goes.
 func (c *Client) Announce(ctx context.Context, component jid.JID) error {
-	own, err := address.AtComponent(c.jid, component)
+	own, err := address.AtComponent(c.JID(), component)
 	if err != nil {
 		return err
 	}
@@ -64,15 +64,6 @@ func envelopeMessage(component, to jid.JID, env *envelopexml.Envelope) (stanza.M
 	return stanza.Message{ID: env.ID, To: addr, Type: stanza.HeadlineMessage}, append([]any{env}, storeless()...), nil
 }
 
-// ReceiptKind is a delivery receipt or a read (displayed) marker.
-type ReceiptKind int
-
-// The two receipts a recipient's device sends.
-const (
-	Delivered ReceiptKind = iota // XEP-0184 received
-	Displayed                    // XEP-0333 displayed
-)
-
 // SendReceipt tells the sender of message id, through clinkd, that it was
 // delivered or displayed. Receipts for timed messages go with no-store
 // hints (Prosody archives bodyless receipts otherwise).
@@ -97,7 +88,7 @@ func (c *Client) SendReceipt(ctx context.Context, component, sender jid.JID, id 
 // ReceiptStatus asks clinkd for the receipt state of ordinary messages
 // this user sent through it.
 func (c *Client) ReceiptStatus(ctx context.Context, component jid.JID, ids ...string) ([]receiptstate.MessageRef, error) {
-	own, err := address.AtComponent(c.jid, component)
+	own, err := address.AtComponent(c.JID(), component)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,6 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/extensions/envelopexml"
-	"github.com/clinkme/clinkd/internal/xmlpayload"
 )
 
 // The transport rules of docs/envelope.md, "Transport", without a server.
@@ -90,10 +89,7 @@ func TestCheckAuthor(t *testing.T) {
 // meaning: Go's encoder repeats them, the document does not.
 func TestTransportExamples(t *testing.T) {
 	t.Parallel()
-	doc, err := os.ReadFile("../docs/envelope.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := repoFile(t, "docs/envelope.md")
 	blocks := regexp.MustCompile("(?s)```xml\n\\s*(<message .*?)```").FindAllSubmatch(doc, -1)
 	elided := regexp.MustCompile(`<envelope [^\n]*</envelope>`)
 	var checked []string
@@ -112,7 +108,7 @@ func TestTransportExamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := xmlpayload.Readers(payload...)
+		r, err := payloadReaders(payload...)
 		if err != nil {
 			t.Fatal(err)
 		}

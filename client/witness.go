@@ -33,7 +33,7 @@ var ErrNotCosigned = errors.New("client: keydir checkpoint is not cosigned by en
 
 // A WitnessPolicy names the witnesses a device trusts (their
 // cosignature/v1 verifier keys, "name+hash+base64(0x04 ‖ key)", shipped
-// with the app; lab.json's keylog_witnesses) and how many of them must
+// with the app; lab.json's witnesses) and how many of them must
 // have cosigned every checkpoint the device accepts. The zero value
 // requires none.
 type WitnessPolicy struct {

@@ -16,6 +16,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	pairs []*pipePair
+	down  bool // new connections are reset at once (Down)
 	wg    sync.WaitGroup
 }
 
@@ -52,6 +53,16 @@ func (p *Proxy) accept() {
 		a, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		down := p.down
+		p.mu.Unlock()
+		if down {
+			if tc, ok := a.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			a.Close()
+			continue
 		}
 		b, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -130,4 +141,20 @@ func (p *Proxy) Stall() {
 		pp.stalled = true
 		pp.mu.Unlock()
 	}
+}
+
+// Down cuts the link the way an outage does: every current connection is
+// reset (Cut), and every new one is reset at once, until Up.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	p.down = true
+	p.mu.Unlock()
+	p.Cut()
+}
+
+// Up ends what Down began: new connections are forwarded again.
+func (p *Proxy) Up() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }

@@ -21,7 +21,7 @@ import (
 // secret, so the fuzzer reaches the authenticated handlers too.
 func FuzzHTTP(f *testing.F) {
 	svc, _ := newService(f, func(c *clinkid.Config) {
-		c.AdminToken, c.BridgeSecret = adminToken, bridgeSecret
+		c.Secrets = clinkid.Secrets{AdminTokens: []string{adminToken}, BridgeSecrets: []string{bridgeSecret}}
 	})
 	// The public and the admin API, each where daemon mounts it (the
 	// public and the admin listener).

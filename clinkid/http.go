@@ -151,11 +151,16 @@ func bearer(r *http.Request) string {
 	return strings.TrimSpace(tok)
 }
 
-// sameSecret compares two secrets in constant time, lengths included
-// (both are hashed first).
-func sameSecret(got, want string) bool {
-	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
-	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
+// anySecret reports whether got is one of want, comparing it with every
+// one in constant time, lengths included (each is hashed first).
+func anySecret(got string, want []string) bool {
+	g := sha256.Sum256([]byte(got))
+	found := 0
+	for _, v := range want {
+		w := sha256.Sum256([]byte(v))
+		found |= subtle.ConstantTimeCompare(g[:], w[:])
+	}
+	return found == 1
 }
 
 // writeErr maps the service's errors to HTTP errors. Messages never hold a
@@ -311,8 +316,12 @@ func (s *Service) httpDelete(w http.ResponseWriter, r *http.Request) {
 // even the right secret tells it nothing, and only wrong secrets count.
 // An empty configured secret turns the endpoints off: they answer
 // not_found, as if absent.
-func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, want string) bool {
-	if want == "" {
+func adminTokens(s *Secrets) []string   { return s.AdminTokens }
+func bridgeSecrets(s *Secrets) []string { return s.BridgeSecrets }
+
+func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, which func(*Secrets) []string) bool {
+	want := which(s.secrets.Load())
+	if len(want) == 0 {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "no such endpoint")
 		return false
 	}
@@ -327,7 +336,7 @@ func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, want string) 
 		s.writeErr(w, r, ErrRateLimited)
 		return false
 	}
-	if sameSecret(bearer(r), want) {
+	if anySecret(bearer(r), want) {
 		return true
 	}
 	s.secret.fail(src, now)
@@ -337,7 +346,7 @@ func (s *Service) secretOK(w http.ResponseWriter, r *http.Request, want string) 
 }
 
 func (s *Service) httpBridgeCheck(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+	if !s.secretOK(w, r, bridgeSecrets) {
 		return
 	}
 	var req struct {
@@ -367,7 +376,7 @@ func (s *Service) httpBridgeCheck(w http.ResponseWriter, r *http.Request) {
 // httpBridgeEvents answers the Prosody module's poll: the account events
 // after its cursor ("after"; without it, none and the current cursor).
 func (s *Service) httpBridgeEvents(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+	if !s.secretOK(w, r, bridgeSecrets) {
 		return
 	}
 	var req struct {
@@ -393,7 +402,7 @@ func (s *Service) httpBridgeEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) httpBridgeExists(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.BridgeSecret) {
+	if !s.secretOK(w, r, bridgeSecrets) {
 		return
 	}
 	var req struct {
@@ -411,7 +420,7 @@ func (s *Service) httpBridgeExists(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) httpAdminShow(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.AdminToken) {
+	if !s.secretOK(w, r, adminTokens) {
 		return
 	}
 	a, err := s.Show(r.Context(), r.PathValue("name"))
@@ -423,7 +432,7 @@ func (s *Service) httpAdminShow(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) httpAdminEntitlement(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.AdminToken) {
+	if !s.secretOK(w, r, adminTokens) {
 		return
 	}
 	name, ent := r.PathValue("name"), r.PathValue("ent")
@@ -445,7 +454,7 @@ func (s *Service) httpAdminEntitlement(w http.ResponseWriter, r *http.Request) {
 // is optional: {"ttl_seconds": N} asks for another life than
 // clinkid.invite_lifetime.
 func (s *Service) httpAdminInvite(w http.ResponseWriter, r *http.Request) {
-	if !s.secretOK(w, r, s.cfg.AdminToken) {
+	if !s.secretOK(w, r, adminTokens) {
 		return
 	}
 	var req struct {

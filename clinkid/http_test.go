@@ -83,7 +83,7 @@ func TestHTTPErrors(t *testing.T) {
 	t.Parallel()
 	failing := &recordingBindings{err: errors.New("key directory down")}
 	svc, _ := newService(t, func(c *clinkid.Config) {
-		c.AdminToken, c.BridgeSecret = adminToken, bridgeSecret
+		c.Secrets = clinkid.Secrets{AdminTokens: []string{adminToken}, BridgeSecrets: []string{bridgeSecret}}
 		c.KeyBindings = failing
 	})
 	h, ah := svc.Handler(), svc.AdminHandler()
@@ -238,7 +238,10 @@ func TestHTTPErrors(t *testing.T) {
 	}
 	seen[got.code] = true
 
-	invite, _ := newService(t, func(c *clinkid.Config) { c.Registration = clinkid.RegistrationInvite; c.AdminToken = adminToken })
+	invite, _ := newService(t, func(c *clinkid.Config) {
+		c.Registration = clinkid.RegistrationInvite
+		c.Secrets.AdminTokens = []string{adminToken}
+	})
 	inv := call(t, invite.AdminHandler(), req{method: "POST", path: p + "admin/invites", auth: adminToken})
 	code, _ := inv.body["invite"].(string)
 	for i, tt := range []struct {
@@ -348,7 +351,7 @@ func busyAnswer(t *testing.T) resp {
 func TestLockoutFlood(t *testing.T) {
 	t.Parallel()
 	svc, _ := newService(t, func(c *clinkid.Config) {
-		c.BridgeSecret = bridgeSecret
+		c.Secrets.BridgeSecrets = []string{bridgeSecret}
 		c.TrustForwardedFor = true
 		c.LockoutThreshold = 5
 		// Production limits per address: the flood comes from many.

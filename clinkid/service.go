@@ -97,13 +97,9 @@ type Config struct {
 	// NameQuarantine is how long the name of a deleted account cannot be
 	// registered again (default 2160h, 90 days; negative: no quarantine).
 	NameQuarantine time.Duration
-	// AdminToken is the bearer token of the admin API (AdminHandler);
-	// empty turns the admin calls off. At least 32 bytes.
-	AdminToken string
-	// BridgeSecret is the bearer secret of /clinkid/v1/bridge/ (the
-	// Prosody module); empty turns the bridge calls off. At least 32
-	// bytes.
-	BridgeSecret string
+	// Secrets are the admin API's and the bridge's bearer secrets;
+	// SetSecrets replaces them while the service runs.
+	Secrets Secrets
 	// TrustForwardedFor takes the client address from the last
 	// X-Forwarded-For entry when the request comes from loopback (a
 	// TLS-terminating proxy on the same host).
@@ -189,11 +185,42 @@ func (c *Config) setDefaults() error {
 	if c.LockoutMax < c.LockoutBase {
 		return errors.New("clinkid: lockout_max is shorter than lockout_base")
 	}
-	if c.AdminToken != "" && len(c.AdminToken) < 32 {
-		return errors.New("clinkid: the admin token must be at least 32 bytes")
-	}
-	if c.BridgeSecret != "" && len(c.BridgeSecret) < 32 {
-		return errors.New("clinkid: the bridge secret must be at least 32 bytes")
+	return c.Secrets.Check()
+}
+
+// Secrets are the bearer secrets the service accepts. A list holds more
+// than one value only while that secret is rotated: the new one and the
+// one it replaces are both accepted until the old one is removed, so the
+// other side (the Prosody module, an admin's script) can switch at its
+// own moment and no request fails in between.
+type Secrets struct {
+	// AdminTokens are the bearer tokens of the admin API (AdminHandler);
+	// none turns the admin calls off.
+	AdminTokens []string
+	// BridgeSecrets are the bearer secrets of /clinkid/v1/bridge/ (the
+	// Prosody module); none turns the bridge calls off.
+	BridgeSecrets []string
+}
+
+// MaxSecretsAccepted bounds each list of Secrets: the current value and
+// the one being rotated out.
+const MaxSecretsAccepted = 2
+
+// Check refuses a secret shorter than 32 bytes and a list longer than
+// MaxSecretsAccepted.
+func (s Secrets) Check() error {
+	for _, l := range []struct {
+		name   string
+		values []string
+	}{{"admin token", s.AdminTokens}, {"bridge secret", s.BridgeSecrets}} {
+		if len(l.values) > MaxSecretsAccepted {
+			return fmt.Errorf("clinkid: %d values of the %s, want at most %d (the new one and the old one, while rotating)", len(l.values), l.name, MaxSecretsAccepted)
+		}
+		for _, v := range l.values {
+			if len(v) < 32 {
+				return fmt.Errorf("clinkid: the %s must be at least 32 bytes", l.name)
+			}
+		}
 	}
 	return nil
 }
@@ -256,8 +283,9 @@ type Service struct {
 	secret   limitPair          // wrong admin tokens or bridge secrets
 	iqLimit  *ratelimit.Limiter // entitlement IQs per JID
 
-	lastSweep atomic.Int64  // UnixNano of the last cleanup of expired rows
-	wakeup    chan struct{} // an event to push (Run)
+	secrets   atomic.Pointer[Secrets] // what SetSecrets last set
+	lastSweep atomic.Int64            // UnixNano of the last cleanup of expired rows
+	wakeup    chan struct{}           // an event to push (Run)
 	m         metrics
 }
 
@@ -338,7 +366,23 @@ func New(db *pgxpool.Pool, cfg Config, log *slog.Logger, reg prometheus.Register
 		reg.MustRegister(s.m.passwordChecks, s.m.tokenChecks, s.m.hashSeconds, s.m.registered, s.m.deleted,
 			s.m.refused.c, s.m.events, s.m.sessionEnds)
 	}
+	s.secrets.Store(cloneSecrets(cfg.Secrets))
 	return s, nil
+}
+
+// SetSecrets replaces the bearer secrets the admin API and the bridge
+// accept, for the next request on: how a secret is rotated without a
+// restart. Nothing changes unless secrets passes Check.
+func (s *Service) SetSecrets(secrets Secrets) error {
+	if err := secrets.Check(); err != nil {
+		return err
+	}
+	s.secrets.Store(cloneSecrets(secrets))
+	return nil
+}
+
+func cloneSecrets(s Secrets) *Secrets {
+	return &Secrets{AdminTokens: slices.Clone(s.AdminTokens), BridgeSecrets: slices.Clone(s.BridgeSecrets)}
 }
 
 // Domain is the XMPP domain of the accounts.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,8 @@ type Component struct {
 	lastRead atomic.Int64
 	// work is the pool of the running Run (nil before it).
 	work atomic.Pointer[pool]
+	// secret is the handshake's shared secret, cfg.Secret until SetSecret.
+	secret atomic.Pointer[[]byte]
 	// logLimit keeps handler failures to one log line per kind per
 	// interval.
 	logLimit logLimiter
@@ -100,10 +103,26 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		pending: make(map[string]chan *Stanza),
 		sendSem: make(chan struct{}, 1),
 	}
+	secret := slices.Clone(cfg.Secret)
+	c.secret.Store(&secret)
 	c.mux.handleIQ(xml.Name{Space: disco.NSInfo, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoInfo)))
 	c.mux.handleIQ(xml.Name{Space: disco.NSItems, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoItems)))
 	c.mux.handleIQ(xml.Name{Space: ping.NS, Local: "ping"}, getOnly(IQHandlerFunc(pingHandler)))
 	return c, nil
+}
+
+// SetSecret replaces the handshake's shared secret, for rotating it: the
+// link in place keeps running (the server authenticated it once, at its
+// start), and the next handshake, after the link is lost or clinkd
+// restarts, uses secret. So the server's side is changed first, then
+// clinkd's, with no moment at which a link that is up goes down.
+func (c *Component) SetSecret(secret []byte) error {
+	if len(secret) == 0 {
+		return errors.New("component: empty secret")
+	}
+	s := slices.Clone(secret)
+	c.secret.Store(&s)
+	return nil
 }
 
 func getOnly(h IQHandler) IQHandler {
@@ -281,7 +300,7 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 		return 0, err
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, c.cfg.Secret, conn)
+	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, *c.secret.Load(), conn)
 	cancel()
 	if err != nil {
 		conn.Close()

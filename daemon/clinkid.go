@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,8 +74,7 @@ func (c Config) clinkIDConfig() (clinkid.Config, error) {
 		RegisterNetworkPerHour:  k.RegisterNetworkPerHour,
 		RegisterNetworkBurst:    k.RegisterNetworkBurst,
 		NameQuarantine:          k.NameQuarantine,
-		AdminToken:              k.AdminToken,
-		BridgeSecret:            k.BridgeSecret,
+		Secrets:                 clinkIDSecrets(k),
 		TrustForwardedFor:       k.TrustForwardedFor,
 		Sessions:                sessions,
 	}, nil
@@ -115,14 +115,11 @@ func Extauth(ctx context.Context, cfg Config, log *slog.Logger) (*clinkid.Extaut
 	if cfg.Database.URL == "" {
 		return nil, nil, errors.New("config: clinkd extauth needs database.url")
 	}
-	pcfg, err := pgxpool.ParseConfig(cfg.Database.URL)
+	dbCfg := cfg.Database
+	dbCfg.MaxConns = extauthConns
+	db, err := OpenDatabase(ctx, dbCfg)
 	if err != nil {
-		return nil, nil, errors.New("config: database.url is not a valid PostgreSQL URL")
-	}
-	pcfg.MaxConns = extauthConns
-	db, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("database: %w", err)
+		return nil, nil, err
 	}
 	c, err := cfg.clinkIDConfig()
 	if err != nil {
@@ -142,4 +139,21 @@ func Extauth(ctx context.Context, cfg Config, log *slog.Logger) (*clinkid.Extaut
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
 	return &clinkid.Extauth{Checker: svc, Domain: svc.Domain(), Log: log}, db.Close, nil
+}
+
+// clinkIDSecrets splits the admin token and the bridge secret into the
+// values accepted: one per line, two while one is being rotated
+// (docs/operators.md, "Rotate a secret").
+func clinkIDSecrets(k ClinkIDConfig) clinkid.Secrets {
+	return clinkid.Secrets{AdminTokens: secretLines(k.AdminToken), BridgeSecrets: secretLines(k.BridgeSecret)}
+}
+
+func secretLines(s string) []string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }

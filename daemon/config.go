@@ -110,7 +110,12 @@ type LinkConfig struct {
 type DatabaseConfig struct {
 	URL     string `yaml:"url"`      // postgres://...; may hold a password, so prefer url_file
 	URLFile string `yaml:"url_file"` // a file holding the URL
-	Migrate bool   `yaml:"migrate"`  // apply pending migrations at start-up
+	// Password is the role's password, kept apart from the URL so that
+	// it can be rotated: SIGHUP re-reads it, and every new connection
+	// uses it (those open stay, as PostgreSQL keeps them).
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	Migrate      bool   `yaml:"migrate"` // apply pending migrations at start-up
 	// AllowInsecureTLS accepts a URL that reaches a host other than
 	// loopback or a unix socket without sslmode=verify-full.
 	AllowInsecureTLS bool `yaml:"allow_insecure_tls"`
@@ -320,6 +325,7 @@ func (c Config) secretFiles() map[string]string {
 	return map[string]string{
 		"link.secret_file":           c.Link.SecretFile,
 		"database.url_file":          c.Database.URLFile,
+		"database.password_file":     c.Database.PasswordFile,
 		"turn.secret_file":           c.TURN.SecretFile,
 		"clinkid.admin_token_file":   c.ClinkID.AdminTokenFile,
 		"clinkid.bridge_secret_file": c.ClinkID.BridgeSecretFile,
@@ -399,6 +405,9 @@ func checkDatabase(c DatabaseConfig) error {
 	pcfg, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
 		return errors.New("config: database.url is not a valid PostgreSQL URL")
+	}
+	if c.Password != "" && pcfg.ConnConfig.Password != "" {
+		return errors.New("config: database.url holds a password and database.password(_file) is set too: give it once, in database.password_file, which a reload re-reads")
 	}
 	if c.AllowInsecureTLS {
 		return nil
@@ -511,6 +520,9 @@ func (c *Config) resolveFiles() error {
 		return err
 	}
 	if err := read(&c.Database.URL, c.Database.URLFile, "database.url"); err != nil {
+		return err
+	}
+	if err := read(&c.Database.Password, c.Database.PasswordFile, "database.password"); err != nil {
 		return err
 	}
 	if err := read(&c.ClinkID.AdminToken, c.ClinkID.AdminTokenFile, "clinkid.admin_token"); err != nil {

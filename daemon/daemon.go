@@ -79,7 +79,8 @@ type Daemon struct {
 	devices  *dispatch.Devices
 	// entitlements answers whether an account has ClinkMe Secure.
 	entitlements expiry.Entitlements
-	db           *pgxpool.Pool // nil when no database is configured
+	db           *pgxpool.Pool          // nil when no database is configured
+	dbPassword   atomic.Pointer[string] // database.password, which Reload may change
 	admin        net.Listener
 	public       *http.ServeMux                  // features mount their HTTP handlers here
 	publicLn     net.Listener                    // nil when no public listener is configured
@@ -90,6 +91,7 @@ type Daemon struct {
 	turn         *turncred.Service               // nil when the feature is off
 	router       *dispatch.Router                // nil when the relay is off
 	tracker      *receipts.Tracker               // nil without a database or relay
+	accounts     *clinkid.Service                // nil when ClinkID is off
 	closers      []func()
 	// runners are features' background loops (expiry timers, sweeps),
 	// run beside the link for as long as Run runs.
@@ -165,7 +167,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 
 	if cfg.Database.URL != "" {
-		d.db, err = OpenDatabase(ctx, cfg.Database)
+		d.dbPassword.Store(&cfg.Database.Password)
+		d.db, err = openDatabase(ctx, cfg.Database, func() string { return *d.dbPassword.Load() })
 		if err != nil {
 			return nil, err
 		}
@@ -311,6 +314,7 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 			return err
 		}
 		svc.Register(d.comp)
+		d.accounts = svc
 		d.public.Handle(clinkid.PathPrefix, svc.Handler())
 		if d.cfg.ClinkID.AdminToken != "" && !isLoopback(d.cfg.Admin.Listen) {
 			// The admin API is served on the admin listener only, which

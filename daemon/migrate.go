@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/clinkme/clinkd/clinkid"
@@ -31,6 +32,14 @@ func Migrate(ctx context.Context, db *pgxpool.Pool, log *slog.Logger) error {
 // OpenDatabase connects a pool to the configured database. Errors never
 // quote the URL, which may hold a password.
 func OpenDatabase(ctx context.Context, cfg DatabaseConfig) (*pgxpool.Pool, error) {
+	return openDatabase(ctx, cfg, func() string { return cfg.Password })
+}
+
+// openDatabase is OpenDatabase with the password asked for at every new
+// connection, so that a reload can change it (the pool keeps the
+// connections it has: PostgreSQL does not end them when a role's
+// password changes).
+func openDatabase(ctx context.Context, cfg DatabaseConfig, password func() string) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, errors.New("config: database.url is not a valid PostgreSQL URL")
@@ -45,6 +54,12 @@ func OpenDatabase(ctx context.Context, cfg DatabaseConfig) (*pgxpool.Pool, error
 		pcfg.ConnConfig.RuntimeParams = map[string]string{}
 	}
 	pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cmp.Or(cfg.StatementTimeout, 10*time.Second).Milliseconds(), 10)
+	pcfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+		if p := password(); p != "" {
+			cc.Password = p
+		}
+		return nil
+	}
 	db, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)

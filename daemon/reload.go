@@ -14,6 +14,9 @@ import (
 // restart, and Reload names it.
 var reloadable = []string{
 	"log.level",
+	"link.secret", "link.secret_file",
+	"database.password", "database.password_file",
+	"clinkid.admin_token", "clinkid.admin_token_file", "clinkid.bridge_secret", "clinkid.bridge_secret_file",
 	"public.cert_file", "public.key_file",
 	"turn.secret", "turn.secret_file", "turn.lifetime", "turn.services", "turn.per_minute", "turn.burst",
 	"relay.",
@@ -33,11 +36,13 @@ func isReloadable(key string) bool {
 // Reload applies cfg to the running clinkd without dropping the link or
 // anything held: the log level, the public listener's certificate (read
 // from its files again, so a renewed one is served to the next client),
-// the TURN secret, servers and limits, and the relay's and receipts'
-// limits. cfg must have passed LoadConfig. Nothing changes unless every
-// part of it is valid. It returns the keys that differ from the running
-// configuration but need a restart to take effect; those keep their
-// running values.
+// the secrets (the link's for its next handshake, the database password
+// for new connections, ClinkID's admin token and bridge secret for the
+// next request), the TURN secret, servers and limits, and the relay's and
+// receipts' limits. cfg must have passed LoadConfig. Nothing changes
+// unless every part of it is valid. It returns the keys that differ from
+// the running configuration but need a restart to take effect; those keep
+// their running values.
 //
 // level is the logger's level, set when log.level changes (nil: the level
 // is fixed).
@@ -54,6 +59,15 @@ func (d *Daemon) Reload(cfg Config, level *slog.LevelVar) (restart []string, err
 			return nil, fmt.Errorf("config: public TLS certificate: %w", err)
 		}
 		cert = &c
+	}
+	if cfg.Link.Secret != d.cfg.Link.Secret {
+		if err := CheckLinkSecret(cfg.Link.Secret); err != nil {
+			return nil, fmt.Errorf("config: link.secret: %w", err)
+		}
+	}
+	secrets := clinkIDSecrets(cfg.ClinkID)
+	if err := secrets.Check(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	turnOn := len(d.cfg.TURN.Services) > 0
 	if turnOn && len(cfg.TURN.Services) > 0 {
@@ -82,6 +96,11 @@ func (d *Daemon) Reload(cfg Config, level *slog.LevelVar) (restart []string, err
 		switch {
 		case key == "turn.services" && turnOn != (len(cfg.TURN.Services) > 0):
 			restart = append(restart, key) // turning TURN on or off registers handlers
+		case strings.HasPrefix(key, "clinkid.admin_token") && (d.cfg.ClinkID.AdminToken == "") != (cfg.ClinkID.AdminToken == ""):
+			restart = append(restart, key) // turning the admin API on is checked against the admin listener at start
+		case strings.HasPrefix(key, "clinkid.") && d.accounts == nil,
+			strings.HasPrefix(key, "database.password") && d.db == nil:
+			restart = append(restart, key)
 		case isReloadable(key):
 			changed = append(changed, key)
 		default:
@@ -92,6 +111,25 @@ func (d *Daemon) Reload(cfg Config, level *slog.LevelVar) (restart []string, err
 	// Apply.
 	if level != nil {
 		level.Set(newLevel)
+	}
+	if err := d.comp.SetSecret([]byte(cfg.Link.Secret)); err != nil {
+		return nil, fmt.Errorf("config: link.secret: %w", err) // checked at load: cannot happen
+	}
+	d.cfg.Link.Secret, d.cfg.Link.SecretFile = cfg.Link.Secret, cfg.Link.SecretFile
+	if d.db != nil {
+		d.dbPassword.Store(&cfg.Database.Password)
+		d.cfg.Database.Password, d.cfg.Database.PasswordFile = cfg.Database.Password, cfg.Database.PasswordFile
+	}
+	if d.accounts != nil {
+		if (d.cfg.ClinkID.AdminToken == "") != (cfg.ClinkID.AdminToken == "") {
+			secrets.AdminTokens = clinkIDSecrets(d.cfg.ClinkID).AdminTokens // needs a restart: the running one stays
+		} else {
+			d.cfg.ClinkID.AdminToken, d.cfg.ClinkID.AdminTokenFile = cfg.ClinkID.AdminToken, cfg.ClinkID.AdminTokenFile
+		}
+		if err := d.accounts.SetSecrets(secrets); err != nil {
+			return nil, fmt.Errorf("config: %w", err) // checked above: cannot happen
+		}
+		d.cfg.ClinkID.BridgeSecret, d.cfg.ClinkID.BridgeSecretFile = cfg.ClinkID.BridgeSecret, cfg.ClinkID.BridgeSecretFile
 	}
 	if cert != nil {
 		d.publicCert.Store(cert)

@@ -86,13 +86,13 @@ func FromLab(info labfile.Info) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("doctor: %w", err)
 	}
-	witnesses, err := keylog.NewWitnessPolicy(info.KeyLogWitnesses, info.KeyLogWitnessThreshold)
+	witnesses, err := keylog.NewWitnessPolicy(info.Witnesses, info.WitnessThreshold)
 	if err != nil {
 		return Config{}, fmt.Errorf("doctor: lab.json: %w", err)
 	}
 	return Config{
 		C2S: info.C2S, User: u, Password: info.Users[0].Password, Component: comp,
-		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.KeyLogVerifier, Witnesses: witnesses,
+		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.VerifierKey, Witnesses: witnesses,
 	}, nil
 }
 

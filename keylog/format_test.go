@@ -22,7 +22,6 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/keylog"
 )
 
@@ -254,15 +253,6 @@ func TestParsePublicKey(t *testing.T) {
 	}
 	if fp := keylog.Fingerprint(der); fp != sha256.Sum256(der) {
 		t.Errorf("Fingerprint = %x, want SHA-256 of the DER", fp)
-	}
-}
-
-// TestKeyBoundsAreEnvelopes: the directory publishes exactly the keys
-// envelopes accept, so every key bound can be used.
-func TestKeyBoundsAreEnvelopes(t *testing.T) {
-	t.Parallel()
-	if keylog.MinRSABits != envelope.MinKeyBits || keylog.MaxRSABits != envelope.MaxKeyBits {
-		t.Errorf("keylog RSA bounds = %d to %d bits, want envelope's %d to %d", keylog.MinRSABits, keylog.MaxRSABits, envelope.MinKeyBits, envelope.MaxKeyBits)
 	}
 }
 

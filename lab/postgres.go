@@ -47,7 +47,12 @@ type PostgresOptions struct {
 	// CLINK_TEST_DATABASE_URL names a server: for a test that freezes,
 	// stops or kills its database, which must never be a shared one.
 	Private bool
-	Logger  *slog.Logger
+	// PasswordAuth makes the throwaway cluster ask for a password
+	// (scram-sha-256) on TCP, as a production server does; the lab's
+	// superuser then connects over the unix socket (AdminURL names it).
+	// For tests of password rotation.
+	PasswordAuth bool
+	Logger       *slog.Logger
 }
 
 // Postgres is a PostgreSQL server the lab can create databases on: either
@@ -55,6 +60,7 @@ type PostgresOptions struct {
 type Postgres struct {
 	AdminURL string // a superuser URL, for CreateDatabase and DropDatabase
 	Dir      string // the throwaway cluster's directory; empty for an existing server
+	TCPAddr  string // the throwaway cluster's loopback host:port; empty for an existing server
 
 	log  *slog.Logger
 	bin  string
@@ -131,7 +137,12 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		// The cluster's superuser is named after the OS user that ran
 		// initdb; -U pins it to "postgres" either way.
 		AdminURL: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
-		Dir:      dir, log: log, bin: bin, acct: acct, data: filepath.Join(dir, "data"),
+		Dir:      dir, TCPAddr: loopback(port), log: log, bin: bin, acct: acct, data: filepath.Join(dir, "data"),
+	}
+	hostAuth := "trust"
+	if opts.PasswordAuth {
+		hostAuth = "scram-sha-256"
+		p.AdminURL = fmt.Sprintf("postgres://postgres@/postgres?host=%s&port=%d&sslmode=disable", url.QueryEscape(dir), port)
 	}
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
@@ -140,7 +151,7 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	// fsync makes initdb several times slower. Trust auth is safe only
 	// because the cluster listens on loopback and a 0700 socket dir.
 	if _, err := runOutput(ctx, p.cmd("initdb", "-D", p.data, "-U", "postgres",
-		"--auth-local=trust", "--auth-host=trust", "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8")); err != nil {
+		"--auth-local=trust", "--auth-host="+hostAuth, "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8")); err != nil {
 		return nil, fmt.Errorf("initdb: %w", err)
 	}
 	log.Debug("lab: initdb done", "took", time.Since(t0).Round(time.Millisecond))
@@ -170,13 +181,13 @@ max_connections = 200
 		return nil, err
 	}
 	// pg_ctl -w waits until the server accepts connections.
-	if _, err := runOutput(ctx, p.cmd("pg_ctl", "start", "-w", "-t", "60", "-D", p.data, "-l", p.logFile())); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.logFile()))
+	if _, err := runOutput(ctx, p.cmd("pg_ctl", "start", "-w", "-t", "60", "-D", p.data, "-l", p.LogFile())); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.LogFile()))
 	}
 	log.Debug("lab: pg_ctl start done", "took", time.Since(t0).Round(time.Millisecond))
 	if err := p.ping(ctx); err != nil {
 		_ = p.Close()
-		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.logFile()))
+		return nil, fmt.Errorf("%w\n%s", err, tailFiles(40, p.LogFile()))
 	}
 	log.Info("lab: started", "addr", loopback(port), "dir", dir, "took", time.Since(t0).Round(time.Millisecond))
 	return p, nil
@@ -188,7 +199,13 @@ func (p *Postgres) cmd(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (p *Postgres) logFile() string { return filepath.Join(p.Dir, "postgres.log") }
+// LogFile is the throwaway cluster's server log (empty for an existing server).
+func (p *Postgres) LogFile() string {
+	if p.Dir == "" {
+		return ""
+	}
+	return filepath.Join(p.Dir, "postgres.log")
+}
 
 func (p *Postgres) ping(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, p.AdminURL)

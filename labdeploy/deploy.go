@@ -228,20 +228,20 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		}
 	}
 	d.Info = labfile.Info{
-		Server:                 string(opts.Server),
-		Domain:                 Domain,
-		C2S:                    d.XMPP.C2SAddr,
-		Component:              comp.Domain,
-		CAFile:                 d.CA.CertFile,
-		AdminURL:               "http://" + d.Daemon.AdminAddr(),
-		PublicURL:              d.Daemon.PublicURL(),
-		KeyLogVerifier:         vkey,
-		KeyLogVRFKey:           vrfKey,
-		KeyLogURL:              d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
-		KeyLogWitnesses:        cfg.KeyDir.Witness.Keys,
-		KeyLogWitnessThreshold: cfg.KeyDir.Witness.Threshold,
-		TURN:                   labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
-		Users:                  users,
+		Server:           string(opts.Server),
+		Domain:           Domain,
+		C2S:              d.XMPP.C2SAddr,
+		Component:        comp.Domain,
+		CAFile:           d.CA.CertFile,
+		AdminURL:         "http://" + d.Daemon.AdminAddr(),
+		PublicURL:        d.Daemon.PublicURL(),
+		VerifierKey:      vkey,
+		VRFKey:           vrfKey,
+		KeyLogURL:        d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
+		Witnesses:        cfg.KeyDir.Witness.Keys,
+		WitnessThreshold: cfg.KeyDir.Witness.Threshold,
+		TURN:             labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:            users,
 	}
 	if err := labfile.Write(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err
@@ -288,7 +288,7 @@ func (d *Deployment) Summary(labJSON string) string {
 
 Check it:  clinkd doctor --lab %s
 Try it:    clinkctl --lab %s ...   Stop with Ctrl-C.
-`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL, strings.Join(witnessURLs(d.Witnesses), " "), i.KeyLogWitnessThreshold,
+`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL, strings.Join(witnessURLs(d.Witnesses), " "), i.WitnessThreshold,
 		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON, labJSON)
 	return s
 }

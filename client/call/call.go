@@ -11,7 +11,7 @@
 // the security in use, whether the call is direct or relayed (and through
 // which TURN server), and a plain verdict.
 //
-//	phone, _ := call.NewPhone(device, call.Options{Services: clinkdDomain})
+//	phone := call.NewPhone(dev.Client(), call.Options{Services: clinkdDomain}) // dev: a started *client.Device
 //	c, err := phone.Call(ctx, bobsFullJID) // or: in, _ := phone.Incoming(ctx); c, err := in.Accept(ctx)
 //	defer c.Hangup(context.Background())
 //	c.WriteRTP(packet)

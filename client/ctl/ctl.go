@@ -41,26 +41,55 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	json           bool // --json: one JSON object per line on stdout
 }
 
 // Run runs clinkctl with args and returns the exit code.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	e := env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
 	err := e.run(ctx, args)
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	fmt.Fprintf(stderr, "clinkctl: error: %v\n", err)
+	if e.json {
+		e.emit(errorJSON(err))
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "hint: run 'clinkctl help' for usage")
 		return 2
 	}
-	var kc *client.KeyChangeError
-	if errors.As(err, &kc) {
-		fmt.Fprintln(stderr, "hint: the contact's key changed in the directory; verify it with them before trusting it (clinkctl keys verify)")
+	if hint := hintFor(err); hint != "" {
+		fmt.Fprintln(stderr, "hint: "+hint)
 	}
 	return 1
+}
+
+// hintFor says what to do about an error, where something helps.
+func hintFor(err error) string {
+	var kc *client.KeyChangeError
+	var re *client.RefusedError
+	switch {
+	case errors.As(err, &kc):
+		return "the contact's key changed in the directory; verify it with them (clinkctl keys verify), then send again"
+	case errors.Is(err, client.ErrOwnKeyReset):
+		return "an operator reset this account's key, or the account was deleted and made again; if you still trust this device, publish its key again with 'clinkctl keys publish --again' (your contacts will see a key change)"
+	case errors.Is(err, client.ErrOwnKeyReplaced):
+		return "another device's key is bound to this account now; use that device, or move this one's keys to it with 'clinkctl sync'"
+	case errors.Is(err, client.ErrNotAuthorized):
+		return "check the password or app token ($CLINKCTL_PASSWORD, --password-file)"
+	case errors.As(err, &re) && re.MaxValidity > 0:
+		if re.MinValidity > 0 {
+			return fmt.Sprintf("clinkd accepts a --ttl between %v and %v", re.MinValidity, re.MaxValidity)
+		}
+		return fmt.Sprintf("clinkd accepts a --ttl of at most %v for this recipient now", re.MaxValidity)
+	case errors.As(err, &re) && re.Temporary():
+		return "clinkd refused for a limit it may not have later; try again later"
+	case errors.Is(err, client.ErrUnconfirmed):
+		return "the connection dropped before clinkd answered; sending again may show the message twice, never lose it"
+	}
+	return ""
 }
 
 const usage = `usage: clinkctl [global flags] <command> [flags]
@@ -72,23 +101,27 @@ global flags (after --lab lab.json and --as NAME, none is needed):
   --server ADDR       c2s host:port
   --component DOMAIN  clinkd's component domain
   --ca FILE           CA certificate to verify the server (default: system roots)
-  --log-key KEY       the key directory log's verifier key
+  --verifier-key KEY  the key directory's verifier key (--log-key, deprecated, is the same)
   --vrf-key KEY       the key directory's VRF public key
   --witnesses KEYS    witnesses' verifier keys (comma-separated) that must cosign
                       every checkpoint of the key directory
   --witness-threshold N
                       how many of them (default: all of --witnesses)
   --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
+  --json              print one JSON object per line on stdout (for scripts)
   The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
   the key store passphrase from $CLINKCTL_PASSPHRASE or --passphrase-file.
 
-commands:
-  login                              log in; create the key store on first run; publish the key
-  keys publish|show                  publish this device's key; show it and its verified binding
+commands (run login first on each device):
+  login                              log in; on first run create the key store and publish the key
+  keys publish [--again]             publish this device's key (--again: after an operator reset)
+  keys show                          show this device's key, its verified binding and history
   keys verify JID                    look a contact's key up and verify its proof
-  send --to JID [--secure] [--ttl D] TEXT
-                                     send an end-to-end message through clinkd
-  listen [--for D] [--count N]       print messages, receipts and expiries as they come
+  send --to JID [--enhanced] [--ttl D] [--] TEXT
+                                     send an end-to-end message through clinkd and wait until
+                                     clinkd accepted it (flags go before the text)
+  listen [--for D] [--count N]       print messages, receipts, expiries, key changes, refusals
+                                     and reconnections as they come
   sync offer [--listen ADDR]         receive this account's keys from another device (LAN only)
   sync accept --to ADDR [--code C]   send this device's keys to the offering device
   call [--to FULL-JID] [--relay-only]
@@ -98,13 +131,13 @@ commands:
 
 // global are the flags before the command.
 type global struct {
-	lab, as, jid, server, component, ca, logKey, vrfKey, home string
-	passwordFile, passphraseFile                              string
-	witnesses                                                 string
-	witnessThreshold                                          int
+	lab, as, jid, server, component, ca, verifierKey, vrfKey, home string
+	passwordFile, passphraseFile                                   string
+	witnesses                                                      string
+	witnessThreshold                                               int
 }
 
-func (e env) run(ctx context.Context, args []string) error {
+func (e *env) run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("clinkctl", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() { fmt.Fprint(e.stderr, usage) }
@@ -115,8 +148,10 @@ func (e env) run(ctx context.Context, args []string) error {
 	fs.StringVar(&g.server, "server", "", "")
 	fs.StringVar(&g.component, "component", "", "")
 	fs.StringVar(&g.ca, "ca", "", "")
-	fs.StringVar(&g.logKey, "log-key", "", "")
+	fs.StringVar(&g.verifierKey, "verifier-key", "", "")
+	fs.StringVar(&g.verifierKey, "log-key", "", "") // deprecated name
 	fs.StringVar(&g.vrfKey, "vrf-key", "", "")
+	fs.BoolVar(&e.json, "json", false, "")
 	fs.StringVar(&g.home, "home", "", "")
 	fs.StringVar(&g.witnesses, "witnesses", "", "")
 	fs.IntVar(&g.witnessThreshold, "witness-threshold", -1, "")
@@ -165,14 +200,14 @@ type profile struct {
 	server     string
 	component  jid.JID
 	tls        *tls.Config
-	logKey     string
-	vrfKey     string
+	verifier   string // the key directory's verifier key
+	vrfKey     string // the key directory's VRF public key
 	witnesses  client.WitnessPolicy
 	dir        string // this account's state on this device
 	lab        bool   // from lab.json: everything on loopback
 }
 
-func (e env) profile(g global) (*profile, error) {
+func (e *env) profile(g global) (*profile, error) {
 	p := &profile{}
 	var info *labfile.Info
 	if g.lab != "" {
@@ -182,8 +217,8 @@ func (e env) profile(g global) (*profile, error) {
 		}
 		info = &i
 		p.lab = true
-		p.server, p.logKey, p.vrfKey = i.C2S, i.KeyLogVerifier, i.KeyLogVRFKey
-		p.witnesses = client.WitnessPolicy{Keys: i.KeyLogWitnesses, Threshold: i.KeyLogWitnessThreshold}
+		p.server, p.verifier, p.vrfKey = i.C2S, i.VerifierKey, i.VRFKey
+		p.witnesses = client.WitnessPolicy{Keys: i.Witnesses, Threshold: i.WitnessThreshold}
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {
 			g.ca = i.CAFile
@@ -217,8 +252,8 @@ func (e env) profile(g global) (*profile, error) {
 			return nil, usageError{fmt.Sprintf("--component: %v", err)}
 		}
 	}
-	if g.logKey != "" {
-		p.logKey = g.logKey
+	if g.verifierKey != "" {
+		p.verifier = g.verifierKey
 	}
 	if g.vrfKey != "" {
 		p.vrfKey = g.vrfKey
@@ -277,7 +312,7 @@ func readSecret(path string) (string, error) {
 func (p *profile) keystorePath() string { return filepath.Join(p.dir, "keys") }
 
 // need checks that the profile names what a command needs.
-func (p *profile) need(server, component, logKey, passphrase bool) error {
+func (p *profile) need(server, component, verifier, passphrase bool) error {
 	switch {
 	case server && p.server == "":
 		return usageError{"no server: --server ADDR or --lab"}
@@ -285,9 +320,9 @@ func (p *profile) need(server, component, logKey, passphrase bool) error {
 		return usageError{"no password: $CLINKCTL_PASSWORD, --password-file or --lab"}
 	case component && p.component.Domainpart() == "":
 		return usageError{"no clinkd component: --component DOMAIN or --lab"}
-	case logKey && p.logKey == "":
-		return usageError{"no key directory verifier key: --log-key KEY or --lab"}
-	case logKey && p.vrfKey == "":
+	case verifier && p.verifier == "":
+		return usageError{"no key directory verifier key: --verifier-key KEY or --lab"}
+	case verifier && p.vrfKey == "":
 		return usageError{"no key directory VRF key: --vrf-key KEY or --lab"}
 	case passphrase && p.passphrase == "":
 		return usageError{"no key store passphrase: $CLINKCTL_PASSPHRASE or --passphrase-file"}
@@ -320,8 +355,9 @@ func (p *profile) openStore(create bool) (*keystore.Store, bool, error) {
 	return s, true, err
 }
 
-// device logs in and returns the started device.
-func (p *profile) device(ctx context.Context, create bool) (*client.Device, bool, error) {
+// device logs in and returns the device, started unless !start (then
+// the caller runs Start's steps itself).
+func (p *profile) device(ctx context.Context, create, start bool) (*client.Device, bool, error) {
 	if err := p.need(true, true, true, true); err != nil {
 		return nil, false, err
 	}
@@ -329,25 +365,42 @@ func (p *profile) device(ctx context.Context, create bool) (*client.Device, bool
 	if err != nil {
 		return nil, false, err
 	}
+	if err := p.importPins(store); err != nil {
+		return nil, false, err
+	}
 	c, err := client.Dial(ctx, client.Config{Addr: p.server, JID: p.jid, Password: p.password, TLS: p.tls})
 	if err != nil {
 		return nil, false, err
 	}
-	pins, err := client.OpenFilePins(filepath.Join(p.dir, "pins.json"))
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey, Witnesses: p.witnesses})
 	if err != nil {
 		c.Close()
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, LogKey: p.logKey, VRFKey: p.vrfKey, Pins: pins, Witnesses: p.witnesses})
-	if err != nil {
-		c.Close()
-		return nil, false, err
-	}
-	if err := d.Start(ctx); err != nil {
-		c.Close()
-		return nil, false, err
+	if start {
+		if err := d.Start(ctx); err != nil {
+			c.Close()
+			return nil, false, err
+		}
 	}
 	return d, created, nil
+}
+
+// importPins moves the pin file of an older clinkctl (pins.json beside
+// the key store) into the key store, the one state file.
+func (p *profile) importPins(store *keystore.Store) error {
+	path := filepath.Join(p.dir, "pins.json")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	pins, err := client.OpenFilePins(path)
+	if err != nil {
+		return err
+	}
+	if err := client.ImportPins(pins, store); err != nil {
+		return err
+	}
+	return os.Rename(path, path+".imported")
 }
 
 // deviceID is this device's stable, random, non-secret name for sync.
@@ -366,7 +419,7 @@ func (p *profile) deviceID() (string, error) {
 }
 
 // prompt reads one line from stdin.
-func (e env) prompt(question string) (string, error) {
+func (e *env) prompt(question string) (string, error) {
 	fmt.Fprint(e.stderr, question)
 	line, err := bufio.NewReader(e.stdin).ReadString('\n')
 	if err != nil && line == "" {

@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/xml"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +23,9 @@ import (
 // package client, which sends them.)
 func TestDocExamples(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "envelope.md"))
+	if wd, _ := os.Getwd(); errors.Is(err, fs.ErrNotExist) && strings.Contains(filepath.ToSlash(wd), "/pkg/mod/") {
+		t.Skip("docs/envelope.md is in the clinkd repository, not in the SDK module")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -38,7 +37,7 @@ func testIdentity(t testing.TB) envelope.Identity {
 	return id
 }
 
-var fast = params{time: 1, memory: 64, threads: 1}
+var fast = Params{Time: 1, MemoryKiB: 64, Threads: 1}
 
 // TestNoTornReads rewrites the file many times while a reader reads it in a
 // loop: every read must be a complete file that decrypts.
@@ -68,7 +67,7 @@ func TestNoTornReads(t *testing.T) {
 				done <- fmt.Errorf("read %d (%d bytes): does not decrypt", reads.Load(), len(data))
 				return
 			}
-			if _, err := parseContents(plain); err != nil {
+			if _, err := parseContents(plain, h.version); err != nil {
 				done <- err
 				return
 			}
@@ -89,7 +88,7 @@ func TestNoTornReads(t *testing.T) {
 }
 
 func TestHeaderLayout(t *testing.T) {
-	h := header{params: params{time: 3, memory: 65536, threads: 4}}
+	h := header{version: 1, Params: Params{Time: 3, MemoryKiB: 65536, Threads: 4}}
 	for i := range h.salt {
 		h.salt[i] = byte(0xa0 + i)
 	}
@@ -97,7 +96,7 @@ func TestHeaderLayout(t *testing.T) {
 		h.nonce[i] = byte(0xb0 + i)
 	}
 	got := h.marshal()
-	want := []byte("clinkme keystore v0\n" +
+	want := []byte("clinkme keystore v1\n" +
 		"\x00\x00\x00\x03" + "\x00\x01\x00\x00" + "\x04" +
 		"\xa0\xa1\xa2\xa3\xa4\xa5\xa6\xa7\xa8\xa9\xaa\xab\xac\xad\xae\xaf" +
 		"\xb0\xb1\xb2\xb3\xb4\xb5\xb6\xb7\xb8\xb9\xba\xbb")
@@ -114,7 +113,7 @@ func TestHeaderLayout(t *testing.T) {
 // parameters in bounds, and that what it accepts encodes back to the same
 // bytes.
 func FuzzParseHeader(f *testing.F) {
-	f.Add([]byte(magic))
+	f.Add([]byte(magicV1))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, rest, err := parseHeader(data)
 		if err != nil {
@@ -124,7 +123,7 @@ func FuzzParseHeader(f *testing.F) {
 			return
 		}
 		if h.check() != nil {
-			t.Fatalf("parseHeader() accepted %+v", h.params)
+			t.Fatalf("parseHeader() accepted %+v", h.Params)
 		}
 		if !bytes.Equal(h.marshal(), data[:headerSize]) || !bytes.Equal(rest, data[headerSize:]) {
 			t.Fatalf("parseHeader() does not round-trip")
@@ -132,14 +131,15 @@ func FuzzParseHeader(f *testing.F) {
 	})
 }
 
-// FuzzParseContents checks that the decoder of decrypted contents never
-// panics and that what it accepts encodes back to the same bytes. It fuzzes
+// FuzzParseContents checks that the decoder of decrypted contents (of
+// version 1) never panics and that what it accepts encodes back to the
+// same bytes. It fuzzes
 // our framing and the size checks of the identity key, not crypto/x509's
 // parsing of that key: a full RSA key check costs milliseconds, and far more
 // under coverage instrumentation, which starves the fuzzer.
 func FuzzParseContents(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := decodeContents(data)
+		r, err := decodeContents(data, 1)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("decodeContents() = %v, not ErrCorrupt", err)
@@ -147,11 +147,8 @@ func FuzzParseContents(f *testing.F) {
 			return
 		}
 		checkKeySizes(r.der)
-		out := appendStr(appendStr(nil, r.jid), r.der)
-		out = binary.BigEndian.AppendUint32(out, uint32(len(r.contacts)))
-		for _, e := range r.contacts {
-			out = appendStr(appendStr(out, []byte(e.contact)), e.key.Bytes())
-		}
+		c := contents{contacts: r.contacts, pins: r.pins}
+		out := c.appendRest(appendStr(appendStr(nil, r.jid), r.der))
 		if !bytes.Equal(out, data) {
 			t.Fatalf("decodeContents() does not round-trip")
 		}
@@ -174,7 +171,7 @@ func TestParseContentsSeeds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		c, err := parseContents([]byte(s))
+		c, err := parseContents([]byte(s), 1)
 		if err != nil {
 			t.Fatalf("parseContents(%s) = %v", filepath.Base(f), err)
 		}
@@ -208,7 +205,16 @@ func TestWriteSeeds(t *testing.T) {
 	if err := s.AddContactKey("bob@example.org", k); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddContactKey("example.net", envelope.NewContactKey()); err != nil {
+	if err := s.AddSharedKey("example.net", SharedKey{Key: envelope.NewContactKey(), PeerKey: [32]byte{1, 2, 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetCheckpoint("clink.example.org/keydir", []byte("clink.example.org/keydir\n3\nAAAA\n\n— sig\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyPin("bob@example.org", KeyPin{Fingerprint: [32]byte{4}, Version: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyPin("alice@example.org", KeyPin{Fingerprint: [32]byte{5}, Ended: true}); err != nil {
 		t.Fatal(err)
 	}
 	full, err := os.ReadFile(path)
@@ -219,17 +225,18 @@ func TestWriteSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := header{params: params{time: defaultTime, memory: defaultMemory, threads: defaultThreads}}
+	def := header{version: currentVersion, Params: DesktopParams()}
 	seeds := map[string]map[string][]byte{
 		"FuzzParseHeader": {
 			"empty_store":    empty,
 			"two_contacts":   full,
 			"default_params": append(def.marshal(), make([]byte, tagSize)...),
-			"version_1":      []byte("clinkme keystore v1\n"),
+			"version_0":      []byte("clinkme keystore v0\n"),
+			"version_2":      []byte("clinkme keystore v2\n"),
 		},
 		"FuzzParseContents": {
-			"empty_store":  emptyContents,
-			"two_contacts": fullContents,
+			"empty_store":         emptyContents,
+			"two_contacts_pinned": fullContents,
 		},
 	}
 	for fuzz, files := range seeds {

@@ -431,7 +431,8 @@ func TestOpenBadFiles(t *testing.T) {
 		{"header only", func(b []byte) []byte { return b[:keystore.HeaderSize] }, keystore.ErrCorrupt},
 		{"empty", func(b []byte) []byte { return nil }, keystore.ErrCorrupt},
 		{"not a key store", func(b []byte) []byte { return []byte("-----BEGIN PRIVATE KEY-----\n") }, keystore.ErrCorrupt},
-		{"version 1", func(b []byte) []byte { b[18] = '1'; return b }, keystore.ErrUnsupportedVersion},
+		{"version 2", func(b []byte) []byte { b[18] = '2'; return b }, keystore.ErrUnsupportedVersion},
+		{"version 0 header on a version 1 file", func(b []byte) []byte { b[18] = '0'; return b }, keystore.ErrWrongPassphrase}, // the header is authenticated
 		{"too large", func(b []byte) []byte { return append(b, make([]byte, 16<<20)...) }, keystore.ErrCorrupt},
 	}
 	for _, tt := range tests {
@@ -494,4 +495,243 @@ func assertNoTemp(t *testing.T, dir string) {
 			t.Errorf("temporary file %s left in %s", e.Name(), dir)
 		}
 	}
+}
+
+// TestVersion0File opens a file that the version 0 code wrote (two
+// contact keys, no pins), and writes it as version 1 at its first change.
+func TestVersion0File(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join("testdata", "v0.clinkks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatalf("Open(version 0 file) = %v", err)
+	}
+	bobKey, _ := envelope.ParseContactKey(bytes.Repeat([]byte{7}, envelope.ContactKeySize))
+	if sk, ok := s.CurrentSharedKey("bob@example.org"); !ok || !sk.Key.Equal(bobKey) || sk.PeerKey != ([32]byte{}) {
+		t.Errorf("CurrentSharedKey(bob) = %v, %v; want the key of the file with no peer key", sk, ok)
+	}
+	if cp := s.Checkpoint("clink.example.org/keydir"); cp != nil {
+		t.Errorf("Checkpoint() of a version 0 file = %q", cp)
+	}
+	if err := s.SetKeyPin("bob@example.org", keystore.KeyPin{Fingerprint: [32]byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(after, []byte("clinkme keystore v1\n")) {
+		t.Fatalf("after a change the file starts %q, want version 1", after[:20])
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := o.ContactKey("bob@example.org", bobKey.ID()); !ok || o.ContactKeyCount("carol@example.net") != 1 {
+		t.Error("the contact keys of the version 0 file are gone after it was written as version 1")
+	}
+	if p, ok := o.KeyPin("bob@example.org"); !ok || p.Fingerprint != ([32]byte{1}) {
+		t.Errorf("KeyPin(bob) after reopening = %+v, %v", p, ok)
+	}
+}
+
+// TestSharedKeys: a contact key keeps the contact's identity key it was
+// shared with, across reopening; adding it again with a peer key that
+// was not known records it without making it current again.
+func TestSharedKeys(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t)
+	bob := "bob@example.org"
+	k1, k2 := envelope.NewContactKey(), envelope.NewContactKey()
+	fp1, fp2 := [32]byte{1}, [32]byte{2}
+	if err := s.AddContactKey(bob, k1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSharedKey(bob, keystore.SharedKey{Key: k2, PeerKey: fp2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSharedKey(bob, keystore.SharedKey{Key: k1, PeerKey: fp1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSharedKey(bob, keystore.SharedKey{Key: k2, PeerKey: fp1}); err != nil { // known already: kept
+		t.Fatal(err)
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*keystore.Store{s, o} {
+		sk, ok := st.CurrentSharedKey(bob)
+		if !ok || !sk.Key.Equal(k2) || sk.PeerKey != fp2 {
+			t.Errorf("CurrentSharedKey(bob) = %v, %x, %v; want k2 shared with %x", sk.Key, sk.PeerKey[:1], ok, fp2[:1])
+		}
+		if n := st.ContactKeyCount(bob); n != 2 {
+			t.Errorf("ContactKeyCount(bob) = %d, want 2", n)
+		}
+	}
+	if err := s.AddSharedKey(bob, keystore.SharedKey{}); err == nil {
+		t.Error("AddSharedKey(zero key) = nil error")
+	}
+}
+
+// TestPins: checkpoints by origin and key pins by JID are kept in the
+// file, and a change that changes nothing does not write it.
+func TestPins(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t)
+	origins := []string{"b.example/keydir", "a.example/keydir"}
+	for i, o := range origins {
+		if err := s.SetCheckpoint(o, fmt.Appendf(nil, "%s\n%d\n", o, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetCheckpoint("a.example/keydir", []byte("a.example/keydir\n7\n")); err != nil {
+		t.Fatal(err)
+	}
+	pins := map[string]keystore.KeyPin{
+		"carol@example.net": {Fingerprint: [32]byte{3}, Version: 4},
+		"bob@example.org":   {Fingerprint: [32]byte{2}, Ended: true, Version: 2},
+	}
+	for j, p := range pins {
+		if err := s.SetKeyPin(j, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyPin("bob@example.org", pins["bob@example.org"]); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(path); err != nil || !os.SameFile(before, after) {
+		t.Errorf("setting a pin to what it was rewrote the file (%v)", err)
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*keystore.Store{s, o} {
+		if got := string(st.Checkpoint("a.example/keydir")); got != "a.example/keydir\n7\n" {
+			t.Errorf("Checkpoint(a) = %q", got)
+		}
+		if got := string(st.Checkpoint("b.example/keydir")); got != "b.example/keydir\n0\n" {
+			t.Errorf("Checkpoint(b) = %q", got)
+		}
+		for j, want := range pins {
+			if p, ok := st.KeyPin(j); !ok || p != want {
+				t.Errorf("KeyPin(%s) = %+v, %v; want %+v", j, p, ok, want)
+			}
+		}
+		if _, ok := st.KeyPin("dave@example.org"); ok {
+			t.Error("KeyPin(dave) found a pin never set")
+		}
+	}
+	for _, bad := range []struct {
+		jid string
+		p   keystore.KeyPin
+	}{{"bob@example.org/phone", keystore.KeyPin{}}, {"bob@example.org", keystore.KeyPin{Version: -1}}} {
+		if err := s.SetKeyPin(bad.jid, bad.p); err == nil {
+			t.Errorf("SetKeyPin(%q, %+v) = nil error", bad.jid, bad.p)
+		}
+	}
+	if err := s.SetCheckpoint("", []byte("x")); err == nil {
+		t.Error("SetCheckpoint(no origin) = nil error")
+	}
+}
+
+// TestExportImport: an exported store imports on another device whole:
+// identity, contact keys with their peer keys, pins; sealed there with
+// that device's parameters. Import never replaces a file, and refuses a
+// wrong passphrase.
+func TestExportImport(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	k := envelope.NewContactKey()
+	if err := s.AddSharedKey("bob@example.org", keystore.SharedKey{Key: k, PeerKey: [32]byte{9}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetCheckpoint("clink.example.org/keydir", []byte("checkpoint")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyPin("bob@example.org", keystore.KeyPin{Fingerprint: [32]byte{9}}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := s.Export(pass, keystore.MobileParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "imported")
+	if _, err := keystore.Import(path, data, []byte("not it"), keystore.MobileParams()); !errors.Is(err, keystore.ErrWrongPassphrase) {
+		t.Fatalf("Import(wrong passphrase) = %v, want ErrWrongPassphrase", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused Import left a file: %v", err)
+	}
+	imp, err := keystore.Import(path, data, pass, keystore.MobileParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*keystore.Store{imp, o} {
+		if !st.Identity().PrivateKey().Equal(s.Identity().PrivateKey()) {
+			t.Error("the imported identity differs")
+		}
+		if sk, ok := st.CurrentSharedKey("bob@example.org"); !ok || !sk.Key.Equal(k) || sk.PeerKey != ([32]byte{9}) {
+			t.Errorf("imported CurrentSharedKey(bob) = %v, %v", sk, ok)
+		}
+		if string(st.Checkpoint("clink.example.org/keydir")) != "checkpoint" {
+			t.Error("the imported store lost the pinned checkpoint")
+		}
+		if p, ok := st.KeyPin("bob@example.org"); !ok || p.Fingerprint != ([32]byte{9}) {
+			t.Error("the imported store lost bob's key pin")
+		}
+		if st.Params() != keystore.MobileParams() {
+			t.Errorf("imported Params() = %+v, want MobileParams %+v", st.Params(), keystore.MobileParams())
+		}
+	}
+	if _, err := keystore.Import(path, data, pass, keystore.MobileParams()); !errors.Is(err, keystore.ErrExists) {
+		t.Errorf("Import(over a file) = %v, want ErrExists", err)
+	}
+	assertNoTemp(t, filepath.Dir(path))
+}
+
+// TestParamsFloor: the parameters of a new file are never below the
+// floor, the device classes' parameters are above it, and Open still
+// reads what is within its bounds.
+func TestParamsFloor(t *testing.T) {
+	t.Parallel()
+	for _, p := range []keystore.Params{keystore.DesktopParams(), keystore.MobileParams()} {
+		if p.Time < keystore.MinTime || p.MemoryKiB < keystore.MinMemoryKiB || p.Threads < 1 {
+			t.Errorf("%+v is below the floor", p)
+		}
+	}
+	if p := keystore.DesktopParams(); p != (keystore.Params{Time: 3, MemoryKiB: 64 << 10, Threads: 4}) {
+		t.Errorf("DesktopParams() = %+v, want RFC 9106's second recommendation", p)
+	}
+	s, _ := newStore(t) // below the floor, as tests make them: Open reads it
+	dir := t.TempDir()
+	for _, p := range []keystore.Params{
+		{Time: keystore.MinTime - 1, MemoryKiB: 64 << 10, Threads: 1},
+		{Time: 3, MemoryKiB: keystore.MinMemoryKiB - 1, Threads: 1},
+		{Time: 3, MemoryKiB: 64 << 10, Threads: 0},
+	} {
+		if _, err := keystore.CreateParams(filepath.Join(dir, "k"), pass, identity(t), p); !errors.Is(err, keystore.ErrBadParams) {
+			t.Errorf("CreateParams(%+v) = %v, want ErrBadParams", p, err)
+		}
+		if _, err := s.Export(pass, p); !errors.Is(err, keystore.ErrBadParams) {
+			t.Errorf("Export(%+v) = %v, want ErrBadParams", p, err)
+		}
+	}
+	assertNoTemp(t, dir)
 }

@@ -24,21 +24,46 @@ type Info struct {
 	CAFile    string `json:"ca_file"`
 	AdminURL  string `json:"admin_url"`
 	PublicURL string `json:"public_url"`
-	// KeyLogVerifier is the note verifier key of the key directory's log
-	// (clinkd keys audit --key); KeyLogVRFKey its VRF public key, which
-	// devices need to check each JID's map index; KeyLogURL is where
-	// auditors read the log.
-	KeyLogVerifier string `json:"keylog_verifier"`
-	KeyLogVRFKey   string `json:"keylog_vrf_key"`
-	KeyLogURL      string `json:"keylog_url"`
-	// KeyLogWitnesses are the cosignature/v1 verifier keys of the
-	// witnesses that cosign the log's checkpoints, and
-	// KeyLogWitnessThreshold how many of them devices and auditors
-	// require on every checkpoint (0: none).
-	KeyLogWitnesses        []string `json:"keylog_witnesses,omitempty"`
-	KeyLogWitnessThreshold int      `json:"keylog_witness_threshold,omitempty"`
-	TURN                   TURN     `json:"turn"`
-	Users                  []User   `json:"users"`
+	// VerifierKey is the key directory's verifier key: the note verifier
+	// key that signs the log's checkpoints (devices: DeviceConfig.
+	// VerifierKey; auditors: clinkd keys audit --key). VRFKey is its VRF
+	// public key, which devices need to check each JID's map index
+	// (DeviceConfig.VRFKey). Files written before they had these names
+	// call them keylog_verifier and keylog_vrf_key; Read takes both.
+	// KeyLogURL is where auditors read the log.
+	VerifierKey string `json:"verifier_key"`
+	VRFKey      string `json:"vrf_key"`
+	KeyLogURL   string `json:"keylog_url"`
+	// Witnesses are the cosignature/v1 verifier keys of the witnesses
+	// that cosign the log's checkpoints, and WitnessThreshold how many of
+	// them devices and auditors require on every checkpoint
+	// (DeviceConfig.Witnesses; 0: none).
+	Witnesses        []string `json:"witnesses,omitempty"`
+	WitnessThreshold int      `json:"witness_threshold,omitempty"`
+	TURN             TURN     `json:"turn"`
+	Users            []User   `json:"users"`
+}
+
+// UnmarshalJSON reads lab.json, with the keys under their old names
+// (keylog_verifier, keylog_vrf_key) too.
+func (i *Info) UnmarshalJSON(b []byte) error {
+	type plain Info
+	var v struct {
+		plain
+		OldVerifier string `json:"keylog_verifier"`
+		OldVRF      string `json:"keylog_vrf_key"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*i = Info(v.plain)
+	if i.VerifierKey == "" {
+		i.VerifierKey = v.OldVerifier
+	}
+	if i.VRFKey == "" {
+		i.VRFKey = v.OldVRF
+	}
+	return nil
 }
 
 // User is a demo account.

@@ -14,8 +14,9 @@ func TestWriteRead(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lab.json")
 	want := labfile.Info{
 		Server: "prosody", Domain: "lab.localhost", C2S: "127.0.0.1:5222", Component: "clink.lab.localhost",
-		TURN:  labfile.TURN{UDP: "127.0.0.1:3478", TCP: "127.0.0.1:3478", TLS: "127.0.0.1:5349"},
-		Users: []labfile.User{{JID: "alice@lab.localhost", Password: "p1"}, {JID: "bob@lab.localhost", Password: "p2"}},
+		VerifierKey: "clink.lab.localhost/keydir+01234567+AQ",
+		TURN:        labfile.TURN{UDP: "127.0.0.1:3478", TCP: "127.0.0.1:3478", TLS: "127.0.0.1:5349"},
+		Users:       []labfile.User{{JID: "alice@lab.localhost", Password: "p1"}, {JID: "bob@lab.localhost", Password: "p2"}},
 	}
 	if err := labfile.Write(path, want); err != nil {
 		t.Fatal(err)
@@ -45,5 +46,19 @@ func TestWriteRead(t *testing.T) {
 	}
 	if _, err := labfile.Read(filepath.Join(t.TempDir(), "none.json")); err == nil {
 		t.Error("Read of a missing file succeeded")
+	}
+}
+
+// TestOldName: a lab.json written before the verifier key had its name
+// (keylog_verifier) still gives it.
+func TestOldName(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "lab.json")
+	if err := os.WriteFile(path, []byte(`{"server":"prosody","keylog_verifier":"v+1+AQ"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := labfile.Read(path)
+	if err != nil || got.VerifierKey != "v+1+AQ" || got.Server != "prosody" {
+		t.Fatalf("Read(old lab.json) = %+v, %v; want the verifier key from keylog_verifier", got, err)
 	}
 }

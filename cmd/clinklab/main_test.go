@@ -100,11 +100,11 @@ func TestLabCommand(t *testing.T) {
 			// lab.json's keys are the key directory's: a v1 device with
 			// them, requiring both of the lab's witnesses, proves that bob
 			// has no key yet.
-			if len(info.KeyLogWitnesses) != 2 || info.KeyLogWitnessThreshold != 2 {
-				t.Errorf("lab.json witnesses %q, threshold %d; want 2 and 2", info.KeyLogWitnesses, info.KeyLogWitnessThreshold)
+			if len(info.Witnesses) != 2 || info.WitnessThreshold != 2 {
+				t.Errorf("lab.json witnesses %q, threshold %d; want 2 and 2", info.Witnesses, info.WitnessThreshold)
 			}
-			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.KeyLogVerifier, VRFKey: info.KeyLogVRFKey,
-				Witnesses: client.WitnessPolicy{Keys: info.KeyLogWitnesses, Threshold: info.KeyLogWitnessThreshold}})
+			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.VerifierKey, VRFKey: info.VRFKey,
+				Witnesses: client.WitnessPolicy{Keys: info.Witnesses, Threshold: info.WitnessThreshold}})
 			if err != nil {
 				t.Fatalf("lab.json's key directory keys: %v", err)
 			}
@@ -122,11 +122,11 @@ func TestLabCommand(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			v, err := keylog.ParseVerifier(info.KeyLogVerifier)
+			v, err := keylog.ParseVerifier(info.VerifierKey)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pol, err := keylog.NewWitnessPolicy(info.KeyLogWitnesses, info.KeyLogWitnessThreshold)
+			pol, err := keylog.NewWitnessPolicy(info.Witnesses, info.WitnessThreshold)
 			if err != nil {
 				t.Fatal(err)
 			}

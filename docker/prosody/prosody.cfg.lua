@@ -62,6 +62,11 @@ modules_enabled = {
 	"limits";     -- c2s rate limit
 }
 
+-- XEP-0198: a device whose connection drops resumes its stream within
+-- this many seconds, and gets what was sent to it meanwhile, once (the
+-- ClinkMe SDK resumes by itself). mod_smacks' default in 0.12.
+smacks_hibernation_time = 600
+
 -- clinkd relays timed messages as type="headline" with no-store hints,
 -- which mod_mam never archives and mod_offline never stores
 -- (docs/expiry.md); ordinary chat keeps the operator's archive policy.

@@ -51,6 +51,7 @@ var folders = map[string]layer{
 	"daemon":     assembly,
 	"client":     device,
 	"clinkdtest": tools,
+	"devicetest": tools,
 	"abuse":      tools,
 	"labdeploy":  tools,
 	"doctor":     tools,
@@ -68,7 +69,8 @@ type pkg struct {
 	Deps       []string
 }
 
-// list runs go list over the whole module.
+// list runs go list over the workspace (go.work: the server's module,
+// the SDK's, and the wire formats').
 func list(t *testing.T, patterns ...string) []pkg {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
@@ -192,13 +194,13 @@ func TestBoundaries(t *testing.T) {
 func TestDeps(t *testing.T) {
 	forbidden := map[string][]string{
 		// clinkctl is a device: nothing of the server.
-		"cmd/clinkctl": {module + "/daemon", module + "/component", module + "/keydir", module + "/clinkid", module + "/expiry",
+		"client/cmd/clinkctl": {module + "/daemon", module + "/component", module + "/keydir", module + "/clinkid", module + "/expiry",
 			module + "/receipts", module + "/turncred", module + "/lab", module + "/labdeploy",
 			"github.com/jackc/pgx", "github.com/prometheus/", "go.yaml.in/yaml"},
 		// The production clinkd starts no lab process.
 		"cmd/clinkd": {module + "/lab", module + "/labdeploy", module + "/clinkdtest"},
 	}
-	for _, p := range list(t, "-deps=false", module+"/cmd/...") {
+	for _, p := range list(t, "-deps=false", module+"/cmd/...", module+"/client/cmd/...") {
 		bad, ok := forbidden[rel(p.ImportPath)]
 		if !ok {
 			continue
@@ -232,5 +234,104 @@ func TestLayoutDocumented(t *testing.T) {
 		if !slices.ContainsFunc(rows, func(row string) bool { return strings.Contains(row, "`"+r+"/`") }) {
 			t.Errorf("docs/DEVELOPING.md's layout table has no row naming `%s/`", r)
 		}
+	}
+}
+
+// sdkModules are the modules an app that uses the SDK links: the SDK's,
+// and the wire formats it shares with the server. None of them is the
+// server's module.
+var sdkModules = []string{"client", "extensions", "address", "keylog"}
+
+// TestSDKModule: the SDK is a module of its own (client/go.mod) that
+// requires nothing of the server's module, so an app's go.mod and go.sum
+// name none of the server's dependencies: built alone, outside the
+// workspace, it links no pgx, Prometheus, YAML or server package, and its
+// go.sum has none of them.
+func TestSDKModule(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	forbidden := []string{"github.com/jackc/", "github.com/prometheus/", "go.yaml.in/yaml", "gopkg.in/yaml"}
+	for _, m := range sdkModules {
+		dir := filepath.Join("..", "..", m)
+		cmd := exec.Command(goBin, "list", "-deps", "-f", "{{.ImportPath}}", "./...")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GOWORK=off")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps in %s (GOWORK=off): %v\n%s", m, err, out)
+		}
+		n := 0
+		for _, dep := range strings.Fields(string(out)) {
+			n++
+			for _, f := range forbidden {
+				if strings.HasPrefix(dep, f) {
+					t.Errorf("module %s links %s", m, dep)
+				}
+			}
+			if strings.HasPrefix(dep, module+"/") && !slices.ContainsFunc(sdkModules, func(s string) bool { return strings.HasPrefix(dep, module+"/"+s+"/") || dep == module+"/"+s }) {
+				t.Errorf("module %s links %s, a package of the server's module", m, dep)
+			}
+		}
+		if n < 10 {
+			t.Errorf("go list -deps in %s listed %d packages: it did not run as expected", m, n)
+		}
+		cmd = exec.Command(goBin, "mod", "edit", "-json")
+		cmd.Dir = dir
+		out, err = cmd.Output()
+		if err != nil {
+			t.Fatalf("go mod edit -json in %s: %v", m, err)
+		}
+		var gm struct {
+			Module  struct{ Path string }
+			Require []struct{ Path string }
+		}
+		if err := json.Unmarshal(out, &gm); err != nil {
+			t.Fatal(err)
+		}
+		if gm.Module.Path != module+"/"+m {
+			t.Errorf("%s/go.mod is module %s, want %s/%s", m, gm.Module.Path, module, m)
+		}
+		for _, r := range gm.Require {
+			if r.Path == module {
+				t.Errorf("%s/go.mod requires the server's module", m)
+			}
+		}
+		sum, err := os.ReadFile(filepath.Join(dir, "go.sum"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range forbidden[:2] {
+			if strings.Contains(string(sum), f) {
+				t.Errorf("%s/go.sum names %s", m, f)
+			}
+		}
+	}
+}
+
+// TestTestCommand: README's test command is the one .ci/run runs.
+func TestTestCommand(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := os.ReadFile(filepath.Join("..", "..", ".ci", "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "then runs the test\ncommand:\n\n    ")
+	if !ok {
+		t.Fatal("README.md does not say \"then runs the test command:\" before an indented command")
+	}
+	readmeCmd, _, _ := strings.Cut(after, "\n")
+	var ciCmd string
+	for _, line := range strings.Split(string(ci), "\n") {
+		if strings.HasPrefix(line, "go test ") {
+			ciCmd = line
+		}
+	}
+	if readmeCmd != ciCmd || ciCmd == "" {
+		t.Errorf("README's test command is %q, .ci/run runs %q", readmeCmd, ciCmd)
 	}
 }

@@ -362,12 +362,17 @@ func NewUserAt(t testing.TB, srv *lab.XMPPServer, domain string) (jid, password 
 }
 
 // NewPostgres starts a private throwaway PostgreSQL cluster for a test
-// that freezes, stops or kills its database (never the shared one), and
-// stops it when the test ends.
-func NewPostgres(t testing.TB) *lab.Postgres {
+// that freezes, stops or kills its database (never the shared one) or
+// needs options (tune, e.g. PasswordAuth), and stops it when the test
+// ends.
+func NewPostgres(t testing.TB, tune ...func(*lab.PostgresOptions)) *lab.Postgres {
 	t.Helper()
 	e := get(t, "", nil)
-	pg, err := lab.StartPostgres(t.Context(), lab.PostgresOptions{Dir: t.TempDir(), Private: true, Logger: e.log})
+	opts := lab.PostgresOptions{Dir: t.TempDir(), Private: true, Logger: e.log}
+	for _, f := range tune {
+		f(&opts)
+	}
+	pg, err := lab.StartPostgres(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

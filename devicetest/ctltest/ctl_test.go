@@ -1,8 +1,9 @@
-package ctl_test
+package ctltest
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -74,8 +75,8 @@ func TestCLI(t *testing.T) {
 	time.Sleep(2 * time.Second) // bob's listener has announced itself
 	for _, args := range [][]string{
 		{"send", "--to", bobJID, "plain hello"},
-		{"send", "--to", bobJID, "--secure", "secure hello"},
-		{"send", "--to", bobJID, "--secure", "--ttl", "1m", "timed hello"},
+		{"send", "--to", bobJID, "--enhanced", "enhanced hello"},
+		{"send", "--to", bobJID, "--enhanced", "--ttl", "1m", "timed hello"},
 	} {
 		code, out, errs := alice.run(ctx, "", append([]string{"--as", "alice"}, args...)...)
 		if code != 0 || !strings.Contains(out, "sent ") {
@@ -83,7 +84,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	for _, want := range []string{"plain hello", "[secure]: secure hello", "timed hello"} {
+	for _, want := range []string{"plain hello", "[enhanced]: enhanced hello", "timed hello"} {
 		if !strings.Contains(listenOut, want) {
 			t.Errorf("bob's listen output lacks %q:\n%s", want, listenOut)
 		}
@@ -130,7 +131,7 @@ func TestCLI(t *testing.T) {
 		_, listenOut, _ = second.run(ctx, "", "--as", "alice", "listen", "--count", "2", "--for", "2m")
 	})
 	time.Sleep(2 * time.Second)
-	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--secure", "to both of alice's devices"); c != 0 {
+	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--enhanced", "to both of alice's devices"); c != 0 {
 		t.Fatalf("bob send = %d\n%s%s", c, out, errs)
 	}
 	wg.Wait()
@@ -161,21 +162,89 @@ func TestCLI(t *testing.T) {
 		}
 	}
 
-	// Mistakes get a clear message and a non-zero exit.
+	// Mistakes and refusals get a clear message and a non-zero exit; a
+	// refusal names clinkd's reason and bounds. (send printed "sent" and
+	// exited 0 for a refused message before, and took a flag after the
+	// text as more text.)
 	for _, tt := range []struct {
 		args []string
 		code int
-		want string
+		want []string
 	}{
-		{[]string{"--as", "carol", "login"}, 2, "no user \"carol\""},
-		{[]string{"--as", "alice", "send", "--to", "not a jid", "x"}, 2, "is not a user JID"},
-		{[]string{"--as", "alice", "frobnicate"}, 2, "unknown command"},
-		{[]string{"--as", "alice", "sync", "offer", "--listen", addr, "--yes"}, 1, "never replaced"},
+		{[]string{"--as", "carol", "login"}, 2, []string{"no user \"carol\""}},
+		{[]string{"--as", "alice", "send", "--to", "not a jid", "x"}, 2, []string{"is not a user JID"}},
+		{[]string{"--as", "alice", "frobnicate"}, 2, []string{"unknown command"}},
+		{[]string{"--as", "alice", "sync", "offer", "--listen", addr, "--yes"}, 1, []string{"never replaced"}},
+		{[]string{"--as", "alice", "send", "--to", bobJID, "hello", "--ttl", "1m"}, 2, []string{"flag --ttl after the text"}},
+		{[]string{"--as", "alice", "send", "--to", bobJID, "--ttl", "1s", "too short"}, 1,
+			[]string{"clinkd refused", "not-acceptable", "validity period", "hint: clinkd accepts a --ttl between 5s and 168h0m0s"}},
 	} {
 		c, _, errs := second.run(ctx, "", tt.args...)
-		if c != tt.code || !strings.Contains(errs, tt.want) || !strings.HasPrefix(errs, "clinkctl: error: ") {
+		ok := c == tt.code && strings.HasPrefix(errs, "clinkctl: error: ")
+		for _, w := range tt.want {
+			ok = ok && strings.Contains(errs, w)
+		}
+		if !ok {
 			t.Errorf("clinkctl %v = %d, %q; want %d and %q", tt.args, c, errs, tt.code, tt.want)
 		}
+	}
+	// "--" lets a text start with a dash.
+	if c, out, errs := alice.run(ctx, "", "--as", "alice", "send", "--receipt", "0", "--to", bobJID, "--", "-- not a flag"); c != 0 || !strings.Contains(out, "accepted by clinkd") {
+		t.Errorf("send -- TEXT = %d\n%s%s", c, out, errs)
+	}
+
+	// --json: one object per line, for scripts, refusals included.
+	c, out, errs := alice.run(ctx, "", "--json", "--as", "alice", "send", "--receipt", "0", "--to", bobJID, "for scripts")
+	var accepted struct {
+		Event, ID, To, Kind string
+	}
+	if err := json.Unmarshal([]byte(out), &accepted); c != 0 || err != nil || accepted.Event != "accepted" || accepted.ID == "" || accepted.To != bobJID {
+		t.Errorf("send --json = %d, %q (%v)\n%s", c, out, err, errs)
+	}
+	c, out, _ = alice.run(ctx, "", "--json", "--as", "alice", "send", "--to", bobJID, "--ttl", "8760h", "too long")
+	var refused struct {
+		Event   string
+		Refused struct {
+			Condition string
+			Min       int64 `json:"min_validity_seconds"`
+			Max       int64 `json:"max_validity_seconds"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &refused); c != 1 || err != nil || refused.Event != "error" ||
+		refused.Refused.Condition != "not-acceptable" || refused.Refused.Min != 5 || refused.Refused.Max != 7*24*3600 {
+		t.Errorf("send --json of a refused message = %d, %q (%v); want exit 1 and the refusal with its bounds", c, out, err)
+	}
+
+	// listen follows the server going away and coming back: it reconnects
+	// and gets what is sent afterwards (it printed "refused: session ended"
+	// in a tight loop before).
+	var restartOut string
+	var restartCode int
+	wg.Go(func() {
+		// Two messages wait for bob already (the dashed one, the one
+		// for scripts); the third comes after the restart.
+		restartCode, restartOut, _ = bob.run(ctx, "", "--as", "bob", "listen", "--count", "3", "--for", "3m")
+	})
+	time.Sleep(2 * time.Second) // bob's listener has announced itself
+	if err := dep.XMPP.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var sendOut, sendErr string
+	for range 60 { // until clinkd has linked again
+		if c, sendOut, sendErr = alice.run(ctx, "", "--as", "alice", "send", "--receipt", "0", "--to", bobJID, "after the restart"); c == 0 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if c != 0 {
+		t.Fatalf("send after the restart = %d\n%s%s", c, sendOut, sendErr)
+	}
+	wg.Wait()
+	if restartCode != 0 || !strings.Contains(restartOut, "connection lost") || !strings.Contains(restartOut, "reconnected") || !strings.Contains(restartOut, "after the restart") {
+		t.Errorf("bob's listen across a server restart = %d:\n%s", restartCode, restartOut)
+	}
+	if n := strings.Count(restartOut, "connection lost"); n > 20 {
+		t.Errorf("bob's listen printed %d connection losses: it spins", n)
 	}
 }
 

@@ -1,4 +1,4 @@
-package client_test
+package devicetest
 
 import (
 	"context"
@@ -86,8 +86,8 @@ func TestDevices(t *testing.T) {
 				opts     client.SendOptions
 			}{
 				{alice, bob, bobJID, plaintexts[0], client.SendOptions{}},
-				{bob, alice, aliceJID, plaintexts[1], client.SendOptions{Secure: true}},
-				{alice, bob, bobJID, plaintexts[2], client.SendOptions{Secure: true, TTL: time.Minute}},
+				{bob, alice, aliceJID, plaintexts[1], client.SendOptions{Enhanced: true}},
+				{alice, bob, bobJID, plaintexts[2], client.SendOptions{Enhanced: true, TTL: time.Minute}},
 			}
 			for _, x := range exchange {
 				id, err := x.from.Send(ctx, x.toJID, x.text, x.opts)
@@ -98,8 +98,8 @@ func TestDevices(t *testing.T) {
 				if err != nil {
 					t.Fatalf("receive %q: %v", x.text, err)
 				}
-				if m.ID != id || m.Text != x.text || !m.From.Equal(x.from.Client().JID().Bare()) || m.Secure != x.opts.Secure || m.Expires.IsZero() == (x.opts.TTL > 0) {
-					t.Errorf("received %+v, want %q from %s (secure %v, timed %v)", m, x.text, x.from.Client().JID().Bare(), x.opts.Secure, x.opts.TTL > 0)
+				if m.ID != id || m.Text != x.text || !m.From.Equal(x.from.Client().JID().Bare()) || m.Enhanced != x.opts.Enhanced || m.Expires.IsZero() == (x.opts.TTL > 0) {
+					t.Errorf("received %+v, want %q from %s (enhanced %v, timed %v)", m, x.text, x.from.Client().JID().Bare(), x.opts.Enhanced, x.opts.TTL > 0)
 				}
 			}
 
