@@ -62,6 +62,12 @@ type DeviceConfig struct {
 	// in the key store, the one state file that device sync carries;
 	// &MemoryPins{} forgets it when the process ends (tests, tools).
 	Pins PinStore
+	// Witnesses is the device's witness policy: the witnesses' verifier
+	// keys, shipped with the app beside VerifierKey (lab.json's
+	// witnesses), and how many of them must have cosigned every
+	// checkpoint the device accepts (ErrNotCosigned; the zero value
+	// requires none).
+	Witnesses WitnessPolicy
 	// ReplayFile is the device's replay cache (replay.go,
 	// docs/envelope.md section 9); "" puts it beside the key store, at
 	// Store.Path() + ".replay".
@@ -111,7 +117,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: vkey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Now: cfg.Now})
+	kd, err := cfg.Client.OpenKeyDirectory(KeyDirConfig{Service: cfg.Component, Verifier: vkey, VRFKey: cfg.VRFKey, Pins: cfg.Pins, Now: cfg.Now, Witnesses: cfg.Witnesses})
 	if err != nil {
 		return nil, err
 	}

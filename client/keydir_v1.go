@@ -67,6 +67,9 @@ type KeyDirConfig struct {
 	MaxAge time.Duration
 	// Now is the device's clock (default time.Now).
 	Now func() time.Time
+	// Witnesses is the device's witness policy: every checkpoint must
+	// carry enough valid cosignatures (witness.go; zero: none required).
+	Witnesses WitnessPolicy
 }
 
 type v1Config struct {
@@ -91,6 +94,9 @@ func (c *Client) OpenKeyDirectory(cfg KeyDirConfig) (*KeyDirectory, error) {
 	}
 	if k.Name != d.verifier.Name() {
 		return nil, fmt.Errorf("client: keydir: the VRF key is of log %q, the verifier key of %q", k.Name, d.verifier.Name())
+	}
+	if d.witnesses, err = parseWitnessPolicy(cfg.Witnesses); err != nil {
+		return nil, err
 	}
 	if cfg.MaxAge == 0 {
 		cfg.MaxAge = DefaultMaxAge

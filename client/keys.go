@@ -197,6 +197,9 @@ type KeyDirectory struct {
 	lookups  atomic.Uint64
 	hits     atomic.Uint64
 	v1       *v1Config // set by OpenKeyDirectory: speak urn:clinkme:keydir:1
+	// witnesses: the device's witness policy (witness.go), nil when it
+	// requires none. Set by OpenKeyDirectory.
+	witnesses *witnessPolicy
 }
 
 // NewKeyDirectory returns a directory client for the component at service
@@ -457,6 +460,9 @@ func (d *KeyDirectory) History(ctx context.Context) ([]HistoryEntry, error) {
 func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*VerifiedCheckpoint, error) {
 	cp, err := openCheckpoint(signed, d.verifier)
 	if err != nil {
+		return nil, err
+	}
+	if err := d.witnesses.check(signed, d.verifier); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

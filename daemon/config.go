@@ -172,6 +172,17 @@ type KeyDirConfig struct {
 	PublishPerMinute float64       `yaml:"publish_per_minute"` // per requester (default 6)
 	PublishBurst     int           `yaml:"publish_burst"`      // default 3
 	MaxBatch         int           `yaml:"max_batch"`          // JIDs per lookup (default 20)
+	Witness          WitnessConfig `yaml:"witness"`            // witnesses that cosign every checkpoint (docs/keydir.md, "Witnesses")
+}
+
+// WitnessConfig lists the C2SP tlog-witnesses that cosign the key
+// directory's checkpoints: urls[i] is the submission prefix of the
+// witness whose verifier key is keys[i].
+type WitnessConfig struct {
+	URLs      []string      `yaml:"urls"`      // submission prefixes (POST URL/add-checkpoint)
+	Keys      []string      `yaml:"keys"`      // their cosignature/v1 verifier keys, in the same order
+	Threshold int           `yaml:"threshold"` // cosignatures a checkpoint should carry: what devices are given (default: all)
+	Timeout   time.Duration `yaml:"timeout"`   // bound on cosigning one checkpoint (default 5s)
 }
 
 // ClinkIDConfig is the ClinkID account service (docs/clinkid.md): its
@@ -284,6 +295,11 @@ func (c Config) Check() error {
 	}
 	if c.ClinkID.Enabled {
 		if _, err := c.clinkIDConfig(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.KeyDir.Witness.URLs)+len(c.KeyDir.Witness.Keys) > 0 {
+		if _, err := keyDirWitnesses(c.KeyDir.Witness); err != nil {
 			errs = append(errs, err)
 		}
 	}

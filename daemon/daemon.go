@@ -393,7 +393,12 @@ func (d *Daemon) registerKeyDir(ctx context.Context, store *logdb.Store, account
 	if vrf := store.VRF().Public().Name; vrf != signer.Name() {
 		return fmt.Errorf("config: keydir.vrf_key_file is the key of %q, the signer key of %q", vrf, signer.Name())
 	}
+	witnesses, err := keyDirWitnesses(c.Witness)
+	if err != nil {
+		return err
+	}
 	dir, err := keydir.New(keydir.Config{
+		Witnesses:        witnesses,
 		Signer:           signer,
 		Verifier:         verifier,
 		StateFile:        KeyDirStateFile(c),
@@ -427,6 +432,25 @@ func (d *Daemon) registerKeyDir(ctx context.Context, store *logdb.Store, account
 	d.public.Handle("GET "+KeyDirLogPrefix+"/", http.StripPrefix(KeyDirLogPrefix, dir.LogHandler()))
 	d.keydir = dir
 	return nil
+}
+
+// keyDirWitnesses parses keydir.witness.
+func keyDirWitnesses(c WitnessConfig) (keydir.WitnessConfig, error) {
+	if len(c.URLs) != len(c.Keys) {
+		return keydir.WitnessConfig{}, fmt.Errorf("config: keydir.witness: %d urls and %d keys (one key per url)", len(c.URLs), len(c.Keys))
+	}
+	if _, err := keylog.NewWitnessPolicy(c.Keys, max(c.Threshold, 0)); err != nil {
+		return keydir.WitnessConfig{}, fmt.Errorf("config: keydir.witness: %w", err)
+	}
+	out := keydir.WitnessConfig{Threshold: c.Threshold, Timeout: c.Timeout}
+	for i, u := range c.URLs {
+		v, err := keylog.ParseCosignatureVerifier(c.Keys[i])
+		if err != nil {
+			return keydir.WitnessConfig{}, fmt.Errorf("config: keydir.witness.keys: %w", err)
+		}
+		out.Witnesses = append(out.Witnesses, keydir.Witness{URL: u, Verifier: v})
+	}
+	return out, nil
 }
 
 // KeyDirStateFile is where the key directory keeps the last checkpoint

@@ -5,12 +5,14 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
 
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -21,13 +23,32 @@ import (
 func TestMonitoringFiles(t *testing.T) {
 	t.Parallel()
 	srv := labtest.Server(t, lab.Prosody)
-	d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
-		c.Database = daemon.DatabaseConfig{URL: labtest.NewDatabase(t), Migrate: true}
-	})
-	// One round trip, so that the handler latency histogram has a series.
-	dev := clinkdtest.NewDevice(t, srv)
+	// The key directory with a witness, for the witness metrics.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	dir := t.TempDir()
+	vkey, err := keylog.GenerateKey("clink.lab.localhost/keydir", filepath.Join(dir, "signer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keylog.GenerateVRFKey("clink.lab.localhost/keydir", filepath.Join(dir, "vrf")); err != nil {
+		t.Fatal(err)
+	}
+	w := labtest.NewWitness(t, "w1.witness.lab.localhost")
+	if err := w.AddLog(ctx, "clink.lab.localhost/keydir", vkey); err != nil {
+		t.Fatal(err)
+	}
+	d := clinkdtest.Start(t, srv, func(c *daemon.Config) {
+		c.Database = daemon.DatabaseConfig{URL: labtest.NewDatabase(t), Migrate: true}
+		c.KeyDir.SignerKeyFile, c.KeyDir.VRFKeyFile = filepath.Join(dir, "signer"), filepath.Join(dir, "vrf")
+		c.KeyDir.Witness = daemon.WitnessConfig{URLs: []string{w.URL}, Keys: []string{w.VerifierKey}}
+	})
+	// One round trip, so that the handler latency histogram has a series.
+	// A checkpoint cosigned, so that the witness counter has a series.
+	if _, _, err := d.KeyDir().Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dev := clinkdtest.NewDevice(t, srv)
 	if err := dev.Ping(ctx, d.Component().Domain()); err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,10 @@ type Config struct {
 	// KeyLogKey is the key log's verifier key (a note vkey, as `clinkd
 	// keys genkey` prints it); empty checks the checkpoint's form only.
 	KeyLogKey string
+	// Witnesses is the witness policy devices are given: the key log's
+	// checkpoint must carry that many valid cosignatures (zero: not
+	// checked).
+	Witnesses keylog.WitnessPolicy
 	// Timeout bounds each check (default 20s).
 	Timeout time.Duration
 	// Now is the clock (default time.Now).
@@ -82,9 +86,13 @@ func FromLab(info labfile.Info) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("doctor: %w", err)
 	}
+	witnesses, err := keylog.NewWitnessPolicy(info.Witnesses, info.WitnessThreshold)
+	if err != nil {
+		return Config{}, fmt.Errorf("doctor: lab.json: %w", err)
+	}
 	return Config{
 		C2S: info.C2S, User: u, Password: info.Users[0].Password, Component: comp,
-		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.VerifierKey,
+		PublicURL: info.PublicURL, RootCAs: roots, KeyLogKey: info.VerifierKey, Witnesses: witnesses,
 	}, nil
 }
 
@@ -413,6 +421,33 @@ func (d *doctor) keyLog(ctx context.Context) {
 		status = Warning
 	}
 	d.add(check, status, "%s over %s: checkpoint of %q at %d entries verifies with key %q", u, transport, origin, size, v.Name())
+	d.cosignatures(body, v)
+}
+
+// cosignatures checks the key log's checkpoint against the witness
+// policy devices are given: fewer valid cosignatures than its threshold
+// and those devices refuse every answer.
+func (d *doctor) cosignatures(body []byte, v note.Verifier) {
+	const check = "witnesses"
+	p := d.cfg.Witnesses
+	if len(p.Witnesses) == 0 {
+		return // no policy given: nothing devices would refuse
+	}
+	n, err := note.Open(body, note.VerifierList(v))
+	if err != nil {
+		d.add(check, Failed, "%v", err)
+		return
+	}
+	var names []string
+	for _, w := range p.Cosigners(n.Text, n.UnverifiedSigs) {
+		names = append(names, w.Name())
+	}
+	if _, _, err := p.Check(body, v); err != nil {
+		d.add(check, Failed, "%v; cosigned by [%s] of %d witnesses: devices that require %d refuse every answer (is a witness down, or does it not know this log? docs/keydir.md, \"Witnesses\")",
+			err, strings.Join(names, ", "), len(p.Witnesses), p.Threshold)
+		return
+	}
+	d.add(check, OK, "the checkpoint carries valid cosignatures of %s (%d required)", strings.Join(names, ", "), p.Threshold)
 }
 
 // parseCheckpoint reads the body of a signed C2SP checkpoint (origin,

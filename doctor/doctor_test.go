@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/daemon"
 	"github.com/clinkme/clinkd/doctor"
+	"github.com/clinkme/clinkd/keylog"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -234,6 +237,61 @@ func TestKeyLogAndClinkID(t *testing.T) {
 			var out bytes.Buffer
 			r.WriteTo(&out)
 			t.Errorf("%s: key log %v, ClinkID %v; want %v, %v\n%s", tt.name, got["key log"], got["ClinkID"], tt.wantLog, tt.wantClinkD, out.String())
+		}
+	}
+}
+
+// TestWitnessCheck: the doctor's verdict on the key log's cosignatures
+// against a witness policy, on checkpoints that litewitness cosigned
+// (keylog/testdata/cosignature_vectors.json) served by a stand-in
+// listener; clinklab's TestLabCommand passes it end to end with two real
+// witnesses.
+func TestWitnessCheck(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../keylog/testdata/cosignature_vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vec struct {
+		LogVKey   string   `json:"log_vkey"`
+		Witnesses []string `json:"witnesses"`
+		Cases     []struct {
+			Checkpoint string `json:"checkpoint"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(b, &vec); err != nil {
+		t.Fatal(err)
+	}
+	cosigned := vec.Cases[1].Checkpoint
+	bare := cosigned[:strings.Index(cosigned, "\n— w1")+1]
+	for _, tt := range []struct {
+		name       string
+		checkpoint string
+		threshold  int
+		want       []doctor.Status
+	}{
+		{"both cosigned, both required", cosigned, 2, []doctor.Status{doctor.OK}},
+		{"none, one required", bare, 1, []doctor.Status{doctor.Failed}},
+		{"no policy", bare, -1, nil},
+	} {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET "+doctor.KeyLogCheckpointPath, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(tt.checkpoint)) })
+		s := httptest.NewTLSServer(mux)
+		defer s.Close()
+		cfg := doctor.Config{
+			C2S: "127.0.0.1:1", User: jid.MustParse("a@example.org"), Component: jid.MustParse("c.example.org"),
+			PublicURL: s.URL, RootCAs: poolOf(s), KeyLogKey: vec.LogVKey, Timeout: 10 * time.Second,
+		}
+		if tt.threshold >= 0 {
+			if cfg.Witnesses, err = keylog.NewWitnessPolicy(vec.Witnesses, tt.threshold); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := doctor.Run(context.Background(), cfg)
+		if got := statuses(r)["witnesses"]; !equal(got, tt.want) {
+			var out bytes.Buffer
+			r.WriteTo(&out)
+			t.Errorf("%s: witnesses %v, want %v\n%s", tt.name, got, tt.want, out.String())
 		}
 	}
 }

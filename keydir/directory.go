@@ -88,6 +88,9 @@ type Config struct {
 	TickInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Witnesses cosign every checkpoint before it is served (witness.go;
+	// the zero value: none).
+	Witnesses WitnessConfig
 }
 
 // Accounts knows which local accounts exist.
@@ -117,13 +120,14 @@ const checkPeriod = 30 * time.Second
 
 // A Directory serves the key directory over XMPP and its log over HTTP.
 type Directory struct {
-	cfg     Config
-	served  map[string]bool // domains whose users the directory serves
-	store   *logdb.Store
-	log     *slog.Logger
-	lookups *ratelimit.Limiter
-	pubs    *ratelimit.Limiter
-	metrics *prometheus.CounterVec
+	cfg      Config
+	served   map[string]bool // domains whose users the directory serves
+	store    *logdb.Store
+	log      *slog.Logger
+	lookups  *ratelimit.Limiter
+	pubs     *ratelimit.Limiter
+	metrics  *prometheus.CounterVec
+	cosigner *cosigner
 
 	mu     sync.Mutex        // serializes signing; guards signed and fault
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
@@ -198,13 +202,23 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	for _, w := range cfg.Witnesses.Witnesses {
+		if w.Verifier != nil && w.Verifier.Name() == cfg.Signer.Name() {
+			return nil, fmt.Errorf("keydir: witness %q has the log's own name", w.Verifier.Name())
+		}
+	}
+	cs, err := newCosigner(cfg.Witnesses, log, cfg.Now)
+	if err != nil {
+		return nil, err
+	}
 	d := &Directory{
-		cfg:     cfg,
-		served:  served,
-		store:   store,
-		log:     log,
-		lookups: ratelimit.New(cfg.LookupPerMinute/60, cfg.LookupBurst, 100_000),
-		pubs:    ratelimit.New(cfg.PublishPerMinute/60, cfg.PublishBurst, 100_000),
+		cosigner: cs,
+		cfg:      cfg,
+		served:   served,
+		store:    store,
+		log:      log,
+		lookups:  ratelimit.New(cfg.LookupPerMinute/60, cfg.LookupBurst, 100_000),
+		pubs:     ratelimit.New(cfg.PublishPerMinute/60, cfg.PublishBurst, 100_000),
 		metrics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinkd_keydir_requests_total",
 			Help: "Key directory requests by kind and outcome.",
@@ -213,6 +227,7 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 	}
 	if reg != nil {
 		reg.MustRegister(d.metrics)
+		cs.register(reg)
 	}
 	return d, nil
 }
@@ -426,10 +441,18 @@ func (d *Directory) Run(ctx context.Context) error {
 		if _, err := d.store.Tick(ctx, d.cfg.Now(), d.cfg.TickInterval); err != nil && ctx.Err() == nil {
 			d.log.Error("keydir: tick", "err", err)
 		}
+		if len(d.cfg.Witnesses.Witnesses) > 0 {
+			// Have the current size cosigned (a tick's, or one a witness
+			// missed) before a request waits for it.
+			if _, _, err := d.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+				d.log.Error("keydir: checkpoint", "err", err)
+			}
+		}
 	}
 }
 
-// Checkpoint returns the signed checkpoint for the log's current size.
+// Checkpoint returns the signed checkpoint for the log's current size,
+// with the witnesses' cosignatures.
 func (d *Directory) Checkpoint(ctx context.Context) ([]byte, keylog.Checkpoint, error) {
 	for range 3 {
 		size, err := d.store.Size(ctx)
@@ -437,13 +460,17 @@ func (d *Directory) Checkpoint(ctx context.Context) ([]byte, keylog.Checkpoint, 
 			return nil, keylog.Checkpoint{}, err
 		}
 		sc, err := d.checkpointAt(ctx, size)
+		var msg []byte
+		if err == nil {
+			msg, err = d.cosign(ctx, sc)
+		}
 		if errors.Is(err, errGrew) {
 			continue
 		}
 		if err != nil {
 			return nil, keylog.Checkpoint{}, err
 		}
-		return sc.msg, sc.cp, nil
+		return msg, sc.cp, nil
 	}
 	return nil, keylog.Checkpoint{}, errors.New("keydir: the log kept growing")
 }
@@ -523,6 +550,11 @@ func (d *Directory) signLocked(ctx context.Context, size int64) (*signedCheckpoi
 	return sc, nil
 }
 
+// cosign returns sc with the witnesses' cosignatures (witness.go).
+func (d *Directory) cosign(ctx context.Context, sc *signedCheckpoint) ([]byte, error) {
+	return d.cosigner.cosign(ctx, sc, d.store.HashReader(ctx), d.store.Size)
+}
+
 // prove returns the inclusion proof of leaf idx, whose record text is
 // rec, in the tree of cp. It checks the proof before returning it: data
 // read from the database is suspect until a check passes, and a device
@@ -590,6 +622,10 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 	if err != nil {
 		return nil, err
 	}
+	msg, err := d.cosign(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
 	head, err := keylog.ParseRecordV1(snap.Head)
 	if err != nil || head.Map != snap.MapRoot {
 		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
@@ -598,7 +634,7 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 	if err != nil {
 		return nil, err
 	}
-	a := &answer{checkpoint: string(sc.msg), cp: sc.cp,
+	a := &answer{checkpoint: string(msg), cp: sc.cp,
 		head: &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}}
 	for _, e := range snap.Entries {
 		ent, err := d.entry(ctx, e, snap.MapRoot, sc.cp)

@@ -55,6 +55,12 @@ type deployment struct {
 	tune    func(*daemon.Config)
 	// register, if set, adds handlers to the component before it runs.
 	register func(*daemon.Daemon)
+	// stateFile, if set, is the signer's state file (default: beside
+	// the key); witnesses, if set, cosign every checkpoint, threshold of
+	// them required (witness_test.go).
+	stateFile string
+	witnesses []*lab.Witness
+	threshold int
 }
 
 const origin = "clink.lab.localhost/keydir"
@@ -81,6 +87,22 @@ func startDeploymentWith(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Co
 	return dep
 }
 
+// newDeployment is startDeployment without the start.
+func newDeployment(t testing.TB, srv *lab.XMPPServer) *deployment {
+	t.Helper()
+	dir := t.TempDir()
+	keyFile, vrfFile := filepath.Join(dir, "keydir.signer"), filepath.Join(dir, "keydir.vrf")
+	vkey, err := keylog.GenerateKey(origin, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vrfKey, err := keylog.GenerateVRFKey(origin, vrfFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &deployment{srv: srv, vkey: vkey, vrfKey: vrfKey, keyFile: keyFile, vrfFile: vrfFile, dbURL: labtest.NewDatabase(t)}
+}
+
 // start runs clinkd over the deployment's database and keys: again after
 // stop, it is a restart.
 func (dep *deployment) start(t testing.TB) {
@@ -92,6 +114,12 @@ func (dep *deployment) start(t testing.TB) {
 	cfg.KeyDir.SignerKeyFile = dep.keyFile
 	cfg.KeyDir.VRFKeyFile = dep.vrfFile
 	cfg.KeyDir.Origin = origin
+	cfg.KeyDir.SignerStateFile = dep.stateFile
+	for _, w := range dep.witnesses {
+		cfg.KeyDir.Witness.URLs = append(cfg.KeyDir.Witness.URLs, w.URL)
+		cfg.KeyDir.Witness.Keys = append(cfg.KeyDir.Witness.Keys, w.VerifierKey)
+	}
+	cfg.KeyDir.Witness.Threshold = dep.threshold
 	if dep.tune != nil {
 		dep.tune(&cfg)
 	}

@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -252,6 +254,86 @@ func FuzzParseVRFKey(f *testing.F) {
 		k, err := keylog.ParseVRFKey(in)
 		if err == nil && k.String() != in {
 			t.Fatalf("ParseVRFKey(%q) formats as %q", in, k.String())
+		}
+	})
+}
+
+// FuzzParseCosignatures: a witness's add-checkpoint answer. What parses
+// is signature lines that AppendCosignatures writes back byte for byte.
+func FuzzParseCosignatures(f *testing.F) {
+	f.Add([]byte("— w1.witness.example V7XY9gAAAABrFgSSYy7+mcXQL35hfpKMykWwnrsP27e5mKEnoeqBQiQI62Z0osK+xL2k62APSDkhw0cbX34wXA/P3p1sZoNmVHf4Dw==\n"))
+	f.Add([]byte("— a AAAAAAAA\n— b AAAAAAAA\n"))
+	f.Add([]byte("old 0\n\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		sigs, err := keylog.ParseCosignatures(in)
+		if err != nil {
+			if !errors.Is(err, keylog.ErrBadWitnessResponse) {
+				t.Fatalf("ParseCosignatures error %v does not wrap ErrBadWitnessResponse", err)
+			}
+			return
+		}
+		if out := keylog.AppendCosignatures(nil, sigs); !bytes.Equal(out, in) {
+			t.Fatalf("ParseCosignatures(%q) writes back as %q", in, out)
+		}
+	})
+}
+
+// FuzzParseTreeSize: a witness's 409 answer.
+func FuzzParseTreeSize(f *testing.F) {
+	f.Add([]byte("20852014\n"))
+	f.Add([]byte("0\n"))
+	f.Add([]byte("007\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		n, err := keylog.ParseTreeSize(in)
+		if err != nil {
+			if !errors.Is(err, keylog.ErrBadWitnessResponse) {
+				t.Fatalf("ParseTreeSize error %v does not wrap ErrBadWitnessResponse", err)
+			}
+			return
+		}
+		if n < 0 || string(in) != strconv.FormatInt(n, 10)+"\n" {
+			t.Fatalf("ParseTreeSize(%q) = %d", in, n)
+		}
+	})
+}
+
+// FuzzWitnessKey: a witness verifier key, from configuration or
+// lab.json. What parses writes back the same.
+func FuzzWitnessKey(f *testing.F) {
+	f.Add("w1.witness.example+57b5d8f6+BHjfZqfjqYviOImvagsQjPGeg9o4T7yLeVQX2OYOCGBl")
+	f.Add("w2.witness.example+101882d4+BKPXcpmYdn2iJgOpEFCIoV3iTA5B+e3N+O8cAbqtKqUs")
+	f.Add("clink.example.org/keydir+64f016b5+AW18YgTFSNHPu0dpLLinneuHS3Z5Ty4qy2uy3qcuHUhc")
+	f.Fuzz(func(t *testing.T, in string) {
+		v, err := keylog.ParseCosignatureVerifier(in)
+		if err != nil {
+			if !errors.Is(err, keylog.ErrBadWitnessKey) {
+				t.Fatalf("ParseCosignatureVerifier error %v does not wrap ErrBadWitnessKey", err)
+			}
+			return
+		}
+		if v.String() != strings.TrimSpace(in) {
+			t.Fatalf("ParseCosignatureVerifier(%q).String() = %q", in, v.String())
+		}
+	})
+}
+
+// FuzzWitnessCheck: a served checkpoint with cosignature lines, checked
+// against the vectors' witnesses: never more valid cosignatures than
+// witnesses, and never accepted without the log's signature.
+func FuzzWitnessCheck(f *testing.F) {
+	vec := readCosignatureVectors(f)
+	for _, c := range vec.Cases {
+		f.Add([]byte(c.Checkpoint))
+	}
+	logV, _ := note.NewVerifier(vec.LogVKey)
+	pol, _ := keylog.NewWitnessPolicy(vec.Witnesses, 1)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cp, n, err := pol.Check(in, logV)
+		if n > len(pol.Witnesses) {
+			t.Fatalf("Check(%q) counted %d cosignatures of %d witnesses", in, n, len(pol.Witnesses))
+		}
+		if err == nil && (n < 1 || cp.Origin != logV.Name()) {
+			t.Fatalf("Check(%q) = %+v, %d, nil", in, cp, n)
 		}
 	})
 }

@@ -37,6 +37,12 @@ type Options struct {
 	ClinkdLogger *slog.Logger
 }
 
+// LabWitnesses is how many witnesses the lab starts; devices and
+// auditors given lab.json require all of them. Two, since a litewitness
+// costs about 70 ms to start and a few MB: the lab shows a threshold
+// above one.
+const LabWitnesses = 2
+
 // The lab's names. Everything resolves to loopback: *.localhost names are
 // reserved for it (RFC 6761).
 const (
@@ -52,7 +58,10 @@ type Deployment struct {
 	PG     *lab.Postgres
 	XMPP   *lab.XMPPServer
 	Coturn *lab.Coturn
-	Daemon *daemon.Daemon
+	// Witnesses cosign every checkpoint of the key directory (two real
+	// litewitness processes; devices given lab.json require both).
+	Witnesses []*lab.Witness
+	Daemon    *daemon.Daemon
 
 	stop    context.CancelFunc
 	done    chan error
@@ -98,9 +107,18 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	comp := lab.Component{Domain: ComponentDomain, Secret: randomSecret()}
 	turnSecret := randomSecret()
 
-	// The three servers are independent; start them together.
+	// The servers are independent; start them together.
 	var wg sync.WaitGroup
 	var pgErr, xmppErr, turnErr error
+	witnesses := make([]*lab.Witness, LabWitnesses)
+	witnessErrs := make([]error, LabWitnesses)
+	for i := range witnesses {
+		wg.Go(func() {
+			witnesses[i], witnessErrs[i] = lab.StartWitness(ctx, lab.WitnessOptions{
+				Dir: opts.Dir, Name: fmt.Sprintf("w%d.witness.%s", i+1, Domain), Logger: log,
+			})
+		})
+	}
 	wg.Go(func() {
 		d.PG, pgErr = lab.StartPostgres(ctx, lab.PostgresOptions{Dir: opts.Dir, AdminURL: opts.DatabaseURL, Logger: log})
 	})
@@ -126,7 +144,13 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	if d.Coturn != nil {
 		d.closers = append(d.closers, d.Coturn.Close)
 	}
-	if err := errors.Join(pgErr, xmppErr, turnErr); err != nil {
+	for _, w := range witnesses {
+		if w != nil {
+			d.Witnesses = append(d.Witnesses, w)
+			d.closers = append(d.closers, w.Close)
+		}
+	}
+	if err := errors.Join(append([]error{pgErr, xmppErr, turnErr}, witnessErrs...)...); err != nil {
 		return nil, fmt.Errorf("labdeploy: %w", err)
 	}
 
@@ -158,6 +182,15 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		return nil, fmt.Errorf("labdeploy: key directory VRF key: %w", err)
 	}
 	cfg := daemon.Defaults()
+	// Every witness cosigns the log from its first checkpoint on.
+	for _, w := range d.Witnesses {
+		if err := w.AddLog(ctx, keyOrigin, vkey); err != nil {
+			return nil, fmt.Errorf("labdeploy: %w", err)
+		}
+		cfg.KeyDir.Witness.URLs = append(cfg.KeyDir.Witness.URLs, w.URL)
+		cfg.KeyDir.Witness.Keys = append(cfg.KeyDir.Witness.Keys, w.VerifierKey)
+	}
+	cfg.KeyDir.Witness.Threshold = len(d.Witnesses)
 	cfg.KeyDir.SignerKeyFile = filepath.Join(opts.Dir, "keydir-signer.key")
 	cfg.KeyDir.VRFKeyFile = filepath.Join(opts.Dir, "keydir.vrf")
 	cfg.Link = daemon.LinkConfig{
@@ -195,18 +228,20 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		}
 	}
 	d.Info = labfile.Info{
-		Server:      string(opts.Server),
-		Domain:      Domain,
-		C2S:         d.XMPP.C2SAddr,
-		Component:   comp.Domain,
-		CAFile:      d.CA.CertFile,
-		AdminURL:    "http://" + d.Daemon.AdminAddr(),
-		PublicURL:   d.Daemon.PublicURL(),
-		VerifierKey: vkey,
-		VRFKey:      vrfKey,
-		KeyLogURL:   d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
-		TURN:        labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
-		Users:       users,
+		Server:           string(opts.Server),
+		Domain:           Domain,
+		C2S:              d.XMPP.C2SAddr,
+		Component:        comp.Domain,
+		CAFile:           d.CA.CertFile,
+		AdminURL:         "http://" + d.Daemon.AdminAddr(),
+		PublicURL:        d.Daemon.PublicURL(),
+		VerifierKey:      vkey,
+		VRFKey:           vrfKey,
+		KeyLogURL:        d.Daemon.PublicURL() + daemon.KeyDirLogPrefix,
+		Witnesses:        cfg.KeyDir.Witness.Keys,
+		WitnessThreshold: cfg.KeyDir.Witness.Threshold,
+		TURN:             labfile.TURN{Realm: TURNRealm, UDP: d.Coturn.UDPAddr, TCP: d.Coturn.TCPAddr, TLS: d.Coturn.TLSAddr},
+		Users:            users,
 	}
 	if err := labfile.Write(filepath.Join(opts.Dir, "lab.json"), d.Info); err != nil {
 		return nil, err
@@ -247,12 +282,21 @@ func (d *Deployment) Summary(labJSON string) string {
   clinkd          component %s
   admin           %s/metrics  /healthz  /readyz
   public HTTPS    %s   (key log for auditors: %s)
+  witnesses       %s   (%d cosignatures required)
   TURN            udp %s  tcp %s  tls %s   realm %s
   demo users      %s, %s   (passwords in %s)
 
 Check it:  clinkd doctor --lab %s
 Try it:    clinkctl --lab %s ...   Stop with Ctrl-C.
-`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL,
+`, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL, strings.Join(witnessURLs(d.Witnesses), " "), i.WitnessThreshold,
 		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON, labJSON)
 	return s
+}
+
+func witnessURLs(ws []*lab.Witness) []string {
+	var out []string
+	for _, w := range ws {
+		out = append(out, w.URL)
+	}
+	return out
 }

@@ -103,6 +103,10 @@ global flags (after --lab lab.json and --as NAME, none is needed):
   --ca FILE           CA certificate to verify the server (default: system roots)
   --verifier-key KEY  the key directory's verifier key (--log-key, deprecated, is the same)
   --vrf-key KEY       the key directory's VRF public key
+  --witnesses KEYS    witnesses' verifier keys (comma-separated) that must cosign
+                      every checkpoint of the key directory
+  --witness-threshold N
+                      how many of them (default: all of --witnesses)
   --home DIR          where device state lives (default $CLINKCTL_HOME or ~/.clinkctl)
   --json              print one JSON object per line on stdout (for scripts)
   The password comes from lab.json, $CLINKCTL_PASSWORD or --password-file;
@@ -129,6 +133,8 @@ commands (run login first on each device):
 type global struct {
 	lab, as, jid, server, component, ca, verifierKey, vrfKey, home string
 	passwordFile, passphraseFile                                   string
+	witnesses                                                      string
+	witnessThreshold                                               int
 }
 
 func (e *env) run(ctx context.Context, args []string) error {
@@ -147,6 +153,8 @@ func (e *env) run(ctx context.Context, args []string) error {
 	fs.StringVar(&g.vrfKey, "vrf-key", "", "")
 	fs.BoolVar(&e.json, "json", false, "")
 	fs.StringVar(&g.home, "home", "", "")
+	fs.StringVar(&g.witnesses, "witnesses", "", "")
+	fs.IntVar(&g.witnessThreshold, "witness-threshold", -1, "")
 	fs.StringVar(&g.passwordFile, "password-file", "", "")
 	fs.StringVar(&g.passphraseFile, "passphrase-file", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -194,6 +202,7 @@ type profile struct {
 	tls        *tls.Config
 	verifier   string // the key directory's verifier key
 	vrfKey     string // the key directory's VRF public key
+	witnesses  client.WitnessPolicy
 	dir        string // this account's state on this device
 	lab        bool   // from lab.json: everything on loopback
 }
@@ -209,6 +218,7 @@ func (e *env) profile(g global) (*profile, error) {
 		info = &i
 		p.lab = true
 		p.server, p.verifier, p.vrfKey = i.C2S, i.VerifierKey, i.VRFKey
+		p.witnesses = client.WitnessPolicy{Keys: i.Witnesses, Threshold: i.WitnessThreshold}
 		p.component = jid.MustParse(i.Component)
 		if g.ca == "" {
 			g.ca = i.CAFile
@@ -247,6 +257,12 @@ func (e *env) profile(g global) (*profile, error) {
 	}
 	if g.vrfKey != "" {
 		p.vrfKey = g.vrfKey
+	}
+	if g.witnesses != "" {
+		p.witnesses = client.WitnessPolicy{Keys: strings.Split(g.witnesses, ","), Threshold: len(strings.Split(g.witnesses, ","))}
+	}
+	if g.witnessThreshold >= 0 {
+		p.witnesses.Threshold = g.witnessThreshold
 	}
 	p.tls = &tls.Config{ServerName: p.jid.Domainpart(), MinVersion: tls.VersionTLS12}
 	if g.ca != "" {
@@ -356,7 +372,7 @@ func (p *profile) device(ctx context.Context, create, start bool) (*client.Devic
 	if err != nil {
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey})
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey, Witnesses: p.witnesses})
 	if err != nil {
 		c.Close()
 		return nil, false, err

@@ -34,8 +34,14 @@ type Info struct {
 	VerifierKey string `json:"verifier_key"`
 	VRFKey      string `json:"vrf_key"`
 	KeyLogURL   string `json:"keylog_url"`
-	TURN        TURN   `json:"turn"`
-	Users       []User `json:"users"`
+	// Witnesses are the cosignature/v1 verifier keys of the witnesses
+	// that cosign the log's checkpoints, and WitnessThreshold how many of
+	// them devices and auditors require on every checkpoint
+	// (DeviceConfig.Witnesses; 0: none).
+	Witnesses        []string `json:"witnesses,omitempty"`
+	WitnessThreshold int      `json:"witness_threshold,omitempty"`
+	TURN             TURN     `json:"turn"`
+	Users            []User   `json:"users"`
 }
 
 // UnmarshalJSON reads lab.json, with the keys under their old names

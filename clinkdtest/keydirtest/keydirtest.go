@@ -42,6 +42,7 @@ type Log struct {
 	Dir       *keydir.Directory
 	URL       string // the log's base URL: URL/checkpoint, URL/tile/...
 	Verifier  note.Verifier
+	VKey      string // the verifier key, as devices, auditors and witnesses get it
 	Signer    note.Signer
 	VRF       *keylog.VRFSigner
 	VRFKey    string // the VRF public key, as devices get it
@@ -103,7 +104,7 @@ func NewUnstarted(t testing.TB, cfg keydir.Config) *Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Log{DB: db, Store: store, Verifier: verifier, Signer: cfg.Signer, VRF: vrf, VRFKey: vrf.Public().String(), StateFile: cfg.StateFile, cfg: cfg}
+	return &Log{DB: db, Store: store, Verifier: verifier, VKey: vkey, Signer: cfg.Signer, VRF: vrf, VRFKey: vrf.Public().String(), StateFile: cfg.StateFile, cfg: cfg}
 }
 
 // Restart serves the log from a new Directory over the same database and

@@ -41,6 +41,11 @@ func TestCheckConfig(t *testing.T) {
 			[]string{"public.key_file", "public.cert_file"}},
 		{"half a certificate", "public:\n  listen: 127.0.0.1:8443\n  cert_file: " + secret + "\n", []string{"go together"}},
 		{"bad TURN URI", "turn:\n  services: [\"http://127.0.0.1\"]\n  secret: a long enough turn secret\n", []string{"config: turn:"}},
+		{"witness urls without keys", "keydir:\n  witness:\n    urls: [\"https://w1.example.net\"]\n", []string{"keydir.witness: 1 urls and 0 keys"}},
+		{"witness key of a log", "keydir:\n  witness:\n    urls: [\"https://w1.example.net\"]\n    keys: [\"clink.example.org/keydir+64f016b5+AW18YgTFSNHPu0dpLLinneuHS3Z5Ty4qy2uy3qcuHUhc\"]\n",
+			[]string{"keydir.witness", "want 0x04"}},
+		{"witness threshold above the witnesses", "keydir:\n  witness:\n    urls: [\"https://w1.example.net\"]\n    keys: [\"w1.witness.example+57b5d8f6+BHjfZqfjqYviOImvagsQjPGeg9o4T7yLeVQX2OYOCGBl\"]\n    threshold: 2\n",
+			[]string{"threshold 2 with 1 witnesses"}},
 		{"bad federated domain", "access:\n  federated_domains: [\"user@remote.example\"]\n", []string{"not a domain"}},
 	}
 	for _, tt := range tests {

@@ -14,6 +14,7 @@ import (
 	"github.com/clinkme/clinkd/client"
 	"github.com/clinkme/clinkd/client/labfile"
 	"github.com/clinkme/clinkd/doctor"
+	"github.com/clinkme/clinkd/keylog"
 )
 
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -27,6 +28,12 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	caFile := fs.String("ca", "", "PEM `file` of the CA to verify certificates with (default: the system's)")
 	keyLogKey := fs.String("keylog-key", "", "the key log's verifier `key` (as clinkd keys genkey prints it)")
 	timeout := fs.Duration("timeout", 20*time.Second, "bound on each check")
+	var witnesses []string
+	fs.Func("witness", "a witness's cosignature/v1 verifier `key` (repeat for each) whose cosignature the key log's checkpoint must carry", func(s string) error {
+		witnesses = append(witnesses, s)
+		return nil
+	})
+	threshold := fs.Int("witness-threshold", -1, "how many of the --witness keys must have cosigned (default: all)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -66,6 +73,12 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return usageError{fmt.Sprintf("--component %q is not a domain", *component)}
 		}
 		cfg.C2S, cfg.User, cfg.Component, cfg.PublicURL, cfg.KeyLogKey = *c2s, u, comp, *publicURL, *keyLogKey
+		if *threshold < 0 {
+			*threshold = len(witnesses)
+		}
+		if cfg.Witnesses, err = keylog.NewWitnessPolicy(witnesses, *threshold); err != nil {
+			return usageError{err.Error()}
+		}
 		if *caFile != "" {
 			if cfg.RootCAs, err = client.LoadCertPool(*caFile); err != nil {
 				return err

@@ -326,15 +326,24 @@ func runKeysReset(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // logFlags are the flags audit and monitor share.
 type logFlags struct {
 	url, key, keyFile, state, ca *string
+	witnesses                    *[]string
+	threshold                    *int
 }
 
 func addLogFlags(fs *flag.FlagSet) logFlags {
+	var witnesses []string
+	fs.Func("witness", "a witness's cosignature/v1 verifier `key` (repeat for each witness): the checkpoint must carry its cosignature", func(s string) error {
+		witnesses = append(witnesses, s)
+		return nil
+	})
 	return logFlags{
-		url:     fs.String("url", "", "the log's base `URL`, e.g. https://clink.example.org/keydir/log"),
-		key:     fs.String("key", "", "the log's verifier key, as clinkd keys genkey printed it"),
-		keyFile: fs.String("key-file", "", "a `file` holding the verifier key"),
-		state:   fs.String("state", "", "`file` keeping the last verified checkpoint (default under the user's config dir)"),
-		ca:      fs.String("ca", "", "PEM `file` of CA certificates to trust for https (default: the system's)"),
+		witnesses: &witnesses,
+		threshold: fs.Int("witness-threshold", -1, "how many of the --witness keys must have cosigned the checkpoint (default: all)"),
+		url:       fs.String("url", "", "the log's base `URL`, e.g. https://clink.example.org/keydir/log"),
+		key:       fs.String("key", "", "the log's verifier key, as clinkd keys genkey printed it"),
+		keyFile:   fs.String("key-file", "", "a `file` holding the verifier key"),
+		state:     fs.String("state", "", "`file` keeping the last verified checkpoint (default under the user's config dir)"),
+		ca:        fs.String("ca", "", "PEM `file` of CA certificates to trust for https (default: the system's)"),
 	}
 }
 
@@ -361,6 +370,13 @@ func (f logFlags) config(kind string) (audit.Config, error) {
 		return cfg, err
 	}
 	cfg.URL, cfg.Verifier, cfg.StateFile = *f.url, v, *f.state
+	threshold := *f.threshold
+	if threshold < 0 {
+		threshold = len(*f.witnesses)
+	}
+	if cfg.Witnesses, err = keylog.NewWitnessPolicy(*f.witnesses, threshold); err != nil {
+		return cfg, usageError{err.Error()}
+	}
 	if cfg.StateFile == "" {
 		dir, err := os.UserConfigDir()
 		if err != nil {
@@ -389,6 +405,9 @@ func printAudit(w io.Writer, rep *audit.Report, state string) {
 	}
 	cp := rep.Checkpoint
 	fmt.Fprintf(w, "log %s: %d entries, root %x\n", cp.Origin, cp.Size, cp.Hash[:])
+	if rep.Cosigners != nil {
+		fmt.Fprintf(w, "cosigned by %d witnesses: %s\n", len(rep.Cosigners), strings.Join(rep.Cosigners, ", "))
+	}
 	if p := rep.Previous; p != nil {
 		fmt.Fprintf(w, "previous checkpoint: %d entries (%s)\n", p.Size, state)
 	}

@@ -211,6 +211,12 @@ func TestKeysCommands(t *testing.T) {
 	if code, _, stderr := clinkd(t, "keys", "audit", "--url", srv.URL, "--key", otherV, "--state", state); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: checkpoint") {
 		t.Errorf("keys audit with another key = %d, %q; want 1", code, stderr)
 	}
+	// A witness policy this log's checkpoint cannot meet (no witness
+	// cosigns it): the audit fails before downloading anything.
+	const w1 = "w1.witness.example+57b5d8f6+BHjfZqfjqYviOImvagsQjPGeg9o4T7yLeVQX2OYOCGBl"
+	if code, _, stderr := clinkd(t, append(auditArgs, "--witness", w1)...); code != 1 || !strings.Contains(stderr, "clinkd: error: audit: failed: checkpoint: keylog: checkpoint is not cosigned by enough witnesses: 0 valid") {
+		t.Errorf("keys audit --witness of an uncosigned log = %d, %q; want 1, not cosigned", code, stderr)
+	}
 	if _, err := db.Exec(ctx, `UPDATE keydir_entries SET record = overlay(record placing 'abcd' from 115 for 4) WHERE idx = 1`); err != nil {
 		t.Fatal(err)
 	}
@@ -337,6 +343,7 @@ func TestKeysUsage(t *testing.T) {
 		{[]string{"keys", "audit", "--key", "x"}, 2, "--url is required"},
 		{[]string{"keys", "audit", "--url", "http://127.0.0.1:1"}, 2, "--key or --key-file is required"},
 		{[]string{"keys", "audit", "--url", "http://127.0.0.1:1", "--key", "nonsense"}, 1, "verifier key"},
+		{[]string{"keys", "audit", "--url", "http://127.0.0.1:1", "--key", "clink.example.org/keydir+64f016b5+AW18YgTFSNHPu0dpLLinneuHS3Z5Ty4qy2uy3qcuHUhc", "--witness", "nonsense"}, 2, "malformed witness verifier key"},
 		{[]string{"keys", "monitor", "--url", "u", "--key", "k"}, 2, "want one JID"},
 		{[]string{"keys", "genkey", "--url", "https://a/b", "--name", "c", "--out", "d"}, 2, "not both"},
 		{[]string{"keys", "migrate"}, 2, "no database configured"},

@@ -98,8 +98,13 @@ func TestLabCommand(t *testing.T) {
 				t.Errorf("ping clinkd: %v", err)
 			}
 			// lab.json's keys are the key directory's: a v1 device with
-			// them proves that bob has no key yet.
-			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.VerifierKey, VRFKey: info.VRFKey})
+			// them, requiring both of the lab's witnesses, proves that bob
+			// has no key yet.
+			if len(info.Witnesses) != 2 || info.WitnessThreshold != 2 {
+				t.Errorf("lab.json witnesses %q, threshold %d; want 2 and 2", info.Witnesses, info.WitnessThreshold)
+			}
+			kd, err := dev.OpenKeyDirectory(client.KeyDirConfig{Service: jid.MustParse(info.Component), Verifier: info.VerifierKey, VRFKey: info.VRFKey,
+				Witnesses: client.WitnessPolicy{Keys: info.Witnesses, Threshold: info.WitnessThreshold}})
 			if err != nil {
 				t.Fatalf("lab.json's key directory keys: %v", err)
 			}
@@ -121,8 +126,12 @@ func TestLabCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := keylog.OpenCheckpoint(body, v); err != nil {
-				t.Errorf("key log checkpoint does not verify: %v\n%s", err, body)
+			pol, err := keylog.NewWitnessPolicy(info.Witnesses, info.WitnessThreshold)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, n, err := pol.Check(body, v); err != nil || n != 2 {
+				t.Errorf("key log checkpoint: %d cosignatures, %v; want it to verify with 2\n%s", n, err, body)
 			}
 			// The doctor finds the lab healthy from lab.json alone, and
 			// prints no password.
@@ -133,7 +142,7 @@ func TestLabCommand(t *testing.T) {
 			var report strings.Builder
 			rep := doctor.Run(ctx, dcfg)
 			rep.WriteTo(&report)
-			if rep.Failed() || !strings.Contains(report.String(), "verdict: all checks passed") {
+			if rep.Failed() || !strings.Contains(report.String(), "verdict: all checks passed") || !strings.Contains(report.String(), "valid cosignatures of w1.witness.lab.localhost, w2.witness.lab.localhost (2 required)") {
 				t.Errorf("doctor on lab.json failed:\n%s", report.String())
 			}
 			if strings.Contains(report.String(), info.Users[0].Password) {

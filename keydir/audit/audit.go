@@ -49,6 +49,10 @@ type Config struct {
 	Index *[32]byte
 	// VRFKey is the log's VRF public key, for Monitor (optional).
 	VRFKey *keylog.VRFKey
+	// Witnesses is the auditor's witness policy: the checkpoint must
+	// carry valid cosignatures of Threshold of them, else the audit
+	// fails with keylog.ErrNotCosigned (the zero value requires none).
+	Witnesses keylog.WitnessPolicy
 }
 
 // A Finding is something an auditor must look at: the log is intact, but
@@ -68,11 +72,14 @@ func (f Finding) String() string {
 type Report struct {
 	Checkpoint keylog.Checkpoint
 	Previous   *keylog.Checkpoint // the state file's checkpoint, if there was one
-	Labels     int                // distinct JIDs in the log (v0 labels and v1 indices, one per JID)
-	Bindings   int                // JIDs with a binding in force
-	Counts     map[keylog.Kind]int
-	Findings   []Finding
-	History    []Entry // the entries of Config.Label and Config.Index
+	// Cosigners are the names of the policy's witnesses that validly
+	// cosigned the checkpoint (nil without a policy).
+	Cosigners []string
+	Labels    int // distinct JIDs in the log (v0 labels and v1 indices, one per JID)
+	Bindings  int // JIDs with a binding in force
+	Counts    map[keylog.Kind]int
+	Findings  []Finding
+	History   []Entry // the entries of Config.Label and Config.Index
 	// Migrated: the log has v1 records (from Genesis on), whose every map
 	// root was recomputed; MapRoot is the map's root at the checkpoint,
 	// VRFKey the key genesis names.
@@ -136,6 +143,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, auditFailed("checkpoint: %v", err)
 	}
 	rep := &Report{Checkpoint: cp, Counts: map[keylog.Kind]int{}}
+	if len(cfg.Witnesses.Witnesses) > 0 {
+		// Before anything is downloaded: a checkpoint that the
+		// witnesses did not see may be of a log shown to this auditor
+		// alone.
+		n, err := note.Open(msg, note.VerifierList(cfg.Verifier))
+		if err != nil {
+			return nil, auditFailed("checkpoint: %v", err)
+		}
+		rep.Cosigners = []string{}
+		for _, w := range cfg.Witnesses.Cosigners(n.Text, n.UnverifiedSigs) {
+			rep.Cosigners = append(rep.Cosigners, w.Name())
+		}
+		if _, _, err := cfg.Witnesses.Check(msg, cfg.Verifier); err != nil {
+			return rep, fmt.Errorf("%w: checkpoint: %w", ErrFailed, err)
+		}
+	}
 	if cfg.StateFile != "" {
 		prev, err := loadState(cfg.StateFile, cfg.Verifier)
 		if err != nil {

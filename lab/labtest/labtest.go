@@ -449,6 +449,26 @@ func NewXMPP(t testing.TB, opts lab.XMPPOptions) *lab.XMPPServer {
 	return srv
 }
 
+// NewWitness starts a private litewitness (lab.StartWitness) named
+// name, with its key in an ssh-agent of its own, and stops both when the
+// test ends. Witnesses are per test: every test log has the same origin
+// (keydirtest.Origin), and a witness keeps one tree per origin. Register
+// the test's log with AddLog.
+func NewWitness(t testing.TB, name string) *lab.Witness {
+	t.Helper()
+	e := get(t, "", nil)
+	w, err := lab.StartWitness(t.Context(), lab.WitnessOptions{Dir: t.TempDir(), Name: name, Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return w
+}
+
 // NewComponents returns n components c1.clink.lab.localhost ... cn...,
 // each with a random secret.
 func NewComponents(n int) []lab.Component {
