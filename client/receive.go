@@ -354,7 +354,7 @@ func (d *Device) handle(ctx context.Context, s *Stanza) {
 		}
 		return
 	}
-	if !s.Has(EnvelopeName) {
+	if !s.Has(EnvelopeName) && !s.Has(EnvelopeName1) {
 		return
 	}
 	in := &inbound{s: s, peer: peer}
