@@ -327,6 +327,36 @@ func (d *Device) raise(a *Alarm) {
 	d.rx.push(outcome{ev: a})
 }
 
+// Notices returns and removes the queued events that are notices to the
+// user rather than traffic: *NewContact and *Alarm, in order. Other
+// events stay queued for NextEvent. (clinkctl prints them after a send.)
+func (d *Device) Notices() []Event {
+	var out []Event
+	for {
+		o, ok := d.rx.popIf(func(o outcome) bool {
+			switch o.ev.(type) {
+			case *NewContact, *Alarm:
+				return true
+			}
+			return false
+		})
+		if !ok {
+			return out
+		}
+		out = append(out, o.ev)
+	}
+}
+
+// PinnedCheckpoint returns the checkpoint this directory client pinned
+// (nil before its first answer).
+func (d *KeyDirectory) PinnedCheckpoint() (*VerifiedCheckpoint, error) {
+	signed, err := d.pins.Checkpoint(d.verifier.Name())
+	if err != nil || signed == nil {
+		return nil, err
+	}
+	return openCheckpoint(signed, d.verifier)
+}
+
 // Alarms returns the alarms the key store keeps, oldest first.
 func (d *Device) Alarms() []keystore.Alarm { return d.store.Alarms() }
 
