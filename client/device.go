@@ -78,6 +78,11 @@ type DeviceConfig struct {
 	// every reconnection: a clinkd that restarted learns within it of the
 	// devices that stayed connected (docs/expiry.md, step 1).
 	AnnounceEvery time.Duration
+	// DirectoryComponent is the component that serves the key directory
+	// when it is not Component's clinkd (the zero JID: Component).
+	// Tests use it to play a server that answers one device's directory
+	// requests from a forked log (a split view).
+	DirectoryComponent jid.JID
 	// MonitorEvery is how often the device proves its own key's binding
 	// and history while it runs (default DefaultMonitorEvery), besides
 	// at every Start: an entry it did not make (a reset, a delete,
@@ -125,6 +130,9 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		return nil, err
 	}
 	kd.cache.now = cfg.Now // how long an answer is fresh, by the device's clock
+	if cfg.DirectoryComponent.Domainpart() != "" {
+		kd.service = cfg.DirectoryComponent
+	}
 	if cfg.ReplayFile == "" {
 		cfg.ReplayFile = cfg.Store.Path() + ".replay"
 	}
@@ -293,7 +301,7 @@ func (e *OwnKeyError) Is(target error) bool {
 // history in the log (verified) to tell a first run from a binding that
 // ended.
 func (d *Device) CheckKey(ctx context.Context) (OwnKey, error) {
-	res, err := d.keys.LookupKeys(ctx, d.me)
+	res, err := d.lookup(ctx, d.me)
 	var kc *KeyChangeError
 	if err != nil && !errors.As(err, &kc) {
 		return OwnKey{}, fmt.Errorf("client: own key: %w", err)

@@ -164,7 +164,7 @@ func (c KeyChange) Explain() string {
 	case c.EndKind != "":
 		fmt.Fprintf(&b, "; the old binding was ended by a %s at log index %d", c.EndKind, c.EndIndex)
 	case c.NewVersion > c.OldVersion+1 && c.OldVersion > 0:
-		fmt.Fprintf(&b, "; versions %d to %d between them ended the old binding (an operator reset or a deleted account)", c.OldVersion+1, c.NewVersion-1)
+		fmt.Fprintf(&b, "; %s ended the old binding (an operator reset or a deleted account)", versionsBetween(c.OldVersion+1, c.NewVersion-1))
 	}
 	return b.String()
 }
@@ -665,4 +665,11 @@ func openCheckpoint(signed []byte, v note.Verifier) (*VerifiedCheckpoint, error)
 		return nil, fmt.Errorf("%w: bad root hash", ErrBadCheckpoint)
 	}
 	return &VerifiedCheckpoint{Origin: lines[0], Size: size, Hash: [32]byte(h), Signed: signed}, nil
+}
+
+func versionsBetween(from, to int64) string {
+	if from == to {
+		return fmt.Sprintf("version %d", from)
+	}
+	return fmt.Sprintf("versions %d to %d", from, to)
 }

@@ -464,6 +464,13 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 		if change != nil {
 			d.rx.push(outcome{ev: &KeyChanged{Change: *change}})
 		}
+		if errors.Is(err, envelope.ErrBadSignature) {
+			// The directory's key for the author did not verify it: the
+			// checkpoint it carries (signed by the log, whoever carried
+			// it) may show that this device's directory is not the
+			// author's (gossip.go).
+			d.checkGossip(ctx, env.From, env.Checkpoint)
+		}
 		d.drop(in, openReason(err), err, true, true)
 		return nil
 	}

@@ -96,6 +96,8 @@ type listener struct {
 	conns    []*client.Connection
 	refused  []*client.RefusedError
 	expiries []*client.Expiry
+	alarms   []*client.Alarm
+	contacts []*client.NewContact
 	errs     []error        // envelopes dropped (DropError events), then NextEvent's errors
 	acked    map[string]int // delivery receipts sent, by message id
 }
@@ -129,6 +131,10 @@ func listen(ctx context.Context, dev *client.Device, ack bool) *listener {
 				l.refused = append(l.refused, ev)
 			case *client.Expiry:
 				l.expiries = append(l.expiries, ev)
+			case *client.Alarm:
+				l.alarms = append(l.alarms, ev)
+			case *client.NewContact:
+				l.contacts = append(l.contacts, ev)
 			case *client.DropError:
 				l.errs = append(l.errs, ev)
 			}

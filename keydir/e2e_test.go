@@ -55,6 +55,11 @@ type deployment struct {
 	tune    func(*daemon.Config)
 	// register, if set, adds handlers to the component before it runs.
 	register func(*daemon.Daemon)
+	// link, when set, is the component link a restart keeps (devices
+	// made before it go on talking to the same domain); else every start
+	// leases a new one.
+	link     *daemon.LinkConfig
+	lastLink daemon.LinkConfig // the link of the last start
 }
 
 const origin = "clink.lab.localhost/keydir"
@@ -86,6 +91,9 @@ func startDeploymentWith(t testing.TB, srv *lab.XMPPServer, tune func(*daemon.Co
 func (dep *deployment) start(t testing.TB) {
 	t.Helper()
 	cfg := clinkdtest.Config(t, dep.srv)
+	if dep.link != nil {
+		cfg.Link = *dep.link
+	}
 	cfg.Database.URL = dep.dbURL
 	cfg.Database.Migrate = true
 	cfg.Public.Listen = "127.0.0.1:0"
@@ -95,6 +103,7 @@ func (dep *deployment) start(t testing.TB) {
 	if dep.tune != nil {
 		dep.tune(&cfg)
 	}
+	dep.lastLink = cfg.Link
 	if dep.register == nil {
 		dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
 	} else {
