@@ -311,7 +311,7 @@ func (d *Device) checkGossip(ctx context.Context, author string, theirs []byte) 
 		return
 	}
 	d.raise(&Alarm{Kind: AlarmFork, JID: author, Time: d.now(),
-		Text:     fmt.Sprintf("the key directory shows %s a log this device cannot reconcile with its own: %s; the server keeps two views of the log (a split view)", author, fe.Reason),
+		Text:     fmt.Sprintf("the checkpoint in %s's envelope and this device's are not one log: %s; the server shows devices two views of the log (a split view)", author, fe.Reason),
 		Evidence: [2][]byte{fe.Mine.Signed, fe.Theirs.Signed}})
 }
 
