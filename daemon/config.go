@@ -63,6 +63,12 @@ type ExpiryConfig struct {
 	TotalBytes        int64         `yaml:"total_bytes"`
 	DevicesPerUser    int           `yaml:"devices_per_user"`
 	LockMemory        bool          `yaml:"lock_memory"`
+	// HandoffSocket is the Unix socket through which this clinkd hands
+	// its timed messages and device registry to one that takes over
+	// (clinkd serve --takeover; docs/operators.md, "Restart and upgrade
+	// without losing timed messages"), in a directory only clinkd's user
+	// can use. Empty: no handoff.
+	HandoffSocket string `yaml:"handoff_socket"`
 }
 
 // ReceiptsConfig is delivery and read receipts (docs/receipts.md).
@@ -261,6 +267,9 @@ func (c Config) Check() error {
 	if !c.Expiry.Disabled {
 		if err := expiryLimits(c).Check(); err != nil {
 			errs = append(errs, fmt.Errorf("config: expiry: %w", err))
+		}
+		if c.Expiry.HandoffSocket != "" {
+			errs = append(errs, checkHandoffDir(c.Expiry.HandoffSocket))
 		}
 		if c.Link.ServerDomain != "" {
 			if err := dispatchAccess(c).Check(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -184,7 +185,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 
-	d.admin, err = net.Listen("tcp", cfg.Admin.Listen)
+	d.admin, err = d.listenTCP(ctx, cfg.Admin.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen: %w", err)
 	}
@@ -468,13 +469,25 @@ func (d *Daemon) listenPublic() error {
 			},
 		}
 	}
-	ln, err := net.Listen("tcp", c.Listen)
+	ln, err := d.listenTCP(context.Background(), c.Listen)
 	if err != nil {
 		return fmt.Errorf("public: listen: %w", err)
 	}
 	d.publicLn = ln
 	d.closers = append(d.closers, func() { ln.Close() })
 	return nil
+}
+
+// listenTCP binds a TCP listener. With expiry.handoff_socket, a clinkd
+// that takes over binds its listeners while the one it takes over from
+// still serves on them: both set SO_REUSEPORT, and the kernel shares new
+// connections between them until the older one closes its own.
+func (d *Daemon) listenTCP(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	if d.cfg.Expiry.HandoffSocket != "" {
+		lc.Control = reusePort
+	}
+	return lc.Listen(ctx, "tcp", addr)
 }
 
 // PublicURL is the base URL of the public listener ("" when there is none).
@@ -596,8 +609,45 @@ func (d *Daemon) AdminAddr() string { return d.admin.Addr().String() }
 
 // Run serves until ctx ends, then shuts down gracefully: the admin
 // listener stops, in-flight stanzas are answered, the stream is closed.
-func (d *Daemon) Run(ctx context.Context) error {
+// With expiry.handoff_socket, it serves the socket too, and ends (nil)
+// once it has handed its state to a clinkd that took over from it.
+func (d *Daemon) Run(ctx context.Context) error { return d.run(ctx, false) }
+
+// RunTakeover is Run for a clinkd that takes over from the one serving on
+// expiry.handoff_socket (docs/operators.md, "Restart and upgrade"): it
+// links, takes the other's timed messages and device registry, then
+// serves. When no clinkd serves there (or no socket is configured, or the
+// relay is off), it starts afresh. It returns an error, without having
+// linked, when the other clinkd cannot be taken over (another version of
+// the protocol, another component).
+func (d *Daemon) RunTakeover(ctx context.Context) error {
+	if d.cfg.Expiry.HandoffSocket == "" || d.relay == nil {
+		d.log.Info("takeover: no expiry.handoff_socket, or the relay is off: nothing to take over; starting afresh")
+		return d.run(ctx, false)
+	}
+	return d.run(ctx, true)
+}
+
+func (d *Daemon) run(ctx context.Context, take bool) (err error) {
 	defer d.Close()
+	var tk *takeover
+	if take {
+		if tk, err = d.beginTakeover(); err != nil {
+			return err
+		}
+	}
+	// The handoff socket: a clinkd serves it from the start (and refuses
+	// to start beside one that serves it already); a taker as soon as the
+	// giver gave it up, which it did before its hello.
+	var handoffLn *net.UnixListener
+	if d.cfg.Expiry.HandoffSocket != "" && d.relay != nil {
+		if handoffLn, err = listenHandoff(d.cfg.Expiry.HandoffSocket); err != nil {
+			if tk != nil {
+				tk.raw.Close()
+			}
+			return err
+		}
+	}
 	srv := &http.Server{
 		Handler: d.adminHandler(),
 		// The admin listener answers probes and scrapes; slow clients get
@@ -636,18 +686,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	d.log.Info("clinkd serving", "version", Version, "component", d.cfg.Link.Domain, "server", d.cfg.Link.Addr, "admin", d.AdminAddr(), "public", d.PublicURL())
-	var bg sync.WaitGroup
-	bgCtx, stopBG := context.WithCancel(ctx)
-	for _, run := range d.runners {
-		bg.Go(func() {
-			if err := run(bgCtx); err != nil {
-				d.log.Error("background task failed", "err", err)
-			}
-		})
-	}
-	err := d.comp.Run(ctx)
-	stopBG()
-	bg.Wait()
+	err = d.serve(ctx, tk, handoffLn)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -656,6 +695,66 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	d.log.Info("clinkd stopped")
+	return err
+}
+
+// serve runs the link and the background loops, takes over first with
+// tk, and serves the handoff socket ln, until ctx ends or this clinkd has
+// handed its state over.
+func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) error {
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(ctx)
+	defer func() {
+		stopBG()
+		bg.Wait()
+	}()
+	for _, run := range d.runners {
+		bg.Go(func() {
+			if err := run(bgCtx); err != nil {
+				d.log.Error("background task failed", "err", err)
+			}
+		})
+	}
+	// The link stops when ctx ends, or when this clinkd hands over.
+	linkCtx, stopLink := context.WithCancel(ctx)
+	defer stopLink()
+	linked := make(chan error, 1)
+	go func() { linked <- d.comp.Run(linkCtx) }()
+	if tk != nil {
+		err := d.finishTakeover(ctx, tk)
+		if err != nil && ln != nil {
+			// The socket is this clinkd's since the giver's hello: it goes
+			// before the giver hears of the failure and serves it again.
+			ln.Close()
+			os.Remove(d.cfg.Expiry.HandoffSocket)
+		}
+		tk.raw.Close()
+		if err != nil {
+			stopLink()
+			<-linked
+			return err
+		}
+	}
+	handoffCtx, stopHandoff := context.WithCancel(ctx)
+	defer stopHandoff()
+	outcome := make(chan *giving, 1)
+	if ln != nil {
+		go d.handoffLoop(handoffCtx, linkCtx, ln, stopLink, stopBG, outcome)
+	} else {
+		outcome <- nil
+	}
+	err := <-linked
+	stopBG()
+	bg.Wait()
+	// Nothing changes the state any more. The link stopped for ctx (a
+	// handoff under way ends with it) or for a handoff, whose outcome is
+	// awaited: the state goes now.
+	if g := <-outcome; g != nil {
+		return d.sendState(g)
+	}
+	if ctx.Err() == nil && err == nil {
+		return errors.New("daemon: handoff: this clinkd gave up its link to a clinkd taking over, which went away before it took the state (the timed messages held here are lost)")
+	}
 	return err
 }
 

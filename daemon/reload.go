@@ -151,6 +151,7 @@ func (d *Daemon) Reload(cfg Config, level *slog.LevelVar) (restart []string, err
 		keep := d.cfg.Expiry
 		d.cfg.Expiry = cfg.Expiry
 		d.cfg.Expiry.Disabled, d.cfg.Expiry.DevicesPerUser, d.cfg.Expiry.LockMemory = keep.Disabled, keep.DevicesPerUser, keep.LockMemory
+		d.cfg.Expiry.HandoffSocket = keep.HandoffSocket
 	}
 	if d.tracker != nil {
 		d.tracker.Reload(receiptsLimits(cfg))

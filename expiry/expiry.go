@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,10 +204,20 @@ type held struct {
 	id          string
 	sent        bool
 	by          jid.JID // for a sent copy: the device that sent it
-	expires     time.Time
-	raw         []byte              // the envelope, canonical XML
-	delivered   map[string]struct{} // devices that got it
-	index       int                 // in the expiry heap
+	// copyBy, for a message to owner, is the sending device while the
+	// copy for the sender's other devices has not gone out: a handoff
+	// carries it, and the next clinkd sends the copy.
+	copyBy    jid.JID
+	expires   time.Time
+	raw       []byte              // the envelope, canonical XML; zeroed when dropped
+	delivered map[string]struct{} // devices that got it
+	index     int                 // in the expiry heap
+	// busy counts sends reading raw; dropped is set when the relay lets
+	// go of h. Whichever comes last (the drop, or the last send) zeroes
+	// raw, so that no send reads an envelope being overwritten. Both
+	// under Relay.mu.
+	busy    int
+	dropped bool
 }
 
 // sender is the user because of whom h is held: the author of the
@@ -247,6 +258,9 @@ type pendingReceipt struct {
 	reader  jid.JID // the recipient who sent the receipt
 	payload any     // receiptsxml.Received or markers.Displayed
 	expires time.Time
+	// unsent: the owner's online devices have not been sent it yet (it
+	// came while the relay was quiet, before a handoff). Under Relay.mu.
+	unsent bool
 }
 
 // Relay is the timed-message relay: the dispatch.Timed feature and a
@@ -256,6 +270,7 @@ type Relay struct {
 	limits atomic.Pointer[Limits]
 	log    *slog.Logger
 	m      metrics
+	procs  int // GOMAXPROCS, which scrubHeap lowers and restores
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
@@ -266,6 +281,13 @@ type Relay struct {
 	queue    expiryHeap
 	total    int64
 	wake     chan struct{} // the earliest expiry changed
+	// handoff, while not nil, is closed when a handoff's state has been
+	// taken (AwaitHandoff, EndHandoff).
+	handoff chan struct{}
+	// quiet: a handoff is about to take the state (Quiesce); the relay
+	// holds what it is handed and sends nothing, so that nothing goes out
+	// on a link the server may have closed already.
+	quiet bool
 }
 
 // seenUsers remembers, in bounded memory, which users had a device
@@ -309,7 +331,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{
-		cfg: cfg, log: cfg.Log,
+		cfg: cfg, log: cfg.Log, procs: runtime.GOMAXPROCS(0),
 		owners:   make(map[string]*ownerState),
 		senders:  make(map[string]*usage),
 		pairs:    make(map[string]int),
@@ -362,8 +384,22 @@ func (r *Relay) refuse(reason string, cond stanza.Condition, text string) error 
 	return component.Error(cond, text)
 }
 
-// HandleTimed holds and delivers a timed message a device sent.
+// HandleTimed holds and delivers a timed message a device sent. A message
+// it refuses is zeroed at once.
 func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
+	if err := r.awaitHandoff(ctx); err != nil {
+		wipe(e.Raw, e.Body)
+		return err
+	}
+	if err := r.admitTimed(ctx, e); err != nil {
+		wipe(e.Raw, e.Body)
+		return err
+	}
+	return r.holdTimed(ctx, e)
+}
+
+// admitTimed checks what HandleTimed checks before holding a message.
+func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 	m := e.Stanza
 	if m.Type != string(stanza.HeadlineMessage) || !m.Has(xml.Name{Space: hints.NS, Local: "no-store"}) || !m.Has(xml.Name{Space: hints.NS, Local: "no-permanent-store"}) {
 		// Otherwise the sender's own server archives what it sends.
@@ -384,39 +420,73 @@ func (r *Relay) HandleTimed(ctx context.Context, e *dispatch.Envelope) error {
 	if period > lim.UnseenMaxPeriod && !r.seenUser(e.Recipient) {
 		return r.refuse("unseen-period", stanza.NotAcceptable, fmt.Sprintf("%s has not been online at clinkd lately, so a validity period of at most %v is accepted for it", e.Recipient, lim.UnseenMaxPeriod))
 	}
-	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}}
+	return nil
+}
+
+// holdTimed holds and delivers a message admitTimed accepted.
+func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
+	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}, copyBy: e.Device}
+	// Of the decoded envelope the relay needs nothing more: only raw is
+	// held, and zeroed when it goes.
+	wipe(nil, e.Body)
 	added, err := r.hold(h)
 	if err != nil || !added {
+		wipe(e.Raw, nil)
 		return err // !added: a repeat of a message already held, nothing to do
 	}
 	r.m.relayed.Inc()
 	r.deliver(ctx, h, r.cfg.Devices.Online(e.Recipient), jid.JID{})
-
-	// The sender's other devices get their copy from the instance that
-	// owns the sender: it goes through the sender's address.
-	from, err := address.AtComponent(e.Recipient, r.cfg.Component)
-	if err != nil {
-		return nil
-	}
-	to, err := address.AtComponent(e.Sender, r.cfg.Component)
-	if err != nil {
-		return nil
-	}
-	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: e.Device.String()}, decoder(e.Raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
-		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
-	}
+	r.sendCopy(ctx, h)
 	return nil
+}
+
+// sendCopy sends the copy of h, a message to its owner, for the sender's
+// other devices: the instance that owns the sender (it may be another
+// one) gets it through the sender's address.
+func (r *Relay) sendCopy(ctx context.Context, h *held) {
+	r.mu.Lock()
+	by, quiet := h.copyBy, r.quiet
+	r.mu.Unlock()
+	if by.Resourcepart() == "" || quiet {
+		return // sent already, or left for the handoff
+	}
+	from, err := address.AtComponent(h.owner, r.cfg.Component)
+	if err != nil {
+		return
+	}
+	to, err := address.AtComponent(h.peer, r.cfg.Component)
+	if err != nil {
+		return
+	}
+	if !r.use(h) {
+		return // expired already
+	}
+	defer r.release(h)
+	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
+		expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
+		return
+	}
+	r.mu.Lock()
+	h.copyBy = jid.JID{}
+	r.mu.Unlock()
 }
 
 // HandleCopy holds a copy of a timed message that its owner sent, for the
 // owner's other devices.
 func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
+	defer wipe(nil, c.Body)
+	if err := r.awaitHandoff(ctx); err != nil {
+		wipe(c.Raw, nil)
+		return err
+	}
 	if !c.Body.Expires.After(r.cfg.Now()) {
+		wipe(c.Raw, nil)
 		return nil // expired on the way
 	}
 	h := &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}}
 	if added, err := r.hold(h); err != nil || !added {
+		wipe(c.Raw, nil)
 		return err
 	}
 	r.deliver(ctx, h, r.cfg.Devices.Online(c.Owner), c.By)
@@ -428,13 +498,17 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 // until the message expires for the owner's devices that come online
 // later. It reports false, doing nothing, for any other receipt.
 func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (bool, error) {
+	if err := r.awaitHandoff(ctx); err != nil {
+		return false, err
+	}
 	expires, ok := r.sentExpiry(rc.Owner, rc.Reader, rc.ID)
 	if !ok {
 		return false, nil
 	}
 	p := &pendingReceipt{reader: rc.Reader, payload: rc.Payload(), expires: expires}
-	r.holdReceipt(rc.Owner, p)
-	r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
+	if quiet := r.holdReceipt(rc.Owner, p); !quiet {
+		r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
+	}
 	r.m.receipts.WithLabelValues(string(rc.Kind)).Inc()
 	return true, nil
 }
@@ -470,15 +544,19 @@ func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) {
+// holdReceipt holds p for owner's devices, and reports whether the relay
+// is quiet (then p is left for the handoff to send).
+func (r *Relay) holdReceipt(owner jid.JID, p *pendingReceipt) (quiet bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	p.unsent = p.unsent || r.quiet
 	k := owner.String()
 	list := r.pruneReceiptsLocked(k)
 	if len(list) >= r.limits.Load().PerUserReceipts {
 		list = list[1:] // the oldest goes; memory stays bounded
 	}
 	r.receipts[k] = append(list, p)
+	return r.quiet
 }
 
 // pruneReceiptsLocked drops expired receipts of one owner and returns the
@@ -605,6 +683,31 @@ func (r *Relay) drop(h *held) {
 	heap.Remove(&r.queue, h.index)
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
+	h.dropped = true
+	if h.busy == 0 {
+		wipe(h.raw, nil)
+	}
+}
+
+// use reports whether h is still held and, if so, keeps its envelope from
+// being zeroed until release.
+func (r *Relay) use(h *held) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.dropped {
+		return false
+	}
+	h.busy++
+	return true
+}
+
+// release ends a use, zeroing the envelope if h was dropped meanwhile.
+func (r *Relay) release(h *held) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.busy--; h.busy == 0 && h.dropped {
+		wipe(h.raw, nil)
+	}
 }
 
 // decoder returns the envelope's tokens for sending.
@@ -622,12 +725,16 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		}
 		r.mu.Lock()
 		_, done := h.delivered[d.String()]
+		quiet := r.quiet
 		r.mu.Unlock()
+		if quiet {
+			return // left for the handoff
+		}
 		if done {
 			continue // a device that announces itself again gets each message once
 		}
 		remaining := h.expires.Sub(r.cfg.Now())
-		if remaining <= 0 {
+		if remaining <= 0 || !r.use(h) {
 			return
 		}
 		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
@@ -637,7 +744,9 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
 		}
 		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
-		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...); err != nil {
+		err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...)
+		r.release(h)
+		if err != nil {
 			// Still held: the device gets it when it announces itself again.
 			r.log.Debug("expiry: delivery failed; kept for later", "err", err)
 			continue
@@ -652,6 +761,9 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 // is held for its user (except the copies of what it sent itself), and the
 // held receipts of what its user sent.
 func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
+	if r.awaitHandoff(ctx) != nil {
+		return // the device gets what is held when it announces itself again
+	}
 	r.mu.Lock()
 	r.seen.add(user.String())
 	var hs []*held
@@ -661,12 +773,126 @@ func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 		}
 	}
 	rcs := append([]*pendingReceipt(nil), r.pruneReceiptsLocked(user.String())...)
+	if r.quiet {
+		// The handoff sends the new device what it has not got; the
+		// user's receipts go to all their devices again (a receipt twice
+		// is harmless, none is not).
+		for _, p := range rcs {
+			p.unsent = true
+		}
+		r.mu.Unlock()
+		return
+	}
 	r.mu.Unlock()
 	for _, h := range hs {
 		r.deliver(ctx, h, []jid.JID{device}, h.by)
 	}
 	for _, p := range rcs {
 		r.forwardReceipt(ctx, user, p, []jid.JID{device})
+	}
+}
+
+// AwaitHandoff makes the relay wait for the state of the clinkd it takes
+// over from (docs/expiry.md, "Restart and upgrade"): until EndHandoff,
+// every timed message, copy, receipt of a timed message and announcement
+// it is handed waits (within its handler's deadline, then it is answered
+// resource-constraint, type wait), so that none is answered from a state
+// not yet complete.
+func (r *Relay) AwaitHandoff() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handoff == nil {
+		r.handoff = make(chan struct{})
+	}
+}
+
+// EndHandoff lets the waiting stanzas through, then sends what the
+// previous clinkd left unsent (see flush).
+func (r *Relay) EndHandoff(ctx context.Context) {
+	r.mu.Lock()
+	if r.handoff != nil {
+		close(r.handoff)
+		r.handoff = nil
+	}
+	r.mu.Unlock()
+	r.flush(ctx)
+}
+
+// Quiesce readies the relay to hand its state over: from now on it holds
+// what it is handed (messages, copies, receipts, announcements) but sends
+// nothing, neither deliveries, copies, receipts nor expiry notices, and
+// drops nothing at expiry: the clinkd taking over sends all of it once it
+// holds the link. Prosody closes the old link when the new one comes,
+// without a word to the old one first, so whatever the old one wrote after
+// that would be lost. Resume undoes it.
+func (r *Relay) Quiesce() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.quiet = true
+}
+
+// Resume ends Quiesce (the handoff did not happen) and sends what was
+// left unsent meanwhile.
+func (r *Relay) Resume(ctx context.Context) {
+	r.mu.Lock()
+	r.quiet = false
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	r.flush(ctx)
+}
+
+// flush sends what is held but unsent: each held message to its owner's
+// online devices that have not got it, the copies for senders' other
+// devices not sent yet, and receipts not yet sent to their owner's online
+// devices. A device gets each message once, as always.
+func (r *Relay) flush(ctx context.Context) {
+	r.mu.Lock()
+	hs := append([]*held(nil), r.queue...)
+	type unsent struct {
+		owner jid.JID
+		p     *pendingReceipt
+	}
+	var rcs []unsent
+	for k, list := range r.receipts {
+		owner, err := jid.Parse(k)
+		if err != nil {
+			continue
+		}
+		for _, p := range list {
+			if p.unsent {
+				p.unsent = false
+				rcs = append(rcs, unsent{owner, p})
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, h := range hs {
+		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
+		if !h.sent {
+			r.sendCopy(ctx, h)
+		}
+	}
+	for _, u := range rcs {
+		r.forwardReceipt(ctx, u.owner, u.p, r.cfg.Devices.Online(u.owner))
+	}
+}
+
+// awaitHandoff waits while a handoff is awaited.
+func (r *Relay) awaitHandoff(ctx context.Context) error {
+	r.mu.Lock()
+	wait := r.handoff
+	r.mu.Unlock()
+	if wait == nil {
+		return nil
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return component.Error(stanza.ResourceConstraint, "clinkd is taking over from the previous one; try again in a moment")
 	}
 }
 
@@ -680,14 +906,21 @@ func (r *Relay) Held() (messages int, bytes int64) {
 // Run drops messages as they expire and tells the devices that got each
 // one to delete it, until ctx ends. Receipts held past their message's
 // expiry are dropped on the way.
+//
+// At most every scrubEvery after messages expired, it overwrites the
+// memory the process freed (scrubHeap), so that the copies of an expired
+// message that libraries made and dropped are not left for a core dump or
+// a swapped page to reveal.
 func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
+	var lastScrub time.Time
+	scrubDue := false
 	for {
 		r.mu.Lock()
 		var due []*held
 		now := r.cfg.Now()
-		for r.queue.Len() > 0 && !r.queue[0].expires.After(now) {
+		for !r.quiet && r.queue.Len() > 0 && !r.queue[0].expires.After(now) {
 			h := r.queue[0]
 			r.drop(h)
 			due = append(due, h)
@@ -696,13 +929,25 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.pruneReceiptsLocked(k)
 		}
 		next := time.Hour
-		if r.queue.Len() > 0 {
+		if r.queue.Len() > 0 && !r.quiet {
 			next = r.queue[0].expires.Sub(now)
 		}
 		r.mu.Unlock()
 		for _, h := range due {
 			r.m.expired.Inc()
 			r.notifyExpired(ctx, h)
+		}
+		if len(due) > 0 {
+			scrubDue = true
+		}
+		if scrubDue {
+			if wait := lastScrub.Add(scrubEvery).Sub(time.Now()); wait > 0 {
+				next = min(next, wait)
+			} else {
+				took := scrubHeap(r.procs)
+				lastScrub, scrubDue = time.Now(), false
+				r.log.Debug("expiry: freed memory overwritten", "took", took)
+			}
 		}
 		t.Reset(next)
 		select {

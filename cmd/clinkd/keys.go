@@ -49,7 +49,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprintln(stderr, "usage: clinkd keys <subcommand> [flags]\n\nsubcommands:")
 		for _, c := range keysCommands() {
-			fmt.Fprintf(stderr, "  %-8s %s\n", c.name, c.summary)
+			fmt.Fprintf(stderr, "  %-9s %s\n", c.name, c.summary)
 		}
 		if len(args) == 0 {
 			return usageError{"keys needs a subcommand"}

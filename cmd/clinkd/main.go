@@ -1,11 +1,15 @@
 // Command clinkd is the ClinkMe server extension: an XEP-0114 component
 // for Prosody and ejabberd. See README.md and docs/config.md.
 //
-//	clinkd serve --config FILE      run the component
+//	clinkd serve --config FILE [--takeover]
+//	                                run the component; --takeover takes over
+//	                                from the clinkd on expiry.handoff_socket
 //	clinkd migrate --config FILE    apply database migrations and exit
-//	clinkd keys genkey|reset|audit|monitor
-//	                                key directory: signing key, operator
-//	                                reset, independent audit and monitor
+//	clinkd keys genkey|verifier|migrate|reset|audit|monitor
+//	                                key directory: signing and VRF keys,
+//	                                their public keys again, v0 to v1,
+//	                                operator reset, independent audit and
+//	                                monitor
 //	clinkd extauth --config FILE    ejabberd's auth bridge for ClinkID (extauth_program)
 //	clinkd accounts grant|revoke ACCOUNT ENTITLEMENT, show|unlock|create ACCOUNT,
 //	                invite
@@ -45,7 +49,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the component until SIGINT or SIGTERM", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
-		{"keys", "key directory: genkey, reset, audit, monitor", runKeys},
+		{"keys", "key directory: genkey, verifier, migrate, reset, audit, monitor", runKeys},
 		{"extauth", "ejabberd's external auth program for ClinkID accounts", runExtauth},
 		{"accounts", "ClinkID accounts: grant, revoke, show, unlock, create, invite", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runAccounts(ctx, args, os.Stdin, stdout, stderr)
@@ -107,7 +111,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: clinkd <command> [flags]")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 }
 

@@ -44,6 +44,7 @@ func openDatabase(ctx context.Context, path string, stderr io.Writer) (daemon.Co
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	path := fs.String("config", "", "YAML config `file` (every key also from CLINKD_* environment variables)")
+	takeover := fs.Bool("takeover", false, "take over from the clinkd serving on expiry.handoff_socket, with its timed messages and online devices, if one does (docs/operators.md)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -85,6 +86,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 	}()
+	if *takeover {
+		return d.RunTakeover(ctx)
+	}
 	return d.Run(ctx)
 }
 

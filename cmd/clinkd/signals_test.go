@@ -42,9 +42,9 @@ type serveChild struct {
 	err    error         // its Wait error, set before done is closed
 }
 
-func startServe(t *testing.T, config string) *serveChild {
+func startServe(t *testing.T, config string, flags ...string) *serveChild {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--config", config)
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--config", config}, flags...)...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -54,7 +54,9 @@ func startServe(t *testing.T, config string) *serveChild {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	read := make(chan struct{})
 	go func() {
+		defer close(read)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			c.mu.Lock()
@@ -67,6 +69,9 @@ func startServe(t *testing.T, config string) *serveChild {
 		}
 	}()
 	go func() {
+		// Wait closes the pipe: every line is read first, so that the
+		// last lines before an exit are never lost to line.
+		<-read
 		c.err = cmd.Wait()
 		close(c.done)
 	}()
@@ -81,7 +86,7 @@ func startServe(t *testing.T, config string) *serveChild {
 func (c *serveChild) line(t *testing.T, re *regexp.Regexp) []string {
 	t.Helper()
 	deadline := time.After(time.Minute)
-	for seen := 0; ; {
+	for seen, exited := 0, false; ; {
 		c.mu.Lock()
 		lines := c.lines[seen:]
 		c.mu.Unlock()
@@ -91,10 +96,13 @@ func (c *serveChild) line(t *testing.T, re *regexp.Regexp) []string {
 				return m
 			}
 		}
+		if exited {
+			t.Fatalf("clinkd exited (%v) before a line matching %s:\n%s", c.err, re, c.all())
+		}
 		select {
 		case <-c.wake:
 		case <-c.done:
-			t.Fatalf("clinkd exited (%v) before a line matching %s:\n%s", c.err, re, c.all())
+			exited = true // every line is in: look once more
 		case <-deadline:
 			t.Fatalf("no line matching %s:\n%s", re, c.all())
 		}

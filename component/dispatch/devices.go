@@ -24,6 +24,10 @@ type Devices struct {
 
 	mu    sync.Mutex
 	users map[string]map[string]time.Time // bare user -> full device JID -> announced
+	// touched, while not nil, records the devices that announced
+	// themselves or went since ExpectImport: Import leaves those as they
+	// are.
+	touched map[string]struct{}
 }
 
 // DevicesConfig bounds the registry.
@@ -59,18 +63,24 @@ func NewDevices(cfg DevicesConfig) *Devices {
 func (d *Devices) add(user, device jid.JID) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	u := user.String()
+	d.touch(device)
+	d.addLocked(user.String(), device.String(), time.Now())
+}
+
+// addLocked records device of user as announced at at, pushing out the
+// user's oldest device past maxPerUser.
+func (d *Devices) addLocked(u, device string, at time.Time) {
 	devs := d.users[u]
 	if devs == nil {
 		devs = make(map[string]time.Time)
 		d.users[u] = devs
 	}
-	if _, ok := devs[device.String()]; !ok {
+	if _, ok := devs[device]; !ok {
 		if len(devs) >= d.maxPerUser {
-			oldest, at := "", time.Time{}
+			oldest, oldestAt := "", time.Time{}
 			for dev, t := range devs {
-				if oldest == "" || t.Before(at) {
-					oldest, at = dev, t
+				if oldest == "" || t.Before(oldestAt) {
+					oldest, oldestAt = dev, t
 				}
 			}
 			delete(devs, oldest)
@@ -78,13 +88,14 @@ func (d *Devices) add(user, device jid.JID) {
 		}
 		d.online.Inc()
 	}
-	devs[device.String()] = time.Now()
+	devs[device] = at
 }
 
 // gone forgets a device: it said goodbye, or a delivery to it bounced.
 func (d *Devices) gone(device jid.JID) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.touch(device)
 	u := device.Bare().String()
 	devs := d.users[u]
 	if _, ok := devs[device.String()]; !ok {
@@ -110,4 +121,79 @@ func (d *Devices) Online(user jid.JID) []jid.JID {
 		}
 	}
 	return out
+}
+
+// maxTouched bounds what ExpectImport records: a handoff takes seconds,
+// in which far fewer devices come and go; past the bound Import may bring
+// back a device that went meanwhile, which only costs a delivery the
+// server drops.
+const maxTouched = 1 << 18
+
+func (d *Devices) touch(device jid.JID) {
+	if d.touched != nil && len(d.touched) < maxTouched {
+		d.touched[device.String()] = struct{}{}
+	}
+}
+
+// A DeviceRecord is one device of the registry, as Export gives it and
+// Import takes it.
+type DeviceRecord struct {
+	User      jid.JID   // bare JID
+	Device    jid.JID   // full JID, of User
+	Announced time.Time // when it last announced itself
+}
+
+// Export returns every device in the registry, for a planned restart that
+// hands the registry to the next clinkd (docs/expiry.md, "Restart and
+// upgrade"): devices that stay connected then keep receiving without
+// announcing themselves again.
+func (d *Devices) Export() []DeviceRecord {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []DeviceRecord
+	for u, devs := range d.users {
+		user, err := jid.Parse(u)
+		if err != nil {
+			continue
+		}
+		for dev, at := range devs {
+			if j, err := jid.Parse(dev); err == nil {
+				out = append(out, DeviceRecord{User: user, Device: j, Announced: at})
+			}
+		}
+	}
+	return out
+}
+
+// ExpectImport starts recording the devices that announce themselves or
+// go from now on, until Import: what this registry learns after the
+// clinkd that exports stopped reading is newer than what it exports.
+func (d *Devices) ExpectImport() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.touched = make(map[string]struct{})
+}
+
+// Import adds the records of another clinkd's registry, within
+// MaxPerUser, and reports how many it added. A device that announced
+// itself or went since ExpectImport is left as it is: a device that left
+// meanwhile is not brought back. A record whose device is not of its user
+// is skipped. Recording stops.
+func (d *Devices) Import(recs []DeviceRecord) (added int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range recs {
+		dev := r.Device.String()
+		if _, newer := d.touched[dev]; newer || r.Device.Resourcepart() == "" || !r.Device.Bare().Equal(r.User) {
+			continue
+		}
+		devs := d.users[r.User.String()]
+		if _, have := devs[dev]; have || len(devs) >= d.maxPerUser {
+			continue // the devices known here are newer
+		}
+		d.addLocked(r.User.String(), dev, r.Announced)
+		added++
+	}
+	d.touched = nil
+	return added
 }

@@ -1,0 +1,385 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/clinkme/clinkd/component"
+	"github.com/clinkme/clinkd/expiry"
+)
+
+// A handoff moves what a running clinkd (the giver) holds in memory, its
+// timed messages and its registry of online devices, to a new clinkd (the
+// taker) that takes over from it: a restart, an upgrade, a stopping
+// instance's state to a sibling. docs/expiry.md specifies the protocol,
+// docs/operators.md the procedure. The steps, in order:
+//
+//  1. The taker (clinkd serve --takeover) connects to the giver's
+//     expiry.handoff_socket; each checks the other's credentials (same
+//     user) and hello (protocol version, component).
+//  2. The giver stops accepting other takers and removes its socket; its
+//     relay goes quiet (it holds what it is handed but sends nothing,
+//     since Prosody may close the link under it without a word); and a
+//     link it loses from now on is not made again (Prosody gives the
+//     component to the newest connection).
+//  3. The taker links; until the state is in, its relay holds every stanza
+//     it is handed (the XMPP server routes to the new link from the moment
+//     it is up, so nothing arrives at a clinkd that cannot answer it).
+//     It tells the giver it is linked.
+//  4. The giver stops its background loops (no expiry notice goes out on a
+//     link that is going), waits for its link to end (Prosody closes it
+//     when the new one comes; ejabberd keeps both, so it waits at most
+//     handoffKickWait), stops reading it, answers what it read, and sends
+//     its state once nothing changes it any more.
+//  5. The taker takes the state, says what it took, and lets its relay go
+//     on: held stanzas are answered, and what the giver left unsent
+//     (deliveries, copies, receipts, expiry notices) is sent. It serves
+//     the handoff socket in turn.
+//  6. The giver exits 0.
+
+// Bounds of the handoff's steps. Each stops a peer that hangs from
+// holding the other for ever; none is reached by a handoff that works.
+const (
+	// handoffHelloTimeout bounds the hellos: both sides are up already.
+	handoffHelloTimeout = 10 * time.Second
+	// handoffLinkTimeout bounds how long the taker may take to link and
+	// the giver waits for it: a dial, a handshake and a few backoffs.
+	handoffLinkTimeout = time.Minute
+	// handoffKickWait is how long the giver waits, once the taker holds
+	// the link, for the server to close the giver's own link (Prosody's
+	// component_conflict_resolve = "kick_old" does so before it even
+	// answers the taker's handshake). Until then the giver keeps reading,
+	// so it answers everything the server sent it before the new link
+	// came: by the time the taker's "linked" arrives, the server's close
+	// is behind at most what it sent just before, read in microseconds.
+	// ejabberd keeps both links and shares the traffic between them: the
+	// wait ends on this bound, and meanwhile the taker holds its share
+	// (each sender may have link.queue_depth stanzas waiting, 64 by
+	// default; more is refused resource-constraint, type wait), so it is
+	// short.
+	handoffKickWait = 500 * time.Millisecond
+	// handoffStateTimeout bounds sending the state: the giver first
+	// answers what it read (link.handler_timeout at most), then writes
+	// memory to memory.
+	handoffStateTimeout = 2 * time.Minute
+)
+
+// errNoGiver says that nothing listens on the handoff socket: there is
+// no clinkd to take over from.
+var errNoGiver = errors.New("daemon: no clinkd listens on expiry.handoff_socket")
+
+// checkHandoffDir refuses a socket whose directory another user could
+// reach: only clinkd's own user may connect to it, replace it or read it.
+func checkHandoffDir(path string) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("config: expiry.handoff_socket %q is not an absolute path", path)
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("config: expiry.handoff_socket: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("config: expiry.handoff_socket: %s is not a directory", dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("config: expiry.handoff_socket: directory %s is open to other users (mode %04o); it must be 0700, clinkd's own (systemd RuntimeDirectory=clinkd)", dir, fi.Mode().Perm())
+	case ok && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("config: expiry.handoff_socket: directory %s belongs to uid %d, not to clinkd's user (uid %d)", dir, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// dialGiver connects to the clinkd serving on the handoff socket and
+// checks that it runs as this user. errNoGiver: nobody listens there.
+func dialGiver(path string) (*net.UnixConn, error) {
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, errNoGiver
+		}
+		return nil, fmt.Errorf("daemon: handoff: connect to %s: %w", path, err)
+	}
+	if err := checkPeer(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// listenHandoff binds the handoff socket, mode 0600. A socket left by a
+// clinkd that is gone is replaced; one a clinkd still serves on is not:
+// that one must be taken over (--takeover), or two would fight for the
+// link.
+func listenHandoff(path string) (*net.UnixListener, error) {
+	if err := checkHandoffDir(path); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		conn, err := dialGiver(path)
+		switch {
+		case err == nil:
+			conn.Close()
+			return nil, fmt.Errorf("daemon: another clinkd serves on expiry.handoff_socket %s: take over from it with clinkd serve --takeover, or stop it first", path)
+		case errors.Is(err, errNoGiver):
+			os.Remove(path) // left by a clinkd that is gone
+		default:
+			return nil, err
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: handoff: listen on %s: %w", path, err)
+	}
+	// Closing the listener must not remove a path that the next clinkd
+	// may own by then: the giver removes it itself, at the right time.
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("daemon: handoff: %w", err)
+	}
+	return ln, nil
+}
+
+// giving is a handoff under way on the giver's side.
+type giving struct {
+	conn  *expiry.HandoffConn
+	raw   *net.UnixConn
+	start time.Time
+}
+
+// serveHandoff accepts takers on ln until ctx ends or one is accepted,
+// which it returns. A connection from another user, or that does not
+// speak the protocol (a wrong version, another component, a truncated
+// frame), is refused and logged, and the next one is awaited.
+func (d *Daemon) serveHandoff(ctx context.Context, ln *net.UnixListener) (*giving, error) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("daemon: handoff: accept: %w", err)
+		}
+		if err := checkPeer(conn); err != nil {
+			d.log.Warn("handoff: connection refused", "err", err)
+			conn.Close()
+			continue
+		}
+		hc := expiry.NewHandoffConn(conn)
+		conn.SetDeadline(time.Now().Add(handoffHelloTimeout))
+		if err := hc.ReceiveHello(d.cfg.Link.Domain); err != nil {
+			d.log.Warn("handoff: connection refused", "err", err)
+			if errors.Is(err, expiry.ErrHandoffProtocol) {
+				hc.SendRefusal(err.Error())
+			}
+			conn.Close()
+			continue
+		}
+		return &giving{conn: hc, raw: conn, start: time.Now()}, nil
+	}
+}
+
+// checkPeer refuses a peer that does not run as this process's user.
+func checkPeer(conn *net.UnixConn) error {
+	uid, pid, err := peerCredentials(conn)
+	if err != nil {
+		return fmt.Errorf("daemon: handoff: peer credentials: %w", err)
+	}
+	if uid != os.Geteuid() {
+		return fmt.Errorf("daemon: handoff: peer (pid %d) runs as uid %d, not as clinkd's user (uid %d)", pid, uid, os.Geteuid())
+	}
+	return nil
+}
+
+// give runs the giver's side of an accepted handoff up to the point
+// where its state can go: it answers the hello, gives up the socket, and
+// from then on gives up its link once lost rather than making it again
+// (Prosody closes the older connection when the taker links). When the
+// taker holds the link, it stops the background loops (no expiry notice
+// goes out on a link that is going), waits for its own link to end or
+// handoffKickWait, and stops it. An error means the taker went away
+// first; the giver then serves on, unless its link is lost already.
+func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, stopBG context.CancelFunc) error {
+	stop := context.AfterFunc(ctx, func() { g.raw.Close() })
+	defer stop()
+	// No other taker: the socket goes now, so that the taker can bind it
+	// for the clinkd after it.
+	os.Remove(path)
+	if err := g.conn.SendHello(d.cfg.Link.Domain); err != nil {
+		return err
+	}
+	d.log.Info("handoff: a clinkd takes over; waiting for it to hold the link")
+	// The relay sends nothing more: Prosody may close this link without
+	// a word when the taker links, and what went out after that would be
+	// lost. The taker sends it.
+	d.relay.Quiesce()
+	armed, disarm := context.WithCancel(ctx)
+	defer disarm()
+	lost := make(chan struct{})
+	go func() {
+		if d.comp.WaitState(armed, component.Down) == nil {
+			stopLink()
+			close(lost)
+		}
+	}()
+	g.raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
+	if err := g.conn.ReceiveLinked(); err != nil {
+		return err
+	}
+	g.raw.SetDeadline(time.Time{})
+	stopBG()
+	select {
+	case <-lost:
+	case <-time.After(handoffKickWait):
+	case <-ctx.Done():
+	}
+	stopLink()
+	return nil
+}
+
+// handoffLoop serves the handoff socket until ctx ends or a handoff
+// reaches the point where the state can go; it then sends that handoff
+// on outcome (nil for none) and returns. A taker that goes away first
+// leaves this clinkd serving, unless its link stopped meanwhile (linkCtx):
+// a component is linked once per process.
+func (d *Daemon) handoffLoop(ctx, linkCtx context.Context, ln *net.UnixListener, stopLink, stopBG context.CancelFunc, outcome chan<- *giving) {
+	path := d.cfg.Expiry.HandoffSocket
+	for {
+		g, err := d.serveHandoff(ctx, ln)
+		if err != nil {
+			d.log.Error("handoff: the socket stopped serving; this clinkd can no longer be taken over", "err", err)
+		}
+		if g == nil {
+			if ctx.Err() != nil {
+				os.Remove(path) // stopping: nobody serves it any more
+			}
+			outcome <- nil
+			return
+		}
+		gerr := d.give(ctx, g, path, stopLink, stopBG)
+		if gerr == nil {
+			outcome <- g
+			return
+		}
+		g.raw.Close()
+		if ctx.Err() != nil || linkCtx.Err() != nil {
+			// The link went while armed: it cannot be made again.
+			outcome <- nil
+			return
+		}
+		d.relay.Resume(ctx)
+		if ln, err = listenHandoff(path); err != nil {
+			d.log.Error("handoff: cannot listen on the socket again; this clinkd can no longer be taken over", "err", err)
+			outcome <- nil
+			return
+		}
+		d.log.Warn("handoff: the clinkd taking over went away before it held the link; serving on", "err", gerr)
+	}
+}
+
+// sendState sends the relay's state and the registry once the link and
+// the background loops have stopped, and waits for the taker's receipt.
+func (d *Daemon) sendState(g *giving) error {
+	defer g.raw.Close()
+	g.raw.SetDeadline(time.Now().Add(handoffStateTimeout))
+	sent, err := g.conn.SendState(d.relay, d.devices)
+	if err != nil {
+		return fmt.Errorf("daemon: handoff: send the state: %w (the timed messages held here are lost)", err)
+	}
+	took, err := g.conn.ReceiveDone()
+	if err != nil {
+		return fmt.Errorf("daemon: handoff: the taker did not confirm the state: %w (the timed messages held here may be lost)", err)
+	}
+	d.log.Info("handoff: state handed over; exiting", "messages", sent.Messages, "receipts", sent.Receipts,
+		"users_seen", sent.Seen, "devices", sent.Devices, "taken_messages", took.Messages, "took", time.Since(g.start).Round(time.Millisecond))
+	if took.Messages < sent.Messages {
+		d.log.Warn("handoff: the taker dropped messages over its quotas", "dropped", sent.Messages-took.Messages)
+	}
+	return nil
+}
+
+// takeover is a handoff under way on the taker's side.
+type takeover struct {
+	conn  *expiry.HandoffConn
+	raw   *net.UnixConn
+	start time.Time
+}
+
+// beginTakeover connects to the giver and exchanges hellos, and makes the
+// relay and the registry wait for the state. It returns nil, nil when no
+// clinkd serves on the socket: this clinkd starts afresh.
+func (d *Daemon) beginTakeover() (*takeover, error) {
+	path := d.cfg.Expiry.HandoffSocket
+	start := time.Now()
+	raw, err := dialGiver(path)
+	if errors.Is(err, errNoGiver) {
+		d.log.Info("takeover: no clinkd serves on the handoff socket; starting afresh", "socket", path)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	t := &takeover{conn: expiry.NewHandoffConn(raw), raw: raw, start: start}
+	raw.SetDeadline(time.Now().Add(handoffHelloTimeout))
+	err = t.conn.SendHello(d.cfg.Link.Domain)
+	if err == nil {
+		err = t.conn.ReceiveHello(d.cfg.Link.Domain)
+	}
+	if err != nil {
+		if errors.Is(err, expiry.ErrHandoffProtocol) {
+			t.conn.SendRefusal(err.Error())
+		}
+		raw.Close()
+		return nil, fmt.Errorf("daemon: takeover: %w", err)
+	}
+	raw.SetDeadline(time.Time{})
+	d.relay.AwaitHandoff()
+	d.devices.ExpectImport()
+	d.log.Info("takeover: the clinkd serving on the handoff socket hands over; linking")
+	return t, nil
+}
+
+// finishTakeover waits for this clinkd's link, tells the giver, and takes
+// the state. A giver that fails halfway leaves this clinkd serving
+// without its state (as after a crash); it is logged. The caller closes
+// the connection.
+func (d *Daemon) finishTakeover(ctx context.Context, t *takeover) error {
+	lctx, cancel := context.WithTimeout(ctx, handoffLinkTimeout)
+	err := d.comp.WaitState(lctx, component.Linked)
+	cancel()
+	if err != nil {
+		d.relay.EndHandoff(ctx)
+		d.devices.Import(nil)
+		return fmt.Errorf("daemon: takeover: could not link: %w (the previous clinkd serves on)", err)
+	}
+	t.raw.SetDeadline(time.Now().Add(handoffStateTimeout))
+	took, err := func() (expiry.HandoffCounts, error) {
+		if err := t.conn.SendLinked(); err != nil {
+			return expiry.HandoffCounts{}, err
+		}
+		took, err := t.conn.ReceiveState(d.relay, d.devices)
+		if err != nil {
+			return took, err
+		}
+		return took, t.conn.SendDone(took)
+	}()
+	d.relay.EndHandoff(ctx)
+	if err != nil {
+		d.devices.Import(nil)
+		d.log.Error("takeover: the state did not arrive; serving without it (the timed messages the previous clinkd held are lost)", "err", err)
+		return nil
+	}
+	d.log.Info("takeover: state taken", "messages", took.Messages, "receipts", took.Receipts,
+		"users_seen", took.Seen, "devices", took.Devices, "took", time.Since(t.start).Round(time.Millisecond))
+	return nil
+}
