@@ -223,6 +223,11 @@ func TestMoveToNewDevice(t *testing.T) {
 				t.Errorf("carol's key change carries message %s; want none (the key share) or bob's %s", m.ID, first)
 			}
 			lc.mu.Unlock()
+			// carol accepts bob's new key before she writes to him
+			// (docs/trust.md).
+			if _, err := carol.AcceptKey(bobAcct.jid, ""); err != nil {
+				t.Fatalf("carol accepts bob's new key: %v", err)
+			}
 
 			// Then both ways, with both.
 			for i := range 3 {
