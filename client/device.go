@@ -39,6 +39,10 @@ type Device struct {
 	rx      receiver
 	sent    sentTracker  // ordinary messages waiting for receipts (receipts.go)
 	expires expiryTimers // timed messages to expire by the device's clock (expirytimers.go)
+
+	trustMu      sync.Mutex    // serialises changes of contacts' trust records (trust.go)
+	monitorEvery time.Duration // self-monitoring period (monitor.go)
+	monitorMu    sync.Mutex    // one monitoring run at a time
 }
 
 // DeviceConfig assembles a Device. Client, Store, Component,
@@ -80,6 +84,16 @@ type DeviceConfig struct {
 	// every reconnection: a clinkd that restarted learns within it of the
 	// devices that stayed connected (docs/expiry.md, step 1).
 	AnnounceEvery time.Duration
+	// DirectoryComponent is the component that serves the key directory
+	// when it is not Component's clinkd (the zero JID: Component).
+	// Tests use it to play a server that answers one device's directory
+	// requests from a forked log (a split view).
+	DirectoryComponent jid.JID
+	// MonitorEvery is how often the device proves its own key's binding
+	// and history while it runs (default DefaultMonitorEvery), besides
+	// at every Start: an entry it did not make (a reset, a delete,
+	// another key) raises an AlarmOwnKey (monitor.go).
+	MonitorEvery time.Duration
 }
 
 // DefaultAnnounceEvery is how often a connected device announces itself
@@ -122,6 +136,9 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		return nil, err
 	}
 	kd.cache.now = cfg.Now // how long an answer is fresh, by the device's clock
+	if cfg.DirectoryComponent.Domainpart() != "" {
+		kd.service = cfg.DirectoryComponent
+	}
 	if cfg.ReplayFile == "" {
 		cfg.ReplayFile = cfg.Store.Path() + ".replay"
 	}
@@ -132,9 +149,12 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.AnnounceEvery <= 0 {
 		cfg.AnnounceEvery = DefaultAnnounceEvery
 	}
+	if cfg.MonitorEvery <= 0 {
+		cfg.MonitorEvery = DefaultMonitorEvery
+	}
 	d := &Device{
 		c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me,
-		now: cfg.Now, replay: replay, announceEvery: cfg.AnnounceEvery,
+		now: cfg.Now, replay: replay, announceEvery: cfg.AnnounceEvery, monitorEvery: cfg.MonitorEvery,
 		fails:  newSenderBuckets(failBurst, failRefill),
 		shares: newSenderBuckets(shareBurst, shareRefill),
 	}
@@ -173,6 +193,11 @@ func (d *Device) Close() error { return d.c.Close() }
 //  3. Announce the device to clinkd, and keep announcing it after every
 //     reconnection and every AnnounceEvery; after every reconnection,
 //     also ask clinkd for the receipts it missed (TrackReceipts).
+//
+// At every Start, and every MonitorEvery after, the device also proves
+// its own key's history and raises an AlarmOwnKey for an entry it did
+// not make (MonitorOwnKey): a key that ended or was replaced comes with
+// that alarm before the *OwnKeyError.
 func (d *Device) Start(ctx context.Context) error {
 	own, err := d.CheckKey(ctx)
 	if err != nil {
@@ -184,12 +209,19 @@ func (d *Device) Start(ctx context.Context) error {
 			return err
 		}
 	case KeyEnded, KeyReplaced:
+		d.MonitorOwnKey(ctx) // the alarm names the entries; the error says what to do
 		return &OwnKeyError{Own: own}
+	}
+	if _, err := d.MonitorOwnKey(ctx); err != nil {
+		return err
 	}
 	if err := d.Announce(ctx); err != nil {
 		return err
 	}
-	d.startOnce.Do(func() { go d.background() })
+	d.startOnce.Do(func() {
+		go d.background()
+		go d.monitorLoop()
+	})
 	return nil
 }
 
@@ -275,7 +307,7 @@ func (e *OwnKeyError) Is(target error) bool {
 // history in the log (verified) to tell a first run from a binding that
 // ended.
 func (d *Device) CheckKey(ctx context.Context) (OwnKey, error) {
-	res, err := d.keys.LookupKeys(ctx, d.me)
+	res, err := d.lookup(ctx, d.me)
 	var kc *KeyChangeError
 	if err != nil && !errors.As(err, &kc) {
 		return OwnKey{}, fmt.Errorf("client: own key: %w", err)
@@ -357,6 +389,11 @@ func (d *Device) publish(ctx context.Context) (*VerifiedKey, error) {
 	k, err := d.keys.PublishKey(ctx, d.store.Identity().PublicKey())
 	if err != nil {
 		return nil, fmt.Errorf("client: publish key: %w", err)
+	}
+	// This device made the entries up to its publish: its user chose
+	// them (a first run, or publishing again after a reset).
+	if err := d.store.SetOwnSeen(k.Version); err != nil {
+		return nil, err
 	}
 	return k, nil
 }

@@ -42,6 +42,11 @@ type Message struct {
 	// device that sent it.
 	Outgoing bool
 	Device   jid.JID // the sending device of an Outgoing message; else empty
+	// Unaccepted: the author's key is not the one the user accepted
+	// (the contact is in the changed state, docs/trust.md): the message
+	// verified with the key the directory binds now, which the user has
+	// not accepted yet (Device.AcceptKey).
+	Unaccepted bool
 }
 
 func (*Message) event() {}

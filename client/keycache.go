@@ -63,6 +63,8 @@ type keyCache struct {
 	entries map[string]*list.Element // of *cachedKey
 	lru     list.List                // front: most recently used
 	flights map[string]*keyFlight
+
+	gossip gossipCache // checkpoints of contacts proven consistent (gossip.go)
 }
 
 type cachedKey struct {

@@ -178,6 +178,9 @@ func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1,
 			return nil, err
 		}
 		out[i] = KeyResult{JID: want[i], Key: e.key, Version: e.version, Ended: e.value != nil && e.value.ended, VRFProof: e.vrf}
+		if out[i].Ended {
+			out[i].EndKind, out[i].EndIndex = e.kind, e.value.entry
+		}
 		ch, err := d.pinKey(want[i], e.key)
 		if err != nil {
 			return nil, err
@@ -345,7 +348,7 @@ func (d *KeyDirectory) verifyEntryV1(e keydirxml.Entry1, bare string, root [32]b
 	if sha256.Sum256(der) != fp {
 		return out, fmt.Errorf("%w: key of %s does not have the stated fingerprint", ErrBadAnswer, bare)
 	}
-	out.key = &VerifiedKey{JID: bare, DER: der, Key: rk, Fingerprint: fp, Index: e.Index, Time: time.Unix(e.Time, 0)}
+	out.key = &VerifiedKey{JID: bare, DER: der, Key: rk, Fingerprint: fp, Index: e.Index, Time: time.Unix(e.Time, 0), Version: e.Version}
 	return out, nil
 }
 

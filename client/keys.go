@@ -127,19 +127,73 @@ type KeyChange struct {
 	JID string
 	Old [32]byte
 	New *[32]byte
+	// The log entries that explain the change, as far as the device saw
+	// them (key directory v1; Send's refusals and Device.Contact carry
+	// them): the version of Old, the version, log index and time of New's
+	// publish entry, and the entry that ended Old's binding (EndKind
+	// reset or delete, EndIndex) when the device saw it. Verified: Old
+	// had been verified by safety code, so New needs it again.
+	OldVersion, NewVersion, NewIndex int64
+	NewTime                          time.Time
+	EndKind                          string
+	EndIndex                         int64
+	Verified                         bool
+}
+
+// Explain says what the change is and which log entries explain it.
+func (c KeyChange) Explain() string {
+	var b strings.Builder
+	if c.Verified {
+		b.WriteString("WARNING: the VERIFIED key of ")
+	} else {
+		b.WriteString("the key of ")
+	}
+	fmt.Fprintf(&b, "%s changed: SHA256:%x", c.JID, c.Old)
+	if c.OldVersion > 0 {
+		fmt.Fprintf(&b, " (version %d)", c.OldVersion)
+	}
+	if c.New == nil {
+		b.WriteString(" -> none (the binding ended)")
+		return b.String()
+	}
+	fmt.Fprintf(&b, " -> SHA256:%x", *c.New)
+	if c.NewVersion > 0 {
+		fmt.Fprintf(&b, " (version %d, published at log index %d, %s)", c.NewVersion, c.NewIndex, c.NewTime.UTC().Format(time.RFC3339))
+	}
+	switch {
+	case c.EndKind != "":
+		fmt.Fprintf(&b, "; the old binding was ended by a %s at log index %d", c.EndKind, c.EndIndex)
+	case c.NewVersion > c.OldVersion+1 && c.OldVersion > 0:
+		fmt.Fprintf(&b, "; %s ended the old binding (an operator reset or a deleted account)", versionsBetween(c.OldVersion+1, c.NewVersion-1))
+	}
+	return b.String()
 }
 
 // KeyChangeError is returned alongside verified results when keys
 // changed: the results are valid and the pins already hold them, so each
 // change is reported once. The app must show it (a contact's new key may
 // be a new phone, or someone else's key).
-type KeyChangeError struct{ Changes []KeyChange }
+//
+// Device.Send returns one with Unaccepted set for as long as the
+// contact's new key is not accepted (Device.AcceptKey): sending is
+// refused, with the old and new fingerprints and the log entries that
+// explain the change.
+type KeyChangeError struct {
+	Changes    []KeyChange
+	Unaccepted bool
+}
 
 func (e *KeyChangeError) Error() string {
 	var b strings.Builder
 	b.WriteString("client: keydir key changed for")
 	for _, c := range e.Changes {
 		b.WriteString(" " + c.JID)
+	}
+	if e.Unaccepted {
+		for _, c := range e.Changes {
+			b.WriteString(": " + c.Explain())
+		}
+		b.WriteString("; nothing was sent: sending is refused until the user accepts the new key")
 	}
 	return b.String()
 }
@@ -160,6 +214,7 @@ type VerifiedKey struct {
 	Fingerprint [32]byte
 	Index       int64
 	Time        time.Time
+	Version     int64 // v1: the JID's version this binding made (0: not known)
 }
 
 // A KeyResult is the answer for one looked-up JID: Key is nil when the
@@ -174,6 +229,10 @@ type KeyResult struct {
 	Version  int64
 	Ended    bool
 	VRFProof []byte
+	// EndKind and EndIndex are, when Ended, the log entry that ended the
+	// binding: its kind (reset or delete) and index.
+	EndKind  string
+	EndIndex int64
 }
 
 // A HistoryEntry is one verified log entry of the device's own JID.
@@ -482,7 +541,7 @@ func (d *KeyDirectory) acceptCheckpoint(ctx context.Context, signed []byte) (*Ve
 	if cp.Size < prev.Size {
 		// Never roll the pin back, and never prove answers against a tree
 		// older than one already seen: it could hide a later reset.
-		return nil, fmt.Errorf("%w: %d entries, after %d", ErrStaleCheckpoint, cp.Size, prev.Size)
+		return nil, &StaleCheckpointError{Pinned: prev, Served: cp}
 	}
 	older, newer := prev, cp
 	switch {
@@ -612,4 +671,11 @@ func openCheckpoint(signed []byte, v note.Verifier) (*VerifiedCheckpoint, error)
 		return nil, fmt.Errorf("%w: bad root hash", ErrBadCheckpoint)
 	}
 	return &VerifiedCheckpoint{Origin: lines[0], Size: size, Hash: [32]byte(h), Signed: signed}, nil
+}
+
+func versionsBetween(from, to int64) string {
+	if from == to {
+		return fmt.Sprintf("version %d", from)
+	}
+	return fmt.Sprintf("versions %d to %d", from, to)
 }

@@ -115,6 +115,7 @@ type ReceiveStats struct {
 	Dropped      map[string]uint64 // envelopes refused, by DropError.Reason
 	InboxDropped uint64            // stanzas the session's inbox dropped unread (Client.InboxDropped)
 	Refused      uint64            // refusals of sent messages reported as events (after Send stopped waiting)
+	Gossip       map[string]uint64 // contacts' checkpoints checked (gossip.go), by outcome: consistent, ignored, fork, later
 }
 
 // Stats returns the device's counters.
@@ -130,6 +131,7 @@ func (d *Device) Stats() ReceiveStats {
 		Dropped:      maps.Clone(d.rx.dropped),
 		InboxDropped: d.c.InboxDropped(),
 		Refused:      d.rx.refused,
+		Gossip:       maps.Clone(d.rx.gossip),
 	}
 }
 
@@ -144,8 +146,9 @@ type receiver struct {
 	retries  uint64
 	refused  uint64
 	dropped  map[string]uint64
-	overflow uint64        // inbox drops reported
-	kicked   chan struct{} // closed and replaced when an event is pushed from outside NextEvent
+	overflow uint64            // inbox drops reported
+	gossip   map[string]uint64 // contacts' checkpoints checked, by GossipResult
+	kicked   chan struct{}     // closed and replaced when an event is pushed from outside NextEvent
 }
 
 func (r *receiver) init() { r.kicked = make(chan struct{}) }
@@ -354,7 +357,7 @@ func (d *Device) handle(ctx context.Context, s *Stanza) {
 		}
 		return
 	}
-	if !s.Has(EnvelopeName) {
+	if !s.Has(EnvelopeName) && !s.Has(EnvelopeName1) {
 		return
 	}
 	in := &inbound{s: s, peer: peer}
@@ -461,6 +464,13 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 		if change != nil {
 			d.rx.push(outcome{ev: &KeyChanged{Change: *change}})
 		}
+		if errors.Is(err, envelope.ErrBadSignature) {
+			// The directory's key for the author did not verify it: the
+			// checkpoint it carries (signed by the log, whoever carried
+			// it) may show that this device's directory is not the
+			// author's (gossip.go).
+			d.checkGossip(ctx, env.From, env.Checkpoint)
+		}
 		d.drop(in, openReason(err), err, true, true)
 		return nil
 	}
@@ -478,6 +488,21 @@ func (d *Device) process(ctx context.Context, in *inbound) error {
 		ID: env.ID, From: author, Peer: in.peer, Enhanced: env.Kind == envelopexml.Enhanced,
 		Time: env.Time, Expires: env.Expires, Outgoing: in.sent, Device: in.device,
 	}
+	if env.From != d.me {
+		// The author's key, as the user decided about it (trust.go): a
+		// first contact is reported, a key not accepted is marked.
+		t, first, err := d.observeKey(env.From, key, change)
+		switch {
+		case err != nil:
+			d.drop(in, "key store", err, false, true)
+			return nil
+		case first:
+			d.rx.push(outcome{ev: &NewContact{JID: env.From, Fingerprint: key.Fingerprint, Index: key.Index, Version: key.Version}})
+		}
+		m.Unaccepted = t.State == Changed
+	}
+	// Gossip (gossip.go): the author's checkpoint against this device's.
+	d.checkGossip(ctx, env.From, env.Checkpoint)
 	switch c.Kind {
 	case envelope.KindKeyShare:
 		if ok, first := d.shares.allow(in.peer.String(), now); !ok {

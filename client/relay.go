@@ -106,6 +106,7 @@ func (c *Client) ReceiptStatus(ctx context.Context, component jid.JID, ids ...st
 // What the relay sends devices.
 var (
 	EnvelopeName  = xml.Name{Space: envelopexml.NS, Local: "envelope"}
+	EnvelopeName1 = xml.Name{Space: envelopexml.NS1, Local: "envelope"} // version 1 (docs/envelope.md, section 12)
 	ExpiredName   = xml.Name{Space: expiryxml.NS, Local: "expired"}
 	SentName      = xml.Name{Space: expiryxml.NS, Local: "sent"}
 	ReceivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
@@ -115,7 +116,11 @@ var (
 // Envelope returns the envelope a message carries.
 func (s *Stanza) Envelope() (*envelopexml.Envelope, error) {
 	var env envelopexml.Envelope
-	if err := s.Decode(EnvelopeName, &env); err != nil {
+	name := EnvelopeName
+	if !s.Has(EnvelopeName) && s.Has(EnvelopeName1) {
+		name = EnvelopeName1
+	}
+	if err := s.Decode(name, &env); err != nil {
 		return nil, fmt.Errorf("client: envelope: %w", err)
 	}
 	return &env, nil

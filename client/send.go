@@ -69,7 +69,7 @@ func (d *Device) Send(ctx context.Context, to jid.JID, text string, o SendOption
 		return "", err
 	}
 	now := d.now().UTC().Truncate(time.Second)
-	h := envelope.Header{ID: newMessageID(), Time: now}
+	h := envelope.Header{ID: newMessageID(), Time: now, Checkpoint: d.outgoingCheckpoint()}
 	if o.TTL > 0 {
 		h.Expires = now.Add(o.TTL).Truncate(time.Second)
 		if !h.Expires.After(now) {
@@ -113,21 +113,79 @@ func (d *Device) Send(ctx context.Context, to jid.JID, text string, o SendOption
 // *KeyChangeError), never silently used. A lookup that the connection
 // lost is asked again.
 func (d *Device) recipientKey(ctx context.Context, to jid.JID) (*VerifiedKey, error) {
+	res, err := d.lookup(ctx, to.String())
+	var kc *KeyChangeError
+	if err != nil && !errors.As(err, &kc) {
+		return nil, err
+	}
+	if len(res) != 1 {
+		return nil, fmt.Errorf("%w: %d results for one JID", ErrBadAnswer, len(res))
+	}
+	if res[0].Key == nil {
+		if err := d.observeEnded(to.String(), res[0]); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s", ErrNoKey, to)
+	}
+	// The user's decision, not the directory's pin, says whether the key
+	// may be used: a change is refused until it is accepted, however
+	// often Send is called (docs/trust.md).
+	var prev *KeyChange
+	if kc != nil {
+		prev = changeFor(kc, to.String())
+	}
+	t, first, err := d.observeKey(to.String(), res[0].Key, prev)
+	if err != nil {
+		return nil, err
+	}
+	if t.State == Changed {
+		return nil, &KeyChangeError{Changes: []KeyChange{*changeOf(to.String(), t)}, Unaccepted: true}
+	}
+	if first {
+		k := res[0].Key
+		d.rx.push(outcome{ev: &NewContact{JID: to.String(), Fingerprint: k.Fingerprint, Index: k.Index, Version: k.Version}})
+	}
+	return res[0].Key, nil
+}
+
+// lookup looks jids up with proof, asking again after a lost connection
+// and once after a checkpoint older than the pin (two answers can
+// cross); a second stale answer raises an AlarmRollback.
+func (d *Device) lookup(ctx context.Context, jids ...string) ([]KeyResult, error) {
 	var res []KeyResult
 	var err error
-	for range 3 {
-		res, err = d.keys.LookupKeys(ctx, to.String())
+	stale := 0
+	for range 4 {
+		res, err = d.keys.LookupKeys(ctx, jids...)
+		if errors.Is(err, ErrStaleCheckpoint) {
+			stale++
+			if stale < 2 {
+				continue
+			}
+			d.staleAlarm(err)
+			break
+		}
 		if !errors.Is(err, ErrConnectionLost) {
 			break
 		}
 	}
-	if err != nil {
-		return nil, err
+	return res, err
+}
+
+// staleAlarm raises an AlarmRollback for a directory that answered twice
+// in a row with a checkpoint older than the pin (once per pinned size).
+func (d *Device) staleAlarm(err error) {
+	var se *StaleCheckpointError
+	if !errors.As(err, &se) {
+		return // a head older than the device's max age: ErrStaleCheckpoint alone
 	}
-	if len(res) != 1 || res[0].Key == nil {
-		return nil, fmt.Errorf("%w: %s", ErrNoKey, to)
+	if !d.keys.cache.gossip.firstAlarm(se.Pinned.Signed, se.Served.Signed) {
+		return
 	}
-	return res[0].Key, nil
+	d.raise(&Alarm{Kind: AlarmRollback, Time: d.now(),
+		Text: fmt.Sprintf("the key directory answered twice with a log of %d entries after this device accepted one of %d: it hides newer entries from this device (a rollback); answers are refused until it serves the log again",
+			se.Served.Size, se.Pinned.Size),
+		Evidence: [2][]byte{se.Pinned.Signed, se.Served.Signed}})
 }
 
 // contactKey returns the per-contact key to seal with for to, whose
@@ -147,7 +205,7 @@ func (d *Device) contactKey(ctx context.Context, to jid.JID, key *VerifiedKey) (
 		return envelope.ContactKey{}, err
 	}
 	share, err := envelope.SealStandard(d.store.Identity(), []envelope.Recipient{{JID: to.String(), Key: key.Key}},
-		envelope.Header{ID: newMessageID(), Time: d.now().UTC().Truncate(time.Second)},
+		envelope.Header{ID: newMessageID(), Time: d.now().UTC().Truncate(time.Second), Checkpoint: d.outgoingCheckpoint()},
 		envelope.Content{Kind: envelope.KindKeyShare, Key: k})
 	if err != nil {
 		return envelope.ContactKey{}, err

@@ -144,9 +144,9 @@ func checkOnce(t *testing.T, who string, l *listener, ids []string) {
 // enhanced conversations with alice and carol. No message is lost in
 // either direction:
 //
-//   - alice writes first: her first send is refused with the change
-//     (nothing sent), and the next one shares a new per-contact key with
-//     bob's new key before sealing. On the code before this, the second
+//   - alice writes first: her sends are refused with the change
+//     (nothing sent) until she accepts bob's new key, and the next one
+//     shares a new per-contact key with bob's new key before sealing. On the code before this, the second
 //     send sealed with the key shared with bob's old device, and the new
 //     device dropped it (no contact key), with no word to alice.
 //   - bob writes to carol first: carol's device verifies his key share
@@ -198,6 +198,14 @@ func TestMoveToNewDevice(t *testing.T) {
 			if !errors.As(err, &kc) || len(kc.Changes) != 1 || kc.Changes[0].JID != bobAcct.jid || kc.Changes[0].New == nil {
 				t.Fatalf("alice's send after bob's move = %v; want a KeyChangeError naming bob's new key", err)
 			}
+			// Sending again is refused too, until alice accepts the new
+			// key (docs/trust.md).
+			if _, err := alice.Send(ctx, bobAcct.bare(), "still waiting for the change to be accepted", client.SendOptions{Enhanced: true}); !errors.As(err, &kc) || !kc.Unaccepted {
+				t.Fatalf("alice's second send before accepting = %v; want refused", err)
+			}
+			if _, err := alice.AcceptKey(bobAcct.jid, ""); err != nil {
+				t.Fatalf("alice accepts bob's new key: %v", err)
+			}
 			toBob = append(toBob, sendAndShow(ctx, t, alice, bobAcct.bare(), lb, "alice to bob's new device, after the change"))
 
 			// bob writes to carol first. The new device signs after carol
@@ -215,6 +223,11 @@ func TestMoveToNewDevice(t *testing.T) {
 				t.Errorf("carol's key change carries message %s; want none (the key share) or bob's %s", m.ID, first)
 			}
 			lc.mu.Unlock()
+			// carol accepts bob's new key before she writes to him
+			// (docs/trust.md).
+			if _, err := carol.AcceptKey(bobAcct.jid, ""); err != nil {
+				t.Fatalf("carol accepts bob's new key: %v", err)
+			}
 
 			// Then both ways, with both.
 			for i := range 3 {

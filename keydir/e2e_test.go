@@ -61,6 +61,11 @@ type deployment struct {
 	stateFile string
 	witnesses []*lab.Witness
 	threshold int
+	// link, when set, is the component link a restart keeps (devices
+	// made before it go on talking to the same domain); else every start
+	// leases a new one.
+	link     *daemon.LinkConfig
+	lastLink daemon.LinkConfig // the link of the last start
 }
 
 const origin = "clink.lab.localhost/keydir"
@@ -108,6 +113,9 @@ func newDeployment(t testing.TB, srv *lab.XMPPServer) *deployment {
 func (dep *deployment) start(t testing.TB) {
 	t.Helper()
 	cfg := clinkdtest.Config(t, dep.srv)
+	if dep.link != nil {
+		cfg.Link = *dep.link
+	}
 	cfg.Database.URL = dep.dbURL
 	cfg.Database.Migrate = true
 	cfg.Public.Listen = "127.0.0.1:0"
@@ -123,6 +131,7 @@ func (dep *deployment) start(t testing.TB) {
 	if dep.tune != nil {
 		dep.tune(&cfg)
 	}
+	dep.lastLink = cfg.Link
 	if dep.register == nil {
 		dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
 	} else {

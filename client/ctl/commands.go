@@ -149,7 +149,7 @@ func (e *env) login(ctx context.Context, p *profile, args []string) error {
 
 func (e *env) keys(ctx context.Context, p *profile, args []string) error {
 	if len(args) == 0 {
-		return usageError{"keys needs publish, show or verify"}
+		return usageError{"keys needs publish, show, verify, safety, accept or status"}
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -209,8 +209,15 @@ func (e *env) keys(ctx context.Context, p *profile, args []string) error {
 			e.say(map[string]any{"event": "vrf_proof", "proof": proof}, "VRF proof (clinkd keys monitor --vrf-proof): %s\n", proof)
 		}
 		return nil
+	case "status":
+		return e.keysStatus(ctx, p, rest)
+	case "accept", "safety":
+		return e.keysTrust(ctx, p, sub, rest)
 	case "verify":
 		fl := subFlags("keys verify", e)
+		if len(rest) == 2 {
+			return e.keysTrust(ctx, p, "verify", rest)
+		}
 		if err := parse(fl, rest, 1); err != nil {
 			return err
 		}
@@ -237,6 +244,9 @@ func (e *env) keys(ctx context.Context, p *profile, args []string) error {
 		}
 		e.say(map[string]any{"event": "key", "jid": k.JID, "fingerprint": fingerprint(k.Fingerprint), "index": k.Index, "checkpoint_size": cp.Size},
 			"%s %s log index %d, included in the signed checkpoint of size %d (proof verified)\n", k.JID, fingerprint(k.Fingerprint), k.Index, cp.Size)
+		if c, ok := d.Contact(k.JID); ok {
+			e.sayContact(c)
+		}
 		return nil
 	}
 	return usageError{fmt.Sprintf("unknown keys command %q", sub)}
@@ -283,6 +293,7 @@ func (e *env) send(ctx context.Context, p *profile, args []string) error {
 		out["ttl_seconds"] = int64(*ttl / time.Second)
 	}
 	e.say(out, "sent %s to %s (%s): accepted by clinkd\n", id, rcpt.Bare(), detail)
+	e.newContacts(d)
 	if *wait <= 0 {
 		return nil
 	}
@@ -369,13 +380,17 @@ func (e *env) listen(ctx context.Context, p *profile, args []string) error {
 			n++
 		case *client.KeyChanged:
 			e.say(map[string]any{"event": "key_changed", "jid": ev.Change.JID, "old": fingerprint(ev.Change.Old), "new": newFingerprint(ev.Change)},
-				"key changed for %s: %s -> %s; verify it with them (clinkctl keys verify %s)\n", ev.Change.JID, fingerprint(ev.Change.Old), newFingerprint(ev.Change), ev.Change.JID)
+				"key changed for %s: %s -> %s; compare safety codes with them (clinkctl keys safety %s), then accept the new key (clinkctl keys accept %s)\n", ev.Change.JID, fingerprint(ev.Change.Old), newFingerprint(ev.Change), ev.Change.JID, ev.Change.JID)
 			if ev.Message != nil {
 				e.showMessage(ctx, d, ev.Message, !*noAck)
 				n++
 			}
 		case *client.Receipt:
 			e.say(receiptJSON(ev), "%s %s by %s\n", receiptWord(ev.Kind), ev.ID, ev.From)
+		case *client.Alarm:
+			e.sayAlarm(ev)
+		case *client.NewContact:
+			e.sayNewContact(ev)
 		case *client.Expiry:
 			src := "clinkd"
 			if ev.Local {

@@ -71,8 +71,14 @@ func hintFor(err error) string {
 	var kc *client.KeyChangeError
 	var re *client.RefusedError
 	switch {
+	case errors.As(err, &kc) && kc.Unaccepted && len(kc.Changes) > 0 && kc.Changes[0].Verified:
+		return fmt.Sprintf("compare the new safety code with them (clinkctl keys safety %s), then accept the new key with it (clinkctl keys accept %s CODE)", kc.Changes[0].JID, kc.Changes[0].JID)
+	case errors.As(err, &kc) && kc.Unaccepted && len(kc.Changes) > 0:
+		return fmt.Sprintf("ask them whether they changed devices; compare safety codes (clinkctl keys safety %s), then accept the new key (clinkctl keys accept %s)", kc.Changes[0].JID, kc.Changes[0].JID)
 	case errors.As(err, &kc):
-		return "the contact's key changed in the directory; verify it with them (clinkctl keys verify), then send again"
+		return "the contact's key changed in the directory; verify it with them (clinkctl keys verify), then accept it (clinkctl keys accept)"
+	case errors.Is(err, client.ErrStaleCheckpoint):
+		return "the key directory shows this device an older log than it already accepted: it may be hiding newer entries (a rollback); the answer was refused; see 'clinkctl keys status'"
 	case errors.Is(err, client.ErrOwnKeyReset):
 		return "an operator reset this account's key, or the account was deleted and made again; if you still trust this device, publish its key again with 'clinkctl keys publish --again' (your contacts will see a key change)"
 	case errors.Is(err, client.ErrOwnKeyReplaced):
@@ -117,11 +123,17 @@ commands (run login first on each device):
   keys publish [--again]             publish this device's key (--again: after an operator reset)
   keys show                          show this device's key, its verified binding and history
   keys verify JID                    look a contact's key up and verify its proof
+  keys verify JID CODE               mark a contact verified: CODE is your safety code with them
+  keys safety JID                    show the safety code of you and a contact, to compare
+  keys accept JID [CODE]             accept a contact's changed key (a verified contact's needs
+                                     the new safety code); sending to them is refused until then
+  keys status                        this device's view: pinned checkpoint, own binding,
+                                     contacts (unverified, verified, changed) and alarms
   send --to JID [--enhanced] [--ttl D] [--] TEXT
                                      send an end-to-end message through clinkd and wait until
                                      clinkd accepted it (flags go before the text)
-  listen [--for D] [--count N]       print messages, receipts, expiries, key changes, refusals
-                                     and reconnections as they come
+  listen [--for D] [--count N]       print messages, receipts, expiries, key changes, first
+                                     contacts, alarms, refusals and reconnections as they come
   sync offer [--listen ADDR]         receive this account's keys from another device (LAN only)
   sync accept --to ADDR [--code C]   send this device's keys to the offering device
   call [--to FULL-JID] [--relay-only]

@@ -31,6 +31,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
@@ -96,7 +98,10 @@ type vector struct {
 	contacts []contactEntry
 	content  *Content // for expect: success
 	padding  *int     // for expect: success, optional: zero bytes after the body
-	body     []byte   // the envelope XML
+	// checkpoint is, for a version 1 envelope that opens, the checkpoint
+	// it carries (docs/envelope.md, section 12).
+	checkpoint []byte
+	body       []byte // the envelope XML
 }
 
 type contactEntry struct {
@@ -127,6 +132,9 @@ func (v *vector) marshal() []byte {
 	}
 	if v.padding != nil {
 		fmt.Fprintf(&b, "padding: %d\n", *v.padding)
+	}
+	if v.checkpoint != nil {
+		fmt.Fprintf(&b, "checkpoint: %s\n", base64.StdEncoding.EncodeToString(v.checkpoint))
 	}
 	b.WriteString("\n")
 	b.Write(v.body)
@@ -482,8 +490,8 @@ func (g *gen) vectors() map[string]*vector {
 		identity: "bob", sender: "alice", content: aligned, padding: pad(256),
 		body: g.standard(r, "standard_text_extra_padding", "alice", g.recipients("bob"), KindText, append(g.encode(*aligned), make([]byte, 256)...), nil, nil)}
 
-	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version"},
-		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:1"), 1)}
+	vs["unsupported_version_namespace"] = &vector{expect: "unsupported version", comments: []string{"an envelope of a later format version (version 2; until version 1 was specified, this vector named version 1)"},
+		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte(envelopexml.NS), []byte("urn:clinkme:envelope:2"), 1)}
 	r = rng("unsupported_version_content")
 	vs["unsupported_version_content"] = &vector{expect: "unsupported version", comments: []string{"content of version 1"},
 		identity: "bob", sender: "alice",
@@ -520,7 +528,89 @@ func (g *gen) vectors() map[string]*vector {
 
 	vs["key_size_sender"] = &vector{expect: "key size", comments: []string{"the sender key given is 2048 bits"},
 		identity: "bob", sender: "mallory", body: stdText}
+	g.v1Vectors(vs, k1)
 	return vs
+}
+
+// vectorCheckpoint is the checkpoint the version 1 vectors carry: a tree
+// of 5 entries of the log clink.example.org/keydir, signed by a note key
+// made from a fixed seed (its verifier key is in a comment).
+func vectorCheckpoint(t testing.TB) (signed []byte, verifier string) {
+	skey, vkey, err := note.GenerateKey(rng("checkpoint signer"), "clink.example.org/keydir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := sha256.Sum256([]byte("vector tree of 5"))
+	msg, err := note.Sign(&note.Note{Text: "clink.example.org/keydir\n5\n" + base64.StdEncoding.EncodeToString(root[:]) + "\n"}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg, vkey
+}
+
+// v1Vectors adds the vectors of envelope version 1 (docs/envelope.md,
+// section 12).
+func (g *gen) v1Vectors(vs map[string]*vector, k1 ContactKey) {
+	cp, vkey := vectorCheckpoint(g.t)
+	v1 := func(h Header) Header { h.Checkpoint = cp; return h }
+	cpComment := "the checkpoint is signed by the note key " + vkey
+
+	hello := &Content{Kind: KindText, Text: "Hello, Bob! 👋"}
+	r := rng("v1_standard_text")
+	std := g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
+		return sealStandard(r, g.ids["alice"], g.recipients("bob"), v1(g.header("v1_standard_text")), KindText, g.encode(*hello))
+	}, nil, nil)
+	vs["v1_standard_text"] = &vector{expect: "success", comments: []string{"standard_text in version 1: alice's device carries its checkpoint", cpComment},
+		identity: "bob", sender: "alice", content: hello, checkpoint: cp, body: std}
+	vs["v1_standard_text_own_copy"] = &vector{expect: "success", comments: []string{"v1_standard_text, opened by another device of its sender"},
+		identity: "alice", sender: "alice", content: hello, checkpoint: cp, body: std}
+
+	secure := &Content{Kind: KindText, Text: "Secure, with gossip."}
+	r = rng("v1_enhanced_text")
+	vs["v1_enhanced_text"] = &vector{expect: "success", comments: []string{"an enhanced envelope of version 1, under the contact key of key_share", cpComment},
+		identity: "bob", sender: "alice", contacts: []contactEntry{{jidOf("alice"), k1}}, content: secure, checkpoint: cp,
+		body: g.enhanced(r, "v1_enhanced_text", "alice", "bob", k1, v1(g.header("v1_enhanced_text")), g.encode(*secure), nil, nil)}
+
+	// The checkpoint is signed: changed, or taken away (the envelope made
+	// a version 0 one), the signature fails.
+	r = rng("v1_bad_signature_checkpoint_changed")
+	vs["v1_bad_signature_checkpoint_changed"] = &vector{expect: "bad signature", comments: []string{"v1_standard_text's checkpoint replaced after signing (another tree size)"},
+		identity: "bob", sender: "alice",
+		body: g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
+			return sealStandard(r, g.ids["alice"], g.recipients("bob"), v1(g.header("v1_bad_signature_checkpoint_changed")), KindText, g.encode(*hello))
+		}, nil, func(e *envelopexml.Envelope) {
+			e.Checkpoint = bytes.Replace(e.Checkpoint, []byte("\n5\n"), []byte("\n6\n"), 1)
+		})}
+	r = rng("v1_bad_signature_checkpoint_removed")
+	vs["v1_bad_signature_checkpoint_removed"] = &vector{expect: "bad signature", comments: []string{"a version 1 envelope whose checkpoint was taken out and whose namespace was made version 0's: the labels differ, so the signature fails"},
+		identity: "bob", sender: "alice",
+		body: g.finish(r, g.ids["alice"], func() (*envelopexml.Envelope, error) {
+			return sealStandard(r, g.ids["alice"], g.recipients("bob"), v1(g.header("v1_bad_signature_checkpoint_removed")), KindText, g.encode(*hello))
+		}, nil, func(e *envelopexml.Envelope) { e.Version, e.Checkpoint = 0, nil })}
+	// The element's rules.
+	noCP := bytes.Replace(std, []byte("<checkpoint>"+base64.StdEncoding.EncodeToString(cp)+"</checkpoint>"), nil, 1)
+	vs["v1_invalid_no_checkpoint"] = &vector{expect: "invalid", comments: []string{"v1_standard_text without its checkpoint element: version 1 requires one"},
+		identity: "bob", sender: "alice", body: noCP}
+	vs["v1_invalid_two_checkpoints"] = &vector{expect: "invalid", comments: []string{"v1_standard_text with its checkpoint element twice"},
+		identity: "bob", sender: "alice", body: bytes.Replace(std, []byte("<nonce>"), []byte("<checkpoint>"+base64.StdEncoding.EncodeToString(cp)+"</checkpoint><nonce>"), 1)}
+	long := append(bytes.Clone(cp), bytes.Repeat([]byte{'\n'}, envelopexml.MaxCheckpointSize+1-len(cp))...)
+	vs["v1_invalid_checkpoint_too_long"] = &vector{expect: "invalid", comments: []string{"a checkpoint of 2049 bytes, one more than allowed"},
+		identity: "bob", sender: "alice", body: bytes.Replace(std, []byte(base64.StdEncoding.EncodeToString(cp)), []byte(base64.StdEncoding.EncodeToString(long)), 1)}
+	stdText, _ := xml.Marshal(mustParse(g.t, vs["standard_text"].body))
+	vs["invalid_checkpoint_in_v0"] = &vector{expect: "invalid", comments: []string{"standard_text (version 0) with a checkpoint element: unknown in version 0"},
+		identity: "bob", sender: "alice", body: bytes.Replace(stdText, []byte("<nonce>"), []byte("<checkpoint>"+base64.StdEncoding.EncodeToString(cp)+"</checkpoint><nonce>"), 1)}
+}
+
+func mustParse(t testing.TB, b []byte) *envelopexml.Envelope {
+	var e envelopexml.Envelope
+	if err := xml.Unmarshal(b, &e); err != nil {
+		t.Fatal(err)
+	}
+	return &e
 }
 
 // rawContent encodes content the way marshal does, with any version, kind

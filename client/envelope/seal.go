@@ -14,10 +14,14 @@ import (
 	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
-// Labels of docs/envelope.md, "Signed encoding" and "Crypto".
+// Labels of docs/envelope.md, "Signed encoding" and "Crypto". Version 1
+// (section 12) has labels of its own for the additional data and the
+// signature, and keeps version 0's key wrapping and contact key ids.
 const (
 	aadLabel  = "urn:clinkme:envelope:0 aad"
 	sigLabel  = "urn:clinkme:envelope:0 signature"
+	aadLabel1 = "urn:clinkme:envelope:1 aad"
+	sigLabel1 = "urn:clinkme:envelope:1 signature"
 	oaepLabel = "urn:clinkme:envelope:0 key"
 )
 
@@ -38,6 +42,11 @@ type Header struct {
 	// and after Time. Open does not look at the clock: recipients compare
 	// it to theirs.
 	Expires time.Time
+	// Checkpoint, when set, makes a version 1 envelope that carries it,
+	// signed with the rest: the sender device's latest verified key
+	// directory checkpoint, the signed note (docs/envelope.md, section
+	// 12), at most envelopexml.MaxCheckpointSize bytes.
+	Checkpoint []byte
 }
 
 // SealStandard seals c from the identity from to the recipient keys to: a
@@ -194,6 +203,9 @@ func setHeader(e *envelopexml.Envelope, h Header) {
 	if !h.Expires.IsZero() {
 		e.Expires = h.Expires.Truncate(time.Second).UTC()
 	}
+	if len(h.Checkpoint) > 0 {
+		e.Version, e.Checkpoint = 1, append([]byte(nil), h.Checkpoint...)
+	}
 }
 
 func newGCM(key []byte) cipher.AEAD {
@@ -242,17 +254,28 @@ func header(b []byte, e *envelopexml.Envelope) []byte {
 		b = appendStr(b, k.Fingerprint)
 		b = appendStr(b, k.Key)
 	}
-	return appendStr(b, e.KeyID)
+	b = appendStr(b, e.KeyID)
+	if e.Version == 1 {
+		b = appendStr(b, e.Checkpoint)
+	}
+	return b
 }
 
 // aad returns the AES-GCM additional data of e.
 func aad(e *envelopexml.Envelope) []byte {
+	if e.Version == 1 {
+		return header(appendStr(nil, aadLabel1), e)
+	}
 	return header(appendStr(nil, aadLabel), e)
 }
 
 // signed returns the bytes that the signature of e covers.
 func signed(e *envelopexml.Envelope) []byte {
-	b := header(appendStr(nil, sigLabel), e)
+	label := sigLabel
+	if e.Version == 1 {
+		label = sigLabel1
+	}
+	b := header(appendStr(nil, label), e)
 	b = appendStr(b, e.Nonce)
 	return appendStr(b, e.Payload)
 }

@@ -43,7 +43,9 @@ type testVector struct {
 	contacts  contactKeys
 	content   *envelope.Content
 	padding   int // -1 if not given
-	body      []byte
+	// checkpoint: the checkpoint a version 1 envelope that opens carries
+	checkpoint []byte
+	body       []byte
 }
 
 // contactKeys is the simplest ContactKeys: a list.
@@ -92,7 +94,7 @@ func parseVector(data []byte) (*testVector, error) {
 			return nil, fmt.Errorf("header line %q: no \": \"", sc.Text())
 		}
 		switch name {
-		case "expect", "identity", "sender key", "content", "padding":
+		case "expect", "identity", "sender key", "content", "padding", "checkpoint":
 			if once[name] {
 				return nil, fmt.Errorf("header %q repeated", name)
 			}
@@ -175,6 +177,12 @@ func parseVector(data []byte) (*testVector, error) {
 				return nil, fmt.Errorf("padding: %q is not a byte count", value)
 			}
 			v.padding = n
+		case "checkpoint":
+			b, err := base64.StdEncoding.Strict().DecodeString(value)
+			if err != nil || len(b) == 0 {
+				return nil, fmt.Errorf("checkpoint: %q is not base64 of a note", value)
+			}
+			v.checkpoint = b
 		default:
 			return nil, fmt.Errorf("unknown header %q", name)
 		}
@@ -190,21 +198,26 @@ func parseVector(data []byte) (*testVector, error) {
 	if v.padding >= 0 && v.expect != "success" {
 		return nil, errors.New("padding: only with expect: success")
 	}
+	if v.checkpoint != nil && v.expect != "success" {
+		return nil, errors.New("checkpoint: only with expect: success")
+	}
 	return v, nil
 }
 
 // open is what another implementation does with a vector: unmarshal the
-// envelope and open it.
-func (v *testVector) open() (envelope.Content, error) {
+// envelope and open it. It also returns the checkpoint the envelope
+// carries (version 1).
+func (v *testVector) open() (envelope.Content, []byte, error) {
 	var e envelopexml.Envelope
 	if err := xml.Unmarshal(v.body, &e); err != nil {
-		return envelope.Content{}, err
+		return envelope.Content{}, nil, err
 	}
 	var keys envelope.ContactKeys
 	if v.contacts != nil {
 		keys = v.contacts
 	}
-	return envelope.Open(&e, v.identity, v.senderKey, keys)
+	c, err := envelope.Open(&e, v.identity, v.senderKey, keys)
+	return c, e.Checkpoint, err
 }
 
 func TestVectors(t *testing.T) {
@@ -228,11 +241,14 @@ func TestVectors(t *testing.T) {
 				t.Fatalf("parse: %v", err)
 			}
 			seen[v.expect] = true
-			c, err := v.open()
+			c, cp, err := v.open()
 			want := expectations[v.expect]
 			if want == nil {
 				if err != nil {
 					t.Fatalf("Open() = %v, want success", err)
+				}
+				if !bytes.Equal(cp, v.checkpoint) {
+					t.Fatalf("checkpoint = %q, want %q", cp, v.checkpoint)
 				}
 				if !sameContent(c, *v.content) {
 					t.Fatalf("Open() = %v, want %v", c, *v.content)

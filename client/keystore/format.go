@@ -21,6 +21,7 @@ import (
 const (
 	magicV0     = "clinkme keystore v0\n"
 	magicV1     = "clinkme keystore v1\n"
+	magicV2     = "clinkme keystore v2\n"
 	magicFamily = "clinkme keystore v"
 	saltSize    = 16
 	nonceSize   = 12
@@ -29,9 +30,9 @@ const (
 	keySize     = 32
 )
 
-// The version a Store writes. Files of version 0 are read and written as
-// version 1 on their first write.
-const currentVersion = 1
+// The version a Store writes. Files of versions 0 and 1 are read and
+// written as version 2 on their first write.
+const currentVersion = 2
 
 // Bounds on what Open reads.
 const (
@@ -46,6 +47,14 @@ const (
 	maxOrigin      = 1024
 	// maxKeyPins bounds the pinned keys: one per JID the device looked up.
 	maxKeyPins = 1 << 16
+	// maxTrust bounds the contacts' trust records (version 2), as many as
+	// key pins; maxAlarms the alarms kept (the oldest go first),
+	// maxAlarmText an alarm's text, maxEndKind the kind of an ending
+	// entry.
+	maxTrust     = 1 << 16
+	maxAlarms    = 64
+	maxAlarmText = 4096
+	maxEndKind   = 16
 )
 
 // Params are the Argon2id parameters of a key store file (RFC 9106): how
@@ -117,10 +126,13 @@ type header struct {
 
 func (h *header) marshal() []byte {
 	b := make([]byte, 0, headerSize)
-	if h.version == 0 {
+	switch h.version {
+	case 0:
 		b = append(b, magicV0...)
-	} else {
+	case 1:
 		b = append(b, magicV1...)
+	default:
+		b = append(b, magicV2...)
 	}
 	b = binary.BigEndian.AppendUint32(b, h.Time)
 	b = binary.BigEndian.AppendUint32(b, h.MemoryKiB)
@@ -134,6 +146,8 @@ func (h *header) marshal() []byte {
 func parseHeader(data []byte) (*header, []byte, error) {
 	h := &header{}
 	switch {
+	case len(data) >= len(magicV2) && string(data[:len(magicV2)]) == magicV2:
+		h.version = 2
 	case len(data) >= len(magicV1) && string(data[:len(magicV1)]) == magicV1:
 		h.version = 1
 	case len(data) >= len(magicV0) && string(data[:len(magicV0)]) == magicV0:
@@ -183,10 +197,19 @@ type contents struct {
 	pins
 }
 
-// pins is what the device saw of the key directory (version 1).
+// pins is what the device saw of the key directory (version 1), and
+// what its user decided about it (version 2).
 type pins struct {
 	checkpoints []checkpointPin // by origin, sorted
 	keys        []keyPin        // by JID, sorted
+	trust       []trustEntry    // by JID, sorted (version 2)
+	alarms      []Alarm         // oldest first (version 2)
+	ownSeen     int64           // version 2: the own JID's versions reviewed
+}
+
+type trustEntry struct {
+	jid string
+	Trust
 }
 
 type checkpointPin struct {
@@ -201,16 +224,21 @@ type keyPin struct {
 
 // marshal encodes c in the current version (docs/keystore.md,
 // "Contents").
-func (c *contents) marshal() ([]byte, error) {
+func (c *contents) marshal() ([]byte, error) { return c.marshalVersion(currentVersion) }
+
+// marshalVersion encodes c in version v (1 or 2): tests use 1 to make
+// files of the version before.
+func (c *contents) marshalVersion(v int) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(c.id.PrivateKey())
 	if err != nil {
 		return nil, fmt.Errorf("keystore: encode identity key: %v", err)
 	}
-	return c.appendRest(appendStr(appendStr(nil, []byte(c.id.JID())), der)), nil
+	return c.appendRest(appendStr(appendStr(nil, []byte(c.id.JID())), der), v), nil
 }
 
-// appendRest appends everything after the identity.
-func (c *contents) appendRest(b []byte) []byte {
+// appendRest appends everything after the identity, in version v (1 or
+// 2).
+func (c *contents) appendRest(b []byte, v int) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(c.contacts)))
 	for _, e := range c.contacts {
 		b = appendStr(b, []byte(e.contact))
@@ -233,7 +261,35 @@ func (c *contents) appendRest(b []byte) []byte {
 		b = append(b, flags)
 		b = binary.BigEndian.AppendUint64(b, uint64(p.Version))
 	}
-	return b
+	if v < 2 {
+		return b
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(c.trust)))
+	for _, t := range c.trust {
+		b = appendStr(b, []byte(t.jid))
+		b = append(b, byte(t.State))
+		b = append(b, t.Key[:]...)
+		b = append(b, t.New[:]...)
+		flags := byte(0)
+		if t.WasVerified {
+			flags = 1
+		}
+		b = append(b, flags)
+		for _, n := range []int64{t.OldVersion, t.NewVersion, t.NewIndex, t.NewTime, t.EndIndex} {
+			b = binary.BigEndian.AppendUint64(b, uint64(n))
+		}
+		b = appendStr(b, []byte(t.EndKind))
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(c.alarms)))
+	for _, a := range c.alarms {
+		b = append(b, byte(a.Kind))
+		b = binary.BigEndian.AppendUint64(b, uint64(a.Time))
+		b = appendStr(b, []byte(a.JID))
+		b = appendStr(b, []byte(a.Text))
+		b = appendStr(b, a.Evidence[0])
+		b = appendStr(b, a.Evidence[1])
+	}
+	return binary.BigEndian.AppendUint64(b, uint64(c.ownSeen))
 }
 
 // rawContents is contents with the identity not parsed yet.
@@ -333,10 +389,92 @@ func decodeContents(b []byte, v int) (*rawContents, error) {
 		}
 		r.keys = append(r.keys, p)
 	}
+	if v >= 2 {
+		var err error
+		if b, err = r.decodeV2(b); err != nil {
+			return nil, err
+		}
+	}
 	if len(b) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b))
 	}
 	return &r, nil
+}
+
+// decodeV2 decodes what version 2 adds: trust records, alarms, the own
+// history reviewed.
+func (r *rawContents) decodeV2(b []byte) ([]byte, error) {
+	n, b, ok := readCount(b, maxTrust, 4+1+1+32+32+1+5*8+4)
+	if !ok {
+		return nil, fmt.Errorf("%w: trust count", ErrCorrupt)
+	}
+	r.trust = make([]trustEntry, 0, n)
+	for range n {
+		var j, kind []byte
+		if j, b, ok = readStr(b, envelopexml.MaxJIDLen); !ok {
+			return nil, fmt.Errorf("%w: trust JID", ErrCorrupt)
+		}
+		if err := envelopexml.CheckJID(string(j)); err != nil {
+			return nil, fmt.Errorf("%w: trust JID: %w", ErrCorrupt, err)
+		}
+		if len(b) < 1+32+32+1+5*8 {
+			return nil, fmt.Errorf("%w: trust record", ErrCorrupt)
+		}
+		t := trustEntry{jid: string(j), Trust: Trust{State: TrustState(b[0]), Key: [32]byte(b[1:33]), New: [32]byte(b[33:65]), WasVerified: b[65] == 1}}
+		if t.State < TrustUnverified || t.State > TrustChanged || b[65] > 1 {
+			return nil, fmt.Errorf("%w: trust state or flags", ErrCorrupt)
+		}
+		b = b[66:]
+		for _, p := range []*int64{&t.OldVersion, &t.NewVersion, &t.NewIndex, &t.NewTime, &t.EndIndex} {
+			*p = int64(binary.BigEndian.Uint64(b))
+			b = b[8:]
+			if *p < 0 {
+				return nil, fmt.Errorf("%w: trust record number", ErrCorrupt)
+			}
+		}
+		if kind, b, ok = readStr(b, maxEndKind); !ok {
+			return nil, fmt.Errorf("%w: trust end kind", ErrCorrupt)
+		}
+		t.EndKind = string(kind)
+		if k := len(r.trust); k > 0 && r.trust[k-1].jid >= t.jid {
+			return nil, fmt.Errorf("%w: trust records out of order", ErrCorrupt)
+		}
+		r.trust = append(r.trust, t)
+	}
+	if n, b, ok = readCount(b, maxAlarms, 1+8+4+4+4+4); !ok {
+		return nil, fmt.Errorf("%w: alarm count", ErrCorrupt)
+	}
+	for range n {
+		if len(b) < 9 {
+			return nil, fmt.Errorf("%w: alarm", ErrCorrupt)
+		}
+		a := Alarm{Kind: AlarmKind(b[0]), Time: int64(binary.BigEndian.Uint64(b[1:9]))}
+		if a.Kind < AlarmOwnKey || a.Kind > AlarmRollback || a.Time < 0 {
+			return nil, fmt.Errorf("%w: alarm kind or time", ErrCorrupt)
+		}
+		b = b[9:]
+		var j, text []byte
+		if j, b, ok = readStr(b, envelopexml.MaxJIDLen); !ok {
+			return nil, fmt.Errorf("%w: alarm JID", ErrCorrupt)
+		}
+		if text, b, ok = readStr(b, maxAlarmText); !ok {
+			return nil, fmt.Errorf("%w: alarm text", ErrCorrupt)
+		}
+		a.JID, a.Text = string(j), string(text)
+		for i := range a.Evidence {
+			if a.Evidence[i], b, ok = readStr(b, maxCheckpoint); !ok {
+				return nil, fmt.Errorf("%w: alarm evidence", ErrCorrupt)
+			}
+		}
+		r.alarms = append(r.alarms, a)
+	}
+	if len(b) < 8 {
+		return nil, fmt.Errorf("%w: own history", ErrCorrupt)
+	}
+	if r.ownSeen = int64(binary.BigEndian.Uint64(b)); r.ownSeen < 0 {
+		return nil, fmt.Errorf("%w: own history", ErrCorrupt)
+	}
+	return b[8:], nil
 }
 
 // parseContents decodes the contents of a file of version v and checks

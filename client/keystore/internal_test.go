@@ -148,7 +148,27 @@ func FuzzParseContents(f *testing.F) {
 		}
 		checkKeySizes(r.der)
 		c := contents{contacts: r.contacts, pins: r.pins}
-		out := c.appendRest(appendStr(appendStr(nil, r.jid), r.der))
+		out := c.appendRest(appendStr(appendStr(nil, r.jid), r.der), 1)
+		if !bytes.Equal(out, data) {
+			t.Fatalf("decodeContents() does not round-trip")
+		}
+	})
+}
+
+// FuzzParseContents2 is FuzzParseContents for version 2's contents
+// (trust records, alarms, the own history reviewed).
+func FuzzParseContents2(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := decodeContents(data, 2)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decodeContents() = %v, not ErrCorrupt", err)
+			}
+			return
+		}
+		checkKeySizes(r.der)
+		c := contents{contacts: r.contacts, pins: r.pins}
+		out := c.appendRest(appendStr(appendStr(nil, r.jid), r.der), 2)
 		if !bytes.Equal(out, data) {
 			t.Fatalf("decodeContents() does not round-trip")
 		}
@@ -175,7 +195,7 @@ func TestParseContentsSeeds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parseContents(%s) = %v", filepath.Base(f), err)
 		}
-		out, err := c.marshal()
+		out, err := c.marshalVersion(1)
 		if err != nil || !bytes.Equal(out, []byte(s)) {
 			t.Fatalf("parseContents(%s) does not round-trip: %v", filepath.Base(f), err)
 		}
@@ -197,7 +217,7 @@ func TestWriteSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emptyContents, err := s.contents.marshal()
+	emptyContents, err := s.contents.marshalVersion(1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +241,23 @@ func TestWriteSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fullContents, err := s.contents.marshal()
+	fullContents, err := s.contents.marshalVersion(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTrust("bob@example.org", Trust{State: TrustChanged, Key: [32]byte{4}, New: [32]byte{6}, WasVerified: true, OldVersion: 1, NewVersion: 3, NewIndex: 9, NewTime: 1764099840, EndKind: "reset", EndIndex: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTrust("alice@example.org", Trust{State: TrustVerified, Key: [32]byte{5}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddAlarm(Alarm{Kind: AlarmFork, Time: 1764099840, JID: "bob@example.org", Text: "fork", Evidence: [2][]byte{[]byte("a\n1\nAAAA\n\n— sig\n"), []byte("a\n1\nBBBB\n\n— sig\n")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOwnSeen(3); err != nil {
+		t.Fatal(err)
+	}
+	trustContents, err := s.contents.marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,10 +269,14 @@ func TestWriteSeeds(t *testing.T) {
 			"default_params": append(def.marshal(), make([]byte, tagSize)...),
 			"version_0":      []byte("clinkme keystore v0\n"),
 			"version_2":      []byte("clinkme keystore v2\n"),
+			"version_3":      []byte("clinkme keystore v3\n"),
 		},
 		"FuzzParseContents": {
 			"empty_store":         emptyContents,
 			"two_contacts_pinned": fullContents,
+		},
+		"FuzzParseContents2": {
+			"trust_alarms_own": trustContents,
 		},
 	}
 	for fuzz, files := range seeds {

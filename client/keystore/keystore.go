@@ -332,7 +332,7 @@ func (s *Store) write(replace bool) error {
 		return err
 	}
 	h := s.hdr
-	h.version = currentVersion // a file of version 0 becomes version 1
+	h.version = currentVersion // a file of version 0 or 1 becomes version 2
 	rand.Read(h.nonce[:])
 	hb := h.marshal()
 	data := newGCM(s.fileKey).Seal(hb, h.nonce[:], plain, hb)

@@ -431,8 +431,9 @@ func TestOpenBadFiles(t *testing.T) {
 		{"header only", func(b []byte) []byte { return b[:keystore.HeaderSize] }, keystore.ErrCorrupt},
 		{"empty", func(b []byte) []byte { return nil }, keystore.ErrCorrupt},
 		{"not a key store", func(b []byte) []byte { return []byte("-----BEGIN PRIVATE KEY-----\n") }, keystore.ErrCorrupt},
-		{"version 2", func(b []byte) []byte { b[18] = '2'; return b }, keystore.ErrUnsupportedVersion},
-		{"version 0 header on a version 1 file", func(b []byte) []byte { b[18] = '0'; return b }, keystore.ErrWrongPassphrase}, // the header is authenticated
+		{"version 3", func(b []byte) []byte { b[18] = '3'; return b }, keystore.ErrUnsupportedVersion},
+		{"version 0 header on a version 2 file", func(b []byte) []byte { b[18] = '0'; return b }, keystore.ErrWrongPassphrase}, // the header is authenticated
+		{"version 1 header on a version 2 file", func(b []byte) []byte { b[18] = '1'; return b }, keystore.ErrWrongPassphrase},
 		{"too large", func(b []byte) []byte { return append(b, make([]byte, 16<<20)...) }, keystore.ErrCorrupt},
 	}
 	for _, tt := range tests {
@@ -498,7 +499,7 @@ func assertNoTemp(t *testing.T, dir string) {
 }
 
 // TestVersion0File opens a file that the version 0 code wrote (two
-// contact keys, no pins), and writes it as version 1 at its first change.
+// contact keys, no pins), and writes it as version 2 at its first change.
 func TestVersion0File(t *testing.T) {
 	t.Parallel()
 	data, err := os.ReadFile(filepath.Join("testdata", "v0.clinkks"))
@@ -527,18 +528,105 @@ func TestVersion0File(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(after, []byte("clinkme keystore v1\n")) {
-		t.Fatalf("after a change the file starts %q, want version 1", after[:20])
+	if !bytes.HasPrefix(after, []byte("clinkme keystore v2\n")) {
+		t.Fatalf("after a change the file starts %q, want version 2", after[:20])
 	}
 	o, err := keystore.Open(path, pass)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := o.ContactKey("bob@example.org", bobKey.ID()); !ok || o.ContactKeyCount("carol@example.net") != 1 {
-		t.Error("the contact keys of the version 0 file are gone after it was written as version 1")
+		t.Error("the contact keys of the version 0 file are gone after it was written as version 2")
 	}
 	if p, ok := o.KeyPin("bob@example.org"); !ok || p.Fingerprint != ([32]byte{1}) {
 		t.Errorf("KeyPin(bob) after reopening = %+v, %v", p, ok)
+	}
+}
+
+// TestVersion1File opens a file that the version 1 code wrote (a contact
+// key, a checkpoint pin, two key pins; testdata/v1.clinkks), keeps all of
+// it, has no trust records or alarms, and writes it as version 2 at its
+// first change, where trust records, alarms and the own history's count
+// survive reopening.
+func TestVersion1File(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join("testdata", "v1.clinkks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatalf("Open(version 1 file) = %v", err)
+	}
+	check := func(s *keystore.Store) {
+		t.Helper()
+		bobKey, _ := envelope.ParseContactKey(bytes.Repeat([]byte{7}, envelope.ContactKeySize))
+		if sk, ok := s.CurrentSharedKey("bob@example.org"); !ok || !sk.Key.Equal(bobKey) || sk.PeerKey != ([32]byte{9}) {
+			t.Errorf("CurrentSharedKey(bob) = %v, %v", sk, ok)
+		}
+		if cp := s.Checkpoint("clink.example.org/keydir"); string(cp) != "clink.example.org/keydir\n3\nAAAA\n\n— sig\n" {
+			t.Errorf("Checkpoint() = %q", cp)
+		}
+		if p, ok := s.KeyPin("carol@example.net"); !ok || p != (keystore.KeyPin{Fingerprint: [32]byte{5}, Ended: true, Version: 3}) {
+			t.Errorf("KeyPin(carol) = %+v, %v", p, ok)
+		}
+	}
+	check(s)
+	if _, ok := s.Trust("bob@example.org"); ok || len(s.Alarms()) != 0 || s.OwnSeen() != 0 {
+		t.Errorf("a version 1 file has trust %v, alarms %v, own seen %d; want none", s.TrustRecords(), s.Alarms(), s.OwnSeen())
+	}
+	tr := keystore.Trust{State: keystore.TrustChanged, Key: [32]byte{4}, New: [32]byte{6}, WasVerified: true, OldVersion: 2, NewVersion: 4, NewIndex: 12, NewTime: 1764099840, EndKind: "reset", EndIndex: 11}
+	alarm := keystore.Alarm{Kind: keystore.AlarmFork, Time: 1764099840, JID: "bob@example.org", Text: "two views", Evidence: [2][]byte{[]byte("a"), []byte("b")}}
+	if err := s.SetTrust("bob@example.org", tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddAlarm(alarm); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOwnSeen(2); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.HasPrefix(after, []byte("clinkme keystore v2\n")) {
+		t.Fatalf("after a change the file starts %q, want version 2", after[:20])
+	}
+	o, err := keystore.Open(path, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(o)
+	if got, ok := o.Trust("bob@example.org"); !ok || got != tr {
+		t.Errorf("Trust(bob) after reopening = %+v, %v; want %+v", got, ok, tr)
+	}
+	if a := o.Alarms(); len(a) != 1 || a[0].Text != alarm.Text || string(a[0].Evidence[1]) != "b" {
+		t.Errorf("Alarms() after reopening = %+v", a)
+	}
+	if o.OwnSeen() != 2 {
+		t.Errorf("OwnSeen() after reopening = %d, want 2", o.OwnSeen())
+	}
+}
+
+// TestAlarmsBounded: past 64 alarms the oldest go.
+func TestAlarmsBounded(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	for i := range 70 {
+		if err := s.AddAlarm(keystore.Alarm{Kind: keystore.AlarmOwnKey, Time: int64(i), Text: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := s.Alarms(); len(a) != 64 || a[0].Time != 6 || a[63].Time != 69 {
+		t.Fatalf("Alarms() = %d, first at %d; want the newest 64", len(a), a[0].Time)
+	}
+	if err := s.AddAlarm(keystore.Alarm{Kind: 9}); err == nil {
+		t.Error("AddAlarm(kind 9) = nil, want an error")
+	}
+	if err := s.SetTrust("bob@example.org", keystore.Trust{State: 0}); err == nil {
+		t.Error("SetTrust(state 0) = nil, want an error")
 	}
 }
 

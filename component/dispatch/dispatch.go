@@ -285,6 +285,7 @@ func (r *Router) Reload(a Access) error {
 func (r *Router) Register(c *component.Component) {
 	h := component.MessageHandlerFunc(r.HandleMessage)
 	c.HandleMessage(envelopexml.NS, h)
+	c.HandleMessage(envelopexml.NS1, h)
 	c.HandleMessage(expiryxml.NS, h)
 	c.HandleMessage(receiptsxml.NS, h)
 	c.HandleMessage(markers.NS, h)
@@ -293,6 +294,7 @@ func (r *Router) Register(c *component.Component) {
 
 var (
 	envelopeName  = xml.Name{Space: envelopexml.NS, Local: "envelope"}
+	envelopeName1 = xml.Name{Space: envelopexml.NS1, Local: "envelope"} // version 1: the same, with the sender's checkpoint
 	copyName      = xml.Name{Space: expiryxml.NS, Local: "copy"}
 	receivedName  = xml.Name{Space: receiptsxml.NS, Local: "received"}
 	displayedName = xml.Name{Space: markers.NS, Local: "displayed"}
@@ -331,11 +333,11 @@ func (r *Router) HandleMessage(ctx context.Context, m *component.Stanza) error {
 		return nil
 	case m.Has(copyName):
 		return r.handleCopy(ctx, m)
-	case m.Has(envelopeName):
+	case m.Has(envelopeName), m.Has(envelopeName1):
 		return r.handleEnvelope(ctx, m)
 	case m.Has(receivedName), m.Has(displayedName):
 		return r.handleReceipt(ctx, m)
-	case m.HasNS(envelopexml.NS), m.HasNS(expiryxml.NS):
+	case m.HasNS(envelopexml.NS), m.HasNS(envelopexml.NS1), m.HasNS(expiryxml.NS):
 		return r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
 	}
 	// A receipt request or a markable alone asks nothing of clinkd.
@@ -346,7 +348,11 @@ func (r *Router) HandleMessage(ctx context.Context, m *component.Stanza) error {
 // written by author. Raw is its canonical XML.
 func (r *Router) decode(m *component.Stanza, author jid.JID) (*envelopexml.Envelope, []byte, error) {
 	var env envelopexml.Envelope
-	if err := m.Decode(envelopeName, &env); err != nil {
+	name := envelopeName
+	if !m.Has(envelopeName) && m.Has(envelopeName1) {
+		name = envelopeName1
+	}
+	if err := m.Decode(name, &env); err != nil {
 		if errors.Is(err, component.ErrNoPayload) {
 			return nil, nil, r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
 		}

@@ -46,6 +46,11 @@ import (
 // NS is the XML namespace of format version 0 of the envelope.
 const NS = "urn:clinkme:envelope:0"
 
+// NS1 is the XML namespace of format version 1: version 0 with the
+// sender device's latest verified key directory checkpoint (Checkpoint),
+// signed with the rest (docs/envelope.md, section 12).
+const NS1 = "urn:clinkme:envelope:1"
+
 // nsFamily is the prefix shared by the namespaces of every format version.
 const nsFamily = "urn:clinkme:envelope:"
 
@@ -80,6 +85,11 @@ const (
 	// bits.
 	MinRSASize = 3072 / 8
 	MaxRSASize = 4096 / 8
+	// MaxCheckpointSize is the largest checkpoint a version 1 envelope
+	// carries: a signed note of the key directory log (its body and the
+	// log's signature line take about 200 bytes; a few witness
+	// cosignatures fit too).
+	MaxCheckpointSize = 2048
 )
 
 // Kind says how the payload key is conveyed.
@@ -133,6 +143,15 @@ type Envelope struct {
 	Nonce     []byte // NonceSize bytes
 	Payload   []byte // ciphertext and tag, TagSize to MaxPayloadSize bytes
 	Signature []byte // MinRSASize to MaxRSASize bytes
+
+	// Version is the format version: 0 (NS) or 1 (NS1).
+	Version int
+	// Checkpoint is, in a version 1 envelope, the sender device's latest
+	// verified checkpoint of the key directory log, as the signed note it
+	// accepted (1 to MaxCheckpointSize bytes); empty in version 0. Its
+	// meaning is the receiver's business (docs/envelope.md, section 12):
+	// Validate checks only its size.
+	Checkpoint []byte
 }
 
 // A WrappedKey is the payload key of a standard envelope encrypted to one
@@ -157,6 +176,14 @@ func (e *Envelope) Validate() error {
 }
 
 func (e *Envelope) validate() error {
+	switch {
+	case e.Version == 0 && len(e.Checkpoint) != 0:
+		return errors.New("checkpoint in a version 0 envelope")
+	case e.Version == 1 && (len(e.Checkpoint) == 0 || len(e.Checkpoint) > MaxCheckpointSize):
+		return fmt.Errorf("checkpoint of %d bytes, want 1 to %d", len(e.Checkpoint), MaxCheckpointSize)
+	case e.Version != 0 && e.Version != 1:
+		return fmt.Errorf("unknown version %d", e.Version)
+	}
 	if e.Kind != Standard && e.Kind != Enhanced {
 		return fmt.Errorf("unknown kind %q", e.Kind)
 	}
@@ -356,7 +383,7 @@ func parseTime(s string) (time.Time, error) {
 // Validate first. Times are written in UTC with whole seconds.
 func (e Envelope) MarshalXML(enc *xml.Encoder, _ xml.StartElement) error {
 	start := xml.StartElement{
-		Name: xml.Name{Space: NS, Local: "envelope"},
+		Name: xml.Name{Space: e.namespace(), Local: "envelope"},
 		Attr: []xml.Attr{
 			{Name: xml.Name{Local: "kind"}, Value: string(e.Kind)},
 			{Name: xml.Name{Local: "from"}, Value: e.From},
@@ -386,6 +413,11 @@ func (e Envelope) MarshalXML(enc *xml.Encoder, _ xml.StartElement) error {
 			return err
 		}
 	}
+	if e.Version == 1 {
+		if err := encodeElement(enc, "checkpoint", nil, e.Checkpoint); err != nil {
+			return err
+		}
+	}
 	for _, f := range []struct {
 		name string
 		data []byte
@@ -396,6 +428,17 @@ func (e Envelope) MarshalXML(enc *xml.Encoder, _ xml.StartElement) error {
 	}
 	return enc.EncodeToken(start.End())
 }
+
+// namespace is the namespace of e's version (NS1 for 1, NS otherwise).
+func (e Envelope) namespace() string {
+	if e.Version == 1 {
+		return NS1
+	}
+	return NS
+}
+
+// Namespace is the namespace of e's format version: NS or NS1.
+func (e *Envelope) Namespace() string { return e.namespace() }
 
 func encodeElement(enc *xml.Encoder, name string, attr []xml.Attr, data []byte) error {
 	start := xml.StartElement{Name: xml.Name{Local: name}, Attr: attr}
@@ -439,7 +482,7 @@ func unb64(s string, max int) ([]byte, error) {
 // counts and sizes are enforced while reading, so a hostile element cannot
 // make it allocate much more than its own size; call Validate for the rest.
 func (e *Envelope) UnmarshalXML(d *xml.Decoder, start xml.StartElement) error {
-	if start.Name.Local == "envelope" && start.Name.Space != NS && strings.HasPrefix(start.Name.Space, nsFamily) {
+	if start.Name.Local == "envelope" && start.Name.Space != NS && start.Name.Space != NS1 && strings.HasPrefix(start.Name.Space, nsFamily) {
 		if err := d.Skip(); err != nil {
 			return err
 		}
@@ -454,7 +497,11 @@ func (e *Envelope) UnmarshalXML(d *xml.Decoder, start xml.StartElement) error {
 }
 
 func (e *Envelope) unmarshal(d *xml.Decoder, start xml.StartElement) error {
-	if start.Name != (xml.Name{Space: NS, Local: "envelope"}) {
+	switch start.Name {
+	case xml.Name{Space: NS, Local: "envelope"}:
+	case xml.Name{Space: NS1, Local: "envelope"}:
+		e.Version = 1
+	default:
 		return fmt.Errorf("element <%s xmlns=%q> is not an envelope", start.Name.Local, start.Name.Space)
 	}
 	var haveKind, haveFrom, haveID, haveTime, haveExpires bool
@@ -521,7 +568,7 @@ func (e *Envelope) unmarshal(d *xml.Decoder, start xml.StartElement) error {
 }
 
 func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement) error {
-	if start.Name.Space != NS {
+	if start.Name.Space != e.namespace() {
 		return fmt.Errorf("unknown element in namespace %q", start.Name.Space)
 	}
 	// Attribute lists per element; every listed attribute is required.
@@ -532,6 +579,10 @@ func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement) error 
 	case "key":
 		attrs = []string{"fp"}
 	case "keyid", "nonce", "payload", "sig":
+	case "checkpoint":
+		if e.Version != 1 {
+			return errors.New("unknown element")
+		}
 	default:
 		return errors.New("unknown element")
 	}
@@ -561,6 +612,8 @@ func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement) error 
 		max, dst = MaxPayloadSize, &e.Payload
 	case "sig":
 		max, dst = MaxRSASize, &e.Signature
+	case "checkpoint":
+		max, dst = MaxCheckpointSize, &e.Checkpoint
 	}
 	text, err := readText(d, base64.StdEncoding.EncodedLen(max))
 	if err != nil {
