@@ -2,8 +2,11 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/client/keystore"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 )
 
 // A Device is a whole ClinkMe device: a logged-in session, the device's
@@ -26,6 +30,7 @@ type Device struct {
 	keys      *KeyDirectory
 	component jid.JID
 	me        string // canonical bare JID
+	id        string // the stable id announced to clinkd
 	now       func() time.Time
 
 	announceEvery time.Duration
@@ -72,6 +77,14 @@ type DeviceConfig struct {
 	// checkpoint the device accepts (ErrNotCosigned; the zero value
 	// requires none).
 	Witnesses WitnessPolicy
+	// DeviceID is this device's stable id (1 to 64 bytes of A-Z, a-z,
+	// 0-9, '.', '_' and '-'), announced to clinkd so that it delivers
+	// each held timed message to this device once, however often it
+	// reconnects with a new resource, and named in the receipts it
+	// sends. It must differ between devices of one account: it is not
+	// in the key store, which device sync copies. "" keeps a random one
+	// in a file beside the key store, at Store.Path() + ".device-id".
+	DeviceID string
 	// ReplayFile is the device's replay cache (replay.go,
 	// docs/envelope.md section 9); "" puts it beside the key store, at
 	// Store.Path() + ".replay".
@@ -139,6 +152,16 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.DirectoryComponent.Domainpart() != "" {
 		kd.service = cfg.DirectoryComponent
 	}
+	if cfg.DeviceID == "" {
+		id, err := deviceIDFile(cfg.Store.Path() + ".device-id")
+		if err != nil {
+			return nil, err
+		}
+		cfg.DeviceID = id
+	}
+	if err := expiryxml.CheckDeviceID(cfg.DeviceID); err != nil {
+		return nil, fmt.Errorf("client: DeviceID: %w", err)
+	}
 	if cfg.ReplayFile == "" {
 		cfg.ReplayFile = cfg.Store.Path() + ".replay"
 	}
@@ -154,7 +177,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	}
 	d := &Device{
 		c: cfg.Client, store: cfg.Store, keys: kd, component: cfg.Component, me: me,
-		now: cfg.Now, replay: replay, announceEvery: cfg.AnnounceEvery, monitorEvery: cfg.MonitorEvery,
+		now: cfg.Now, replay: replay, announceEvery: cfg.AnnounceEvery, monitorEvery: cfg.MonitorEvery, id: cfg.DeviceID,
 		fails:  newSenderBuckets(failBurst, failRefill),
 		shares: newSenderBuckets(shareBurst, shareRefill),
 	}
@@ -403,7 +426,45 @@ func (d *Device) publish(ctx context.Context) (*VerifiedKey, error) {
 // step 1). Start does it, and the device does it again after every
 // reconnection and every AnnounceEvery.
 func (d *Device) Announce(ctx context.Context) error {
-	return d.c.Announce(ctx, d.component)
+	return d.c.AnnounceDevice(ctx, d.component, d.id)
+}
+
+// ID is the device's stable id (DeviceConfig.DeviceID).
+func (d *Device) ID() string { return d.id }
+
+// deviceIDFile reads the device id kept at path, or makes a random one
+// there (0600) on first use.
+func deviceIDFile(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		id := strings.TrimSpace(string(b))
+		if err := expiryxml.CheckDeviceID(id); err != nil {
+			return "", fmt.Errorf("client: %s: %w", path, err)
+		}
+		return id, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("client: device id: %w", err)
+	}
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("client: device id: %w", err)
+	}
+	id := hex.EncodeToString(b)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return deviceIDFile(path) // another process made it first
+	}
+	if err != nil {
+		return "", fmt.Errorf("client: device id: %w", err)
+	}
+	_, err = f.WriteString(id + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("client: device id: %w", err)
+	}
+	return id, nil
 }
 
 // background follows the session until it ends: a Connection event for

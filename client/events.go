@@ -75,6 +75,12 @@ type Receipt struct {
 	ID   string
 	From jid.JID // the recipient who sent it
 	Kind ReceiptKind
+	// Device is the stable id of the recipient's device that sent it
+	// (DeviceConfig.DeviceID on theirs), so that two devices' receipts
+	// for one message are told apart; "" when that device announced no
+	// id, and for a receipt learnt by catching up (CatchUp), which clinkd
+	// keeps per recipient, not per device.
+	Device string
 	// Time is when clinkd recorded it, for a receipt this device learnt by
 	// asking clinkd after it reconnected (CatchUp); zero for one passed on
 	// as it happened.

@@ -347,7 +347,7 @@ func (d *Device) handle(ctx context.Context, s *Stanza) {
 	}
 	if id, kind, ok := s.ReceiptFor(); ok {
 		if d.sent.seen(id, kind) {
-			d.rx.push(outcome{ev: &Receipt{ID: id, From: peer, Kind: kind}})
+			d.rx.push(outcome{ev: &Receipt{ID: id, From: peer, Kind: kind, Device: s.ReceiptDevice()}})
 		}
 		return
 	}

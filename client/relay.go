@@ -21,13 +21,29 @@ import (
 // Announce tells clinkd (at component) that this device is online, with
 // directed presence to the user's own address there, so that it gets the
 // timed messages and receipts held for it. The XMPP server tells clinkd
-// when the device goes.
+// when the device goes. AnnounceDevice does the same with the device's
+// stable id.
 func (c *Client) Announce(ctx context.Context, component jid.JID) error {
+	return c.AnnounceDevice(ctx, component, "")
+}
+
+// AnnounceDevice is Announce with the device's stable id
+// (docs/expiry.md, step 1): clinkd then delivers each held message to
+// this device once, however often it reconnects with a new resource, and
+// names it by id in the receipts it forwards for it. An empty id
+// announces without one.
+func (c *Client) AnnounceDevice(ctx context.Context, component jid.JID, id string) error {
 	own, err := address.AtComponent(c.JID(), component)
 	if err != nil {
 		return err
 	}
-	return c.SendPresence(ctx, stanza.Presence{To: own})
+	if id == "" {
+		return c.SendPresence(ctx, stanza.Presence{To: own})
+	}
+	if err := expiryxml.CheckDeviceID(id); err != nil {
+		return fmt.Errorf("client: announce: %w", err)
+	}
+	return c.SendPresence(ctx, stanza.Presence{To: own}, expiryxml.Device{ID: id})
 }
 
 // storeless are the hints on everything a device sends that no server may
@@ -138,6 +154,18 @@ func (s *Stanza) ExpiredID() (string, bool) {
 	}
 	return e.ID, true
 }
+
+// ReceiptDevice returns the stable id of the reader's device that a
+// receipt forwarded by clinkd names, or "" when it names none.
+func (s *Stanza) ReceiptDevice() string {
+	var d expiryxml.Device
+	if s.Decode(deviceName, &d) != nil || expiryxml.CheckDeviceID(d.ID) != nil {
+		return ""
+	}
+	return d.ID
+}
+
+var deviceName = xml.Name{Space: expiryxml.NS, Local: "device"}
 
 // ReceiptFor returns the message id and kind of a receipt passed on by
 // clinkd.

@@ -101,6 +101,22 @@ func TestDevices(t *testing.T) {
 				if m.ID != id || m.Text != x.text || !m.From.Equal(x.from.Client().JID().Bare()) || m.Enhanced != x.opts.Enhanced || m.Expires.IsZero() == (x.opts.TTL > 0) {
 					t.Errorf("received %+v, want %q from %s (enhanced %v, timed %v)", m, x.text, x.from.Client().JID().Bare(), x.opts.Enhanced, x.opts.TTL > 0)
 				}
+				// The receipt reaches the sender naming the reader's device.
+				if err := x.to.Acknowledge(ctx, m, client.Delivered); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					ev, err := x.from.NextEvent(ctx)
+					if err != nil {
+						t.Fatalf("waiting for the receipt of %q: %v", x.text, err)
+					}
+					if r, ok := ev.(*client.Receipt); ok && r.ID == id {
+						if r.Device != x.to.ID() || r.Device == "" {
+							t.Errorf("the receipt of %q names device %q, want the reader's %q", x.text, r.Device, x.to.ID())
+						}
+						break
+					}
+				}
 			}
 
 			// Ciphertext only: no plaintext, no per-contact key, anywhere.

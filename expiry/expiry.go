@@ -68,6 +68,11 @@ type Sender interface {
 // Devices knows the online devices of each user (a *dispatch.Devices).
 type Devices interface {
 	Online(user jid.JID) []jid.JID
+	// Key names a device for "delivered once": its stable id when it
+	// announced one, else its full JID.
+	Key(device jid.JID) string
+	// Resolve finds where a Key of one of user's devices reaches it now.
+	Resolve(user jid.JID, key string) (jid.JID, bool)
 }
 
 // Entitlements says whether an account may send timed messages (ClinkMe
@@ -210,7 +215,7 @@ type held struct {
 	copyBy    jid.JID
 	expires   time.Time
 	raw       []byte              // the envelope, canonical XML; zeroed when dropped
-	delivered map[string]struct{} // devices that got it
+	delivered map[string]struct{} // devices that got it, by Devices.Key
 	index     int                 // in the expiry heap
 	// busy counts sends reading raw; dropped is set when the relay lets
 	// go of h. Whichever comes last (the drop, or the last send) zeroes
@@ -257,6 +262,7 @@ type usage struct {
 type pendingReceipt struct {
 	reader  jid.JID // the recipient who sent the receipt
 	payload any     // receiptsxml.Received or markers.Displayed
+	device  string  // the stable id of the reader's device, or ""
 	expires time.Time
 	// unsent: the owner's online devices have not been sent it yet (it
 	// came while the relay was quiet, before a handoff). Under Relay.mu.
@@ -505,7 +511,7 @@ func (r *Relay) HandleTimedReceipt(ctx context.Context, rc *dispatch.Receipt) (b
 	if !ok {
 		return false, nil
 	}
-	p := &pendingReceipt{reader: rc.Reader, payload: rc.Payload(), expires: expires}
+	p := &pendingReceipt{reader: rc.Reader, payload: rc.Payload(), device: rc.DeviceID, expires: expires}
 	if quiet := r.holdReceipt(rc.Owner, p); !quiet {
 		r.forwardReceipt(ctx, rc.Owner, p, r.cfg.Devices.Online(rc.Owner))
 	}
@@ -584,9 +590,13 @@ func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingRec
 	if err != nil {
 		return
 	}
+	payload := []any{p.payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}}
+	if p.device != "" {
+		payload = append(payload, expiryxml.Device{ID: p.device})
+	}
 	for _, d := range devices {
 		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: d, From: from, Type: stanza.HeadlineMessage},
-			p.payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
+			payload...); err != nil {
 			r.log.Debug("expiry: receipt forward failed", "err", err)
 		}
 	}
@@ -723,8 +733,9 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		if d.Equal(skip) {
 			continue
 		}
+		key := r.cfg.Devices.Key(d)
 		r.mu.Lock()
-		_, done := h.delivered[d.String()]
+		_, done := h.delivered[key]
 		quiet := r.quiet
 		r.mu.Unlock()
 		if quiet {
@@ -752,7 +763,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			continue
 		}
 		r.mu.Lock()
-		h.delivered[d.String()] = struct{}{}
+		h.delivered[key] = struct{}{}
 		r.mu.Unlock()
 	}
 }
@@ -966,19 +977,23 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 	if err != nil {
 		return
 	}
-	r.mu.Lock()
-	targets := make([]string, 0, len(h.delivered)+1)
-	for d := range h.delivered {
-		targets = append(targets, d)
+	var byKey string
+	if h.sent {
+		byKey = r.cfg.Devices.Key(h.by)
 	}
-	if _, dup := h.delivered[h.by.String()]; h.sent && !dup {
-		targets = append(targets, h.by.String())
+	r.mu.Lock()
+	keys := make([]string, 0, len(h.delivered)+1)
+	for k := range h.delivered {
+		keys = append(keys, k)
+	}
+	if _, dup := h.delivered[byKey]; h.sent && !dup {
+		keys = append(keys, byKey)
 	}
 	r.mu.Unlock()
-	for _, d := range targets {
-		to, err := jid.Parse(d)
-		if err != nil {
-			continue
+	for _, k := range keys {
+		to, ok := r.cfg.Devices.Resolve(h.owner, k)
+		if !ok {
+			continue // a device known by its id, offline: its own timer deletes it
 		}
 		if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
 			expiryxml.Expired{ID: h.id}, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {

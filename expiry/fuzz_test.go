@@ -37,6 +37,13 @@ func (r *recorder) Online(jid.JID) []jid.JID {
 	return []jid.JID{jid.MustParse("bob@example.org/phone"), jid.MustParse("alice@example.org/laptop")}
 }
 
+func (r *recorder) Key(device jid.JID) string { return device.String() }
+
+func (r *recorder) Resolve(_ jid.JID, key string) (jid.JID, bool) {
+	j, err := jid.Parse(key)
+	return j, err == nil
+}
+
 // newRouter returns the relay behind an envelope router, as clinkd wires
 // them: the recorder is the link and says which devices are online.
 func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *dispatch.Router) {

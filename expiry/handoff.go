@@ -12,12 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 	"github.com/clinkme/clinkd/extensions/markers"
 	"github.com/clinkme/clinkd/extensions/receiptsxml"
 )
@@ -288,6 +290,7 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 		}
 		e.str(p.id)
 		e.i64(p.expires.UnixNano())
+		e.str(p.device)
 		if err := c.send(frameReceipt, e.b, false); err != nil {
 			return n, err
 		}
@@ -306,6 +309,7 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 		e.str(d.User.String())
 		e.str(d.Device.String())
 		e.i64(d.Announced.UnixNano())
+		e.str(d.ID)
 		if err := c.send(frameDevice, e.b, false); err != nil {
 			return n, err
 		}
@@ -369,9 +373,13 @@ func (c *HandoffConn) ReceiveState(r *Relay, devices *dispatch.Devices) (Handoff
 			seen = append(seen, u.String())
 		case frameDevice:
 			d := wireDecoder{b: body, jids: jids}
-			rec := dispatch.DeviceRecord{User: d.bare(), Device: d.full(), Announced: time.Unix(0, d.i64())}
-			if d.err == nil && !rec.Device.Bare().Equal(rec.User) {
+			rec := dispatch.DeviceRecord{User: d.bare(), Device: d.full(), Announced: time.Unix(0, d.i64()), ID: d.str()}
+			switch {
+			case d.err != nil:
+			case !rec.Device.Bare().Equal(rec.User):
 				d.err = errors.New("a device of another user")
+			case rec.ID != "" && expiryxml.CheckDeviceID(rec.ID) != nil:
+				d.err = errors.New("a malformed device id")
 			}
 			if d.err != nil || len(d.b) != 0 {
 				drop()
@@ -405,6 +413,7 @@ type exportedReceipt struct {
 	id            string
 	expires       time.Time
 	unsent        bool
+	device        string // the reader's device's stable id, or ""
 }
 
 // exportedMessage is a held message as it travels.
@@ -422,11 +431,7 @@ func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
 	raw := d.bytes32()
 	count := int(d.u16())
 	for range count {
-		dev := d.full()
-		if d.err == nil && !dev.Bare().Equal(h.owner) {
-			d.err = errors.New("delivered to a device of another user")
-		}
-		h.delivered[dev.String()] = struct{}{}
+		h.delivered[d.deviceKey(h.owner)] = struct{}{}
 	}
 	if d.err == nil {
 		switch {
@@ -466,8 +471,11 @@ func decodeReceipt(body []byte, jids map[string]jid.JID) (exportedReceipt, error
 	p := exportedReceipt{owner: d.bare(), reader: d.bare(), kind: d.u8()}
 	flags := d.u8()
 	p.id, p.expires, p.unsent = d.id(), time.Unix(0, d.i64()), flags&flagUnsent != 0
+	p.device = d.str()
 	switch {
 	case d.err != nil:
+	case p.device != "" && expiryxml.CheckDeviceID(p.device) != nil:
+		d.err = errors.New("a malformed device id")
 	case p.kind != kindReceived && p.kind != kindDisplayed:
 		d.err = fmt.Errorf("kind %d", p.kind)
 	case flags&^flagUnsent != 0:
@@ -619,6 +627,27 @@ func (d *wireDecoder) full() jid.JID {
 	return j
 }
 
+// deviceKey reads a device that got a message: "#" and the stable id it
+// announced, or its full JID, which must be one of owner's.
+func (d *wireDecoder) deviceKey(owner jid.JID) string {
+	s := d.str()
+	if d.err != nil {
+		return ""
+	}
+	if id, ok := strings.CutPrefix(s, "#"); ok {
+		if expiryxml.CheckDeviceID(id) != nil {
+			d.err = errors.New("a malformed device id")
+		}
+		return s
+	}
+	j, ok := d.parse(s)
+	if !ok || j.Resourcepart() == "" || !j.Bare().Equal(owner) {
+		d.err = fmt.Errorf("delivered to %q, not a device of its owner", s)
+		return ""
+	}
+	return j.String()
+}
+
 // export snapshots what the relay holds, for SendState.
 func (r *Relay) export() (msgs []exportedMessage, rcs []exportedReceipt, seen []string) {
 	r.mu.Lock()
@@ -636,7 +665,7 @@ func (r *Relay) export() (msgs []exportedMessage, rcs []exportedReceipt, seen []
 			continue
 		}
 		for _, p := range list {
-			e := exportedReceipt{owner: o, reader: p.reader, expires: p.expires, unsent: p.unsent}
+			e := exportedReceipt{owner: o, reader: p.reader, expires: p.expires, unsent: p.unsent, device: p.device}
 			switch v := p.payload.(type) {
 			case receiptsxml.Received:
 				e.kind, e.id = kindReceived, v.ID
@@ -670,7 +699,7 @@ func (r *Relay) importState(msgs []*held, rcs []exportedReceipt, seen []string) 
 		if p.kind == kindDisplayed {
 			payload = markers.Displayed{ID: p.id}
 		}
-		r.holdReceipt(p.owner, &pendingReceipt{reader: p.reader, payload: payload, expires: p.expires, unsent: p.unsent})
+		r.holdReceipt(p.owner, &pendingReceipt{reader: p.reader, payload: payload, device: p.device, expires: p.expires, unsent: p.unsent})
 		n.Receipts++
 	}
 	r.mu.Lock()

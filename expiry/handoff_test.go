@@ -257,6 +257,48 @@ func TestHandoff(t *testing.T) {
 	}
 }
 
+// announceAs announces a device with the stable id it chose
+// (expiryxml.Device), as the SDK does.
+func (s *handoffSide) announceAs(t testing.TB, device, id string) {
+	t.Helper()
+	user := strings.Split(device, "/")[0]
+	if err := s.stanza(t, `<presence from='`+device+`' to='`+strings.Replace(user, "@", `\40`, 1)+`@`+handoffDomain+`'><device xmlns='urn:clinkme:expiry:0' id='`+id+`'/></presence>`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHandoffKeepsDeviceIDs: what a device got is carried across a
+// handoff by the id it announced, so the same device back on a new
+// resource after the takeover gets nothing twice, while another device
+// of the user still gets the message.
+func TestHandoffKeepsDeviceIDs(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0).UTC()
+	giver, taker := newHandoffSide(t, now, expiry.Limits{}), newHandoffSide(t, now, expiry.Limits{})
+	giver.announceAs(t, "bob@example.org/r1", "bobs-phone")
+	env := timedEnvelope(t, "m1", now)
+	if err := giver.stanza(t, `<message type='headline' from='alice@example.org/laptop' to='`+toBob+`'>`+env+storeless+`</message>`); err != nil {
+		t.Fatal(err)
+	}
+	// Bob's phone gets m1; alice's copy leaves for her other devices.
+	if got, want := giver.link.take(), []string{toAlice + " expiryxml.Copy", "bob@example.org/r1 *xml.Decoder"}; !slices.Equal(got, want) {
+		t.Fatalf("bob's phone online: sent %q, want %q", got, want)
+	}
+	if err := giver.stanza(t, `<presence type='unavailable' from='bob@example.org/r1' to='`+toBob+`'/>`); err != nil {
+		t.Fatal(err)
+	}
+
+	handoff(t, giver, taker)
+	taker.announceAs(t, "bob@example.org/r2", "bobs-phone")
+	if got := taker.link.take(); len(got) != 0 {
+		t.Errorf("bob's phone back on a new resource after the handoff: sent %q, want nothing", got)
+	}
+	taker.announceAs(t, "bob@example.org/r3", "bobs-tablet")
+	if got, want := taker.link.take(), []string{"bob@example.org/r3 *xml.Decoder"}; !slices.Equal(got, want) {
+		t.Errorf("bob's tablet: sent %q, want %q", got, want)
+	}
+}
+
 // TestHandoffOwedCopy: a copy for the sender's other devices that could
 // not go out (the link moved under it) travels with the message, and the
 // taker sends it.

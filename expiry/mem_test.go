@@ -103,3 +103,5 @@ type silent struct{}
 
 func (silent) SendMessage(context.Context, stanza.Message, ...any) error { return nil }
 func (silent) Online(jid.JID) []jid.JID                                  { return nil }
+func (silent) Key(d jid.JID) string                                      { return d.String() }
+func (silent) Resolve(jid.JID, string) (jid.JID, bool)                   { return jid.JID{}, false }

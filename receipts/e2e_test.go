@@ -52,7 +52,8 @@ func TestOrdinaryReceipts(t *testing.T) {
 			ctx := ctxFor(t, time.Minute)
 			login := func(j, p string) *client.Client {
 				dev := clinkdtest.Login(t, srv, j, p)
-				if err := dev.Announce(ctx, comp); err != nil {
+				// Each device with its stable id, which receipts name.
+				if err := dev.AnnounceDevice(ctx, comp, "dev-"+randomID()); err != nil {
 					t.Fatal(err)
 				}
 				own, _ := address.AtComponent(jid.MustParse(j), comp)
@@ -61,7 +62,11 @@ func TestOrdinaryReceipts(t *testing.T) {
 				}
 				return dev
 			}
-			a, b := login(aliceJID, alicePass), login(bobJID, bobPass)
+			a := login(aliceJID, alicePass)
+			b := clinkdtest.Login(t, srv, bobJID, bobPass)
+			if err := b.AnnounceDevice(ctx, comp, "bobs-phone"); err != nil {
+				t.Fatal(err)
+			}
 
 			id := randomID()
 			env, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: bobJID, Key: bob.PublicKey()}},
@@ -88,11 +93,15 @@ func TestOrdinaryReceipts(t *testing.T) {
 				if err := b.SendReceipt(ctx, comp, jid.MustParse(aliceJID), id, k, false); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := a.Next(ctx, func(s *client.Stanza) bool {
+				r, err := a.Next(ctx, func(s *client.Stanza) bool {
 					rid, rk, ok := s.ReceiptFor()
 					return ok && rid == id && rk == k
-				}); err != nil {
+				})
+				if err != nil {
 					t.Fatalf("receipt %v at alice: %v", k, err)
+				}
+				if dev := r.ReceiptDevice(); dev != "bobs-phone" {
+					t.Errorf("receipt %v names device %q, want bobs-phone", k, dev)
 				}
 			}
 

@@ -190,10 +190,10 @@ func (t *Tracker) HandleReceipt(ctx context.Context, rc *dispatch.Receipt) error
 	if err != nil {
 		return nil
 	}
-	payload := rc.Payload()
+	payload := append(rc.Forwarded(), hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
 	for _, d := range t.cfg.Devices.Online(rc.Owner) {
 		if err := t.cfg.Send.SendMessage(ctx, stanza.Message{To: d, From: from, Type: stanza.HeadlineMessage},
-			payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}); err != nil {
+			payload...); err != nil {
 			t.log.Debug("receipts: forward failed", "err", err)
 		}
 	}

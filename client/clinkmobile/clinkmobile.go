@@ -88,6 +88,10 @@ type Config struct {
 	KeyStorePath, Passphrase string
 	// TimeoutMillis bounds each request and Open (default 30000).
 	TimeoutMillis int64
+	// DeviceID is the device's stable id (client.DeviceConfig.DeviceID),
+	// e.g. an installation id; "" keeps a random one beside the key
+	// store.
+	DeviceID string
 }
 
 // NewConfig returns a Config with the defaults set.
@@ -153,7 +157,7 @@ func Open(cfg *Config) *OpenResult {
 	if err != nil {
 		return &OpenResult{Code: code(err), Message: err.Error(), Created: created}
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: comp, VerifierKey: cfg.VerifierKey, VRFKey: cfg.VRFKey})
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: comp, VerifierKey: cfg.VerifierKey, VRFKey: cfg.VRFKey, DeviceID: cfg.DeviceID})
 	if err == nil {
 		err = d.Start(ctx)
 	}
@@ -273,8 +277,10 @@ type Event struct {
 	// A message's details.
 	Enhanced, Outgoing        bool
 	TimeUnix, ExpiresUnixTime int64 // signed send time; expiry (0: not timed)
-	// A receipt: read (else delivered); learnt after a reconnection.
+	// A receipt: read (else delivered); learnt after a reconnection; the
+	// reader's device's stable id ("" when unknown).
 	ReceiptRead, CatchUp bool
+	ReceiptDevice        string
 	// An expiry by this device's clock (else clinkd's notice).
 	Local bool
 	// A key change (KindKeyChanged, or a message that came with one): the
@@ -407,7 +413,7 @@ func (d *Device) convert(ev client.Event) *Event {
 		}
 		return e
 	case *client.Receipt:
-		return &Event{Kind: KindReceipt, ID: ev.ID, From: ev.From.String(), ReceiptRead: ev.Kind == client.Displayed, CatchUp: ev.CatchUp, TimeUnix: unix(ev.Time)}
+		return &Event{Kind: KindReceipt, ID: ev.ID, From: ev.From.String(), ReceiptRead: ev.Kind == client.Displayed, CatchUp: ev.CatchUp, ReceiptDevice: ev.Device, TimeUnix: unix(ev.Time)}
 	case *client.Expiry:
 		return &Event{Kind: KindExpiry, ID: ev.ID, Peer: ev.Peer.String(), Local: ev.Local}
 	case *client.DropError:

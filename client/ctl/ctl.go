@@ -384,7 +384,12 @@ func (p *profile) device(ctx context.Context, create, start bool) (*client.Devic
 	if err != nil {
 		return nil, false, err
 	}
-	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey, Witnesses: p.witnesses})
+	id, err := p.deviceID()
+	if err != nil {
+		c.Close()
+		return nil, false, err
+	}
+	d, err := client.NewDevice(client.DeviceConfig{Client: c, Store: store, Component: p.component, VerifierKey: p.verifier, VRFKey: p.vrfKey, Witnesses: p.witnesses, DeviceID: id})
 	if err != nil {
 		c.Close()
 		return nil, false, err
@@ -415,7 +420,8 @@ func (p *profile) importPins(store *keystore.Store) error {
 	return os.Rename(path, path+".imported")
 }
 
-// deviceID is this device's stable, random, non-secret name for sync.
+// deviceID is this device's stable, random, non-secret name: for sync,
+// and announced to clinkd (DeviceConfig.DeviceID).
 func (p *profile) deviceID() (string, error) {
 	path := filepath.Join(p.dir, "device-id")
 	if b, err := os.ReadFile(path); err == nil {

@@ -1,11 +1,14 @@
 package dispatch
 
 import (
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"mellium.im/xmpp/jid"
+
+	"github.com/clinkme/clinkd/extensions/expiryxml"
 )
 
 // Devices is the registry of the devices that announced themselves to
@@ -23,11 +26,17 @@ type Devices struct {
 	online     prometheus.Gauge
 
 	mu    sync.Mutex
-	users map[string]map[string]time.Time // bare user -> full device JID -> announced
+	users map[string]map[string]deviceEntry // bare user -> full device JID -> its entry
 	// touched, while not nil, records the devices that announced
 	// themselves or went since ExpectImport: Import leaves those as they
 	// are.
 	touched map[string]struct{}
+}
+
+// deviceEntry is what the registry knows of one online device.
+type deviceEntry struct {
+	at time.Time // when it last announced itself
+	id string    // the stable id it announced (expiryxml.Device), or ""
 }
 
 // DevicesConfig bounds the registry.
@@ -48,7 +57,7 @@ func NewDevices(cfg DevicesConfig) *Devices {
 	}
 	d := &Devices{
 		maxPerUser: cfg.MaxPerUser,
-		users:      make(map[string]map[string]time.Time),
+		users:      make(map[string]map[string]deviceEntry),
 		online: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "clinkd_devices_online",
 			Help: "Devices that announced themselves to clinkd and have not gone.",
@@ -60,27 +69,37 @@ func NewDevices(cfg DevicesConfig) *Devices {
 	return d
 }
 
-func (d *Devices) add(user, device jid.JID) {
+func (d *Devices) add(user, device jid.JID, id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.touch(device)
-	d.addLocked(user.String(), device.String(), time.Now())
+	d.addLocked(user.String(), device.String(), deviceEntry{at: time.Now(), id: id})
 }
 
-// addLocked records device of user as announced at at, pushing out the
-// user's oldest device past maxPerUser.
-func (d *Devices) addLocked(u, device string, at time.Time) {
+// addLocked records device of user, pushing out the user's oldest device
+// past maxPerUser. A device with an id replaces any other resource that
+// announced the same id: the same device, connected again (the server's
+// unavailable presence for the old session may come minutes later).
+func (d *Devices) addLocked(u, device string, e deviceEntry) {
 	devs := d.users[u]
 	if devs == nil {
-		devs = make(map[string]time.Time)
+		devs = make(map[string]deviceEntry)
 		d.users[u] = devs
+	}
+	if e.id != "" {
+		for other, oe := range devs {
+			if oe.id == e.id && other != device {
+				delete(devs, other)
+				d.online.Dec()
+			}
+		}
 	}
 	if _, ok := devs[device]; !ok {
 		if len(devs) >= d.maxPerUser {
 			oldest, oldestAt := "", time.Time{}
-			for dev, t := range devs {
-				if oldest == "" || t.Before(oldestAt) {
-					oldest, oldestAt = dev, t
+			for dev, oe := range devs {
+				if oldest == "" || oe.at.Before(oldestAt) {
+					oldest, oldestAt = dev, oe.at
 				}
 			}
 			delete(devs, oldest)
@@ -88,7 +107,47 @@ func (d *Devices) addLocked(u, device string, at time.Time) {
 		}
 		d.online.Inc()
 	}
-	devs[device] = at
+	devs[device] = e
+}
+
+// Key is what a feature records of a device it delivered to, so that it
+// delivers each thing once per device: "#" and the device's stable id
+// when it announced one (it keeps it across reconnections and new
+// resources), else its full JID.
+func (d *Devices) Key(device jid.JID) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e, ok := d.users[device.Bare().String()][device.String()]; ok && e.id != "" {
+		return "#" + e.id
+	}
+	return device.String()
+}
+
+// ID returns the stable id device announced, or "".
+func (d *Devices) ID(device jid.JID) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.users[device.Bare().String()][device.String()].id
+}
+
+// Resolve returns where a key (Key) of one of user's devices reaches that
+// device now: the full JID itself, or the online resource that announced
+// the id; false when a device known by its id is not online.
+func (d *Devices) Resolve(user jid.JID, key string) (jid.JID, bool) {
+	id, byID := strings.CutPrefix(key, "#")
+	if !byID {
+		j, err := jid.Parse(key)
+		return j, err == nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for dev, e := range d.users[user.Bare().String()] {
+		if e.id == id {
+			j, err := jid.Parse(dev)
+			return j, err == nil
+		}
+	}
+	return jid.JID{}, false
 }
 
 // gone forgets a device: it said goodbye, or a delivery to it bounced.
@@ -141,6 +200,7 @@ type DeviceRecord struct {
 	User      jid.JID   // bare JID
 	Device    jid.JID   // full JID, of User
 	Announced time.Time // when it last announced itself
+	ID        string    // the stable id it announced, or ""
 }
 
 // Export returns every device in the registry, for a planned restart that
@@ -156,9 +216,9 @@ func (d *Devices) Export() []DeviceRecord {
 		if err != nil {
 			continue
 		}
-		for dev, at := range devs {
+		for dev, e := range devs {
 			if j, err := jid.Parse(dev); err == nil {
-				out = append(out, DeviceRecord{User: user, Device: j, Announced: at})
+				out = append(out, DeviceRecord{User: user, Device: j, Announced: e.at, ID: e.id})
 			}
 		}
 	}
@@ -191,9 +251,21 @@ func (d *Devices) Import(recs []DeviceRecord) (added int) {
 		if _, have := devs[dev]; have || len(devs) >= d.maxPerUser {
 			continue // the devices known here are newer
 		}
-		d.addLocked(r.User.String(), dev, r.Announced)
+		if r.ID != "" && (expiryxml.CheckDeviceID(r.ID) != nil || hasID(devs, r.ID)) {
+			continue // a malformed id, or the device is known here by a newer resource
+		}
+		d.addLocked(r.User.String(), dev, deviceEntry{at: r.Announced, id: r.ID})
 		added++
 	}
 	d.touched = nil
 	return added
+}
+
+func hasID(devs map[string]deviceEntry, id string) bool {
+	for _, e := range devs {
+		if e.id == id {
+			return true
+		}
+	}
+	return false
 }

@@ -72,3 +72,85 @@ func TestDevicesHandoff(t *testing.T) {
 		t.Errorf("Import into a full registry = %d, devices %q; want 0 and the newer tablet,watch", n, names(fullDevs))
 	}
 }
+
+// TestDeviceIDs: a device that announces a stable id is one device
+// however many resources it comes back with: a new resource with the same
+// id replaces the old, Key names it by id, Resolve finds its current
+// resource, the id travels in a handoff, and an imported record does not
+// push out the same device known here by a newer resource. A malformed id
+// is refused.
+func TestDeviceIDs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	alice := jid.MustParse("alice@example.org")
+	announce := func(r *dispatch.Router, dev, id string) error {
+		t.Helper()
+		payload := ""
+		if id != "" {
+			payload = `<device xmlns='urn:clinkme:expiry:0' id='` + id + `'/>`
+		}
+		s, err := component.ParseStanza(`<presence from='`+dev+`' to='`+aliceAddr+`'>`+payload+`</presence>`, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.HandlePresence(ctx, s)
+	}
+	r, devs, _ := newRouter(t)
+	for _, a := range []struct{ dev, id string }{
+		{"alice@example.org/r1", "phone"},
+		{"alice@example.org/r2", "phone"}, // the phone again, new session
+		{"alice@example.org/laptop", ""},
+	} {
+		if err := announce(r, a.dev, a.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var online []string
+	for _, d := range devs.Online(alice) {
+		online = append(online, d.Resourcepart())
+	}
+	slices.Sort(online)
+	if strings.Join(online, ",") != "laptop,r2" {
+		t.Errorf("online = %v, want laptop and r2 (r1 was the same device)", online)
+	}
+	for dev, want := range map[string]string{
+		"alice@example.org/r2":     "#phone",
+		"alice@example.org/laptop": "alice@example.org/laptop",
+		"alice@example.org/r1":     "alice@example.org/r1", // gone: by its JID
+	} {
+		if got := devs.Key(jid.MustParse(dev)); got != want {
+			t.Errorf("Key(%s) = %q, want %q", dev, got, want)
+		}
+	}
+	if j, ok := devs.Resolve(alice, "#phone"); !ok || j.Resourcepart() != "r2" {
+		t.Errorf("Resolve(#phone) = %v, %v; want r2", j, ok)
+	}
+	if _, ok := devs.Resolve(alice, "#tablet"); ok {
+		t.Error("Resolve found a device id nobody announced")
+	}
+
+	// A handoff carries the ids; the taker's newer resource of the same
+	// device wins over the imported one.
+	recs := devs.Export()
+	next, nextDevs, _ := newRouter(t)
+	nextDevs.ExpectImport()
+	if err := announce(next, "alice@example.org/r3", "phone"); err != nil {
+		t.Fatal(err)
+	}
+	if n := nextDevs.Import(recs); n != 1 {
+		t.Errorf("Import = %d, want 1 (the laptop; the phone is known here as r3)", n)
+	}
+	if j, ok := nextDevs.Resolve(alice, "#phone"); !ok || j.Resourcepart() != "r3" {
+		t.Errorf("after the handoff Resolve(#phone) = %v, %v; want r3", j, ok)
+	}
+
+	for _, id := range []string{"has space", strings.Repeat("x", 65), ""} {
+		err := announce(r, "alice@example.org/r9", id)
+		if id == "" {
+			continue // no <device/>: an announcement without an id
+		}
+		if err == nil || !strings.Contains(err.Error(), "id") {
+			t.Errorf("announcement with id %q = %v, want bad-request", id, err)
+		}
+	}
+}

@@ -90,8 +90,22 @@ type Receipt struct {
 	Kind   ReceiptKind
 	ID     string  // the acknowledged message's id
 	Device jid.JID // the reader's device (full JID)
-	Reader jid.JID // Device's bare JID, the message's recipient
-	Owner  jid.JID // the message's sender, whose devices get the receipt
+	// DeviceID is the stable id Device announced (expiryxml.Device), or
+	// "": forwarded with the receipt, so that the owner's devices can
+	// tell which of the reader's devices it came from.
+	DeviceID string
+	Reader   jid.JID // Device's bare JID, the message's recipient
+	Owner    jid.JID // the message's sender, whose devices get the receipt
+}
+
+// Forwarded returns what the receipt's forward to the owner's devices
+// carries: the receipt or marker, and the reader's device when it
+// announced an id.
+func (r *Receipt) Forwarded() []any {
+	if r.DeviceID == "" {
+		return []any{r.Payload()}
+	}
+	return []any{r.Payload(), expiryxml.Device{ID: r.DeviceID}}
 }
 
 // Payload returns the receipt's XML payload, as forwarded to the owner's
@@ -445,7 +459,7 @@ func (r *Router) handleReceipt(ctx context.Context, m *component.Stanza) error {
 	if !r.served(owner) {
 		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
 	}
-	rc := &Receipt{Device: m.From, Reader: m.From.Bare(), Owner: owner}
+	rc := &Receipt{Device: m.From, DeviceID: r.cfg.Devices.ID(m.From), Reader: m.From.Bare(), Owner: owner}
 	if m.Has(receivedName) {
 		var v receiptsxml.Received
 		if err := m.Decode(receivedName, &v); err != nil {
@@ -493,17 +507,26 @@ func (r *Router) HandlePresence(ctx context.Context, p *component.Stanza) error 
 		r.cfg.Devices.gone(p.From)
 		return nil
 	}
+	// The device's stable id, if it gave one (docs/expiry.md, step 1).
+	var dev expiryxml.Device
+	if p.Has(deviceName) {
+		if err := p.Decode(deviceName, &dev); err != nil || expiryxml.CheckDeviceID(dev.ID) != nil {
+			return component.Error(stanza.BadRequest, fmt.Sprintf("<device/> needs an id of 1 to %d bytes of A-Z, a-z, 0-9, '.', '_' and '-'", expiryxml.MaxDeviceIDLen))
+		}
+	}
 	// An announcement makes clinkd deliver what it holds: it is bounded
 	// like what a sender hands the relay.
 	if err := r.admit(user); err != nil {
 		return err
 	}
-	r.cfg.Devices.add(user, p.From)
+	r.cfg.Devices.add(user, p.From, dev.ID)
 	for _, w := range r.cfg.Watchers {
 		w.DeviceOnline(ctx, user, p.From)
 	}
 	return nil
 }
+
+var deviceName = xml.Name{Space: expiryxml.NS, Local: "device"}
 
 // sameJID compares a JID written in an envelope with one the server
 // stamped, after normalising both (PRECIS), so case cannot make a

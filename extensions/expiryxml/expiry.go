@@ -9,6 +9,7 @@ package expiryxml
 
 import (
 	"encoding/xml"
+	"fmt"
 	"time"
 )
 
@@ -45,4 +46,33 @@ type Sent struct {
 type Copy struct {
 	XMLName xml.Name `xml:"urn:clinkme:expiry:0 copy"`
 	By      string   `xml:"by,attr"` // the sending device
+}
+
+// Device names the device a stanza comes from by the stable id it chose
+// (1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' and '-'), which outlives its
+// XMPP resource: in a device's announcement (presence to its own user's
+// address), so that clinkd delivers each held message to it once however
+// often it reconnects with a new resource; and in a receipt clinkd
+// forwards, naming the reader's device.
+type Device struct {
+	XMLName xml.Name `xml:"urn:clinkme:expiry:0 device"`
+	ID      string   `xml:"id,attr"`
+}
+
+// MaxDeviceIDLen bounds a Device's ID.
+const MaxDeviceIDLen = 64
+
+// CheckDeviceID reports whether id is a valid Device ID. The error never
+// quotes id.
+func CheckDeviceID(id string) error {
+	if len(id) == 0 || len(id) > MaxDeviceIDLen {
+		return fmt.Errorf("expiryxml: a device id is 1 to %d bytes, not %d", MaxDeviceIDLen, len(id))
+	}
+	for i := range len(id) {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("expiryxml: a device id holds only A-Z, a-z, 0-9, '.', '_' and '-' (byte %d is not)", i)
+		}
+	}
+	return nil
 }
