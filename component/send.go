@@ -91,6 +91,25 @@ func (c *Component) SendIQ(ctx context.Context, iq stanza.IQ, payload any) (*Sta
 	}
 }
 
+// Sync returns once the server has answered a ping (XEP-0199) that this
+// component sent after every stanza it wrote before the call. A server
+// handles one stream's stanzas in order, so by then it has read and
+// routed all of them: a handoff calls it before the taker links, because
+// Prosody drops what it has not read from the old link when it closes it
+// for the new one. An error reply (a server without ping) is an answer
+// too.
+func (c *Component) Sync(ctx context.Context) error {
+	_, err := c.SendIQ(ctx, stanza.IQ{Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.cfg.Domain}, pingPayload{})
+	var se stanza.Error
+	if errors.As(err, &se) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("component: sync with %s: %w", c.cfg.ServerDomain, err)
+	}
+	return nil
+}
+
 // deliverPending hands a result or error to the SendIQ waiting for it and
 // reports whether one was.
 func (c *Component) deliverPending(s *Stanza) bool {

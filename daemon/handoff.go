@@ -25,7 +25,9 @@ import (
 //     user) and hello (protocol version, component).
 //  2. The giver stops accepting other takers and removes its socket; its
 //     relay goes quiet (it holds what it is handed but sends nothing,
-//     since Prosody may close the link under it without a word); and a
+//     since Prosody may close the link under it without a word), the
+//     sends under way finish and a ping to the server is answered (so
+//     the server has read everything sent before); and a
 //     link it loses from now on is not made again (Prosody gives the
 //     component to the newest connection).
 //  3. The taker links; until the state is in, its relay holds every stanza
@@ -60,6 +62,9 @@ const (
 	// at once. Until then the giver reads, so it holds everything the
 	// server sent it before it stopped routing to this link.
 	handoffReleaseTimeout = 5 * time.Second
+	// handoffSyncTimeout bounds the giver's wait for the server's answer
+	// to the ping that follows its last stanza (component.Sync).
+	handoffSyncTimeout = 5 * time.Second
 	// handoffStateTimeout bounds sending the state: the giver first
 	// answers what it read (link.handler_timeout at most), then writes
 	// memory to memory.
@@ -212,14 +217,22 @@ func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, sto
 	// No other taker: the socket goes now, so that the taker can bind it
 	// for the clinkd after it.
 	os.Remove(path)
+	// The relay sends nothing more: Prosody may close this link without
+	// a word when the taker links, and what went out after that would be
+	// lost. The taker sends it. What went out before must have reached
+	// the server before the taker may link (Prosody drops what it has not
+	// read from the old link): Quiesce waits for the sends under way, Sync
+	// for the server's answer to a ping written after them.
+	d.relay.Quiesce()
+	sctx, cancel := context.WithTimeout(ctx, handoffSyncTimeout)
+	if err := d.comp.Sync(sctx); err != nil {
+		d.log.Warn("handoff: the server did not answer a ping before the takeover; what this clinkd sent just before may be lost", "err", err)
+	}
+	cancel()
 	if err := g.conn.SendHello(d.cfg.Link.Domain); err != nil {
 		return err
 	}
 	d.log.Info("handoff: a clinkd takes over; waiting for it to hold the link")
-	// The relay sends nothing more: Prosody may close this link without
-	// a word when the taker links, and what went out after that would be
-	// lost. The taker sends it.
-	d.relay.Quiesce()
 	armed, disarm := context.WithCancel(ctx)
 	defer disarm()
 	lost := make(chan struct{})

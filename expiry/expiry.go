@@ -294,7 +294,25 @@ type Relay struct {
 	// holds what it is handed and sends nothing, so that nothing goes out
 	// on a link the server may have closed already.
 	quiet bool
+	// sending counts the sends decided while the relay was not quiet and
+	// not finished yet (startSendLocked, sent): Quiesce waits for them, so
+	// that nothing the relay chose to send is still being written when
+	// the taker links and Prosody closes this link under it.
+	sending sync.WaitGroup
 }
+
+// startSendLocked reports whether the relay may send (it is not quiet)
+// and, if so, counts the send in flight until sent is called. Under r.mu.
+func (r *Relay) startSendLocked() bool {
+	if r.quiet {
+		return false
+	}
+	r.sending.Add(1)
+	return true
+}
+
+// sent ends a send that startSendLocked counted.
+func (r *Relay) sent() { r.sending.Done() }
 
 // seenUsers remembers, in bounded memory, which users had a device
 // announce itself since clinkd started; past the bound the oldest are
@@ -451,11 +469,13 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 // one) gets it through the sender's address.
 func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	r.mu.Lock()
-	by, quiet := h.copyBy, r.quiet
-	r.mu.Unlock()
-	if by.Resourcepart() == "" || quiet {
+	by := h.copyBy
+	if by.Resourcepart() == "" || !r.startSendLocked() {
+		r.mu.Unlock()
 		return // sent already, or left for the handoff
 	}
+	r.mu.Unlock()
+	defer r.sent()
 	from, err := address.AtComponent(h.owner, r.cfg.Component)
 	if err != nil {
 		return
@@ -590,6 +610,14 @@ func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingRec
 	if err != nil {
 		return
 	}
+	r.mu.Lock()
+	if !r.startSendLocked() {
+		p.unsent = true // the handoff sends it
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	defer r.sent()
 	payload := []any{p.payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{}}
 	if p.device != "" {
 		payload = append(payload, expiryxml.Device{ID: p.device})
@@ -735,17 +763,18 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		}
 		key := r.cfg.Devices.Key(d)
 		r.mu.Lock()
-		_, done := h.delivered[key]
-		quiet := r.quiet
-		r.mu.Unlock()
-		if quiet {
-			return // left for the handoff
-		}
-		if done {
+		if _, done := h.delivered[key]; done {
+			r.mu.Unlock()
 			continue // a device that announces itself again gets each message once
 		}
+		if !r.startSendLocked() {
+			r.mu.Unlock()
+			return // left for the handoff
+		}
+		r.mu.Unlock()
 		remaining := h.expires.Sub(r.cfg.Now())
 		if remaining <= 0 || !r.use(h) {
+			r.sent()
 			return
 		}
 		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
@@ -758,6 +787,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...)
 		r.release(h)
 		if err != nil {
+			r.sent()
 			// Still held: the device gets it when it announces itself again.
 			r.log.Debug("expiry: delivery failed; kept for later", "err", err)
 			continue
@@ -765,6 +795,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		r.mu.Lock()
 		h.delivered[key] = struct{}{}
 		r.mu.Unlock()
+		r.sent()
 	}
 }
 
@@ -835,11 +866,16 @@ func (r *Relay) EndHandoff(ctx context.Context) {
 // drops nothing at expiry: the clinkd taking over sends all of it once it
 // holds the link. Prosody closes the old link when the new one comes,
 // without a word to the old one first, so whatever the old one wrote after
-// that would be lost. Resume undoes it.
+// that would be lost. It returns once the sends already under way have
+// finished. Resume undoes it.
 func (r *Relay) Quiesce() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.quiet = true
+	r.mu.Unlock()
+	// What was decided before goes out now, before the caller lets the
+	// taker link: a stanza half written when Prosody closes this link
+	// would be lost, and the state would say it went.
+	r.sending.Wait()
 }
 
 // Resume ends Quiesce (the handoff did not happen) and sends what was
@@ -936,6 +972,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.drop(h)
 			due = append(due, h)
 		}
+		notifying := len(due) > 0 && r.startSendLocked()
 		for k := range r.receipts {
 			r.pruneReceiptsLocked(k)
 		}
@@ -947,6 +984,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		for _, h := range due {
 			r.m.expired.Inc()
 			r.notifyExpired(ctx, h)
+		}
+		if notifying {
+			r.sent()
 		}
 		if len(due) > 0 {
 			scrubDue = true

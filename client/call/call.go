@@ -458,6 +458,11 @@ type Call struct {
 	doneOnce  sync.Once
 	endErr    error
 	sendMu    sync.Mutex // one Jingle IQ at a time, in order
+	// closeMu keeps GetStats and Close of the peer connection apart:
+	// pion's Close clears what GetStats reads without its lock (found by
+	// the race detector in devicetest/ctltest when the peer hung up during
+	// clinkctl call's diagnostics).
+	closeMu sync.Mutex
 
 	terminating atomic.Bool
 	accepted    atomic.Bool // an incoming call was answered
@@ -790,7 +795,9 @@ func (c *Call) end(why error) {
 		c.p.forget(c)
 		close(c.done)
 		if pc != nil {
+			c.closeMu.Lock()
 			pc.Close()
+			c.closeMu.Unlock()
 		}
 	})
 }

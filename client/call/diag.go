@@ -89,7 +89,9 @@ func (c *Call) Diagnostics() (Diagnostics, error) {
 	}
 	d.Code = code(d.LocalFingerprint, d.PeerFingerprint)
 
+	c.closeMu.Lock()
 	report := pc.GetStats()
+	c.closeMu.Unlock()
 	for _, s := range report {
 		if ts, ok := s.(webrtc.TransportStats); ok && ts.SRTPCipher != "" {
 			d.SRTPProfile = ts.SRTPCipher
