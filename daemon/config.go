@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -345,14 +346,17 @@ func (c Config) secretFiles() map[string]string {
 }
 
 // checkFiles refuses a file named by the config that cannot be read, and
-// a secret or private key that every local user can read.
+// a secret or private key that every local user can read. It opens each
+// one, as the process that checks (the service's user) would when it
+// serves: a key file that exists but is root's alone is refused here, not
+// at start-up.
 func (c Config) checkFiles() error {
 	var errs []error
 	for key, path := range c.secretFiles() {
 		if path == "" {
 			continue
 		}
-		fi, err := os.Stat(path)
+		fi, err := statReadable(path)
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
@@ -364,11 +368,22 @@ func (c Config) checkFiles() error {
 		if path == "" {
 			continue
 		}
-		if _, err := os.Stat(path); err != nil {
+		if _, err := statReadable(path); err != nil {
 			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// statReadable opens path for reading without reading it (a FIFO does not
+// block) and returns what it is.
+func statReadable(path string) (os.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Stat()
 }
 
 func checkLink(c LinkConfig) error {

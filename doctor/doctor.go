@@ -116,6 +116,9 @@ type Result struct {
 	Check  string
 	Status Status
 	Detail string
+	// blocked: skipped because a check it needs did not pass, not
+	// because the deployment does not serve it.
+	blocked bool
 }
 
 // Report is the outcome of every check, in order.
@@ -142,8 +145,17 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 	default:
 		b.WriteString("verdict: all checks passed")
 	}
-	if counts[Skipped] > 0 {
-		fmt.Fprintf(&b, " (%d skipped: not served by this deployment)", counts[Skipped])
+	blocked := 0
+	for _, x := range r {
+		if x.Status == Skipped && x.blocked {
+			blocked++
+		}
+	}
+	if n := counts[Skipped] - blocked; n > 0 {
+		fmt.Fprintf(&b, " (%d skipped: not served by this deployment)", n)
+	}
+	if blocked > 0 {
+		fmt.Fprintf(&b, " (%d not run: they need a check that did not pass)", blocked)
 	}
 	b.WriteString("\n")
 	n, err := io.WriteString(w, b.String())
@@ -157,6 +169,11 @@ type doctor struct {
 
 func (d *doctor) add(check string, s Status, format string, args ...any) {
 	d.report = append(d.report, Result{Check: check, Status: s, Detail: fmt.Sprintf(format, args...)})
+}
+
+// blocked records a check skipped because one it needs did not pass.
+func (d *doctor) blocked(check, why string) {
+	d.report = append(d.report, Result{Check: check, Status: Skipped, Detail: why, blocked: true})
 }
 
 // Run runs every check and returns the report. It never returns early: a
@@ -195,7 +212,7 @@ func (d *doctor) login(ctx context.Context) *client.Client {
 	st, required, err := startTLS(ctx, d.cfg.C2S, domain, d.tlsConfig(domain))
 	if err != nil {
 		d.add("c2s TLS", Failed, "%s: %v", d.cfg.C2S, err)
-		d.add("login", Skipped, "needs TLS first")
+		d.blocked("login", "needs TLS first")
 		return nil
 	}
 	s, detail := d.certificate(st, domain)
@@ -313,7 +330,7 @@ func (d *doctor) certificate(st tls.ConnectionState, name string) (Status, strin
 // server: it is linked.
 func (d *doctor) component(ctx context.Context, dev *client.Client) {
 	if dev == nil {
-		d.add("component", Skipped, "needs a login")
+		d.blocked("component", "needs a login")
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
@@ -505,7 +522,7 @@ func (d *doctor) clinkID(ctx context.Context) {
 func (d *doctor) externalServices(ctx context.Context, dev *client.Client) []extdisco.Service {
 	const check = "XEP-0215"
 	if dev == nil {
-		d.add(check, Skipped, "needs a login")
+		d.blocked(check, "needs a login")
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,18 @@ func TestCheckConfig(t *testing.T) {
 		return p
 	}
 	good := write("good.yaml", base)
+	// A key file that exists but that this process cannot open (as root,
+	// a permission bit cannot stop it; a socket can): serve would fail to
+	// read it, so check-config must say so rather than stat it and pass.
+	unopenable := filepath.Join(dir, "keydir.signer")
+	l, err := net.Listen("unix", unopenable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := os.Chmod(unopenable, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if code, out, errs := clinkd(t, "check-config", "--config", good); code != 0 || !strings.Contains(out, "no problem found") {
 		t.Fatalf("a sound config: %d %q %q", code, out, errs)
 	}
@@ -39,6 +52,8 @@ func TestCheckConfig(t *testing.T) {
 		{"world-readable secret", "turn:\n  services: [\"turn:127.0.0.1:3478\"]\n  secret_file: " + open + "\n", []string{"turn.secret_file", "readable by every local user"}},
 		{"missing key file", "public:\n  listen: 127.0.0.1:8443\n  cert_file: " + filepath.Join(dir, "none.pem") + "\n  key_file: " + filepath.Join(dir, "none.key") + "\n",
 			[]string{"public.key_file", "public.cert_file"}},
+		{"key file that cannot be opened", "keydir:\n  signer_key_file: " + unopenable + "\n  vrf_key_file: " + unopenable + "\n",
+			[]string{"keydir.signer_key_file: open " + unopenable + ": no such device or address", "keydir.vrf_key_file: open " + unopenable + ": no such device or address"}},
 		{"half a certificate", "public:\n  listen: 127.0.0.1:8443\n  cert_file: " + secret + "\n", []string{"go together"}},
 		{"bad TURN URI", "turn:\n  services: [\"http://127.0.0.1\"]\n  secret: a long enough turn secret\n", []string{"config: turn:"}},
 		{"witness urls without keys", "keydir:\n  witness:\n    urls: [\"https://w1.example.net\"]\n", []string{"keydir.witness: 1 urls and 0 keys"}},

@@ -32,7 +32,10 @@ func runSecret(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := writeNew(*out, []byte(secret+"\n")); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "a 256-bit secret is in %s (mode 0600): give the same secret to the XMPP server's component config\n", *out)
+	// The same command makes every secret clinkd shares (the component's,
+	// coturn's, the bridge's, the admin token, the database password), so
+	// the note names none in particular.
+	fmt.Fprintf(stderr, "a 256-bit secret is in %s (mode 0600): give the same value to the program that shares it (docs/operators.md, \"Rotate a secret\", names each)\n", *out)
 	return nil
 }
 

@@ -53,6 +53,12 @@ func TestSecret(t *testing.T) {
 		t.Errorf("the file's mode = %v, %v; want 0600", fi.Mode(), err)
 	}
 	secret := strings.TrimSpace(string(b))
+	// `clinkd secret` makes the TURN secret, the database password and
+	// the tokens too: the note points to where each one's other side is
+	// named, not to the component config alone.
+	if note := stderr.String(); !strings.Contains(note, path) || !strings.Contains(note, `"Rotate a secret"`) || strings.Contains(note, "component config") {
+		t.Errorf("clinkd secret --out said %q; want the file and a pointer to \"Rotate a secret\"", note)
+	}
 	if stdout.Len() != 0 || strings.Contains(stderr.String(), secret) {
 		t.Errorf("clinkd secret --out printed the secret: stdout %q, stderr %q", stdout.String(), stderr.String())
 	}
