@@ -27,10 +27,58 @@ type runner struct {
 }
 
 func (r runner) run(ctx context.Context, stdin string, args ...string) (code int, stdout, stderr string) {
-	var out, errb bytes.Buffer
+	return r.runWatching(ctx, stdin, nil, "", args...)
+}
+
+// listen runs clinkctl listen with args and closes ready once it says it
+// listens (its device is up and announced to clinkd), so that a test
+// sends only then: a fixed sleep was too short on a loaded machine.
+func (r runner) listen(ctx context.Context, ready chan<- struct{}, name string, args ...string) (code int, stdout, stderr string) {
+	return r.runWatching(ctx, "", ready, "listening as ", append([]string{"--as", name, "listen"}, args...)...)
+}
+
+func (r runner) runWatching(ctx context.Context, stdin string, seen chan<- struct{}, want string, args ...string) (code int, stdout, stderr string) {
+	var out bytes.Buffer
+	errb := &watchBuffer{want: want, seen: seen}
 	env := map[string]string{"CLINKCTL_HOME": r.home, "CLINKCTL_PASSPHRASE": "a device passphrase"}
-	code = ctl.Run(ctx, append([]string{"--lab", r.labJSON}, args...), strings.NewReader(stdin), &out, &errb, func(k string) string { return env[k] })
+	code = ctl.Run(ctx, append([]string{"--lab", r.labJSON}, args...), strings.NewReader(stdin), &out, errb, func(k string) string { return env[k] })
 	return code, out.String(), errb.String()
+}
+
+// watchBuffer is a buffer that closes seen when want first appears in
+// what was written to it.
+type watchBuffer struct {
+	mu   sync.Mutex
+	b    bytes.Buffer
+	want string
+	seen chan<- struct{}
+}
+
+func (w *watchBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.b.Write(p)
+	if w.seen != nil && strings.Contains(w.b.String(), w.want) {
+		close(w.seen)
+		w.seen = nil
+	}
+	return n, err
+}
+
+func (w *watchBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// await waits for ready, failing the test when ctx ends first.
+func await(ctx context.Context, t *testing.T, ready <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		t.Fatalf("%s: %v", what, ctx.Err())
+	}
 }
 
 // TestCLI drives clinkctl against a whole clinklab deployment (real
@@ -68,11 +116,12 @@ func TestCLI(t *testing.T) {
 
 	// bob listens while alice sends three kinds of message.
 	var wg sync.WaitGroup
+	bobListens := make(chan struct{})
 	var listenOut string
 	wg.Go(func() {
-		_, listenOut, _ = bob.run(ctx, "", "--as", "bob", "listen", "--count", "3", "--for", "2m")
+		_, listenOut, _ = bob.listen(ctx, bobListens, "bob", "--count", "3", "--for", "2m")
 	})
-	time.Sleep(2 * time.Second) // bob's listener has announced itself
+	await(ctx, t, bobListens, "bob's listen")
 	for _, args := range [][]string{
 		{"send", "--to", bobJID, "plain hello"},
 		{"send", "--to", bobJID, "--enhanced", "enhanced hello"},
@@ -127,10 +176,11 @@ func TestCLI(t *testing.T) {
 	}
 	// The second device reads with alice's keys: first the copy of her
 	// timed message, still valid, then what bob writes now.
+	secondListens := make(chan struct{})
 	wg.Go(func() {
-		_, listenOut, _ = second.run(ctx, "", "--as", "alice", "listen", "--count", "2", "--for", "2m")
+		_, listenOut, _ = second.listen(ctx, secondListens, "alice", "--count", "2", "--for", "2m")
 	})
-	time.Sleep(2 * time.Second)
+	await(ctx, t, secondListens, "the second device's listen")
 	if c, out, errs := bob.run(ctx, "", "--as", "bob", "send", "--to", dep.Info.Users[0].JID, "--enhanced", "to both of alice's devices"); c != 0 {
 		t.Fatalf("bob send = %d\n%s%s", c, out, errs)
 	}
@@ -220,12 +270,13 @@ func TestCLI(t *testing.T) {
 	// in a tight loop before).
 	var restartOut string
 	var restartCode int
+	bobListensAgain := make(chan struct{})
 	wg.Go(func() {
 		// Two messages wait for bob already (the dashed one, the one
 		// for scripts); the third comes after the restart.
-		restartCode, restartOut, _ = bob.run(ctx, "", "--as", "bob", "listen", "--count", "3", "--for", "3m")
+		restartCode, restartOut, _ = bob.listen(ctx, bobListensAgain, "bob", "--count", "3", "--for", "3m")
 	})
-	time.Sleep(2 * time.Second) // bob's listener has announced itself
+	await(ctx, t, bobListensAgain, "bob's listen across the restart")
 	if err := dep.XMPP.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}

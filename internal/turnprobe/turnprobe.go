@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/pion/logging"
@@ -86,7 +87,8 @@ type Allocation struct {
 // later): the server then answers the first request with 437 Allocation
 // Mismatch, which pion reports as a missing attribute. RFC 8656 §7.2 says
 // to try again from another 5-tuple, so Allocate does, twice, opening the
-// new socket before closing the old one.
+// new socket before closing the old one; so it does too when a request
+// over UDP went unanswered.
 func Allocate(ctx context.Context, transport, addr string, tlsConfig *tls.Config, username, password string) (*Allocation, error) {
 	var stale []net.PacketConn
 	defer func() {
@@ -105,10 +107,20 @@ func Allocate(ctx context.Context, transport, addr string, tlsConfig *tls.Config
 			return a, nil
 		}
 		stale = append(stale, conn)
-		if transport != "udp" || attempt == 2 || !errors.Is(err, stun.ErrAttributeNotFound) || ctx.Err() != nil {
+		if transport != "udp" || attempt == 2 || !(errors.Is(err, stun.ErrAttributeNotFound) || unanswered(err)) || ctx.Err() != nil {
 			return nil, fmt.Errorf("turnprobe: allocate on %s %s: %w", transport, addr, err)
 		}
 	}
+}
+
+// unanswered reports whether pion gave up on a UDP transaction after its
+// seven transmissions (about 8 s), when RFC 8489 §6.2.1 deems the
+// transaction failed. coturn on a loaded machine has let that pass
+// without an answer (seen in a CI run at load 10); a new transaction
+// from a new socket, within ctx, is the client's to try. pion does not
+// export the error.
+func unanswered(err error) bool {
+	return strings.Contains(err.Error(), "all retransmissions failed")
 }
 
 // AllocateOn allocates a UDP relay on the TURN server at addr through
