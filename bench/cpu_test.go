@@ -135,12 +135,17 @@ func BenchmarkRelayCPU(b *testing.B) {
 			bd := clinkdtest.Login(b, srv, bj, bp)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()
-			if err := bd.Announce(ctx, comp); err != nil {
-				b.Fatal(err)
-			}
-			own, _ := address.AtComponent(jid.MustParse(bj), comp)
-			if err := bd.Ping(ctx, own); err != nil {
-				b.Fatal(err)
+			// Both devices announce themselves, as every device of the SDK
+			// does: the sender's too, so that clinkd knows where the
+			// sender's devices are.
+			for _, dev := range []*client.Client{a, bd} {
+				if err := dev.Announce(ctx, comp); err != nil {
+					b.Fatal(err)
+				}
+				own, _ := address.AtComponent(dev.JID().Bare(), comp)
+				if err := dev.Ping(ctx, own); err != nil {
+					b.Fatal(err)
+				}
 			}
 			n := max(b.N, 200)
 			sealN := func(tag string, n int) []*envelopexml.Envelope {
