@@ -277,6 +277,10 @@ type Relay struct {
 	log    *slog.Logger
 	m      metrics
 	procs  int // GOMAXPROCS, which scrubHeap lowers and restores
+	// raw is cfg.Send when it writes bytes as they are, else nil; wire
+	// is what it writes around each envelope.
+	raw  RawSender
+	wire wire
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
@@ -357,6 +361,8 @@ func New(cfg Config) (*Relay, error) {
 			}, []string{"kind"}),
 		},
 	}
+	r.raw, _ = cfg.Send.(RawSender)
+	r.wire = newWire()
 	lim := cfg.Limits
 	r.limits.Store(&lim)
 	r.m.totalLimit.Set(float64(lim.TotalBytes))
@@ -446,15 +452,26 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 	return nil
 }
 
-// sendCopy sends the copy of h, a message to its owner, for the sender's
-// other devices: the instance that owns the sender (it may be another
-// one) gets it through the sender's address.
+// sendCopy passes on the copy of h, a message to its owner, for the
+// sender's other devices, to the instance that owns the sender. When that
+// is this one (the sender's devices announced themselves here: always with
+// Prosody, which links one clinkd, and with ejabberd's bare_destination
+// balancing whenever the sender's address hashes here), the copy is held
+// at once: sending it through the server to the sender's address would
+// only bring it back into this process, at the cost of a server
+// traversal and a second decode. Otherwise it goes through the server to
+// the sender's address, where the instance that owns the sender gets it
+// (HandleCopy).
 func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	r.mu.Lock()
 	by, quiet := h.copyBy, r.quiet
 	r.mu.Unlock()
 	if by.Resourcepart() == "" || quiet {
 		return // sent already, or left for the handoff
+	}
+	if len(r.cfg.Devices.Online(h.peer)) > 0 {
+		r.copyLocally(ctx, h, by)
+		return
 	}
 	from, err := address.AtComponent(h.owner, r.cfg.Component)
 	if err != nil {
@@ -468,14 +485,50 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 		return // expired already
 	}
 	defer r.release(h)
-	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+	m := stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage}
+	if r.raw != nil {
+		err = r.raw.SendMessageRaw(ctx, m, appendBy(nil, "copy", by.String()), h.raw, r.wire.copyHints)
+	} else {
+		err = r.cfg.Send.SendMessage(ctx, m, expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{})
+	}
+	if err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
 		return
 	}
 	r.mu.Lock()
 	h.copyBy = jid.JID{}
 	r.mu.Unlock()
+}
+
+// copyLocally holds the copy of h for the sender's other devices in this
+// instance, as HandleCopy would once it came back through the server.
+func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
+	if !r.use(h) {
+		return // expired already
+	}
+	// The copy's own bytes: each held message is zeroed when it goes, and
+	// the two may go at different moments (a handoff, a quota).
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: bytes.Clone(h.raw), delivered: map[string]struct{}{}}
+	r.release(h)
+	added, err := r.hold(c)
+	if err != nil || !added {
+		wipe(c.raw, nil)
+	}
+	if err != nil {
+		// The message was admitted with room for its copy, so a limit
+		// was lowered meanwhile: the copy is lost, as when the sender's
+		// instance refuses one that came through the server.
+		r.log.Debug("expiry: copy for the sender's devices not held", "err", err)
+		return
+	}
+	// Cleared once the copy is held, not before: a handoff in between
+	// then carries both, and the taker's copy is a repeat it ignores.
+	r.mu.Lock()
+	h.copyBy = jid.JID{}
+	r.mu.Unlock()
+	if added {
+		r.deliver(ctx, c, r.cfg.Devices.Online(c.owner), by)
+	}
 }
 
 // HandleCopy holds a copy of a timed message that its owner sent, for the
@@ -486,16 +539,21 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 		wipe(c.Raw, nil)
 		return err
 	}
-	if !c.Body.Expires.After(r.cfg.Now()) {
-		wipe(c.Raw, nil)
+	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}})
+}
+
+// holdCopy holds h, a copy, and delivers it to its owner's online devices
+// but the one that sent it. A copy it does not hold is zeroed at once.
+func (r *Relay) holdCopy(ctx context.Context, h *held) error {
+	if !h.expires.After(r.cfg.Now()) {
+		wipe(h.raw, nil)
 		return nil // expired on the way
 	}
-	h := &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}}
 	if added, err := r.hold(h); err != nil || !added {
-		wipe(c.Raw, nil)
+		wipe(h.raw, nil)
 		return err
 	}
-	r.deliver(ctx, h, r.cfg.Devices.Online(c.Owner), c.By)
+	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
 	return nil
 }
 
@@ -748,14 +806,21 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		if remaining <= 0 || !r.use(h) {
 			return
 		}
-		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
-		if h.sent {
-			payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
+		timer := uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))
+		m := stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}
+		var err error
+		if r.raw != nil {
+			err = r.deliverRaw(ctx, m, h, timer)
 		} else {
-			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
+			payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: timer}}
+			if h.sent {
+				payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
+			} else {
+				payload = append(payload, receiptsxml.Request{}, markers.Markable{})
+			}
+			payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
+			err = r.cfg.Send.SendMessage(ctx, m, payload...)
 		}
-		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
-		err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...)
 		r.release(h)
 		if err != nil {
 			// Still held: the device gets it when it announces itself again.
@@ -766,6 +831,20 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		h.delivered[key] = struct{}{}
 		r.mu.Unlock()
 	}
+}
+
+// deliverRaw writes m with h's envelope as the bytes it holds, and the
+// payloads deliver's other path marshals, as the same bytes
+// (TestWireMatchesMarshal). The caller holds a use of h.
+func (r *Relay) deliverRaw(ctx context.Context, m stanza.Message, h *held, timer uint32) error {
+	var a [256]byte
+	if !h.sent {
+		timed := appendTimed(a[:0], h.expires.UTC(), timer)
+		return r.raw.SendMessageRaw(ctx, m, h.raw, timed, r.wire.tail)
+	}
+	sent := appendBy(a[:0], "sent", h.by.String())
+	timed := appendTimed(sent[len(sent):], h.expires.UTC(), timer)
+	return r.raw.SendMessageRaw(ctx, m, sent, h.raw, timed, r.wire.hints)
 }
 
 // DeviceOnline delivers to a device that just announced itself whatever
