@@ -320,6 +320,8 @@ func TestUnmarshal(t *testing.T) {
 		{"nonce with newline", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce>AgICAgICAgIC\nAgIC</nonce>"), envelopexml.ErrInvalid},
 		{"nonce with spaces", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce> AgICAgICAgICAgIC </nonce>"), envelopexml.ErrInvalid},
 		{"non-canonical base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAR==</keyid>"), envelopexml.ErrInvalid},
+		{"nonce with carriage return", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce>AgICAgICAgIC&#xD;AgIC</nonce>"), envelopexml.ErrInvalid},
+		{"base64 without padding", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQ</keyid>"), envelopexml.ErrInvalid},
 		{"unpadded base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQ</keyid>"), envelopexml.ErrInvalid},
 		{"url base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>-_-_AQEBAQEBAQEBAQEBAQ==</keyid>"), envelopexml.ErrInvalid},
 		{"keyid too long", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQE=</keyid>"), envelopexml.ErrInvalid},
