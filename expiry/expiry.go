@@ -223,6 +223,18 @@ type held struct {
 	// under Relay.mu.
 	busy    int
 	dropped bool
+	// twin, under Relay.mu, is the other held that shares raw with h: a
+	// message and the copy for its sender's devices held in the same
+	// instance keep the envelope once. raw is zeroed once both are done
+	// with it (free).
+	twin *held
+}
+
+// doneWithRaw reports whether nothing reads h's envelope any more: h is
+// dropped, no send reads it, nor its twin's. Called with Relay.mu held.
+func (h *held) doneWithRaw() bool {
+	done := func(x *held) bool { return x.dropped && x.busy == 0 }
+	return done(h) && (h.twin == nil || done(h.twin))
 }
 
 // sender is the user because of whom h is held: the author of the
@@ -501,19 +513,17 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 }
 
 // copyLocally holds the copy of h for the sender's other devices in this
-// instance, as HandleCopy would once it came back through the server.
+// instance, as HandleCopy would once it came back through the server. The
+// two share the envelope's bytes (held.twin): it is held once.
 func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
+	// The use keeps h's envelope from being zeroed until the copy is its
+	// twin, whatever happens to h meanwhile.
 	if !r.use(h) {
 		return // expired already
 	}
-	// The copy's own bytes: each held message is zeroed when it goes, and
-	// the two may go at different moments (a handoff, a quota).
-	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: bytes.Clone(h.raw), delivered: map[string]struct{}{}}
-	r.release(h)
+	defer r.release(h)
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: h.raw, delivered: map[string]struct{}{}, twin: h}
 	added, err := r.hold(c)
-	if err != nil || !added {
-		wipe(c.raw, nil)
-	}
 	if err != nil {
 		// The message was admitted with room for its copy, so a limit
 		// was lowered meanwhile: the copy is lost, as when the sender's
@@ -521,10 +531,13 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 		r.log.Debug("expiry: copy for the sender's devices not held", "err", err)
 		return
 	}
-	// Cleared once the copy is held, not before: a handoff in between
-	// then carries both, and the taker's copy is a repeat it ignores.
+	// copyBy is cleared once the copy is held, not before: a handoff in
+	// between carries both, and the taker's copy is a repeat it ignores.
 	r.mu.Lock()
 	h.copyBy = jid.JID{}
+	if added {
+		h.twin = c
+	}
 	r.mu.Unlock()
 	if added {
 		r.deliver(ctx, c, r.cfg.Devices.Online(c.owner), by)
@@ -752,7 +765,7 @@ func (r *Relay) drop(h *held) {
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
 	h.dropped = true
-	if h.busy == 0 {
+	if h.doneWithRaw() {
 		wipe(h.raw, nil)
 	}
 }
@@ -773,7 +786,7 @@ func (r *Relay) use(h *held) bool {
 func (r *Relay) release(h *held) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h.busy--; h.busy == 0 && h.dropped {
+	if h.busy--; h.doneWithRaw() {
 		wipe(h.raw, nil)
 	}
 }
