@@ -7,7 +7,9 @@
 // the recipient's address at the component (package address), as a
 // headline with no-store hints so the sender's own server archives
 // nothing. The relay delivers it to every online device of the recipient,
-// and through the sender's address a copy to the sender's other devices,
+// and a copy to the sender's other devices (held here when they announced
+// themselves here, else sent through the sender's address to the instance
+// that owns the sender),
 // each time as a type="headline" message with no-store, no-permanent-store
 // and no-copy hints (neither Prosody nor ejabberd stores or archives a
 // headline, and both drop one for a resource that is offline). A device
