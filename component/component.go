@@ -66,6 +66,9 @@ type Component struct {
 	// sendSem serializes writes so that each gets its own write deadline
 	// (see sendStanza).
 	sendSem chan struct{}
+	// rawBufs holds the buffers SendMessageRaw writes start elements
+	// into, so that a relay's sends allocate none.
+	rawBufs sync.Pool
 
 	pendingMu sync.Mutex
 	pending   map[string]chan *Stanza // our own IQs awaiting a reply, by id
@@ -105,6 +108,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		pending: make(map[string]chan *Stanza),
 		sendSem: make(chan struct{}, 1),
 	}
+	c.rawBufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	secret := slices.Clone(cfg.Secret)
 	c.secret.Store(&secret)
 	c.mux.handleIQ(xml.Name{Space: disco.NSInfo, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoInfo)))

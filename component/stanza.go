@@ -129,6 +129,15 @@ func (r *sliceReader) Token() (xml.Token, error) {
 	}
 	t := r.toks[r.i]
 	r.i++
+	if c, ok := t.(xml.CharData); ok {
+		// Text is handed out as it is held, not copied: nothing writes
+		// to a token, and encoding/xml copies what it keeps. Capped, so
+		// that an append by a reader cannot reach past it.
+		return c[:len(c):len(c)], nil
+	}
+	// Elements are copied: a decoder translates their names and
+	// attributes in place, which would change the stanza for the next
+	// reader.
 	return xml.CopyToken(t), nil
 }
 

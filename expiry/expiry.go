@@ -7,7 +7,9 @@
 // the recipient's address at the component (package address), as a
 // headline with no-store hints so the sender's own server archives
 // nothing. The relay delivers it to every online device of the recipient,
-// and through the sender's address a copy to the sender's other devices,
+// and a copy to the sender's other devices (held here when they announced
+// themselves here, else sent through the sender's address to the instance
+// that owns the sender),
 // each time as a type="headline" message with no-store, no-permanent-store
 // and no-copy hints (neither Prosody nor ejabberd stores or archives a
 // headline, and both drop one for a resource that is offline). A device
@@ -223,6 +225,18 @@ type held struct {
 	// under Relay.mu.
 	busy    int
 	dropped bool
+	// twin, under Relay.mu, is the other held that shares raw with h: a
+	// message and the copy for its sender's devices held in the same
+	// instance keep the envelope once. raw is zeroed once both are done
+	// with it (free).
+	twin *held
+}
+
+// doneWithRaw reports whether nothing reads h's envelope any more: h is
+// dropped, no send reads it, nor its twin's. Called with Relay.mu held.
+func (h *held) doneWithRaw() bool {
+	done := func(x *held) bool { return x.dropped && x.busy == 0 }
+	return done(h) && (h.twin == nil || done(h.twin))
 }
 
 // sender is the user because of whom h is held: the author of the
@@ -277,6 +291,10 @@ type Relay struct {
 	log    *slog.Logger
 	m      metrics
 	procs  int // GOMAXPROCS, which scrubHeap lowers and restores
+	// raw is cfg.Send when it writes bytes as they are, else nil; wire
+	// is what it writes around each envelope.
+	raw  RawSender
+	wire wire
 
 	mu       sync.Mutex
 	owners   map[string]*ownerState
@@ -375,6 +393,8 @@ func New(cfg Config) (*Relay, error) {
 			}, []string{"kind"}),
 		},
 	}
+	r.raw, _ = cfg.Send.(RawSender)
+	r.wire = newWire()
 	lim := cfg.Limits
 	r.limits.Store(&lim)
 	r.m.totalLimit.Set(float64(lim.TotalBytes))
@@ -464,9 +484,16 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 	return nil
 }
 
-// sendCopy sends the copy of h, a message to its owner, for the sender's
-// other devices: the instance that owns the sender (it may be another
-// one) gets it through the sender's address.
+// sendCopy passes on the copy of h, a message to its owner, for the
+// sender's other devices, to the instance that owns the sender. When that
+// is this one (the sender's devices announced themselves here: always with
+// Prosody, which links one clinkd, and with ejabberd's bare_destination
+// balancing whenever the sender's address hashes here), the copy is held
+// at once: sending it through the server to the sender's address would
+// only bring it back into this process, at the cost of a server
+// traversal and a second decode. Otherwise it goes through the server to
+// the sender's address, where the instance that owns the sender gets it
+// (HandleCopy).
 func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	r.mu.Lock()
 	by := h.copyBy
@@ -476,6 +503,10 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	}
 	r.mu.Unlock()
 	defer r.sent()
+	if len(r.cfg.Devices.Online(h.peer)) > 0 {
+		r.copyLocally(ctx, h, by)
+		return
+	}
 	from, err := address.AtComponent(h.owner, r.cfg.Component)
 	if err != nil {
 		return
@@ -488,14 +519,51 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 		return // expired already
 	}
 	defer r.release(h)
-	if err := r.cfg.Send.SendMessage(ctx, stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage},
-		expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{}); err != nil {
+	m := stanza.Message{To: to, From: from, Type: stanza.HeadlineMessage}
+	if r.raw != nil {
+		err = r.raw.SendMessageRaw(ctx, m, appendBy(nil, "copy", by.String()), h.raw, r.wire.copyHints)
+	} else {
+		err = r.cfg.Send.SendMessage(ctx, m, expiryxml.Copy{By: by.String()}, decoder(h.raw), hints.NoStore{}, hints.NoPermanentStore{})
+	}
+	if err != nil {
 		r.log.Warn("expiry: copy for the sender's devices not sent", "err", err)
 		return
 	}
 	r.mu.Lock()
 	h.copyBy = jid.JID{}
 	r.mu.Unlock()
+}
+
+// copyLocally holds the copy of h for the sender's other devices in this
+// instance, as HandleCopy would once it came back through the server. The
+// two share the envelope's bytes (held.twin): it is held once.
+func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
+	// The use keeps h's envelope from being zeroed until the copy is its
+	// twin, whatever happens to h meanwhile.
+	if !r.use(h) {
+		return // expired already
+	}
+	defer r.release(h)
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: h.raw, delivered: map[string]struct{}{}, twin: h}
+	added, err := r.hold(c)
+	if err != nil {
+		// The message was admitted with room for its copy, so a limit
+		// was lowered meanwhile: the copy is lost, as when the sender's
+		// instance refuses one that came through the server.
+		r.log.Debug("expiry: copy for the sender's devices not held", "err", err)
+		return
+	}
+	// copyBy is cleared once the copy is held, not before: a handoff in
+	// between carries both, and the taker's copy is a repeat it ignores.
+	r.mu.Lock()
+	h.copyBy = jid.JID{}
+	if added {
+		h.twin = c
+	}
+	r.mu.Unlock()
+	if added {
+		r.deliver(ctx, c, r.cfg.Devices.Online(c.owner), by)
+	}
 }
 
 // HandleCopy holds a copy of a timed message that its owner sent, for the
@@ -506,16 +574,21 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 		wipe(c.Raw, nil)
 		return err
 	}
-	if !c.Body.Expires.After(r.cfg.Now()) {
-		wipe(c.Raw, nil)
+	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}})
+}
+
+// holdCopy holds h, a copy, and delivers it to its owner's online devices
+// but the one that sent it. A copy it does not hold is zeroed at once.
+func (r *Relay) holdCopy(ctx context.Context, h *held) error {
+	if !h.expires.After(r.cfg.Now()) {
+		wipe(h.raw, nil)
 		return nil // expired on the way
 	}
-	h := &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}}
 	if added, err := r.hold(h); err != nil || !added {
-		wipe(c.Raw, nil)
+		wipe(h.raw, nil)
 		return err
 	}
-	r.deliver(ctx, h, r.cfg.Devices.Online(c.Owner), c.By)
+	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
 	return nil
 }
 
@@ -722,7 +795,7 @@ func (r *Relay) drop(h *held) {
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
 	h.dropped = true
-	if h.busy == 0 {
+	if h.doneWithRaw() {
 		wipe(h.raw, nil)
 	}
 }
@@ -743,7 +816,7 @@ func (r *Relay) use(h *held) bool {
 func (r *Relay) release(h *held) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h.busy--; h.busy == 0 && h.dropped {
+	if h.busy--; h.doneWithRaw() {
 		wipe(h.raw, nil)
 	}
 }
@@ -777,14 +850,21 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			r.sent()
 			return
 		}
-		payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))}}
-		if h.sent {
-			payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
+		timer := uint32(min(math.Ceil(remaining.Seconds()), math.MaxUint32))
+		m := stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}
+		var err error
+		if r.raw != nil {
+			err = r.deliverRaw(ctx, m, h, timer)
 		} else {
-			payload = append(payload, receiptsxml.Request{}, markers.Markable{})
+			payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: timer}}
+			if h.sent {
+				payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
+			} else {
+				payload = append(payload, receiptsxml.Request{}, markers.Markable{})
+			}
+			payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
+			err = r.cfg.Send.SendMessage(ctx, m, payload...)
 		}
-		payload = append(payload, hints.NoStore{}, hints.NoPermanentStore{}, hints.NoCopy{})
-		err := r.cfg.Send.SendMessage(ctx, stanza.Message{ID: h.id, To: d, From: from, Type: stanza.HeadlineMessage}, payload...)
 		r.release(h)
 		if err != nil {
 			r.sent()
@@ -797,6 +877,20 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		r.mu.Unlock()
 		r.sent()
 	}
+}
+
+// deliverRaw writes m with h's envelope as the bytes it holds, and the
+// payloads deliver's other path marshals, as the same bytes
+// (TestWireMatchesMarshal). The caller holds a use of h.
+func (r *Relay) deliverRaw(ctx context.Context, m stanza.Message, h *held, timer uint32) error {
+	var a [256]byte
+	if !h.sent {
+		timed := appendTimed(a[:0], h.expires.UTC(), timer)
+		return r.raw.SendMessageRaw(ctx, m, h.raw, timed, r.wire.tail)
+	}
+	sent := appendBy(a[:0], "sent", h.by.String())
+	timed := appendTimed(sent[len(sent):], h.expires.UTC(), timer)
+	return r.raw.SendMessageRaw(ctx, m, sent, h.raw, timed, r.wire.hints)
 }
 
 // DeviceOnline delivers to a device that just announced itself whatever

@@ -127,8 +127,8 @@ const (
 )
 
 // fill gives a relay what a handoff carries: a message bob's phone got,
-// one bob has not got yet, alice's sent copy of the first with bob's
-// read receipt, the users seen, and the devices online.
+// one bob has not got yet, alice's sent copies of both (held at once,
+// since her phone is online here) with bob's read receipt of the first, the users seen, and the devices online.
 func fill(t testing.TB, s *handoffSide, now time.Time) {
 	t.Helper()
 	s.announce(t, "bob@example.org/phone")
@@ -218,10 +218,11 @@ func TestHandoff(t *testing.T) {
 	msgs, bytes := giver.relay.Held()
 
 	sent, took := handoff(t, giver, taker)
-	// m1 and m2 for bob, alice's copy of m1 (m2's copy went to the
-	// server and came back to nobody here); bob's receipt; alice and bob
-	// seen; alice's phone online.
-	want := expiry.HandoffCounts{Messages: 3, Receipts: 1, Seen: 2, Devices: 1}
+	// m1 and m2 for bob, alice's copies of both (held here, where her
+	// phone announced itself; the copy of m1 that came back through the
+	// server was a repeat); bob's receipt; alice and bob seen; alice's
+	// phone online.
+	want := expiry.HandoffCounts{Messages: 4, Receipts: 1, Seen: 2, Devices: 1}
 	if sent != want || took != want {
 		t.Errorf("handoff sent %+v, took %+v; want %+v", sent, took, want)
 	}
@@ -246,13 +247,13 @@ func TestHandoff(t *testing.T) {
 	}
 	// Alice's phone, online throughout, announces again: no message
 	// again, only the held receipt (receipts go to every announcement);
-	// a new device of hers gets the copy and the receipt.
+	// a new device of hers gets the copies and the receipt.
 	taker.announce(t, "alice@example.org/phone")
 	if got, want := taker.link.take(), []string{"alice@example.org/phone markers.Displayed"}; !slices.Equal(got, want) {
 		t.Errorf("alice's phone announced again: sent %q, want %q", got, want)
 	}
 	taker.announce(t, "alice@example.org/tablet")
-	if got, want := taker.link.take(), []string{"alice@example.org/tablet expiryxml.Sent", "alice@example.org/tablet markers.Displayed"}; !slices.Equal(got, want) {
+	if got, want := taker.link.take(), []string{"alice@example.org/tablet expiryxml.Sent", "alice@example.org/tablet expiryxml.Sent", "alice@example.org/tablet markers.Displayed"}; !slices.Equal(got, want) {
 		t.Errorf("alice's new tablet: sent %q, want %q", got, want)
 	}
 }
@@ -463,8 +464,8 @@ func TestHandoffQuotas(t *testing.T) {
 		<-done
 		return sent, took
 	}()
-	if sent.Messages != 3 || took.Messages != 2 {
-		t.Errorf("sent %d messages, took %d; want 3 and 2 (one per user)", sent.Messages, took.Messages)
+	if sent.Messages != 4 || took.Messages != 2 {
+		t.Errorf("sent %d messages, took %d; want 4 and 2 (one per user)", sent.Messages, took.Messages)
 	}
 	if n, _ := taker.relay.Held(); n != 2 {
 		t.Errorf("taker holds %d", n)
@@ -544,7 +545,8 @@ func TestHandoffQuiet(t *testing.T) {
 		"alice@example.org/tablet expiryxml.Sent",
 		"alice@example.org/tablet receiptsxml.Received",
 		"bob@example.org/phone *xml.Decoder",
-		toAlice + " expiryxml.Copy",
+		// No copy through the server: alice's devices are here, where
+		// her copy of q1 is held already.
 	}
 	slices.Sort(want)
 
@@ -560,5 +562,52 @@ func TestHandoffQuiet(t *testing.T) {
 	alone.relay.Resume(context.Background())
 	if got := alone.link.take(); !slices.Equal(got, want) {
 		t.Errorf("after Resume the relay sent\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestCopyWhereTheSenderIs: the copy of a timed message for its sender's
+// other devices goes through the server to the sender's address only
+// when the sender's devices are not known here (with ejabberd's
+// bare_destination balancing, another instance owns the sender); when
+// they are, it is held here at once and delivered to them, and nothing
+// goes through the server.
+func TestCopyWhereTheSenderIs(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0).UTC()
+	s := newHandoffSide(t, now, expiry.Limits{})
+	s.announce(t, "bob@example.org/phone")
+	s.link.take()
+	send := func(id string) {
+		t.Helper()
+		if err := s.stanza(t, `<message type='headline' from='alice@example.org/laptop' to='`+toBob+`'>`+timedEnvelope(t, id, now)+storeless+`</message>`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("elsewhere")
+	if got, want := s.link.take(), []string{toAlice + " expiryxml.Copy", "bob@example.org/phone *xml.Decoder"}; !slices.Equal(got, want) {
+		t.Errorf("alice unknown here: sent %q, want %q", got, want)
+	}
+	if n, _ := s.relay.Held(); n != 1 {
+		t.Errorf("alice unknown here: holds %d, want the message alone (her instance holds the copy)", n)
+	}
+
+	s.announce(t, "alice@example.org/phone")
+	s.link.take()
+	send("here")
+	if got, want := s.link.take(), []string{"alice@example.org/phone expiryxml.Sent", "bob@example.org/phone *xml.Decoder"}; !slices.Equal(got, want) {
+		t.Errorf("alice's phone here: sent %q, want %q", got, want)
+	}
+	if n, _ := s.relay.Held(); n != 3 {
+		t.Errorf("alice's phone here: holds %d, want 3 (the two messages, the second's copy)", n)
+	}
+	// The copy, held, reaches a device of hers that comes later, and the
+	// sending device never gets its own message back.
+	s.announce(t, "alice@example.org/tablet")
+	if got, want := s.link.take(), []string{"alice@example.org/tablet expiryxml.Sent"}; !slices.Equal(got, want) {
+		t.Errorf("alice's tablet: sent %q, want %q", got, want)
+	}
+	s.announce(t, "alice@example.org/laptop")
+	if got := s.link.take(); len(got) != 0 {
+		t.Errorf("alice's laptop, which sent it: sent %q, want nothing", got)
 	}
 }

@@ -378,11 +378,9 @@ func (r *Router) decode(m *component.Stanza, author jid.JID) (*envelopexml.Envel
 	if !sameJID(env.From, author) {
 		return nil, nil, r.refuse("not-author", stanza.NotAcceptable, "the envelope was not written by the sender")
 	}
-	raw, err := xml.Marshal(env)
-	if err != nil {
-		return nil, nil, fmt.Errorf("dispatch: re-encode envelope: %w", err)
-	}
-	return &env, raw, nil
+	// The canonical bytes, written once here and relayed as they are;
+	// AppendXML writes what xml.Marshal would, without an encoder.
+	return &env, env.AppendXML(nil), nil
 }
 
 func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error {

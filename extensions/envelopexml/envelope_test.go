@@ -199,6 +199,28 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestAppendXMLMatchesMarshal: AppendXML writes what xml.Marshal writes,
+// byte for byte, for every kind and version of envelope and for values
+// that need escaping, appended to what the buffer held.
+func TestAppendXMLMatchesMarshal(t *testing.T) {
+	odd := standard()
+	odd.From, odd.ID, odd.To = `a"b'c<d>&e\tf`, "id\n\r", []string{"x&y@example.org", "ü@example.org"}
+	odd.KeyID = nil
+	v1 := enhanced()
+	v1.Version, v1.Checkpoint = 1, []byte("checkpoint\n")
+	expiring := standard()
+	expiring.Expires = t0.Add(time.Hour)
+	for i, e := range []*envelopexml.Envelope{standard(), enhanced(), odd, v1, expiring, {}} {
+		want, err := xml.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := e.AppendXML([]byte("prefix")); string(got) != "prefix"+string(want) {
+			t.Errorf("envelope %d: AppendXML = %s\nwant prefix%s", i, got, want)
+		}
+	}
+}
+
 // TestEmbedded checks that an envelope is found inside a message stanza,
 // the way a server or client meets it.
 func TestEmbedded(t *testing.T) {
@@ -298,6 +320,8 @@ func TestUnmarshal(t *testing.T) {
 		{"nonce with newline", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce>AgICAgICAgIC\nAgIC</nonce>"), envelopexml.ErrInvalid},
 		{"nonce with spaces", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce> AgICAgICAgICAgIC </nonce>"), envelopexml.ErrInvalid},
 		{"non-canonical base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAR==</keyid>"), envelopexml.ErrInvalid},
+		{"nonce with carriage return", replace("<nonce>AgICAgICAgICAgIC</nonce>", "<nonce>AgICAgICAgIC&#xD;AgIC</nonce>"), envelopexml.ErrInvalid},
+		{"base64 without padding", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQ</keyid>"), envelopexml.ErrInvalid},
 		{"unpadded base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQ</keyid>"), envelopexml.ErrInvalid},
 		{"url base64", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>-_-_AQEBAQEBAQEBAQEBAQ==</keyid>"), envelopexml.ErrInvalid},
 		{"keyid too long", replace("<keyid>AQEBAQEBAQEBAQEBAQEBAQ==</keyid>", "<keyid>AQEBAQEBAQEBAQEBAQEBAQE=</keyid>"), envelopexml.ErrInvalid},
@@ -370,6 +394,9 @@ func FuzzParseEnvelope(f *testing.F) {
 		out, err := xml.Marshal(&e)
 		if err != nil {
 			t.Fatalf("Marshal(valid envelope) = %v", err)
+		}
+		if app := e.AppendXML(nil); !bytes.Equal(app, out) {
+			t.Fatalf("AppendXML = %s\nMarshal = %s", app, out)
 		}
 		var back envelopexml.Envelope
 		if err := xml.Unmarshal(out, &back); err != nil {

@@ -1,0 +1,241 @@
+package bench_test
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/address"
+	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/envelope"
+	"github.com/clinkme/clinkd/clinkdtest"
+	"github.com/clinkme/clinkd/daemon"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
+	"github.com/clinkme/clinkd/extensions/hints"
+	"github.com/clinkme/clinkd/lab"
+	"github.com/clinkme/clinkd/lab/labtest"
+)
+
+// inFlight is how many messages the CPU benchmark keeps on their way at
+// once: enough that no process waits for another, few enough that the
+// servers' queues stay short.
+const inFlight = 64
+
+// cpuSample is what the CPU benchmark reads at each end of a phase.
+type cpuSample struct {
+	at       time.Time
+	self     time.Duration         // this process: the devices, and clinkd when it runs
+	server   map[int]time.Duration // the XMPP server's processes
+	postgres map[int]time.Duration // the private PostgreSQL's, if any
+	alloc    uint64                // bytes this process allocated so far
+}
+
+// phase is what a measured phase cost.
+type phase struct {
+	n                      int
+	wall                   time.Duration
+	self, server, postgres time.Duration
+	alloc                  uint64
+}
+
+func (p phase) perOp(d time.Duration) float64 { return float64(d.Microseconds()) / float64(p.n) }
+
+func sampleCPU(tb testing.TB, srv *lab.XMPPServer, pg *lab.Postgres) cpuSample {
+	tb.Helper()
+	// Whatever the phase left for the collector is collected in the phase:
+	// its garbage is its cost.
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	self, err := lab.CPUTime(0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := cpuSample{at: time.Now(), self: self, server: lab.CPUTimes(srv.PIDs()), alloc: ms.TotalAlloc}
+	if pg != nil {
+		s.postgres = lab.CPUTimes(pg.PIDs())
+	}
+	return s
+}
+
+func measurePhase(tb testing.TB, srv *lab.XMPPServer, pg *lab.Postgres, n int, do func()) phase {
+	tb.Helper()
+	a := sampleCPU(tb, srv, pg)
+	do()
+	z := sampleCPU(tb, srv, pg)
+	return phase{
+		n: n, wall: z.at.Sub(a.at),
+		self: z.self - a.self, server: lab.CPUSince(a.server, z.server), postgres: lab.CPUSince(a.postgres, z.postgres),
+		alloc: z.alloc - a.alloc,
+	}
+}
+
+// loadAverage is the first three fields of /proc/loadavg, for the log.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+// BenchmarkRelayCPU splits the CPU time of relaying timed messages between
+// the processes that spend it, in the same run on each server: b.N
+// timed messages alice -> clinkd -> bob (the relayed phase) against the
+// same number of the same envelopes alice -> bob directly through the same
+// server (the direct phase), inflight (64) on their way at once.
+//
+// CPU time is utime+stime from /proc/<pid>/stat: of the XMPP server's
+// processes (its process group), of the lab's PostgreSQL when it is a
+// private one (unset CLINK_TEST_DATABASE_URL; the relay reads nothing from
+// it without ClinkID, so this is ~0), and of this process, which runs
+// clinkd and both devices. clinkd's share is this process's CPU in the
+// relayed phase minus its CPU in the direct phase: the devices do the same
+// work in both (seal nothing, send one envelope, receive one), so what
+// remains is clinkd's. Allocated bytes are split the same way.
+//
+// Reported per message: clinkd-cpu-µs/msg, server-cpu-µs/relayed-msg,
+// server-cpu-µs/direct-msg, their ratio clinkd/server-direct (issue 15's
+// target: ≤ 0.5 on Prosody, ≤ 1.0 on ejabberd), pg-cpu-µs/msg, clinkd
+// allocated B/msg and its ratio to the envelope's size (target ≤ 3), and
+// the relayed/direct throughput ratio.
+//
+//	go test -run '^$' -bench RelayCPU -benchtime 5000x ./bench/
+func BenchmarkRelayCPU(b *testing.B) {
+	for _, srv := range labtest.Servers(b) {
+		b.Run(string(srv.Kind), func(b *testing.B) {
+			var pg *lab.Postgres
+			if os.Getenv("CLINK_TEST_DATABASE_URL") == "" {
+				pg = labtest.Postgres(b)
+			}
+			d := clinkdtest.Start(b, srv, func(c *daemon.Config) {
+				// Measurement, not abuse: the sender's limits are lifted.
+				c.Expiry.PerUserMessages = 1 << 20
+				c.Expiry.PerSenderMessages, c.Expiry.PerSenderBytes, c.Expiry.PerPairMessages = 1<<20, 1<<40, 1<<20
+				c.Expiry.TotalBytes = 1 << 40
+				c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<20
+				c.Link.QueueDepth = 1 << 16
+				c.Expiry.MinPeriod = time.Second
+				c.Log.Level = "warn"
+			})
+			comp := d.Component().Domain()
+			aj, ap := labtest.NewUser(b, srv)
+			bj, bp := labtest.NewUser(b, srv)
+			alice, bob := clinkdtest.Identity(b, "alice", aj), clinkdtest.Identity(b, "bob", bj)
+			a := clinkdtest.Login(b, srv, aj, ap)
+			bd := clinkdtest.Login(b, srv, bj, bp)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			// Both devices announce themselves, as every device of the SDK
+			// does: the sender's too, so that clinkd knows where the
+			// sender's devices are.
+			for _, dev := range []*client.Client{a, bd} {
+				if err := dev.Announce(ctx, comp); err != nil {
+					b.Fatal(err)
+				}
+				own, _ := address.AtComponent(dev.JID().Bare(), comp)
+				if err := dev.Ping(ctx, own); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n := max(b.N, 200)
+			sealN := func(tag string, n int) []*envelopexml.Envelope {
+				envs := make([]*envelopexml.Envelope, n)
+				now := time.Now().UTC().Truncate(time.Second)
+				for i := range envs {
+					e, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: bj, Key: bob.PublicKey()}},
+						envelope.Header{ID: fmt.Sprintf("%s-%d", tag, i), Time: now, Expires: now.Add(20 * time.Minute)},
+						envelope.Content{Kind: envelope.KindText, Text: "benchmark message"})
+					if err != nil {
+						b.Fatal(err)
+					}
+					envs[i] = e
+				}
+				return envs
+			}
+			via := func(ctx context.Context, e *envelopexml.Envelope) error {
+				return a.SendEnvelope(ctx, comp, jid.MustParse(bj), e)
+			}
+			direct := func(ctx context.Context, e *envelopexml.Envelope) error {
+				return a.SendMessage(ctx, stanza.Message{ID: e.ID, To: bd.JID(), Type: stanza.HeadlineMessage}, e, hints.NoStore{}, hints.NoPermanentStore{})
+			}
+			// window sends envs with at most inFlight on their way, and
+			// returns when the last has arrived.
+			window := func(envs []*envelopexml.Envelope, send func(context.Context, *envelopexml.Envelope) error) {
+				ctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				slots := make(chan struct{}, inFlight)
+				sent := make(chan error, 1)
+				go func() {
+					for _, e := range envs {
+						select {
+						case slots <- struct{}{}:
+						case <-ctx.Done():
+							sent <- ctx.Err()
+							return
+						}
+						if err := send(ctx, e); err != nil {
+							cancel()
+							sent <- fmt.Errorf("send %s: %w", e.ID, err)
+							return
+						}
+					}
+					sent <- nil
+				}()
+				for _, e := range envs {
+					if _, err := bd.Next(ctx, func(s *client.Stanza) bool { return s.ID == e.ID && s.Has(client.EnvelopeName) }); err != nil {
+						cancel()
+						if serr := <-sent; serr != nil {
+							b.Fatal(serr)
+						}
+						b.Fatalf("waiting for %s: %v", e.ID, err)
+					}
+					<-slots
+				}
+				if err := <-sent; err != nil {
+					b.Fatal(err)
+				}
+			}
+			// Warm both paths: connections, pools, the JIT of neither.
+			window(sealN("wd", 100), direct)
+			window(sealN("wv", 100), via)
+			dEnvs, vEnvs := sealN("d", n), sealN("v", n)
+			raw, err := xml.Marshal(vEnvs[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			base := measurePhase(b, srv, pg, n, func() { window(dEnvs, direct) })
+			got := measurePhase(b, srv, pg, n, func() { window(vEnvs, via) })
+			b.StopTimer()
+
+			clinkd := got.self - base.self
+			clinkdAlloc := float64(got.alloc) - float64(base.alloc)
+			b.ReportMetric(got.perOp(clinkd), "clinkd-cpu-µs/msg")
+			b.ReportMetric(got.perOp(got.server), "server-cpu-µs/relayed-msg")
+			b.ReportMetric(base.perOp(base.server), "server-cpu-µs/direct-msg")
+			b.ReportMetric(float64(clinkd)/float64(base.server), "clinkd/server-direct")
+			b.ReportMetric(float64(got.server)/float64(base.server), "server-relayed/direct")
+			if pg != nil {
+				b.ReportMetric(got.perOp(got.postgres), "pg-cpu-µs/msg")
+			}
+			b.ReportMetric(clinkdAlloc/float64(n), "clinkd-alloc-B/msg")
+			b.ReportMetric(clinkdAlloc/float64(n)/float64(len(raw)), "alloc/envelope")
+			b.ReportMetric(base.wall.Seconds()/got.wall.Seconds(), "throughput-ratio")
+			b.Logf("%s, %d messages, %d in flight, envelope %d B, load average %s", srv.Kind, n, inFlight, len(raw), loadAverage())
+			b.Logf("direct:  %6.0f msg/s; CPU µs/msg: devices %.0f, server %.0f, postgres %.0f; alloc %.0f B/msg",
+				float64(n)/base.wall.Seconds(), base.perOp(base.self), base.perOp(base.server), base.perOp(base.postgres), float64(base.alloc)/float64(n))
+			b.Logf("relayed: %6.0f msg/s; CPU µs/msg: devices+clinkd %.0f (clinkd %.0f), server %.0f, postgres %.0f; alloc %.0f B/msg (clinkd %.0f)",
+				float64(n)/got.wall.Seconds(), got.perOp(got.self), got.perOp(clinkd), got.perOp(got.server), got.perOp(got.postgres), float64(got.alloc)/float64(n), clinkdAlloc/float64(n))
+		})
+	}
+}
