@@ -35,6 +35,24 @@ type Options struct {
 	Logger      *slog.Logger // the servers' progress; nil discards
 	// ClinkdLogger is clinkd's own log; nil discards.
 	ClinkdLogger *slog.Logger
+	// Fast is for measurement only, never for a deployment: it lifts the
+	// XMPP server's c2s shapers and rate limits (lab.XMPPOptions.Fast) and
+	// sets clinkd's per-sender relay rate, timed-message quotas and key
+	// lookup rate to benchmark values (FastLimits), so that a benchmark
+	// measures clinkd's work rather than the limits that protect it.
+	Fast bool
+}
+
+// FastLimits sets cfg's per-sender limits to the benchmark values
+// Options.Fast uses: high enough that `clinkctl bench` on a lab is never
+// throttled, and far too high for any deployment.
+func FastLimits(cfg *daemon.Config) {
+	cfg.Relay = daemon.RelayConfig{PerMinute: 1_000_000, Burst: 100_000}
+	cfg.KeyDir.LookupPerMinute, cfg.KeyDir.LookupBurst = 1_000_000, 100_000
+	cfg.Expiry.PerUserMessages, cfg.Expiry.PerSenderMessages, cfg.Expiry.PerPairMessages = 100_000, 100_000, 100_000
+	cfg.Expiry.TotalBytes = 1 << 30
+	cfg.Expiry.PerUserBytes, cfg.Expiry.PerSenderBytes = cfg.Expiry.TotalBytes, cfg.Expiry.TotalBytes
+	cfg.Receipts.PerUserHeld = 100_000
 }
 
 // LabWitnesses is how many witnesses the lab starts; devices and
@@ -63,6 +81,7 @@ type Deployment struct {
 	Witnesses []*lab.Witness
 	Daemon    *daemon.Daemon
 
+	fast    bool // Options.Fast: limits lifted, for measurement only
 	stop    context.CancelFunc
 	done    chan error
 	closers []func() error
@@ -93,7 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("labdeploy: %w", err)
 	}
-	d := &Deployment{}
+	d := &Deployment{fast: opts.Fast}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -125,7 +144,7 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 	wg.Go(func() {
 		d.XMPP, xmppErr = lab.StartXMPP(ctx, lab.XMPPOptions{
 			Kind: opts.Server, Dir: opts.Dir, Domain: Domain, CA: d.CA,
-			Components: []lab.Component{comp}, Logger: log,
+			Components: []lab.Component{comp}, Fast: opts.Fast, Logger: log,
 		})
 	})
 	wg.Go(func() {
@@ -197,6 +216,9 @@ func Start(ctx context.Context, opts Options) (_ *Deployment, err error) {
 		Addr: d.XMPP.Components[0].Addr, Domain: comp.Domain, Secret: comp.Secret, ServerDomain: Domain,
 	}
 	cfg.Database = daemon.DatabaseConfig{URL: dbURL, Migrate: true}
+	if opts.Fast {
+		FastLimits(&cfg)
+	}
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.Public = daemon.PublicConfig{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile}
 	cfg.TURN = daemon.TURNConfig{
@@ -285,12 +307,24 @@ func (d *Deployment) Summary(labJSON string) string {
   witnesses       %s   (%d cosignatures required)
   TURN            udp %s  tcp %s  tls %s   realm %s
   demo users      %s, %s   (passwords in %s)
-
+%s
 Check it:  clinkd doctor --lab %s
 Try it:    clinkctl --lab %s ...   Stop with Ctrl-C.
 `, i.Server, i.C2S, i.Domain, i.CAFile, i.Component, i.AdminURL, i.PublicURL, i.KeyLogURL, strings.Join(witnessURLs(d.Witnesses), " "), i.WitnessThreshold,
-		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, labJSON, labJSON)
+		i.TURN.UDP, i.TURN.TCP, i.TURN.TLS, i.TURN.Realm, i.Users[0].JID, i.Users[1].JID, labJSON, fastNote(d.fast), labJSON, labJSON)
 	return s
+}
+
+// fastNote is what the summary says of Options.Fast.
+func fastNote(fast bool) string {
+	if !fast {
+		return ""
+	}
+	return `
+FAST: the XMPP server's c2s shapers and clinkd's per-sender rates and
+quotas are lifted. This lab is for measurement only (clinkctl bench);
+never configure a deployment like it.
+`
 }
 
 func witnessURLs(ws []*lab.Witness) []string {

@@ -3,8 +3,9 @@
 // or ejabberd with clinkd attached, and coturn, with generated configs, a
 // private CA and two demo accounts (package labdeploy).
 //
-//	clinklab [--server prosody|ejabberd] [--dir DIR] [-v]
-//	                              run the lab until Ctrl-C; writes DIR/lab.json
+//	clinklab [--server prosody|ejabberd] [--dir DIR] [--fast] [-v]
+//	                              run the lab until Ctrl-C; writes DIR/lab.json;
+//	                              --fast lifts rate limits, for measurement only
 //	clinklab init --dir DIR       write the container lab's CA, certificates
 //	                              and secrets (docker/compose.yaml)
 //
@@ -79,6 +80,7 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	server := fs.String("server", "prosody", "XMPP server to run: prosody or ejabberd")
 	dir := fs.String("dir", "", "`directory` for configs, data, logs and lab.json (default: a new temporary one, removed on exit)")
 	verbose := fs.Bool("v", false, "log clinkd's own log to stderr too")
+	fast := fs.Bool("fast", false, "for measurement only, never for a deployment: lift the XMPP server's c2s shapers and clinkd's per-sender rates and quotas (clinkctl bench then measures clinkd, not its limits)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -104,7 +106,10 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		clog = log.With("part", "clinkd")
 	}
 	fmt.Fprintf(stderr, "clinklab: starting %s, PostgreSQL, coturn and clinkd in %s ...\n", *server, abs)
-	dep, err := labdeploy.Start(ctx, labdeploy.Options{Server: lab.ServerKind(*server), Dir: abs, Logger: log, ClinkdLogger: clog})
+	if *fast {
+		fmt.Fprintln(stderr, "clinklab: --fast: rate limits lifted, for measurement only, never for a deployment")
+	}
+	dep, err := labdeploy.Start(ctx, labdeploy.Options{Server: lab.ServerKind(*server), Dir: abs, Fast: *fast, Logger: log, ClinkdLogger: clog})
 	if err != nil {
 		return err
 	}

@@ -46,7 +46,12 @@ func TestLabCommand(t *testing.T) {
 			dir := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, os.Args[0], "--server", string(kind), "--dir", dir)
+			args := []string{"--server", string(kind), "--dir", dir}
+			if kind == lab.Ejabberd {
+				// One of the two runs --fast, whose summary must warn.
+				args = append(args, "--fast")
+			}
+			cmd := exec.CommandContext(ctx, os.Args[0], args...)
 			cmd.Env = append(os.Environ(), "CLINKLAB_TEST_MAIN=1")
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
@@ -70,6 +75,9 @@ func TestLabCommand(t *testing.T) {
 			}
 			if !strings.Contains(summary.String(), "ClinkMe lab is up") {
 				t.Fatalf("no summary; stdout %q; stderr:\n%s", summary.String(), stderr.String())
+			}
+			if fast := strings.Contains(summary.String(), "for measurement only"); fast != (kind == lab.Ejabberd) {
+				t.Errorf("summary says \"for measurement only\": %v, want %v (--fast only with ejabberd)\n%s", fast, kind == lab.Ejabberd, summary.String())
 			}
 			go io.Copy(io.Discard, stdout)
 
@@ -176,6 +184,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--nope"}, 2, "hint: run 'clinklab -h'"},
 		{[]string{"init"}, 2, "--dir is required"},
 		{[]string{"init", "--nope"}, 2, "hint: run 'clinklab init -h'"},
+		// -h is no error; its help says what --fast is for.
+		{[]string{"-h"}, 0, "for measurement only, never for a deployment"},
 	}
 	for _, tt := range tests {
 		var stdout, stderr strings.Builder
