@@ -139,6 +139,12 @@ commands (run login first on each device):
   call [--to FULL-JID] [--relay-only]
                                      call a device (or wait for a call), check audio both
                                      ways, show the call screen: security, direct or relayed
+  bench --to JID [-n N] [--ttl D] [--in-flight K] [--lookups M]
+                                     send N messages (default 100), K at a time (default 8),
+                                     each waiting for clinkd's acceptance, then look the
+                                     recipient's key up M times; print count, rate, p50/p99
+                                     latency and errors by condition (docs/operators.md,
+                                     "Capacity"); exit 1 if any failed
 `
 
 // global are the flags before the command.
@@ -200,6 +206,8 @@ func (e *env) run(ctx context.Context, args []string) error {
 		return e.sync(ctx, p, rest)
 	case "call":
 		return e.call(ctx, p, rest)
+	case "bench":
+		return e.bench(ctx, p, rest)
 	}
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
