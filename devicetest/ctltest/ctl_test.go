@@ -329,3 +329,74 @@ func freePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// TestBench runs clinkctl bench against a --fast lab, as docs/operators.md
+// ("Capacity") shows: 50 timed messages and 10 lookups all accepted; then
+// messages clinkd refuses (a validity period past its bound), counted by
+// condition, with a non-zero exit.
+func TestBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real servers")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dep, err := labdeploy.Start(ctx, labdeploy.Options{Server: lab.Prosody, Dir: dir, Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dep.Close() })
+	labJSON := filepath.Join(dir, "lab.json")
+	alice := runner{t, labJSON, t.TempDir()}
+	bob := runner{t, labJSON, t.TempDir()}
+	for name, r := range map[string]runner{"alice": alice, "bob": bob} {
+		if code, out, errs := r.run(ctx, "", "--as", name, "login"); code != 0 {
+			t.Fatalf("login %s = %d\n%s%s", name, code, out, errs)
+		}
+	}
+	bobJID := dep.Info.Users[1].JID
+
+	type stats struct {
+		Count, OK int
+		PerSecond float64 `json:"per_second"`
+		P50       float64 `json:"p50_ms"`
+		P99       float64 `json:"p99_ms"`
+		Errors    map[string]int
+	}
+	var summary struct {
+		Event    string
+		Messages stats
+		Lookups  stats
+	}
+	code, out, errs := alice.run(ctx, "", "--json", "--as", "alice", "bench", "--to", bobJID, "-n", "50", "--ttl", "1m", "--lookups", "10")
+	if err := json.Unmarshal([]byte(out), &summary); code != 0 || err != nil {
+		t.Fatalf("bench --json = %d, %q (%v)\n%s", code, out, err, errs)
+	}
+	m, l := summary.Messages, summary.Lookups
+	if summary.Event != "bench" || m.Count != 50 || m.OK != 50 || len(m.Errors) != 0 || l.Count != 10 || l.OK != 10 || len(l.Errors) != 0 {
+		t.Errorf("bench summary = %+v; want 50 of 50 messages and 10 of 10 lookups, no errors", summary)
+	}
+	if m.PerSecond <= 0 || m.P50 <= 0 || m.P99 < m.P50 {
+		t.Errorf("bench messages = %+v; want a rate and 0 < p50 ≤ p99", m)
+	}
+
+	// For people: one line per kind.
+	code, out, errs = alice.run(ctx, "", "--as", "alice", "bench", "--to", bobJID, "-n", "5", "--in-flight", "2")
+	if code != 0 || !strings.Contains(out, "messages: 5 of 5 accepted") || !strings.Contains(out, "no errors") {
+		t.Errorf("bench = %d\n%s%s", code, out, errs)
+	}
+
+	// A validity period past clinkd's bound: every message refused with
+	// not-acceptable, counted, exit 1.
+	code, out, errs = alice.run(ctx, "", "--json", "--as", "alice", "bench", "--to", bobJID, "-n", "6", "--ttl", "8760h")
+	first, _, _ := strings.Cut(out, "\n")
+	summary.Messages = stats{}
+	if err := json.Unmarshal([]byte(first), &summary); code != 1 || err != nil ||
+		summary.Messages.Count != 6 || summary.Messages.OK != 0 || summary.Messages.Errors["not-acceptable"] != 6 {
+		t.Errorf("bench --ttl 8760h = %d, %q (%v); want exit 1 and 6 not-acceptable\n%s", code, out, err, errs)
+	}
+	if !strings.Contains(errs, "clinkctl: error: bench: 6 of 6 operations failed") {
+		t.Errorf("bench --ttl 8760h stderr = %q; want the failure count", errs)
+	}
+}
