@@ -218,6 +218,9 @@ func TestAppendXMLMatchesMarshal(t *testing.T) {
 		if got := e.AppendXML([]byte("prefix")); string(got) != "prefix"+string(want) {
 			t.Errorf("envelope %d: AppendXML = %s\nwant prefix%s", i, got, want)
 		}
+		if got := envelopexml.EncodedLen(e); got != len(want) {
+			t.Errorf("envelope %d: EncodedLen = %d, want %d", i, got, len(want))
+		}
 	}
 }
 
@@ -397,6 +400,9 @@ func FuzzParseEnvelope(f *testing.F) {
 		}
 		if app := e.AppendXML(nil); !bytes.Equal(app, out) {
 			t.Fatalf("AppendXML = %s\nMarshal = %s", app, out)
+		}
+		if got := envelopexml.EncodedLen(&e); got != len(out) {
+			t.Fatalf("EncodedLen = %d, want %d", got, len(out))
 		}
 		var back envelopexml.Envelope
 		if err := xml.Unmarshal(out, &back); err != nil {
