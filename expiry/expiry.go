@@ -209,27 +209,40 @@ func (c *Limits) setDefaults() error {
 type held struct {
 	owner, peer jid.JID // whose devices get it; the other party of the conversation
 	id          string
-	sent        bool
 	by          jid.JID // for a sent copy: the device that sent it
 	// copyBy, for a message to owner, is the sending device while the
 	// copy for the sender's other devices has not gone out: a handoff
 	// carries it, and the next clinkd sends the copy.
-	copyBy    jid.JID
-	expires   time.Time
-	raw       []byte              // the envelope, canonical XML; zeroed when dropped
-	delivered map[string]struct{} // devices that got it, by Devices.Key
-	index     int                 // in the expiry heap
-	// busy counts sends reading raw; dropped is set when the relay lets
-	// go of h. Whichever comes last (the drop, or the last send) zeroes
-	// raw, so that no send reads an envelope being overwritten. Both
-	// under Relay.mu.
-	busy    int
-	dropped bool
+	copyBy  jid.JID
+	expires time.Time
+	raw     []byte // the envelope, canonical XML; zeroed when dropped
+	// delivered holds the devices that got it, by Devices.Key; nil until
+	// the first (markDelivered), since most held messages wait for a
+	// device that is offline.
+	delivered map[string]struct{}
+	index     int // in the expiry heap
 	// twin, under Relay.mu, is the other held that shares raw with h: a
 	// message and the copy for its sender's devices held in the same
 	// instance keep the envelope once. raw is zeroed once both are done
 	// with it (free).
 	twin *held
+	// busy counts sends reading raw; dropped is set when the relay lets
+	// go of h. Whichever comes last (the drop, or the last send) zeroes
+	// raw, so that no send reads an envelope being overwritten. Both
+	// under Relay.mu. busy (at most one per device sending) and the flags
+	// sit together so that a held entry takes 256 bytes, not 288.
+	busy    int32
+	sent    bool
+	dropped bool
+}
+
+// markDelivered records that the device of key got h. Called with
+// Relay.mu held, or before h is shared.
+func (h *held) markDelivered(key string) {
+	if h.delivered == nil {
+		h.delivered = make(map[string]struct{}, 1)
+	}
+	h.delivered[key] = struct{}{}
 }
 
 // doneWithRaw reports whether nothing reads h's envelope any more: h is
@@ -469,7 +482,7 @@ func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 
 // holdTimed holds and delivers a message admitTimed accepted.
 func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
-	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, delivered: map[string]struct{}{}, copyBy: e.Device}
+	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, copyBy: e.Device}
 	// Of the decoded envelope the relay needs nothing more: only raw is
 	// held, and zeroed when it goes.
 	wipe(nil, e.Body)
@@ -544,7 +557,7 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 		return // expired already
 	}
 	defer r.release(h)
-	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: h.raw, delivered: map[string]struct{}{}, twin: h}
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: h.raw, twin: h}
 	added, err := r.hold(c)
 	if err != nil {
 		// The message was admitted with room for its copy, so a limit
@@ -574,7 +587,7 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 		wipe(c.Raw, nil)
 		return err
 	}
-	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw, delivered: map[string]struct{}{}})
+	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw})
 }
 
 // holdCopy holds h, a copy, and delivers it to its owner's online devices
@@ -873,7 +886,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			continue
 		}
 		r.mu.Lock()
-		h.delivered[key] = struct{}{}
+		h.markDelivered(key)
 		r.mu.Unlock()
 		r.sent()
 	}

@@ -424,14 +424,14 @@ type exportedMessage struct {
 
 func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
 	d := wireDecoder{b: body, jids: jids}
-	h := &held{owner: d.bare(), peer: d.bare(), id: d.id(), delivered: map[string]struct{}{}}
+	h := &held{owner: d.bare(), peer: d.bare(), id: d.id()}
 	flags := d.u8()
 	byText := d.str()
 	h.expires = time.Unix(0, d.i64())
 	raw := d.bytes32()
 	count := int(d.u16())
 	for range count {
-		h.delivered[d.deviceKey(h.owner)] = struct{}{}
+		h.markDelivered(d.deviceKey(h.owner))
 	}
 	if d.err == nil {
 		switch {
