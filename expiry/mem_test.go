@@ -33,7 +33,10 @@ import (
 // minus the heap before, minus the envelope bytes, per message), and the
 // process's resident memory (VmRSS, after a garbage collection and
 // debug.FreeOSMemory): per held message, the growth while holding them
-// divided by the bytes held, and all of it divided by the bytes held.
+// divided by the bytes held, and all of it divided by the bytes held; and
+// its peak (VmHWM) over the bytes held: run one case alone (-bench
+// HeldMemory/100k-1KB) for a peak of that case only, with GOGC or
+// GOMEMLIMIT set as clinkd would run.
 //
 //	go test -run '^$' -bench HeldMemory -benchtime 1x ./expiry/
 //
@@ -111,7 +114,7 @@ func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		before, rssBefore := heap(), rss(b)
+		before, rssBefore := heap(), status(b, "VmRSS")
 		for u := range users {
 			for m := range perUser {
 				if err := router.HandleMessage(context.Background(), stanza(u, m)); err != nil {
@@ -119,7 +122,8 @@ func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
 				}
 			}
 		}
-		after, rssAfter := heap(), rss(b)
+		after, rssAfter := heap(), status(b, "VmRSS")
+		peak := status(b, "VmHWM")
 		n, payload := r.Held()
 		// Held counts the sender's copies too, but those go through the
 		// server and are never made here (silent drops them).
@@ -134,30 +138,32 @@ func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
 		b.ReportMetric(float64(rssAfter-rssBefore)/float64(payload), "rss-growth/held")
 		b.ReportMetric(float64(rssAfter)/float64(payload), "rss/held")
 		b.ReportMetric(float64(rssAfter)/(1<<20), "rss-MiB")
+		b.ReportMetric(float64(peak)/float64(payload), "peak-rss/held")
 		runtime.KeepAlive(r)
 		runtime.KeepAlive(router)
 	}
 }
 
-// rss is the process's resident memory, VmRSS of /proc/self/status, after
-// a garbage collection has freed what it can and debug.FreeOSMemory has
-// returned it to the kernel: what an operator sees.
-func rss(b *testing.B) int64 {
+// status reads a size from /proc/self/status (VmRSS, the resident
+// memory now; VmHWM, its peak since the process started), after a garbage
+// collection has freed what it can and debug.FreeOSMemory has returned it
+// to the kernel: what an operator sees of the memory clinkd holds.
+func status(b *testing.B, field string) int64 {
 	debug.FreeOSMemory()
-	status, err := os.ReadFile("/proc/self/status")
+	text, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		b.Skipf("resident memory unknown: %v", err)
 	}
-	for line := range strings.Lines(string(status)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+	for line := range strings.Lines(string(text)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			if err != nil {
-				b.Fatalf("VmRSS %q: %v", v, err)
+				b.Fatalf("%s %q: %v", field, v, err)
 			}
 			return kb << 10
 		}
 	}
-	b.Fatal("no VmRSS in /proc/self/status")
+	b.Fatalf("no %s in /proc/self/status", field)
 	return 0
 }
 
