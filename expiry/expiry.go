@@ -209,11 +209,12 @@ func (c *Limits) setDefaults() error {
 type held struct {
 	owner, peer jid.JID // whose devices get it; the other party of the conversation
 	id          string
-	by          jid.JID // for a sent copy: the device that sent it
-	// copyBy, for a message to owner, is the sending device while the
-	// copy for the sender's other devices has not gone out: a handoff
-	// carries it, and the next clinkd sends the copy.
-	copyBy  jid.JID
+	// device, for a sent copy, is the device that sent it (by). For a
+	// message to owner it is the sending device while the copy for the
+	// sender's other devices has not gone out (copyBy, under Relay.mu): a
+	// handoff carries it, and the next clinkd sends the copy. One field
+	// serves both, as an entry is one or the other.
+	device  jid.JID
 	expires time.Time
 	raw     []byte // the envelope, canonical XML; zeroed when dropped
 	// delivered holds the devices that got it, by Devices.Key; nil until
@@ -230,10 +231,28 @@ type held struct {
 	// go of h. Whichever comes last (the drop, or the last send) zeroes
 	// raw, so that no send reads an envelope being overwritten. Both
 	// under Relay.mu. busy (at most one per device sending) and the flags
-	// sit together so that a held entry takes 256 bytes, not 288.
+	// sit together so that a held entry takes 224 bytes (a size class), not 256.
 	busy    int32
 	sent    bool
 	dropped bool
+}
+
+// by is the device that sent a sent copy; the zero JID for a message.
+func (h *held) by() jid.JID {
+	if h.sent {
+		return h.device
+	}
+	return jid.JID{}
+}
+
+// copyBy is, for a message, the sending device while its copy for the
+// sender's other devices is owed, else the zero JID. Called with Relay.mu
+// held.
+func (h *held) copyBy() jid.JID {
+	if h.sent {
+		return jid.JID{}
+	}
+	return h.device
 }
 
 // markDelivered records that the device of key got h. Called with
@@ -482,7 +501,7 @@ func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 
 // holdTimed holds and delivers a message admitTimed accepted.
 func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
-	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, copyBy: e.Device}
+	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, device: e.Device}
 	// Of the decoded envelope the relay needs nothing more: only raw is
 	// held, and zeroed when it goes.
 	wipe(nil, e.Body)
@@ -509,7 +528,7 @@ func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
 // (HandleCopy).
 func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	r.mu.Lock()
-	by := h.copyBy
+	by := h.copyBy()
 	if by.Resourcepart() == "" || !r.startSendLocked() {
 		r.mu.Unlock()
 		return // sent already, or left for the handoff
@@ -543,7 +562,7 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 		return
 	}
 	r.mu.Lock()
-	h.copyBy = jid.JID{}
+	h.device = jid.JID{}
 	r.mu.Unlock()
 }
 
@@ -557,7 +576,7 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 		return // expired already
 	}
 	defer r.release(h)
-	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, by: by, expires: h.expires, raw: h.raw, twin: h}
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, device: by, expires: h.expires, raw: h.raw, twin: h}
 	added, err := r.hold(c)
 	if err != nil {
 		// The message was admitted with room for its copy, so a limit
@@ -569,7 +588,7 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 	// copyBy is cleared once the copy is held, not before: a handoff in
 	// between carries both, and the taker's copy is a repeat it ignores.
 	r.mu.Lock()
-	h.copyBy = jid.JID{}
+	h.device = jid.JID{}
 	if added {
 		h.twin = c
 	}
@@ -587,7 +606,7 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 		wipe(c.Raw, nil)
 		return err
 	}
-	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, by: c.By, expires: c.Body.Expires, raw: c.Raw})
+	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, device: c.By, expires: c.Body.Expires, raw: c.Raw})
 }
 
 // holdCopy holds h, a copy, and delivers it to its owner's online devices
@@ -601,7 +620,7 @@ func (r *Relay) holdCopy(ctx context.Context, h *held) error {
 		wipe(h.raw, nil)
 		return err
 	}
-	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
+	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by())
 	return nil
 }
 
@@ -871,7 +890,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		} else {
 			payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: timer}}
 			if h.sent {
-				payload = append([]any{expiryxml.Sent{By: h.by.String()}}, payload...)
+				payload = append([]any{expiryxml.Sent{By: h.by().String()}}, payload...)
 			} else {
 				payload = append(payload, receiptsxml.Request{}, markers.Markable{})
 			}
@@ -901,7 +920,7 @@ func (r *Relay) deliverRaw(ctx context.Context, m stanza.Message, h *held, timer
 		timed := appendTimed(a[:0], h.expires.UTC(), timer)
 		return r.raw.SendMessageRaw(ctx, m, h.raw, timed, r.wire.tail)
 	}
-	sent := appendBy(a[:0], "sent", h.by.String())
+	sent := appendBy(a[:0], "sent", h.by().String())
 	timed := appendTimed(sent[len(sent):], h.expires.UTC(), timer)
 	return r.raw.SendMessageRaw(ctx, m, sent, h.raw, timed, r.wire.hints)
 }
@@ -934,7 +953,7 @@ func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 	}
 	r.mu.Unlock()
 	for _, h := range hs {
-		r.deliver(ctx, h, []jid.JID{device}, h.by)
+		r.deliver(ctx, h, []jid.JID{device}, h.by())
 	}
 	for _, p := range rcs {
 		r.forwardReceipt(ctx, user, p, []jid.JID{device})
@@ -1024,7 +1043,7 @@ func (r *Relay) flush(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	for _, h := range hs {
-		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by)
+		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by())
 		if !h.sent {
 			r.sendCopy(ctx, h)
 		}
@@ -1126,7 +1145,7 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 	}
 	var byKey string
 	if h.sent {
-		byKey = r.cfg.Devices.Key(h.by)
+		byKey = r.cfg.Devices.Key(h.by())
 	}
 	r.mu.Lock()
 	keys := make([]string, 0, len(h.delivered)+1)

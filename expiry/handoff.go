@@ -256,12 +256,12 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 		e.str(h.peer.String())
 		e.str(h.id)
 		var flags byte
-		by := h.by
+		by := h.by()
 		if h.sent {
 			flags |= flagSent
-		} else if h.copyBy.Resourcepart() != "" {
+		} else if h.copyBy().Resourcepart() != "" {
 			flags |= flagCopyOwed
-			by = h.copyBy
+			by = h.copyBy()
 		}
 		e.u8(flags)
 		e.str(by.String())
@@ -451,9 +451,9 @@ func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
 				d.err = fmt.Errorf("sending device %q", byText)
 			}
 			if flags&flagSent != 0 {
-				h.sent, h.by = true, by
+				h.sent, h.device = true, by
 			} else {
-				h.copyBy = by
+				h.device = by
 			}
 		case byText != "":
 			d.err = errors.New("a sending device on a message without a copy")
