@@ -231,7 +231,8 @@ type held struct {
 	// go of h. Whichever comes last (the drop, or the last send) zeroes
 	// raw, so that no send reads an envelope being overwritten. Both
 	// under Relay.mu. busy (at most one per device sending) and the flags
-	// sit together so that a held entry takes 224 bytes (a size class), not 256.
+	// sit together, without padding between them: with the one device
+	// field, a held entry is 216 bytes, in Go's 224-byte size class.
 	busy    int32
 	sent    bool
 	dropped bool
