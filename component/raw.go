@@ -83,7 +83,7 @@ func appendStart(b []byte, m stanza.Message) []byte {
 		b = append(b, ' ')
 		b = append(b, name...)
 		b = append(b, `="`...)
-		b = appendEscaped(b, v)
+		b = AppendEscaped(b, v)
 		b = append(b, '"')
 	}
 	attr("id", m.ID)
@@ -94,9 +94,10 @@ func appendStart(b []byte, m stanza.Message) []byte {
 	return append(b, '>')
 }
 
-// appendEscaped appends s escaped for an attribute value in double
-// quotes, escaping what xml.EscapeText escapes.
-func appendEscaped(b []byte, s string) []byte {
+// AppendEscaped appends s escaped for an attribute value in double
+// quotes or for text, escaping what xml.EscapeText escapes, so that bytes
+// written raw equal what encoding/xml writes.
+func AppendEscaped(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
 		case '"':

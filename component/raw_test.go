@@ -64,8 +64,8 @@ func TestAppendEscapedMatchesEncodingXML(t *testing.T) {
 		if err := xml.EscapeText(&want, []byte(s)); err != nil {
 			t.Fatal(err)
 		}
-		if got := string(appendEscaped(nil, s)); got != string(want) {
-			t.Errorf("appendEscaped(%q) = %q, want %q", s, got, want)
+		if got := string(AppendEscaped(nil, s)); got != string(want) {
+			t.Errorf("AppendEscaped(%q) = %q, want %q", s, got, want)
 		}
 	}
 }

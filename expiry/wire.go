@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"mellium.im/xmpp/stanza"
+
+	"github.com/clinkme/clinkd/component"
 )
 
 // RawSender is a Sender that writes payloads held as bytes as they are (a
@@ -60,35 +62,8 @@ func appendBy(b []byte, name, by string) []byte {
 	b = append(b, '<')
 	b = append(b, name...)
 	b = append(b, ` xmlns="urn:clinkme:expiry:0" by="`...)
-	b = appendEscaped(b, by)
+	b = component.AppendEscaped(b, by)
 	b = append(b, `"></`...)
 	b = append(b, name...)
 	return append(b, '>')
-}
-
-// appendEscaped appends s escaped as xml.EscapeText escapes it.
-func appendEscaped(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '"':
-			b = append(b, "&#34;"...)
-		case '\'':
-			b = append(b, "&#39;"...)
-		case '&':
-			b = append(b, "&amp;"...)
-		case '<':
-			b = append(b, "&lt;"...)
-		case '>':
-			b = append(b, "&gt;"...)
-		case '\t':
-			b = append(b, "&#x9;"...)
-		case '\n':
-			b = append(b, "&#xA;"...)
-		case '\r':
-			b = append(b, "&#xD;"...)
-		default:
-			b = append(b, c)
-		}
-	}
-	return b
 }
