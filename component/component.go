@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +78,9 @@ type Component struct {
 	// lastRead is when the read loop last got input (UnixNano), which
 	// tells a dead link from a quiet one.
 	lastRead atomic.Int64
+	// home is an address at the component that the server routes to this
+	// link (Config.Balanced), learnt anew on each link; nil until then.
+	home atomic.Pointer[jid.JID]
 	// work is the pool of the running Run (nil before it).
 	work atomic.Pointer[pool]
 	// secret is the handshake's shared secret, cfg.Secret until SetSecret.
@@ -321,6 +326,7 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 	}
 	since := time.Now()
 	c.lastRead.Store(since.UnixNano())
+	c.home.Store(nil) // a new link may hold another slot
 	c.setState(Linked, sess, conn)
 	c.log.Info("xmpp link up", "addr", c.cfg.Addr, "domain", c.cfg.Domain.String(), "tls", tlsVersion(conn))
 
@@ -452,8 +458,10 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 				return err
 			}
 			c.metrics.StanzasIn.WithLabelValues(string(s.Kind)).Inc()
-			if s.Kind == KindIQ && (s.Type == string(stanza.ResultIQ) || s.Type == string(stanza.ErrorIQ)) && c.deliverPending(s) {
-				continue
+			if s.Kind == KindIQ && (s.Type == string(stanza.ResultIQ) || s.Type == string(stanza.ErrorIQ)) {
+				if c.learnHome(s) || c.deliverPending(s) {
+					continue
+				}
 			}
 			// An oversized stanza lost its payload; the worker answers it
 			// with policy-violation.
@@ -478,7 +486,9 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 
 // keepalive pings the server when the link has been silent for
 // PingInterval and closes the connection when, PingTimeout later, nothing
-// has arrived.
+// has arrived. On a balanced link it first probes for an address of its
+// own (learnHome), every tick until one is known, so that its pings are
+// answered on this link.
 func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.Conn) {
 	if c.cfg.ServerDomain.Domainpart() == "" {
 		return
@@ -487,11 +497,18 @@ func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastPing time.Time
+	probes := 0
+	if c.cfg.Balanced {
+		probes = c.probeHome(ctx, sess, conn, probes)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			if c.cfg.Balanced && c.home.Load() == nil {
+				probes = c.probeHome(ctx, sess, conn, probes)
+			}
 			idle := now.Sub(time.Unix(0, c.lastRead.Load()))
 			switch {
 			case idle >= c.cfg.PingInterval+c.cfg.PingTimeout:
@@ -505,7 +522,7 @@ func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.
 				// like any unsolicited result.
 				sctx, cancel := context.WithTimeout(ctx, c.cfg.SendTimeout)
 				err := c.sendStanza(sctx, sess, conn, KindIQ, stanza.IQ{
-					Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.cfg.Domain,
+					Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.pingFrom(),
 					ID: "keepalive-" + randomID(),
 				}.StartElement(), pingPayload{})
 				cancel()
@@ -515,4 +532,67 @@ func (c *Component) keepalive(ctx context.Context, sess *xmpp.Session, conn net.
 			}
 		}
 	}
+}
+
+// Probing for a home address (Config.Balanced). The server routes a
+// stanza for an address at the component to the link that holds the slot
+// of that address's bare JID, so the reply to a ping sent from
+// probe-N@domain arrives on the link whose slot probe-N hashes to: the
+// link that reads it knows that address routes to it. Each round pings
+// from homeProbes new addresses; with s slots, a round finds none for
+// this link with probability ((s-1)/s)^homeProbes (1.5e-5 for 2 slots,
+// 1 % for 4), and the next round tries new ones.
+const (
+	homeProbes      = 16
+	homeProbeLocal  = "probe-"
+	homeProbeIDHead = "home-probe-"
+)
+
+// probeHome sends one round of probes, numbered from n, and returns the
+// next number.
+func (c *Component) probeHome(ctx context.Context, sess *xmpp.Session, conn net.Conn, n int) int {
+	for range homeProbes {
+		from, err := jid.New(homeProbeLocal+strconv.Itoa(n), c.cfg.Domain.Domainpart(), "")
+		n++
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, c.cfg.SendTimeout)
+		err = c.sendStanza(sctx, sess, conn, KindIQ, stanza.IQ{
+			Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: from, ID: homeProbeIDHead + randomID(),
+		}.StartElement(), pingPayload{})
+		cancel()
+		if err != nil {
+			c.log.Debug("home probe not sent", "err", err)
+			return n
+		}
+	}
+	return n
+}
+
+// learnHome takes a reply to a probe, from any clinkd's link, and learns
+// its address as this link's home (the server routed it here), and
+// reports whether s was such a reply. Any address a stanza reached this
+// link at would do; only the server's answers to probes are taken, so
+// that a user's stanza cannot choose the address.
+func (c *Component) learnHome(s *Stanza) bool {
+	if !strings.HasPrefix(s.ID, homeProbeIDHead) || !strings.HasPrefix(s.To.Localpart(), homeProbeLocal) || !s.From.Equal(c.cfg.ServerDomain) {
+		return false
+	}
+	if c.cfg.Balanced && c.home.Load() == nil {
+		home := s.To.Bare()
+		if c.home.CompareAndSwap(nil, &home) {
+			c.log.Debug("xmpp link: home address learnt", "home", home.String())
+		}
+	}
+	return true
+}
+
+// pingFrom is the address the link's own pings go from: its home on a
+// balanced link once learnt, else the component's domain.
+func (c *Component) pingFrom() jid.JID {
+	if h := c.home.Load(); h != nil {
+		return *h
+	}
+	return c.cfg.Domain
 }

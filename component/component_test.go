@@ -427,3 +427,52 @@ func TestWriteTimeoutRelinks(t *testing.T) {
 	}
 	conn2.pingRoundTrip(t, "after-write-timeout")
 }
+
+// TestLearnHome: only the server's answer to a home probe teaches a
+// balanced link its home address, and only the first; a stanza a user
+// addressed to look like one is not taken, and an unbalanced link learns
+// nothing (its pings go from the domain).
+func TestLearnHome(t *testing.T) {
+	t.Parallel()
+	const server, comp = "example.org", "clink.example.org"
+	for _, tc := range []struct {
+		name     string
+		balanced bool
+		stanzas  []string
+		taken    []bool
+		home     string
+	}{
+		{"the server's answer", true, []string{
+			`<iq type='result' id='home-probe-1' from='example.org' to='probe-3@clink.example.org'/>`,
+			`<iq type='result' id='home-probe-2' from='example.org' to='probe-7@clink.example.org'/>`,
+		}, []bool{true, true}, "probe-3@clink.example.org"},
+		{"a user's imitation", true, []string{
+			`<iq type='result' id='home-probe-1' from='mallory@example.org/x' to='probe-3@clink.example.org'/>`,
+			`<iq type='result' id='home-probe-1' from='example.org' to='alice\40example.org@clink.example.org'/>`,
+			`<iq type='result' id='keepalive-1' from='example.org' to='probe-3@clink.example.org'/>`,
+		}, []bool{false, false, false}, comp},
+		{"unbalanced", false, []string{
+			`<iq type='result' id='home-probe-1' from='example.org' to='probe-3@clink.example.org'/>`,
+		}, []bool{true}, comp},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(Config{Addr: "127.0.0.1:1", Domain: jid.MustParse(comp), Secret: []byte("s"),
+				ServerDomain: jid.MustParse(server), Balanced: tc.balanced}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, text := range tc.stanzas {
+				s, err := ParseStanza(text, 1<<16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := c.learnHome(s); got != tc.taken[i] {
+					t.Errorf("learnHome(%s) = %v, want %v", text, got, tc.taken[i])
+				}
+			}
+			if got := c.pingFrom().String(); got != tc.home {
+				t.Errorf("pings go from %s, want %s", got, tc.home)
+			}
+		})
+	}
+}

@@ -29,6 +29,16 @@ type Config struct {
 	// ServerDomain is the XMPP server's own domain; keepalive pings go there.
 	// Empty disables application-level pings (TCP keepalive still runs).
 	ServerDomain jid.JID
+	// Balanced says that the server shares this domain's stanzas among
+	// several links by the destination's bare JID (ejabberd's
+	// domain_balancing with type bare_destination), each link holding a
+	// slot of its own. A reply addressed to the component's own domain
+	// then reaches whichever link holds that address's slot, possibly
+	// another clinkd's, so the link learns an address of its own (one the
+	// server routes to it) and sends its keepalive and Sync pings from
+	// there; otherwise a quiet link whose pings are answered elsewhere
+	// would be declared dead every PingInterval+PingTimeout.
+	Balanced bool
 
 	// Identity is announced in disco#info. Default: category "component",
 	// type "generic", name "clinkd".

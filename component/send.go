@@ -97,9 +97,12 @@ func (c *Component) SendIQ(ctx context.Context, iq stanza.IQ, payload any) (*Sta
 // routed all of them: a handoff calls it before the taker links, because
 // Prosody drops what it has not read from the old link when it closes it
 // for the new one. An error reply (a server without ping) is an answer
-// too.
+// too. A balanced link (Config.Balanced) pings from its home address, so
+// that the answer comes back to it; until the link has learnt one (within
+// milliseconds of linking) the answer may reach another link, and Sync
+// waits until ctx ends.
 func (c *Component) Sync(ctx context.Context) error {
-	_, err := c.SendIQ(ctx, stanza.IQ{Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.cfg.Domain}, pingPayload{})
+	_, err := c.SendIQ(ctx, stanza.IQ{Type: stanza.GetIQ, To: c.cfg.ServerDomain, From: c.pingFrom()}, pingPayload{})
 	var se stanza.Error
 	if errors.As(err, &se) {
 		return nil

@@ -111,6 +111,10 @@ type LinkConfig struct {
 	BackoffMax     time.Duration `yaml:"backoff_max"`
 	PingInterval   time.Duration `yaml:"ping_interval"`
 	PingTimeout    time.Duration `yaml:"ping_timeout"`
+	// Balanced: ejabberd shares the component's domain among several
+	// clinkd instances by bare destination (domain_balancing,
+	// docs/operators.md "Several clinkd instances").
+	Balanced bool `yaml:"balanced"`
 }
 
 // DatabaseConfig is the PostgreSQL store.

@@ -228,6 +228,7 @@ func componentConfig(c LinkConfig) (component.Config, error) {
 		BackoffMax:     c.BackoffMax,
 		PingInterval:   c.PingInterval,
 		PingTimeout:    c.PingTimeout,
+		Balanced:       c.Balanced,
 		Transient:      transientStoreError,
 	}, nil
 }

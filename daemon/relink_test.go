@@ -153,3 +153,42 @@ func TestRelinkAfterCut(t *testing.T) {
 		}
 	}
 }
+
+// TestBalancedLinksStayUp runs two clinkd instances on one ejabberd that
+// balances the component's domain between them by bare destination
+// (docs/operators.md, "Several clinkd instances"), idle for several
+// keepalive periods. The server answers a ping sent from the component's
+// domain on the link that holds that address's slot: before link.balanced
+// taught each link an address of its own, one of the two never heard its
+// pings answered and dropped and re-made its link every ping_interval +
+// ping_timeout, its users' stanzas dropped by ejabberd while its slot was
+// empty. Each link stays up, and each one's Sync (the ping a handoff
+// relies on) is answered.
+func TestBalancedLinksStayUp(t *testing.T) {
+	t.Parallel()
+	srv := labtest.NewXMPP(t, lab.XMPPOptions{Kind: lab.Ejabberd, Balancing: 2})
+	cfg := clinkdtest.Config(t, srv)
+	cfg.Link.Balanced = true
+	cfg.Link.PingInterval, cfg.Link.PingTimeout = 300*time.Millisecond, 300*time.Millisecond
+	ds := []*daemon.Daemon{clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t)), clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t))}
+	for _, d := range ds {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := d.Component().WaitState(ctx, component.Linked)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ten keepalive periods with nothing but pings on either link.
+	time.Sleep(10 * (cfg.Link.PingInterval + cfg.Link.PingTimeout))
+	for i, d := range ds {
+		if n := metric(t, d, "clinkd_link_reconnects_total"); n != 0 {
+			t.Errorf("instance %d re-linked %v times while idle", i, n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := d.Component().Sync(ctx); err != nil {
+			t.Errorf("instance %d: %v", i, err)
+		}
+		cancel()
+	}
+}

@@ -20,6 +20,7 @@ func TestScaleOut(t *testing.T) {
 	t.Parallel()
 	srv := labtest.NewXMPP(t, lab.XMPPOptions{Kind: lab.Ejabberd, Balancing: 2})
 	cfg := clinkdtest.Config(t, srv)
+	cfg.Link.Balanced = true
 	cfg.Expiry.MinPeriod = time.Second
 	d1 := clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t))
 	d2 := clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t))
