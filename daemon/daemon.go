@@ -743,6 +743,16 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 	// The link stops when ctx ends, or when this clinkd hands over.
 	linkCtx, stopLink := context.WithCancel(ctx)
 	defer stopLink()
+	if tk != nil && d.cfg.Link.Balanced {
+		if err := d.awaitSlot(tk); err != nil {
+			if ln != nil {
+				ln.Close()
+				os.Remove(d.cfg.Expiry.HandoffSocket)
+			}
+			tk.raw.Close()
+			return err
+		}
+	}
 	linked := make(chan error, 1)
 	go func() { linked <- d.comp.Run(linkCtx) }()
 	if tk != nil {

@@ -177,6 +177,9 @@ func (d *Daemon) serveHandoff(ctx context.Context, ln *net.UnixListener) (*givin
 			continue
 		}
 		hc := expiry.NewHandoffConn(conn)
+		if d.cfg.Link.Balanced {
+			hc.SetBalanced()
+		}
 		conn.SetDeadline(time.Now().Add(handoffHelloTimeout))
 		if err := hc.ReceiveHello(d.cfg.Link.Domain); err != nil {
 			d.log.Warn("handoff: connection refused", "err", err)
@@ -232,6 +235,9 @@ func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, sto
 	if err := g.conn.SendHello(d.cfg.Link.Domain); err != nil {
 		return err
 	}
+	if d.cfg.Link.Balanced {
+		return d.giveSlot(ctx, g, stopLink, stopBG)
+	}
 	d.log.Info("handoff: a clinkd takes over; waiting for it to hold the link")
 	armed, disarm := context.WithCancel(ctx)
 	defer disarm()
@@ -259,6 +265,35 @@ func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, sto
 	}
 	cancel()
 	stopLink()
+	return nil
+}
+
+// giveSlot is give's end on a balanced link (link.balanced, handoff
+// protocol version 2): ejabberd gives each link a fixed slot, and the
+// taker's link can hold this one's only once this link is gone, so the
+// giver releases its link first (stops its background loops, closes its
+// side of the stream and reads until the server closes the other), tells
+// the taker, and waits for the taker to hold the link. Between the
+// release and the taker's handshake ejabberd drops what it routes to the
+// empty slot. A taker that goes away after the release leaves this clinkd
+// without a link: what it holds is lost, as in a crash.
+func (d *Daemon) giveSlot(ctx context.Context, g *giving, stopLink, stopBG context.CancelFunc) error {
+	d.log.Info("handoff: a clinkd takes over; giving up this link's slot first (link.balanced)")
+	stopBG()
+	rctx, cancel := context.WithTimeout(ctx, handoffReleaseTimeout)
+	if err := d.comp.Release(rctx); err != nil {
+		d.log.Warn("handoff: link released without the server's close", "err", err)
+	}
+	cancel()
+	stopLink()
+	if err := g.conn.SendReleased(1); err != nil {
+		return err
+	}
+	g.raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
+	if err := g.conn.ReceiveLinked(); err != nil {
+		return err
+	}
+	g.raw.SetDeadline(time.Time{})
 	return nil
 }
 
@@ -345,6 +380,9 @@ func (d *Daemon) beginTakeover() (*takeover, error) {
 		return nil, err
 	}
 	t := &takeover{conn: expiry.NewHandoffConn(raw), raw: raw, start: start}
+	if d.cfg.Link.Balanced {
+		t.conn.SetBalanced()
+	}
 	raw.SetDeadline(time.Now().Add(handoffHelloTimeout))
 	err = t.conn.SendHello(d.cfg.Link.Domain)
 	if err == nil {
@@ -362,6 +400,27 @@ func (d *Daemon) beginTakeover() (*takeover, error) {
 	d.devices.ExpectImport()
 	d.log.Info("takeover: the clinkd serving on the handoff socket hands over; linking")
 	return t, nil
+}
+
+// awaitSlot waits, on a balanced link (link.balanced), for the giver to
+// give up its link, whose slot this clinkd's link then takes; until then
+// this clinkd must not link (ejabberd would give its link no slot). An
+// error means the giver serves on, or went away: this clinkd does not
+// start.
+func (d *Daemon) awaitSlot(t *takeover) error {
+	t.raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
+	links, err := t.conn.ReceiveReleased()
+	t.raw.SetDeadline(time.Time{})
+	if err != nil {
+		d.relay.EndHandoff(context.Background())
+		d.devices.Import(nil)
+		return fmt.Errorf("daemon: takeover: the clinkd serving on the handoff socket did not give up its link: %w", err)
+	}
+	if links != 1 {
+		d.log.Warn("takeover: the previous clinkd held several links; this one makes one, and the others' slots stay empty", "links", links)
+	}
+	d.log.Info("takeover: the previous clinkd gave up its link's slot; linking (link.balanced)")
+	return nil
 }
 
 // finishTakeover waits for this clinkd's link, tells the giver, and takes

@@ -24,10 +24,24 @@ import (
 	"github.com/clinkme/clinkd/extensions/receiptsxml"
 )
 
-// HandoffVersion is the version of the handoff protocol this clinkd
-// speaks. A clinkd refuses a peer of another version: a change of any
-// frame's layout is a new version.
+// HandoffVersion is the version of the handoff protocol a clinkd speaks
+// on an unbalanced link (Prosody, or ejabberd with one instance): the
+// taker links first, then the giver gives its link up. A clinkd refuses a
+// peer of another version: a change of any frame's layout is a new
+// version.
 const HandoffVersion = 1
+
+// HandoffVersionBalanced is the version a clinkd speaks when ejabberd
+// balances its domain among several instances (link.balanced): each link
+// holds a fixed slot, which the taker can take only once the giver has
+// given it up, so the giver releases its link first and says so
+// (released), and the taker links after. Its hello carries a mode.
+const HandoffVersionBalanced = 2
+
+// Hello modes of version 2.
+const (
+	helloTakeover byte = 0x00 // a new clinkd takes over from the one serving the socket
+)
 
 // handoffMagic opens every hello, so that anything else that connects is
 // told apart from a clinkd at once.
@@ -42,6 +56,7 @@ const MaxHandoffFrame = 4 << 20
 const (
 	frameHello    byte = 0x01   // both ways: magic, version, component domain
 	frameLinked   byte = 0x02   // taker to giver: the taker holds the link
+	frameReleased byte = 0x03   // giver to taker (version 2): the giver gave up its links
 	frameMessage  byte = 0x10   // giver to taker: one held message
 	frameReceipt  byte = 0x11   // giver to taker: one held receipt
 	frameSeen     byte = 0x12   // giver to taker: one user seen
@@ -77,8 +92,9 @@ type HandoffCounts struct {
 // giver is the clinkd that holds the state, the taker the one that takes
 // it over.
 type HandoffConn struct {
-	r *bufio.Reader
-	w *bufio.Writer
+	r       *bufio.Reader
+	w       *bufio.Writer
+	version uint16
 }
 
 // handoffBuffer is the size of a connection's read and write buffers.
@@ -89,8 +105,13 @@ const handoffBuffer = 64 << 10
 // NewHandoffConn wraps a connection (a Unix socket whose peer's
 // credentials the caller checked).
 func NewHandoffConn(rw io.ReadWriter) *HandoffConn {
-	return &HandoffConn{r: bufio.NewReaderSize(rw, handoffBuffer), w: bufio.NewWriterSize(rw, handoffBuffer)}
+	return &HandoffConn{r: bufio.NewReaderSize(rw, handoffBuffer), w: bufio.NewWriterSize(rw, handoffBuffer), version: HandoffVersion}
 }
+
+// SetBalanced makes the connection speak version 2
+// (HandoffVersionBalanced), for a clinkd with link.balanced; call it
+// before the hellos.
+func (c *HandoffConn) SetBalanced() { c.version = HandoffVersionBalanced }
 
 // frame reads one frame. A refusal frame gives an error wrapping
 // ErrHandoffRefused with the peer's text.
@@ -162,8 +183,11 @@ func (c *HandoffConn) send(typ byte, body []byte, flush bool) error {
 func (c *HandoffConn) SendHello(domain string) error {
 	var e wireEncoder
 	e.raw([]byte(handoffMagic))
-	e.u16(HandoffVersion)
+	e.u16(c.version)
 	e.str(domain)
+	if c.version == HandoffVersionBalanced {
+		e.u8(helloTakeover)
+	}
 	return c.send(frameHello, e.b, true)
 }
 
@@ -180,12 +204,26 @@ func (c *HandoffConn) ReceiveHello(want string) error {
 	}
 	d := wireDecoder{b: body[len(handoffMagic):]}
 	version := d.u16()
+	if version != c.version {
+		why := ""
+		switch {
+		case c.version == HandoffVersionBalanced && version == HandoffVersion:
+			why = " (this clinkd has link.balanced and the peer does not)"
+		case c.version == HandoffVersion && version == HandoffVersionBalanced:
+			why = " (the peer has link.balanced and this clinkd does not)"
+		}
+		return protoErr("handoff protocol version %d; this clinkd speaks %d%s", version, c.version, why)
+	}
 	domain := d.str()
+	mode := helloTakeover
+	if version == HandoffVersionBalanced {
+		mode = d.u8()
+	}
 	switch {
 	case d.err != nil || len(d.b) != 0:
 		return protoErr("malformed hello")
-	case version != HandoffVersion:
-		return protoErr("handoff protocol version %d; this clinkd speaks %d", version, HandoffVersion)
+	case mode != helloTakeover:
+		return protoErr("hello mode %#x", mode)
 	case domain != want:
 		return protoErr("the peer serves component %q, this clinkd %q", domain, want)
 	}
@@ -202,6 +240,32 @@ func (c *HandoffConn) ReceiveLinked() error {
 		return protoErr("linked frame with a body")
 	}
 	return err
+}
+
+// SendReleased tells the taker that the giver has given up its links
+// (version 2), links of them: the taker makes as many.
+func (c *HandoffConn) SendReleased(links int) error {
+	if c.version != HandoffVersionBalanced {
+		return fmt.Errorf("expiry: handoff: released is a frame of version %d", HandoffVersionBalanced)
+	}
+	var e wireEncoder
+	e.u16(uint16(links))
+	return c.send(frameReleased, e.b, true)
+}
+
+// ReceiveReleased waits for the giver to give up its links (version 2)
+// and returns how many it held.
+func (c *HandoffConn) ReceiveReleased() (links int, err error) {
+	body, err := c.expect(frameReleased)
+	if err != nil {
+		return 0, err
+	}
+	d := wireDecoder{b: body}
+	links = int(d.u16())
+	if d.err != nil || len(d.b) != 0 || links < 1 {
+		return 0, protoErr("malformed released frame")
+	}
+	return links, nil
 }
 
 // SendRefusal tells the peer why the handoff ends here. The text goes to

@@ -483,6 +483,8 @@ func FuzzHandoff(f *testing.F) {
 	f.Add(append(hello(1, handoffDomain), state...))
 	f.Add(append(hello(1, handoffDomain), state[:len(state)/3]...))
 	f.Add(hello(2, handoffDomain))
+	hello2 := frame(0x01, append(append(append([]byte("clinkd-handoff"), 0, 2), str16(handoffDomain)...), 0))
+	f.Add(append(append(hello2, frame(0x03, []byte{0, 1})...), state...))
 	f.Add(frame(0x7f, str16("busy")))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	now := time.Unix(1_800_000_000, 0).UTC()
@@ -492,8 +494,19 @@ func FuzzHandoff(f *testing.F) {
 			io.Reader
 			io.Writer
 		}{bytes.NewReader(in), io.Discard})
+		// A hello of version 2 (its version at bytes 19-20): the taker of
+		// a balanced link, which reads released before the state.
+		balanced := len(in) > 20 && in[19] == 0 && in[20] == expiry.HandoffVersionBalanced
+		if balanced {
+			c.SetBalanced()
+		}
 		if err := c.ReceiveHello(handoffDomain); err != nil {
 			return
+		}
+		if balanced {
+			if _, err := c.ReceiveReleased(); err != nil {
+				return
+			}
 		}
 		took, err := c.ReceiveState(s.relay, s.devs)
 		n, size := s.relay.Held()
@@ -609,5 +622,93 @@ func TestCopyWhereTheSenderIs(t *testing.T) {
 	s.announce(t, "alice@example.org/laptop")
 	if got := s.link.take(); len(got) != 0 {
 		t.Errorf("alice's laptop, which sent it: sent %q, want nothing", got)
+	}
+}
+
+// TestHandoffBalanced runs version 2 of the protocol (link.balanced): the
+// giver gives up its link and says so (released) before the taker links;
+// a clinkd of either version refuses the other, naming link.balanced.
+func TestHandoffBalanced(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0).UTC()
+	giver, taker := newHandoffSide(t, now, expiry.Limits{}), newHandoffSide(t, now, expiry.Limits{})
+	fill(t, giver, now)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	errc := make(chan error, 1)
+	var sent expiry.HandoffCounts
+	go func() {
+		g := expiry.NewHandoffConn(a)
+		g.SetBalanced()
+		err := g.ReceiveHello(handoffDomain)
+		for _, step := range []func() error{
+			func() error { return g.SendHello(handoffDomain) },
+			func() error { return g.SendReleased(1) },
+			g.ReceiveLinked,
+			func() (err error) { sent, err = g.SendState(giver.relay, giver.devs); return err },
+			func() error { _, err := g.ReceiveDone(); return err },
+		} {
+			if err != nil {
+				break
+			}
+			err = step()
+		}
+		errc <- err
+	}()
+	c := expiry.NewHandoffConn(b)
+	c.SetBalanced()
+	taker.relay.AwaitHandoff()
+	taker.devs.ExpectImport()
+	var took expiry.HandoffCounts
+	for _, step := range []func() error{
+		func() error { return c.SendHello(handoffDomain) },
+		func() error { return c.ReceiveHello(handoffDomain) },
+		func() error {
+			n, err := c.ReceiveReleased()
+			if err == nil && n != 1 {
+				err = fmt.Errorf("released %d links, want 1", n)
+			}
+			return err
+		},
+		c.SendLinked,
+		func() (err error) { took, err = c.ReceiveState(taker.relay, taker.devs); return err },
+		func() error { return c.SendDone(took) },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("taker: %v", err)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("giver: %v", err)
+	}
+	taker.relay.EndHandoff(context.Background())
+	if want := (expiry.HandoffCounts{Messages: 4, Receipts: 1, Seen: 2, Devices: 1}); sent != want || took != want {
+		t.Errorf("sent %+v, took %+v; want %+v", sent, took, want)
+	}
+
+	for _, tc := range []struct {
+		name                    string
+		takerBalanced, balanced bool
+		want                    string
+	}{
+		{"a balanced giver, an unbalanced taker", false, true, "this clinkd has link.balanced and the peer does not"},
+		{"an unbalanced giver, a balanced taker", true, false, "the peer has link.balanced and this clinkd does not"},
+	} {
+		a, b := net.Pipe()
+		g, tk := expiry.NewHandoffConn(a), expiry.NewHandoffConn(b)
+		if tc.balanced {
+			g.SetBalanced()
+		}
+		if tc.takerBalanced {
+			tk.SetBalanced()
+		}
+		go tk.SendHello(handoffDomain)
+		err := g.ReceiveHello(handoffDomain)
+		if !errors.Is(err, expiry.ErrHandoffProtocol) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: the giver read the hello with %v, want a protocol violation saying %q", tc.name, err, tc.want)
+		}
+		a.Close()
+		b.Close()
 	}
 }
