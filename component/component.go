@@ -90,6 +90,9 @@ type Component struct {
 	// logLimit keeps handler failures to one log line per kind per
 	// interval.
 	logLimit logLimiter
+	// first is the Component this one is an extra link of (NewLink), nil
+	// for a first link: replies to the IQs first sent may arrive here.
+	first *Component
 }
 
 // New makes a Component. A nil logger discards; nil metrics are made and
@@ -120,6 +123,38 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 	c.mux.handleIQ(xml.Name{Space: disco.NSItems, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoItems)))
 	c.mux.handleIQ(xml.Name{Space: ping.NS, Local: "ping"}, getOnly(IQHandlerFunc(pingHandler)))
 	return c, nil
+}
+
+// NewLink makes another link of the same component to the same server,
+// serving the handlers registered on c: on a balanced domain
+// (Config.Balanced) one clinkd may hold several slots, each a link of its
+// own (a running instance that takes over a stopping sibling's slot,
+// docs/expiry.md). The new link has its own connection, workers and link
+// state; it answers what it reads on its own connection; a reply to an
+// IQ sent through c that arrives on it reaches c's caller. Its metrics
+// are unregistered: those of c speak for the component. Call it after
+// registering c's handlers; run the link with Run.
+func (c *Component) NewLink(log *slog.Logger) *Component {
+	if log == nil {
+		log = c.log
+	}
+	first := c
+	if c.first != nil {
+		first = c.first
+	}
+	l := &Component{
+		cfg:     c.cfg,
+		log:     log,
+		metrics: NewMetrics(nil),
+		mux:     c.mux,
+		changed: make(chan struct{}),
+		pending: make(map[string]chan *Stanza),
+		sendSem: make(chan struct{}, 1),
+		first:   first,
+	}
+	l.rawBufs.New = c.rawBufs.New
+	l.secret.Store(c.secret.Load())
+	return l
 }
 
 // SetSecret replaces the handshake's shared secret, for rotating it: the

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -474,5 +475,38 @@ func TestLearnHome(t *testing.T) {
 				t.Errorf("pings go from %s, want %s", got, tc.home)
 			}
 		})
+	}
+}
+
+// TestNewLinkSharesHandlersAndReplies: an extra link serves the first
+// link's handlers (its disco lists the same features) and hands a reply
+// to an IQ the first link sent back to the first link's caller.
+func TestNewLinkSharesHandlersAndReplies(t *testing.T) {
+	t.Parallel()
+	c, err := New(Config{Addr: "127.0.0.1:1", Domain: jid.MustParse("clink.example.org"), Secret: []byte("s"), Balanced: true}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.AddFeature("urn:example:feature")
+	l := c.NewLink(nil)
+	if l.mux != c.mux || !slices.Equal(l.Features(), c.Features()) {
+		t.Errorf("the extra link serves features %v, the first %v", l.Features(), c.Features())
+	}
+	wait := make(chan *Stanza, 1)
+	c.pendingMu.Lock()
+	c.pending["q1"] = wait
+	c.pendingMu.Unlock()
+	reply, err := ParseStanza(`<iq type='result' id='q1' from='example.org' to='clink.example.org'/>`, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.deliverPending(reply) {
+		t.Fatal("the extra link did not hand the reply to the first link's caller")
+	}
+	if got := <-wait; got != reply {
+		t.Errorf("the caller got %v", got)
+	}
+	if l.NewLink(nil).first != c {
+		t.Error("a link made from an extra link does not lead to the first")
 	}
 }

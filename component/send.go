@@ -116,6 +116,9 @@ func (c *Component) Sync(ctx context.Context) error {
 // deliverPending hands a result or error to the SendIQ waiting for it and
 // reports whether one was.
 func (c *Component) deliverPending(s *Stanza) bool {
+	if c.first != nil && c.first.deliverPending(s) {
+		return true
+	}
 	c.pendingMu.Lock()
 	ch, ok := c.pending[s.ID]
 	if ok {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -70,6 +71,11 @@ type ExpiryConfig struct {
 	// without losing timed messages"), in a directory only clinkd's user
 	// can use. Empty: no handoff.
 	HandoffSocket string `yaml:"handoff_socket"`
+	// ScaleInSocket is a sibling instance's handoff_socket (link.balanced):
+	// when this clinkd stops (SIGTERM), it hands its slots, timed messages
+	// and device registry to that sibling rather than losing them
+	// (docs/operators.md, "Scale-in"). Empty: a stop hands nothing over.
+	ScaleInSocket string `yaml:"scale_in_socket"`
 }
 
 // ReceiptsConfig is delivery and read receipts (docs/receipts.md).
@@ -286,6 +292,16 @@ func (c Config) Check() error {
 		}
 		if c.Expiry.HandoffSocket != "" {
 			errs = append(errs, checkHandoffDir(c.Expiry.HandoffSocket))
+		}
+		if s := c.Expiry.ScaleInSocket; s != "" {
+			switch {
+			case !c.Link.Balanced:
+				errs = append(errs, errors.New("config: expiry.scale_in_socket needs link.balanced: a sibling takes over this clinkd's slots only where ejabberd balances the domain among several instances"))
+			case !filepath.IsAbs(s):
+				errs = append(errs, fmt.Errorf("config: expiry.scale_in_socket %q is not an absolute path", s))
+			case filepath.Clean(s) == filepath.Clean(c.Expiry.HandoffSocket):
+				errs = append(errs, errors.New("config: expiry.scale_in_socket is this clinkd's own expiry.handoff_socket; name a sibling's"))
+			}
 		}
 		if c.Link.ServerDomain != "" {
 			if err := dispatchAccess(c).Check(); err != nil {

@@ -76,8 +76,13 @@ type Daemon struct {
 	log      *slog.Logger
 	registry *prometheus.Registry
 	comp     *component.Component
-	relay    *expiry.Relay
-	devices  *dispatch.Devices
+	// extra are the links this clinkd holds beside comp (link.balanced:
+	// the slots of a sibling that stopped, or of a predecessor that held
+	// several); guarded by extraMu.
+	extraMu sync.Mutex
+	extra   []*extraLink
+	relay   *expiry.Relay
+	devices *dispatch.Devices
 	// entitlements answers whether an account has ClinkMe Secure.
 	entitlements expiry.Entitlements
 	db           *pgxpool.Pool          // nil when no database is configured
@@ -740,9 +745,18 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 			}
 		})
 	}
-	// The link stops when ctx ends, or when this clinkd hands over.
-	linkCtx, stopLink := context.WithCancel(ctx)
+	// The link stops when ctx ends, or when this clinkd hands over. With
+	// expiry.scale_in_socket, the end of ctx first hands this clinkd's
+	// slots and state to the sibling serving there (scaleIn), which stops
+	// the link once the sibling's are up.
+	scaleIn := d.cfg.Expiry.ScaleInSocket != "" && d.cfg.Link.Balanced && d.relay != nil
+	linkBase := ctx
+	if scaleIn {
+		linkBase = context.WithoutCancel(ctx)
+	}
+	linkCtx, stopLink := context.WithCancel(linkBase)
 	defer stopLink()
+	defer d.stopExtraLinks()
 	if tk != nil && d.cfg.Link.Balanced {
 		if err := d.awaitSlot(tk); err != nil {
 			if ln != nil {
@@ -756,7 +770,7 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 	linked := make(chan error, 1)
 	go func() { linked <- d.comp.Run(linkCtx) }()
 	if tk != nil {
-		err := d.finishTakeover(ctx, tk)
+		err := d.finishTakeover(ctx, linkCtx, tk)
 		if err != nil && ln != nil {
 			// The socket is this clinkd's since the giver's hello: it goes
 			// before the giver hears of the failure and serves it again.
@@ -778,13 +792,29 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 	} else {
 		outcome <- nil
 	}
+	scaled := make(chan *giving, 1)
+	if scaleIn {
+		go func() {
+			select {
+			case <-ctx.Done():
+				scaled <- d.scaleIn(context.WithoutCancel(ctx), stopLink, stopBG)
+			case <-linkCtx.Done(): // handed over to a clinkd taking over
+				scaled <- nil
+			}
+		}()
+	}
 	err := <-linked
 	stopBG()
 	bg.Wait()
+	d.stopExtraLinks()
 	// Nothing changes the state any more. The link stopped for ctx (a
-	// handoff under way ends with it) or for a handoff, whose outcome is
-	// awaited: the state goes now.
-	if g := <-outcome; g != nil {
+	// handoff under way ends with it, unless it is a scale-in) or for a
+	// handoff, whose outcome is awaited: the state goes now.
+	g := <-outcome
+	if g == nil && scaleIn {
+		g = <-scaled
+	}
+	if g != nil {
 		return d.sendState(g)
 	}
 	if ctx.Err() == nil && err == nil {

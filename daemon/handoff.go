@@ -278,15 +278,11 @@ func (d *Daemon) give(ctx context.Context, g *giving, path string, stopLink, sto
 // empty slot. A taker that goes away after the release leaves this clinkd
 // without a link: what it holds is lost, as in a crash.
 func (d *Daemon) giveSlot(ctx context.Context, g *giving, stopLink, stopBG context.CancelFunc) error {
-	d.log.Info("handoff: a clinkd takes over; giving up this link's slot first (link.balanced)")
+	d.log.Info("handoff: a clinkd takes over; giving up this clinkd's slots first (link.balanced)")
 	stopBG()
-	rctx, cancel := context.WithTimeout(ctx, handoffReleaseTimeout)
-	if err := d.comp.Release(rctx); err != nil {
-		d.log.Warn("handoff: link released without the server's close", "err", err)
-	}
-	cancel()
+	links := d.releaseLinks(ctx)
 	stopLink()
-	if err := g.conn.SendReleased(1); err != nil {
+	if err := g.conn.SendReleased(links); err != nil {
 		return err
 	}
 	g.raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
@@ -315,6 +311,12 @@ func (d *Daemon) handoffLoop(ctx, linkCtx context.Context, ln *net.UnixListener,
 			}
 			outcome <- nil
 			return
+		}
+		if g.conn.Offer() {
+			// A stopping sibling hands over its slots and state; this
+			// clinkd serves on.
+			d.takeFromSibling(ctx, linkCtx, g)
+			continue
 		}
 		gerr := d.give(ctx, g, path, stopLink, stopBG)
 		if gerr == nil {
@@ -363,6 +365,7 @@ type takeover struct {
 	conn  *expiry.HandoffConn
 	raw   *net.UnixConn
 	start time.Time
+	links int // the links the giver gave up (link.balanced), which this clinkd makes
 }
 
 // beginTakeover connects to the giver and exchanges hellos, and makes the
@@ -387,6 +390,9 @@ func (d *Daemon) beginTakeover() (*takeover, error) {
 	err = t.conn.SendHello(d.cfg.Link.Domain)
 	if err == nil {
 		err = t.conn.ReceiveHello(d.cfg.Link.Domain)
+	}
+	if err == nil && t.conn.Offer() {
+		err = fmt.Errorf("%w: the answer to a takeover is an offer", expiry.ErrHandoffProtocol)
 	}
 	if err != nil {
 		if errors.Is(err, expiry.ErrHandoffProtocol) {
@@ -416,10 +422,8 @@ func (d *Daemon) awaitSlot(t *takeover) error {
 		d.devices.Import(nil)
 		return fmt.Errorf("daemon: takeover: the clinkd serving on the handoff socket did not give up its link: %w", err)
 	}
-	if links != 1 {
-		d.log.Warn("takeover: the previous clinkd held several links; this one makes one, and the others' slots stay empty", "links", links)
-	}
-	d.log.Info("takeover: the previous clinkd gave up its link's slot; linking (link.balanced)")
+	t.links = links
+	d.log.Info("takeover: the previous clinkd gave up its slots; linking (link.balanced)", "links", links)
 	return nil
 }
 
@@ -427,10 +431,16 @@ func (d *Daemon) awaitSlot(t *takeover) error {
 // the state. A giver that fails halfway leaves this clinkd serving
 // without its state (as after a crash); it is logged. The caller closes
 // the connection.
-func (d *Daemon) finishTakeover(ctx context.Context, t *takeover) error {
+func (d *Daemon) finishTakeover(ctx, linkCtx context.Context, t *takeover) error {
 	lctx, cancel := context.WithTimeout(ctx, handoffLinkTimeout)
 	err := d.comp.WaitState(lctx, component.Linked)
 	cancel()
+	if err == nil && t.links > 1 {
+		// The giver held several slots: this clinkd takes each.
+		if err := d.addLinks(linkCtx, t.links-1); err != nil {
+			d.log.Error("takeover: not every slot the previous clinkd held is linked yet; its users wait until it is", "err", err)
+		}
+	}
 	if err != nil {
 		d.relay.EndHandoff(ctx)
 		d.devices.Import(nil)
@@ -456,4 +466,115 @@ func (d *Daemon) finishTakeover(ctx context.Context, t *takeover) error {
 	d.log.Info("takeover: state taken", "messages", took.Messages, "receipts", took.Receipts,
 		"users_seen", took.Seen, "devices", took.Devices, "took", time.Since(t.start).Round(time.Millisecond))
 	return nil
+}
+
+// takeFromSibling takes a stopping sibling's slots and state (scale-in,
+// link.balanced; docs/expiry.md, "Scale-in"), serving on throughout: it
+// answers the offer, makes its relay and registry wait for the state,
+// waits for the sibling to give up its links, makes as many links of its
+// own into the freed slots, and takes the state into its relay beside
+// what it holds. Failures are logged: the sibling's state is then lost,
+// as in a crash, and this clinkd serves on as before.
+func (d *Daemon) takeFromSibling(ctx, linkCtx context.Context, g *giving) {
+	defer g.raw.Close()
+	if d.comp.State() != component.Linked {
+		g.conn.SendRefusal("the sibling is not linked to the XMPP server")
+		d.log.Warn("scale-in: refused a stopping sibling's offer: this clinkd is not linked")
+		return
+	}
+	g.conn.SetOffer()
+	if err := g.conn.SendHello(d.cfg.Link.Domain); err != nil {
+		d.log.Warn("scale-in: the stopping sibling went away", "err", err)
+		return
+	}
+	d.relay.AwaitHandoff()
+	d.devices.ExpectImport()
+	took, err := func() (expiry.HandoffCounts, error) {
+		g.raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
+		links, err := g.conn.ReceiveReleased()
+		if err != nil {
+			return expiry.HandoffCounts{}, fmt.Errorf("the sibling did not give up its links: %w", err)
+		}
+		if err := d.addLinks(linkCtx, links); err != nil {
+			d.log.Error("scale-in: not every slot the sibling held is linked yet; its users wait until it is", "err", err)
+		}
+		g.raw.SetDeadline(time.Now().Add(handoffStateTimeout))
+		if err := g.conn.SendLinked(); err != nil {
+			return expiry.HandoffCounts{}, err
+		}
+		took, err := g.conn.ReceiveState(d.relay, d.devices)
+		if err != nil {
+			return took, err
+		}
+		return took, g.conn.SendDone(took)
+	}()
+	d.relay.EndHandoff(ctx)
+	if err != nil {
+		d.devices.Import(nil)
+		d.log.Error("scale-in: the stopping sibling's state did not arrive (what it held is lost)", "err", err)
+		return
+	}
+	d.log.Info("scale-in: took a stopping sibling's slots and state", "links", d.Links(), "messages", took.Messages, "receipts", took.Receipts,
+		"users_seen", took.Seen, "devices", took.Devices, "took", time.Since(g.start).Round(time.Millisecond))
+}
+
+// scaleIn hands this stopping clinkd's slots and state to the sibling
+// serving on expiry.scale_in_socket (link.balanced): it offers them, and
+// once the sibling accepts, its relay goes quiet, it gives up every link
+// and waits for the sibling to hold as many. It returns the handoff whose
+// state is to go (sendState), or nil when there is none: no sibling
+// serves there, or it refused, and the link is stopped as at any stop.
+func (d *Daemon) scaleIn(ctx context.Context, stopLink, stopBG context.CancelFunc) *giving {
+	path := d.cfg.Expiry.ScaleInSocket
+	start := time.Now()
+	raw, err := dialGiver(path)
+	if err != nil {
+		if errors.Is(err, errNoGiver) {
+			err = errors.New("no clinkd serves on expiry.scale_in_socket")
+		}
+		d.log.Error("scale-in: stopping without handing over; the timed messages held here are lost", "err", err)
+		stopLink()
+		return nil
+	}
+	g := &giving{conn: expiry.NewHandoffConn(raw), raw: raw, start: start}
+	g.conn.SetOffer()
+	raw.SetDeadline(time.Now().Add(handoffHelloTimeout))
+	err = g.conn.SendHello(d.cfg.Link.Domain)
+	if err == nil {
+		err = g.conn.ReceiveHello(d.cfg.Link.Domain)
+	}
+	if err == nil && !g.conn.Offer() {
+		err = fmt.Errorf("%w: the answer to an offer is not an offer", expiry.ErrHandoffProtocol)
+	}
+	if err != nil {
+		if errors.Is(err, expiry.ErrHandoffProtocol) {
+			g.conn.SendRefusal(err.Error())
+		}
+		raw.Close()
+		d.log.Error("scale-in: the sibling did not accept; stopping without handing over (the timed messages held here are lost)", "err", err)
+		stopLink()
+		return nil
+	}
+	d.log.Info("scale-in: handing this clinkd's slots and state to a sibling", "socket", path)
+	d.relay.Quiesce()
+	sctx, cancel := context.WithTimeout(ctx, handoffSyncTimeout)
+	if err := d.comp.Sync(sctx); err != nil {
+		d.log.Warn("scale-in: the server did not answer a ping; what this clinkd sent just before may be lost", "err", err)
+	}
+	cancel()
+	stopBG()
+	links := d.releaseLinks(ctx)
+	stopLink()
+	raw.SetDeadline(time.Now().Add(handoffLinkTimeout))
+	err = g.conn.SendReleased(links)
+	if err == nil {
+		err = g.conn.ReceiveLinked()
+	}
+	if err != nil {
+		raw.Close()
+		d.log.Error("scale-in: the sibling went away after this clinkd gave up its links (the timed messages held here are lost)", "err", err)
+		return nil
+	}
+	raw.SetDeadline(time.Time{})
+	return g
 }

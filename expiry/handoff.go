@@ -38,9 +38,11 @@ const HandoffVersion = 1
 // (released), and the taker links after. Its hello carries a mode.
 const HandoffVersionBalanced = 2
 
-// Hello modes of version 2.
+// Hello modes of version 2. The answering hello repeats the mode of the
+// opening one.
 const (
 	helloTakeover byte = 0x00 // a new clinkd takes over from the one serving the socket
+	helloOffer    byte = 0x01 // a stopping clinkd hands its links and state to a running sibling
 )
 
 // handoffMagic opens every hello, so that anything else that connects is
@@ -92,9 +94,11 @@ type HandoffCounts struct {
 // giver is the clinkd that holds the state, the taker the one that takes
 // it over.
 type HandoffConn struct {
-	r       *bufio.Reader
-	w       *bufio.Writer
-	version uint16
+	r        *bufio.Reader
+	w        *bufio.Writer
+	version  uint16
+	mode     byte // the mode SendHello sends (version 2)
+	peerMode byte // the mode of the peer's hello (version 2)
 }
 
 // handoffBuffer is the size of a connection's read and write buffers.
@@ -112,6 +116,14 @@ func NewHandoffConn(rw io.ReadWriter) *HandoffConn {
 // (HandoffVersionBalanced), for a clinkd with link.balanced; call it
 // before the hellos.
 func (c *HandoffConn) SetBalanced() { c.version = HandoffVersionBalanced }
+
+// SetOffer makes the connection speak version 2 with the hello mode
+// offer: a stopping clinkd offers its links and state to a running
+// sibling (scale-in, docs/expiry.md), which answers with the same mode.
+func (c *HandoffConn) SetOffer() { c.version, c.mode = HandoffVersionBalanced, helloOffer }
+
+// Offer reports whether the peer's hello was an offer (SetOffer).
+func (c *HandoffConn) Offer() bool { return c.peerMode == helloOffer }
 
 // frame reads one frame. A refusal frame gives an error wrapping
 // ErrHandoffRefused with the peer's text.
@@ -186,14 +198,16 @@ func (c *HandoffConn) SendHello(domain string) error {
 	e.u16(c.version)
 	e.str(domain)
 	if c.version == HandoffVersionBalanced {
-		e.u8(helloTakeover)
+		e.u8(c.mode)
 	}
 	return c.send(frameHello, e.b, true)
 }
 
 // ReceiveHello reads the peer's hello and checks it: the magic, this
-// protocol version and the component domain want. Anything else is an
-// error wrapping ErrHandoffProtocol.
+// protocol version, a known mode (version 2; Offer reports it) and the
+// component domain want. Anything else is an error wrapping
+// ErrHandoffProtocol. Whether the mode fits the caller's role is the
+// caller's to check.
 func (c *HandoffConn) ReceiveHello(want string) error {
 	body, err := c.expect(frameHello)
 	if err != nil {
@@ -222,11 +236,12 @@ func (c *HandoffConn) ReceiveHello(want string) error {
 	switch {
 	case d.err != nil || len(d.b) != 0:
 		return protoErr("malformed hello")
-	case mode != helloTakeover:
+	case mode != helloTakeover && mode != helloOffer:
 		return protoErr("hello mode %#x", mode)
 	case domain != want:
 		return protoErr("the peer serves component %q, this clinkd %q", domain, want)
 	}
+	c.peerMode = mode
 	return nil
 }
 

@@ -712,3 +712,46 @@ func TestHandoffBalanced(t *testing.T) {
 		b.Close()
 	}
 }
+
+// TestHandoffOffer: a stopping clinkd's hello offers (scale-in); the
+// sibling sees the offer and answers in the same mode; a taker's hello is
+// not an offer; a mode this version does not know is refused.
+func TestHandoffOffer(t *testing.T) {
+	t.Parallel()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	stopping, sibling := expiry.NewHandoffConn(a), expiry.NewHandoffConn(b)
+	stopping.SetOffer()
+	sibling.SetBalanced()
+	go stopping.SendHello(handoffDomain)
+	if err := sibling.ReceiveHello(handoffDomain); err != nil || !sibling.Offer() {
+		t.Fatalf("the sibling read the offer: %v, offer %v", err, sibling.Offer())
+	}
+	sibling.SetOffer()
+	go sibling.SendHello(handoffDomain)
+	if err := stopping.ReceiveHello(handoffDomain); err != nil || !stopping.Offer() {
+		t.Fatalf("the stopping clinkd read the answer: %v, offer %v", err, stopping.Offer())
+	}
+
+	c, d := net.Pipe()
+	defer c.Close()
+	defer d.Close()
+	taker, giver := expiry.NewHandoffConn(c), expiry.NewHandoffConn(d)
+	taker.SetBalanced()
+	giver.SetBalanced()
+	go taker.SendHello(handoffDomain)
+	if err := giver.ReceiveHello(handoffDomain); err != nil || giver.Offer() {
+		t.Fatalf("a takeover's hello: %v, offer %v", err, giver.Offer())
+	}
+
+	e, f := net.Pipe()
+	defer e.Close()
+	defer f.Close()
+	go e.Write(frame(0x01, append(append(append([]byte("clinkd-handoff"), 0, 2), str16(handoffDomain)...), 7)))
+	other := expiry.NewHandoffConn(f)
+	other.SetBalanced()
+	if err := other.ReceiveHello(handoffDomain); !errors.Is(err, expiry.ErrHandoffProtocol) {
+		t.Errorf("a hello of mode 7: %v, want a protocol violation", err)
+	}
+}

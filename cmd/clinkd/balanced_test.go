@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,6 +47,11 @@ func newBalancedPair(t *testing.T) *balancedPair {
 	p.bSocket = filepath.Join(run, "handoff.sock")
 	p.bConfig = filepath.Join(filepath.Dir(p.a.config), "clinkd-b.yaml")
 	if err := os.WriteFile(p.bConfig, []byte(strings.Replace(text, p.a.socket, p.bSocket, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A stopping A hands its slot and state to B (scale-in).
+	text = strings.Replace(text, "  handoff_socket: "+p.a.socket, "  handoff_socket: "+p.a.socket+"\n  scale_in_socket: "+p.bSocket, 1)
+	if err := os.WriteFile(p.a.config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.first = startServe(t, p.a.config, "--takeover")
@@ -113,6 +119,79 @@ func TestBalancedRestart(t *testing.T) {
 	c = clinkdtest.Login(t, p.srv, cj, cp)
 	announce(t, c, comp, cj)
 	next(t, c, "the message held across the restart", envelopeWithID(toCarol.ID))
+}
+
+// TestScaleIn stops one of two balanced clinkd instances for good
+// (SIGTERM, as systemctl stop does) with expiry.scale_in_socket naming the
+// other: ejabberd keeps the stopped instance's slot, so the other takes it
+// with a second link and takes its state. A device of that slot that
+// stayed connected keeps receiving without announcing itself again, a
+// message held for an offline user of that slot is delivered when the
+// user comes back, and the stopped instance exits 0. Then the instance
+// that now holds two slots is restarted by a handoff: its successor takes
+// both, and the users of both slots keep receiving. Before, the stopped
+// instance's messages were lost and its users unserved until an instance
+// linked into its slot again.
+func TestScaleIn(t *testing.T) {
+	t.Parallel()
+	p := newBalancedPair(t)
+	comp := p.a.comp
+	aj, _, a := p.userOf(t, p.adminB)
+	bj, _, b := p.userOf(t, p.adminA)
+	cj, cp, c := p.userOf(t, p.adminA)
+	c.Close()
+	alice := clinkdtest.Identity(t, "alice", aj)
+	bob, carol := clinkdtest.Identity(t, "bob", bj), clinkdtest.Identity(t, "carol", cj)
+	ctx := ctxFor(t, 3*time.Minute)
+	tag := strconv.FormatInt(time.Now().UnixNano(), 36)
+	toCarol := sealTimed(t, alice, carol, cj, "held-"+tag, "for carol "+tag, 2*time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(cj), toCarol); err != nil {
+		t.Fatal(err)
+	}
+	waitMetricAtLeast(t, p.adminA, "clinkd_expiry_held_messages", 1)
+
+	if err := p.first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	took := p.other.line(t, regexp.MustCompile(`msg="scale-in: took a stopping sibling's slots and state" links=(\d+) messages=(\d+)`))
+	if took[1] != "2" || took[2] == "0" {
+		t.Errorf("the sibling holds %s links and took %s messages; want 2 links and carol's message", took[1], took[2])
+	}
+	p.first.line(t, regexp.MustCompile(`msg="handoff: state handed over; exiting"`))
+	exited(t, p.first, "the instance scaled in")
+
+	// Bob's device stayed connected: it still receives, from B now.
+	toBob := sealTimed(t, alice, bob, bj, "after-"+tag, "for bob "+tag, 2*time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(bj), toBob); err != nil {
+		t.Fatal(err)
+	}
+	next(t, b, "a message sent after the scale-in", envelopeWithID(toBob.ID))
+
+	// B, holding both slots, is restarted: its successor takes both.
+	third := startServe(t, p.bConfig, "--takeover")
+	third.line(t, regexp.MustCompile(`msg="takeover: state taken"`))
+	exited(t, p.other, "the instance restarted")
+	toBob2 := sealTimed(t, alice, bob, bj, "later-"+tag, "for bob "+tag, 2*time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(bj), toBob2); err != nil {
+		t.Fatal(err)
+	}
+	next(t, b, "a message sent after the restart of the instance holding both slots", envelopeWithID(toBob2.ID))
+	c = clinkdtest.Login(t, p.srv, cj, cp)
+	announce(t, c, comp, cj)
+	next(t, c, "the message held across the scale-in and the restart", envelopeWithID(toCarol.ID))
+	// Alice, in the other slot, is served too: a message to her arrives.
+	toAlice := sealTimed(t, bob, alice, aj, "back-"+tag, "for alice "+tag, 2*time.Minute)
+	if err := b.SendEnvelope(ctx, comp, jid.MustParse(aj), toAlice); err != nil {
+		t.Fatal(err)
+	}
+	next(t, a, "a message to the other slot's user", envelopeWithID(toAlice.ID))
+	for _, c := range []*serveChild{p.first, p.other, third} {
+		for _, l := range strings.Split(c.all(), "\n") {
+			if strings.Contains(l, "scale-in") || strings.Contains(l, "handoff") || strings.Contains(l, "takeover") {
+				t.Log(l)
+			}
+		}
+	}
 }
 
 // waitMetricAtLeast waits until an unlabelled metric is at least want.

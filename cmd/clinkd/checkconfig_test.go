@@ -61,6 +61,10 @@ func TestCheckConfig(t *testing.T) {
 			[]string{"keydir.witness", "want 0x04"}},
 		{"witness threshold above the witnesses", "keydir:\n  witness:\n    urls: [\"https://w1.example.net\"]\n    keys: [\"w1.witness.example+57b5d8f6+BHjfZqfjqYviOImvagsQjPGeg9o4T7yLeVQX2OYOCGBl\"]\n    threshold: 2\n",
 			[]string{"threshold 2 with 1 witnesses"}},
+		{"scale-in without balancing", "expiry:\n  scale_in_socket: /run/clinkd-b/handoff.sock\n", []string{"expiry.scale_in_socket needs link.balanced"}},
+		{"scale-in to a relative path", "link:\n  balanced: true\nexpiry:\n  scale_in_socket: run/handoff.sock\n", []string{"expiry.scale_in_socket \"run/handoff.sock\" is not an absolute path"}},
+		{"scale-in to itself", "link:\n  balanced: true\nexpiry:\n  handoff_socket: " + filepath.Join(dir, "run", "h.sock") + "\n  scale_in_socket: " + filepath.Join(dir, "run", "h.sock") + "\n",
+			[]string{"expiry.scale_in_socket is this clinkd's own expiry.handoff_socket"}},
 		{"bad federated domain", "access:\n  federated_domains: [\"user@remote.example\"]\n", []string{"not a domain"}},
 	}
 	for _, tt := range tests {
