@@ -169,8 +169,28 @@ func TestBalancedLinksStayUp(t *testing.T) {
 	srv := labtest.NewXMPP(t, lab.XMPPOptions{Kind: lab.Ejabberd, Balancing: 2})
 	cfg := clinkdtest.Config(t, srv)
 	cfg.Link.Balanced = true
-	cfg.Link.PingInterval, cfg.Link.PingTimeout = 300*time.Millisecond, 300*time.Millisecond
-	ds := []*daemon.Daemon{clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t)), clinkdtest.StartConfig(t, cfg, clinkdtest.Logger(t))}
+	// Pings every half second; a link is declared dead after 2.5 s of
+	// silence, which an answered ping never lets happen even on a loaded
+	// machine, and an unanswered one makes happen three times in the
+	// idle spell below.
+	cfg.Link.PingInterval, cfg.Link.PingTimeout = 500*time.Millisecond, 2*time.Second
+	var logs []*clinkdtest.LogBuffer
+	var ds []*daemon.Daemon
+	for range 2 {
+		log, buf := clinkdtest.CaptureLog()
+		ds, logs = append(ds, clinkdtest.StartConfig(t, cfg, log)), append(logs, buf)
+	}
+	defer func() {
+		if t.Failed() {
+			for i, buf := range logs {
+				for _, l := range strings.Split(buf.String(), "\n") {
+					if strings.Contains(l, "link") {
+						t.Logf("instance %d: %s", i, l)
+					}
+				}
+			}
+		}
+	}()
 	for _, d := range ds {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := d.Component().WaitState(ctx, component.Linked)
@@ -179,8 +199,8 @@ func TestBalancedLinksStayUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Ten keepalive periods with nothing but pings on either link.
-	time.Sleep(10 * (cfg.Link.PingInterval + cfg.Link.PingTimeout))
+	// Sixteen ping intervals with nothing but pings on either link.
+	time.Sleep(16 * cfg.Link.PingInterval)
 	for i, d := range ds {
 		if n := metric(t, d, "clinkd_link_reconnects_total"); n != 0 {
 			t.Errorf("instance %d re-linked %v times while idle", i, n)
