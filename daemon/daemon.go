@@ -171,6 +171,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// clinkd_link_up and the link's counters speak for the first link;
+	// this counts every link that is up, extra ones included (1 when all
+	// is well, more on an instance that took a sibling's slot).
+	d.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "clinkd_links_up",
+		Help: "Links to the XMPP server that are up, the first and any taken over from a stopped sibling (link.balanced).",
+	}, func() float64 {
+		up := 0
+		for _, l := range d.links() {
+			if l.State() == component.Linked {
+				up++
+			}
+		}
+		return float64(up)
+	}))
 
 	if cfg.Database.URL != "" {
 		d.dbPassword.Store(&cfg.Database.Password)

@@ -159,6 +159,9 @@ func TestScaleIn(t *testing.T) {
 	}
 	p.first.line(t, regexp.MustCompile(`msg="handoff: state handed over; exiting"`))
 	exited(t, p.first, "the instance scaled in")
+	if n := metric(t, p.adminB, "clinkd_links_up"); n != 2 {
+		t.Errorf("the sibling has %v links up, want 2", n)
+	}
 
 	// Bob's device stayed connected: it still receives, from B now.
 	toBob := sealTimed(t, alice, bob, bj, "after-"+tag, "for bob "+tag, 2*time.Minute)
