@@ -45,6 +45,13 @@ import (
 //     (deliveries, copies, receipts, expiry notices) is sent. It serves
 //     the handoff socket in turn.
 //  6. The giver exits 0.
+//
+// With link.balanced (protocol version 2) steps 3 and 4 are turned round:
+// ejabberd gives each link a fixed slot, so the giver releases its links
+// first and says how many (giveSlot), and the taker then makes as many
+// (awaitSlot). The same version lets a stopping clinkd offer its slots
+// and state to a running sibling (scale-in: scaleIn on the stopping side,
+// takeFromSibling on the sibling's; daemon/links.go holds the links).
 
 // Bounds of the handoff's steps. Each stops a peer that hangs from
 // holding the other for ever; none is reached by a handoff that works.
