@@ -559,12 +559,25 @@ func (d *Directory) cosign(ctx context.Context, sc *signedCheckpoint) ([]byte, e
 // rec, in the tree of cp. It checks the proof before returning it: data
 // read from the database is suspect until a check passes, and a device
 // must never be handed a proof that fails.
+//
+// The hashes come from the store's cache first (they never change once
+// written, and a lookup would otherwise read them in a round trip of its
+// own); a proof that fails from it is made again from the database, with
+// the cache dropped, since a database restored from a backup may hold
+// other hashes than the ones kept. cp's root was computed from the
+// database (signLocked), so the check is against the database's tree.
 func (d *Directory) prove(ctx context.Context, idx int64, rec []byte, cp keylog.Checkpoint) (tlog.RecordProof, error) {
-	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
+	leaf := tlog.RecordHash(rec)
+	p, err := tlog.ProveRecord(cp.Size, idx, d.store.ProofHashReader(ctx)) // tree size first
+	if err == nil && tlog.CheckRecord(p, cp.Size, cp.Hash, idx, leaf) == nil {
+		return p, nil
+	}
+	d.store.Forget()
+	p, err = tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
-	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec)); err != nil {
+	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, leaf); err != nil {
 		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", logdb.ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil

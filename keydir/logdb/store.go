@@ -90,6 +90,48 @@ type Store struct {
 
 	vmu  sync.Mutex
 	vrfs map[string]vrfProof // canonical JID → index and proof
+
+	// What never changes once written, kept so that a lookup reads the
+	// database once (the size row) when it has seen the rest before:
+	// records by leaf index, the key each publish entry bound by that
+	// entry's index, and tlog's stored hashes (ProofHashReader).
+	records memo[int64, []byte]
+	keys    memo[int64, []byte]
+	hashes  memo[int64, tlog.Hash]
+}
+
+// memo is a bounded map of values that never change once written. Full,
+// it starts over: a few reads again, and no bookkeeping on every hit.
+type memo[K comparable, V any] struct {
+	mu  sync.RWMutex
+	m   map[K]V
+	max int
+}
+
+func newMemo[K comparable, V any](max int) memo[K, V] {
+	return memo[K, V]{m: map[K]V{}, max: max}
+}
+
+func (c *memo[K, V]) get(k K) (V, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *memo[K, V]) put(k K, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		clear(c.m)
+	}
+	c.m[k] = v
+}
+
+func (c *memo[K, V]) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.m)
 }
 
 type vrfProof struct {
@@ -99,6 +141,18 @@ type vrfProof struct {
 
 // maxVRFCache bounds the VRF proofs kept (about 150 bytes each).
 const maxVRFCache = 100_000
+
+// maxRecordCache and maxKeyCache bound the records (about 300 bytes
+// each with the map's overhead) and keys (100 to 600 bytes) kept:
+// about 30 MB at most for both, for the JIDs looked up most. maxHashCache
+// bounds the stored hashes kept (about 60 bytes each): the upper levels
+// of the tree, which every proof shares, and the lower ones of the
+// leaves proven lately.
+const (
+	maxRecordCache = 50_000
+	maxKeyCache    = 50_000
+	maxHashCache   = 200_000
+)
 
 // Config is what a Store needs; every field is required.
 type Config struct {
@@ -121,7 +175,11 @@ func New(cfg Config) (*Store, error) {
 	if cfg.VRF == nil {
 		return nil, errors.New("logdb: no VRF key: it gives every JID its map index")
 	}
-	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{}}, nil
+	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{},
+		records: newMemo[int64, []byte](maxRecordCache),
+		keys:    newMemo[int64, []byte](maxKeyCache),
+		hashes:  newMemo[int64, tlog.Hash](maxHashCache),
+	}, nil
 }
 
 // VRF returns the store's VRF key.
@@ -243,6 +301,62 @@ func (o overlay) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 // for its queries.
 func (s *Store) HashReader(ctx context.Context) tlog.HashReader { return hashReader{ctx, s.db} }
 
+// ProofHashReader returns a tlog.HashReader that answers from the
+// hashes it read before and reads the others from the database, keeping
+// them. A stored hash never changes once written, but a database
+// restored from a backup and appended to again holds other hashes at
+// the same indexes: use it only for proofs that are checked against a
+// checkpoint whose root was computed from HashReader (an inclusion
+// proof for a device), and call Forget when a check fails. Never
+// for a tree hash about to be signed, nor for the comparison of the
+// database with the last checkpoint signed: those must see the database.
+func (s *Store) ProofHashReader(ctx context.Context) tlog.HashReader {
+	return cachedHashes{s: s, db: hashReader{ctx, s.db}}
+}
+
+// Forget drops the hashes ProofHashReader kept and the records and keys
+// Lookup kept: after a check failed on what they gave, the next request
+// reads the database again.
+func (s *Store) Forget() {
+	s.hashes.forget()
+	s.records.forget()
+	s.keys.forget()
+}
+
+type cachedHashes struct {
+	s  *Store
+	db hashReader
+}
+
+func (r cachedHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	var missing []int // positions in indexes
+	for i, x := range indexes {
+		h, ok := r.s.hashes.get(x)
+		if !ok {
+			missing = append(missing, i)
+			continue
+		}
+		out[i] = h
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	xs := make([]int64, len(missing))
+	for j, i := range missing {
+		xs[j] = indexes[i]
+	}
+	got, err := r.db.ReadHashes(xs)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range missing {
+		out[i] = got[j]
+		r.s.hashes.put(xs[j], got[j])
+	}
+	return out, nil
+}
+
 // Size returns the number of leaves in the log.
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
@@ -334,6 +448,11 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 		return nil
 	}
 	full := s.m == nil || s.msize > st.Size
+	if s.m != nil && s.msize > st.Size {
+		// The log shrank (a database restored from a backup): what it
+		// holds past its size now may differ from what was kept.
+		s.Forget()
+	}
 	var from int64
 	if !full {
 		from = s.msize
@@ -370,6 +489,7 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 	}
 	if st.Genesis >= 0 && m.Root() != st.MapRoot {
 		s.m = nil // rebuild from scratch next time
+		s.Forget()
 		return fmt.Errorf("%w: the map's rows give root %x, the log names %x", ErrCorrupt, m.Root(), st.MapRoot)
 	}
 	s.m, s.msize = m, st.Size
@@ -830,8 +950,14 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		x, p := s.Index(j)
 		snap.Entries[i] = Entry{JID: j.String(), Index: x, VRFProof: p}
 	}
+	read := s.read
+	if hist == nil {
+		read = func(ctx context.Context, snap *Snapshot, _ *jid.JID, _ int64, _ int) (bool, error) {
+			return s.readFast(ctx, snap)
+		}
+	}
 	for attempt := 0; ; attempt++ {
-		stale, err := s.read(ctx, snap, hist, from, max)
+		stale, err := read(ctx, snap, hist, from, max)
 		if err != nil || !stale {
 			return snap, err
 		}
@@ -855,6 +981,132 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 			return nil, err
 		}
 	}
+}
+
+// lookupSQL reads the size row and, in the same statement (one round
+// trip, one snapshot), the records at the indexes $1 and the keys bound
+// to the labels $2, with the index of the entry that bound each.
+const lookupSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
+	ARRAY(SELECT idx FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
+	ARRAY(SELECT record FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
+	ARRAY(SELECT idx FROM keydir_bindings WHERE label = ANY($2) ORDER BY label),
+	ARRAY(SELECT public_key FROM keydir_bindings WHERE label = ANY($2) ORDER BY label)
+	FROM keydir_tree t`
+
+// readFast fills snap (no history) in one round trip: it reads the size
+// row, and in the same statement what the map in memory says the answer
+// needs that is not kept from before (records and keys never change
+// once written: a record by its index, a key by the index of the entry
+// that bound it). The size row makes the answer current: when the log
+// has the size the map is at, the map is the log's (its root is checked
+// against the row's) and the answer is complete; else stale reports that
+// the map must catch up first. Nothing is kept that was not read at the
+// size the answer is at.
+func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.m == nil {
+		return true, nil
+	}
+	size := s.msize
+	var (
+		need   []int64
+		labels [][]byte
+	)
+	if size > 0 {
+		if _, ok := s.records.get(size - 1); !ok {
+			need = append(need, size-1)
+		}
+	}
+	for i := range snap.Entries {
+		e := &snap.Entries[i]
+		e.Value, e.Record, e.Key = nil, nil, nil
+		if v, ok := s.m.Get(e.Index); ok {
+			e.Value = &v
+			if _, ok := s.records.get(v.Entry); !ok {
+				need = append(need, v.Entry)
+			}
+			if _, ok := s.keys.get(v.Entry); !ok && !v.Ended {
+				j, err := keylog.ParseBareJID(e.JID)
+				if err != nil {
+					return false, err
+				}
+				l := keylog.Label(j)
+				labels = append(labels, l[:])
+			}
+		}
+		e.MapProof = s.m.Prove(e.Index)
+	}
+	var (
+		st          TreeState
+		gen, t      *int64
+		root        []byte
+		recIdx      []int64
+		recText     [][]byte
+		keyIdx      []int64
+		keyDER      [][]byte
+		readRecords = len(need) > 0 || len(labels) > 0
+	)
+	if readRecords {
+		err = s.db.QueryRow(ctx, lookupSQL, need, labels).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER)
+	} else {
+		err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&st.Size, &gen, &root, &t)
+	}
+	if err != nil {
+		return false, fmt.Errorf("read log size: %w", err)
+	}
+	if gen == nil {
+		return false, ErrNotMigrated
+	}
+	if len(root) != 32 || t == nil {
+		return false, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+	}
+	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
+	if st.Size != size {
+		return true, nil
+	}
+	if s.m.Root() != st.MapRoot {
+		return false, fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
+	}
+	if len(recIdx) != len(recText) || len(keyIdx) != len(keyDER) {
+		return false, fmt.Errorf("%w: uneven rows", ErrCorrupt)
+	}
+	for i, idx := range recIdx {
+		if idx >= 0 && idx < size {
+			s.records.put(idx, bytes.Clone(recText[i]))
+		}
+	}
+	snap.Size, snap.MapRoot = st.Size, st.MapRoot
+	var ok bool
+	if snap.Head, ok = s.records.get(size - 1); !ok {
+		return false, fmt.Errorf("%w: the head record %d is missing", ErrCorrupt, size-1)
+	}
+	for i := range snap.Entries {
+		e := &snap.Entries[i]
+		if e.Value == nil {
+			continue
+		}
+		if e.Record, ok = s.records.get(e.Value.Entry); !ok {
+			return false, fmt.Errorf("%w: record %d is missing", ErrCorrupt, e.Value.Entry)
+		}
+		if e.Value.Ended {
+			continue
+		}
+		if e.Key, ok = s.keys.get(e.Value.Entry); ok {
+			continue
+		}
+		for j, idx := range keyIdx {
+			if idx == e.Value.Entry {
+				e.Key = keyDER[j]
+			}
+		}
+		if e.Key == nil || keylog.Fingerprint(e.Key) != e.Value.Fingerprint {
+			return false, fmt.Errorf("%w: the map binds %s to a key the bindings do not hold", ErrCorrupt, e.JID)
+		}
+		e.Key = bytes.Clone(e.Key)
+		s.keys.put(e.Value.Entry, e.Key)
+	}
+	return false, nil
 }
 
 // read fills snap in one read-only snapshot of the database, with the map
