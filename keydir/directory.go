@@ -804,7 +804,7 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 		// device sees the truth and may publish again.
 		d.log.Info("keydir: binding changed right after its publish", "index", b.Value.Entry)
 	}
-	return keydirxml.Publish1{Checkpoint: a.checkpoint, Head: a.head, Entry: &e}, nil
+	return d.marshalResult("publish", keydirxml.Publish1{Checkpoint: a.checkpoint, Head: a.head, Entry: &e})
 }
 
 func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -848,7 +848,20 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, d.internal("lookup", err)
 	}
-	return keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries}, nil
+	return d.marshalResult("lookup", keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries})
+}
+
+// marshalResult marshals an answer once, to be written as it is
+// (component.RawXML): handing the component the value instead costs a
+// marshal, a parse of that back into tokens and their encoding, which
+// was most of a lookup's CPU in clinkd after its round trips to
+// PostgreSQL (issue 15).
+func (d *Directory) marshalResult(what string, v any) (any, error) {
+	b, err := xml.Marshal(v)
+	if err != nil {
+		return nil, d.internal(what, fmt.Errorf("keydir: encode %T: %w", v, err))
+	}
+	return component.RawXML(b), nil
 }
 
 func (d *Directory) checkpointHandler(v0 bool) func(context.Context, *component.Stanza) (any, error) {
@@ -990,7 +1003,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 		}
 		res.Records = append(res.Records, r)
 	}
-	return res, nil
+	return d.marshalResult("history", res)
 }
 
 func recordFingerprint(text []byte) ([32]byte, error) {
