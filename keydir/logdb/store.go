@@ -990,14 +990,45 @@ const lookupSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
 	ARRAY(SELECT idx FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
 	ARRAY(SELECT record FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
 	ARRAY(SELECT idx FROM keydir_bindings WHERE label = ANY($2) ORDER BY label),
-	ARRAY(SELECT public_key FROM keydir_bindings WHERE label = ANY($2) ORDER BY label)
+	ARRAY(SELECT public_key FROM keydir_bindings WHERE label = ANY($2) ORDER BY label),
+	ARRAY(SELECT idx FROM keydir_hashes WHERE idx = ANY($3) ORDER BY idx),
+	ARRAY(SELECT hash FROM keydir_hashes WHERE idx = ANY($3) ORDER BY idx)
 	FROM keydir_tree t`
+
+// proofIndexes records the stored hash indexes tlog.ProveRecord asks
+// for, answering zeros: what an inclusion proof at a size will read.
+type proofIndexes []int64
+
+func (p *proofIndexes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	*p = append(*p, indexes...)
+	return make([]tlog.Hash, len(indexes)), nil
+}
+
+// missingHashes returns the stored hash indexes that the inclusion
+// proofs of leaves in the tree of size need and ProofHashReader does not
+// keep.
+func (s *Store) missingHashes(size int64, leaves []int64) []int64 {
+	var all proofIndexes
+	for _, n := range leaves {
+		if _, err := tlog.ProveRecord(size, n, &all); err != nil {
+			return nil // the proof will fail the same way when it is made
+		}
+	}
+	var missing []int64
+	for _, x := range all {
+		if _, ok := s.hashes.get(x); !ok {
+			missing = append(missing, x)
+		}
+	}
+	return missing
+}
 
 // readFast fills snap (no history) in one round trip: it reads the size
 // row, and in the same statement what the map in memory says the answer
 // needs that is not kept from before (records and keys never change
 // once written: a record by its index, a key by the index of the entry
-// that bound it). The size row makes the answer current: when the log
+// that bound it; and the hashes of the inclusion proofs at that size,
+// for ProofHashReader). The size row makes the answer current: when the log
 // has the size the map is at, the map is the log's (its root is checked
 // against the row's) and the answer is complete; else stale reports that
 // the map must catch up first. Nothing is kept that was not read at the
@@ -1012,8 +1043,10 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 	var (
 		need   []int64
 		labels [][]byte
+		leaves []int64 // proven: the head and the entries of values
 	)
 	if size > 0 {
+		leaves = append(leaves, size-1)
 		if _, ok := s.records.get(size - 1); !ok {
 			need = append(need, size-1)
 		}
@@ -1023,6 +1056,7 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		e.Value, e.Record, e.Key = nil, nil, nil
 		if v, ok := s.m.Get(e.Index); ok {
 			e.Value = &v
+			leaves = append(leaves, v.Entry)
 			if _, ok := s.records.get(v.Entry); !ok {
 				need = append(need, v.Entry)
 			}
@@ -1045,10 +1079,13 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		recText     [][]byte
 		keyIdx      []int64
 		keyDER      [][]byte
-		readRecords = len(need) > 0 || len(labels) > 0
+		hashIdx     []int64
+		hashes      [][]byte
+		hashNeed    = s.missingHashes(size, leaves)
+		readRecords = len(need) > 0 || len(labels) > 0 || len(hashNeed) > 0
 	)
 	if readRecords {
-		err = s.db.QueryRow(ctx, lookupSQL, need, labels).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER)
+		err = s.db.QueryRow(ctx, lookupSQL, need, labels, hashNeed).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER, &hashIdx, &hashes)
 	} else {
 		err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&st.Size, &gen, &root, &t)
 	}
@@ -1068,8 +1105,16 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 	if s.m.Root() != st.MapRoot {
 		return false, fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
 	}
-	if len(recIdx) != len(recText) || len(keyIdx) != len(keyDER) {
+	if len(recIdx) != len(recText) || len(keyIdx) != len(keyDER) || len(hashIdx) != len(hashes) {
 		return false, fmt.Errorf("%w: uneven rows", ErrCorrupt)
+	}
+	for i, x := range hashIdx {
+		// Checked where they are used: a proof made from them is checked
+		// against the checkpoint, and made from the database again if
+		// that fails.
+		if len(hashes[i]) == tlog.HashSize {
+			s.hashes.put(x, tlog.Hash(hashes[i]))
+		}
 	}
 	for i, idx := range recIdx {
 		if idx >= 0 && idx < size {
