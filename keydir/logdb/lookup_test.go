@@ -34,8 +34,9 @@ func (*queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEnd
 // its inclusion proofs need no read at all; yet each lookup reads the
 // size row, so that an append by another store over the same database
 // (another clinkd) shows in the next answer, ended bindings included,
-// and every inclusion proof checks against the tree of the answer's size
-// as the database computes it.
+// at the cost of two more statements (the map rows changed, then the
+// answer), and every inclusion proof checks against the tree of the
+// answer's size as the database computes it.
 func TestLookupRoundTrips(t *testing.T) {
 	t.Parallel()
 	l := keydirtest.New(t, keydir.Config{})
@@ -127,7 +128,11 @@ func TestLookupRoundTrips(t *testing.T) {
 	if _, _, err := a.Publish(ctx, alice, k, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	before := count.n.Load()
 	snap, _ := lookup(alice)
+	if n := count.n.Load() - before; n != 3 {
+		t.Errorf("right after an append elsewhere: %d statements, want 3 (the size row, the map rows changed with it, the answer)", n)
+	}
 	if v := snap.Entries[0].Value; v == nil || v.Ended || v.Version != 3 || string(snap.Entries[0].Key) != string(k) {
 		t.Fatalf("Lookup(alice) after a publish elsewhere = %+v, want her new key at version 3", snap.Entries[0])
 	}

@@ -14,7 +14,10 @@
 // brought up to date, under the size row's lock, from the rows changed
 // since (another process, clinkd keys reset, may have appended). Every
 // v1 record names the map root after it, so a map that does not match
-// the log is caught at once.
+// the log is caught at once. Records, keys and tlog's stored hashes never
+// change once written: a Store keeps those it read (bounded), so that a
+// lookup reads the size row and, in the same statement, only what it has
+// not seen.
 //
 // The server (keydir) answers from a Store, and Store.End is the one way
 // a binding ends, for operators and deleted accounts alike. The auditor
@@ -477,6 +480,15 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 	if err != nil {
 		return fmt.Errorf("read map: %w", err)
 	}
+	return s.applyMap(entries, full, st)
+}
+
+// applyMap makes the map in memory the one of st: built from entries
+// (every row) when full, else with entries (the rows changed since its
+// size) set in it; it checks the result against the root st names. The
+// caller holds mu for writing.
+func (s *Store) applyMap(entries []keylog.MapEntry, full bool, st TreeState) error {
+	var err error
 	m := s.m
 	if full {
 		if m, err = keylog.BuildMap(entries); err != nil {
@@ -966,7 +978,33 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		}
 		// Another process appended: bring the map up to date.
 		s.mu.Lock()
-		err = pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		err = s.catchUp(ctx)
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// catchUpSQL reads the size row and, in the same statement (one round
+// trip, one snapshot), the map rows changed from $1 on, as parallel
+// arrays in the order of their index.
+const catchUpSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
+	ARRAY(SELECT idx FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT ended FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT fingerprint FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT entry FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT version FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx)
+	FROM keydir_tree t`
+
+// catchUp brings the map in memory to the log's size: after another
+// process appended, in one statement, with the rows changed since the
+// map's size; the first time, or after the log shrank, by loading every
+// row (syncMap, in a read-only transaction). The caller holds mu for
+// writing.
+func (s *Store) catchUp(ctx context.Context) error {
+	full := func() error {
+		return pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 			st, err := readTree(ctx, tx, false)
 			if err != nil {
 				return err
@@ -976,11 +1014,45 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 			}
 			return s.syncMap(ctx, tx, st)
 		})
-		s.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
 	}
+	if s.m == nil {
+		return full()
+	}
+	from := s.msize
+	var (
+		st                TreeState
+		gen, t            *int64
+		root              []byte
+		xs, fps           [][]byte
+		ended             []bool
+		entries, versions []int64
+	)
+	err := s.db.QueryRow(ctx, catchUpSQL, from).Scan(&st.Size, &gen, &root, &t, &xs, &ended, &fps, &entries, &versions)
+	if err != nil {
+		return fmt.Errorf("read map: %w", err)
+	}
+	if gen == nil {
+		return ErrNotMigrated
+	}
+	if len(root) != 32 || t == nil {
+		return fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+	}
+	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
+	if st.Size < from {
+		return full() // the log shrank: syncMap starts over
+	}
+	n := len(xs)
+	if len(ended) != n || len(fps) != n || len(entries) != n || len(versions) != n {
+		return fmt.Errorf("%w: uneven map rows", ErrCorrupt)
+	}
+	changes := make([]keylog.MapEntry, n)
+	for i := range n {
+		if len(xs[i]) != 32 || len(fps[i]) != 32 || entries[i] < 0 || entries[i] >= st.Size || versions[i] < 1 {
+			return fmt.Errorf("%w: malformed map row", ErrCorrupt)
+		}
+		changes[i] = keylog.MapEntry{Index: [32]byte(xs[i]), Value: keylog.MapValue{Ended: ended[i], Fingerprint: [32]byte(fps[i]), Entry: entries[i], Version: versions[i]}}
+	}
+	return s.applyMap(changes, false, st)
 }
 
 // lookupSQL reads the size row and, in the same statement (one round
