@@ -147,7 +147,7 @@ const maxVRFCache = 100_000
 
 // maxRecordCache and maxKeyCache bound the records (about 300 bytes
 // each with the map's overhead) and keys (100 to 600 bytes) kept:
-// about 30 MB at most for both, for the JIDs looked up most. maxHashCache
+// about 40 MB at most for both, for the JIDs looked up most. maxHashCache
 // bounds the stored hashes kept (about 60 bytes each): the upper levels
 // of the tree, which every proof shares, and the lower ones of the
 // leaves proven lately.
