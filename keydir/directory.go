@@ -25,6 +25,7 @@
 package keydir
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -132,6 +133,9 @@ type Directory struct {
 	mu     sync.Mutex        // serializes signing; guards signed and fault
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
 	fault  string            // why the directory refuses to serve; "" when ready
+
+	hmu  sync.Mutex  // guards head
+	head *provenHead // the head of the last answer
 }
 
 type signedCheckpoint struct {
@@ -639,16 +643,11 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 	if err != nil {
 		return nil, err
 	}
-	head, err := keylog.ParseRecordV1(snap.Head)
-	if err != nil || head.Map != snap.MapRoot {
-		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
-	}
-	hp, err := d.prove(ctx, snap.Size-1, snap.Head, sc.cp)
+	head, err := d.provenHead(ctx, snap, sc.cp)
 	if err != nil {
 		return nil, err
 	}
-	a := &answer{checkpoint: string(msg), cp: sc.cp,
-		head: &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}}
+	a := &answer{checkpoint: string(msg), cp: sc.cp, head: head}
 	for _, e := range snap.Entries {
 		ent, err := d.entry(ctx, e, snap.MapRoot, sc.cp)
 		if err != nil {
@@ -657,6 +656,41 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 		a.entries = append(a.entries, ent)
 	}
 	return a, nil
+}
+
+// provenHead is a head proven against a checkpoint: every answer at an
+// unchanged size carries the same, so it is parsed, proven, checked and
+// encoded once per size rather than for every lookup.
+type provenHead struct {
+	cp      keylog.Checkpoint
+	record  []byte
+	mapRoot [32]byte
+	head    *keydirxml.Head // shared by the answers: never modified
+}
+
+// provenHead returns snap's head with its inclusion proof in the tree of
+// cp, checked, reusing the last one when it is the same record proven
+// against the same checkpoint.
+func (d *Directory) provenHead(ctx context.Context, snap *logdb.Snapshot, cp keylog.Checkpoint) (*keydirxml.Head, error) {
+	d.hmu.Lock()
+	last := d.head
+	d.hmu.Unlock()
+	if last != nil && last.cp == cp && last.mapRoot == snap.MapRoot && bytes.Equal(last.record, snap.Head) {
+		return last.head, nil
+	}
+	rec, err := keylog.ParseRecordV1(snap.Head)
+	if err != nil || rec.Map != snap.MapRoot {
+		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
+	}
+	hp, err := d.prove(ctx, snap.Size-1, snap.Head, cp)
+	if err != nil {
+		return nil, err
+	}
+	h := &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}
+	d.hmu.Lock()
+	d.head = &provenHead{cp: cp, record: bytes.Clone(snap.Head), mapRoot: snap.MapRoot, head: h}
+	d.hmu.Unlock()
+	return h, nil
 }
 
 // entry builds and checks one JID's v1 entry.
