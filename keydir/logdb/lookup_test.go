@@ -2,7 +2,10 @@ package logdb_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,15 +22,23 @@ import (
 )
 
 // queryCounter counts the statements sent on a pool: each is one round
-// trip.
-type queryCounter struct{ n atomic.Int64 }
+// trip. With slow set, a read of the size row alone is held that long
+// after PostgreSQL answered it, before its caller gets the row: what it
+// read grows old meanwhile.
+type queryCounter struct{ n, slow atomic.Int64 }
 
-func (c *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+type sqlKey struct{}
+
+func (c *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
 	c.n.Add(1)
-	return ctx
+	return context.WithValue(ctx, sqlKey{}, d.SQL)
 }
 
-func (*queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *queryCounter) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	if sql, _ := ctx.Value(sqlKey{}).(string); strings.HasSuffix(sql, "FROM keydir_tree") {
+		time.Sleep(time.Duration(c.slow.Load()))
+	}
+}
 
 // TestLookupRoundTrips: a lookup reads PostgreSQL once, the size row
 // with what it has not kept (a record, a key, proof hashes), and then
@@ -43,20 +54,7 @@ func TestLookupRoundTrips(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var count queryCounter
-	cfg, err := pgxpool.ParseConfig(l.DB.Config().ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = &count
-	db, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	b, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: l.VRF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := countedStore(ctx, t, l, &count)
 	a := l.Store // the other clinkd
 	users := keydirtest.PublishMany(ctx, t, a, 20, "lab.localhost")
 	nobody := keydirtest.MustJID(t, "nobody@lab.localhost")
@@ -139,4 +137,111 @@ func TestLookupRoundTrips(t *testing.T) {
 	if n := statements(alice); n != 1 {
 		t.Errorf("a JID seen before, after the appends: %d statements, want 1", n)
 	}
+}
+
+// countedStore is a second store over l's database whose statements
+// count counts.
+func countedStore(ctx context.Context, t *testing.T, l *keydirtest.Log, count *queryCounter) *logdb.Store {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(l.DB.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.Tracer = count
+	db, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	s, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: l.VRF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestLookupsShareSizeReads: lookups that need nothing but the size row
+// and arrive while it is being read share the next read, and yet each
+// answer is at least at the size of every append, by another store, that
+// ended before the lookup began.
+func TestLookupsShareSizeReads(t *testing.T) {
+	t.Parallel()
+	l := keydirtest.New(t, keydir.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var count queryCounter
+	b := countedStore(ctx, t, l, &count)
+	a := l.Store // the other clinkd
+	users := keydirtest.PublishMany(ctx, t, a, 10, "lab.localhost")
+	if _, err := b.Lookup(ctx, users); err != nil { // everything kept
+		t.Fatal(err)
+	}
+	size, err := a.Size(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Each read of the size row takes 20 ms more: lookups pile up behind
+	// it.
+	count.slow.Store(int64(20 * time.Millisecond))
+	const n = 40
+	before := count.n.Load()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			snap, err := b.Lookup(ctx, []jid.JID{users[i%len(users)]})
+			if err != nil || snap.Size != size || snap.Entries[0].Key == nil {
+				t.Errorf("Lookup(%s) = %+v, %v; want its key at size %d", users[i%len(users)], snap, err, size)
+			}
+		})
+	}
+	wg.Wait()
+	if got := count.n.Load() - before; got > n/4 {
+		t.Errorf("%d lookups at once took %d statements, want at most %d", n, got, n/4)
+	}
+
+	// Appends elsewhere while lookups run, each read of the size row
+	// still held 20 ms: a lookup that joined a read begun before it would
+	// miss the append that ended in between.
+	var (
+		appended atomic.Int64 // the size after the last append that returned
+		stop     = make(chan struct{})
+	)
+	appended.Store(size)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				least := appended.Load()
+				snap, err := b.Lookup(ctx, []jid.JID{users[0]})
+				if err != nil {
+					t.Errorf("Lookup = %v", err)
+					return
+				}
+				if snap.Size < least {
+					t.Errorf("Lookup began after an append made the log %d long, answered at size %d", least, snap.Size)
+					return
+				}
+			}
+		})
+	}
+	for i := range 10 {
+		bind, _, err := a.Publish(ctx, keydirtest.MustJID(t, fmt.Sprintf("late%d@lab.localhost", i)), keydirtest.FakeRSAKey(t, 3072), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		appended.Store(bind.Value.Entry + 1)
+		// Right after the append, while the others' reads are under way.
+		snap, err := b.Lookup(ctx, []jid.JID{users[0]})
+		if err != nil || snap.Size <= bind.Value.Entry {
+			t.Errorf("Lookup right after an append elsewhere made the log %d long = size %d, %v", bind.Value.Entry+1, snap.Size, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
 }

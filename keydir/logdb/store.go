@@ -101,6 +101,85 @@ type Store struct {
 	records memo[int64, []byte]
 	keys    memo[int64, []byte]
 	hashes  memo[int64, tlog.Hash]
+
+	sizes sizeReads
+}
+
+// sizeReads lets the lookups that need nothing but the size row share
+// reads of it. A lookup that arrives while a read is under way joins the
+// next one, which starts when that one ends: every lookup is answered
+// from a read that began after it did (an append that ended before a
+// lookup began is in its answer, whichever clinkd made it), and lookups
+// that arrive together take one round trip.
+type sizeReads struct {
+	mu      sync.Mutex
+	running bool      // a read is under way
+	next    *sizeRead // the read after it, which lookups arriving now join
+}
+
+type sizeRead struct {
+	done chan struct{}
+	row  treeRow
+	err  error
+}
+
+// treeRow is the size row as read, not yet checked.
+type treeRow struct {
+	size    int64
+	gen, t  *int64
+	mapRoot []byte // shared by the lookups of one read: never modified
+}
+
+// sharedReadTimeout bounds a size-row read that lookups joined: it has
+// no requester of its own whose context could end it, and the lookups
+// waiting for it give up at their own deadlines anyway.
+const sharedReadTimeout = 30 * time.Second
+
+// readSize returns the size row as a statement that began after the call
+// read it.
+func (s *Store) readSize(ctx context.Context) (treeRow, error) {
+	r := &s.sizes
+	r.mu.Lock()
+	if r.running {
+		if r.next == nil {
+			r.next = &sizeRead{done: make(chan struct{})}
+		}
+		f := r.next
+		r.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.row, f.err
+		case <-ctx.Done():
+			return treeRow{}, ctx.Err()
+		}
+	}
+	r.running = true
+	r.mu.Unlock()
+	// Nobody else waits for this read: it runs here, under ctx.
+	f := &sizeRead{done: make(chan struct{})}
+	s.runSizeRead(ctx, f)
+	return f.row, f.err
+}
+
+// runSizeRead reads the size row for f, then starts the read the lookups
+// that arrived meanwhile joined, if any.
+func (s *Store) runSizeRead(ctx context.Context, f *sizeRead) {
+	row := &f.row
+	f.err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&row.size, &row.gen, &row.mapRoot, &row.t)
+	close(f.done)
+	r := &s.sizes
+	r.mu.Lock()
+	next := r.next
+	r.next = nil
+	r.running = next != nil
+	r.mu.Unlock()
+	if next != nil {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), sharedReadTimeout)
+			defer cancel()
+			s.runSizeRead(ctx, next)
+		}()
+	}
 }
 
 // memo is a bounded map of values that never change once written. Full,
@@ -1159,7 +1238,9 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 	if readRecords {
 		err = s.db.QueryRow(ctx, lookupSQL, need, labels, hashNeed).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER, &hashIdx, &hashes)
 	} else {
-		err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&st.Size, &gen, &root, &t)
+		var row treeRow
+		row, err = s.readSize(ctx)
+		st.Size, gen, root, t = row.size, row.gen, row.mapRoot, row.t
 	}
 	if err != nil {
 		return false, fmt.Errorf("read log size: %w", err)
