@@ -1135,8 +1135,9 @@ func (s *Store) catchUp(ctx context.Context) error {
 }
 
 // lookupSQL reads the size row and, in the same statement (one round
-// trip, one snapshot), the records at the indexes $1 and the keys bound
-// to the labels $2, with the index of the entry that bound each.
+// trip, one snapshot), the records at the indexes $1, the keys bound to
+// the labels $2 with the index of the entry that bound each, and the
+// stored hashes at the indexes $3.
 const lookupSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
 	ARRAY(SELECT idx FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
 	ARRAY(SELECT record FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
