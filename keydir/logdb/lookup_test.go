@@ -245,3 +245,48 @@ func TestLookupsShareSizeReads(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestLookupWhileKeptIsCleared: what a Store keeps (records, keys,
+// hashes) may be cleared at any moment by another lookup (a full memo
+// starts over) or by Forget; a lookup that found a record or key kept
+// when it planned its statement still answers with it, rather than
+// reporting the log corrupt because it is gone when the answer is built.
+func TestLookupWhileKeptIsCleared(t *testing.T) {
+	t.Parallel()
+	l := keydirtest.New(t, keydir.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	users := keydirtest.PublishMany(ctx, t, l.Store, 20, "lab.localhost")
+	stop := make(chan struct{})
+	var clearer sync.WaitGroup
+	clearer.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				l.Store.Forget()
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 150 {
+				if _, err := l.Store.Lookup(ctx, []jid.JID{users[(g*7+i)%len(users)]}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	clearer.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a lookup while what is kept is cleared: %v", err)
+	}
+}

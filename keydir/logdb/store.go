@@ -1196,10 +1196,17 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		need   []int64
 		labels [][]byte
 		leaves []int64 // proven: the head and the entries of values
+		// What this lookup uses, taken from the kept records and keys
+		// when it looks, or from the statement: another lookup may clear
+		// what is kept (memo.put, full) before this one is done with it.
+		records = map[int64][]byte{}
+		keys    = map[int64][]byte{}
 	)
 	if size > 0 {
 		leaves = append(leaves, size-1)
-		if _, ok := s.records.get(size - 1); !ok {
+		if r, ok := s.records.get(size - 1); ok {
+			records[size-1] = r
+		} else {
 			need = append(need, size-1)
 		}
 	}
@@ -1209,10 +1216,14 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		if v, ok := s.m.Get(e.Index); ok {
 			e.Value = &v
 			leaves = append(leaves, v.Entry)
-			if _, ok := s.records.get(v.Entry); !ok {
+			if r, ok := s.records.get(v.Entry); ok {
+				records[v.Entry] = r
+			} else {
 				need = append(need, v.Entry)
 			}
-			if _, ok := s.keys.get(v.Entry); !ok && !v.Ended {
+			if k, ok := s.keys.get(v.Entry); ok {
+				keys[v.Entry] = k
+			} else if !v.Ended {
 				j, err := keylog.ParseBareJID(e.JID)
 				if err != nil {
 					return false, err
@@ -1272,12 +1283,14 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 	}
 	for i, idx := range recIdx {
 		if idx >= 0 && idx < size {
-			s.records.put(idx, bytes.Clone(recText[i]))
+			r := bytes.Clone(recText[i])
+			records[idx] = r
+			s.records.put(idx, r)
 		}
 	}
 	snap.Size, snap.MapRoot = st.Size, st.MapRoot
 	var ok bool
-	if snap.Head, ok = s.records.get(size - 1); !ok {
+	if snap.Head, ok = records[size-1]; !ok {
 		return false, fmt.Errorf("%w: the head record %d is missing", ErrCorrupt, size-1)
 	}
 	for i := range snap.Entries {
@@ -1285,13 +1298,13 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		if e.Value == nil {
 			continue
 		}
-		if e.Record, ok = s.records.get(e.Value.Entry); !ok {
+		if e.Record, ok = records[e.Value.Entry]; !ok {
 			return false, fmt.Errorf("%w: record %d is missing", ErrCorrupt, e.Value.Entry)
 		}
 		if e.Value.Ended {
 			continue
 		}
-		if e.Key, ok = s.keys.get(e.Value.Entry); ok {
+		if e.Key, ok = keys[e.Value.Entry]; ok {
 			continue
 		}
 		for j, idx := range keyIdx {
