@@ -68,8 +68,8 @@ type Component struct {
 	// sendSem serializes writes so that each gets its own write deadline
 	// (see sendStanza).
 	sendSem chan struct{}
-	// rawBufs holds the buffers SendMessageRaw writes start elements
-	// into, so that a relay's sends allocate none.
+	// rawBufs holds the buffers SendMessageRaw and RawXML results write
+	// start elements into, so that a relay's sends allocate none.
 	rawBufs sync.Pool
 
 	pendingMu sync.Mutex

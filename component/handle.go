@@ -88,11 +88,20 @@ func (c *Component) handleIQ(ctx context.Context, s *Stanza) {
 		c.replyError(ctx, s, err)
 		return
 	}
+	reply := stanza.IQ{ID: s.ID, To: s.From, From: s.To, Type: stanza.ResultIQ}
+	if raw, ok := res.(RawXML); ok {
+		bp := c.rawBufs.Get().(*[]byte)
+		defer c.rawBufs.Put(bp)
+		*bp = appendIQStart((*bp)[:0], reply)
+		if err := c.sendRaw(context.WithoutCancel(ctx), KindIQ, *bp, iqEnd, raw); err != nil {
+			c.log.Debug("reply not sent", "err", err)
+		}
+		return
+	}
 	var p []any
 	if res != nil {
 		p = []any{res}
 	}
-	reply := stanza.IQ{ID: s.ID, To: s.From, From: s.To, Type: stanza.ResultIQ}
 	// The reply goes out even if the handler used up its time: the
 	// requester is still waiting. sendStanza bounds the write itself.
 	if err := c.send(context.WithoutCancel(ctx), KindIQ, reply.StartElement(), p...); err != nil {

@@ -22,27 +22,37 @@ func (c *Component) SendMessageRaw(ctx context.Context, m stanza.Message, childr
 	if m.ID == "" {
 		m.ID = randomID()
 	}
+	bp := c.rawBufs.Get().(*[]byte)
+	defer c.rawBufs.Put(bp)
+	*bp = appendStart((*bp)[:0], m) // keep what grew for the next send
+	return c.sendRaw(ctx, KindMessage, *bp, messageEnd, children...)
+}
+
+// RawXML is an IQ result's payload that clinkd made itself as bytes: one
+// or more whole elements, each declaring its namespace, under the same
+// rules as SendMessageRaw's children. An IQ handler that returns it has
+// the result written as it is, because a large answer (a key lookup's
+// proofs) marshalled, parsed back into tokens and encoded again cost more
+// CPU than the rest of the lookup (issue 15).
+type RawXML []byte
+
+// sendRaw writes one stanza: start, the children as they are, and end.
+func (c *Component) sendRaw(ctx context.Context, kind Kind, start, end []byte, children ...[]byte) error {
 	sess, conn := c.session()
 	if sess == nil {
 		return ErrNotLinked
 	}
-	bp := c.rawBufs.Get().(*[]byte)
-	defer c.rawBufs.Put(bp)
-	start := appendStart((*bp)[:0], m)
 	bufs := make(net.Buffers, 0, len(children)+2)
 	bufs = append(bufs, start)
-	size := len(start) + len(messageEnd)
 	for _, ch := range children {
 		bufs = append(bufs, ch)
-		size += len(ch)
 	}
-	bufs = append(bufs, messageEnd)
-	*bp = start // keep what grew for the next send
+	bufs = append(bufs, end)
 
 	select {
 	case c.sendSem <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("component: send %s: %w", KindMessage, ctx.Err())
+		return fmt.Errorf("component: send %s: %w", kind, ctx.Err())
 	}
 	defer func() { <-c.sendSem }()
 	// The session's writer: holding it keeps mellium.im/xmpp from writing
@@ -54,7 +64,7 @@ func (c *Component) SendMessageRaw(ctx context.Context, m stanza.Message, childr
 	w := sess.TokenWriter()
 	defer w.Close()
 	if err := w.Flush(); err != nil {
-		return fmt.Errorf("component: send %s: %w", KindMessage, err)
+		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
 	deadline := time.Now().Add(c.cfg.SendTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -64,10 +74,36 @@ func (c *Component) SendMessageRaw(ctx context.Context, m stanza.Message, childr
 	if _, err := bufs.WriteTo(conn); err != nil {
 		// Part of a stanza may have gone: the stream cannot go on.
 		conn.Close()
-		return fmt.Errorf("component: send %s: %w", KindMessage, err)
+		return fmt.Errorf("component: send %s: %w", kind, err)
 	}
-	c.metrics.StanzasOut.WithLabelValues(string(KindMessage)).Inc()
+	c.metrics.StanzasOut.WithLabelValues(string(kind)).Inc()
 	return nil
+}
+
+var iqEnd = []byte("</iq>")
+
+// appendIQStart appends the IQ's start element, as mellium.im/xmpp
+// writes it on a component stream (its attributes, in another order).
+func appendIQStart(b []byte, iq stanza.IQ) []byte {
+	b = append(b, `<iq xmlns="`+nsAccept+`"`...)
+	b = appendAttr(b, "id", iq.ID)
+	b = appendAttr(b, "to", iq.To.String())
+	b = appendAttr(b, "from", iq.From.String())
+	b = appendAttr(b, "type", string(iq.Type))
+	b = appendAttr(b, "xml:lang", iq.Lang)
+	return append(b, '>')
+}
+
+// appendAttr appends name="v", escaped, unless v is empty.
+func appendAttr(b []byte, name, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = append(b, ' ')
+	b = append(b, name...)
+	b = append(b, `="`...)
+	b = AppendEscaped(b, v)
+	return append(b, '"')
 }
 
 var messageEnd = []byte("</message>")
@@ -76,21 +112,11 @@ var messageEnd = []byte("</message>")
 // writes it on a component stream.
 func appendStart(b []byte, m stanza.Message) []byte {
 	b = append(b, `<message xmlns="`+nsAccept+`"`...)
-	attr := func(name, v string) {
-		if v == "" {
-			return
-		}
-		b = append(b, ' ')
-		b = append(b, name...)
-		b = append(b, `="`...)
-		b = AppendEscaped(b, v)
-		b = append(b, '"')
-	}
-	attr("id", m.ID)
-	attr("to", m.To.String())
-	attr("from", m.From.String())
-	attr("type", string(m.Type))
-	attr("xml:lang", m.Lang)
+	b = appendAttr(b, "id", m.ID)
+	b = appendAttr(b, "to", m.To.String())
+	b = appendAttr(b, "from", m.From.String())
+	b = appendAttr(b, "type", string(m.Type))
+	b = appendAttr(b, "xml:lang", m.Lang)
 	return append(b, '>')
 }
 

@@ -58,6 +58,38 @@ func TestSendMessageRaw(t *testing.T) {
 	}
 }
 
+// TestRawXMLResult proves that an IQ result whose payload a handler
+// returns as RawXML arrives as the same stanza as one returned as a
+// value, with the request's id (escaped) and addresses swapped.
+func TestRawXMLResult(t *testing.T) {
+	t.Parallel()
+	p := rawTestPayload{By: `a"b'<c>&d`, Text: "x < y & z"}
+	raw, err := xml.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, conn := newTestComponent(t, nil, func(c *Component) {
+		c.HandleIQ(xml.Name{Space: testNS, Local: "value"}, IQHandlerFunc(func(context.Context, *Stanza) (any, error) { return p, nil }))
+		c.HandleIQ(xml.Name{Space: testNS, Local: "raw"}, IQHandlerFunc(func(context.Context, *Stanza) (any, error) { return RawXML(raw), nil }))
+	})
+	for i, local := range []string{"value", "raw", "value", "raw"} {
+		id := string(rune('a'+i)) + `&amp;&quot;&lt;`
+		conn.send(t, `<iq type='get' id='`+id+`' from='a\40b@example/r"1' to='clink.example'><`+local+` xmlns='`+testNS+`'/></iq>`)
+		g := conn.read(t)
+		wantID := string(rune('a'+i)) + `&"<`
+		if g.XMLName != (xml.Name{Space: nsAccept, Local: "iq"}) || g.ID != wantID || g.Type != "result" || g.To != `a\40b@example/r"1` || g.From != "clink.example" {
+			t.Fatalf("%s result %d: got %+v", local, i, g)
+		}
+		var got rawTestPayload
+		if err := xml.Unmarshal([]byte(g.Inner), &got); err != nil {
+			t.Fatalf("%s result %d: %v in %q", local, i, err, g.Inner)
+		}
+		if got.By != p.By || got.Text != p.Text || got.XMLName.Space != "urn:example:raw" {
+			t.Fatalf("%s result %d = %+v, want %+v", local, i, got, p)
+		}
+	}
+}
+
 func TestAppendEscapedMatchesEncodingXML(t *testing.T) {
 	for _, s := range []string{"", "plain", `"'<>&`, "tab\tnl\ncr\r", "ünïcödé \\40"} {
 		var want sliceBuf

@@ -25,6 +25,7 @@
 package keydir
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -132,6 +133,9 @@ type Directory struct {
 	mu     sync.Mutex        // serializes signing; guards signed and fault
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
 	fault  string            // why the directory refuses to serve; "" when ready
+
+	hmu  sync.Mutex  // guards head
+	head *provenHead // the head of the last answer
 }
 
 type signedCheckpoint struct {
@@ -559,12 +563,25 @@ func (d *Directory) cosign(ctx context.Context, sc *signedCheckpoint) ([]byte, e
 // rec, in the tree of cp. It checks the proof before returning it: data
 // read from the database is suspect until a check passes, and a device
 // must never be handed a proof that fails.
+//
+// The hashes come from the store's cache first (they never change once
+// written, and a lookup would otherwise read them in a round trip of its
+// own); a proof that fails from it is made again from the database, with
+// the cache dropped, since a database restored from a backup may hold
+// other hashes than the ones kept. cp's root was computed from the
+// database (signLocked), so the check is against the database's tree.
 func (d *Directory) prove(ctx context.Context, idx int64, rec []byte, cp keylog.Checkpoint) (tlog.RecordProof, error) {
-	p, err := tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx)) // tree size first
+	leaf := tlog.RecordHash(rec)
+	p, err := tlog.ProveRecord(cp.Size, idx, d.store.ProofHashReader(ctx)) // tree size first
+	if err == nil && tlog.CheckRecord(p, cp.Size, cp.Hash, idx, leaf) == nil {
+		return p, nil
+	}
+	d.store.Forget()
+	p, err = tlog.ProveRecord(cp.Size, idx, d.store.HashReader(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("keydir: prove leaf %d in %d: %w", idx, cp.Size, err)
 	}
-	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, tlog.RecordHash(rec)); err != nil {
+	if err := tlog.CheckRecord(p, cp.Size, cp.Hash, idx, leaf); err != nil {
 		return nil, fmt.Errorf("%w: leaf %d does not verify against the tree of %d: %v", logdb.ErrCorrupt, idx, cp.Size, err)
 	}
 	return p, nil
@@ -626,16 +643,11 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 	if err != nil {
 		return nil, err
 	}
-	head, err := keylog.ParseRecordV1(snap.Head)
-	if err != nil || head.Map != snap.MapRoot {
-		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
-	}
-	hp, err := d.prove(ctx, snap.Size-1, snap.Head, sc.cp)
+	head, err := d.provenHead(ctx, snap, sc.cp)
 	if err != nil {
 		return nil, err
 	}
-	a := &answer{checkpoint: string(msg), cp: sc.cp,
-		head: &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}}
+	a := &answer{checkpoint: string(msg), cp: sc.cp, head: head}
 	for _, e := range snap.Entries {
 		ent, err := d.entry(ctx, e, snap.MapRoot, sc.cp)
 		if err != nil {
@@ -644,6 +656,41 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 		a.entries = append(a.entries, ent)
 	}
 	return a, nil
+}
+
+// provenHead is a head proven against a checkpoint: every answer at an
+// unchanged size carries the same, so it is parsed, proven, checked and
+// encoded once per size rather than for every lookup.
+type provenHead struct {
+	cp      keylog.Checkpoint
+	record  []byte
+	mapRoot [32]byte
+	head    *keydirxml.Head // shared by the answers: never modified
+}
+
+// provenHead returns snap's head with its inclusion proof in the tree of
+// cp, checked, reusing the last one when it is the same record proven
+// against the same checkpoint.
+func (d *Directory) provenHead(ctx context.Context, snap *logdb.Snapshot, cp keylog.Checkpoint) (*keydirxml.Head, error) {
+	d.hmu.Lock()
+	last := d.head
+	d.hmu.Unlock()
+	if last != nil && last.cp == cp && last.mapRoot == snap.MapRoot && bytes.Equal(last.record, snap.Head) {
+		return last.head, nil
+	}
+	rec, err := keylog.ParseRecordV1(snap.Head)
+	if err != nil || rec.Map != snap.MapRoot {
+		return nil, fmt.Errorf("%w: the head record %d does not name the map root", logdb.ErrCorrupt, snap.Size-1)
+	}
+	hp, err := d.prove(ctx, snap.Size-1, snap.Head, cp)
+	if err != nil {
+		return nil, err
+	}
+	h := &keydirxml.Head{Index: snap.Size - 1, Record: keydirxml.EncodeBlob(snap.Head), Proof: keydirxml.EncodeHashBlob(hp)}
+	d.hmu.Lock()
+	d.head = &provenHead{cp: cp, record: bytes.Clone(snap.Head), mapRoot: snap.MapRoot, head: h}
+	d.hmu.Unlock()
+	return h, nil
 }
 
 // entry builds and checks one JID's v1 entry.
@@ -791,7 +838,7 @@ func (d *Directory) handlePublish(ctx context.Context, iq *component.Stanza) (an
 		// device sees the truth and may publish again.
 		d.log.Info("keydir: binding changed right after its publish", "index", b.Value.Entry)
 	}
-	return keydirxml.Publish1{Checkpoint: a.checkpoint, Head: a.head, Entry: &e}, nil
+	return d.marshalResult("publish", keydirxml.Publish1{Checkpoint: a.checkpoint, Head: a.head, Entry: &e})
 }
 
 func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any, error) {
@@ -835,7 +882,22 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, d.internal("lookup", err)
 	}
-	return keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries}, nil
+	res := keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries}
+	return component.RawXML(res.AppendXML(make([]byte, 0, 2048))), nil
+}
+
+// marshalResult marshals an answer once, to be written as it is
+// (component.RawXML): handing the component the value instead costs a
+// marshal, a parse of that back into tokens and their encoding, which
+// was most of a lookup's CPU in clinkd after its round trips to
+// PostgreSQL (issue 15). A lookup, the answer sent most, skips
+// encoding/xml altogether (keydirxml.Lookup1.AppendXML).
+func (d *Directory) marshalResult(what string, v any) (any, error) {
+	b, err := xml.Marshal(v)
+	if err != nil {
+		return nil, d.internal(what, fmt.Errorf("keydir: encode %T: %w", v, err))
+	}
+	return component.RawXML(b), nil
 }
 
 func (d *Directory) checkpointHandler(v0 bool) func(context.Context, *component.Stanza) (any, error) {
@@ -977,7 +1039,7 @@ func (d *Directory) handleHistory(ctx context.Context, iq *component.Stanza) (an
 		}
 		res.Records = append(res.Records, r)
 	}
-	return res, nil
+	return d.marshalResult("history", res)
 }
 
 func recordFingerprint(text []byte) ([32]byte, error) {

@@ -11,7 +11,8 @@ import (
 // FuzzDecode feeds arbitrary XML to every payload type the server or the
 // device decodes, then to its structural check. Nothing may panic, and a
 // payload that decodes must survive a marshal and decode round trip with
-// the same verdict from Validate.
+// the same verdict from Validate, and a v1 lookup's AppendXML must write
+// what Marshal writes.
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`<publish xmlns='urn:clinkme:keydir:0'><key>MIIBojANBgkqhkiG9w0BAQEFAAOCAY8AMIIBigKCAYEA</key></publish>`,
@@ -89,6 +90,15 @@ func FuzzDecode(f *testing.F) {
 			}
 			return nil
 		})
+		var lx keydirxml.Lookup1
+		if xml.Unmarshal(in, &lx) == nil {
+			// What the server writes as bytes is what Marshal writes.
+			if want, err := xml.Marshal(lx); err == nil {
+				if got := lx.AppendXML(nil); string(got) != string(want) {
+					t.Fatalf("AppendXML = %q, Marshal %q", got, want)
+				}
+			}
+		}
 		var h1 keydirxml.History1
 		check(&h1, func() error {
 			for i := range h1.Records {

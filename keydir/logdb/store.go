@@ -14,7 +14,10 @@
 // brought up to date, under the size row's lock, from the rows changed
 // since (another process, clinkd keys reset, may have appended). Every
 // v1 record names the map root after it, so a map that does not match
-// the log is caught at once.
+// the log is caught at once. Records, keys and tlog's stored hashes never
+// change once written: a Store keeps those it read (bounded), so that a
+// lookup reads the size row and, in the same statement, only what it has
+// not seen.
 //
 // The server (keydir) answers from a Store, and Store.End is the one way
 // a binding ends, for operators and deleted accounts alike. The auditor
@@ -90,6 +93,127 @@ type Store struct {
 
 	vmu  sync.Mutex
 	vrfs map[string]vrfProof // canonical JID → index and proof
+
+	// What never changes once written, kept so that a lookup reads the
+	// database once (the size row) when it has seen the rest before:
+	// records by leaf index, the key each publish entry bound by that
+	// entry's index, and tlog's stored hashes (ProofHashReader).
+	records memo[int64, []byte]
+	keys    memo[int64, []byte]
+	hashes  memo[int64, tlog.Hash]
+
+	sizes sizeReads
+}
+
+// sizeReads lets the lookups that need nothing but the size row share
+// reads of it. A lookup that arrives while a read is under way joins the
+// next one, which starts when that one ends: every lookup is answered
+// from a read that began after it did (an append that ended before a
+// lookup began is in its answer, whichever clinkd made it), and lookups
+// that arrive together take one round trip.
+type sizeReads struct {
+	mu      sync.Mutex
+	running bool      // a read is under way
+	next    *sizeRead // the read after it, which lookups arriving now join
+}
+
+type sizeRead struct {
+	done chan struct{}
+	row  treeRow
+	err  error
+}
+
+// treeRow is the size row as read, not yet checked.
+type treeRow struct {
+	size    int64
+	gen, t  *int64
+	mapRoot []byte // shared by the lookups of one read: never modified
+}
+
+// sharedReadTimeout bounds a size-row read that lookups joined: it has
+// no requester of its own whose context could end it, and the lookups
+// waiting for it give up at their own deadlines anyway.
+const sharedReadTimeout = 30 * time.Second
+
+// readSize returns the size row as a statement that began after the call
+// read it.
+func (s *Store) readSize(ctx context.Context) (treeRow, error) {
+	r := &s.sizes
+	r.mu.Lock()
+	if r.running {
+		if r.next == nil {
+			r.next = &sizeRead{done: make(chan struct{})}
+		}
+		f := r.next
+		r.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.row, f.err
+		case <-ctx.Done():
+			return treeRow{}, ctx.Err()
+		}
+	}
+	r.running = true
+	r.mu.Unlock()
+	// Nobody else waits for this read: it runs here, under ctx.
+	f := &sizeRead{done: make(chan struct{})}
+	s.runSizeRead(ctx, f)
+	return f.row, f.err
+}
+
+// runSizeRead reads the size row for f, then starts the read the lookups
+// that arrived meanwhile joined, if any.
+func (s *Store) runSizeRead(ctx context.Context, f *sizeRead) {
+	row := &f.row
+	f.err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&row.size, &row.gen, &row.mapRoot, &row.t)
+	close(f.done)
+	r := &s.sizes
+	r.mu.Lock()
+	next := r.next
+	r.next = nil
+	r.running = next != nil
+	r.mu.Unlock()
+	if next != nil {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), sharedReadTimeout)
+			defer cancel()
+			s.runSizeRead(ctx, next)
+		}()
+	}
+}
+
+// memo is a bounded map of values that never change once written. Full,
+// it starts over: a few reads again, and no bookkeeping on every hit.
+type memo[K comparable, V any] struct {
+	mu  sync.RWMutex
+	m   map[K]V
+	max int
+}
+
+func newMemo[K comparable, V any](max int) memo[K, V] {
+	return memo[K, V]{m: map[K]V{}, max: max}
+}
+
+func (c *memo[K, V]) get(k K) (V, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *memo[K, V]) put(k K, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		clear(c.m)
+	}
+	c.m[k] = v
+}
+
+func (c *memo[K, V]) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.m)
 }
 
 type vrfProof struct {
@@ -99,6 +223,18 @@ type vrfProof struct {
 
 // maxVRFCache bounds the VRF proofs kept (about 150 bytes each).
 const maxVRFCache = 100_000
+
+// maxRecordCache and maxKeyCache bound the records (about 300 bytes
+// each with the map's overhead) and keys (100 to 600 bytes) kept:
+// about 40 MB at most for both, for the JIDs looked up most. maxHashCache
+// bounds the stored hashes kept (about 60 bytes each): the upper levels
+// of the tree, which every proof shares, and the lower ones of the
+// leaves proven lately.
+const (
+	maxRecordCache = 50_000
+	maxKeyCache    = 50_000
+	maxHashCache   = 200_000
+)
 
 // Config is what a Store needs; every field is required.
 type Config struct {
@@ -121,7 +257,11 @@ func New(cfg Config) (*Store, error) {
 	if cfg.VRF == nil {
 		return nil, errors.New("logdb: no VRF key: it gives every JID its map index")
 	}
-	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{}}, nil
+	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{},
+		records: newMemo[int64, []byte](maxRecordCache),
+		keys:    newMemo[int64, []byte](maxKeyCache),
+		hashes:  newMemo[int64, tlog.Hash](maxHashCache),
+	}, nil
 }
 
 // VRF returns the store's VRF key.
@@ -243,6 +383,62 @@ func (o overlay) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 // for its queries.
 func (s *Store) HashReader(ctx context.Context) tlog.HashReader { return hashReader{ctx, s.db} }
 
+// ProofHashReader returns a tlog.HashReader that answers from the
+// hashes it read before and reads the others from the database, keeping
+// them. A stored hash never changes once written, but a database
+// restored from a backup and appended to again holds other hashes at
+// the same indexes: use it only for proofs that are checked against a
+// checkpoint whose root was computed from HashReader (an inclusion
+// proof for a device), and call Forget when a check fails. Never
+// for a tree hash about to be signed, nor for the comparison of the
+// database with the last checkpoint signed: those must see the database.
+func (s *Store) ProofHashReader(ctx context.Context) tlog.HashReader {
+	return cachedHashes{s: s, db: hashReader{ctx, s.db}}
+}
+
+// Forget drops the hashes ProofHashReader kept and the records and keys
+// Lookup kept: after a check failed on what they gave, the next request
+// reads the database again.
+func (s *Store) Forget() {
+	s.hashes.forget()
+	s.records.forget()
+	s.keys.forget()
+}
+
+type cachedHashes struct {
+	s  *Store
+	db hashReader
+}
+
+func (r cachedHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	var missing []int // positions in indexes
+	for i, x := range indexes {
+		h, ok := r.s.hashes.get(x)
+		if !ok {
+			missing = append(missing, i)
+			continue
+		}
+		out[i] = h
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	xs := make([]int64, len(missing))
+	for j, i := range missing {
+		xs[j] = indexes[i]
+	}
+	got, err := r.db.ReadHashes(xs)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range missing {
+		out[i] = got[j]
+		r.s.hashes.put(xs[j], got[j])
+	}
+	return out, nil
+}
+
 // Size returns the number of leaves in the log.
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
@@ -334,6 +530,11 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 		return nil
 	}
 	full := s.m == nil || s.msize > st.Size
+	if s.m != nil && s.msize > st.Size {
+		// The log shrank (a database restored from a backup): what it
+		// holds past its size now may differ from what was kept.
+		s.Forget()
+	}
 	var from int64
 	if !full {
 		from = s.msize
@@ -358,6 +559,15 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 	if err != nil {
 		return fmt.Errorf("read map: %w", err)
 	}
+	return s.applyMap(entries, full, st)
+}
+
+// applyMap makes the map in memory the one of st: built from entries
+// (every row) when full, else with entries (the rows changed since its
+// size) set in it; it checks the result against the root st names. The
+// caller holds mu for writing.
+func (s *Store) applyMap(entries []keylog.MapEntry, full bool, st TreeState) error {
+	var err error
 	m := s.m
 	if full {
 		if m, err = keylog.BuildMap(entries); err != nil {
@@ -370,6 +580,7 @@ func (s *Store) syncMap(ctx context.Context, q querier, st TreeState) error {
 	}
 	if st.Genesis >= 0 && m.Root() != st.MapRoot {
 		s.m = nil // rebuild from scratch next time
+		s.Forget()
 		return fmt.Errorf("%w: the map's rows give root %x, the log names %x", ErrCorrupt, m.Root(), st.MapRoot)
 	}
 	s.m, s.msize = m, st.Size
@@ -830,8 +1041,14 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		x, p := s.Index(j)
 		snap.Entries[i] = Entry{JID: j.String(), Index: x, VRFProof: p}
 	}
+	read := s.read
+	if hist == nil {
+		read = func(ctx context.Context, snap *Snapshot, _ *jid.JID, _ int64, _ int) (bool, error) {
+			return s.readFast(ctx, snap)
+		}
+	}
 	for attempt := 0; ; attempt++ {
-		stale, err := s.read(ctx, snap, hist, from, max)
+		stale, err := read(ctx, snap, hist, from, max)
 		if err != nil || !stale {
 			return snap, err
 		}
@@ -840,7 +1057,33 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		}
 		// Another process appended: bring the map up to date.
 		s.mu.Lock()
-		err = pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		err = s.catchUp(ctx)
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// catchUpSQL reads the size row and, in the same statement (one round
+// trip, one snapshot), the map rows changed from $1 on, as parallel
+// arrays in the order of their index.
+const catchUpSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
+	ARRAY(SELECT idx FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT ended FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT fingerprint FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT entry FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx),
+	ARRAY(SELECT version FROM keydir_map WHERE changed >= $1 AND changed < t.size ORDER BY idx)
+	FROM keydir_tree t`
+
+// catchUp brings the map in memory to the log's size: after another
+// process appended, in one statement, with the rows changed since the
+// map's size; the first time, or after the log shrank, by loading every
+// row (syncMap, in a read-only transaction). The caller holds mu for
+// writing.
+func (s *Store) catchUp(ctx context.Context) error {
+	full := func() error {
+		return pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 			st, err := readTree(ctx, tx, false)
 			if err != nil {
 				return err
@@ -850,11 +1093,232 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 			}
 			return s.syncMap(ctx, tx, st)
 		})
-		s.mu.Unlock()
-		if err != nil {
-			return nil, err
+	}
+	if s.m == nil {
+		return full()
+	}
+	from := s.msize
+	var (
+		st                TreeState
+		gen, t            *int64
+		root              []byte
+		xs, fps           [][]byte
+		ended             []bool
+		entries, versions []int64
+	)
+	err := s.db.QueryRow(ctx, catchUpSQL, from).Scan(&st.Size, &gen, &root, &t, &xs, &ended, &fps, &entries, &versions)
+	if err != nil {
+		return fmt.Errorf("read map: %w", err)
+	}
+	if gen == nil {
+		return ErrNotMigrated
+	}
+	if len(root) != 32 || t == nil {
+		return fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+	}
+	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
+	if st.Size < from {
+		return full() // the log shrank: syncMap starts over
+	}
+	n := len(xs)
+	if len(ended) != n || len(fps) != n || len(entries) != n || len(versions) != n {
+		return fmt.Errorf("%w: uneven map rows", ErrCorrupt)
+	}
+	changes := make([]keylog.MapEntry, n)
+	for i := range n {
+		if len(xs[i]) != 32 || len(fps[i]) != 32 || entries[i] < 0 || entries[i] >= st.Size || versions[i] < 1 {
+			return fmt.Errorf("%w: malformed map row", ErrCorrupt)
+		}
+		changes[i] = keylog.MapEntry{Index: [32]byte(xs[i]), Value: keylog.MapValue{Ended: ended[i], Fingerprint: [32]byte(fps[i]), Entry: entries[i], Version: versions[i]}}
+	}
+	return s.applyMap(changes, false, st)
+}
+
+// lookupSQL reads the size row and, in the same statement (one round
+// trip, one snapshot), the records at the indexes $1, the keys bound to
+// the labels $2 with the index of the entry that bound each, and the
+// stored hashes at the indexes $3.
+const lookupSQL = `SELECT t.size, t.genesis, t.map_root, t.v1_time,
+	ARRAY(SELECT idx FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
+	ARRAY(SELECT record FROM keydir_entries WHERE idx = ANY($1) ORDER BY idx),
+	ARRAY(SELECT idx FROM keydir_bindings WHERE label = ANY($2) ORDER BY label),
+	ARRAY(SELECT public_key FROM keydir_bindings WHERE label = ANY($2) ORDER BY label),
+	ARRAY(SELECT idx FROM keydir_hashes WHERE idx = ANY($3) ORDER BY idx),
+	ARRAY(SELECT hash FROM keydir_hashes WHERE idx = ANY($3) ORDER BY idx)
+	FROM keydir_tree t`
+
+// proofIndexes records the stored hash indexes tlog.ProveRecord asks
+// for, answering zeros: what an inclusion proof at a size will read.
+type proofIndexes []int64
+
+func (p *proofIndexes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	*p = append(*p, indexes...)
+	return make([]tlog.Hash, len(indexes)), nil
+}
+
+// missingHashes returns the stored hash indexes that the inclusion
+// proofs of leaves in the tree of size need and ProofHashReader does not
+// keep.
+func (s *Store) missingHashes(size int64, leaves []int64) []int64 {
+	var all proofIndexes
+	for _, n := range leaves {
+		if _, err := tlog.ProveRecord(size, n, &all); err != nil {
+			return nil // the proof will fail the same way when it is made
 		}
 	}
+	var missing []int64
+	for _, x := range all {
+		if _, ok := s.hashes.get(x); !ok {
+			missing = append(missing, x)
+		}
+	}
+	return missing
+}
+
+// readFast fills snap (no history) in one round trip: it reads the size
+// row, and in the same statement what the map in memory says the answer
+// needs that is not kept from before (records and keys never change
+// once written: a record by its index, a key by the index of the entry
+// that bound it; and the hashes of the inclusion proofs at that size,
+// for ProofHashReader). The size row makes the answer current: when the log
+// has the size the map is at, the map is the log's (its root is checked
+// against the row's) and the answer is complete; else stale reports that
+// the map must catch up first. Nothing is kept that was not read at the
+// size the answer is at.
+func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.m == nil {
+		return true, nil
+	}
+	size := s.msize
+	var (
+		need   []int64
+		labels [][]byte
+		leaves []int64 // proven: the head and the entries of values
+		// What this lookup uses, taken from the kept records and keys
+		// when it looks, or from the statement: another lookup may clear
+		// what is kept (memo.put, full) before this one is done with it.
+		records = map[int64][]byte{}
+		keys    = map[int64][]byte{}
+	)
+	if size > 0 {
+		leaves = append(leaves, size-1)
+		if r, ok := s.records.get(size - 1); ok {
+			records[size-1] = r
+		} else {
+			need = append(need, size-1)
+		}
+	}
+	for i := range snap.Entries {
+		e := &snap.Entries[i]
+		e.Value, e.Record, e.Key = nil, nil, nil
+		if v, ok := s.m.Get(e.Index); ok {
+			e.Value = &v
+			leaves = append(leaves, v.Entry)
+			if r, ok := s.records.get(v.Entry); ok {
+				records[v.Entry] = r
+			} else {
+				need = append(need, v.Entry)
+			}
+			if k, ok := s.keys.get(v.Entry); ok {
+				keys[v.Entry] = k
+			} else if !v.Ended {
+				j, err := keylog.ParseBareJID(e.JID)
+				if err != nil {
+					return false, err
+				}
+				l := keylog.Label(j)
+				labels = append(labels, l[:])
+			}
+		}
+		e.MapProof = s.m.Prove(e.Index)
+	}
+	var (
+		st          TreeState
+		gen, t      *int64
+		root        []byte
+		recIdx      []int64
+		recText     [][]byte
+		keyIdx      []int64
+		keyDER      [][]byte
+		hashIdx     []int64
+		hashes      [][]byte
+		hashNeed    = s.missingHashes(size, leaves)
+		readRecords = len(need) > 0 || len(labels) > 0 || len(hashNeed) > 0
+	)
+	if readRecords {
+		err = s.db.QueryRow(ctx, lookupSQL, need, labels, hashNeed).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER, &hashIdx, &hashes)
+	} else {
+		var row treeRow
+		row, err = s.readSize(ctx)
+		st.Size, gen, root, t = row.size, row.gen, row.mapRoot, row.t
+	}
+	if err != nil {
+		return false, fmt.Errorf("read log size: %w", err)
+	}
+	if gen == nil {
+		return false, ErrNotMigrated
+	}
+	if len(root) != 32 || t == nil {
+		return false, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+	}
+	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
+	if st.Size != size {
+		return true, nil
+	}
+	if s.m.Root() != st.MapRoot {
+		return false, fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
+	}
+	if len(recIdx) != len(recText) || len(keyIdx) != len(keyDER) || len(hashIdx) != len(hashes) {
+		return false, fmt.Errorf("%w: uneven rows", ErrCorrupt)
+	}
+	for i, x := range hashIdx {
+		// Checked where they are used: a proof made from them is checked
+		// against the checkpoint, and made from the database again if
+		// that fails.
+		if len(hashes[i]) == tlog.HashSize {
+			s.hashes.put(x, tlog.Hash(hashes[i]))
+		}
+	}
+	for i, idx := range recIdx {
+		if idx >= 0 && idx < size {
+			r := bytes.Clone(recText[i])
+			records[idx] = r
+			s.records.put(idx, r)
+		}
+	}
+	snap.Size, snap.MapRoot = st.Size, st.MapRoot
+	var ok bool
+	if snap.Head, ok = records[size-1]; !ok {
+		return false, fmt.Errorf("%w: the head record %d is missing", ErrCorrupt, size-1)
+	}
+	for i := range snap.Entries {
+		e := &snap.Entries[i]
+		if e.Value == nil {
+			continue
+		}
+		if e.Record, ok = records[e.Value.Entry]; !ok {
+			return false, fmt.Errorf("%w: record %d is missing", ErrCorrupt, e.Value.Entry)
+		}
+		if e.Value.Ended {
+			continue
+		}
+		if e.Key, ok = keys[e.Value.Entry]; ok {
+			continue
+		}
+		for j, idx := range keyIdx {
+			if idx == e.Value.Entry {
+				e.Key = keyDER[j]
+			}
+		}
+		if e.Key == nil || keylog.Fingerprint(e.Key) != e.Value.Fingerprint {
+			return false, fmt.Errorf("%w: the map binds %s to a key the bindings do not hold", ErrCorrupt, e.JID)
+		}
+		e.Key = bytes.Clone(e.Key)
+		s.keys.put(e.Value.Entry, e.Key)
+	}
+	return false, nil
 }
 
 // read fills snap in one read-only snapshot of the database, with the map

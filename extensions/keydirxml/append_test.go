@@ -1,0 +1,38 @@
+package keydirxml_test
+
+import (
+	"encoding/xml"
+	"strings"
+	"testing"
+
+	"github.com/clinkme/clinkd/extensions/keydirxml"
+)
+
+// TestAppendXMLMatchesMarshal: Lookup1.AppendXML writes what xml.Marshal
+// writes, byte for byte, for answers with every kind of entry, empty
+// fields and strings that need escaping.
+func TestAppendXMLMatchesMarshal(t *testing.T) {
+	vrf := strings.Repeat("A", 108)
+	found := keydirxml.Entry1{JID: "alice@example.org", Status: keydirxml.StatusFound, VRF: vrf, Version: 3, Index: 17, Time: 1795636800,
+		Fingerprint: strings.Repeat("ab", 32), Record: keydirxml.RecordV1, Root: "AAAA", Key: "MIIB", Map: "AQAA", Proof: "BBBB"}
+	ended := keydirxml.Entry1{JID: "bob@example.org", Status: keydirxml.StatusEnded, VRF: vrf, Version: 2, Index: 5, Time: 7,
+		Fingerprint: strings.Repeat("cd", 32), Kind: "reset", Record: keydirxml.RecordV0, Map: "AgAA", Proof: "CCCC"}
+	none := keydirxml.Entry1{JID: "nobody@example.org", Status: keydirxml.StatusNone, VRF: vrf, Map: "AwAA", Version: 9, Key: "ignored"}
+	odd := keydirxml.Entry1{JID: `a"b'c<d>&e` + "\t\n\r\x00\x7fé\xff", Status: "", Map: "", Index: -1}
+	for i, l := range []keydirxml.Lookup1{
+		{},
+		{JIDs: []string{"alice@example.org", `x&y<z>"'`}},
+		{Checkpoint: "clink.example.org/keydir\n3\nAAAA\n\n— clink.example.org/keydir sig\n", Head: &keydirxml.Head{Index: 2, Record: "cmVj", Proof: "AAAA"},
+			Entries: []keydirxml.Entry1{found, ended, none}},
+		{Head: &keydirxml.Head{}, Entries: []keydirxml.Entry1{odd, {}}},
+		{Checkpoint: "\x01<&>", Head: &keydirxml.Head{Index: -5, Record: `"`, Proof: "\n"}, Entries: []keydirxml.Entry1{found}},
+	} {
+		want, err := xml.Marshal(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.AppendXML([]byte("prefix")); string(got) != "prefix"+string(want) {
+			t.Errorf("%d: AppendXML =\n%s\nwant\n%s", i, got[len("prefix"):], want)
+		}
+	}
+}
