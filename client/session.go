@@ -152,6 +152,14 @@ func (c *Client) attach(l *link, try *resumeAttempt) error {
 		}
 	}
 	c.mu.Lock()
+	if c.closed {
+		// Close came while this link was being made (its connect had
+		// already succeeded when Close cancelled it): Close found no link
+		// to end and waits for run, which must not wait on this one.
+		c.mu.Unlock()
+		c.outMu.Unlock()
+		return ErrClosed
+	}
 	c.cur, c.jid, c.gen = l, c.sm.jid, l.gen
 	if l.gen > 1 {
 		if resumed {
