@@ -157,37 +157,63 @@ func fill(t testing.TB, s *handoffSide, now time.Time) {
 // daemon does, and returns what the taker took.
 func handoff(t testing.TB, giver, taker *handoffSide) (sent, took expiry.HandoffCounts) {
 	t.Helper()
+	return handoffVersion(t, giver, taker, false)
+}
+
+// handoffVersion is handoff in version 1, or with balanced in version 2:
+// both sides with link.balanced, the giver releasing its one link before
+// the taker links.
+func handoffVersion(t testing.TB, giver, taker *handoffSide, balanced bool) (sent, took expiry.HandoffCounts) {
+	t.Helper()
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
+	g, c := expiry.NewHandoffConn(a), expiry.NewHandoffConn(b)
+	if balanced {
+		g.SetBalanced()
+		c.SetBalanced()
+	}
+	released := func() error { return nil }
+	awaitRelease := func() error { return nil }
+	if balanced {
+		released = func() error { return g.SendReleased(1) }
+		awaitRelease = func() error {
+			n, err := c.ReceiveReleased()
+			if err == nil && n != 1 {
+				err = fmt.Errorf("released %d links, want 1", n)
+			}
+			return err
+		}
+	}
 	errc := make(chan error, 1)
 	go func() {
-		g := expiry.NewHandoffConn(a)
-		err := g.ReceiveHello(handoffDomain)
-		if err == nil {
-			err = g.SendHello(handoffDomain)
-		}
-		if err == nil {
-			err = g.ReceiveLinked()
-		}
-		if err == nil {
-			sent, err = g.SendState(giver.relay, giver.devs)
-		}
-		if err == nil {
-			var done expiry.HandoffCounts
-			done, err = g.ReceiveDone()
-			if err == nil && done != sent {
-				err = fmt.Errorf("done %+v, sent %+v", done, sent)
+		var err error
+		for _, step := range []func() error{
+			func() error { return g.ReceiveHello(handoffDomain) },
+			func() error { return g.SendHello(handoffDomain) },
+			released,
+			g.ReceiveLinked,
+			func() (err error) { sent, err = g.SendState(giver.relay, giver.devs); return err },
+			func() error {
+				done, err := g.ReceiveDone()
+				if err == nil && done != sent {
+					err = fmt.Errorf("done %+v, sent %+v", done, sent)
+				}
+				return err
+			},
+		} {
+			if err = step(); err != nil {
+				break
 			}
 		}
 		errc <- err
 	}()
-	c := expiry.NewHandoffConn(b)
 	taker.relay.AwaitHandoff()
 	taker.devs.ExpectImport()
 	for _, step := range []func() error{
 		func() error { return c.SendHello(handoffDomain) },
 		func() error { return c.ReceiveHello(handoffDomain) },
+		awaitRelease,
 		c.SendLinked,
 		func() (err error) { took, err = c.ReceiveState(taker.relay, taker.devs); return err },
 		func() error { return c.SendDone(took) },
@@ -633,56 +659,7 @@ func TestHandoffBalanced(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0).UTC()
 	giver, taker := newHandoffSide(t, now, expiry.Limits{}), newHandoffSide(t, now, expiry.Limits{})
 	fill(t, giver, now)
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	errc := make(chan error, 1)
-	var sent expiry.HandoffCounts
-	go func() {
-		g := expiry.NewHandoffConn(a)
-		g.SetBalanced()
-		err := g.ReceiveHello(handoffDomain)
-		for _, step := range []func() error{
-			func() error { return g.SendHello(handoffDomain) },
-			func() error { return g.SendReleased(1) },
-			g.ReceiveLinked,
-			func() (err error) { sent, err = g.SendState(giver.relay, giver.devs); return err },
-			func() error { _, err := g.ReceiveDone(); return err },
-		} {
-			if err != nil {
-				break
-			}
-			err = step()
-		}
-		errc <- err
-	}()
-	c := expiry.NewHandoffConn(b)
-	c.SetBalanced()
-	taker.relay.AwaitHandoff()
-	taker.devs.ExpectImport()
-	var took expiry.HandoffCounts
-	for _, step := range []func() error{
-		func() error { return c.SendHello(handoffDomain) },
-		func() error { return c.ReceiveHello(handoffDomain) },
-		func() error {
-			n, err := c.ReceiveReleased()
-			if err == nil && n != 1 {
-				err = fmt.Errorf("released %d links, want 1", n)
-			}
-			return err
-		},
-		c.SendLinked,
-		func() (err error) { took, err = c.ReceiveState(taker.relay, taker.devs); return err },
-		func() error { return c.SendDone(took) },
-	} {
-		if err := step(); err != nil {
-			t.Fatalf("taker: %v", err)
-		}
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("giver: %v", err)
-	}
-	taker.relay.EndHandoff(context.Background())
+	sent, took := handoffVersion(t, giver, taker, true)
 	if want := (expiry.HandoffCounts{Messages: 4, Receipts: 1, Seen: 2, Devices: 1}); sent != want || took != want {
 		t.Errorf("sent %+v, took %+v; want %+v", sent, took, want)
 	}
