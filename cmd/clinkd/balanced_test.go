@@ -13,7 +13,9 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/clinkme/clinkd/client"
+	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
+	"github.com/clinkme/clinkd/extensions/envelopexml"
 	"github.com/clinkme/clinkd/lab"
 	"github.com/clinkme/clinkd/lab/labtest"
 )
@@ -79,6 +81,37 @@ func (p *balancedPair) userOf(t *testing.T, admin string) (user, pass string, de
 	return "", "", nil
 }
 
+// balancedScene is what both tests start from: alice, a user of
+// instance B, online; bob, a user of instance A, online; carol, a user of
+// instance A, offline, with a timed message from alice (2 minutes) held
+// for her at A.
+type balancedScene struct {
+	aj, bj, cj, cp string
+	a, b           *client.Client
+	alice, bob     envelope.Identity
+	toCarol        *envelopexml.Envelope
+	tag            string
+}
+
+func (p *balancedPair) scene(t *testing.T) balancedScene {
+	t.Helper()
+	var sc balancedScene
+	var c *client.Client
+	sc.aj, _, sc.a = p.userOf(t, p.adminB)
+	sc.bj, _, sc.b = p.userOf(t, p.adminA)
+	sc.cj, sc.cp, c = p.userOf(t, p.adminA)
+	c.Close()
+	sc.alice, sc.bob = clinkdtest.Identity(t, "alice", sc.aj), clinkdtest.Identity(t, "bob", sc.bj)
+	carol := clinkdtest.Identity(t, "carol", sc.cj)
+	sc.tag = strconv.FormatInt(time.Now().UnixNano(), 36)
+	sc.toCarol = sealTimed(t, sc.alice, carol, sc.cj, "held-"+sc.tag, "for carol "+sc.tag, 2*time.Minute)
+	if err := sc.a.SendEnvelope(ctxFor(t, time.Minute), p.a.comp, jid.MustParse(sc.cj), sc.toCarol); err != nil {
+		t.Fatal(err)
+	}
+	waitMetricAtLeast(t, p.adminA, "clinkd_expiry_held_messages", 1)
+	return sc
+}
+
 // TestBalancedRestart restarts one of two balanced clinkd instances by a
 // handoff (clinkd serve --takeover, as systemd does): ejabberd gives each
 // link a fixed slot, so the successor's link gets no slot while both
@@ -90,35 +123,23 @@ func (p *balancedPair) userOf(t *testing.T, admin string) (user, pass string, de
 func TestBalancedRestart(t *testing.T) {
 	t.Parallel()
 	p := newBalancedPair(t)
-	comp := p.a.comp
-	aj, _, a := p.userOf(t, p.adminB)
-	bj, _, b := p.userOf(t, p.adminA)
-	cj, cp, c := p.userOf(t, p.adminA)
-	c.Close()
-	alice := clinkdtest.Identity(t, "alice", aj)
-	bob, carol := clinkdtest.Identity(t, "bob", bj), clinkdtest.Identity(t, "carol", cj)
-
+	sc := p.scene(t)
+	comp, a, b, alice, bob, tag := p.a.comp, sc.a, sc.b, sc.alice, sc.bob, sc.tag
 	ctx := ctxFor(t, 3*time.Minute)
-	tag := strconv.FormatInt(time.Now().UnixNano(), 36)
-	toCarol := sealTimed(t, alice, carol, cj, "held-"+tag, "for carol "+tag, time.Minute)
-	if err := a.SendEnvelope(ctx, comp, jid.MustParse(cj), toCarol); err != nil {
-		t.Fatal(err)
-	}
-	waitMetricAtLeast(t, p.adminA, "clinkd_expiry_held_messages", 1)
 
 	second := startServe(t, p.a.config, "--takeover")
 	second.line(t, regexp.MustCompile(`msg="takeover: state taken"`))
 	exited(t, p.first, "the instance restarted")
 	serving(t, second)
 
-	toBob := sealTimed(t, alice, bob, bj, "after-"+tag, "for bob "+tag, time.Minute)
-	if err := a.SendEnvelope(ctx, comp, jid.MustParse(bj), toBob); err != nil {
+	toBob := sealTimed(t, alice, bob, sc.bj, "after-"+tag, "for bob "+tag, time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(sc.bj), toBob); err != nil {
 		t.Fatal(err)
 	}
 	next(t, b, "a message sent after the restart", envelopeWithID(toBob.ID))
-	c = clinkdtest.Login(t, p.srv, cj, cp)
-	announce(t, c, comp, cj)
-	next(t, c, "the message held across the restart", envelopeWithID(toCarol.ID))
+	c := clinkdtest.Login(t, p.srv, sc.cj, sc.cp)
+	announce(t, c, comp, sc.cj)
+	next(t, c, "the message held across the restart", envelopeWithID(sc.toCarol.ID))
 }
 
 // TestScaleIn stops one of two balanced clinkd instances for good
@@ -135,20 +156,9 @@ func TestBalancedRestart(t *testing.T) {
 func TestScaleIn(t *testing.T) {
 	t.Parallel()
 	p := newBalancedPair(t)
-	comp := p.a.comp
-	aj, _, a := p.userOf(t, p.adminB)
-	bj, _, b := p.userOf(t, p.adminA)
-	cj, cp, c := p.userOf(t, p.adminA)
-	c.Close()
-	alice := clinkdtest.Identity(t, "alice", aj)
-	bob, carol := clinkdtest.Identity(t, "bob", bj), clinkdtest.Identity(t, "carol", cj)
+	sc := p.scene(t)
+	comp, a, b, alice, bob, tag := p.a.comp, sc.a, sc.b, sc.alice, sc.bob, sc.tag
 	ctx := ctxFor(t, 3*time.Minute)
-	tag := strconv.FormatInt(time.Now().UnixNano(), 36)
-	toCarol := sealTimed(t, alice, carol, cj, "held-"+tag, "for carol "+tag, 2*time.Minute)
-	if err := a.SendEnvelope(ctx, comp, jid.MustParse(cj), toCarol); err != nil {
-		t.Fatal(err)
-	}
-	waitMetricAtLeast(t, p.adminA, "clinkd_expiry_held_messages", 1)
 
 	if err := p.first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -164,8 +174,8 @@ func TestScaleIn(t *testing.T) {
 	}
 
 	// Bob's device stayed connected: it still receives, from B now.
-	toBob := sealTimed(t, alice, bob, bj, "after-"+tag, "for bob "+tag, 2*time.Minute)
-	if err := a.SendEnvelope(ctx, comp, jid.MustParse(bj), toBob); err != nil {
+	toBob := sealTimed(t, alice, bob, sc.bj, "after-"+tag, "for bob "+tag, 2*time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(sc.bj), toBob); err != nil {
 		t.Fatal(err)
 	}
 	next(t, b, "a message sent after the scale-in", envelopeWithID(toBob.ID))
@@ -174,17 +184,17 @@ func TestScaleIn(t *testing.T) {
 	third := startServe(t, p.bConfig, "--takeover")
 	third.line(t, regexp.MustCompile(`msg="takeover: state taken"`))
 	exited(t, p.other, "the instance restarted")
-	toBob2 := sealTimed(t, alice, bob, bj, "later-"+tag, "for bob "+tag, 2*time.Minute)
-	if err := a.SendEnvelope(ctx, comp, jid.MustParse(bj), toBob2); err != nil {
+	toBob2 := sealTimed(t, alice, bob, sc.bj, "later-"+tag, "for bob "+tag, 2*time.Minute)
+	if err := a.SendEnvelope(ctx, comp, jid.MustParse(sc.bj), toBob2); err != nil {
 		t.Fatal(err)
 	}
 	next(t, b, "a message sent after the restart of the instance holding both slots", envelopeWithID(toBob2.ID))
-	c = clinkdtest.Login(t, p.srv, cj, cp)
-	announce(t, c, comp, cj)
-	next(t, c, "the message held across the scale-in and the restart", envelopeWithID(toCarol.ID))
+	c := clinkdtest.Login(t, p.srv, sc.cj, sc.cp)
+	announce(t, c, comp, sc.cj)
+	next(t, c, "the message held across the scale-in and the restart", envelopeWithID(sc.toCarol.ID))
 	// Alice, in the other slot, is served too: a message to her arrives.
-	toAlice := sealTimed(t, bob, alice, aj, "back-"+tag, "for alice "+tag, 2*time.Minute)
-	if err := b.SendEnvelope(ctx, comp, jid.MustParse(aj), toAlice); err != nil {
+	toAlice := sealTimed(t, bob, alice, sc.aj, "back-"+tag, "for alice "+tag, 2*time.Minute)
+	if err := b.SendEnvelope(ctx, comp, jid.MustParse(sc.aj), toAlice); err != nil {
 		t.Fatal(err)
 	}
 	next(t, a, "a message to the other slot's user", envelopeWithID(toAlice.ID))
