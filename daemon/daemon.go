@@ -835,6 +835,11 @@ func (d *Daemon) serve(ctx context.Context, tk *takeover, ln *net.UnixListener) 
 	if ctx.Err() == nil && err == nil {
 		return errors.New("daemon: handoff: this clinkd gave up its link to a clinkd taking over, which went away before it took the state (the timed messages held here are lost)")
 	}
+	if scaleIn && err == nil {
+		// Asked to hand over on stop, it could not: the stop is not the
+		// one configured, and the exit status says so.
+		return errors.New("daemon: scale-in: stopped without handing over to expiry.scale_in_socket (the timed messages held here are lost)")
+	}
 	return err
 }
 

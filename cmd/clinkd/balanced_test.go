@@ -216,3 +216,29 @@ func waitMetricAtLeast(t *testing.T, admin, name string, want float64) {
 		}
 	}
 }
+
+// TestScaleInWithoutSibling: a clinkd configured to hand over to a
+// sibling on stop, whose sibling is not there, says so, stops, and exits
+// non-zero: the handover it was asked for did not happen, and what it
+// held is lost. A stop is not reported as the scale-in it was not.
+func TestScaleInWithoutSibling(t *testing.T) {
+	t.Parallel()
+	p := newBalancedPair(t)
+	// B stops first (it has no scale_in_socket: a plain stop, status 0).
+	if err := p.other.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited(t, p.other, "the instance with no scale-in configured")
+	if err := p.first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.first.line(t, regexp.MustCompile(`msg="scale-in: stopping without handing over; the timed messages held here are lost" err="no clinkd serves on expiry.scale_in_socket"`))
+	select {
+	case <-p.first.done:
+		if p.first.err == nil {
+			t.Errorf("clinkd exited 0 after a scale-in that did not happen:\n%s", p.first.all())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("clinkd did not stop within a minute of SIGTERM")
+	}
+}
