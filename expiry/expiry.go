@@ -60,6 +60,7 @@ import (
 	"github.com/clinkme/clinkd/extensions/hints"
 	"github.com/clinkme/clinkd/extensions/markers"
 	"github.com/clinkme/clinkd/extensions/receiptsxml"
+	"github.com/clinkme/clinkd/internal/slab"
 )
 
 // Sender sends stanzas to the XMPP server (a *component.Component).
@@ -216,7 +217,10 @@ type held struct {
 	// serves both, as an entry is one or the other.
 	device  jid.JID
 	expires time.Time
-	raw     []byte // the envelope, canonical XML; zeroed when dropped
+	// raw is the envelope, canonical XML. Once held it lies in the
+	// relay's slab (hold moves it there), shared with twin, and is freed,
+	// zeroed, when both are done with it (freeRaw).
+	raw []byte
 	// delivered holds the devices that got it, by Devices.Key; nil until
 	// the first (markDelivered), since most held messages wait for a
 	// device that is offline.
@@ -335,9 +339,13 @@ type Relay struct {
 	pairs    map[string]int               // messages held, by held.pair()
 	receipts map[string][]*pendingReceipt // by sender (owner) bare JID
 	seen     seenUsers                    // users with a device that announced itself
-	queue    expiryHeap
-	total    int64
-	wake     chan struct{} // the earliest expiry changed
+	// slab holds the envelopes of what is held, outside Go's heap
+	// (internal/slab: what a held envelope costs in memory is its
+	// length); Run compacts it as messages expire.
+	slab  *slab.Slab
+	queue expiryHeap
+	total int64
+	wake  chan struct{} // the earliest expiry changed
 	// handoff, while not nil, is closed when a handoff's state has been
 	// taken (AwaitHandoff, EndHandoff).
 	handoff chan struct{}
@@ -394,7 +402,7 @@ func (s *seenUsers) has(user string) bool {
 
 type metrics struct {
 	heldMessages, heldBytes prometheus.Gauge
-	totalLimit              prometheus.Gauge
+	totalLimit, slabBytes   prometheus.Gauge
 	relayed, expired        prometheus.Counter
 	refused                 *prometheus.CounterVec
 	receipts                *prometheus.CounterVec
@@ -405,8 +413,13 @@ func New(cfg Config) (*Relay, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	envelopes, err := slab.New(slab.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("expiry: %w", err)
+	}
 	r := &Relay{
 		cfg: cfg, log: cfg.Log, procs: runtime.GOMAXPROCS(0),
+		slab:     envelopes,
 		owners:   make(map[string]*ownerState),
 		senders:  make(map[string]*usage),
 		pairs:    make(map[string]int),
@@ -417,6 +430,7 @@ func New(cfg Config) (*Relay, error) {
 			heldMessages: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_messages", Help: "Timed messages (and sent copies) held in memory."}),
 			heldBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes", Help: "Envelope bytes held in memory, counted against the quotas."}),
 			totalLimit:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_held_bytes_limit", Help: "The bound on clinkd_expiry_held_bytes (expiry.total_bytes)."}),
+			slabBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_slab_used_bytes", Help: "Memory outside Go's heap touched for held envelopes: what is held, and what expired and compaction has not reclaimed yet."}),
 			relayed:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_relayed_total", Help: "Timed messages accepted for relay."}),
 			expired:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_expired_total", Help: "Held messages dropped at expiry."}),
 			refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clinkd_expiry_refused_total", Help: "Timed messages refused, by reason."}, []string{"reason"}),
@@ -432,8 +446,12 @@ func New(cfg Config) (*Relay, error) {
 	r.limits.Store(&lim)
 	r.m.totalLimit.Set(float64(lim.TotalBytes))
 	if reg := cfg.Registerer; reg != nil {
-		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
+		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.slabBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
+	// The slab's chunks are not Go memory: unmap them once nothing can
+	// reach the relay (and so nothing its held messages), as a test that
+	// makes many relays would otherwise keep them all.
+	runtime.AddCleanup(r, func(s *slab.Slab) { s.Release() }, envelopes)
 	return r, nil
 }
 
@@ -776,6 +794,21 @@ func (r *Relay) hold(h *held) (bool, error) {
 		r.m.refused.WithLabelValues("total-quota").Inc()
 		return false, component.Error(stanza.ResourceConstraint, "clinkd holds as many timed messages as it may; try again later")
 	}
+	if h.twin == nil {
+		// The envelope came as a heap buffer of its own (the
+		// router's canonical bytes, a handoff's frame): it moves into the
+		// slab, and the buffer is zeroed at once. A twin shares its
+		// message's bytes, which are there already.
+		moved, err := r.slab.Copy(h.raw)
+		if err != nil {
+			r.m.refused.WithLabelValues("memory").Inc()
+			r.log.Warn("expiry: no memory for a timed message", "err", err)
+			return false, component.Error(stanza.ResourceConstraint, "clinkd cannot hold more timed messages now; try again later")
+		}
+		wipe(h.raw, nil)
+		h.raw = moved
+		r.m.slabBytes.Set(float64(r.slab.Stats().Used))
+	}
 	r.owners[h.owner.String()] = o
 	o.msgs[h.key()] = h
 	o.bytes += size
@@ -829,8 +862,50 @@ func (r *Relay) drop(h *held) {
 	r.m.heldBytes.Sub(float64(size))
 	h.dropped = true
 	if h.doneWithRaw() {
-		wipe(h.raw, nil)
+		r.freeRaw(h)
 	}
+}
+
+// freeRaw gives the envelope h and its twin shared back to the slab,
+// zeroed. Called with mu held, once doneWithRaw.
+func (r *Relay) freeRaw(h *held) {
+	if h.raw == nil {
+		return
+	}
+	r.slab.Free(h.raw)
+	h.raw = nil
+	if h.twin != nil {
+		h.twin.raw = nil
+	}
+}
+
+// compactLocked moves held envelopes out of the slab's sparsest chunks
+// when expired ones have left more holes than it allows (internal/slab),
+// so that the memory the relay keeps stays near what it holds whatever
+// the order in which messages expire. An envelope being read (busy, its
+// own or its twin's) stays where it is until a later compaction. Called
+// with mu held, not while quiet: a handoff reads the envelopes without
+// the lock.
+func (r *Relay) compactLocked() {
+	if r.quiet || !r.slab.NeedsCompaction() {
+		return
+	}
+	r.slab.Plan()
+	for _, h := range r.queue {
+		if h.busy != 0 || h.twin != nil && h.twin.busy != 0 || !r.slab.Evacuating(h.raw) {
+			continue
+		}
+		moved, err := r.slab.Move(h.raw)
+		if err != nil {
+			r.log.Warn("expiry: slab compaction stopped", "err", err)
+			break
+		}
+		h.raw = moved
+		if h.twin != nil {
+			h.twin.raw = moved
+		}
+	}
+	r.m.slabBytes.Set(float64(r.slab.Stats().Used))
 }
 
 // use reports whether h is still held and, if so, keeps its envelope from
@@ -850,7 +925,7 @@ func (r *Relay) release(h *held) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h.busy--; h.doneWithRaw() {
-		wipe(h.raw, nil)
+		r.freeRaw(h)
 	}
 }
 
@@ -1098,6 +1173,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			h := r.queue[0]
 			r.drop(h)
 			due = append(due, h)
+		}
+		if len(due) > 0 {
+			r.compactLocked()
+			r.m.slabBytes.Set(float64(r.slab.Stats().Used))
 		}
 		notifying := len(due) > 0 && r.startSendLocked()
 		for k := range r.receipts {
