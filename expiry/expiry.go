@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,16 +208,23 @@ func (c *Limits) setDefaults() error {
 // held is one timed message held for one user: either a message sent to
 // that user, or (sent) a copy of one that user sent, for their other
 // devices.
+//
+// A relay may hold a million of them, so an entry is kept small: the users
+// are pointers to the relay's one party per user, the expiry is an
+// integer, and the envelope lies in the relay's slab. TestHeldSize keeps
+// it within Go's 96-byte size class.
 type held struct {
-	owner, peer jid.JID // whose devices get it; the other party of the conversation
+	// owner is whose devices get it, peer the other party of the
+	// conversation. Until hold interns them they may be parties of their
+	// own (newParty); from then on they are the relay's.
+	owner, peer *party
 	id          string
 	// device, for a sent copy, is the device that sent it (by). For a
 	// message to owner it is the sending device while the copy for the
 	// sender's other devices has not gone out (copyBy, under Relay.mu): a
 	// handoff carries it, and the next clinkd sends the copy. One field
-	// serves both, as an entry is one or the other.
-	device  jid.JID
-	expires time.Time
+	// serves both, as an entry is one or the other; nil for none.
+	device *jid.JID
 	// raw is the envelope, canonical XML. Once held it lies in the
 	// relay's slab (hold moves it there), shared with twin, and is freed,
 	// zeroed, when both are done with it (freeRaw).
@@ -225,27 +233,155 @@ type held struct {
 	// the first (markDelivered), since most held messages wait for a
 	// device that is offline.
 	delivered map[string]struct{}
-	index     int // in the expiry heap
 	// twin, under Relay.mu, is the other held that shares raw with h: a
 	// message and the copy for its sender's devices held in the same
-	// instance keep the envelope once. raw is zeroed once both are done
-	// with it (free).
-	twin *held
-	// busy counts sends reading raw; dropped is set when the relay lets
-	// go of h. Whichever comes last (the drop, or the last send) zeroes
-	// raw, so that no send reads an envelope being overwritten. Both
-	// under Relay.mu. busy (at most one per device sending) and the flags
-	// sit together, without padding between them: with the one device
-	// field, a held entry is 216 bytes, in Go's 224-byte size class.
-	busy    int32
+	// instance keep the envelope once.
+	twin   *held
+	expiry int64 // when it expires, in Unix nanoseconds (expires)
+	index  int32 // in the expiry heap
+	// busy counts sends reading raw: at most one per handler goroutine
+	// of each link and Run, and use refuses past math.MaxInt16;
+	// dropped is set when the relay lets go of h. Whichever comes last
+	// (the drop, or the last send) frees raw, so that no send reads an
+	// envelope being overwritten. Both under Relay.mu.
+	busy    int16
 	sent    bool
 	dropped bool
 }
 
+// party is one user that held messages name, as owner or peer. The relay
+// keeps one per user (Relay.parties) while any held message names it, so
+// that a held message costs two pointers rather than two JIDs and their
+// bytes, and the user's quotas sit beside it.
+type party struct {
+	jid  jid.JID // bare
+	name string  // jid.String(), its key in Relay.parties
+	// refs counts the held messages that name it; at zero it leaves
+	// Relay.parties, with every count below at zero. Under Relay.mu, as
+	// is everything below.
+	refs int
+	// held is what is held for the user's devices (find, add, remove),
+	// and bytes its size.
+	held  heldSet
+	bytes int64
+	// sentMsgs and sentBytes are what is held because of the user as a
+	// sender: their messages to others and the copies of them.
+	sentMsgs  int
+	sentBytes int64
+}
+
+// newParty returns a party for user that no relay holds yet: what a held
+// message names until hold interns it.
+func newParty(user jid.JID) *party { return &party{jid: user} }
+
+// msgKey names a held message among its owner's: a message and the copy
+// of it have the same peer and id.
+type msgKey struct {
+	peer *party
+	id   string
+	sent bool
+}
+
+func (h *held) key() msgKey { return msgKey{peer: h.peer, id: h.id, sent: h.sent} }
+
+// heldSet is one user's held messages, by key. Up to smallHeldSet of them
+// sit in a slice searched in order, a map beyond: most users have a few
+// messages held, for whom a map's table would cost more than the rest of
+// an entry (71 bytes per message at ten; docs/expiry.md, "Memory"), while
+// the map keeps a user with many (up to expiry.per_user_messages) from
+// making each lookup long.
+type heldSet struct {
+	list []*held
+	m    map[msgKey]*held // when not nil, holds all and list is nil
+}
+
+const smallHeldSet = 32
+
+func (s *heldSet) len() int {
+	if s.m != nil {
+		return len(s.m)
+	}
+	return len(s.list)
+}
+
+func (s *heldSet) find(k msgKey) *held {
+	if s.m != nil {
+		return s.m[k]
+	}
+	for _, h := range s.list {
+		if h.peer == k.peer && h.sent == k.sent && h.id == k.id {
+			return h
+		}
+	}
+	return nil
+}
+
+// add adds h, whose key is not in s.
+func (s *heldSet) add(h *held) {
+	if s.m == nil && len(s.list) < smallHeldSet {
+		s.list = append(s.list, h)
+		return
+	}
+	if s.m == nil {
+		s.m = make(map[msgKey]*held, 2*smallHeldSet)
+		for _, x := range s.list {
+			s.m[x.key()] = x
+		}
+		s.list = nil
+	}
+	s.m[h.key()] = h
+}
+
+// remove removes h and reports whether s held it.
+func (s *heldSet) remove(h *held) bool {
+	if s.m != nil {
+		k := h.key()
+		if s.m[k] != h {
+			return false
+		}
+		delete(s.m, k)
+		return true
+	}
+	i := slices.Index(s.list, h)
+	if i < 0 {
+		return false
+	}
+	last := len(s.list) - 1
+	s.list[i], s.list[last] = s.list[last], nil
+	s.list = s.list[:last]
+	return true
+}
+
+// all returns what s holds, in no order.
+func (s *heldSet) all() []*held {
+	if s.m == nil {
+		return slices.Clone(s.list)
+	}
+	hs := make([]*held, 0, len(s.m))
+	for _, h := range s.m {
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// pairKey names what one sender has held for one recipient.
+type pairKey struct{ from, to *party }
+
+// expires is when h expires.
+func (h *held) expires() time.Time { return time.Unix(0, h.expiry).UTC() }
+
+// deviceRef is d as held.device holds it: nil for the zero JID.
+func deviceRef(d jid.JID) *jid.JID {
+	if d.Domainpart() == "" {
+		return nil
+	}
+	return &d
+}
+
 // by is the device that sent a sent copy; the zero JID for a message.
 func (h *held) by() jid.JID {
-	if h.sent {
-		return h.device
+	if h.sent && h.device != nil {
+		return *h.device
 	}
 	return jid.JID{}
 }
@@ -254,10 +390,10 @@ func (h *held) by() jid.JID {
 // sender's other devices is owed, else the zero JID. Called with Relay.mu
 // held.
 func (h *held) copyBy() jid.JID {
-	if h.sent {
+	if h.sent || h.device == nil {
 		return jid.JID{}
 	}
-	return h.device
+	return *h.device
 }
 
 // markDelivered records that the device of key got h. Called with
@@ -278,34 +414,11 @@ func (h *held) doneWithRaw() bool {
 
 // sender is the user because of whom h is held: the author of the
 // message (for a copy, the owner, who sent it).
-func (h *held) sender() jid.JID {
+func (h *held) sender() *party {
 	if h.sent {
 		return h.owner
 	}
 	return h.peer
-}
-
-// pair is the key of what one sender has held for one recipient; copies
-// are the sender's own and belong to no pair.
-func (h *held) pair() string { return h.peer.String() + "\x00" + h.owner.String() }
-
-func (h *held) key() string {
-	k := h.peer.String() + "\x00" + h.id
-	if h.sent {
-		k += "\x00sent"
-	}
-	return k
-}
-
-type ownerState struct {
-	msgs  map[string]*held
-	bytes int64
-}
-
-// usage is what is held because of one sender.
-type usage struct {
-	msgs  int
-	bytes int64
 }
 
 // pendingReceipt is a receipt for a timed message, held in memory until
@@ -334,9 +447,8 @@ type Relay struct {
 	wire wire
 
 	mu       sync.Mutex
-	owners   map[string]*ownerState
-	senders  map[string]*usage            // by sender bare JID
-	pairs    map[string]int               // messages held, by held.pair()
+	parties  map[string]*party            // the users held messages name, by bare JID
+	pairs    map[pairKey]int              // messages held, by sender and recipient
 	receipts map[string][]*pendingReceipt // by sender (owner) bare JID
 	seen     seenUsers                    // users with a device that announced itself
 	// slab holds the envelopes of what is held, outside Go's heap
@@ -420,9 +532,8 @@ func New(cfg Config) (*Relay, error) {
 	r := &Relay{
 		cfg: cfg, log: cfg.Log, procs: runtime.GOMAXPROCS(0),
 		slab:     envelopes,
-		owners:   make(map[string]*ownerState),
-		senders:  make(map[string]*usage),
-		pairs:    make(map[string]int),
+		parties:  make(map[string]*party),
+		pairs:    make(map[pairKey]int),
 		receipts: make(map[string][]*pendingReceipt),
 		seen:     seenUsers{set: make(map[string]struct{})},
 		wake:     make(chan struct{}, 1),
@@ -520,7 +631,7 @@ func (r *Relay) admitTimed(ctx context.Context, e *dispatch.Envelope) error {
 
 // holdTimed holds and delivers a message admitTimed accepted.
 func (r *Relay) holdTimed(ctx context.Context, e *dispatch.Envelope) error {
-	h := &held{owner: e.Recipient, peer: e.Sender, id: e.Body.ID, expires: e.Body.Expires, raw: e.Raw, device: e.Device}
+	h := &held{owner: newParty(e.Recipient), peer: newParty(e.Sender), id: e.Body.ID, expiry: e.Body.Expires.UnixNano(), raw: e.Raw, device: deviceRef(e.Device)}
 	// Of the decoded envelope the relay needs nothing more: only raw is
 	// held, and zeroed when it goes.
 	wipe(nil, e.Body)
@@ -554,15 +665,15 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 	}
 	r.mu.Unlock()
 	defer r.sent()
-	if len(r.cfg.Devices.Online(h.peer)) > 0 {
+	if len(r.cfg.Devices.Online(h.peer.jid)) > 0 {
 		r.copyLocally(ctx, h, by)
 		return
 	}
-	from, err := address.AtComponent(h.owner, r.cfg.Component)
+	from, err := address.AtComponent(h.owner.jid, r.cfg.Component)
 	if err != nil {
 		return
 	}
-	to, err := address.AtComponent(h.peer, r.cfg.Component)
+	to, err := address.AtComponent(h.peer.jid, r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -581,7 +692,7 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 		return
 	}
 	r.mu.Lock()
-	h.device = jid.JID{}
+	h.device = nil
 	r.mu.Unlock()
 }
 
@@ -595,7 +706,7 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 		return // expired already
 	}
 	defer r.release(h)
-	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, device: by, expires: h.expires, raw: h.raw, twin: h}
+	c := &held{owner: h.peer, peer: h.owner, id: h.id, sent: true, device: deviceRef(by), expiry: h.expiry, raw: h.raw, twin: h}
 	added, err := r.hold(c)
 	if err != nil {
 		// The message was admitted with room for its copy, so a limit
@@ -607,13 +718,13 @@ func (r *Relay) copyLocally(ctx context.Context, h *held, by jid.JID) {
 	// copyBy is cleared once the copy is held, not before: a handoff in
 	// between carries both, and the taker's copy is a repeat it ignores.
 	r.mu.Lock()
-	h.device = jid.JID{}
+	h.device = nil
 	if added {
 		h.twin = c
 	}
 	r.mu.Unlock()
 	if added {
-		r.deliver(ctx, c, r.cfg.Devices.Online(c.owner), by)
+		r.deliver(ctx, c, r.cfg.Devices.Online(c.owner.jid), by)
 	}
 }
 
@@ -625,13 +736,13 @@ func (r *Relay) HandleCopy(ctx context.Context, c *dispatch.Copy) error {
 		wipe(c.Raw, nil)
 		return err
 	}
-	return r.holdCopy(ctx, &held{owner: c.Owner, peer: c.Peer, id: c.Body.ID, sent: true, device: c.By, expires: c.Body.Expires, raw: c.Raw})
+	return r.holdCopy(ctx, &held{owner: newParty(c.Owner), peer: newParty(c.Peer), id: c.Body.ID, sent: true, device: deviceRef(c.By), expiry: c.Body.Expires.UnixNano(), raw: c.Raw})
 }
 
 // holdCopy holds h, a copy, and delivers it to its owner's online devices
 // but the one that sent it. A copy it does not hold is zeroed at once.
 func (r *Relay) holdCopy(ctx context.Context, h *held) error {
-	if !h.expires.After(r.cfg.Now()) {
+	if !h.expires().After(r.cfg.Now()) {
 		wipe(h.raw, nil)
 		return nil // expired on the way
 	}
@@ -639,7 +750,7 @@ func (r *Relay) holdCopy(ctx context.Context, h *held) error {
 		wipe(h.raw, nil)
 		return err
 	}
-	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by())
+	r.deliver(ctx, h, r.cfg.Devices.Online(h.owner.jid), h.by())
 	return nil
 }
 
@@ -681,15 +792,15 @@ func (r *Relay) seenUser(user jid.JID) bool {
 func (r *Relay) sentExpiry(owner, peer jid.JID, id string) (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if o := r.owners[owner.Bare().String()]; o != nil {
-		if got, ok := o.msgs[(&held{peer: peer.Bare(), id: id, sent: true}).key()]; ok {
-			return got.expires, true
-		}
+	o, p := r.parties[owner.Bare().String()], r.parties[peer.Bare().String()]
+	if o == nil || p == nil {
+		return time.Time{}, false // nothing held names both
 	}
-	if o := r.owners[peer.Bare().String()]; o != nil {
-		if got, ok := o.msgs[(&held{peer: owner.Bare(), id: id}).key()]; ok {
-			return got.expires, true
-		}
+	if got := o.held.find(msgKey{peer: p, id: id, sent: true}); got != nil {
+		return got.expires(), true
+	}
+	if got := p.held.find(msgKey{peer: o, id: id}); got != nil {
+		return got.expires(), true
 	}
 	return time.Time{}, false
 }
@@ -755,23 +866,34 @@ func (r *Relay) forwardReceipt(ctx context.Context, owner jid.JID, p *pendingRec
 }
 
 // hold adds h under the quotas. It reports false, without error, for a
-// message already held.
+// message already held. Once held, h names the relay's parties.
 func (r *Relay) hold(h *held) (bool, error) {
 	size := int64(len(h.raw))
 	lim := r.limits.Load()
+	ownerName, peerName := h.owner.jid.String(), h.peer.jid.String()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	o := r.owners[h.owner.String()]
-	if o == nil {
-		o = &ownerState{msgs: make(map[string]*held)}
+	// The relay's party for each user, or h's own while the relay has
+	// none: it becomes the relay's if h is held.
+	owner := r.parties[ownerName]
+	if owner == nil {
+		owner = h.owner
+		owner.name = ownerName
 	}
-	if _, dup := o.msgs[h.key()]; dup {
+	peer := r.parties[peerName]
+	if peer == nil {
+		peer = h.peer
+		peer.name = peerName
+	}
+	if peerName == ownerName {
+		peer = owner
+	}
+	if owner.held.find(msgKey{peer: peer, id: h.id, sent: h.sent}) != nil {
 		return false, nil
 	}
-	sender := h.sender().String()
-	u := r.senders[sender]
-	if u == nil {
-		u = &usage{}
+	sender, pair := peer, pairKey{from: peer, to: owner}
+	if h.sent {
+		sender = owner
 	}
 	// A message a sender sends also makes its instance hold a copy for the
 	// sender's other devices: the sender must have room for both, or a
@@ -781,15 +903,15 @@ func (r *Relay) hold(h *held) (bool, error) {
 		need, needBytes = 2, 2*size
 	}
 	switch {
-	case u.msgs+need > lim.PerSenderMessages, u.bytes+needBytes > lim.PerSenderBytes:
+	case sender.sentMsgs+need > lim.PerSenderMessages, sender.sentBytes+needBytes > lim.PerSenderBytes:
 		r.m.refused.WithLabelValues("sender-quota").Inc()
 		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages as it may (%d messages, %d bytes); send more as they expire", lim.PerSenderMessages, lim.PerSenderBytes)
-	case !h.sent && r.pairs[h.pair()] >= lim.PerPairMessages:
+	case !h.sent && r.pairs[pair] >= lim.PerPairMessages:
 		r.m.refused.WithLabelValues("pair-quota").Inc()
-		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages for %s as it may (%d); send more as they expire", h.owner, lim.PerPairMessages)
-	case len(o.msgs) >= lim.PerUserMessages, o.bytes+size > lim.PerUserBytes:
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many of your timed messages for %s as it may (%d); send more as they expire", ownerName, lim.PerPairMessages)
+	case owner.held.len() >= lim.PerUserMessages, owner.bytes+size > lim.PerUserBytes:
 		r.m.refused.WithLabelValues("user-quota").Inc()
-		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many timed messages for %s as it may; try again later", h.owner)
+		return false, component.Errorf(stanza.ResourceConstraint, "clinkd holds as many timed messages for %s as it may; try again later", ownerName)
 	case r.total+size > lim.TotalBytes:
 		r.m.refused.WithLabelValues("total-quota").Inc()
 		return false, component.Error(stanza.ResourceConstraint, "clinkd holds as many timed messages as it may; try again later")
@@ -809,14 +931,16 @@ func (r *Relay) hold(h *held) (bool, error) {
 		h.raw = moved
 		r.m.slabBytes.Set(float64(r.slab.Stats().Used))
 	}
-	r.owners[h.owner.String()] = o
-	o.msgs[h.key()] = h
-	o.bytes += size
-	r.senders[sender] = u
-	u.msgs++
-	u.bytes += size
+	h.owner, h.peer = owner, peer
+	r.parties[ownerName], r.parties[peerName] = owner, peer
+	owner.refs++
+	peer.refs++
+	owner.held.add(h)
+	owner.bytes += size
+	sender.sentMsgs++
+	sender.sentBytes += size
 	if !h.sent {
-		r.pairs[h.pair()]++
+		r.pairs[pair]++
 	}
 	r.total += size
 	heap.Push(&r.queue, h)
@@ -833,31 +957,29 @@ func (r *Relay) hold(h *held) (bool, error) {
 
 // drop removes h. Called with mu held.
 func (r *Relay) drop(h *held) {
-	o := r.owners[h.owner.String()]
-	if o == nil || o.msgs[h.key()] != h {
+	owner, peer := h.owner, h.peer
+	if r.parties[owner.name] != owner || !owner.held.remove(h) {
 		return
 	}
-	delete(o.msgs, h.key())
 	size := int64(len(h.raw))
-	o.bytes -= size
+	owner.bytes -= size
 	r.total -= size
-	if len(o.msgs) == 0 {
-		delete(r.owners, h.owner.String())
-	}
-	sender := h.sender().String()
-	if u := r.senders[sender]; u != nil {
-		u.msgs--
-		u.bytes -= size
-		if u.msgs == 0 {
-			delete(r.senders, sender)
-		}
-	}
+	sender := h.sender()
+	sender.sentMsgs--
+	sender.sentBytes -= size
 	if !h.sent {
-		if r.pairs[h.pair()]--; r.pairs[h.pair()] <= 0 {
-			delete(r.pairs, h.pair())
+		pair := pairKey{from: peer, to: owner}
+		if r.pairs[pair]--; r.pairs[pair] <= 0 {
+			delete(r.pairs, pair)
 		}
 	}
-	heap.Remove(&r.queue, h.index)
+	for _, p := range []*party{owner, peer} {
+		if p.refs--; p.refs == 0 {
+			delete(r.parties, p.name)
+			p.held = heldSet{} // empty: let its table go
+		}
+	}
+	heap.Remove(&r.queue, int(h.index))
 	r.m.heldMessages.Dec()
 	r.m.heldBytes.Sub(float64(size))
 	h.dropped = true
@@ -909,11 +1031,13 @@ func (r *Relay) compactLocked() {
 }
 
 // use reports whether h is still held and, if so, keeps its envelope from
-// being zeroed until release.
+// being freed or moved until release. It reports false too in the case
+// that cannot come (32,767 sends of h at once), rather than let the count
+// wrap: the device gets h when it announces itself again.
 func (r *Relay) use(h *held) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h.dropped {
+	if h.dropped || h.busy == math.MaxInt16 {
 		return false
 	}
 	h.busy++
@@ -934,7 +1058,7 @@ func decoder(raw []byte) xml.TokenReader { return xml.NewDecoder(bytes.NewReader
 
 // deliver sends h to each device except skip, and records who got it.
 func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip jid.JID) {
-	from, err := address.AtComponent(h.peer, r.cfg.Component)
+	from, err := address.AtComponent(h.peer.jid, r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -953,7 +1077,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 			return // left for the handoff
 		}
 		r.mu.Unlock()
-		remaining := h.expires.Sub(r.cfg.Now())
+		remaining := h.expires().Sub(r.cfg.Now())
 		if remaining <= 0 || !r.use(h) {
 			r.sent()
 			return
@@ -964,7 +1088,7 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 		if r.raw != nil {
 			err = r.deliverRaw(ctx, m, h, timer)
 		} else {
-			payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires.UTC()}, ephemeral.Ephemeral{Timer: timer}}
+			payload := []any{decoder(h.raw), expiryxml.Timed{Expires: h.expires()}, ephemeral.Ephemeral{Timer: timer}}
 			if h.sent {
 				payload = append([]any{expiryxml.Sent{By: h.by().String()}}, payload...)
 			} else {
@@ -993,11 +1117,11 @@ func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip ji
 func (r *Relay) deliverRaw(ctx context.Context, m stanza.Message, h *held, timer uint32) error {
 	var a [256]byte
 	if !h.sent {
-		timed := appendTimed(a[:0], h.expires.UTC(), timer)
+		timed := appendTimed(a[:0], h.expires(), timer)
 		return r.raw.SendMessageRaw(ctx, m, h.raw, timed, r.wire.tail)
 	}
 	sent := appendBy(a[:0], "sent", h.by().String())
-	timed := appendTimed(sent[len(sent):], h.expires.UTC(), timer)
+	timed := appendTimed(sent[len(sent):], h.expires(), timer)
 	return r.raw.SendMessageRaw(ctx, m, sent, h.raw, timed, r.wire.hints)
 }
 
@@ -1011,10 +1135,8 @@ func (r *Relay) DeviceOnline(ctx context.Context, user, device jid.JID) {
 	r.mu.Lock()
 	r.seen.add(user.String())
 	var hs []*held
-	if o := r.owners[user.String()]; o != nil {
-		for _, h := range o.msgs {
-			hs = append(hs, h)
-		}
+	if o := r.parties[user.String()]; o != nil {
+		hs = o.held.all()
 	}
 	rcs := append([]*pendingReceipt(nil), r.pruneReceiptsLocked(user.String())...)
 	if r.quiet {
@@ -1119,7 +1241,7 @@ func (r *Relay) flush(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	for _, h := range hs {
-		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner), h.by())
+		r.deliver(ctx, h, r.cfg.Devices.Online(h.owner.jid), h.by())
 		if !h.sent {
 			r.sendCopy(ctx, h)
 		}
@@ -1169,7 +1291,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.mu.Lock()
 		var due []*held
 		now := r.cfg.Now()
-		for !r.quiet && r.queue.Len() > 0 && !r.queue[0].expires.After(now) {
+		for !r.quiet && r.queue.Len() > 0 && !r.queue[0].expires().After(now) {
 			h := r.queue[0]
 			r.drop(h)
 			due = append(due, h)
@@ -1184,7 +1306,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		next := time.Hour
 		if r.queue.Len() > 0 && !r.quiet {
-			next = r.queue[0].expires.Sub(now)
+			next = r.queue[0].expires().Sub(now)
 		}
 		r.mu.Unlock()
 		for _, h := range due {
@@ -1219,7 +1341,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // notifyExpired tells every device that got h, and the device that sent
 // it, to delete it.
 func (r *Relay) notifyExpired(ctx context.Context, h *held) {
-	from, err := address.AtComponent(h.peer, r.cfg.Component)
+	from, err := address.AtComponent(h.peer.jid, r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -1237,7 +1359,7 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 	}
 	r.mu.Unlock()
 	for _, k := range keys {
-		to, ok := r.cfg.Devices.Resolve(h.owner, k)
+		to, ok := r.cfg.Devices.Resolve(h.owner.jid, k)
 		if !ok {
 			continue // a device known by its id, offline: its own timer deletes it
 		}
@@ -1252,14 +1374,14 @@ func (r *Relay) notifyExpired(ctx context.Context, h *held) {
 type expiryHeap []*held
 
 func (q expiryHeap) Len() int           { return len(q) }
-func (q expiryHeap) Less(i, j int) bool { return q[i].expires.Before(q[j].expires) }
+func (q expiryHeap) Less(i, j int) bool { return q[i].expiry < q[j].expiry }
 func (q expiryHeap) Swap(i, j int) {
 	q[i], q[j] = q[j], q[i]
-	q[i].index, q[j].index = i, j
+	q[i].index, q[j].index = int32(i), int32(j)
 }
 func (q *expiryHeap) Push(x any) {
 	h := x.(*held)
-	h.index = len(*q)
+	h.index = int32(len(*q))
 	*q = append(*q, h)
 }
 func (q *expiryHeap) Pop() any {

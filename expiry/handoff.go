@@ -331,8 +331,8 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 	var e wireEncoder
 	for _, h := range msgs {
 		e.reset()
-		e.str(h.owner.String())
-		e.str(h.peer.String())
+		e.str(h.owner.name)
+		e.str(h.peer.name)
 		e.str(h.id)
 		var flags byte
 		by := h.by()
@@ -344,7 +344,7 @@ func (c *HandoffConn) SendState(r *Relay, devices *dispatch.Devices) (HandoffCou
 		}
 		e.u8(flags)
 		e.str(by.String())
-		e.i64(h.expires.UnixNano())
+		e.i64(h.expiry)
 		e.bytes32(h.raw)
 		e.u16(uint16(len(h.devices)))
 		for _, d := range h.devices {
@@ -503,14 +503,14 @@ type exportedMessage struct {
 
 func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
 	d := wireDecoder{b: body, jids: jids}
-	h := &held{owner: d.bare(), peer: d.bare(), id: d.id()}
+	h := &held{owner: newParty(d.bare()), peer: newParty(d.bare()), id: d.id()}
 	flags := d.u8()
 	byText := d.str()
-	h.expires = time.Unix(0, d.i64())
+	h.expiry = d.i64()
 	raw := d.bytes32()
 	count := int(d.u16())
 	for range count {
-		h.markDelivered(d.deviceKey(h.owner))
+		h.markDelivered(d.deviceKey(h.owner.jid))
 	}
 	if d.err == nil {
 		switch {
@@ -522,18 +522,14 @@ func decodeMessage(body []byte, jids map[string]jid.JID) (*held, error) {
 			// A sent copy names the owner's device that sent it; a copy
 			// owed, the peer's (the sender's) device.
 			by, ok := d.parse(byText)
-			author := h.owner
+			author := h.owner.jid
 			if flags&flagCopyOwed != 0 {
-				author = h.peer
+				author = h.peer.jid
 			}
 			if !ok || by.Resourcepart() == "" || !by.Bare().Equal(author) {
 				d.err = fmt.Errorf("sending device %q", byText)
 			}
-			if flags&flagSent != 0 {
-				h.sent, h.device = true, by
-			} else {
-				h.device = by
-			}
+			h.sent, h.device = flags&flagSent != 0, &by
 		case byText != "":
 			d.err = errors.New("a sending device on a message without a copy")
 		}
