@@ -454,10 +454,11 @@ type Relay struct {
 	// slab holds the envelopes of what is held, outside Go's heap
 	// (internal/slab: what a held envelope costs in memory is its
 	// length); Run compacts it as messages expire.
-	slab  *slab.Slab
-	queue expiryHeap
-	total int64
-	wake  chan struct{} // the earliest expiry changed
+	slab        *slab.Slab
+	compactions int // how often compactLocked moved envelopes (tests read it)
+	queue       expiryHeap
+	total       int64
+	wake        chan struct{} // the earliest expiry changed
 	// handoff, while not nil, is closed when a handoff's state has been
 	// taken (AwaitHandoff, EndHandoff).
 	handoff chan struct{}
@@ -516,6 +517,7 @@ type metrics struct {
 	heldMessages, heldBytes prometheus.Gauge
 	totalLimit, slabBytes   prometheus.Gauge
 	relayed, expired        prometheus.Counter
+	compactions             prometheus.Counter
 	refused                 *prometheus.CounterVec
 	receipts                *prometheus.CounterVec
 }
@@ -544,6 +546,7 @@ func New(cfg Config) (*Relay, error) {
 			slabBytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinkd_expiry_slab_used_bytes", Help: "Memory outside Go's heap touched for held envelopes: what is held, and what expired and compaction has not reclaimed yet."}),
 			relayed:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_relayed_total", Help: "Timed messages accepted for relay."}),
 			expired:      prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_expired_total", Help: "Held messages dropped at expiry."}),
+			compactions:  prometheus.NewCounter(prometheus.CounterOpts{Name: "clinkd_expiry_slab_compactions_total", Help: "Times the relay moved held envelopes out of the slab's sparsest chunks."}),
 			refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clinkd_expiry_refused_total", Help: "Timed messages refused, by reason."}, []string{"reason"}),
 			receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "clinkd_expiry_receipts_forwarded_total",
@@ -557,7 +560,7 @@ func New(cfg Config) (*Relay, error) {
 	r.limits.Store(&lim)
 	r.m.totalLimit.Set(float64(lim.TotalBytes))
 	if reg := cfg.Registerer; reg != nil {
-		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.slabBytes, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
+		reg.MustRegister(r.m.heldMessages, r.m.heldBytes, r.m.totalLimit, r.m.slabBytes, r.m.compactions, r.m.relayed, r.m.expired, r.m.refused, r.m.receipts)
 	}
 	// The slab's chunks are not Go memory: unmap them once nothing can
 	// reach the relay (and so nothing its held messages), as a test that
@@ -1013,6 +1016,8 @@ func (r *Relay) compactLocked() {
 		return
 	}
 	r.slab.Plan()
+	r.compactions++
+	r.m.compactions.Inc()
 	for _, h := range r.queue {
 		if h.busy != 0 || h.twin != nil && h.twin.busy != 0 || !r.slab.Evacuating(h.raw) {
 			continue

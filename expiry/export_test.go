@@ -28,3 +28,33 @@ func ReleaseSlab(r *Relay) {
 	defer r.mu.Unlock()
 	r.slab.Release()
 }
+
+// HeldEnvelopes returns a copy of the envelope of every message r holds
+// (not the senders' copies), by id.
+func HeldEnvelopes(r *Relay) map[string][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string][]byte)
+	for _, h := range r.queue {
+		if !h.sent {
+			m[h.id] = append([]byte(nil), h.raw...)
+		}
+	}
+	return m
+}
+
+// Wake makes Run look at the queue now, for a test that moved its clock
+// (Run sleeps until the earliest expiry by the real clock).
+func Wake(r *Relay) {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Compactions is how often r compacted its slab.
+func Compactions(r *Relay) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.compactions
+}
