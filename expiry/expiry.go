@@ -287,9 +287,9 @@ func (h *held) key() msgKey { return msgKey{peer: h.peer, id: h.id, sent: h.sent
 // heldSet is one user's held messages, by key. Up to smallHeldSet of them
 // sit in a slice searched in order, a map beyond: most users have a few
 // messages held, for whom a map's table would cost more than the rest of
-// an entry (71 bytes per message at ten; docs/expiry.md, "Memory"), while
-// the map keeps a user with many (up to expiry.per_user_messages) from
-// making each lookup long.
+// an entry (71 bytes per message at ten), while the map keeps a user with
+// many (up to expiry.per_user_messages) from making each lookup long.
+// docs/expiry.md, "What a held message costs in memory", has the figures.
 type heldSet struct {
 	list []*held
 	m    map[msgKey]*held // when not nil, holds all and list is nil

@@ -1,7 +1,7 @@
 // Package slab holds byte strings packed into large chunks of memory
 // mapped outside Go's heap, for a process that keeps many of them for a
-// long time: the timed-message relay's envelopes (docs/expiry.md,
-// "Memory").
+// long time: the timed-message relay's envelopes (docs/expiry.md, "What a
+// held message costs in memory").
 //
 // Held as one heap allocation each, an envelope costs its size class (a
 // 1,169-byte envelope takes 1,280 bytes), shares pages with the short-lived
