@@ -225,7 +225,11 @@ func TestCompactionWhileDelivering(t *testing.T) {
 	go func() { defer close(runDone); r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-runDone })
 
-	const senders, perSender = 2, 3000
+	// One sender, which moves the clock after each message, so that no
+	// message's validity shrinks between its writing and its admission;
+	// the concurrency is Run's sweeps against the deliveries of the
+	// sender's messages, their copies and the new devices' catch-up.
+	const senders, perSender = 1, 6000
 	var wg sync.WaitGroup
 	for g := range senders {
 		wg.Go(func() {
@@ -246,26 +250,29 @@ func TestCompactionWhileDelivering(t *testing.T) {
 					t.Errorf("message %d/%d refused: %v", g, i, err)
 					return
 				}
-				if g == 0 {
-					// The clock runs with the first sender: what
-					// was sent 100 of its messages ago expires,
-					// and Run sweeps and compacts while both send.
-					clock.Add(int64(100 * time.Millisecond))
-					expiry.Wake(r)
-				}
+				// What was sent 100 messages ago expires, and Run
+				// sweeps and compacts while the next are sent.
+				clock.Add(int64(100 * time.Millisecond))
+				expiry.Wake(r)
 			}
 		})
 	}
-	// And bob's new devices announce themselves: each gets everything held
-	// for bob, most of it long-lived envelopes in the sparse chunks that
-	// compaction empties.
-	wg.Go(func() {
-		bob := jid.MustParse("bob@example.org")
-		for k := range 40 {
-			r.DeviceOnline(ctx, bob, jid.MustParse(fmt.Sprintf("bob@example.org/new%d", k)))
-			time.Sleep(20 * time.Millisecond)
+	// And until the sender is done, bob's new devices announce themselves:
+	// each gets everything held for bob, most of it long-lived envelopes
+	// in the sparse chunks that compaction empties.
+	sending := make(chan struct{})
+	go func() { wg.Wait(); close(sending) }()
+	announced := 0
+	for k := 0; ; k++ {
+		select {
+		case <-sending:
+		default:
+			r.DeviceOnline(ctx, jid.MustParse("bob@example.org"), jid.MustParse(fmt.Sprintf("bob@example.org/new%d", k)))
+			announced++
+			continue
 		}
-	})
+		break
+	}
 	wg.Wait()
 	link.mu.Lock()
 	defer link.mu.Unlock()
@@ -273,7 +280,7 @@ func TestCompactionWhileDelivering(t *testing.T) {
 		t.Error(b)
 	}
 	n := expiry.Compactions(r)
-	t.Logf("%d envelopes sent to devices, %d compactions", link.delivered, n)
+	t.Logf("%d envelopes sent to devices, %d compactions, %d devices announced", link.delivered, n, announced)
 	if n == 0 {
 		t.Error("no compaction happened while delivering: the test proves nothing")
 	}

@@ -877,16 +877,22 @@ func (r *Relay) hold(h *held) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// The relay's party for each user, or h's own while the relay has
-	// none: it becomes the relay's if h is held.
+	// none: it becomes the relay's if h is held. (h's own may be one the
+	// relay let go of, named already: a name never changes once set, as
+	// a handoff reads names without the lock.)
 	owner := r.parties[ownerName]
 	if owner == nil {
 		owner = h.owner
-		owner.name = ownerName
+		if owner.name == "" {
+			owner.name = ownerName
+		}
 	}
 	peer := r.parties[peerName]
 	if peer == nil {
 		peer = h.peer
-		peer.name = peerName
+		if peer.name == "" {
+			peer.name = peerName
+		}
 	}
 	if peerName == ownerName {
 		peer = owner
