@@ -1285,6 +1285,15 @@ func (r *Relay) Held() (messages int, bytes int64) {
 	return r.queue.Len(), r.total
 }
 
+// SlabUsed is the memory outside Go's heap that the relay keeps touched
+// for held envelopes: what it holds, and the holes expired ones left that
+// compaction has not closed yet (clinkd_expiry_slab_used_bytes).
+func (r *Relay) SlabUsed() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.slab.Stats().Used
+}
+
 // Run drops messages as they expire and tells the devices that got each
 // one to delete it, until ctx ends. Receipts held past their message's
 // expiry are dropped on the way.

@@ -138,7 +138,7 @@ func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
 		}
 		// The envelopes lie outside Go's heap (internal/slab): what the
 		// slab touched counts with the heap.
-		slabUsed := expiry.SlabUsed(r)
+		slabUsed := r.SlabUsed()
 		overhead := float64(int64(after-before)+slabUsed-payload) / float64(n)
 		b.ReportMetric(float64(payload)/float64(n), "envelope-B/msg")
 		b.ReportMetric(overhead, "overhead-B/msg")
