@@ -18,7 +18,6 @@ import (
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
-	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
 )
 
@@ -62,23 +61,8 @@ func TestPinnedChunksAreCompacted(t *testing.T) {
 		t.Fatalf("the envelope has no %s to replace:\n%s", expires, template)
 	}
 
-	comp := jid.MustParse("clink.example.org")
-	r, err := expiry.New(expiry.Config{Component: comp, Send: silent{}, Devices: silent{}, Entitlements: expiry.NoEntitlementCheck{},
-		Limits: expiry.Limits{PerUserMessages: 1 << 20, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: 1 << 20,
-			TotalBytes: 1 << 34, MaxPeriod: 7 * 24 * time.Hour},
-		Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org", PerMinute: -1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, silent{}, unlimited)
+	ctx := running(t, r)
 
 	send := func(id string, period time.Duration) {
 		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", id)
@@ -156,6 +140,20 @@ func TestPinnedChunksAreCompacted(t *testing.T) {
 	}
 }
 
+// noQuotas lifts every quota but the validity period's: the tests here
+// hold tens of thousands of messages from one sender to one user.
+var noQuotas = expiry.Limits{PerUserMessages: 1 << 20, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: 1 << 20, TotalBytes: 1 << 34}
+
+// running runs r's expiry sweeps until the test ends, and returns the
+// context they run under.
+func running(t *testing.T, r *expiry.Relay) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ctx
+}
+
 // rawRecorder is a link that writes envelopes as bytes (expiry.RawSender)
 // and checks each one it is handed while it reads it: a whole envelope
 // naming the message's id, not one that compaction moved or freed under
@@ -208,22 +206,8 @@ func TestCompactionWhileDelivering(t *testing.T) {
 	expires := `expires="` + start.Add(time.Hour).Format(time.RFC3339) + `"`
 
 	link := &rawRecorder{}
-	comp := jid.MustParse("clink.example.org")
-	r, err := expiry.New(expiry.Config{Component: comp, Send: link, Devices: link, Entitlements: expiry.NoEntitlementCheck{},
-		Limits: expiry.Limits{PerUserMessages: 1 << 20, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: 1 << 20, TotalBytes: 1 << 34},
-		Now:    now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org", PerMinute: -1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-runDone })
+	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, link, unlimited)
+	ctx := running(t, r)
 
 	// One sender, which moves the clock after each message, so that no
 	// message's validity shrinks between its writing and its admission;

@@ -44,11 +44,26 @@ func (r *recorder) Resolve(_ jid.JID, key string) (jid.JID, bool) {
 	return j, err == nil
 }
 
+// linkAndDevices is what stands in for the component link and the device
+// registry in newRouter.
+type linkAndDevices interface {
+	expiry.Sender
+	expiry.Devices
+}
+
+// Access rules for newRouter: clinkd's default rate per sender, or none
+// for a test that sends thousands of messages from one sender.
+var (
+	defaultAccess = dispatch.Access{Local: "example.org"}
+	unlimited     = dispatch.Access{Local: "example.org", PerMinute: -1}
+)
+
 // newRouter returns the relay behind an envelope router, as clinkd wires
-// them: the recorder is the link and says which devices are online.
-func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *dispatch.Router) {
+// them, at clink.example.org for users of example.org: l is the link and
+// says which devices are online.
+func newRouter(t testing.TB, cfg expiry.Config, l linkAndDevices, access dispatch.Access) (*expiry.Relay, *dispatch.Router) {
 	t.Helper()
-	cfg.Component, cfg.Send, cfg.Devices, cfg.Entitlements = jid.MustParse("clink.example.org"), rec, rec, expiry.NoEntitlementCheck{}
+	cfg.Component, cfg.Send, cfg.Devices, cfg.Entitlements = jid.MustParse("clink.example.org"), l, l, expiry.NoEntitlementCheck{}
 	r, err := expiry.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +71,7 @@ func newRouter(t testing.TB, cfg expiry.Config, rec *recorder) (*expiry.Relay, *
 	router, err := dispatch.New(dispatch.Config{
 		Component: cfg.Component, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
 		Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Watchers: []dispatch.Watcher{r},
-		Access: dispatch.Access{Local: "example.org"},
+		Access: access,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +113,7 @@ func FuzzHandleMessage(f *testing.F) {
 			return
 		}
 		rec := &recorder{}
-		r, router := newRouter(t, expiry.Config{Limits: expiry.Limits{PerUserMessages: 2, TotalBytes: 1 << 20}, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}, rec)
+		r, router := newRouter(t, expiry.Config{Limits: expiry.Limits{PerUserMessages: 2, TotalBytes: 1 << 20}, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}, rec, defaultAccess)
 		err = router.HandleMessage(context.Background(), s)
 		n, bytes := r.Held()
 		if err != nil && n != 0 {
@@ -132,7 +147,7 @@ func TestSeedsReachTheRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	r, router := newRouter(t, expiry.Config{Now: func() time.Time { return now }}, rec)
+	r, router := newRouter(t, expiry.Config{Now: func() time.Time { return now }}, rec, defaultAccess)
 	if err := router.HandleMessage(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}

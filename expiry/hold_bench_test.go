@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"mellium.im/xmpp/jid"
-
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
@@ -59,7 +57,6 @@ func BenchmarkHold(b *testing.B) {
 	})
 	b.Run("hold", func(b *testing.B) {
 		b.ReportAllocs()
-		comp := jid.MustParse("clink.example.org")
 		var r *expiry.Relay
 		var router *dispatch.Router
 		stanzas := make([]*component.Stanza, 0, batch)
@@ -71,17 +68,7 @@ func BenchmarkHold(b *testing.B) {
 				if r != nil {
 					expiry.ReleaseSlab(r)
 				}
-				r, err = expiry.New(expiry.Config{Component: comp, Send: silent{}, Devices: silent{}, Entitlements: expiry.NoEntitlementCheck{},
-					Limits: expiry.Limits{PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: 1 << 20, TotalBytes: 1 << 34},
-					Now:    func() time.Time { return now }})
-				if err != nil {
-					b.Fatal(err)
-				}
-				router, err = dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-					Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org", PerMinute: -1}})
-				if err != nil {
-					b.Fatal(err)
-				}
+				r, router = newRouter(b, expiry.Config{Limits: noQuotas, Now: func() time.Time { return now }}, silent{}, unlimited)
 				stanzas = stanzas[:0]
 				for j := range min(batch, b.N-i) {
 					s, err := component.ParseStanza(texts[j], 256<<10)

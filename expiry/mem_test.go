@@ -19,7 +19,6 @@ import (
 	"github.com/clinkme/clinkd/client/envelope"
 	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
-	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
@@ -107,19 +106,9 @@ func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
 		return s
 	}
 	for range b.N {
-		rec := silent{}
-		comp := jid.MustParse("clink.example.org")
-		r, err := expiry.New(expiry.Config{Component: comp, Send: rec, Devices: rec, Entitlements: expiry.NoEntitlementCheck{},
+		r, router := newRouter(b, expiry.Config{
 			Limits: expiry.Limits{PerUserMessages: perUser, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: perUser, TotalBytes: 1 << 34},
-			Now:    func() time.Time { return now }})
-		if err != nil {
-			b.Fatal(err)
-		}
-		router, err := dispatch.New(dispatch.Config{Component: comp, Devices: dispatch.NewDevices(dispatch.DevicesConfig{}),
-			Timed: r, Ordinary: dispatch.Unavailable{Text: "off"}, Access: dispatch.Access{Local: "example.org", PerMinute: -1}})
-		if err != nil {
-			b.Fatal(err)
-		}
+			Now:    func() time.Time { return now }}, silent{}, unlimited)
 		before, rssBefore := heap(), status(b, "VmRSS")
 		for u := range users {
 			for m := range perUser {
