@@ -260,9 +260,7 @@ func (s *Slab) Plan() int {
 		if holes <= s.live/8 {
 			break
 		}
-		if !c.evacuate {
-			c.evacuate = true
-		}
+		c.evacuate = true
 		// Emptying c closes its holes; its live bytes move into cur,
 		// where they leave none.
 		holes -= int64(c.used - c.live)
