@@ -112,6 +112,20 @@ func newDeployment(t testing.TB, srv *lab.XMPPServer) *deployment {
 // stop, it is a restart.
 func (dep *deployment) start(t testing.TB) {
 	t.Helper()
+	cfg := dep.config(t)
+	if dep.register == nil {
+		dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
+	} else {
+		dep.d, dep.stop = runWith(t, cfg, dep.register)
+	}
+	dep.logURL = dep.d.PublicURL() + daemon.KeyDirLogPrefix
+}
+
+// config is the configuration start runs clinkd with: a new component
+// link unless dep.link is set, the deployment's database and keys, its
+// witnesses, then dep.tune.
+func (dep *deployment) config(t testing.TB) daemon.Config {
+	t.Helper()
 	cfg := clinkdtest.Config(t, dep.srv)
 	if dep.link != nil {
 		cfg.Link = *dep.link
@@ -132,12 +146,7 @@ func (dep *deployment) start(t testing.TB) {
 		dep.tune(&cfg)
 	}
 	dep.lastLink = cfg.Link
-	if dep.register == nil {
-		dep.d, dep.stop = clinkdtest.Run(t, cfg, clinkdtest.Logger(t))
-	} else {
-		dep.d, dep.stop = runWith(t, cfg, dep.register)
-	}
-	dep.logURL = dep.d.PublicURL() + daemon.KeyDirLogPrefix
+	return cfg
 }
 
 // runWith is clinkdtest.Run with register called between New and Run:
