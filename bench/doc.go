@@ -6,17 +6,18 @@
 //	go test -run '^$' -bench . -benchtime 2000x ./bench/
 //
 // BenchmarkRelayCPU splits where the CPU time of relaying timed messages
-// goes, from /proc/<pid>/stat (utime+stime): clinkd (in this process; its
-// share is this process's CPU in the relayed phase less the direct
-// phase's, in which the same devices send the same envelopes without
-// clinkd), the XMPP server's processes, and PostgreSQL when the lab runs a
-// private one, so run it without CLINK_TEST_DATABASE_URL:
+// goes, from /proc/<pid>/stat (utime+stime): clinkd (a process of its own,
+// the cmd/clinkd binary that clinkdtest.StartProcess builds and starts, so
+// that the devices driving it are not counted as its), the XMPP server's
+// processes, and PostgreSQL when the lab runs a private one, so run it
+// without CLINK_TEST_DATABASE_URL:
 //
 //	env -u CLINK_TEST_DATABASE_URL go test -run '^$' -bench RelayCPU -benchtime 5000x ./bench/
 //
 // It reports clinkd-cpu-µs/msg against server-cpu-µs/direct-msg and their
 // ratio (clinkd/server-direct), clinkd's allocated bytes per message and
-// per envelope byte (alloc/envelope), and logs the load average: run it
+// per envelope byte (alloc/envelope, from its go_memstats_alloc_bytes_total
+// metric), and logs the load average: run it
 // at least twice and give ranges (docs/expiry.md, "Measured"). The
 // lookups' split is keydir's BenchmarkLookupCPU.
 //
