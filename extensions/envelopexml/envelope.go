@@ -587,8 +587,8 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 // bytes, and at least one. Anything else (whitespace, missing padding,
 // non-zero trailing bits) is an error, so that each value has exactly one
 // encoding.
-func unb64(s string, max int) ([]byte, error) {
-	if s == "" {
+func unb64(s []byte, max int) ([]byte, error) {
+	if len(s) == 0 {
 		return nil, errors.New("empty")
 	}
 	if len(s) > base64.StdEncoding.EncodedLen(max) {
@@ -597,10 +597,12 @@ func unb64(s string, max int) ([]byte, error) {
 	// Strict decoding with padding refuses everything non-canonical but
 	// the line breaks the decoder skips; refusing those too leaves one
 	// encoding per value, without encoding b again to compare.
-	b, err := base64.StdEncoding.Strict().DecodeString(s)
-	if err != nil || strings.ContainsAny(s, "\r\n") {
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Strict().Decode(b, s)
+	if err != nil || bytes.ContainsAny(s, "\r\n") {
 		return nil, errors.New("not canonical base64")
 	}
+	b = b[:n]
 	if len(b) > max {
 		return nil, fmt.Errorf("more than %d bytes", max)
 	}
@@ -636,6 +638,7 @@ func (e *Envelope) unmarshal(d *xml.Decoder, start xml.StartElement) error {
 		return fmt.Errorf("element <%s xmlns=%q> is not an envelope", start.Name.Local, start.Name.Space)
 	}
 	var haveKind, haveFrom, haveID, haveTime, haveExpires bool
+	var text []byte // each child's text, read into the same buffer
 	for _, a := range start.Attr {
 		if isXMLNS(a.Name) {
 			continue
@@ -689,7 +692,7 @@ func (e *Envelope) unmarshal(d *xml.Decoder, start xml.StartElement) error {
 			}
 		case xml.Comment:
 		case xml.StartElement:
-			if err := e.unmarshalChild(d, t); err != nil {
+			if err := e.unmarshalChild(d, t, &text); err != nil {
 				return fmt.Errorf("<%s>: %v", t.Name.Local, err)
 			}
 		default:
@@ -698,7 +701,9 @@ func (e *Envelope) unmarshal(d *xml.Decoder, start xml.StartElement) error {
 	}
 }
 
-func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement) error {
+// unmarshalChild reads one child of the envelope; text is a buffer for
+// its base64 text, which the decoded bytes do not share.
+func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement, text *[]byte) error {
 	if start.Name.Space != e.namespace() {
 		return fmt.Errorf("unknown element in namespace %q", start.Name.Space)
 	}
@@ -746,23 +751,23 @@ func (e *Envelope) unmarshalChild(d *xml.Decoder, start xml.StartElement) error 
 	case "checkpoint":
 		max, dst = MaxCheckpointSize, &e.Checkpoint
 	}
-	text, err := readText(d, base64.StdEncoding.EncodedLen(max))
+	*text, err = readText(d, base64.StdEncoding.EncodedLen(max), (*text)[:0])
 	if err != nil {
 		return err
 	}
 	var data []byte
 	if max > 0 {
-		if data, err = unb64(text, max); err != nil {
+		if data, err = unb64(*text, max); err != nil {
 			return err
 		}
-	} else if text != "" {
+	} else if len(*text) != 0 {
 		return errors.New("unexpected text")
 	}
 	switch start.Name.Local {
 	case "to":
 		e.To = append(e.To, vals[0])
 	case "key":
-		fp, err := unb64(vals[0], FingerprintSize)
+		fp, err := unb64([]byte(vals[0]), FingerprintSize)
 		if err != nil {
 			return fmt.Errorf("fp: %v", err)
 		}
@@ -815,26 +820,27 @@ func isXMLNS(n xml.Name) bool {
 	return n.Space == "xmlns" || (n.Space == "" && n.Local == "xmlns")
 }
 
-// readText reads the text content of an element up to and including its end,
-// at most max bytes of it. Child elements are an error.
-func readText(d *xml.Decoder, max int) (string, error) {
-	var sb strings.Builder
+// readText appends the text content of an element to buf, reading up to
+// and including its end, at most max bytes of it. Child elements are an
+// error.
+func readText(d *xml.Decoder, max int, buf []byte) ([]byte, error) {
+	start := len(buf)
 	for {
 		tok, err := d.Token()
 		if err != nil {
-			return "", err
+			return buf, err
 		}
 		switch t := tok.(type) {
 		case xml.CharData:
-			if sb.Len()+len(t) > max {
-				return "", errors.New("content too long")
+			if len(buf)-start+len(t) > max {
+				return buf, errors.New("content too long")
 			}
-			sb.Write(t)
+			buf = append(buf, t...)
 		case xml.EndElement:
-			return sb.String(), nil
+			return buf, nil
 		case xml.Comment:
 		default:
-			return "", fmt.Errorf("unexpected %T", tok)
+			return buf, fmt.Errorf("unexpected %T", tok)
 		}
 	}
 }
