@@ -227,13 +227,26 @@ func readStanza(r xml.TokenReader, start xml.StartElement, max int) (s *Stanza, 
 			s.tokens, s.children = nil, nil
 			continue
 		}
-		s.tokens = append(s.tokens, xml.CopyToken(tok))
+		s.tokens = append(s.tokens, keepToken(tok))
 		if e, ok := tok.(xml.EndElement); ok && depth == 1 && childStart >= 0 {
 			s.children = append(s.children, span{name: e.Name, lo: childStart, hi: len(s.tokens)})
 			childStart = -1
 		}
 	}
 	return s, oversized, nil
+}
+
+// keepToken returns tok in a form that outlives the reader's next Token
+// call. Of encoding/xml's tokens only the byte slices (CharData, Comment,
+// ProcInst, Directive) point into the decoder's buffer; an element's name
+// and attributes are strings in a slice made for that element, so they are
+// kept as they are, not copied again (about 1 KB per envelope).
+func keepToken(tok xml.Token) xml.Token {
+	switch tok.(type) {
+	case xml.StartElement, xml.EndElement:
+		return tok
+	}
+	return xml.CopyToken(tok)
 }
 
 // isStanza reports whether name is one of the three stanza elements in the
