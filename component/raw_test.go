@@ -3,6 +3,7 @@ package component
 import (
 	"context"
 	"encoding/xml"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -105,3 +106,57 @@ func TestAppendEscapedMatchesEncodingXML(t *testing.T) {
 type sliceBuf []byte
 
 func (b *sliceBuf) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// TestKeptTokensOutliveTheDecoder proves what readStanza's keepToken
+// relies on: the elements and attributes it keeps without copying are not
+// overwritten by the tokens the decoder reads after them (the decoder
+// makes a new attribute slice per element), and the text it copies is
+// intact, so every payload reads back as it was written.
+func TestKeptTokensOutliveTheDecoder(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString(`<message from='a@example.org/r' to='clink.example.org'>`)
+	const n = 50
+	for i := range n {
+		fmt.Fprintf(&b, `<thing xmlns='urn:example:raw' by='by-%d' k%d='v%d'>text-%d &amp; more</thing>`, i, i, i, i)
+	}
+	b.WriteString(`</message>`)
+	s, err := ParseStanza(b.String(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewTokenDecoder(s.TokenReader())
+	var i int
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			break
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok || start.Name.Local != "thing" {
+			continue
+		}
+		var p struct {
+			By   string     `xml:"by,attr"`
+			Attr []xml.Attr `xml:",any,attr"`
+			Text string     `xml:",chardata"`
+		}
+		if err := d.DecodeElement(&p, &start); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("by-%d k%d=v%d text-%d & more", i, i, i, i)
+		got := p.By
+		for _, a := range p.Attr {
+			if a.Name.Local != "xmlns" {
+				got += " " + a.Name.Local + "=" + a.Value
+			}
+		}
+		if got += " " + p.Text; got != want {
+			t.Fatalf("payload %d = %q, want %q", i, got, want)
+		}
+		i++
+	}
+	if i != n {
+		t.Fatalf("read %d payloads, want %d", i, n)
+	}
+}
