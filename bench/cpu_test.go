@@ -127,7 +127,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 			}
 			c := clinkdtest.Config(b, srv)
 			// Measurement, not abuse: the sender's limits are lifted.
-			c.Expiry.PerUserMessages = 1 << 20
+			c.Expiry.PerUserMessages, c.Expiry.PerUserBytes = 1<<20, 1<<40
 			c.Expiry.PerSenderMessages, c.Expiry.PerSenderBytes, c.Expiry.PerPairMessages = 1<<20, 1<<40, 1<<20
 			c.Expiry.TotalBytes = 1 << 40
 			c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<20
@@ -200,7 +200,12 @@ func BenchmarkRelayCPU(b *testing.B) {
 					sent <- nil
 				}()
 				for _, e := range envs {
-					if _, err := bd.Next(ctx, func(s *client.Stanza) bool { return s.ID == e.ID && s.Has(client.EnvelopeName) }); err != nil {
+					// A message clinkd refuses never arrives (the refusal
+					// goes to the sender): fail within a minute.
+					wait, stop := context.WithTimeout(ctx, time.Minute)
+					_, err := bd.Next(wait, func(s *client.Stanza) bool { return s.ID == e.ID && s.Has(client.EnvelopeName) })
+					stop()
+					if err != nil {
 						cancel()
 						if serr := <-sent; serr != nil {
 							b.Fatal(serr)
