@@ -146,7 +146,7 @@ var noQuotas = expiry.Limits{PerUserMessages: 1 << 20, PerSenderMessages: 1 << 3
 
 // running runs r's expiry sweeps until the test ends, and returns the
 // context they run under.
-func running(t *testing.T, r *expiry.Relay) context.Context {
+func running(t testing.TB, r *expiry.Relay) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()

@@ -1,5 +1,7 @@
 package expiry
 
+import "time"
+
 // For the external tests: what the relay writes as bytes.
 var (
 	AppendTimed = appendTimed
@@ -49,4 +51,12 @@ func Compactions(r *Relay) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.compactions
+}
+
+// LastSweep is how long r's last sweep that dropped messages held its
+// lock, and how long its last scrub of freed memory took.
+func LastSweep(r *Relay) (locked, scrub time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastSweep.locked, r.lastSweep.scrub
 }

@@ -65,6 +65,10 @@ type Slab struct {
 	live      int64    // bytes allocated and not freed
 	used      int64    // bytes handed out of the mapped chunks, freed or not
 	mapped    int64
+	// deferring: chunks that empty are put in retired instead of being
+	// unmapped (DeferUnmaps, TakeRetired).
+	deferring bool
+	retired   [][]byte
 }
 
 type chunk struct {
@@ -222,12 +226,41 @@ func (s *Slab) unmap(c *chunk) {
 	s.chunks = slices.Delete(s.chunks, i, i+1)
 	s.mapped -= int64(len(c.mem))
 	s.used -= int64(c.used)
-	if err := unmapMemory(c.mem); err != nil {
-		// Only a wrong address or length makes munmap fail, and both
-		// come from the mapping itself.
-		panic(fmt.Sprintf("slab: unmap: %v", err))
+	if s.deferring {
+		s.retired = append(s.retired, c.mem)
+	} else {
+		Unmap([][]byte{c.mem})
 	}
 	c.mem = nil
+}
+
+// DeferUnmaps makes the chunks that empty from now on wait, instead of
+// being unmapped at once, until TakeRetired hands them to the owner, who
+// unmaps them (Unmap) after it lets go of the lock that serialises the
+// slab: a munmap of a populated chunk costs the kernel tens of
+// microseconds, and a compaction empties hundreds. A retired chunk holds
+// only zeroes (Free zeroes every string) and nothing of it is handed out
+// again; Stats no longer counts it.
+func (s *Slab) DeferUnmaps() { s.deferring = true }
+
+// TakeRetired ends DeferUnmaps and returns the chunks that emptied since,
+// for Unmap.
+func (s *Slab) TakeRetired() [][]byte {
+	r := s.retired
+	s.deferring, s.retired = false, nil
+	return r
+}
+
+// Unmap gives chunks that TakeRetired returned back to the kernel. It does
+// not touch a Slab, so it needs none of its owner's locking.
+func Unmap(chunks [][]byte) {
+	for _, mem := range chunks {
+		if err := unmapMemory(mem); err != nil {
+			// Only a wrong address or length makes munmap fail, and
+			// both come from the mapping itself.
+			panic(fmt.Sprintf("slab: unmap: %v", err))
+		}
+	}
 }
 
 // NeedsCompaction reports whether the holes freed strings left in the
@@ -306,10 +339,9 @@ func (s *Slab) Move(b []byte) ([]byte, error) {
 // string used after Release faults.
 func (s *Slab) Release() {
 	for _, c := range s.chunks {
-		if err := unmapMemory(c.mem); err != nil {
-			panic(fmt.Sprintf("slab: unmap: %v", err))
-		}
+		Unmap([][]byte{c.mem})
 		c.mem = nil
 	}
+	Unmap(s.TakeRetired())
 	*s = Slab{chunkSize: s.chunkSize}
 }

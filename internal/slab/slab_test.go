@@ -220,3 +220,66 @@ func TestWithoutCompactionPinningWorks(t *testing.T) {
 		s.Free(b)
 	}
 }
+
+// TestDeferredUnmaps: while DeferUnmaps is on, a chunk that empties
+// leaves the slab's accounts at once but stays mapped (zeroed) until
+// TakeRetired hands it over; after TakeRetired, an emptied chunk is
+// unmapped at once again.
+func TestDeferredUnmaps(t *testing.T) {
+	t.Parallel()
+	const chunk = 4096
+	s := newSlab(t, chunk)
+	fill := func() [][]byte {
+		var bs [][]byte
+		for range 4 { // one chunk: 4 x 1,024 bytes
+			b, err := s.Alloc(chunk / 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range b {
+				b[i] = 0xAA
+			}
+			bs = append(bs, b)
+		}
+		return bs
+	}
+	first, second := fill(), fill() // the second Alloc moved on to a new chunk
+	third, fourth := fill(), fill()
+	s.DeferUnmaps()
+	for _, b := range first {
+		s.Free(b)
+	}
+	if st := s.Stats(); st.Chunks != 3 || st.Mapped != 3*chunk {
+		t.Fatalf("after the first chunk emptied: %+v, want 3 chunks mapped", st)
+	}
+	for _, b := range second {
+		s.Free(b)
+	}
+	retired := s.TakeRetired()
+	if len(retired) != 2 {
+		t.Fatalf("TakeRetired = %d chunks, want 2", len(retired))
+	}
+	for _, mem := range retired {
+		// Still mapped: readable, and zeroed by Free.
+		if len(mem) != chunk || !bytes.Equal(mem, make([]byte, chunk)) {
+			t.Fatalf("a retired chunk is %d bytes, not all zero", len(mem))
+		}
+	}
+	slab.Unmap(retired)
+	if again := s.TakeRetired(); len(again) != 0 {
+		t.Fatalf("TakeRetired again = %d chunks, want none", len(again))
+	}
+	// No longer deferring: a chunk that empties is unmapped at once.
+	for _, b := range third {
+		s.Free(b)
+	}
+	if st := s.Stats(); st.Chunks != 1 {
+		t.Fatalf("after the third chunk emptied: %+v, want only the fourth mapped", st)
+	}
+	if got := s.TakeRetired(); len(got) != 0 {
+		t.Fatalf("after TakeRetired, freeing retired %d chunks, want them unmapped at once", len(got))
+	}
+	for _, b := range fourth {
+		s.Free(b)
+	}
+}
