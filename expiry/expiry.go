@@ -460,9 +460,9 @@ type Relay struct {
 	// compacting the slab held mu at once, and how long the last
 	// scrubHeap took (benchmarks read it).
 	lastSweep struct{ locked, scrub time.Duration }
-	queue       expiryHeap
-	total       int64
-	wake        chan struct{} // the earliest expiry changed
+	queue     expiryHeap
+	total     int64
+	wake      chan struct{} // the earliest expiry changed
 	// handoff, while not nil, is closed when a handoff's state has been
 	// taken (AwaitHandoff, EndHandoff).
 	handoff chan struct{}
