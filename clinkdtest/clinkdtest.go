@@ -1,5 +1,7 @@
 // Package clinkdtest runs clinkd in-process against the lab's real XMPP
-// servers and logs real devices in, for end-to-end tests.
+// servers, or as a process of its own (StartProcess) where a benchmark
+// reads its CPU time apart from the devices', and logs real devices in,
+// for end-to-end tests.
 //
 //	srv := labtest.Server(t, lab.Prosody)
 //	d := clinkdtest.Start(t, srv, nil)
