@@ -126,13 +126,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 				pg = labtest.Postgres(b)
 			}
 			c := clinkdtest.Config(b, srv)
-			// Measurement, not abuse: the sender's limits are lifted.
-			c.Expiry.PerUserMessages, c.Expiry.PerUserBytes = 1<<20, 1<<40
-			c.Expiry.PerSenderMessages, c.Expiry.PerSenderBytes, c.Expiry.PerPairMessages = 1<<20, 1<<40, 1<<20
-			c.Expiry.TotalBytes = 1 << 40
-			c.Relay.PerMinute, c.Relay.Burst = 1e9, 1<<20
-			c.Link.QueueDepth = 1 << 16
-			c.Expiry.MinPeriod = time.Second
+			liftLimits(&c)
 			c.Log.Level = "warn"
 			proc := clinkdtest.StartProcess(b, c)
 			comp := jid.MustParse(c.Link.Domain)

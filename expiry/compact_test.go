@@ -3,7 +3,6 @@ package expiry_test
 import (
 	"bytes"
 	"context"
-	"encoding/xml"
 	"fmt"
 	"runtime"
 	"strings"
@@ -15,8 +14,6 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
 )
@@ -42,37 +39,15 @@ func TestPinnedChunksAreCompacted(t *testing.T) {
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
 
-	alice := clinkdtest.Identity(t, "alice", "alice@example.org")
-	h := envelope.Header{ID: "ID-PLACEHOLDER", Time: start, Expires: start.Add(time.Hour)}
-	env, err := envelope.SealEnhanced(alice, "bob@example.org", envelope.NewContactKey(), h,
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := xml.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The relay checks neither signatures nor that the expiry matches the
-	// header's, only the envelope's expires attribute, which is replaced.
-	template := string(raw)
-	expires := `expires="` + start.Add(time.Hour).Format(time.RFC3339) + `"`
-	if !strings.Contains(template, expires) {
-		t.Fatalf("the envelope has no %s to replace:\n%s", expires, template)
-	}
+	template, expires := timedTemplate(t, start)
 
 	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, silent{}, unlimited)
 	ctx := running(t, r)
 
 	send := func(id string, period time.Duration) {
 		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", id)
-		text = strings.Replace(text, expires, `expires="`+now().Add(period).Format(time.RFC3339)+`"`, 1)
-		s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='bob\40example.org@clink.example.org'>`+
-			text+`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, 256<<10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := router.HandleMessage(ctx, s); err != nil {
+		text = strings.Replace(text, expires, expiresAt(now().Add(period)), 1)
+		if err := router.HandleMessage(ctx, timedStanza(t, "bob@example.org", text)); err != nil {
 			t.Fatalf("message %s refused: %v", id, err)
 		}
 	}
@@ -195,15 +170,7 @@ func TestCompactionWhileDelivering(t *testing.T) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	alice := clinkdtest.Identity(t, "alice", "alice@example.org")
-	env, err := envelope.SealEnhanced(alice, "bob@example.org", envelope.NewContactKey(),
-		envelope.Header{ID: "ID-PLACEHOLDER", Time: start, Expires: start.Add(time.Hour)},
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := xml.Marshal(env)
-	expires := `expires="` + start.Add(time.Hour).Format(time.RFC3339) + `"`
+	template, expires := timedTemplate(t, start)
 
 	link := &rawRecorder{}
 	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, link, unlimited)
@@ -222,10 +189,9 @@ func TestCompactionWhileDelivering(t *testing.T) {
 				if i%10 == 0 {
 					period = time.Hour
 				}
-				text := strings.ReplaceAll(string(raw), "ID-PLACEHOLDER", fmt.Sprintf("%d%031x", g, i))
-				text = strings.Replace(text, expires, `expires="`+now().Add(period).Format(time.RFC3339)+`"`, 1)
-				s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='bob\40example.org@clink.example.org'>`+
-					text+`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, 256<<10)
+				text := strings.ReplaceAll(template, "ID-PLACEHOLDER", fmt.Sprintf("%d%031x", g, i))
+				text = strings.Replace(text, expires, expiresAt(now().Add(period)), 1)
+				s, err := component.ParseStanza(timedMessage("bob@example.org", text), 256<<10)
 				if err != nil {
 					t.Error(err)
 					return

@@ -1,16 +1,12 @@
 package expiry_test
 
 import (
-	"encoding/xml"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
-	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
 )
 
@@ -53,24 +49,8 @@ func sweepPause(b *testing.B, n int) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	alice := clinkdtest.Identity(b, "alice", "alice@example.org")
-	env, err := envelope.SealEnhanced(alice, "bob@example.org", envelope.NewContactKey(),
-		envelope.Header{ID: "ID-PLACEHOLDER", Time: start, Expires: start.Add(time.Hour)},
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw, err := xml.Marshal(env)
-	if err != nil {
-		b.Fatal(err)
-	}
-	template := string(raw)
-	expires := `expires="` + start.Add(time.Hour).Format(time.RFC3339) + `"`
-	if !strings.Contains(template, expires) {
-		b.Fatalf("the envelope has no %s to replace", expires)
-	}
-	short := `expires="` + start.Add(time.Minute).Format(time.RFC3339) + `"`
-	long := `expires="` + start.Add(6*time.Hour).Format(time.RFC3339) + `"`
+	template, expires := timedTemplate(b, start)
+	short, long := expiresAt(start.Add(time.Minute)), expiresAt(start.Add(6*time.Hour))
 
 	r, router := newRouter(b, expiry.Config{Limits: noQuotas, Now: now}, silent{}, unlimited)
 	defer expiry.ReleaseSlab(r)
@@ -109,12 +89,7 @@ func sweepPause(b *testing.B, n int) {
 		} else {
 			text = strings.Replace(text, expires, short, 1)
 		}
-		s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='`+strings.Replace(to, "@", `\40`, 1)+
-			`@clink.example.org'>`+text+`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, 256<<10)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := router.HandleMessage(ctx, s); err != nil {
+		if err := router.HandleMessage(ctx, timedStanza(b, to, text)); err != nil {
 			b.Fatalf("message %d refused: %v", i, err)
 		}
 	}

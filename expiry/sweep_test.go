@@ -2,7 +2,6 @@ package expiry_test
 
 import (
 	"context"
-	"encoding/xml"
 	"fmt"
 	"strings"
 	"sync"
@@ -13,9 +12,6 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
-	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
 	"github.com/clinkme/clinkd/extensions/expiryxml"
 )
@@ -36,18 +32,8 @@ func TestMassExpiryLetsGoOfTheLock(t *testing.T) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	alice := clinkdtest.Identity(t, "alice", "alice@example.org")
-	expires := start.Add(time.Minute)
-	env, err := envelope.SealEnhanced(alice, "bob@example.org", envelope.NewContactKey(),
-		envelope.Header{ID: "ID-PLACEHOLDER", Time: start, Expires: expires},
-		envelope.Content{Kind: envelope.KindText, Text: "expires with the others"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := xml.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
+	template, expires := timedTemplate(t, start)
+	template = strings.Replace(template, expires, expiresAt(start.Add(time.Minute)), 1)
 	link := &noticeLink{}
 	link.heldAtFirstNotice.Store(-1)
 	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, link, unlimited)
@@ -57,13 +43,8 @@ func TestMassExpiryLetsGoOfTheLock(t *testing.T) {
 	}
 	ctx := running(t, r)
 	for i := range n {
-		text := strings.ReplaceAll(string(raw), "ID-PLACEHOLDER", fmt.Sprintf("%032x", i))
-		s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='bob\40example.org@clink.example.org'>`+
-			text+`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, 256<<10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := router.HandleMessage(ctx, s); err != nil {
+		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", fmt.Sprintf("%032x", i))
+		if err := router.HandleMessage(ctx, timedStanza(t, "bob@example.org", text)); err != nil {
 			t.Fatalf("message %d refused: %v", i, err)
 		}
 	}
