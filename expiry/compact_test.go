@@ -39,13 +39,13 @@ func TestPinnedChunksAreCompacted(t *testing.T) {
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
 
-	template, expires := timedTemplate(t, start)
+	template, expires := timedTemplate(t, start, enhanced)
 
 	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, silent{}, unlimited)
 	ctx := running(t, r)
 
 	send := func(id string, period time.Duration) {
-		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", id)
+		text := forRecipient(template, id, "bob@example.org")
 		text = strings.Replace(text, expires, expiresAt(now().Add(period)), 1)
 		if err := router.HandleMessage(ctx, timedStanza(t, "bob@example.org", text)); err != nil {
 			t.Fatalf("message %s refused: %v", id, err)
@@ -170,7 +170,7 @@ func TestCompactionWhileDelivering(t *testing.T) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	template, expires := timedTemplate(t, start)
+	template, expires := timedTemplate(t, start, enhanced)
 
 	link := &rawRecorder{}
 	r, router := newRouter(t, expiry.Config{Limits: noQuotas, Now: now}, link, unlimited)
@@ -189,7 +189,7 @@ func TestCompactionWhileDelivering(t *testing.T) {
 				if i%10 == 0 {
 					period = time.Hour
 				}
-				text := strings.ReplaceAll(template, "ID-PLACEHOLDER", fmt.Sprintf("%d%031x", g, i))
+				text := forRecipient(template, fmt.Sprintf("%d%031x", g, i), "bob@example.org")
 				text = strings.Replace(text, expires, expiresAt(now().Add(period)), 1)
 				s, err := component.ParseStanza(timedMessage("bob@example.org", text), 256<<10)
 				if err != nil {

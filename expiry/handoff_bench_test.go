@@ -2,7 +2,6 @@ package expiry_test
 
 import (
 	"context"
-	"encoding/xml"
 	"fmt"
 	"io"
 	"net"
@@ -13,8 +12,6 @@ import (
 
 	"mellium.im/xmpp/jid"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
@@ -39,21 +36,12 @@ func benchmarkHandoff(b *testing.B, n int) {
 	now := time.Unix(1_800_000_000, 0).UTC()
 	lim := expiry.Limits{PerUserMessages: 10, PerSenderMessages: 1 << 30, PerSenderBytes: 1 << 40, PerPairMessages: 10, TotalBytes: 1 << 34}
 	giver := newBenchSide(b, now, lim)
-	alice := clinkdtest.Identity(b, "alice", "alice@example.org")
-	bob := clinkdtest.Identity(b, "bob", "bob@example.org")
-	env, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: bob.PublicKey()}},
-		envelope.Header{ID: "ID-PLACEHOLDER", Time: now, Expires: now.Add(time.Hour)},
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw, _ := xml.Marshal(env)
+	template, _ := timedTemplate(b, now, standard)
 	for u := range n / 10 {
 		to := fmt.Sprintf("u%d@example.org", u)
 		giver.announce(b, to+"/phone")
 		for m := range 10 {
-			text := strings.ReplaceAll(string(raw), "ID-PLACEHOLDER", fmt.Sprintf("m%d", m))
-			text = strings.Replace(text, `jid="bob@example.org"`, `jid="`+to+`"`, 1)
+			text := forRecipient(template, fmt.Sprintf("m%d", m), to)
 			s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='`+strings.Replace(to, "@", `\40`, 1)+
 				`@`+handoffDomain+`'>`+text+storeless+`</message>`, 256<<10)
 			if err != nil {

@@ -2,14 +2,10 @@ package expiry_test
 
 import (
 	"context"
-	"encoding/xml"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/component/dispatch"
 	"github.com/clinkme/clinkd/expiry"
@@ -25,22 +21,11 @@ import (
 //	go test -run '^$' -bench Hold -count 5 ./expiry/
 func BenchmarkHold(b *testing.B) {
 	now := time.Unix(1_800_000_000, 0).UTC()
-	alice := clinkdtest.Identity(b, "alice", "alice@example.org")
-	bob := clinkdtest.Identity(b, "bob", "bob@example.org")
-	env, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: bob.PublicKey()}},
-		envelope.Header{ID: "ID-PLACEHOLDER", Time: now, Expires: now.Add(time.Hour)},
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw, _ := xml.Marshal(env)
+	template, _ := timedTemplate(b, now, standard)
 	const users = 200 // ten messages per user in a batch
 	text := func(i int) string {
 		to := fmt.Sprintf("u%d@example.org", i%users)
-		t := strings.ReplaceAll(string(raw), "ID-PLACEHOLDER", fmt.Sprintf("%032x", i))
-		t = strings.Replace(t, `jid="bob@example.org"`, `jid="`+to+`"`, 1)
-		return `<message type='headline' from='alice@example.org/laptop' to='` + strings.Replace(to, "@", `\40`, 1) +
-			`@clink.example.org'>` + t + `<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`
+		return timedMessage(to, forRecipient(template, fmt.Sprintf("%032x", i), to))
 	}
 	const batch = 2_000
 	texts := make([]string, batch)

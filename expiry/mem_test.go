@@ -2,7 +2,6 @@ package expiry_test
 
 import (
 	"context"
-	"encoding/xml"
 	"flag"
 	"fmt"
 	"os"
@@ -16,11 +15,8 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 
-	"github.com/clinkme/clinkd/client/envelope"
-	"github.com/clinkme/clinkd/clinkdtest"
 	"github.com/clinkme/clinkd/component"
 	"github.com/clinkme/clinkd/expiry"
-	"github.com/clinkme/clinkd/extensions/envelopexml"
 )
 
 // BenchmarkHeldMemory measures what holding timed messages costs in
@@ -74,36 +70,19 @@ func BenchmarkHeldMemory(b *testing.B) {
 
 var held1M = flag.Bool("held1m", false, "BenchmarkHeldMemory: also hold 1,000,000 messages of about 1 KB (about 1.5 GB)")
 
-func heldMemory(b *testing.B, users, perUser int, enhanced bool) {
+func heldMemory(b *testing.B, users, perUser int, enhancedEnvelope bool) {
 	now := time.Unix(1_800_000_000, 0).UTC()
-	alice := clinkdtest.Identity(b, "alice", "alice@example.org")
-	bob := clinkdtest.Identity(b, "bob", "bob@example.org")
-	h := envelope.Header{ID: "ID-PLACEHOLDER", Time: now, Expires: now.Add(time.Hour)}
-	content := envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a typical short message ", 4)}
-	var env *envelopexml.Envelope
-	var err error
-	if enhanced {
-		env, err = envelope.SealEnhanced(alice, "bob@example.org", envelope.NewContactKey(), h, content)
-	} else {
-		env, err = envelope.SealStandard(alice, []envelope.Recipient{{JID: "bob@example.org", Key: bob.PublicKey()}}, h, content)
+	how := standard
+	if enhancedEnvelope {
+		how = enhanced
 	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw, _ := xml.Marshal(env)
+	template, _ := timedTemplate(b, now, how)
 	// One stanza per (user, message), made when it is handled; the relay
 	// does not check signatures, so only the id and the recipient change.
 	stanza := func(u, m int) *component.Stanza {
 		to := fmt.Sprintf("u%d@example.org", u)
 		// Ids as long as the SDK's (32 hex digits), which the relay keeps.
-		text := strings.ReplaceAll(string(raw), "ID-PLACEHOLDER", fmt.Sprintf("%032x", m))
-		text = strings.Replace(text, `jid="bob@example.org"`, `jid="`+to+`"`, 1)
-		s, err := component.ParseStanza(`<message type='headline' from='alice@example.org/laptop' to='`+strings.Replace(to, "@", `\40`, 1)+
-			`@clink.example.org'>`+text+`<no-store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, 256<<10)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return s
+		return timedStanza(b, to, forRecipient(template, fmt.Sprintf("%032x", m), to))
 	}
 	for range b.N {
 		r, router := newRouter(b, expiry.Config{

@@ -49,7 +49,7 @@ func sweepPause(b *testing.B, n int) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	template, expires := timedTemplate(b, start)
+	template, expires := timedTemplate(b, start, enhanced)
 	short, long := expiresAt(start.Add(time.Minute)), expiresAt(start.Add(6*time.Hour))
 
 	r, router := newRouter(b, expiry.Config{Limits: noQuotas, Now: now}, silent{}, unlimited)
@@ -82,8 +82,7 @@ func sweepPause(b *testing.B, n int) {
 	users := max(n/10, 1)
 	for i := range n {
 		to := fmt.Sprintf("u%d@example.org", i%users)
-		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", fmt.Sprintf("%032x", i))
-		text = strings.Replace(text, `jid="bob@example.org"`, `jid="`+to+`"`, 1)
+		text := forRecipient(template, fmt.Sprintf("%032x", i), to)
 		if i%pinEvery == 0 {
 			text = strings.Replace(text, expires, long, 1)
 		} else {

@@ -32,7 +32,7 @@ func TestMassExpiryLetsGoOfTheLock(t *testing.T) {
 	start := time.Unix(1_800_000_000, 0).UTC()
 	clock.Store(start.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
-	template, expires := timedTemplate(t, start)
+	template, expires := timedTemplate(t, start, enhanced)
 	template = strings.Replace(template, expires, expiresAt(start.Add(time.Minute)), 1)
 	link := &noticeLink{}
 	link.heldAtFirstNotice.Store(-1)
@@ -43,7 +43,7 @@ func TestMassExpiryLetsGoOfTheLock(t *testing.T) {
 	}
 	ctx := running(t, r)
 	for i := range n {
-		text := strings.ReplaceAll(template, "ID-PLACEHOLDER", fmt.Sprintf("%032x", i))
+		text := forRecipient(template, fmt.Sprintf("%032x", i), "bob@example.org")
 		if err := router.HandleMessage(ctx, timedStanza(t, "bob@example.org", text)); err != nil {
 			t.Fatalf("message %d refused: %v", i, err)
 		}
