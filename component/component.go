@@ -350,8 +350,11 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 		c.metrics.LinkFailures.WithLabelValues(stage).Inc()
 		return 0, err
 	}
+	// The handshake reads through the link's own buffer, which the read
+	// loop goes on with (xmlread.go).
+	in := newLinkBuffer(conn, linkBufferSize)
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, *c.secret.Load(), conn)
+	sess, err := xcomponent.NewSession(hctx, c.cfg.Domain, *c.secret.Load(), bufferedConn{Conn: conn, in: in})
 	cancel()
 	if err != nil {
 		conn.Close()
@@ -376,7 +379,11 @@ func (c *Component) link(ctx context.Context, work *pool, refusals chan<- refusa
 		}
 	})
 
-	err = c.readLoop(ctx, sess, work, refusals)
+	defaultNS := sess.In().XMLNS
+	if defaultNS == "" {
+		defaultNS = nsAccept
+	}
+	err = c.readLoop(newStreamReader(in, defaultNS, max(4<<20, 2*c.cfg.MaxStanzaBytes)), work, refusals)
 	switch {
 	case ctx.Err() != nil:
 		// Graceful stop: let queued stanzas be answered on this link first.
@@ -455,9 +462,8 @@ type refusal struct {
 // for is refused with resource-constraint, so one sender cannot stop the
 // link for everyone. It returns when the stream ends: io.EOF for a
 // graceful close, a stream.Error, or the network error.
-func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool, refusals chan<- refusal) error {
-	r := sess.TokenReader()
-	defer r.Close()
+func (c *Component) readLoop(r *streamReader, work *pool, refusals chan<- refusal) error {
+	var jids jidCache
 	for {
 		tok, err := r.Token()
 		if err != nil {
@@ -472,7 +478,10 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 			if t.Name.Space == stream.NS {
 				if t.Name.Local == "error" {
 					var se stream.Error
-					if err := xml.NewTokenDecoder(r).DecodeElement(&se, &t); err != nil {
+					// Decoded from a reader of its own, start included:
+					// a new Decoder's DecodeElement with a start it did
+					// not read cannot call an UnmarshalXML.
+					if err := xml.NewTokenDecoder(xmlstream.Wrap(xmlstream.Inner(r), t)).Decode(&se); err != nil {
 						return fmt.Errorf("component: reading stream error: %w", err)
 					}
 					return se
@@ -488,7 +497,7 @@ func (c *Component) readLoop(ctx context.Context, sess *xmpp.Session, work *pool
 				}
 				continue
 			}
-			s, oversized, err := readStanza(r, t, c.cfg.MaxStanzaBytes)
+			s, oversized, err := readStanza(r, t, c.cfg.MaxStanzaBytes, &jids)
 			if err != nil {
 				return err
 			}
