@@ -43,17 +43,25 @@ import (
 // byte by byte (encoding/xml takes an io.ByteReader as it is, without a
 // buffer of its own), so that no byte the server sent after the handshake
 // is left in a reader the link no longer uses.
+//
+// Bytes read are zeroed before the buffer reads again, so that a timed
+// message it carried does not stay in it once read (docs/expiry.md,
+// "Overwriting"): buf[w:hi] is all that may hold read bytes, and each is
+// zeroed once.
 type linkBuffer struct {
-	src  io.Reader
-	buf  []byte
-	r, w int
-	err  error // the source's error, returned once the buffer is empty
+	src     io.Reader
+	buf     []byte
+	r, w    int
+	hi      int   // buf[:hi] may hold bytes; buf[hi:] is zero
+	initial int   // the size it shrinks back to after one long token
+	err     error // the source's error, returned once the buffer is empty
 }
 
 // newLinkBuffer reads src through a buffer of size bytes, which grows
 // when one token needs more.
 func newLinkBuffer(src io.Reader, size int) *linkBuffer {
-	return &linkBuffer{src: src, buf: make([]byte, max(size, 16))}
+	size = max(size, 16)
+	return &linkBuffer{src: src, buf: make([]byte, size), initial: size}
 }
 
 // linkBufferSize holds a few stanzas of the usual size: most arrive whole
@@ -100,17 +108,22 @@ func (b *linkBuffer) fill(max int) error {
 		b.w = copy(b.buf, b.buf[b.r:b.w])
 		b.r = 0
 	}
-	if b.w == len(b.buf) {
+	clear(b.buf[b.w:b.hi])
+	b.hi = b.w
+	switch {
+	case b.w == len(b.buf):
 		if len(b.buf) >= max {
 			return errTokenTooLong
 		}
-		grown := make([]byte, min(2*len(b.buf), max))
-		copy(grown, b.buf[:b.w])
-		b.buf = grown
+		b.resize(min(2*len(b.buf), max))
+	case len(b.buf) > b.initial && b.w < b.initial/2:
+		// A long token made it grow; it is read.
+		b.resize(b.initial)
 	}
 	for range 100 {
 		n, err := b.src.Read(b.buf[b.w:])
 		b.w += n
+		b.hi = b.w
 		if err != nil {
 			b.err = err
 		}
@@ -120,6 +133,15 @@ func (b *linkBuffer) fill(max int) error {
 	}
 	b.err = io.ErrNoProgress
 	return b.err
+}
+
+// resize moves what is unread to a buffer of size bytes and zeroes the
+// old one.
+func (b *linkBuffer) resize(size int) {
+	buf := make([]byte, size)
+	copy(buf, b.buf[:b.w])
+	clear(b.buf[:b.hi])
+	b.buf = buf
 }
 
 var errTokenTooLong = errors.New("component: an XML tag, entity or CDATA section longer than the link's limit")

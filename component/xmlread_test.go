@@ -300,3 +300,64 @@ func TestTokenTooLong(t *testing.T) {
 		t.Fatalf("err = %v, want errTokenTooLong", err)
 	}
 }
+
+// signallingReader tells when the reader asks for more input, and then
+// waits: the buffer is as the reader left it before reading again.
+type signallingReader struct {
+	data    []byte
+	asked   chan struct{}
+	release chan struct{}
+}
+
+func (r *signallingReader) Read(p []byte) (int, error) {
+	if len(r.data) > 0 {
+		n := copy(p, r.data)
+		r.data = r.data[n:]
+		return n, nil
+	}
+	r.asked <- struct{}{}
+	<-r.release
+	return 0, io.EOF
+}
+
+// TestReadBytesAreZeroed: once a stanza is read and the link waits for
+// more, no byte of it is left in the link's buffer (a timed message must
+// not outlive its expiry there; docs/expiry.md, "Overwriting").
+func TestReadBytesAreZeroed(t *testing.T) {
+	t.Parallel()
+	const secret = "c2VjcmV0IGNpcGhlcnRleHQ"
+	for _, size := range []int{16, 64, linkBufferSize} { // growing, and not
+		src := &signallingReader{
+			data:    []byte(`<message><payload xmlns='urn:x'>` + secret + `</payload></message>`),
+			asked:   make(chan struct{}),
+			release: make(chan struct{}),
+		}
+		in := newLinkBuffer(src, size)
+		r := newStreamReader(in, nsAccept, 1<<20)
+		for { // up to </message>; the text may come in pieces
+			tok, err := r.Token()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if end, ok := tok.(xml.EndElement); ok && end.Name.Local == "message" {
+				break
+			}
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := r.Token()
+			done <- err
+		}()
+		<-src.asked
+		if i := bytes.Index(in.buf, []byte(secret[:8])); i >= 0 {
+			t.Errorf("buffer of %d: the stanza's text is still in the link's buffer at %d", size, i)
+		}
+		if i := bytes.IndexFunc(in.buf, func(r rune) bool { return r != 0 }); i >= 0 {
+			t.Errorf("buffer of %d: byte %d is %q, not zero", size, i, in.buf[i])
+		}
+		close(src.release)
+		if err := <-done; err != io.EOF {
+			t.Fatalf("after the stream: %v", err)
+		}
+	}
+}
