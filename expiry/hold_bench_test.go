@@ -16,6 +16,9 @@ import (
 // recipient with no device online, through the envelope router as clinkd
 // wires it; the baseline, in the same run, is parsing that stanza
 // (component.ParseStanza), which clinkd does for every stanza it reads.
+// ParseStanza reads with the link's reader but makes a reader and a
+// buffer per call, which the link makes once: it allocates more than the
+// link does per stanza (component.BenchmarkReadStanzas measures that).
 // Report hold/parse, not the timings:
 //
 //	go test -run '^$' -bench Hold -count 5 ./expiry/
