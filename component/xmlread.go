@@ -32,10 +32,10 @@ import (
 //     as it arrives, so that whitespace keepalives between stanzas are seen
 //     when they arrive); readStanza joins them;
 //   - one difference on purpose: a name with characters beyond ASCII is
-//     taken whenever it is valid UTF-8, where encoding/xml checks it
-//     against XML 1.0's fourth-edition tables. The server has already
-//     accepted the name, and refusing it here would end the link for
-//     everyone over one user's stanza.
+//     taken whenever it is valid UTF-8 of XML characters, where
+//     encoding/xml checks it against XML 1.0's fourth-edition tables.
+//     The server has already accepted the name, and refusing it here
+//     would end the link for everyone over one user's stanza.
 //
 // FuzzStreamReader holds it to encoding/xml on arbitrary input.
 
@@ -46,8 +46,10 @@ import (
 //
 // Bytes read are zeroed before the buffer reads again, so that a timed
 // message it carried does not stay in it once read (docs/expiry.md,
-// "Overwriting"): buf[w:hi] is all that may hold read bytes, and each is
-// zeroed once.
+// "Overwriting"). Read bytes lie in buf[:r] and buf[w:hi]; fill moves the
+// unread ones to the front and zeroes what is left of the old ones, so
+// that while it waits for the source only unread bytes are held, and
+// buf[hi:] is always zero.
 type linkBuffer struct {
 	src     io.Reader
 	buf     []byte
