@@ -19,7 +19,12 @@
 // per envelope byte (alloc/envelope, from its go_memstats_alloc_bytes_total
 // metric), and logs the load average: run it
 // at least twice and give ranges (docs/expiry.md, "Measured"). The
-// lookups' split is keydir's BenchmarkLookupCPU.
+// lookups' split is keydir's BenchmarkLookupCPU. CLINKDTEST_GOMAXPROCS=n
+// runs the clinkd it starts with GOMAXPROCS=n (and the devices with the
+// default), as docs/operators.md ("Capacity") advises where clinkd shares
+// a few cores with the XMPP server:
+//
+//	CLINKDTEST_GOMAXPROCS=1 env -u CLINK_TEST_DATABASE_URL go test -run '^$' -bench RelayCPU -benchtime 5000x ./bench/
 //
 // The real servers start only when benchmarks are asked for, so `go test
 // ./...` costs nothing here.

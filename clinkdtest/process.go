@@ -35,12 +35,21 @@ type Process struct {
 	err   error         // its Wait error, set before done is closed
 }
 
+// MaxProcsEnv names the variable that sets the GOMAXPROCS of the clinkd
+// processes StartProcess starts, and of nothing else.
+const MaxProcsEnv = "CLINKDTEST_GOMAXPROCS"
+
 // StartProcess builds clinkd, runs it with cfg until the test ends (then
 // stops it with SIGTERM, as systemd does) and waits until it is ready
 // (/readyz answers 200: linked, its database reachable). cfg's admin
 // listener is replaced with a free loopback port of the lab's. The config
 // file, secrets included, is written to a temporary directory that only
 // this user can read; nothing secret is put on the command line.
+//
+// The process inherits the test's environment. GOMAXPROCS in it would
+// also set the test's own (the devices'), so CLINKDTEST_GOMAXPROCS, when
+// set, is clinkd's GOMAXPROCS alone: the benchmarks measure with it what
+// docs/operators.md ("Capacity") advises.
 func StartProcess(t testing.TB, cfg daemon.Config) *Process {
 	t.Helper()
 	dir := t.TempDir()
@@ -69,6 +78,9 @@ func StartProcess(t testing.TB, cfg daemon.Config) *Process {
 	p := &Process{admin: cfg.Admin.Listen, log: &LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "--config", config)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if n := os.Getenv(MaxProcsEnv); n != "" {
+		p.cmd.Env = append(os.Environ(), "GOMAXPROCS="+n)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("clinkdtest: start clinkd: %v", err)
 	}
