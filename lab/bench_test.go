@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -52,4 +53,29 @@ func BenchmarkStartStop(b *testing.B) {
 			return lab.StartPostgres(ctx, lab.PostgresOptions{Dir: dir})
 		})
 	})
+}
+
+// BenchmarkRegister measures how long registering one account takes on a
+// running server (Prosody through prosodyctl, ejabberd through its HTTP
+// API), as ns/op:
+//
+//	go test -run '^$' -bench Register -benchtime 50x ./lab/
+func BenchmarkRegister(b *testing.B) {
+	ca := labtest.CA(b)
+	for _, kind := range lab.Kinds() {
+		b.Run(string(kind), func(b *testing.B) {
+			s, err := lab.StartXMPP(b.Context(), lab.XMPPOptions{Kind: kind, Dir: b.TempDir(), Domain: labtest.Domain, CA: ca})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { s.Close() })
+			n := 0
+			for b.Loop() {
+				n++
+				if err := s.Register(b.Context(), fmt.Sprintf("user%d", n), "correct horse battery staple"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
