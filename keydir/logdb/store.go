@@ -1042,9 +1042,10 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		snap.Entries[i] = Entry{JID: j.String(), Index: x, VRFProof: p}
 	}
 	read := s.read
+	caughtUp := false // the map was brought up to date in this lookup
 	if hist == nil {
 		read = func(ctx context.Context, snap *Snapshot, _ *jid.JID, _ int64, _ int) (bool, error) {
-			return s.readFast(ctx, snap)
+			return s.readFast(ctx, snap, caughtUp)
 		}
 	}
 	for attempt := 0; ; attempt++ {
@@ -1062,6 +1063,7 @@ func (s *Store) snapshot(ctx context.Context, jids []jid.JID, hist *jid.JID, fro
 		if err != nil {
 			return nil, err
 		}
+		caughtUp = true
 	}
 }
 
@@ -1185,7 +1187,14 @@ func (s *Store) missingHashes(size int64, leaves []int64) []int64 {
 // against the row's) and the answer is complete; else stale reports that
 // the map must catch up first. Nothing is kept that was not read at the
 // size the answer is at.
-func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err error) {
+//
+// caughtUp says that the map was brought up to date during this lookup:
+// its size was read after the lookup began, so an answer at that size is
+// as fresh as one at the row's, and is given even when the log has grown
+// again since (the row's root is then of another size, and not compared).
+// Without it, a lookup while another clinkd kept appending faster than a
+// read of the size row could be stale at every try and fail.
+func (s *Store) readFast(ctx context.Context, snap *Snapshot, caughtUp bool) (stale bool, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.m == nil {
@@ -1264,11 +1273,15 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot) (stale bool, err e
 		return false, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
 	}
 	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
-	if st.Size != size {
+	switch {
+	case st.Size == size:
+		if s.m.Root() != st.MapRoot {
+			return false, fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
+		}
+	case caughtUp && st.Size > size:
+		st.Size, st.MapRoot = size, s.m.Root()
+	default:
 		return true, nil
-	}
-	if s.m.Root() != st.MapRoot {
-		return false, fmt.Errorf("%w: the map in memory has root %x at size %d, the log names %x", ErrCorrupt, s.m.Root(), st.Size, st.MapRoot)
 	}
 	if len(recIdx) != len(recText) || len(keyIdx) != len(keyDER) || len(hashIdx) != len(hashes) {
 		return false, fmt.Errorf("%w: uneven rows", ErrCorrupt)
