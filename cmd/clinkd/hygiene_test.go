@@ -95,10 +95,13 @@ func scanMemory(t *testing.T, pid int, needles ...[]byte) []memoryHit {
 // memory (a core dump, a swapped page, ptrace) after a timed message
 // expired: `clinkd serve` runs as a child process against each real
 // server, relays a timed message to an online device and holds it until
-// it expires, while a later message crosses the link; then every readable
-// page of the process is read through /proc/PID/mem and neither a stretch
-// of the first message's ciphertext nor of its signature may be found
-// anywhere. (On the code before memory hygiene the scan found 84 copies.)
+// it expires, on a link that carries nothing after it; then every
+// readable page of the process is read through /proc/PID/mem and neither
+// a stretch of the message's ciphertext nor of its signature may be found
+// anywhere. (On the code before memory hygiene the scan found 84 copies.
+// Until the link read with its own reader, which zeroes what it has read,
+// the test had a later message cross the link to push this one out of
+// encoding/xml's buffer; on a quiet link that buffer kept it: four hits.)
 func TestExpiredMessageLeavesNoTrace(t *testing.T) {
 	t.Parallel()
 	for _, srv := range labtest.Servers(t) {
@@ -139,23 +142,8 @@ func testExpiredMessageLeavesNoTrace(t *testing.T, srv *lab.XMPPServer) {
 		t.Fatal(err)
 	}
 	next(t, b, "the timed message", envelopeWithID(env.ID))
-	// Life goes on: a larger message crosses the link after it, as on
-	// any live server. The link's read and write buffers (in the XMPP
-	// library, out of clinkd's reach) keep the last stanzas that crossed
-	// them until the next ones overwrite them (docs/expiry.md).
-	later, err := envelope.SealStandard(alice, []envelope.Recipient{{JID: bj, Key: bob.PublicKey()}},
-		envelope.Header{ID: "later-" + strconv.FormatInt(now.UnixNano(), 36), Time: now, Expires: now.Add(5 * time.Minute)},
-		envelope.Content{Kind: envelope.KindText, Text: strings.Repeat("a longer message ", 600)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.SendEnvelope(ctx, domain, jid.MustParse(bj), later); err != nil {
-		t.Fatal(err)
-	}
-	next(t, b, "the later message", envelopeWithID(later.ID))
-	if s, err := b.Next(ctxFor(t, time.Millisecond), expired(env.ID)); err == nil {
-		t.Fatalf("the first message expired before the later one crossed the link (%s): give it a longer validity", s.Raw)
-	}
+	// Nothing crosses the link after it: a quiet link must not keep it
+	// in its read buffer (component/xmlread.go).
 	// While the message is held, the scan finds it: the check can fail.
 	if hits := scanMemory(t, c.cmd.Process.Pid, needles...); len(hits) == 0 {
 		t.Fatal("the held message is not found in clinkd's memory: the scan proves nothing")
