@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,7 +61,10 @@ type Envelope struct {
 	// envelope lists it among its recipients.
 	Recipient jid.JID
 	// Body is the decoded, validated envelope and Raw its canonical XML,
-	// which is what features relay.
+	// which is what features relay. Both are the router's memory, valid
+	// until the handler returns: then the router zeroes them and decodes
+	// the next envelope into them. A feature that keeps either past its
+	// handler copies it (expiry copies Raw into its slab).
 	Body *envelopexml.Envelope
 	Raw  []byte
 }
@@ -71,8 +75,9 @@ type Copy struct {
 	Owner jid.JID // the sender of the message, whose devices get the copy
 	Peer  jid.JID // the recipient of the message
 	By    jid.JID // Owner's device that sent it
-	Body  *envelopexml.Envelope
-	Raw   []byte
+	// Body and Raw are as in Envelope, and as briefly the feature's.
+	Body *envelopexml.Envelope
+	Raw  []byte
 }
 
 // ReceiptKind says what a receipt acknowledges.
@@ -248,6 +253,53 @@ type Router struct {
 	cfg     Config
 	access  atomic.Pointer[access]
 	refused *prometheus.CounterVec
+	// decoded holds *decoded: the memory an envelope is decoded into,
+	// reused from envelope to envelope (getDecoded, putDecoded).
+	decoded sync.Pool
+}
+
+// decoded is an envelope as the router decodes it: Body's binary fields
+// lie in fields, its canonical XML in raw. Reusing it leaves a relayed
+// envelope with no allocation of its own size but the stanza's (issue 15:
+// these were two of the three copies a relayed envelope cost).
+type decoded struct {
+	body   envelopexml.Envelope
+	fields []byte
+	raw    []byte
+}
+
+// DecodeTokens decodes the envelope into d's memory: the stanza's tokens
+// stay as they are, so its text is decoded where it lies
+// (component.TokenDecoder).
+func (d *decoded) DecodeTokens(r xml.TokenReader, start xml.StartElement) error {
+	var err error
+	d.fields, err = d.body.DecodeTokensInto(d.fields[:0], r, start)
+	return err
+}
+
+// maxPooled is the largest buffer putDecoded keeps: an envelope near the
+// stanza limit is rare, and its buffers are better left to the collector
+// than held by the pool.
+const maxPooled = 64 << 10
+
+func (r *Router) getDecoded() *decoded {
+	if d, ok := r.decoded.Get().(*decoded); ok {
+		return d
+	}
+	return new(decoded)
+}
+
+// putDecoded zeroes what d held, once its handler returned, and keeps it
+// for the next envelope.
+func (r *Router) putDecoded(d *decoded) {
+	clear(d.fields)
+	clear(d.raw)
+	d.body = envelopexml.Envelope{}
+	if cap(d.fields) > maxPooled || cap(d.raw) > maxPooled {
+		return
+	}
+	d.fields, d.raw = d.fields[:0], d.raw[:0]
+	r.decoded.Put(d)
 }
 
 // New checks cfg and returns a router.
@@ -358,29 +410,30 @@ func (r *Router) HandleMessage(ctx context.Context, m *component.Stanza) error {
 	return nil
 }
 
-// decode reads and checks the envelope of m: well formed, within bounds,
-// written by author. Raw is its canonical XML.
-func (r *Router) decode(m *component.Stanza, author jid.JID) (*envelopexml.Envelope, []byte, error) {
-	var env envelopexml.Envelope
+// decode reads and checks the envelope of m into d: well formed, within
+// bounds, written by author. d.raw is its canonical XML.
+func (r *Router) decode(m *component.Stanza, author jid.JID, d *decoded) error {
 	name := envelopeName
 	if !m.Has(envelopeName) && m.Has(envelopeName1) {
 		name = envelopeName1
 	}
-	if err := m.Decode(name, &env); err != nil {
+	if err := m.Decode(name, d); err != nil {
 		if errors.Is(err, component.ErrNoPayload) {
-			return nil, nil, r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
+			return r.refuse("no-envelope", stanza.BadRequest, "no end-to-end envelope")
 		}
-		return nil, nil, r.refuse("malformed", stanza.BadRequest, "malformed envelope: "+err.Error())
+		return r.refuse("malformed", stanza.BadRequest, "malformed envelope: "+err.Error())
 	}
+	env := &d.body
 	if err := env.Validate(); err != nil {
-		return nil, nil, r.refuse("invalid", stanza.BadRequest, err.Error())
+		return r.refuse("invalid", stanza.BadRequest, err.Error())
 	}
 	if !sameJID(env.From, author) {
-		return nil, nil, r.refuse("not-author", stanza.NotAcceptable, "the envelope was not written by the sender")
+		return r.refuse("not-author", stanza.NotAcceptable, "the envelope was not written by the sender")
 	}
 	// The canonical bytes, written once here and relayed as they are;
 	// AppendXML writes what xml.Marshal would, without an encoder.
-	return &env, env.AppendXML(nil), nil
+	d.raw = env.AppendXML(d.raw[:0])
+	return nil
 }
 
 func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error {
@@ -400,10 +453,12 @@ func (r *Router) handleEnvelope(ctx context.Context, m *component.Stanza) error 
 	if !r.served(recipient) {
 		return r.refuse("not-served", stanza.Forbidden, "clinkd relays only to users of "+r.access.Load().Local+" (and the federated domains its operator lists)")
 	}
-	env, raw, err := r.decode(m, sender)
-	if err != nil {
+	d := r.getDecoded()
+	defer r.putDecoded(d)
+	if err := r.decode(m, sender, d); err != nil {
 		return err
 	}
+	env, raw := &d.body, d.raw
 	if !slices.ContainsFunc(env.To, func(to string) bool { return sameJID(to, recipient) }) {
 		return r.refuse("not-recipient", stanza.NotAcceptable, "the envelope is not addressed to "+recipient.String())
 	}
@@ -435,10 +490,12 @@ func (r *Router) handleCopy(ctx context.Context, m *component.Stanza) error {
 	if err != nil || !by.Bare().Equal(owner) {
 		return r.refuse("copy-origin", stanza.BadRequest, "copy from a device of another user")
 	}
-	env, raw, err := r.decode(m, owner)
-	if err != nil {
+	d := r.getDecoded()
+	defer r.putDecoded(d)
+	if err := r.decode(m, owner, d); err != nil {
 		return err
 	}
+	env, raw := &d.body, d.raw
 	if env.Expires.IsZero() {
 		return r.refuse("invalid", stanza.BadRequest, "a copy carries a timed message")
 	}

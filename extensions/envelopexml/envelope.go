@@ -587,7 +587,12 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 // bytes, and at least one. Anything else (whitespace, missing padding,
 // non-zero trailing bits) is an error, so that each value has exactly one
 // encoding.
-func unb64(s []byte, max int) ([]byte, error) {
+//
+// With a nil arena the bytes get memory of their own. Otherwise they are
+// decoded into *arena's spare capacity (grown when it has too little),
+// *arena is extended over them, and the result's capacity ends where it
+// does, so that appending to one field never writes into the next.
+func unb64(s []byte, max int, arena *[]byte) ([]byte, error) {
 	if len(s) == 0 {
 		return nil, errors.New("empty")
 	}
@@ -597,14 +602,23 @@ func unb64(s []byte, max int) ([]byte, error) {
 	// Strict decoding with padding refuses everything non-canonical but
 	// the line breaks the decoder skips; refusing those too leaves one
 	// encoding per value, without encoding b again to compare.
-	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	var b []byte
+	if arena == nil {
+		b = make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	} else {
+		*arena = slices.Grow(*arena, base64.StdEncoding.DecodedLen(len(s)))
+		b = (*arena)[len(*arena) : len(*arena)+base64.StdEncoding.DecodedLen(len(s))]
+	}
 	n, err := base64.StdEncoding.Strict().Decode(b, s)
 	if err != nil || bytes.ContainsAny(s, "\r\n") {
 		return nil, errors.New("not canonical base64")
 	}
-	b = b[:n]
+	b = b[:n:n]
 	if len(b) > max {
 		return nil, fmt.Errorf("more than %d bytes", max)
+	}
+	if arena != nil {
+		*arena = (*arena)[:len(*arena)+n]
 	}
 	return b, nil
 }
@@ -633,11 +647,47 @@ func (e *Envelope) DecodeTokens(r xml.TokenReader, start xml.StartElement) error
 		return fmt.Errorf("%w: namespace %q", ErrUnsupportedVersion, start.Name.Space)
 	}
 	var out Envelope
-	if err := out.unmarshal(r, start); err != nil {
+	if err := out.unmarshal(r, start, &decoding{}); err != nil {
 		return fmt.Errorf("%w: %s", ErrInvalid, err)
 	}
 	*e = out
 	return nil
+}
+
+// DecodeTokensInto is DecodeTokens for a caller that decodes envelope
+// after envelope and is done with each before the next: e's binary fields
+// are decoded into buf's spare capacity instead of memory of their own,
+// and share it. r's tokens must stay as they are while it reads them (a
+// stanza's held tokens do; an xml.Decoder's text does not), as their
+// text is decoded where it lies. It returns buf extended over them (a larger copy when buf
+// had too little room), the buffer to pass again, from its start, once
+// nothing uses e any more. clinkd's router decodes every relayed envelope
+// so, keeping only its canonical XML: with a buffer of an envelope's size,
+// decoding allocates nothing for its fields (issue 15). What e held before
+// is replaced, and on error e is unchanged.
+func (e *Envelope) DecodeTokensInto(buf []byte, r xml.TokenReader, start xml.StartElement) ([]byte, error) {
+	if start.Name.Local == "envelope" && start.Name.Space != NS && start.Name.Space != NS1 && strings.HasPrefix(start.Name.Space, nsFamily) {
+		if err := skip(r); err != nil {
+			return buf, err
+		}
+		return buf, fmt.Errorf("%w: namespace %q", ErrUnsupportedVersion, start.Name.Space)
+	}
+	var out Envelope
+	d := decoding{arena: &buf, heldTokens: true}
+	if err := out.unmarshal(r, start, &d); err != nil {
+		return buf, fmt.Errorf("%w: %s", ErrInvalid, err)
+	}
+	*e = out
+	return buf, nil
+}
+
+// decoding is what one decode of an envelope reuses from child to child.
+type decoding struct {
+	text  []byte  // a child's text, when it is copied
+	arena *[]byte // where binary fields go; nil: memory of their own
+	// heldTokens: the reader's tokens stay valid after the next Token
+	// call, so text that comes as one token is decoded where it lies.
+	heldTokens bool
 }
 
 // skip reads up to and including the end of the element whose start was
@@ -658,7 +708,7 @@ func skip(r xml.TokenReader) error {
 	return nil
 }
 
-func (e *Envelope) unmarshal(d xml.TokenReader, start xml.StartElement) error {
+func (e *Envelope) unmarshal(d xml.TokenReader, start xml.StartElement, dec *decoding) error {
 	switch start.Name {
 	case xml.Name{Space: NS, Local: "envelope"}:
 	case xml.Name{Space: NS1, Local: "envelope"}:
@@ -667,7 +717,6 @@ func (e *Envelope) unmarshal(d xml.TokenReader, start xml.StartElement) error {
 		return fmt.Errorf("element <%s xmlns=%q> is not an envelope", start.Name.Local, start.Name.Space)
 	}
 	var haveKind, haveFrom, haveID, haveTime, haveExpires bool
-	var text []byte // each child's text, read into the same buffer
 	for _, a := range start.Attr {
 		if isXMLNS(a.Name) {
 			continue
@@ -721,7 +770,7 @@ func (e *Envelope) unmarshal(d xml.TokenReader, start xml.StartElement) error {
 			}
 		case xml.Comment:
 		case xml.StartElement:
-			if err := e.unmarshalChild(d, t, &text); err != nil {
+			if err := e.unmarshalChild(d, t, dec); err != nil {
 				return fmt.Errorf("<%s>: %v", t.Name.Local, err)
 			}
 		default:
@@ -730,9 +779,8 @@ func (e *Envelope) unmarshal(d xml.TokenReader, start xml.StartElement) error {
 	}
 }
 
-// unmarshalChild reads one child of the envelope; text is a buffer for
-// its base64 text, which the decoded bytes do not share.
-func (e *Envelope) unmarshalChild(d xml.TokenReader, start xml.StartElement, text *[]byte) error {
+// unmarshalChild reads one child of the envelope.
+func (e *Envelope) unmarshalChild(d xml.TokenReader, start xml.StartElement, dec *decoding) error {
 	if start.Name.Space != e.namespace() {
 		return fmt.Errorf("unknown element in namespace %q", start.Name.Space)
 	}
@@ -780,23 +828,24 @@ func (e *Envelope) unmarshalChild(d xml.TokenReader, start xml.StartElement, tex
 	case "checkpoint":
 		max, dst = MaxCheckpointSize, &e.Checkpoint
 	}
-	*text, err = readText(d, base64.StdEncoding.EncodedLen(max), (*text)[:0])
+	var text []byte
+	text, dec.text, err = readText(d, base64.StdEncoding.EncodedLen(max), dec.text[:0], dec.heldTokens)
 	if err != nil {
 		return err
 	}
 	var data []byte
 	if max > 0 {
-		if data, err = unb64(*text, max); err != nil {
+		if data, err = unb64(text, max, dec.arena); err != nil {
 			return err
 		}
-	} else if len(*text) != 0 {
+	} else if len(text) != 0 {
 		return errors.New("unexpected text")
 	}
 	switch start.Name.Local {
 	case "to":
 		e.To = append(e.To, vals[0])
 	case "key":
-		fp, err := unb64([]byte(vals[0]), FingerprintSize)
+		fp, err := unb64([]byte(vals[0]), FingerprintSize, dec.arena)
 		if err != nil {
 			return fmt.Errorf("fp: %v", err)
 		}
@@ -849,27 +898,44 @@ func isXMLNS(n xml.Name) bool {
 	return n.Space == "xmlns" || (n.Space == "" && n.Local == "xmlns")
 }
 
-// readText appends the text content of an element to buf, reading up to
-// and including its end, at most max bytes of it. Child elements are an
-// error.
-func readText(d xml.TokenReader, max int, buf []byte) ([]byte, error) {
-	start := len(buf)
+// readText reads the text content of an element, up to and including its
+// end, at most max bytes of it. Child elements are an error. With held
+// tokens (valid after the next Token call), text that comes as one token
+// (as a stanza's tokens hold text without comments in it) is returned as
+// that token, not copied, and must not be changed; otherwise the text is
+// copied into buf, which is returned too, for reuse, grown or not.
+func readText(d xml.TokenReader, max int, buf []byte, held bool) (text, grown []byte, err error) {
+	var first xml.CharData // the text while it is one token
+	pieces := 0
 	for {
 		tok, err := d.Token()
 		if err != nil {
-			return buf, err
+			return nil, buf, err
 		}
 		switch t := tok.(type) {
 		case xml.CharData:
-			if len(buf)-start+len(t) > max {
-				return buf, errors.New("content too long")
+			if len(first)+len(buf)+len(t) > max {
+				return nil, buf, errors.New("content too long")
 			}
-			buf = append(buf, t...)
+			switch pieces++; {
+			case !held:
+				buf = append(buf, t...)
+			case pieces == 1:
+				first = t
+			case pieces == 2:
+				buf = append(append(buf, first...), t...)
+				first = nil
+			default:
+				buf = append(buf, t...)
+			}
 		case xml.EndElement:
-			return buf, nil
+			if held && pieces <= 1 {
+				return first, buf, nil
+			}
+			return buf, buf, nil
 		case xml.Comment:
 		default:
-			return buf, fmt.Errorf("unexpected %T", tok)
+			return nil, buf, fmt.Errorf("unexpected %T", tok)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
@@ -415,4 +416,71 @@ func FuzzParseEnvelope(f *testing.F) {
 			t.Fatalf("Validate(Unmarshal(Marshal(e))) = %v", err)
 		}
 	})
+}
+
+// heldTokens reads all of an element's tokens first, copied, as a stanza
+// holds them, and hands them out without copying again.
+type heldTokens struct {
+	toks []xml.Token
+	i    int
+}
+
+func (h *heldTokens) Token() (xml.Token, error) {
+	if h.i == len(h.toks) {
+		return nil, io.EOF
+	}
+	h.i++
+	return h.toks[h.i-1], nil
+}
+
+func hold(t *testing.T, doc []byte) (xml.StartElement, *heldTokens) {
+	t.Helper()
+	d := xml.NewDecoder(bytes.NewReader(doc))
+	var toks []xml.Token
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks = append(toks, xml.CopyToken(tok))
+	}
+	return toks[0].(xml.StartElement), &heldTokens{toks: toks[1:]}
+}
+
+// TestDecodeTokensIntoReusesBuffer: decoded into a buffer with room, an
+// envelope's binary fields lie in that buffer, decoded again into it they
+// lie there again, and the result is DecodeTokens'.
+func TestDecodeTokensIntoReusesBuffer(t *testing.T) {
+	for _, want := range []*envelopexml.Envelope{standard(), enhanced()} {
+		doc, err := xml.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 0, len(doc))
+		for round := range 2 {
+			var got envelopexml.Envelope
+			start, r := hold(t, doc)
+			out, err := got.DecodeTokensInto(buf, r, start)
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			if !reflect.DeepEqual(&got, want) {
+				t.Fatalf("round %d: DecodeTokensInto = %+v, want %+v", round, got, want)
+			}
+			if &out[:1][0] != &buf[:1][0] {
+				t.Fatalf("round %d: a buffer of %d bytes was replaced for %d bytes of fields", round, cap(buf), len(out))
+			}
+			// Zeroing the buffer zeroes the fields that lie in it.
+			clear(buf[:cap(buf)])
+			for _, f := range [][]byte{got.Nonce, got.Payload, got.Signature} {
+				if !bytes.Equal(f, make([]byte, len(f))) {
+					t.Fatalf("round %d: a field has memory of its own", round)
+				}
+			}
+			buf = out[:0]
+		}
+	}
 }
