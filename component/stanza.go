@@ -35,12 +35,16 @@ type Stanza struct {
 	To   jid.JID
 	Lang string
 
-	start     xml.StartElement
-	tokens    []xml.Token // the stanza's inner tokens, copied
-	children  []span      // top-level child elements, in order
-	size      int         // approximate serialized size in bytes
-	oversized bool        // over MaxStanzaBytes: tokens and children dropped
-	arrived   time.Time   // when the read loop got it: its deadline counts from here
+	start    xml.StartElement
+	tokens   []xml.Token // the stanza's inner tokens, copied
+	children []span      // top-level child elements, in order
+	// childSpans holds the first children, so that a stanza's usual few
+	// take no allocation of their own (a timed message has four: the
+	// envelope and three hints).
+	childSpans [6]span
+	size       int       // approximate serialized size in bytes
+	oversized  bool      // over MaxStanzaBytes: tokens and children dropped
+	arrived    time.Time // when the read loop got it: its deadline counts from here
 }
 
 type span struct {
@@ -207,6 +211,7 @@ func readStanza(r xml.TokenReader, start xml.StartElement, max int, jids *jidCac
 		// Enough for a timed message's envelope without growing.
 		tokens: make([]xml.Token, 0, 32),
 	}
+	s.children = s.childSpans[:0]
 	for _, a := range start.Attr {
 		if a.Name.Space != "" && a.Name.Space != "xml" && a.Name.Space != "http://www.w3.org/XML/1998/namespace" {
 			continue

@@ -256,6 +256,10 @@ type held struct {
 type party struct {
 	jid  jid.JID // bare
 	name string  // jid.String(), its key in Relay.parties
+	// addr is the user's address at the component (at), made once: it
+	// is every delivery's from, and making one (escaping, PRECIS, IDNA)
+	// cost more than the delivery's other work.
+	addr atomic.Pointer[jid.JID]
 	// refs counts the held messages that name it; at zero it leaves
 	// Relay.parties, with every count below at zero. Under Relay.mu, as
 	// is everything below.
@@ -268,6 +272,20 @@ type party struct {
 	// sender: their messages to others and the copies of them.
 	sentMsgs  int
 	sentBytes int64
+}
+
+// at returns the user's address at the component comp, made on first
+// use. Two callers may make it at once; they make the same address.
+func (p *party) at(comp jid.JID) (jid.JID, error) {
+	if a := p.addr.Load(); a != nil {
+		return *a, nil
+	}
+	a, err := address.AtComponent(p.jid, comp)
+	if err != nil {
+		return jid.JID{}, err
+	}
+	p.addr.Store(&a)
+	return a, nil
 }
 
 // newParty returns a party for user that no relay holds yet: what a held
@@ -676,11 +694,11 @@ func (r *Relay) sendCopy(ctx context.Context, h *held) {
 		r.copyLocally(ctx, h, by)
 		return
 	}
-	from, err := address.AtComponent(h.owner.jid, r.cfg.Component)
+	from, err := h.owner.at(r.cfg.Component)
 	if err != nil {
 		return
 	}
-	to, err := address.AtComponent(h.peer.jid, r.cfg.Component)
+	to, err := h.peer.at(r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -1108,7 +1126,7 @@ func decoder(raw []byte) xml.TokenReader { return xml.NewDecoder(bytes.NewReader
 
 // deliver sends h to each device except skip, and records who got it.
 func (r *Relay) deliver(ctx context.Context, h *held, devices []jid.JID, skip jid.JID) {
-	from, err := address.AtComponent(h.peer.jid, r.cfg.Component)
+	from, err := h.peer.at(r.cfg.Component)
 	if err != nil {
 		return
 	}
@@ -1433,7 +1451,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // notifyExpired tells every device that got h, and the device that sent
 // it, to delete it.
 func (r *Relay) notifyExpired(ctx context.Context, h *held) {
-	from, err := address.AtComponent(h.peer.jid, r.cfg.Component)
+	from, err := h.peer.at(r.cfg.Component)
 	if err != nil {
 		return
 	}

@@ -35,8 +35,11 @@ type Devices struct {
 
 // deviceEntry is what the registry knows of one online device.
 type deviceEntry struct {
-	at time.Time // when it last announced itself
-	id string    // the stable id it announced (expiryxml.Device), or ""
+	// device is the device's full JID, as parsed when it was recorded:
+	// Online, on every delivery, hands it out without parsing it again.
+	device jid.JID
+	at     time.Time // when it last announced itself
+	id     string    // the stable id it announced (expiryxml.Device), or ""
 }
 
 // DevicesConfig bounds the registry.
@@ -73,7 +76,7 @@ func (d *Devices) add(user, device jid.JID, id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.touch(device)
-	d.addLocked(user.String(), device.String(), deviceEntry{at: time.Now(), id: id})
+	d.addLocked(user.String(), device.String(), deviceEntry{device: device, at: time.Now(), id: id})
 }
 
 // addLocked records device of user, pushing out the user's oldest device
@@ -173,11 +176,8 @@ func (d *Devices) Online(user jid.JID) []jid.JID {
 	defer d.mu.Unlock()
 	devs := d.users[user.Bare().String()]
 	out := make([]jid.JID, 0, len(devs))
-	for dev := range devs {
-		j, err := jid.Parse(dev)
-		if err == nil {
-			out = append(out, j)
-		}
+	for _, e := range devs {
+		out = append(out, e.device)
 	}
 	return out
 }
@@ -211,15 +211,9 @@ func (d *Devices) Export() []DeviceRecord {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []DeviceRecord
-	for u, devs := range d.users {
-		user, err := jid.Parse(u)
-		if err != nil {
-			continue
-		}
-		for dev, e := range devs {
-			if j, err := jid.Parse(dev); err == nil {
-				out = append(out, DeviceRecord{User: user, Device: j, Announced: e.at, ID: e.id})
-			}
+	for _, devs := range d.users {
+		for _, e := range devs {
+			out = append(out, DeviceRecord{User: e.device.Bare(), Device: e.device, Announced: e.at, ID: e.id})
 		}
 	}
 	return out
@@ -254,7 +248,7 @@ func (d *Devices) Import(recs []DeviceRecord) (added int) {
 		if r.ID != "" && (expiryxml.CheckDeviceID(r.ID) != nil || hasID(devs, r.ID)) {
 			continue // a malformed id, or the device is known here by a newer resource
 		}
-		d.addLocked(r.User.String(), dev, deviceEntry{at: r.Announced, id: r.ID})
+		d.addLocked(r.User.String(), dev, deviceEntry{device: r.Device, at: r.Announced, id: r.ID})
 		added++
 	}
 	d.touched = nil

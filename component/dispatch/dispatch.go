@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -583,10 +584,15 @@ func (r *Router) HandlePresence(ctx context.Context, p *component.Stanza) error 
 
 var deviceName = xml.Name{Space: expiryxml.NS, Local: "device"}
 
-// sameJID compares a JID written in an envelope with one the server
-// stamped, after normalising both (PRECIS), so case cannot make a
-// difference.
+// sameJID compares a bare JID written in a validated envelope with one
+// the server stamped. Validate requires the envelope's JIDs in canonical
+// form, which is what parsing (PRECIS, IDNA) makes of any JID, so the two
+// are the same JID exactly when s is j's canonical form, byte for byte:
+// compared part by part, without parsing s again or building j's string.
 func sameJID(s string, j jid.JID) bool {
-	p, err := jid.Parse(s)
-	return err == nil && p.Equal(j)
+	local, domain, found := strings.Cut(s, "@")
+	if !found {
+		local, domain = "", s
+	}
+	return j.Localpart() == local && j.Domainpart() == domain && j.Resourcepart() == ""
 }

@@ -484,3 +484,25 @@ func TestDecodeTokensIntoReusesBuffer(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPlainCanonical: whatever the fast path takes as canonical, parsing
+// takes as canonical too (the fast path may decline what parsing accepts).
+func FuzzPlainCanonical(f *testing.F) {
+	for _, s := range []string{
+		"alice@example.org", "a.b_c-d@sub.example-1.org", "bob@localhost", "x@a.b.c.d.e",
+		"carol@127.0.0.1", "dave@1example.org", "eve@xn--bcher-kva.example", "f@ex--ample.org",
+		"g@-example.org", "h@example-.org", "i@example..org", "j@example.org.", "k@.example.org",
+		"@example.org", "example.org", "Alice@example.org", "l@Example.org", "m@exa_mple.org",
+		"n@example.123", "o@a", "p@" + strings.Repeat("a", 64) + ".org", "q.@example.org", "..@example.org",
+		strings.Repeat("r", 1024) + "@example.org",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if envelopexml.PlainCanonical(s) {
+			if err := envelopexml.ParsedCanonical(s); err != nil {
+				t.Fatalf("%q: the fast path takes it as canonical; parsing says %v", s, err)
+			}
+		}
+	})
+}
