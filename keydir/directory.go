@@ -134,8 +134,52 @@ type Directory struct {
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
 	fault  string            // why the directory refuses to serve; "" when ready
 
-	hmu  sync.Mutex  // guards head
+	hmu  sync.Mutex  // guards head and entries
 	head *provenHead // the head of the last answer
+	// entries are the entries of the last answers, proven and checked
+	// against one checkpoint and map root (provenEntries).
+	entries provenEntries
+}
+
+// provenEntries are v1 entries built, checked and proven against one
+// checkpoint and map root. Under the same checkpoint and map root a JID's
+// entry is the same: the map gives its value and map proof, the value
+// names a record of the log (which never changes once written) and a key
+// (likewise), and the checkpoint fixes the inclusion proof. So an entry
+// is built once per JID and size rather than for every lookup (issue 15:
+// building it was an eighth of a lookup's CPU in clinkd, most of it its
+// inclusion proof). A new checkpoint or map root empties it; at
+// maxProvenEntries it starts afresh.
+type provenEntries struct {
+	cp      keylog.Checkpoint
+	mapRoot [32]byte
+	byJID   map[string]keydirxml.Entry1 // never modified once stored
+}
+
+// maxProvenEntries bounds provenEntries: an entry is about 2 KB (its
+// key, in base64, is most of it), so at most about 8 MB.
+const maxProvenEntries = 4096
+
+// provenEntry returns the entry of jid proven against cp and mapRoot, if
+// an earlier answer built it.
+func (d *Directory) provenEntry(jid string, cp keylog.Checkpoint, mapRoot [32]byte) (keydirxml.Entry1, bool) {
+	d.hmu.Lock()
+	defer d.hmu.Unlock()
+	if d.entries.cp != cp || d.entries.mapRoot != mapRoot {
+		return keydirxml.Entry1{}, false
+	}
+	e, ok := d.entries.byJID[jid]
+	return e, ok
+}
+
+// keepEntry remembers an entry proven against cp and mapRoot.
+func (d *Directory) keepEntry(e keydirxml.Entry1, cp keylog.Checkpoint, mapRoot [32]byte) {
+	d.hmu.Lock()
+	defer d.hmu.Unlock()
+	if d.entries.cp != cp || d.entries.mapRoot != mapRoot || len(d.entries.byJID) >= maxProvenEntries {
+		d.entries = provenEntries{cp: cp, mapRoot: mapRoot, byJID: make(map[string]keydirxml.Entry1)}
+	}
+	d.entries.byJID[e.JID] = e
 }
 
 type signedCheckpoint struct {
@@ -649,9 +693,12 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 	}
 	a := &answer{checkpoint: string(msg), cp: sc.cp, head: head}
 	for _, e := range snap.Entries {
-		ent, err := d.entry(ctx, e, snap.MapRoot, sc.cp)
-		if err != nil {
-			return nil, err
+		ent, ok := d.provenEntry(e.JID, sc.cp, snap.MapRoot)
+		if !ok {
+			if ent, err = d.entry(ctx, e, snap.MapRoot, sc.cp); err != nil {
+				return nil, err
+			}
+			d.keepEntry(ent, sc.cp, snap.MapRoot)
 		}
 		a.entries = append(a.entries, ent)
 	}
