@@ -481,7 +481,10 @@ func (c *Component) readLoop(r *streamReader, work *pool, refusals chan<- refusa
 					// Decoded from a reader of its own, start included:
 					// a new Decoder's DecodeElement with a start it did
 					// not read cannot call an UnmarshalXML.
-					if err := xml.NewTokenDecoder(xmlstream.Wrap(xmlstream.Inner(r), t)).Decode(&se); err != nil {
+					// Copied: a Decoder writes its translations into
+					// the tokens it reads, and the link's reader hands
+					// out some elements shared (streamReader.starts).
+					if err := xml.NewTokenDecoder(copying{xmlstream.Wrap(xmlstream.Inner(r), t)}).Decode(&se); err != nil {
 						return fmt.Errorf("component: reading stream error: %w", err)
 					}
 					return se
@@ -526,6 +529,17 @@ func (c *Component) readLoop(r *streamReader, work *pool, refusals chan<- refusa
 		}
 		// Whitespace between stanzas is a keepalive; nothing to do.
 	}
+}
+
+// copying hands out copies of r's tokens.
+type copying struct{ r xml.TokenReader }
+
+func (c copying) Token() (xml.Token, error) {
+	t, err := c.r.Token()
+	if t != nil {
+		t = xml.CopyToken(t)
+	}
+	return t, err
 }
 
 // keepalive pings the server when the link has been silent for

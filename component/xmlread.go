@@ -166,16 +166,34 @@ type streamReader struct {
 	open []openElement
 	ns   []nsBinding // in scope, innermost last
 
-	pendingEnd bool // a self-closing element's end is the next token
-	final      bool // the source has ended: what is buffered is all
-	end        xml.EndElement
-	closed     bool // </stream:stream> was read
+	pendingEnd bool      // a self-closing element's end is the next token
+	final      bool      // the source has ended: what is buffered is all
+	end        xml.Token // that end, an xml.EndElement
+	closed     bool      // </stream:stream> was read
 	err        error
 
 	text    []byte            // the last text: scratch or the buffer
 	scratch []byte            // where text is unescaped
 	attrs   []rawAttr         // the tag being read
 	names   map[string]string // interned names and namespaces
+
+	// ends and starts hold tokens made once and handed out again: the
+	// same few elements come in every stanza, and a token in an
+	// interface costs an allocation each time it is made. Sharing them
+	// is safe because tokens are values nobody changes: a stanza hands
+	// out copies of its elements to decoders, which translate names in
+	// place, and a TokenDecoder must not change them (stanza.go).
+	ends   map[xml.Name]xml.Token   // xml.EndElement by name
+	starts map[string]internedStart // by the tag as written; see startTag
+}
+
+// internedStart is a start element whose tag declares namespaces only, so
+// that what it translates to depends only on its bytes and its name's
+// namespace in scope: one tag written the same way under another default
+// namespace is another element, and replaces it.
+type internedStart struct {
+	name xml.Name
+	tok  xml.Token // an xml.StartElement
 }
 
 type openElement struct {
@@ -217,7 +235,7 @@ func (s *streamReader) Token() (xml.Token, error) {
 	if s.pendingEnd {
 		s.pendingEnd = false
 		s.pop()
-		return s.end, nil
+		return s.end, nil // made by startTag (endToken)
 	}
 	if s.closed {
 		return nil, io.EOF
@@ -622,9 +640,25 @@ func (s *streamReader) endTag(b []byte) (xml.Token, int, error) {
 	if top.prefix != prefix {
 		return nil, 0, s.syntax("element <%s> in space %s closed by </%s> in space %s", top.local, top.prefix, local, prefix)
 	}
-	end := xml.EndElement{Name: s.translate(prefix, local, true)}
+	end := s.endToken(s.translate(prefix, local, true))
 	s.pop()
 	return end, i + 1, nil
+}
+
+// endToken returns the end element of name, made once per name (at most
+// maxInterned of them).
+func (s *streamReader) endToken(name xml.Name) xml.Token {
+	if t, ok := s.ends[name]; ok {
+		return t
+	}
+	var t xml.Token = xml.EndElement{Name: name}
+	if len(s.ends) < maxInterned {
+		if s.ends == nil {
+			s.ends = make(map[xml.Name]xml.Token)
+		}
+		s.ends[name] = t
+	}
+	return t
 }
 
 func (s *streamReader) pop() {
@@ -700,20 +734,21 @@ func (s *streamReader) startTag(b []byte) (xml.Token, int, error) {
 	}
 	// The whole tag is here: declare its namespaces, then translate.
 	mark := len(s.ns)
-	start := xml.StartElement{Attr: make([]xml.Attr, len(attrs))}
-	for j, a := range attrs {
+	declaresOnly := true // every attribute declares a namespace
+	for _, a := range attrs {
 		prefix, local, err := s.qname(a.name)
 		if err != nil {
 			clear(s.ns[mark:])
 			s.ns = s.ns[:mark]
 			return nil, 0, err
 		}
-		start.Attr[j] = xml.Attr{Name: xml.Name{Space: prefix, Local: local}, Value: a.value}
 		switch {
 		case prefix == "xmlns":
 			s.ns = append(s.ns, nsBinding{local, a.value})
 		case prefix == "" && local == "xmlns":
 			s.ns = append(s.ns, nsBinding{"", a.value})
+		default:
+			declaresOnly = false
 		}
 	}
 	prefix, local, err := s.qname(n)
@@ -722,17 +757,34 @@ func (s *streamReader) startTag(b []byte) (xml.Token, int, error) {
 		s.ns = s.ns[:mark]
 		return nil, 0, err
 	}
-	start.Name = s.translate(prefix, local, true)
-	for j := range start.Attr {
-		a := &start.Attr[j].Name
-		*a = s.translate(a.Space, a.Local, false)
-	}
+	name := s.translate(prefix, local, true)
 	s.open = append(s.open, openElement{prefix: prefix, local: local, nsMark: mark})
 	if empty {
 		s.pendingEnd = true
-		s.end = xml.EndElement{Name: start.Name}
+		s.end = s.endToken(name)
 	}
-	return start, i, nil
+	// A namespace declaration's name translates to itself, so a tag of
+	// declarations only is the same token wherever its name is: made once
+	// (at most maxInterned tags, of at most maxInternedName bytes).
+	tag := b[:i]
+	if declaresOnly {
+		if in, ok := s.starts[string(tag)]; ok && in.name == name {
+			return in.tok, i, nil
+		}
+	}
+	start := xml.StartElement{Name: name, Attr: make([]xml.Attr, len(attrs))}
+	for j, a := range attrs {
+		prefix, local, _ := s.qname(a.name) // read above without error
+		start.Attr[j] = xml.Attr{Name: s.translate(prefix, local, false), Value: a.value}
+	}
+	var tok xml.Token = start
+	if declaresOnly && len(tag) <= maxInternedName {
+		if s.starts == nil || len(s.starts) >= maxInterned {
+			s.starts = make(map[string]internedStart)
+		}
+		s.starts[string(tag)] = internedStart{name: name, tok: tok}
+	}
+	return tok, i, nil
 }
 
 type rawAttr struct {
