@@ -71,6 +71,9 @@ type Component struct {
 	// rawBufs holds the buffers SendMessageRaw and RawXML results write
 	// start elements into, so that a relay's sends allocate none.
 	rawBufs sync.Pool
+	// stanzaMem holds *stanzaMemory: the tokens and text of a stanza, the
+	// link's again once its handler has returned.
+	stanzaMem sync.Pool
 
 	pendingMu sync.Mutex
 	pending   map[string]chan *Stanza // our own IQs awaiting a reply, by id
@@ -117,6 +120,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		sendSem: make(chan struct{}, 1),
 	}
 	c.rawBufs.New = func() any { b := make([]byte, 0, 512); return &b }
+	c.stanzaMem.New = newStanzaMemory
 	secret := slices.Clone(cfg.Secret)
 	c.secret.Store(&secret)
 	c.mux.handleIQ(xml.Name{Space: disco.NSInfo, Local: "query"}, getOnly(IQHandlerFunc(c.mux.discoInfo)))
@@ -153,6 +157,7 @@ func (c *Component) NewLink(log *slog.Logger) *Component {
 		first:   first,
 	}
 	l.rawBufs.New = c.rawBufs.New
+	l.stanzaMem.New = newStanzaMemory
 	l.secret.Store(c.secret.Load())
 	return l
 }
@@ -298,7 +303,11 @@ func (c *Component) Run(ctx context.Context) error {
 	}
 	// Handlers may outlive ctx by up to HandlerTimeout while in-flight work
 	// drains at shutdown; they must not be cancelled halfway.
-	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.cfg.MaxQueued, c.cfg.MaxQueuedBytes, c.handle)
+	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.cfg.MaxQueued, c.cfg.MaxQueuedBytes, func(ctx context.Context, s *Stanza) {
+		c.handle(ctx, s)
+		// Handled and answered: nothing reads it any more.
+		s.release(&c.stanzaMem)
+	})
 	c.work.Store(work)
 	defer work.stop()
 	// Refusals of stanzas the pool had no room for are answered here, off
@@ -500,7 +509,7 @@ func (c *Component) readLoop(r *streamReader, work *pool, refusals chan<- refusa
 				}
 				continue
 			}
-			s, oversized, err := readStanza(r, t, c.cfg.MaxStanzaBytes, &jids)
+			s, oversized, err := readStanza(r, t, c.cfg.MaxStanzaBytes, &jids, c.stanzaMem.Get().(*stanzaMemory))
 			if err != nil {
 				return err
 			}

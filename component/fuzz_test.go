@@ -46,7 +46,7 @@ func FuzzHandle(f *testing.F) {
 			if !ok {
 				continue
 			}
-			s, oversized, err := readStanza(d, start, c.cfg.MaxStanzaBytes, nil)
+			s, oversized, err := readStanza(d, start, c.cfg.MaxStanzaBytes, nil, nil)
 			if err != nil {
 				return
 			}

@@ -25,7 +25,7 @@ func ParseStanza(text string, maxBytes int) (*Stanza, error) {
 		if !isStanza(start.Name) {
 			return nil, errors.New("component: not a stanza")
 		}
-		s, oversized, err := readStanza(d, start, maxBytes, nil)
+		s, oversized, err := readStanza(d, start, maxBytes, nil, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -360,4 +361,54 @@ func TestReadBytesAreZeroed(t *testing.T) {
 			t.Fatalf("after the stream: %v", err)
 		}
 	}
+}
+
+// TestStanzaMemoryIsZeroedAndReused: a stanza read into the link's memory
+// holds its text there; released, the text is zeroed and the stanza has no
+// payload left to read (not another stanza's); the next stanza reads into
+// the same memory.
+func TestStanzaMemoryIsZeroedAndReused(t *testing.T) {
+	t.Parallel()
+	const first, second = "Zmlyc3QgY2lwaGVydGV4dA==", "c2Vjb25kIGNpcGhlcnRleHQ="
+	stream := `<message from='a@example.org/r'><payload xmlns='urn:x'>` + first + `</payload></message>` +
+		`<message from='b@example.org/r'><payload xmlns='urn:x'>` + second + `</payload></message>`
+	r := newStreamReader(newLinkBuffer(strings.NewReader(stream), linkBufferSize), nsAccept, 1<<20)
+	var pool sync.Pool
+	pool.New = newStanzaMemory
+	payload := xml.Name{Space: "urn:x", Local: "payload"}
+	read := func() (*Stanza, xml.CharData) {
+		t.Helper()
+		tok, err := r.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, oversized, err := readStanza(r, tok.(xml.StartElement), 1<<20, nil, pool.Get().(*stanzaMemory))
+		if err != nil || oversized {
+			t.Fatal(err, oversized)
+		}
+		toks, err := readAll(s.Payload(payload), 10)
+		if err != nil || len(toks) != 3 {
+			t.Fatalf("payload %v: %v", toks, err)
+		}
+		return s, s.tokens[1].(xml.CharData) // as held, not copied
+	}
+	s1, text1 := read()
+	if string(text1) != first {
+		t.Fatalf("first stanza's text %q", text1)
+	}
+	s1.release(&pool)
+	if !bytes.Equal(text1, make([]byte, len(text1))) {
+		t.Errorf("released, the first stanza's text reads %q, not zeros", text1)
+	}
+	if s1.Has(payload) || s1.Payload(payload) != nil || !errors.Is(s1.Decode(payload, new(struct{})), ErrNoPayload) {
+		t.Error("a released stanza still has its payload")
+	}
+	s2, text2 := read()
+	if string(text2) != second {
+		t.Fatalf("second stanza's text %q", text2)
+	}
+	if &text2[0] != &text1[0] {
+		t.Error("the second stanza's text is not in the memory the first gave back")
+	}
+	s2.release(&pool)
 }
