@@ -306,7 +306,9 @@ func (c *Component) Run(ctx context.Context) error {
 	work := newPool(context.WithoutCancel(ctx), c.cfg.Workers, c.cfg.QueueDepth, c.cfg.MaxQueued, c.cfg.MaxQueuedBytes, func(ctx context.Context, s *Stanza) {
 		c.handle(ctx, s)
 		// Handled and answered: nothing reads it any more.
-		s.release(&c.stanzaMem)
+		if m := s.release(); m != nil {
+			c.stanzaMem.Put(m)
+		}
 	})
 	c.work.Store(work)
 	defer work.stop()

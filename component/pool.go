@@ -73,7 +73,7 @@ func (p *pool) put(key string, s *Stanza) (ok bool, why string) {
 	switch {
 	case q != nil && len(q.items) >= p.perSender:
 		return false, refusedSender
-	case p.queued >= p.maxQueued, p.bytes+s.size > p.maxBytes:
+	case p.queued >= p.maxQueued, p.bytes+s.queuedBytes() > p.maxBytes:
 		return false, refusedTotal
 	}
 	if q == nil {
@@ -82,7 +82,7 @@ func (p *pool) put(key string, s *Stanza) (ok bool, why string) {
 	}
 	q.items = append(q.items, s)
 	p.queued++
-	p.bytes += s.size
+	p.bytes += s.queuedBytes()
 	if !q.running && len(q.items) == 1 {
 		p.ready = append(p.ready, q)
 		p.cond.Signal()
@@ -110,7 +110,7 @@ func (p *pool) work() {
 		q.items = q.items[1:]
 		q.running = true
 		p.queued--
-		p.bytes -= s.size
+		p.bytes -= s.queuedBytes()
 		p.busy++
 		p.mu.Unlock()
 

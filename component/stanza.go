@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"mellium.im/xmlstream"
@@ -364,23 +363,35 @@ func (s *Stanza) keep(tok xml.Token) xml.Token {
 	return xml.CharData(s.mem.text[at:len(s.mem.text):len(s.mem.text)])
 }
 
-// release gives the stanza's memory back to pool, its text zeroed, once
-// nothing reads the stanza any more: after its handler and reply. The
-// stanza keeps no tokens.
-func (s *Stanza) release(pool *sync.Pool) {
+// queuedBytes is what the stanza holds while it waits for a worker: its
+// size, or the link's memory it was read into when that is more (a small
+// stanza holds all of it), so that link.max_queued_bytes bounds both.
+func (s *Stanza) queuedBytes() int {
+	if s.mem == nil {
+		return s.size
+	}
+	return max(s.size, cap(s.mem.text)+cap(s.tokens)*16)
+}
+
+// release takes the stanza's memory back, its text zeroed, once nothing
+// reads the stanza any more (after its handler and reply), for the link
+// to read another stanza into; nil when the stanza has none. The stanza
+// keeps no tokens.
+func (s *Stanza) release() *stanzaMemory {
 	m := s.mem
 	if m == nil {
-		return
+		return nil
 	}
 	s.mem = nil
 	clear(m.text)
 	m.text = m.text[:0]
 	clear(s.tokens)
+	m.tokens = nil
 	if cap(s.tokens) <= maxKeptTokens {
 		m.tokens = s.tokens[:0]
 	}
 	s.tokens, s.children = nil, nil
-	pool.Put(m)
+	return m
 }
 
 // keepToken returns tok in a form that outlives the reader's next Token

@@ -44,8 +44,8 @@ func BenchmarkReadStanzas(b *testing.B) {
 				if err != nil || oversized {
 					b.Fatal(err, oversized)
 				}
-				if mem != nil {
-					s.release(mem)
+				if m := s.release(); m != nil {
+					mem.Put(m)
 				}
 				got++
 			}

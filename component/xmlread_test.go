@@ -8,7 +8,6 @@ import (
 	"net"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -373,16 +372,14 @@ func TestStanzaMemoryIsZeroedAndReused(t *testing.T) {
 	stream := `<message from='a@example.org/r'><payload xmlns='urn:x'>` + first + `</payload></message>` +
 		`<message from='b@example.org/r'><payload xmlns='urn:x'>` + second + `</payload></message>`
 	r := newStreamReader(newLinkBuffer(strings.NewReader(stream), linkBufferSize), nsAccept, 1<<20)
-	var pool sync.Pool
-	pool.New = newStanzaMemory
 	payload := xml.Name{Space: "urn:x", Local: "payload"}
-	read := func() (*Stanza, xml.CharData) {
+	read := func(mem *stanzaMemory) (*Stanza, xml.CharData) {
 		t.Helper()
 		tok, err := r.Token()
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, oversized, err := readStanza(r, tok.(xml.StartElement), 1<<20, nil, pool.Get().(*stanzaMemory))
+		s, oversized, err := readStanza(r, tok.(xml.StartElement), 1<<20, nil, mem)
 		if err != nil || oversized {
 			t.Fatal(err, oversized)
 		}
@@ -392,23 +389,26 @@ func TestStanzaMemoryIsZeroedAndReused(t *testing.T) {
 		}
 		return s, s.tokens[1].(xml.CharData) // as held, not copied
 	}
-	s1, text1 := read()
+	s1, text1 := read(newStanzaMemory().(*stanzaMemory))
 	if string(text1) != first {
 		t.Fatalf("first stanza's text %q", text1)
 	}
-	s1.release(&pool)
+	mem := s1.release()
+	if mem == nil || s1.release() != nil {
+		t.Fatal("release gave back no memory, or gave it back twice")
+	}
 	if !bytes.Equal(text1, make([]byte, len(text1))) {
 		t.Errorf("released, the first stanza's text reads %q, not zeros", text1)
 	}
 	if s1.Has(payload) || s1.Payload(payload) != nil || !errors.Is(s1.Decode(payload, new(struct{})), ErrNoPayload) {
 		t.Error("a released stanza still has its payload")
 	}
-	s2, text2 := read()
+	s2, text2 := read(mem)
 	if string(text2) != second {
 		t.Fatalf("second stanza's text %q", text2)
 	}
 	if &text2[0] != &text1[0] {
 		t.Error("the second stanza's text is not in the memory the first gave back")
 	}
-	s2.release(&pool)
+	s2.release()
 }
