@@ -510,3 +510,42 @@ func TestNewLinkSharesHandlersAndReplies(t *testing.T) {
 		t.Error("a link made from an extra link does not lead to the first")
 	}
 }
+
+// TestHandlersSeeTheirOwnText: many senders' stanzas, handled by several
+// workers at once while the read loop reads more, each into the link's
+// reused memory. Every handler, reading its stanza's text as held after
+// the others have run a while, finds its own: the memory goes back to the
+// link only after the handler and its reply (it fails when the memory is
+// taken back before the handler runs).
+func TestHandlersSeeTheirOwnText(t *testing.T) {
+	t.Parallel()
+	textOf := func(id string) string { return strings.Repeat(id+".", 2000/(len(id)+1)) }
+	_, _, conn := newTestComponent(t, func(c *Config) { c.Workers = 4; c.QueueDepth = 64 }, func(c *Component) {
+		c.HandleIQ(xml.Name{Space: testNS, Local: "text"}, IQHandlerFunc(func(ctx context.Context, iq *Stanza) (any, error) {
+			runtime.Gosched()
+			time.Sleep(time.Millisecond)
+			toks, err := readAll(iq.Payload(xml.Name{Space: testNS, Local: "text"}), 10)
+			if err != nil || len(toks) != 3 {
+				return nil, fmt.Errorf("payload %v: %v", toks, err)
+			}
+			if got, _ := toks[1].(xml.CharData); string(got) != textOf(iq.ID) {
+				return nil, Errorf(stanza.Conflict, "%s read another stanza's text: %.40q", iq.ID, got)
+			}
+			return nil, nil
+		}))
+	})
+	const senders, each = 8, 40
+	// All sent at once (the replies fit the socket's buffer meanwhile),
+	// so that the read loop reads while the workers handle.
+	for i := range each {
+		for s := range senders {
+			id := fmt.Sprintf("s%d-%d", s, i)
+			conn.send(t, fmt.Sprintf(`<iq type='set' id='%s' from='u%d@example/r' to='clink.example'><text xmlns='%s'>%s</text></iq>`, id, s, testNS, textOf(id)))
+		}
+	}
+	for range senders * each {
+		if g := conn.read(t); g.Type != "result" {
+			t.Fatalf("reply to %s: %s %s", g.ID, g.Type, g.Inner)
+		}
+	}
+}
