@@ -291,10 +291,11 @@ func (r *Router) getDecoded() *decoded {
 }
 
 // putDecoded zeroes what d held, once its handler returned, and keeps it
-// for the next envelope.
+// for the next envelope. It zeroes the buffers' spare capacity too: a
+// decode that failed halfway left bytes there.
 func (r *Router) putDecoded(d *decoded) {
-	clear(d.fields)
-	clear(d.raw)
+	clear(d.fields[:cap(d.fields)])
+	clear(d.raw[:cap(d.raw)])
 	d.body = envelopexml.Envelope{}
 	if cap(d.fields) > maxPooled || cap(d.raw) > maxPooled {
 		return
