@@ -156,8 +156,9 @@ type provenEntries struct {
 	byJID   map[string]keydirxml.Entry1 // never modified once stored
 }
 
-// maxProvenEntries bounds provenEntries: an entry is about 2 KB (its
-// key, in base64, is most of it), so at most about 8 MB.
+// maxProvenEntries bounds provenEntries: with a 4096-bit key an entry is
+// about 2 to 3 KB (key, map proof and inclusion proof in base64, the
+// proofs growing with the log), so at most about 8 to 11 MB.
 const maxProvenEntries = 4096
 
 // provenEntry returns the entry of jid proven against cp and mapRoot, if
