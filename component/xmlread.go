@@ -735,13 +735,15 @@ func (s *streamReader) startTag(b []byte) (xml.Token, int, error) {
 	// The whole tag is here: declare its namespaces, then translate.
 	mark := len(s.ns)
 	declaresOnly := true // every attribute declares a namespace
-	for _, a := range attrs {
+	for j := range attrs {
+		a := &attrs[j]
 		prefix, local, err := s.qname(a.name)
 		if err != nil {
 			clear(s.ns[mark:])
 			s.ns = s.ns[:mark]
 			return nil, 0, err
 		}
+		a.prefix, a.local = prefix, local
 		switch {
 		case prefix == "xmlns":
 			s.ns = append(s.ns, nsBinding{local, a.value})
@@ -774,8 +776,7 @@ func (s *streamReader) startTag(b []byte) (xml.Token, int, error) {
 	}
 	start := xml.StartElement{Name: name, Attr: make([]xml.Attr, len(attrs))}
 	for j, a := range attrs {
-		prefix, local, _ := s.qname(a.name) // read above without error
-		start.Attr[j] = xml.Attr{Name: s.translate(prefix, local, false), Value: a.value}
+		start.Attr[j] = xml.Attr{Name: s.translate(a.prefix, a.local, false), Value: a.value}
 	}
 	var tok xml.Token = start
 	if declaresOnly && len(tag) <= maxInternedName {
@@ -788,8 +789,9 @@ func (s *streamReader) startTag(b []byte) (xml.Token, int, error) {
 }
 
 type rawAttr struct {
-	name  []byte
-	value string
+	name          []byte
+	value         string
+	prefix, local string // name split (qname), once the whole tag is here
 }
 
 // translate resolves a prefix as encoding/xml's Decoder does: "xmlns"

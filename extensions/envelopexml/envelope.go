@@ -679,18 +679,7 @@ func (e *Envelope) UnmarshalXML(d *xml.Decoder, start xml.StartElement) error {
 // xml.Decoder around their tokens, which cost more than the decoding.
 // It does not change the tokens it reads.
 func (e *Envelope) DecodeTokens(r xml.TokenReader, start xml.StartElement) error {
-	if start.Name.Local == "envelope" && start.Name.Space != NS && start.Name.Space != NS1 && strings.HasPrefix(start.Name.Space, nsFamily) {
-		if err := skip(r); err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: namespace %q", ErrUnsupportedVersion, start.Name.Space)
-	}
-	var out Envelope
-	if err := out.unmarshal(r, start, &decoding{}); err != nil {
-		return fmt.Errorf("%w: %s", ErrInvalid, err)
-	}
-	*e = out
-	return nil
+	return e.decode(r, start, &decoding{})
 }
 
 // DecodeTokensInto is DecodeTokens for a caller that decodes envelope
@@ -705,19 +694,26 @@ func (e *Envelope) DecodeTokens(r xml.TokenReader, start xml.StartElement) error
 // decoding allocates nothing for its fields (issue 15). What e held before
 // is replaced, and on error e is unchanged.
 func (e *Envelope) DecodeTokensInto(buf []byte, r xml.TokenReader, start xml.StartElement) ([]byte, error) {
+	err := e.decode(r, start, &decoding{arena: &buf, heldTokens: true})
+	return buf, err
+}
+
+// decode is DecodeTokens and DecodeTokensInto: an envelope of another
+// format version is skipped with ErrUnsupportedVersion; e changes only
+// when the whole envelope decodes.
+func (e *Envelope) decode(r xml.TokenReader, start xml.StartElement, d *decoding) error {
 	if start.Name.Local == "envelope" && start.Name.Space != NS && start.Name.Space != NS1 && strings.HasPrefix(start.Name.Space, nsFamily) {
 		if err := skip(r); err != nil {
-			return buf, err
+			return err
 		}
-		return buf, fmt.Errorf("%w: namespace %q", ErrUnsupportedVersion, start.Name.Space)
+		return fmt.Errorf("%w: namespace %q", ErrUnsupportedVersion, start.Name.Space)
 	}
 	var out Envelope
-	d := decoding{arena: &buf, heldTokens: true}
-	if err := out.unmarshal(r, start, &d); err != nil {
-		return buf, fmt.Errorf("%w: %s", ErrInvalid, err)
+	if err := out.unmarshal(r, start, d); err != nil {
+		return fmt.Errorf("%w: %s", ErrInvalid, err)
 	}
 	*e = out
-	return buf, nil
+	return nil
 }
 
 // decoding is what one decode of an envelope reuses from child to child.
