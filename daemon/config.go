@@ -183,6 +183,7 @@ type KeyDirConfig struct {
 	PublishPerMinute float64       `yaml:"publish_per_minute"` // per requester (default 6)
 	PublishBurst     int           `yaml:"publish_burst"`      // default 3
 	MaxBatch         int           `yaml:"max_batch"`          // JIDs per lookup (default 20)
+	SizeLease        time.Duration `yaml:"size_lease"`         // lookups answered from memory under a lease this long (default 1s; 10ms to 1m)
 	Witness          WitnessConfig `yaml:"witness"`            // witnesses that cosign every checkpoint (docs/keydir.md, "Witnesses")
 }
 
@@ -318,6 +319,9 @@ func (c Config) Check() error {
 		if _, err := c.clinkIDConfig(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if l := c.KeyDir.SizeLease; l != 0 && (l < 10*time.Millisecond || l > time.Minute) {
+		errs = append(errs, fmt.Errorf("config: keydir.size_lease %v is not within 10ms to 1m", l))
 	}
 	if len(c.KeyDir.Witness.URLs)+len(c.KeyDir.Witness.Keys) > 0 {
 		if _, err := keyDirWitnesses(c.KeyDir.Witness); err != nil {

@@ -5,6 +5,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -320,7 +321,8 @@ func (d *Daemon) registerFeatures(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("config: keydir.vrf_key_file: %w", err)
 		}
-		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir"), VRF: vrf}); err != nil {
+		if keyStore, err = logdb.New(logdb.Config{DB: d.db, Log: d.log.With("part", "keydir"), VRF: vrf,
+			SizeLease: cmp.Or(d.cfg.KeyDir.SizeLease, time.Second)}); err != nil {
 			return fmt.Errorf("keydir: %w", err)
 		}
 	}
@@ -445,7 +447,9 @@ func (d *Daemon) registerKeyDir(ctx context.Context, store *logdb.Store, account
 	if reason := dir.Ready(ctx); reason != "" {
 		d.log.Error("keydir: not ready: " + reason)
 	}
-	d.runners = append(d.runners, dir.Run)
+	// The size lease lets lookups skip their read of the size row
+	// (docs/keydir.md, "Size leases").
+	d.runners = append(d.runners, dir.Run, store.HoldLease)
 	dir.Register(d.comp)
 	if d.cfg.Public.Listen == "" {
 		d.log.Warn("keydir: public.listen is not set, so the log is not served to auditors")

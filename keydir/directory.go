@@ -275,7 +275,20 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 		fault: "not started",
 	}
 	if reg != nil {
-		reg.MustRegister(d.metrics)
+		reg.MustRegister(d.metrics,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "clinkd_keydir_size_lease_held",
+				Help: "1 while this clinkd holds its size lease and answers lookups without reading the log's size row (docs/keydir.md, \"Size leases\").",
+			}, func() float64 {
+				if store.Leased() {
+					return 1
+				}
+				return 0
+			}),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "clinkd_keydir_size_row_reads_total",
+				Help: "Statements lookups sent that read the log's size row (none for a lookup under the size lease that needs nothing else).",
+			}, func() float64 { return float64(store.SizeRowReads()) }))
 		cs.register(reg)
 	}
 	return d, nil

@@ -16,7 +16,8 @@ import (
 // TestInstancesShareTheLog: two clinkds over one database, keys and
 // state file (a handoff's moment, docs/keydir.md), each on a link of its
 // own. B answers lookups from what it keeps in memory (the map, records,
-// keys, hashes, the checkpoint it signed), yet what A publishes or ends
+// keys, hashes, the checkpoint it signed) under its size lease, without a
+// statement to PostgreSQL, yet what A publishes or ends
 // shows in B's very next answer, verified on the device (VRF, map proof
 // against the head, inclusion in the checkpoint the answer carries) and
 // by checkRawLookup independently of the SDK.
@@ -67,6 +68,16 @@ func TestInstancesShareTheLog(t *testing.T) {
 				{"alice publishes again at A", func() error { _, err := aliceAtA.PublishKey(ctx, kA2); return err }, 3, ptr(fingerprint(kA2))},
 			}
 			for _, s := range steps {
+				// B holds its size lease: it answers from memory without
+				// reading the size row (docs/keydir.md, "Size leases"),
+				// so only the lease gate makes A's change show.
+				for !b.d.KeyDir().Store().Leased() {
+					select {
+					case <-ctx.Done():
+						t.Fatalf("%s: B never held its size lease", s.name)
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
 				if err := s.change(); err != nil {
 					t.Fatalf("%s: %v", s.name, err)
 				}

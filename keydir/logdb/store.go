@@ -17,7 +17,8 @@
 // the log is caught at once. Records, keys and tlog's stored hashes never
 // change once written: a Store keeps those it read (bounded), so that a
 // lookup reads the size row and, in the same statement, only what it has
-// not seen.
+// not seen; while the Store holds its size lease (lease.go), during which
+// no other writer's append can commit, it need not read even the size row.
 //
 // The server (keydir) answers from a Store, and Store.End is the one way
 // a binding ends, for operators and deleted accounts alike. The auditor
@@ -102,7 +103,9 @@ type Store struct {
 	keys    memo[int64, []byte]
 	hashes  memo[int64, tlog.Hash]
 
-	sizes sizeReads
+	sizes     sizeReads
+	sizeReadN atomic.Int64 // statements of lookups that read the size row
+	lease     lease
 }
 
 // sizeReads lets the lookups that need nothing but the size row share
@@ -165,6 +168,7 @@ func (s *Store) readSize(ctx context.Context) (treeRow, error) {
 // that arrived meanwhile joined, if any.
 func (s *Store) runSizeRead(ctx context.Context, f *sizeRead) {
 	row := &f.row
+	s.sizeReadN.Add(1)
 	f.err = s.db.QueryRow(ctx, `SELECT size, genesis, map_root, v1_time FROM keydir_tree`).Scan(&row.size, &row.gen, &row.mapRoot, &row.t)
 	close(f.done)
 	r := &s.sizes
@@ -244,6 +248,10 @@ type Config struct {
 	Log *slog.Logger
 	// VRF computes each JID's map index (keylog.LoadVRFSigner).
 	VRF *keylog.VRFSigner
+	// SizeLease is how long a size lease runs (HoldLease), 10 ms to
+	// 1 min; zero for a store that holds none (a command that appends,
+	// a test), whose lookups read the size row every time.
+	SizeLease time.Duration
 }
 
 // New returns a store over cfg.DB.
@@ -257,11 +265,15 @@ func New(cfg Config) (*Store, error) {
 	if cfg.VRF == nil {
 		return nil, errors.New("logdb: no VRF key: it gives every JID its map index")
 	}
-	return &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{},
+	s := &Store{db: cfg.DB, log: cfg.Log, vrf: cfg.VRF, vrfs: map[string]vrfProof{},
 		records: newMemo[int64, []byte](maxRecordCache),
 		keys:    newMemo[int64, []byte](maxKeyCache),
 		hashes:  newMemo[int64, tlog.Hash](maxHashCache),
-	}, nil
+	}
+	if err := s.lease.start(cfg.SizeLease); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // VRF returns the store's VRF key.
@@ -439,6 +451,11 @@ func (r cachedHashes) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
+// SizeRowReads returns how many statements lookups sent that read the
+// size row (a lookup under the size lease that needs nothing else sends
+// none).
+func (s *Store) SizeRowReads() int64 { return s.sizeReadN.Load() }
+
 // Size returns the number of leaves in the log.
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
@@ -599,7 +616,7 @@ type appended struct {
 
 // writeEntries appends entries at n, n+1, … with their hashes and events,
 // and makes the size n+len(entries). The caller holds the size row's lock.
-func writeEntries(ctx context.Context, tx pgx.Tx, n int64, entries []appended, st TreeState) error {
+func (s *Store) writeEntries(ctx context.Context, tx pgx.Tx, n int64, entries []appended, st TreeState) error {
 	pend := overlay{base: hashReader{ctx, tx}, pending: map[int64]tlog.Hash{}}
 	var hashRows, entryRows, eventRows [][]any
 	for i, e := range entries {
@@ -653,6 +670,9 @@ func writeEntries(ctx context.Context, tx pgx.Tx, n int64, entries []appended, s
 	if st.Genesis >= 0 {
 		gen = st.Genesis
 	}
+	if err := s.passGate(ctx, tx); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, `UPDATE keydir_tree SET size = $1, genesis = $2, map_root = $3, v1_time = $4`,
 		n+int64(len(entries)), gen, st.MapRoot[:], st.V1Time); err != nil {
 		return fmt.Errorf("update log size: %w", err)
@@ -694,6 +714,10 @@ func (s *Store) appendLocked(ctx context.Context, f func(tx pgx.Tx, st TreeState
 		return nil
 	})
 	if err != nil {
+		// It may have committed all the same (a connection lost in
+		// COMMIT): the map in memory may be behind, so lookups read the
+		// size row until the lease is renewed with the map current.
+		s.lease.drop()
 		return before, err
 	}
 	if n > 0 && s.m != nil && s.msize == before.Size {
@@ -701,6 +725,8 @@ func (s *Store) appendLocked(ctx context.Context, f func(tx pgx.Tx, st TreeState
 			s.m.Set(c.Index, c.Value)
 		}
 		s.msize = before.Size + int64(n)
+	} else if n > 0 {
+		s.lease.drop() // the map is behind its own append
 	}
 	return before, nil
 }
@@ -726,7 +752,7 @@ func (s *Store) Init(ctx context.Context, now time.Time) (bool, error) {
 		g := keylog.RecordV1{Kind: keylog.KindGenesis, VRFKey: s.vrf.Public().String(), Time: recordTime(now, st), Map: keylog.MapEmpty}
 		st2 := TreeState{Genesis: 0, MapRoot: keylog.MapEmpty, V1Time: g.Time}
 		done = true
-		return []appended{{text: g.Marshal()}}, nil, writeEntries(ctx, tx, 0, []appended{{text: g.Marshal()}}, st2)
+		return []appended{{text: g.Marshal()}}, nil, s.writeEntries(ctx, tx, 0, []appended{{text: g.Marshal()}}, st2)
 	})
 	if err != nil {
 		return false, fmt.Errorf("logdb: start the log: %w", err)
@@ -768,7 +794,7 @@ func (s *Store) Publish(ctx context.Context, bare jid.JID, der []byte, now time.
 		rec := keylog.RecordV1{Kind: keylog.KindPublish, Index: x, Fingerprint: fp, Version: v.Version, Time: recordTime(now, st), Map: root}
 		next := TreeState{Genesis: st.Genesis, MapRoot: root, V1Time: rec.Time}
 		e := []appended{{text: rec.Marshal(), key: x[:], jid: b.JID, kind: keylog.KindPublish}}
-		if err := writeEntries(ctx, tx, st.Size, e, next); err != nil {
+		if err := s.writeEntries(ctx, tx, st.Size, e, next); err != nil {
 			return nil, nil, err
 		}
 		if err := writeMap(ctx, tx, x, v, st.Size); err != nil {
@@ -833,7 +859,7 @@ func (s *Store) End(ctx context.Context, bare string, kind keylog.Kind, reason s
 		rec := keylog.RecordV1{Kind: kind, Index: x, Fingerprint: cur.Fingerprint, Version: v.Version, Time: recordTime(now, st), Map: root}
 		next := TreeState{Genesis: st.Genesis, MapRoot: root, V1Time: rec.Time}
 		e := []appended{{text: rec.Marshal(), key: x[:], jid: j.String(), kind: kind, reason: reason}}
-		if err := writeEntries(ctx, tx, st.Size, e, next); err != nil {
+		if err := s.writeEntries(ctx, tx, st.Size, e, next); err != nil {
 			return nil, nil, err
 		}
 		if err := writeMap(ctx, tx, x, v, st.Size); err != nil {
@@ -870,7 +896,7 @@ func (s *Store) Tick(ctx context.Context, now time.Time, every time.Duration) (b
 		next.V1Time = rec.Time
 		e := []appended{{text: rec.Marshal()}}
 		done = true
-		return e, nil, writeEntries(ctx, tx, st.Size, e, next)
+		return e, nil, s.writeEntries(ctx, tx, st.Size, e, next)
 	})
 	if err != nil {
 		return false, fmt.Errorf("logdb: tick: %w", err)
@@ -963,7 +989,7 @@ func (s *Store) Migrate(ctx context.Context, now time.Time) (int, error) {
 			changes = append(changes, keylog.MapEntry{Index: mv.x, Value: v})
 		}
 		next2 := TreeState{Genesis: st.Size, MapRoot: m.Root(), V1Time: t}
-		if err := writeEntries(ctx, tx, st.Size, entries, next2); err != nil {
+		if err := s.writeEntries(ctx, tx, st.Size, entries, next2); err != nil {
 			return nil, nil, err
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"keydir_map"}, []string{"idx", "ended", "fingerprint", "entry", "version", "changed"}, pgx.CopyFromRows(mapRows)); err != nil {
@@ -1256,9 +1282,16 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot, caughtUp bool) (st
 		hashNeed    = s.missingHashes(size, leaves)
 		readRecords = len(need) > 0 || len(labels) > 0 || len(hashNeed) > 0
 	)
-	if readRecords {
+	// With the size lease held, no other writer's append can have
+	// committed (lease.go): the map, read under mu, is the log.
+	leased := !readRecords && s.lease.held()
+	switch {
+	case readRecords:
+		s.sizeReadN.Add(1)
 		err = s.db.QueryRow(ctx, lookupSQL, need, labels, hashNeed).Scan(&st.Size, &gen, &root, &t, &recIdx, &recText, &keyIdx, &keyDER, &hashIdx, &hashes)
-	} else {
+	case leased:
+		st.Size, st.MapRoot = size, s.m.Root()
+	default:
 		var row treeRow
 		row, err = s.readSize(ctx)
 		st.Size, gen, root, t = row.size, row.gen, row.mapRoot, row.t
@@ -1266,13 +1299,15 @@ func (s *Store) readFast(ctx context.Context, snap *Snapshot, caughtUp bool) (st
 	if err != nil {
 		return false, fmt.Errorf("read log size: %w", err)
 	}
-	if gen == nil {
-		return false, ErrNotMigrated
+	if !leased {
+		if gen == nil {
+			return false, ErrNotMigrated
+		}
+		if len(root) != 32 || t == nil {
+			return false, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
+		}
+		st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
 	}
-	if len(root) != 32 || t == nil {
-		return false, fmt.Errorf("%w: migrated log without a map root", ErrCorrupt)
-	}
-	st.Genesis, st.MapRoot, st.V1Time = *gen, [32]byte(root), *t
 	switch {
 	case st.Size == size:
 		if s.m.Root() != st.MapRoot {
