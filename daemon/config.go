@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -322,6 +323,10 @@ func (c Config) Check() error {
 	}
 	if l := c.KeyDir.SizeLease; l != 0 && (l < 10*time.Millisecond || l > time.Minute) {
 		errs = append(errs, fmt.Errorf("config: keydir.size_lease %v is not within 10ms to 1m", l))
+	}
+	// A writer that gives no notice waits up to a lease in one statement.
+	if l, st := cmp.Or(c.KeyDir.SizeLease, time.Second), cmp.Or(c.Database.StatementTimeout, 10*time.Second); c.KeyDir.SignerKeyFile != "" && l >= st/2 {
+		errs = append(errs, fmt.Errorf("config: keydir.size_lease %v must be under half of database.statement_timeout (%v): an append waits up to a lease in one statement", l, st))
 	}
 	if len(c.KeyDir.Witness.URLs)+len(c.KeyDir.Witness.Keys) > 0 {
 		if _, err := keyDirWitnesses(c.KeyDir.Witness); err != nil {

@@ -158,3 +158,34 @@ func TestClinkIDConfigErrors(t *testing.T) {
 		t.Errorf("admin token twice = %v", err)
 	}
 }
+
+// TestKeyDirSizeLeaseBounds: keydir.size_lease runs 10 ms to 1 min, and
+// under half of database.statement_timeout, since an append that gives
+// no notice waits up to a lease in one statement.
+func TestKeyDirSizeLeaseBounds(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		lease, statement time.Duration
+		wantErr          string // "": accepted
+	}{
+		{0, 0, ""},
+		{time.Second, 0, ""},
+		{4 * time.Second, 0, ""},
+		{5 * time.Second, 0, "must be under half of database.statement_timeout"},
+		{time.Second, 2 * time.Second, "must be under half of database.statement_timeout"},
+		{time.Millisecond, 0, "keydir.size_lease 1ms is not within 10ms to 1m"},
+		{2 * time.Minute, time.Hour, "keydir.size_lease 2m0s is not within 10ms to 1m"},
+	}
+	for _, tt := range tests {
+		cfg := daemon.Defaults()
+		cfg.KeyDir.SignerKeyFile = "/nonexistent/keydir.signer"
+		cfg.KeyDir.SizeLease, cfg.Database.StatementTimeout = tt.lease, tt.statement
+		err := cfg.Check()
+		switch {
+		case tt.wantErr == "" && err != nil && strings.Contains(err.Error(), "size_lease"):
+			t.Errorf("size_lease %v, statement_timeout %v: %v, want accepted", tt.lease, tt.statement, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("size_lease %v, statement_timeout %v: %v, want %q", tt.lease, tt.statement, err, tt.wantErr)
+		}
+	}
+}

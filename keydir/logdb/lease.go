@@ -219,10 +219,14 @@ func (s *Store) listenNotices(ctx context.Context) {
 }
 
 func (s *Store) listen(ctx context.Context, notice func(writer string)) error {
-	conn, err := pgx.ConnectConfig(ctx, s.db.Config().ConnConfig.Copy())
+	// A connection of the pool's making (its credentials, its hooks),
+	// taken out of it for good: a LISTENing connection is no use to
+	// others.
+	pc, err := s.db.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
+	conn := pc.Hijack()
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, `LISTEN `+leaseChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
