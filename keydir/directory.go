@@ -134,11 +134,47 @@ type Directory struct {
 	signed *signedCheckpoint // the last checkpoint signed (the state file's)
 	fault  string            // why the directory refuses to serve; "" when ready
 
-	hmu  sync.Mutex  // guards head and entries
+	hmu  sync.Mutex  // guards head, headXML and entries
 	head *provenHead // the head of the last answer
+	// headXML is the last answer's checkpoint and head, encoded.
+	headXML encodedHead
 	// entries are the entries of the last answers, proven and checked
 	// against one checkpoint and map root (provenEntries).
 	entries provenEntries
+
+	bare bareJIDs // the JIDs lookups named, parsed
+}
+
+// bareJIDs remembers what keylog.ParseBareJID made of the JIDs lookups
+// named: devices look the same contacts up again and again, and the parse
+// (PRECIS and IDNA, twice) was a sixth of a lookup's own work in clinkd.
+// The results of a pure function: nothing to invalidate.
+type bareJIDs struct {
+	mu sync.Mutex
+	m  map[string]jid.JID
+}
+
+// maxBareJIDs bounds bareJIDs (a few hundred bytes each, at most).
+const maxBareJIDs = 10_000
+
+func (c *bareJIDs) parse(s string) (jid.JID, error) {
+	c.mu.Lock()
+	j, ok := c.m[s]
+	c.mu.Unlock()
+	if ok {
+		return j, nil
+	}
+	j, err := keylog.ParseBareJID(s)
+	if err != nil {
+		return jid.JID{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxBareJIDs {
+		c.m = make(map[string]jid.JID)
+	}
+	c.m[s] = j
+	return j, nil
 }
 
 // provenEntries are v1 entries built, checked and proven against one
@@ -153,7 +189,14 @@ type Directory struct {
 type provenEntries struct {
 	cp      keylog.Checkpoint
 	mapRoot [32]byte
-	byJID   map[string]keydirxml.Entry1 // never modified once stored
+	byJID   map[string]encodedEntry // never modified once stored
+}
+
+// encodedEntry is a proven entry and its XML (Entry1.AppendXML), which
+// lookups write as it is.
+type encodedEntry struct {
+	entry keydirxml.Entry1
+	xml   []byte
 }
 
 // maxProvenEntries bounds provenEntries: with a 4096-bit key an entry is
@@ -163,24 +206,24 @@ const maxProvenEntries = 4096
 
 // provenEntry returns the entry of jid proven against cp and mapRoot, if
 // an earlier answer built it.
-func (d *Directory) provenEntry(jid string, cp keylog.Checkpoint, mapRoot [32]byte) (keydirxml.Entry1, bool) {
+func (d *Directory) provenEntry(jid string, cp keylog.Checkpoint, mapRoot [32]byte) (encodedEntry, bool) {
 	d.hmu.Lock()
 	defer d.hmu.Unlock()
 	if d.entries.cp != cp || d.entries.mapRoot != mapRoot {
-		return keydirxml.Entry1{}, false
+		return encodedEntry{}, false
 	}
 	e, ok := d.entries.byJID[jid]
 	return e, ok
 }
 
 // keepEntry remembers an entry proven against cp and mapRoot.
-func (d *Directory) keepEntry(e keydirxml.Entry1, cp keylog.Checkpoint, mapRoot [32]byte) {
+func (d *Directory) keepEntry(e encodedEntry, cp keylog.Checkpoint, mapRoot [32]byte) {
 	d.hmu.Lock()
 	defer d.hmu.Unlock()
 	if d.entries.cp != cp || d.entries.mapRoot != mapRoot || len(d.entries.byJID) >= maxProvenEntries {
-		d.entries = provenEntries{cp: cp, mapRoot: mapRoot, byJID: make(map[string]keydirxml.Entry1)}
+		d.entries = provenEntries{cp: cp, mapRoot: mapRoot, byJID: make(map[string]encodedEntry)}
 	}
-	d.entries.byJID[e.JID] = e
+	d.entries.byJID[e.entry.JID] = e
 }
 
 type signedCheckpoint struct {
@@ -687,6 +730,10 @@ type answer struct {
 	head       *keydirxml.Head
 	entries    []keydirxml.Entry1
 	cp         keylog.Checkpoint
+	// The same, encoded: checkpoint and head (keydirxml.AppendAnswerHead),
+	// then each entry (Entry1.AppendXML); shared, never modified.
+	headXML    []byte
+	entriesXML [][]byte
 }
 
 // prove signs (or reuses) the checkpoint of snap's size and builds the
@@ -706,17 +753,44 @@ func (d *Directory) proveSnapshot(ctx context.Context, snap *logdb.Snapshot) (*a
 		return nil, err
 	}
 	a := &answer{checkpoint: string(msg), cp: sc.cp, head: head}
+	a.headXML = d.answerHeadXML(a.checkpoint, head)
 	for _, e := range snap.Entries {
 		ent, ok := d.provenEntry(e.JID, sc.cp, snap.MapRoot)
 		if !ok {
-			if ent, err = d.entry(ctx, e, snap.MapRoot, sc.cp); err != nil {
+			if ent.entry, err = d.entry(ctx, e, snap.MapRoot, sc.cp); err != nil {
 				return nil, err
 			}
+			ent.xml = ent.entry.AppendXML(nil)
 			d.keepEntry(ent, sc.cp, snap.MapRoot)
 		}
-		a.entries = append(a.entries, ent)
+		a.entries = append(a.entries, ent.entry)
+		a.entriesXML = append(a.entriesXML, ent.xml)
 	}
 	return a, nil
+}
+
+// answerHeadXML returns checkpoint and head encoded
+// (keydirxml.AppendAnswerHead), the last encoding again when they are the
+// same: every answer at one size (and set of cosignatures) opens alike.
+func (d *Directory) answerHeadXML(checkpoint string, head *keydirxml.Head) []byte {
+	d.hmu.Lock()
+	last := d.headXML
+	d.hmu.Unlock()
+	if last.head == head && last.checkpoint == checkpoint {
+		return last.xml
+	}
+	x := keydirxml.AppendAnswerHead(nil, checkpoint, head)
+	d.hmu.Lock()
+	d.headXML = encodedHead{checkpoint: checkpoint, head: head, xml: x}
+	d.hmu.Unlock()
+	return x
+}
+
+// encodedHead is the opening of an answer, encoded.
+type encodedHead struct {
+	checkpoint string
+	head       *keydirxml.Head // provenHead's, never modified
+	xml        []byte
 }
 
 // provenHead is a head proven against a checkpoint: every answer at an
@@ -926,7 +1000,7 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		seen = map[string]bool{}
 	)
 	for _, s := range req.JIDs {
-		j, err := keylog.ParseBareJID(s)
+		j, err := d.bare.parse(s)
 		if err != nil {
 			return nil, component.Errorf(stanza.JIDMalformed, "%q is not a bare user JID", s)
 		}
@@ -943,8 +1017,14 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 	if err != nil {
 		return nil, d.internal("lookup", err)
 	}
-	res := keydirxml.Lookup1{Checkpoint: a.checkpoint, Head: a.head, Entries: a.entries}
-	return component.RawXML(res.AppendXML(make([]byte, 0, 2048))), nil
+	// The answer's parts are written as they were encoded when first
+	// proven at this size: the bytes xml.Marshal writes for the answer
+	// (keydirxml.TestAppendXMLMatchesMarshal, FuzzDecode).
+	n := len(a.headXML) + 64
+	for _, e := range a.entriesXML {
+		n += len(e)
+	}
+	return component.RawXML(keydirxml.AppendLookup1Answer(make([]byte, 0, n), a.headXML, a.entriesXML...)), nil
 }
 
 // marshalResult marshals an answer once, to be written as it is

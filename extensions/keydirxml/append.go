@@ -12,14 +12,29 @@ import (
 // CPU in clinkd (issue 15). Like Marshal it writes l whether valid or
 // not.
 func (l *Lookup1) AppendXML(b []byte) []byte {
-	b = append(b, `<lookup xmlns="`+NS1+`">`...)
+	b = append(b, lookup1Open...)
 	for _, j := range l.JIDs {
 		b = appendElement(b, "jid", j)
 	}
-	if l.Checkpoint != "" {
-		b = appendElement(b, "checkpoint", l.Checkpoint)
+	b = AppendAnswerHead(b, l.Checkpoint, l.Head)
+	for i := range l.Entries {
+		b = l.Entries[i].AppendXML(b)
 	}
-	if h := l.Head; h != nil {
+	return append(b, lookup1Close...)
+}
+
+const (
+	lookup1Open  = `<lookup xmlns="` + NS1 + `">`
+	lookup1Close = `</lookup>`
+)
+
+// AppendAnswerHead appends the checkpoint (when not empty) and the head
+// (when not nil) of a v1 answer as AppendXML writes them.
+func AppendAnswerHead(b []byte, checkpoint string, h *Head) []byte {
+	if checkpoint != "" {
+		b = appendElement(b, "checkpoint", checkpoint)
+	}
+	if h != nil {
 		b = append(b, `<head xmlns="`+NS1+`" index="`...)
 		b = strconv.AppendInt(b, h.Index, 10)
 		b = append(b, '"')
@@ -28,14 +43,26 @@ func (l *Lookup1) AppendXML(b []byte) []byte {
 		b = appendEscaped(b, h.Proof)
 		b = append(b, `</head>`...)
 	}
-	for i := range l.Entries {
-		b = l.Entries[i].appendXML(b)
-	}
-	return append(b, `</lookup>`...)
+	return b
 }
 
-// appendXML appends e as its MarshalXML writes it.
-func (e *Entry1) appendXML(b []byte) []byte {
+// AppendLookup1Answer appends a lookup answer (no JIDs) from its parts,
+// encoded already: head by AppendAnswerHead, each entry by
+// Entry1.AppendXML. The bytes are those AppendXML writes for the Lookup1
+// they encode (TestAnswerPartsMatchAppendXML), for a server that keeps
+// the parts encoded, since they are the same in every answer at one log
+// size.
+func AppendLookup1Answer(b, head []byte, entries ...[]byte) []byte {
+	b = append(b, lookup1Open...)
+	b = append(b, head...)
+	for _, e := range entries {
+		b = append(b, e...)
+	}
+	return append(b, lookup1Close...)
+}
+
+// AppendXML appends e as its MarshalXML writes it.
+func (e *Entry1) AppendXML(b []byte) []byte {
 	b = append(b, `<entry xmlns="`+NS1+`"`...)
 	b = appendAttr(b, "jid", e.JID)
 	b = appendAttr(b, "status", e.Status)

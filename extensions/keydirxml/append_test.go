@@ -34,5 +34,33 @@ func TestAppendXMLMatchesMarshal(t *testing.T) {
 		if got := l.AppendXML([]byte("prefix")); string(got) != "prefix"+string(want) {
 			t.Errorf("%d: AppendXML =\n%s\nwant\n%s", i, got[len("prefix"):], want)
 		}
+		checkAnswerParts(t, l)
+	}
+}
+
+// checkAnswerParts: an answer (without JIDs, as a server writes it) put
+// together from its parts encoded apart is what AppendXML writes.
+func checkAnswerParts(t *testing.T, l keydirxml.Lookup1) {
+	t.Helper()
+	l.JIDs = nil
+	var entries [][]byte
+	for i := range l.Entries {
+		entries = append(entries, l.Entries[i].AppendXML(nil))
+	}
+	got := keydirxml.AppendLookup1Answer([]byte("prefix"), keydirxml.AppendAnswerHead(nil, l.Checkpoint, l.Head), entries...)
+	if want := l.AppendXML([]byte("prefix")); string(got) != string(want) {
+		t.Errorf("AppendLookup1Answer =\n%s\nwant AppendXML's\n%s", got, want)
+	}
+}
+
+// TestAnswerPartsMatchAppendXML: checkAnswerParts fails when a part is
+// not what AppendXML writes (here an entry left out).
+func TestAnswerPartsMatchAppendXML(t *testing.T) {
+	l := keydirxml.Lookup1{Checkpoint: "c\n", Head: &keydirxml.Head{Index: 1, Record: "cmVj", Proof: "AAAA"},
+		Entries: []keydirxml.Entry1{{JID: "a@example.org", Status: keydirxml.StatusNone, Map: "AA"}, {JID: "b@example.org", Status: keydirxml.StatusFound, Key: "MIIB"}}}
+	checkAnswerParts(t, l)
+	head := keydirxml.AppendAnswerHead(nil, l.Checkpoint, l.Head)
+	if got := keydirxml.AppendLookup1Answer(nil, head, l.Entries[0].AppendXML(nil)); string(got) == string(l.AppendXML(nil)) {
+		t.Error("an answer without its second entry matches AppendXML's")
 	}
 }

@@ -97,6 +97,7 @@ func FuzzDecode(f *testing.F) {
 				if got := lx.AppendXML(nil); string(got) != string(want) {
 					t.Fatalf("AppendXML = %q, Marshal %q", got, want)
 				}
+				checkAnswerParts(t, lx)
 			}
 		}
 		var h1 keydirxml.History1
