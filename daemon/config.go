@@ -340,10 +340,15 @@ func (c Config) Check() error {
 }
 
 // checkNumbers refuses negative numbers and durations: every bound in the
-// file counts something, and zero already means "the default".
+// file counts something, and zero already means "the default". The keys
+// of negativeMeansNone are the exceptions, where negative turns a policy
+// off (docs/config.md says so for each).
 func (c Config) checkNumbers() error {
 	var errs []error
 	walk(reflect.ValueOf(&c).Elem(), "", func(key string, v reflect.Value) {
+		if negativeMeansNone[key] {
+			return
+		}
 		switch v.Kind() {
 		case reflect.Int, reflect.Int64:
 			if v.Int() < 0 {
@@ -356,6 +361,11 @@ func (c Config) checkNumbers() error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// negativeMeansNone are the keys whose negative value turns a policy off.
+var negativeMeansNone = map[string]bool{
+	"clinkid.name_quarantine": true, // names of deleted accounts free at once
 }
 
 // secretFiles are the keys that name a file holding a secret or a private

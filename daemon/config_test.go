@@ -189,3 +189,30 @@ func TestKeyDirSizeLeaseBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestNegativeNumbers: a negative number or duration is refused, since
+// zero already takes the default, except where docs/config.md gives
+// negative a meaning (clinkid.name_quarantine: none).
+func TestNegativeNumbers(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		env     string
+		wantErr string // "": accepted
+	}{
+		{"CLINKD_CLINKID_NAME_QUARANTINE=-1s", ""},
+		{"CLINKD_KEYDIR_TICK_INTERVAL=-1s", "keydir.tick_interval is negative"},
+		{"CLINKD_KEYDIR_MAX_BATCH=-1", "keydir.max_batch is negative"},
+	} {
+		cfg, err := daemon.LoadConfig("", []string{tt.env})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.env, err)
+		}
+		err = cfg.Check()
+		switch {
+		case tt.wantErr == "" && err != nil && strings.Contains(err.Error(), "negative"):
+			t.Errorf("%s: %v, want accepted", tt.env, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("%s: %v, want %q", tt.env, err, tt.wantErr)
+		}
+	}
+}
