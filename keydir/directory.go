@@ -201,7 +201,8 @@ type encodedEntry struct {
 
 // maxProvenEntries bounds provenEntries: with a 4096-bit key an entry is
 // about 2 to 3 KB (key, map proof and inclusion proof in base64, the
-// proofs growing with the log), so at most about 8 to 11 MB.
+// proofs growing with the log), and as much again as XML, so at most
+// about 16 to 22 MB.
 const maxProvenEntries = 4096
 
 // provenEntry returns the entry of jid proven against cp and mapRoot, if

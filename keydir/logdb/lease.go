@@ -157,7 +157,7 @@ func (s *Store) renewLease(ctx context.Context) error {
 	s.mu.RLock()
 	ok, loaded := current(), s.m != nil
 	if ok {
-		l.until.Store(deadline)
+		l.trust(deadline, notices)
 	}
 	s.mu.RUnlock()
 	if ok || !loaded {
@@ -173,10 +173,24 @@ func (s *Store) renewLease(ctx context.Context) error {
 			return fmt.Errorf("logdb: size lease: %w", err)
 		}
 	}
-	if current() && l.notices.Load() == notices {
-		l.until.Store(deadline)
+	if current() {
+		l.trust(deadline, notices)
 	}
 	return nil
+}
+
+// trust trusts the lease until deadline, unless a notice came since the
+// renewal began (notices then). A notice is counted before the listener
+// drops the lease and then ends it in the database (listenNotices), and
+// trust stores the deadline before it looks at the count: so either it
+// sees the notice and drops the lease itself, or the listener's drop
+// comes after its store. Either way the lease is not trusted once the
+// writer can pass the gate.
+func (l *lease) trust(deadline, notices int64) {
+	l.until.Store(deadline)
+	if l.notices.Load() != notices {
+		l.drop()
+	}
 }
 
 // surrender ends the lease in the database now: a writer waiting at the
@@ -200,8 +214,9 @@ func (s *Store) listenNotices(ctx context.Context) {
 			if writer == l.instance {
 				return
 			}
-			l.drop()
+			// In this order (lease.trust): count, drop, then end it.
 			l.notices.Add(1)
+			l.drop()
 			l.paused.Store(l.now() + int64(l.ttl/2))
 			if err := s.surrender(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("keydir: size lease", "err", err)
