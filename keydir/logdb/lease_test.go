@@ -3,11 +3,8 @@ package logdb_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,49 +134,7 @@ func TestLeasedLookupsSeeEveryAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		wg       sync.WaitGroup
-		appended atomic.Int64 // the size after the last append that returned
-		stop     = make(chan struct{})
-	)
-	appended.Store(size)
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				least := appended.Load()
-				snap, err := b.Lookup(ctx, []jid.JID{users[0]})
-				if err != nil {
-					t.Errorf("Lookup = %v", err)
-					return
-				}
-				if snap.Size < least {
-					t.Errorf("Lookup began after an append made the log %d long, answered at size %d", least, snap.Size)
-					return
-				}
-			}
-		})
-	}
-	for i := range 10 {
-		start := time.Now()
-		bind, _, err := a.Publish(ctx, keydirtest.MustJID(t, fmt.Sprintf("late%d@lab.localhost", i)), keydirtest.FakeRSAKey(t, 3072), time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		appended.Store(bind.Value.Entry + 1)
-		t.Logf("append %d waited and took %v", i, time.Since(start))
-		snap, err := b.Lookup(ctx, []jid.JID{users[0]})
-		if err != nil || snap.Size <= bind.Value.Entry {
-			t.Errorf("Lookup right after an append elsewhere made the log %d long = size %d, %v", bind.Value.Entry+1, snap.Size, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
+	lookupsSeeAppends(ctx, t, a, b, users[0], size)
 }
 
 // TestLeaseHoldsBackEveryWriter: a writer that knows nothing of leases

@@ -209,7 +209,17 @@ func TestLookupsShareSizeReads(t *testing.T) {
 	// Appends elsewhere while lookups run, each read of the size row
 	// still held 20 ms: a lookup that joined a read begun before it would
 	// miss the append that ended in between.
+	lookupsSeeAppends(ctx, t, a, b, users[0], size)
+}
+
+// lookupsSeeAppends has a publish 10 keys while 4 goroutines look who up
+// at b: a lookup that begins after an append returned must be at least
+// at the size it made, and so must one made right after it, while the
+// others are under way. size is the log's size to begin with.
+func lookupsSeeAppends(ctx context.Context, t *testing.T, a, b *logdb.Store, who jid.JID, size int64) {
+	t.Helper()
 	var (
+		wg       sync.WaitGroup
 		appended atomic.Int64 // the size after the last append that returned
 		stop     = make(chan struct{})
 	)
@@ -223,7 +233,7 @@ func TestLookupsShareSizeReads(t *testing.T) {
 				default:
 				}
 				least := appended.Load()
-				snap, err := b.Lookup(ctx, []jid.JID{users[0]})
+				snap, err := b.Lookup(ctx, []jid.JID{who})
 				if err != nil {
 					t.Errorf("Lookup = %v", err)
 					return
@@ -236,13 +246,16 @@ func TestLookupsShareSizeReads(t *testing.T) {
 		})
 	}
 	for i := range 10 {
+		start := time.Now()
 		bind, _, err := a.Publish(ctx, keydirtest.MustJID(t, fmt.Sprintf("late%d@lab.localhost", i)), keydirtest.FakeRSAKey(t, 3072), time.Now())
 		if err != nil {
+			close(stop)
+			wg.Wait()
 			t.Fatal(err)
 		}
 		appended.Store(bind.Value.Entry + 1)
-		// Right after the append, while the others' reads are under way.
-		snap, err := b.Lookup(ctx, []jid.JID{users[0]})
+		t.Logf("append %d took %v", i, time.Since(start))
+		snap, err := b.Lookup(ctx, []jid.JID{who})
 		if err != nil || snap.Size <= bind.Value.Entry {
 			t.Errorf("Lookup right after an append elsewhere made the log %d long = size %d, %v", bind.Value.Entry+1, snap.Size, err)
 		}
