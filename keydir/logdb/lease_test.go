@@ -23,20 +23,7 @@ import (
 // the lease is held.
 func leasedStore(ctx context.Context, t *testing.T, l *keydirtest.Log, count *queryCounter, ttl time.Duration) *logdb.Store {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(l.DB.Config().ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = count
-	db, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	s, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: l.VRF, SizeLease: ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := storeWithLease(ctx, t, l, count, ttl)
 	hold, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.HoldLease(hold) }()

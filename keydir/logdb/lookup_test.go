@@ -149,6 +149,13 @@ func TestLookupRoundTrips(t *testing.T) {
 // count counts.
 func countedStore(ctx context.Context, t *testing.T, l *keydirtest.Log, count *queryCounter) *logdb.Store {
 	t.Helper()
+	return storeWithLease(ctx, t, l, count, 0)
+}
+
+// storeWithLease is countedStore with a size lease of ttl (0: none),
+// which it does not hold (HoldLease).
+func storeWithLease(ctx context.Context, t *testing.T, l *keydirtest.Log, count *queryCounter, ttl time.Duration) *logdb.Store {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(l.DB.Config().ConnString())
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +166,7 @@ func countedStore(ctx context.Context, t *testing.T, l *keydirtest.Log, count *q
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	s, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: l.VRF})
+	s, err := logdb.New(logdb.Config{DB: db, Log: slog.New(slog.DiscardHandler), VRF: l.VRF, SizeLease: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
