@@ -12,7 +12,18 @@ import (
 // CPU in clinkd (issue 15). Like Marshal it writes l whether valid or
 // not.
 func (l *Lookup1) AppendXML(b []byte) []byte {
-	b = append(b, lookup1Open...)
+	b = append(b, lookup1Start...)
+	if l.Known != 0 {
+		b = append(b, ` known="`...)
+		b = strconv.AppendInt(b, l.Known, 10)
+		b = append(b, '"')
+	}
+	if l.Unchanged != 0 {
+		b = append(b, ` unchanged="`...)
+		b = strconv.AppendInt(b, l.Unchanged, 10)
+		b = append(b, '"')
+	}
+	b = append(b, '>')
 	for _, j := range l.JIDs {
 		b = appendElement(b, "jid", j)
 	}
@@ -24,9 +35,18 @@ func (l *Lookup1) AppendXML(b []byte) []byte {
 }
 
 const (
-	lookup1Open  = `<lookup xmlns="` + NS1 + `">`
+	lookup1Start = `<lookup xmlns="` + NS1 + `"`
+	lookup1Open  = lookup1Start + `>`
 	lookup1Close = `</lookup>`
 )
+
+// AppendLookup1Unchanged appends the result of a conditional lookup at
+// an unchanged size, as AppendXML writes Lookup1{Unchanged: size}.
+func AppendLookup1Unchanged(b []byte, size int64) []byte {
+	b = append(b, lookup1Start+` unchanged="`...)
+	b = strconv.AppendInt(b, size, 10)
+	return append(b, `">`+lookup1Close...)
+}
 
 // AppendAnswerHead appends the checkpoint (when not empty) and the head
 // (when not nil) of a v1 answer as AppendXML writes them.

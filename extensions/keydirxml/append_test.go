@@ -26,6 +26,9 @@ func TestAppendXMLMatchesMarshal(t *testing.T) {
 			Entries: []keydirxml.Entry1{found, ended, none}},
 		{Head: &keydirxml.Head{}, Entries: []keydirxml.Entry1{odd, {}}},
 		{Checkpoint: "\x01<&>", Head: &keydirxml.Head{Index: -5, Record: `"`, Proof: "\n"}, Entries: []keydirxml.Entry1{found}},
+		{Known: 1048577, JIDs: []string{"alice@example.org"}},
+		{Unchanged: 1048577},
+		{Known: -3, Unchanged: 9, JIDs: []string{"a@b"}, Entries: []keydirxml.Entry1{none}},
 	} {
 		want, err := xml.Marshal(l)
 		if err != nil {
@@ -42,7 +45,14 @@ func TestAppendXMLMatchesMarshal(t *testing.T) {
 // together from its parts encoded apart is what AppendXML writes.
 func checkAnswerParts(t *testing.T, l keydirxml.Lookup1) {
 	t.Helper()
-	l.JIDs = nil
+	if l.Unchanged != 0 {
+		got := keydirxml.AppendLookup1Unchanged([]byte("prefix"), l.Unchanged)
+		if want := (&keydirxml.Lookup1{Unchanged: l.Unchanged}).AppendXML([]byte("prefix")); string(got) != string(want) {
+			t.Errorf("AppendLookup1Unchanged =\n%s\nwant AppendXML's\n%s", got, want)
+		}
+	}
+	// A full answer: no JIDs, no sizes.
+	l.JIDs, l.Known, l.Unchanged = nil, 0, 0
 	var entries [][]byte
 	for i := range l.Entries {
 		entries = append(entries, l.Entries[i].AppendXML(nil))

@@ -26,6 +26,9 @@ func FuzzDecode(f *testing.F) {
 		`<lookup xmlns='urn:clinkme:keydir:1'><checkpoint>o&#xA;1&#xA;h&#xA;</checkpoint><head index='0' record='Y2xpbmttZQ=='>AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=</head><entry jid='a@b' status='found' vrf='` + strings.Repeat("A", 108) + `' version='1' index='0' time='1' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020' record='v1' root='AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='><key>AAAA</key><map>AQAA</map><proof></proof></entry><entry jid='c@d' status='none' vrf='` + strings.Repeat("A", 108) + `'><map>AgAA</map></entry></lookup>`,
 		`<history xmlns='urn:clinkme:keydir:1' from='2'><record version='1' index='0' kind='publish' time='5' fingerprint='5b71a88df7275813d065ebf04eae0914b5643f9e0407937eb432af1b68d9c020' record='v0'><proof></proof></record></history>`,
 		`<consistency xmlns='urn:clinkme:keydir:1' old='1' new='2'>AAAA</consistency>`,
+		`<lookup xmlns='urn:clinkme:keydir:1' known='1048577'><jid>alice@example.org</jid></lookup>`,
+		`<lookup xmlns='urn:clinkme:keydir:1' unchanged='1048577'/>`,
+		`<lookup xmlns='urn:clinkme:keydir:1' known='-1' unchanged='+07'><jid>a@b</jid></lookup>`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -78,6 +81,9 @@ func FuzzDecode(f *testing.F) {
 		check(&c1, c1.Validate)
 		var lr1 keydirxml.Lookup1
 		check(&lr1, func() error {
+			if err := lr1.ValidateResult(); err != nil {
+				return err
+			}
 			if lr1.Head != nil {
 				if err := lr1.Head.Validate(); err != nil {
 					return err

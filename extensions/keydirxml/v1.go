@@ -82,8 +82,17 @@ type Publish1 struct {
 }
 
 // Lookup1 is the v1 lookup request (IQ get, JIDs) and its result.
+//
+// A request may say Known: the size of the checkpoint the device holds,
+// having verified at that size the head and an entry of every JID it
+// names. If the log is still of that size, the result is Unchanged (that
+// size) and carries nothing else: the device uses what it verified
+// (docs/protocol.md, "Conditional lookups"). A server that does not know
+// the attribute ignores it and answers in full.
 type Lookup1 struct {
 	XMLName    xml.Name `xml:"urn:clinkme:keydir:1 lookup"`
+	Known      int64    `xml:"known,attr,omitempty"`     // request: the size held (0: none)
+	Unchanged  int64    `xml:"unchanged,attr,omitempty"` // result: the log is still of this size
 	JIDs       []string `xml:"jid"`
 	Checkpoint string   `xml:"checkpoint,omitempty"`
 	Head       *Head    `xml:"head,omitempty"`
@@ -278,8 +287,26 @@ func (l *Lookup1) Validate(max int) error {
 	if err := v0.Validate(max); err != nil {
 		return err
 	}
-	if l.Checkpoint != "" || l.Head != nil || len(l.Entries) != 0 {
-		return invalid("a lookup request carries only JIDs")
+	if l.Checkpoint != "" || l.Head != nil || len(l.Entries) != 0 || l.Unchanged != 0 {
+		return invalid("a lookup request carries only JIDs and the size known")
+	}
+	if l.Known < 0 {
+		return invalid("known is a log size, not %d", l.Known)
+	}
+	return nil
+}
+
+// ValidateResult checks the shape of a lookup result as a whole: an
+// Unchanged result carries nothing else, a full one no JIDs or Known.
+// The parts of a full result have their own Validate.
+func (l *Lookup1) ValidateResult() error {
+	switch {
+	case l.Known != 0 || len(l.JIDs) != 0:
+		return invalid("a lookup result names no JIDs and no size known")
+	case l.Unchanged < 0:
+		return invalid("unchanged is a log size, not %d", l.Unchanged)
+	case l.Unchanged > 0 && (l.Checkpoint != "" || l.Head != nil || len(l.Entries) != 0):
+		return invalid("an unchanged lookup result carries nothing else")
 	}
 	return nil
 }
