@@ -35,6 +35,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,6 +144,8 @@ type Directory struct {
 	entries provenEntries
 
 	bare bareJIDs // the JIDs lookups named, parsed
+
+	unchanged atomic.Int64 // lookups answered "unchanged" (conditional lookups)
 }
 
 // bareJIDs remembers what keylog.ParseBareJID made of the JIDs lookups
@@ -332,7 +335,11 @@ func New(cfg Config, store *logdb.Store, log *slog.Logger, reg prometheus.Regist
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "clinkd_keydir_size_row_reads_total",
 				Help: "Statements lookups sent that read the log's size row (none for a lookup under the size lease that needs nothing else).",
-			}, func() float64 { return float64(store.SizeRowReads()) }))
+			}, func() float64 { return float64(store.SizeRowReads()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "clinkd_keydir_lookups_unchanged_total",
+				Help: "Conditional lookups answered \"unchanged\": the device held every entry asked at the log's current size (docs/protocol.md, \"Conditional lookups\").",
+			}, func() float64 { return float64(d.unchanged.Load()) }))
 		cs.register(reg)
 	}
 	return d, nil
@@ -1011,8 +1018,20 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		seen[j.String()] = true
 		jids = append(jids, j)
 	}
+	// A conditional lookup costs the requester what any lookup of these
+	// JIDs costs: it is no way around the rate limit.
 	if err := d.allowLookups(who, len(jids)); err != nil {
 		return nil, err
+	}
+	if req.Known > 0 {
+		same, err := d.unchangedAt(ctx, req.Known)
+		if err != nil {
+			return nil, d.internal("lookup", err)
+		}
+		if same {
+			d.unchanged.Add(1)
+			return component.RawXML(keydirxml.AppendLookup1Unchanged(nil, req.Known)), nil
+		}
 	}
 	_, a, err := d.lookupAnswer(ctx, func() (*logdb.Snapshot, error) { return d.store.Lookup(ctx, jids) })
 	if err != nil {
@@ -1026,6 +1045,34 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		n += len(e)
 	}
 	return component.RawXML(keydirxml.AppendLookup1Answer(make([]byte, 0, n), a.headXML, a.entriesXML...)), nil
+}
+
+// unchangedAt reports whether the log is still of size known, the size
+// a device holds with every entry it asks for (a conditional lookup,
+// docs/protocol.md): the size is read as a full answer's would be (from
+// memory under the size lease, else from the size row), and the signer
+// is asked for its checkpoint as for a full answer, so that a faulted
+// directory or a database rolled back below the last checkpoint signed
+// refuses here too. An answer "unchanged" tells the device no more than
+// a full answer at that size would.
+func (d *Directory) unchangedAt(ctx context.Context, known int64) (bool, error) {
+	snap, err := d.store.Lookup(ctx, nil)
+	if err != nil {
+		if errors.Is(err, logdb.ErrBelowFloor) {
+			d.check(ctx)
+		}
+		return false, err
+	}
+	if snap.Size != known {
+		return false, nil
+	}
+	switch _, err := d.checkpointAt(ctx, snap.Size); {
+	case errors.Is(err, errGrew):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return true, nil
 }
 
 // marshalResult marshals an answer once, to be written as it is
