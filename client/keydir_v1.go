@@ -150,24 +150,56 @@ func (d *KeyDirectory) publishV1(ctx context.Context, pub *rsa.PublicKey) (*Veri
 }
 
 func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult, error) {
-	var res keydirxml.Lookup1
-	d.lookups.Add(1)
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want}, &res); err != nil {
+	known, err := d.knownSize(want)
+	if err != nil {
 		return nil, err
 	}
-	return d.VerifyLookup(ctx, &res, want...)
+	var res keydirxml.Lookup1
+	d.lookups.Add(1)
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want, Known: known}, &res); err != nil {
+		return nil, err
+	}
+	if res.Unchanged != 0 && res.Unchanged != known {
+		return nil, fmt.Errorf("%w: the directory answered \"unchanged at %d\" to a lookup that held size %d", ErrBadAnswer, res.Unchanged, known)
+	}
+	out, err := d.VerifyLookup(ctx, &res, want...)
+	if res.Unchanged != 0 && (errors.Is(err, errNotHeld) || errors.Is(err, ErrStaleCheckpoint)) {
+		// Another answer moved the pin, or the head grew too old, while
+		// this one was on its way: what it confirms is not held any
+		// more. Ask again in full, once.
+		res = keydirxml.Lookup1{}
+		d.lookups.Add(1)
+		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want}, &res); err != nil {
+			return nil, err
+		}
+		if res.Unchanged != 0 {
+			return nil, fmt.Errorf("%w: the directory answered \"unchanged\" to a lookup that held nothing", ErrBadAnswer)
+		}
+		return d.VerifyLookup(ctx, &res, want...)
+	}
+	return out, err
 }
 
 // VerifyLookup verifies a v1 lookup answer for jids (canonical bare JIDs,
 // in the order asked) as LookupKeys does, and updates the pins: for an
 // app that carries the directory's answers over its own transport, and
 // for tests that play a dishonest server. A consistency proof, when one
-// is needed, is still asked of the directory.
+// is needed, is still asked of the directory. An unchanged result (a
+// conditional lookup, keydir_known.go) is answered with what this client
+// verified at that size; it fails with ErrBadAnswer unless the client
+// holds every JID asked at its pinned size, and with ErrStaleCheckpoint
+// when the head of that size is older than the maximum age.
 func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1, want ...string) ([]KeyResult, error) {
 	if d.v1 == nil {
 		return nil, errors.New("client: keydir: VerifyLookup needs a v1 directory (OpenKeyDirectory)")
 	}
-	es, err := d.verifyAnswer(ctx, res.Checkpoint, res.Head, res.Entries, want)
+	if err := res.ValidateResult(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadAnswer, err)
+	}
+	if res.Unchanged != 0 {
+		return d.takeUnchanged(res.Unchanged, want)
+	}
+	es, at, err := d.verifyAnswerAt(ctx, res.Checkpoint, res.Head, res.Entries, want)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +229,9 @@ func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1,
 		for _, r := range out {
 			d.cache.put(r.JID, r.Key)
 		}
+	}
+	if err := d.keepProven(at, out); err != nil {
+		return nil, err
 	}
 	if len(changes) > 0 {
 		return out, &KeyChangeError{Changes: changes}
@@ -234,51 +269,74 @@ func (d *KeyDirectory) setPinVersion(bare string, v int64) error {
 // verifyAnswer checks a v1 answer: the checkpoint (signature, pin), the
 // head (record, inclusion, age) and each entry against want, in order.
 func (d *KeyDirectory) verifyAnswer(ctx context.Context, signed string, head *keydirxml.Head, entries []keydirxml.Entry1, want []string) ([]v1Entry, error) {
+	es, _, err := d.verifyAnswerAt(ctx, signed, head, entries, want)
+	return es, err
+}
+
+// answerAt is what a verified answer was proven against: the
+// checkpoint's size and the time of the head, the log's last entry.
+type answerAt struct {
+	size     int64
+	headTime int64
+}
+
+// verifyAnswerAt is verifyAnswer, saying what the answer was proven
+// against.
+func (d *KeyDirectory) verifyAnswerAt(ctx context.Context, signed string, head *keydirxml.Head, entries []keydirxml.Entry1, want []string) ([]v1Entry, answerAt, error) {
 	cp, err := d.acceptCheckpoint(ctx, []byte(signed))
 	if err != nil {
-		return nil, err
+		return nil, answerAt{}, err
 	}
-	root, err := d.verifyHead(head, cp)
+	h, err := d.verifyHead(head, cp)
 	if err != nil {
-		return nil, err
+		return nil, answerAt{}, err
 	}
 	if len(entries) != len(want) {
-		return nil, fmt.Errorf("%w: %d entries for %d JIDs", ErrBadAnswer, len(entries), len(want))
+		return nil, answerAt{}, fmt.Errorf("%w: %d entries for %d JIDs", ErrBadAnswer, len(entries), len(want))
 	}
 	out := make([]v1Entry, len(want))
 	for i := range entries {
-		if out[i], err = d.verifyEntryV1(entries[i], want[i], root, cp); err != nil {
-			return nil, err
+		if out[i], err = d.verifyEntryV1(entries[i], want[i], h.mapRoot, cp); err != nil {
+			return nil, answerAt{}, err
 		}
 	}
-	return out, nil
+	return out, answerAt{size: cp.Size, headTime: h.time}, nil
 }
 
 // verifyHead checks the head: the last leaf of the checkpoint's tree, a
-// v1 record, recent enough; it returns the map root it names.
-func (d *KeyDirectory) verifyHead(h *keydirxml.Head, cp *VerifiedCheckpoint) ([32]byte, error) {
+// v1 record, recent enough; it returns the record, whose map root the
+// entries are proven against.
+func (d *KeyDirectory) verifyHead(h *keydirxml.Head, cp *VerifiedCheckpoint) (headRecord, error) {
 	if h == nil {
-		return [32]byte{}, fmt.Errorf("%w: no head", ErrBadAnswer)
+		return headRecord{}, fmt.Errorf("%w: no head", ErrBadAnswer)
 	}
 	if err := h.Validate(); err != nil {
-		return [32]byte{}, fmt.Errorf("%w: %v", ErrBadAnswer, err)
+		return headRecord{}, fmt.Errorf("%w: %v", ErrBadAnswer, err)
 	}
 	if cp.Size == 0 || h.Index != cp.Size-1 {
-		return [32]byte{}, fmt.Errorf("%w: head %d in a tree of %d", ErrBadProof, h.Index, cp.Size)
+		return headRecord{}, fmt.Errorf("%w: head %d in a tree of %d", ErrBadProof, h.Index, cp.Size)
 	}
 	rec, _ := keydirxml.DecodeBlob(h.Record, keydirxml.MaxRecordBase64)
 	r, err := parseV1Record(rec)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("%w: head: %v", ErrBadAnswer, err)
+		return headRecord{}, fmt.Errorf("%w: head: %v", ErrBadAnswer, err)
 	}
 	if err := verifyBlobInclusion(rec, h.Index, h.Proof, cp); err != nil {
-		return [32]byte{}, fmt.Errorf("%w (head)", err)
+		return headRecord{}, fmt.Errorf("%w (head)", err)
 	}
-	if age := d.v1.now().Sub(time.Unix(r.time, 0)); d.v1.maxAge > 0 && age > d.v1.maxAge {
-		return [32]byte{}, fmt.Errorf("%w: the directory's newest entry is %s old: the server may be hiding newer entries, or this device's clock is wrong",
+	if err := d.checkHeadAge(r.time); err != nil {
+		return headRecord{}, err
+	}
+	return r, nil
+}
+
+// checkHeadAge refuses a head older than the device's maximum age.
+func (d *KeyDirectory) checkHeadAge(t int64) error {
+	if age := d.v1.now().Sub(time.Unix(t, 0)); d.v1.maxAge > 0 && age > d.v1.maxAge {
+		return fmt.Errorf("%w: the directory's newest entry is %s old: the server may be hiding newer entries, or this device's clock is wrong",
 			ErrStaleCheckpoint, age.Round(time.Minute))
 	}
-	return r.mapRoot, nil
+	return nil
 }
 
 // verifyEntryV1 checks one entry: the VRF gives the JID's index, the map

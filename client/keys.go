@@ -259,6 +259,9 @@ type KeyDirectory struct {
 	// witnesses: the device's witness policy (witness.go), nil when it
 	// requires none. Set by OpenKeyDirectory.
 	witnesses *witnessPolicy
+	// proven and unchanged: conditional lookups (keydir_known.go).
+	proven    provenSet
+	unchanged atomic.Uint64
 }
 
 // NewKeyDirectory returns a directory client for the component at service
