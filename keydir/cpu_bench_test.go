@@ -30,8 +30,9 @@ import (
 // phases of b.N requests from one device, one in flight: XEP-0199 pings
 // to the XMPP server (what the device and the server spend on a round
 // trip), pings to clinkd (the baseline of clinkd's share: a request it
-// answers without work), and v1 lookups of one JID in a log of 1,000
-// bindings (as BenchmarkLookupVsPing).
+// answers without work), v1 lookups of one JID in a log of 1,000
+// bindings (as BenchmarkLookupVsPing), and conditional lookups of one
+// JID the device holds at the log's size, answered "unchanged".
 //
 // CPU time is utime+stime from /proc/<pid>/stat, of the XMPP server's
 // processes, of the lab's PostgreSQL when it is a private one (unset
@@ -40,8 +41,10 @@ import (
 // which runs the device. Reported per request: clinkd's CPU per lookup and
 // per ping to it and their ratio (issue 15's target: ≤ 1.5), the server's
 // and PostgreSQL's per lookup, the lookup/ping throughput ratio (target
-// ≥ 0.8), and the most that ratio could be if clinkd spent on a lookup
-// only what it spends on a ping (throughput-cap-clinkd-at-ping).
+// ≥ 0.8), the most that ratio could be if clinkd spent on a lookup
+// only what it spends on a ping (throughput-cap-clinkd-at-ping), and the
+// two ratios for conditional lookups (clinkd-lookup-known/ping,
+// lookup-known/ping-throughput).
 //
 //	go test -run '^$' -bench LookupCPU -benchtime 2000x -timeout 30m ./keydir/
 func BenchmarkLookupCPU(b *testing.B) {
@@ -89,6 +92,24 @@ func BenchmarkLookupCPU(b *testing.B) {
 				return nil
 			}
 			lookup := func() error { return lookupOf(users[rand.IntN(len(users))]) }
+			size, err := store.Size(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// A conditional lookup of a JID the device holds at the
+			// log's size (what a device sends before each message while
+			// the log does not grow): answered "unchanged".
+			lookupKnown := func() error {
+				var res keydirxml.Lookup1
+				u := users[rand.IntN(len(users))]
+				if err := dev.IQ(ctx, stanza.GetIQ, comp, keydirxml.Lookup1{Known: size, JIDs: []string{u.String()}}, &res); err != nil {
+					return err
+				}
+				if res.Unchanged != size {
+					return fmt.Errorf("lookup known %d = %+v", size, res)
+				}
+				return nil
+			}
 			ping := func(to jid.JID) func() error { return func() error { return dev.Ping(ctx, to) } }
 			type sample struct {
 				at           time.Time
@@ -154,6 +175,7 @@ func BenchmarkLookupCPU(b *testing.B) {
 			reads := metric("clinkd_keydir_size_row_reads_total")
 			lookups := phase(lookup)
 			reads = metric("clinkd_keydir_size_row_reads_total") - reads
+			known := phase(lookupKnown)
 			b.StopTimer()
 			// Under the size lease a lookup of a JID kept reads nothing
 			// (docs/keydir.md, "Size leases").
@@ -172,12 +194,18 @@ func BenchmarkLookupCPU(b *testing.B) {
 			// larger: proofs, key, checkpoint) bounds it, whatever
 			// clinkd costs.
 			b.ReportMetric((pings.self+pings.clinkd+pings.server)/(lookups.self+pings.clinkd+lookups.server+lookups.pgsq), "throughput-cap-clinkd-at-ping")
+			// Conditional lookups answered "unchanged" (docs/protocol.md,
+			// "Conditional lookups").
+			b.ReportMetric(known.clinkd/pings.clinkd, "clinkd-lookup-known/ping")
+			b.ReportMetric(known.rate/pings.rate, "lookup-known/ping-throughput")
 			if pg != nil {
 				b.ReportMetric(lookups.pgsq, "pg-cpu-µs/lookup")
 			}
 			b.Logf("%s, %d of each, load average %s; CPU µs per request: server ping: device %.0f, server %.0f (%.0f/s) | clinkd ping: device %.0f, clinkd %.0f, server %.0f (%.0f/s) | lookup: device %.0f, clinkd %.0f, server %.0f, postgres %.0f (%.0f/s)",
 				kind, n, loadAverage(), base.self, base.server, base.rate, pings.self, pings.clinkd, pings.server, pings.rate,
 				lookups.self, lookups.clinkd, lookups.server, lookups.pgsq, lookups.rate)
+			b.Logf("%s: lookup known (answered \"unchanged\"): device %.0f, clinkd %.0f, server %.0f, postgres %.0f (%.0f/s)",
+				kind, known.self, known.clinkd, known.server, known.pgsq, known.rate)
 		})
 	}
 }

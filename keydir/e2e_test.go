@@ -465,6 +465,8 @@ func TestDirectoryErrors(t *testing.T) {
 				{"batch too large", raw(stanza.GetIQ, keydirxml.Lookup1{JIDs: many}), stanza.PolicyViolation},
 				{"empty lookup", raw(stanza.GetIQ, keydirxml.Lookup1{}), stanza.BadRequest},
 				{"malformed JID", raw(stanza.GetIQ, keydirxml.Lookup1{JIDs: []string{"a@b/c"}}), stanza.JIDMalformed},
+				{"negative size known", raw(stanza.GetIQ, keydirxml.Lookup1{Known: -1, JIDs: []string{"a@b"}}), stanza.BadRequest},
+				{"a request saying unchanged", raw(stanza.GetIQ, keydirxml.Lookup1{Unchanged: 1, JIDs: []string{"a@b"}}), stanza.BadRequest},
 				{"history of another", raw(stanza.GetIQ, keydirxml.History1{JID: bob.JID().Bare().String()}), stanza.Forbidden},
 				{"consistency beyond the log", raw(stanza.GetIQ, keydirxml.Consistency1{Old: 1, New: 5}), stanza.ItemNotFound},
 				{"consistency backwards", raw(stanza.GetIQ, keydirxml.Consistency1{Old: 5, New: 1}), stanza.BadRequest},
@@ -490,13 +492,19 @@ func TestDirectoryErrors(t *testing.T) {
 				t.Errorf("11th publish in a burst of 10 = %v, want resource-constraint", last)
 			}
 			// alice spent a few lookup tokens above; 20 more ones drain
-			// the rest of her 30.
+			// the rest of her 30. The lookups after the first are
+			// conditional (the device holds many[0] at the log's size)
+			// and answered "unchanged": they cost a token each all the
+			// same.
 			_, err := aliceKD.LookupKeys(ctx, many[:20]...)
 			for i := 0; err == nil && i < 10; i++ {
 				_, err = aliceKD.LookupKeys(ctx, many[0])
 			}
 			if condition(err) != stanza.ResourceConstraint {
 				t.Errorf("lookups past the burst = %v, want resource-constraint", err)
+			}
+			if aliceKD.UnchangedLookups() == 0 {
+				t.Error("no lookup past the first was answered \"unchanged\": the burst was not spent on conditional lookups")
 			}
 		})
 	}

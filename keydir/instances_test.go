@@ -53,6 +53,12 @@ func TestInstancesShareTheLog(t *testing.T) {
 					t.Fatalf("bob LookupKeys(carol, alice) at B = %+v, %v; want carol's key and alice proven absent", res, err)
 				}
 			}
+			// The second and third were conditional lookups that B
+			// answered "unchanged" (docs/protocol.md, "Conditional
+			// lookups"); after each change below, B must answer in full.
+			if n := bobAtB.UnchangedLookups(); n != 2 {
+				t.Fatalf("B answered %d of bob's repeated lookups \"unchanged\", want 2", n)
+			}
 
 			steps := []struct {
 				name    string
@@ -78,10 +84,24 @@ func TestInstancesShareTheLog(t *testing.T) {
 					case <-time.After(20 * time.Millisecond):
 					}
 				}
+				// bob holds both JIDs at the size B last answered: his
+				// lookup is conditional, and B, under its lease, must
+				// not answer it "unchanged" after A's change.
+				before := bobAtB.UnchangedLookups()
+				if _, err := bobAtB.LookupKeys(ctx, aliceJID, carolJID); err != nil {
+					t.Fatalf("%s: bob LookupKeys(alice, carol) at B before the change = %v", s.name, err)
+				}
+				unchanged := bobAtB.UnchangedLookups()
+				if unchanged != before+1 {
+					t.Fatalf("%s: bob's lookup before the change was not answered \"unchanged\"", s.name)
+				}
 				if err := s.change(); err != nil {
 					t.Fatalf("%s: %v", s.name, err)
 				}
 				res, err := bobAtB.LookupKeys(ctx, aliceJID, carolJID)
+				if bobAtB.UnchangedLookups() != unchanged {
+					t.Fatalf("%s: B answered bob's conditional lookup \"unchanged\" after A's change", s.name)
+				}
 				var kc *client.KeyChangeError
 				if err != nil && (s.version == 1 || !errors.As(err, &kc)) {
 					t.Fatalf("%s: bob LookupKeys(alice, carol) at B = %v", s.name, err)
