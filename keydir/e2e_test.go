@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -467,6 +468,11 @@ func TestDirectoryErrors(t *testing.T) {
 				{"malformed JID", raw(stanza.GetIQ, keydirxml.Lookup1{JIDs: []string{"a@b/c"}}), stanza.JIDMalformed},
 				{"negative size known", raw(stanza.GetIQ, keydirxml.Lookup1{Known: -1, JIDs: []string{"a@b"}}), stanza.BadRequest},
 				{"a request saying unchanged", raw(stanza.GetIQ, keydirxml.Lookup1{Unchanged: 1, JIDs: []string{"a@b"}}), stanza.BadRequest},
+				{"size known not a number", raw(stanza.GetIQ, struct {
+					XMLName xml.Name `xml:"urn:clinkme:keydir:1 lookup"`
+					Known   string   `xml:"known,attr"`
+					JIDs    []string `xml:"jid"`
+				}{Known: "12a", JIDs: []string{"a@b"}}), stanza.BadRequest},
 				{"history of another", raw(stanza.GetIQ, keydirxml.History1{JID: bob.JID().Bare().String()}), stanza.Forbidden},
 				{"consistency beyond the log", raw(stanza.GetIQ, keydirxml.Consistency1{Old: 1, New: 5}), stanza.ItemNotFound},
 				{"consistency backwards", raw(stanza.GetIQ, keydirxml.Consistency1{Old: 5, New: 1}), stanza.BadRequest},
