@@ -54,10 +54,12 @@ func (e *env) bench(ctx context.Context, p *profile, args []string) error {
 		_, err := d.Send(ctx, rcpt, fmt.Sprintf("clinkctl bench %d of %d", i+1, *n), client.SendOptions{TTL: *ttl})
 		return err
 	})
+	unchanged := d.Directory().UnchangedLookups()
 	looks := e.benchRun(ctx, "lookups", *lookups, *inFlight, func(ctx context.Context, _ int) error {
 		_, err := d.Directory().LookupKeys(ctx, rcpt.String())
 		return err
 	})
+	looks.Unchanged = int(d.Directory().UnchangedLookups() - unchanged)
 	out := map[string]any{"event": "bench", "to": rcpt.String(), "in_flight": *inFlight}
 	if *ttl > 0 {
 		out["ttl_seconds"] = int64(*ttl / time.Second)
@@ -91,6 +93,10 @@ type benchStats struct {
 	P99       float64           `json:"p99_ms"`               // of successful operations
 	Errors    map[string]int    `json:"errors"`               // by RefusedError's condition, or errorClass
 	FirstErr  map[string]string `json:"first_error,omitzero"` // the first error's message, per class
+	// Unchanged counts the lookups the directory answered "unchanged"
+	// (conditional lookups, docs/protocol.md): the device held the key
+	// verified at the log's size.
+	Unchanged int `json:"unchanged,omitzero"`
 }
 
 func (s benchStats) failed() int { return s.Count - s.OK }
@@ -98,6 +104,9 @@ func (s benchStats) failed() int { return s.Count - s.OK }
 // String is the summary line for people.
 func (s benchStats) String() string {
 	verb := map[string]string{"messages": "accepted", "lookups": "verified"}[s.Name]
+	if s.Unchanged > 0 {
+		verb += fmt.Sprintf(" (%d answered \"unchanged\")", s.Unchanged)
+	}
 	line := fmt.Sprintf("%s: %d of %d %s in %.2fs, %.1f/s, latency p50 %.1fms p99 %.1fms",
 		s.Name, s.OK, s.Count, verb, s.Seconds, s.PerSecond, s.P50, s.P99)
 	if len(s.Errors) == 0 {

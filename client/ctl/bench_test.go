@@ -48,6 +48,27 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+// TestBenchStatsString: the summary line for people, with the lookups
+// answered "unchanged" when there were any.
+func TestBenchStatsString(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		s    benchStats
+		want string
+	}{
+		{benchStats{Name: "messages", Count: 5, OK: 5, Seconds: 1, PerSecond: 5, P50: 2, P99: 3, Errors: map[string]int{}},
+			"messages: 5 of 5 accepted in 1.00s, 5.0/s, latency p50 2.0ms p99 3.0ms, no errors"},
+		{benchStats{Name: "lookups", Count: 10, OK: 10, Seconds: 0.5, PerSecond: 20, P50: 1, P99: 2, Unchanged: 9},
+			`lookups: 10 of 10 verified (9 answered "unchanged") in 0.50s, 20.0/s, latency p50 1.0ms p99 2.0ms, no errors`},
+		{benchStats{Name: "lookups", Count: 3, OK: 2, Seconds: 1, PerSecond: 2, P50: 1, P99: 1, Errors: map[string]int{"resource-constraint": 1}},
+			"lookups: 2 of 3 verified in 1.00s, 2.0/s, latency p50 1.0ms p99 1.0ms, errors: resource-constraint 1"},
+	} {
+		if got := tt.s.String(); got != tt.want {
+			t.Errorf("String() =\n%s\nwant\n%s", got, tt.want)
+		}
+	}
+}
+
 func TestErrorClass(t *testing.T) {
 	t.Parallel()
 	bob := jid.MustParse("bob@example.org")
