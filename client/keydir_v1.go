@@ -188,7 +188,9 @@ func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult
 // conditional lookup, keydir_known.go) is answered with what this client
 // verified at that size; it fails with ErrBadAnswer unless the client
 // holds every JID asked at its pinned size, and with ErrStaleCheckpoint
-// when the head of that size is older than the maximum age.
+// when the head of that size is older than the maximum age. That the
+// request said known with that size is the caller's to check, as
+// LookupKeys does.
 func (d *KeyDirectory) VerifyLookup(ctx context.Context, res *keydirxml.Lookup1, want ...string) ([]KeyResult, error) {
 	if d.v1 == nil {
 		return nil, errors.New("client: keydir: VerifyLookup needs a v1 directory (OpenKeyDirectory)")
