@@ -296,16 +296,17 @@ func (l *Lookup1) Validate(max int) error {
 	return nil
 }
 
-// ValidateResult checks the shape of a lookup result as a whole: an
-// Unchanged result carries nothing else, a full one no JIDs or Known.
-// The parts of a full result have their own Validate.
+// ValidateResult checks the shape of a lookup result as a whole: no
+// result names a size known, and an Unchanged one carries nothing else.
+// (A full result's JIDs, which no server writes, are ignored as they
+// always were.) The parts of a full result have their own Validate.
 func (l *Lookup1) ValidateResult() error {
 	switch {
-	case l.Known != 0 || len(l.JIDs) != 0:
-		return invalid("a lookup result names no JIDs and no size known")
+	case l.Known != 0:
+		return invalid("a lookup result names no size known")
 	case l.Unchanged < 0:
 		return invalid("unchanged is a log size, not %d", l.Unchanged)
-	case l.Unchanged > 0 && (l.Checkpoint != "" || l.Head != nil || len(l.Entries) != 0):
+	case l.Unchanged > 0 && (l.Checkpoint != "" || l.Head != nil || len(l.Entries) != 0 || len(l.JIDs) != 0):
 		return invalid("an unchanged lookup result carries nothing else")
 	}
 	return nil
