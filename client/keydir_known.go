@@ -102,39 +102,45 @@ func (d *KeyDirectory) knownSize(want []string) (int64, error) {
 // pinned checkpoint's, every JID was verified at it, and its head is
 // younger than the maximum age.
 func (d *KeyDirectory) takeUnchanged(size int64, want []string) ([]KeyResult, error) {
+	if len(want) == 0 {
+		return nil, fmt.Errorf("%w: an unchanged answer to a lookup of no JID", ErrBadAnswer)
+	}
 	pinned, err := d.pinnedCheckpoint()
 	if err != nil {
 		return nil, err
 	}
-	if len(want) == 0 {
-		return nil, fmt.Errorf("%w: an unchanged answer to a lookup of no JID", ErrBadAnswer)
-	}
-	p := &d.proven
-	p.mu.Lock()
-	if p.results == nil || p.size != size || !bytes.Equal(p.pinned, pinned) {
-		p.mu.Unlock()
-		return nil, fmt.Errorf("%w (unchanged at %d)", errNotHeld, size)
-	}
-	if err := d.checkHeadAge(p.headTime); err != nil {
-		p.mu.Unlock()
+	out, err := d.proven.take(pinned, size, want, d.checkHeadAge)
+	if err != nil {
 		return nil, err
 	}
-	out := make([]KeyResult, len(want))
-	for i, j := range want {
-		r, ok := p.results[j]
-		if !ok {
-			p.mu.Unlock()
-			return nil, fmt.Errorf("%w (%s at %d)", errNotHeld, j, size)
-		}
-		out[i] = r
-	}
-	p.mu.Unlock()
 	d.unchanged.Add(1)
 	if d.cache != nil {
 		// Confirmed current: as fresh as a full answer would make them.
 		for _, r := range out {
 			d.cache.put(r.JID, r.Key)
 		}
+	}
+	return out, nil
+}
+
+// take returns the results held for want at size, if the set is of the
+// checkpoint pinned and its head passes fresh.
+func (p *provenSet) take(pinned []byte, size int64, want []string, fresh func(headTime int64) error) ([]KeyResult, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.results == nil || p.size != size || !bytes.Equal(p.pinned, pinned) {
+		return nil, fmt.Errorf("%w (unchanged at %d)", errNotHeld, size)
+	}
+	if err := fresh(p.headTime); err != nil {
+		return nil, err
+	}
+	out := make([]KeyResult, len(want))
+	for i, j := range want {
+		r, ok := p.results[j]
+		if !ok {
+			return nil, fmt.Errorf("%w (%s at %d)", errNotHeld, j, size)
+		}
+		out[i] = r
 	}
 	return out, nil
 }

@@ -154,30 +154,30 @@ func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult
 	if err != nil {
 		return nil, err
 	}
-	var res keydirxml.Lookup1
-	d.lookups.Add(1)
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want, Known: known}, &res); err != nil {
-		return nil, err
-	}
-	if res.Unchanged != 0 && res.Unchanged != known {
-		return nil, fmt.Errorf("%w: the directory answered \"unchanged at %d\" to a lookup that held size %d", ErrBadAnswer, res.Unchanged, known)
-	}
-	out, err := d.VerifyLookup(ctx, &res, want...)
-	if res.Unchanged != 0 && (errors.Is(err, errNotHeld) || errors.Is(err, ErrStaleCheckpoint)) {
+	out, unchanged, err := d.lookupOnce(ctx, want, known)
+	if unchanged && (errors.Is(err, errNotHeld) || errors.Is(err, ErrStaleCheckpoint)) {
 		// Another answer moved the pin, or the head grew too old, while
 		// this one was on its way: what it confirms is not held any
 		// more. Ask again in full, once.
-		res = keydirxml.Lookup1{}
-		d.lookups.Add(1)
-		if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want}, &res); err != nil {
-			return nil, err
-		}
-		if res.Unchanged != 0 {
-			return nil, fmt.Errorf("%w: the directory answered \"unchanged\" to a lookup that held nothing", ErrBadAnswer)
-		}
-		return d.VerifyLookup(ctx, &res, want...)
+		out, _, err = d.lookupOnce(ctx, want, 0)
 	}
 	return out, err
+}
+
+// lookupOnce asks the directory for want, saying the size known at
+// which this client holds them all (0: none, a full lookup), and verifies
+// the answer; unchanged reports an answer "unchanged".
+func (d *KeyDirectory) lookupOnce(ctx context.Context, want []string, known int64) (out []KeyResult, unchanged bool, err error) {
+	var res keydirxml.Lookup1
+	d.lookups.Add(1)
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want, Known: known}, &res); err != nil {
+		return nil, false, err
+	}
+	if res.Unchanged != 0 && res.Unchanged != known {
+		return nil, false, fmt.Errorf("%w: the directory answered \"unchanged at %d\" to a lookup that held size %d", ErrBadAnswer, res.Unchanged, known)
+	}
+	out, err = d.VerifyLookup(ctx, &res, want...)
+	return out, res.Unchanged != 0, err
 }
 
 // VerifyLookup verifies a v1 lookup answer for jids (canonical bare JIDs,
