@@ -150,33 +150,53 @@ func (d *KeyDirectory) publishV1(ctx context.Context, pub *rsa.PublicKey) (*Veri
 }
 
 func (d *KeyDirectory) lookupV1(ctx context.Context, want []string) ([]KeyResult, error) {
+	return d.lookupVia(ctx, want, d.askDirectory)
+}
+
+// askLookup sends a v1 lookup of want that says known (0: nothing held)
+// and returns the directory's result, unverified.
+type askLookup func(ctx context.Context, want []string, known int64) (*keydirxml.Lookup1, error)
+
+// askDirectory is the askLookup of this client's directory.
+func (d *KeyDirectory) askDirectory(ctx context.Context, want []string, known int64) (*keydirxml.Lookup1, error) {
+	var res keydirxml.Lookup1
+	d.lookups.Add(1)
+	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want, Known: known}, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// lookupVia looks want up through ask: conditionally when this client
+// holds them all at its pinned size, and in full again, once, when an
+// "unchanged" answer confirms what it no longer holds.
+func (d *KeyDirectory) lookupVia(ctx context.Context, want []string, ask askLookup) ([]KeyResult, error) {
 	known, err := d.knownSize(want)
 	if err != nil {
 		return nil, err
 	}
-	out, unchanged, err := d.lookupOnce(ctx, want, known)
+	out, unchanged, err := d.lookupOnce(ctx, want, known, ask)
 	if unchanged && (errors.Is(err, errNotHeld) || errors.Is(err, ErrStaleCheckpoint)) {
 		// Another answer moved the pin, or the head grew too old, while
 		// this one was on its way: what it confirms is not held any
 		// more. Ask again in full, once.
-		out, _, err = d.lookupOnce(ctx, want, 0)
+		out, _, err = d.lookupOnce(ctx, want, 0, ask)
 	}
 	return out, err
 }
 
-// lookupOnce asks the directory for want, saying the size known at
-// which this client holds them all (0: none, a full lookup), and verifies
-// the answer; unchanged reports an answer "unchanged".
-func (d *KeyDirectory) lookupOnce(ctx context.Context, want []string, known int64) (out []KeyResult, unchanged bool, err error) {
-	var res keydirxml.Lookup1
-	d.lookups.Add(1)
-	if err := d.c.IQ(ctx, stanza.GetIQ, d.service, keydirxml.Lookup1{JIDs: want, Known: known}, &res); err != nil {
+// lookupOnce asks for want through ask, saying the size known at which
+// this client holds them all (0: none, a full lookup), and verifies the
+// answer; unchanged reports an answer "unchanged".
+func (d *KeyDirectory) lookupOnce(ctx context.Context, want []string, known int64, ask askLookup) (out []KeyResult, unchanged bool, err error) {
+	res, err := ask(ctx, want, known)
+	if err != nil {
 		return nil, false, err
 	}
 	if res.Unchanged != 0 && res.Unchanged != known {
 		return nil, false, fmt.Errorf("%w: the directory answered \"unchanged at %d\" to a lookup that held size %d", ErrBadAnswer, res.Unchanged, known)
 	}
-	out, err = d.VerifyLookup(ctx, &res, want...)
+	out, err = d.VerifyLookup(ctx, res, want...)
 	return out, res.Unchanged != 0, err
 }
 
