@@ -43,7 +43,9 @@ import (
 // per ping to it and their ratio (issue 15's target: ≤ 1.5), the server's
 // and PostgreSQL's per lookup, the lookup/ping throughput ratio (target
 // ≥ 0.8), the most that ratio could be if clinkd spent on a lookup
-// only what it spends on a ping (throughput-cap-clinkd-at-ping), and the
+// only what it spends on a ping (throughput-cap-clinkd-at-ping), the most
+// it could be if the device did too (throughput-cap-server-only: the XMPP
+// server's CPU on the larger answer alone), and the
 // two ratios for conditional lookups (clinkd-lookup-known/ping,
 // lookup-known/ping-throughput).
 //
@@ -213,6 +215,10 @@ func BenchmarkLookupCPU(b *testing.B) {
 			// larger: proofs, key, checkpoint) bounds it, whatever
 			// clinkd costs.
 			b.ReportMetric((pings.self+pings.clinkd+pings.server)/(lookups.self+pings.clinkd+lookups.server+lookups.pgsq), "throughput-cap-clinkd-at-ping")
+			// Had the device too spent on a lookup only what it spends on
+			// a ping, the XMPP server's share alone, carrying the larger
+			// answer, would bound the ratio at this.
+			b.ReportMetric((pings.self+pings.clinkd+pings.server)/(pings.self+pings.clinkd+lookups.server), "throughput-cap-server-only")
 			// Conditional lookups answered "unchanged" (docs/protocol.md,
 			// "Conditional lookups").
 			b.ReportMetric(known.clinkd/pings.clinkd, "clinkd-lookup-known/ping")
