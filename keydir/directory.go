@@ -1030,7 +1030,7 @@ func (d *Directory) handleLookup(ctx context.Context, iq *component.Stanza) (any
 		}
 		if same {
 			d.unchanged.Add(1)
-			return component.RawXML(keydirxml.AppendLookup1Unchanged(nil, req.Known)), nil
+			return component.RawXML((&keydirxml.Lookup1{Unchanged: req.Known}).AppendXML(nil)), nil
 		}
 	}
 	_, a, err := d.lookupAnswer(ctx, func() (*logdb.Snapshot, error) { return d.store.Lookup(ctx, jids) })

@@ -40,14 +40,6 @@ const (
 	lookup1Close = `</lookup>`
 )
 
-// AppendLookup1Unchanged appends the result of a conditional lookup at
-// an unchanged size, as AppendXML writes Lookup1{Unchanged: size}.
-func AppendLookup1Unchanged(b []byte, size int64) []byte {
-	b = append(b, lookup1Start+` unchanged="`...)
-	b = strconv.AppendInt(b, size, 10)
-	return append(b, `">`+lookup1Close...)
-}
-
 // AppendAnswerHead appends the checkpoint (when not empty) and the head
 // (when not nil) of a v1 answer as AppendXML writes them.
 func AppendAnswerHead(b []byte, checkpoint string, h *Head) []byte {
